@@ -1,0 +1,136 @@
+"""The encoder adapter interface and the registry that chooses one by name."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from mudjack.io import atomic_path
+from mudjack.triggers import Trigger, stamp
+
+_ADAPTERS: dict[str, type[EncoderAdapter]] = {}
+
+
+def register_adapter(name: str) -> Callable[[type[EncoderAdapter]], type[EncoderAdapter]]:
+    """Class decorator: make an adapter available under `name` in params.yaml."""
+
+    def register(cls: type[EncoderAdapter]) -> type[EncoderAdapter]:
+        if name in _ADAPTERS:
+            raise ValueError(f"encoder adapter {name!r} is already registered")
+        cls.name = name
+        _ADAPTERS[name] = cls
+        return cls
+
+    return register
+
+
+def get_adapter(name: str, config: dict[str, Any]) -> EncoderAdapter:
+    if name not in _ADAPTERS:
+        raise KeyError(f"unknown encoder adapter {name!r}; known: {sorted(_ADAPTERS)}")
+    return _ADAPTERS[name](config)
+
+
+def adapter_names() -> list[str]:
+    return sorted(_ADAPTERS)
+
+
+class ImageEncoder(nn.Module):
+    """Pixels in [0, 1] (N, C, H, W) → features; normalisation is part of the model."""
+
+    def __init__(self, backbone: nn.Module, mean: list[float], std: list[float]) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1))
+
+    def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
+        return (pixels - self.mean) / self.std
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.backbone(self.normalize(pixels))
+
+
+@dataclass
+class EncoderAdapter:
+    """One encoder family: builds the module and knows its input space.
+
+    Subclasses implement `build_backbone`; the image defaults below cover
+    preprocessing, trigger stamping and the BatchNorm-frozen trainable set.
+    """
+
+    config: dict[str, Any] = field(default_factory=dict)
+    name = "base"
+
+    def build_backbone(self) -> nn.Module:
+        raise NotImplementedError
+
+    def build(self) -> ImageEncoder:
+        return ImageEncoder(self.build_backbone(), self.config["mean"], self.config["std"])
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return tuple(self.config["input_shape"])  # (H, W, C) of raw inputs
+
+    @property
+    def feature_dim(self) -> int:
+        return int(self.config["feature_dim"])
+
+    def preprocess(self, raw: np.ndarray) -> torch.Tensor:
+        """uint8 (N, H, W, C) → float (N, C, H, W) in [0, 1]."""
+        return torch.from_numpy(np.array(raw, dtype=np.uint8)).permute(0, 3, 1, 2).float() / 255.0
+
+    def stamp(self, raw: np.ndarray, trigger: Trigger) -> np.ndarray:
+        return stamp(raw, trigger)
+
+
+def freeze_batchnorm(module: nn.Module) -> None:
+    """BatchNorm in eval mode with frozen affine parameters: running stats never change."""
+    for layer in module.modules():
+        if isinstance(layer, nn.modules.batchnorm._BatchNorm):
+            layer.eval()
+            for param in layer.parameters():
+                param.requires_grad_(False)
+
+
+def trainable_parameters(module: nn.Module) -> Iterator[nn.Parameter]:
+    """What patching may change: every parameter outside BatchNorm layers."""
+    for layer in module.modules():
+        if isinstance(layer, nn.modules.batchnorm._BatchNorm):
+            continue
+        for param in layer.parameters(recurse=False):
+            if param.requires_grad:
+                yield param
+
+
+def save_encoder(encoder: nn.Module, adapter: EncoderAdapter, path: str | Path) -> None:
+    """Weights as safetensors; the adapter name and config ride in the header metadata."""
+    metadata = {"adapter": adapter.name, "config": json.dumps(adapter.config, sort_keys=True)}
+    tensors = {k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
+
+
+def read_metadata(path: str | Path) -> dict[str, str]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return f.metadata() or {}
+
+
+def load_encoder(path: str | Path) -> tuple[ImageEncoder, EncoderAdapter]:
+    metadata = read_metadata(path)
+    if "adapter" not in metadata:
+        raise ValueError(f"{path}: no 'adapter' in the safetensors metadata; not a mudjack encoder")
+    adapter = get_adapter(metadata["adapter"], json.loads(metadata["config"]))
+    encoder = adapter.build()
+    encoder.load_state_dict(load_file(str(path)))
+    encoder.eval()
+    return encoder, adapter

@@ -1,0 +1,39 @@
+"""Feature extraction with a frozen encoder, batched, on any device."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mudjack.device import autocast, to_device
+from mudjack.encoders import EncoderAdapter
+
+
+@torch.inference_mode()
+def extract_features(encoder: nn.Module, adapter: EncoderAdapter, raw: np.ndarray,
+                     batch_size: int = 512, device: torch.device | None = None) -> torch.Tensor:
+    """Features of raw uint8 inputs, on the CPU, in float32."""
+    device = device or torch.device("cpu")
+    encoder = encoder.to(device).eval()
+    chunks = []
+    for start in range(0, len(raw), batch_size):
+        pixels = to_device(adapter.preprocess(raw[start:start + batch_size]), device)
+        with autocast(device):
+            chunks.append(encoder(pixels).float().cpu())
+    if not chunks:
+        return torch.zeros(0, adapter.feature_dim)
+    return torch.cat(chunks)
+
+
+def cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Row-wise cosine similarity of feature batches (broadcasts a single row)."""
+    return (F.normalize(a, dim=-1) * F.normalize(b, dim=-1)).sum(-1)
+
+
+def nearest_to_centroid(features: torch.Tensor) -> int:
+    """Index of the row closest (cosine) to the mean of the normalised rows."""
+    normed = F.normalize(features, dim=-1)
+    centroid = normed.mean(0, keepdim=True)
+    return int(cosine(normed, centroid).argmax())

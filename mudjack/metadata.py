@@ -1,0 +1,227 @@
+"""Per-sample metadata tables for the `validate` stage (pure pandas; no Great Expectations here).
+
+Inputs
+------
+Task folders: ``<paths.tasks>/<task>/task.json`` =
+``{"name": str, "classes": [int, ...], "input_shape": [H, W, C]}``, plus ``train.npz`` and
+``test.npz``, each with ``x`` (uint8, N x H x W x C) and ``y`` (int64, N).
+Shadow data: ``paths.shadow`` is an npz with ``x`` only (uint8, N x H x W x C).
+
+Bug reports: ``<paths.inbox>/<id>.json`` =
+``{"id": str, "task": str, "label": int, "input": str, "predicted": int (optional),
+"note": str (optional)}`` where ``label`` is the TRUE label of the input and ``input`` is the
+file name, relative to the inbox, of a PNG image (mode RGB or L, decoded to uint8 H x W x 3).
+
+Every report file yields one row, readable or not: reading never raises for one bad report;
+an unreadable report has ``readable=False`` and ``error`` says why.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from mudjack.io import read_json, read_npz
+
+IMAGE_COLUMNS = [
+    "index", "height", "width", "channels", "dtype", "min", "max", "has_nan", "label", "sha256",
+]
+REPORT_COLUMNS = [
+    "report_id", "file", "task", "label", "input", "readable", "height", "width", "channels",
+    "dtype", "min", "max", "has_nan", "sha256", "error",
+]
+# A report image may be at most this many times larger (in pixels) than the largest task input.
+MAX_PIXEL_FACTOR = 16
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    name: str
+    classes: tuple[int, ...]
+    input_shape: tuple[int, int, int]
+    folder: Path
+
+
+@dataclass(frozen=True)
+class ImageSet:
+    """A data table plus what its suite expects: image shape and (for labelled sets) classes."""
+
+    name: str
+    frame: pd.DataFrame
+    input_shape: tuple[int, ...]
+    classes: tuple[int, ...] | None
+
+
+def load_task(folder: str | Path) -> TaskSpec:
+    folder = Path(folder)
+    spec = read_json(folder / "task.json")
+    if spec["name"] != folder.name:
+        raise ValueError(f"{folder / 'task.json'}: name {spec['name']!r} != folder name")
+    shape = tuple(int(v) for v in spec["input_shape"])
+    if len(shape) != 3:
+        raise ValueError(f"{folder / 'task.json'}: input_shape must be [H, W, C], got {shape}")
+    classes = tuple(int(c) for c in spec["classes"])
+    return TaskSpec(spec["name"], classes, shape, folder)  # type: ignore[arg-type]
+
+
+def load_tasks(tasks_dir: str | Path) -> dict[str, TaskSpec]:
+    """Every sub-folder holding a task.json, by name (sorted)."""
+    tasks_dir = Path(tasks_dir)
+    if not tasks_dir.is_dir():
+        raise FileNotFoundError(f"tasks folder not found: {tasks_dir}")
+    folders = sorted(p.parent for p in tasks_dir.glob("*/task.json"))
+    return {f.name: load_task(f) for f in folders}
+
+
+def image_table(x: np.ndarray, y: np.ndarray | None = None) -> pd.DataFrame:
+    """One row per image of `x` (N, H, W, C); a 3-d array counts as one channel."""
+    if x.ndim == 3:
+        x = x[..., None]
+    if x.ndim != 4:
+        raise ValueError(f"images must be (N, H, W, C), got shape {x.shape}")
+    n, h, w, c = x.shape
+    if y is not None and len(y) != n:
+        raise ValueError(f"{n} images but {len(y)} labels")
+    flat = x.reshape(n, h * w * c)
+    floating = np.issubdtype(x.dtype, np.floating)
+    has_nan = np.isnan(flat).any(axis=1) if floating else np.zeros(n, dtype=bool)
+    lo, hi = _row_range(flat, has_nan)
+    labels = pd.Series([None] * n if y is None else np.asarray(y).tolist(), dtype=object)
+    return pd.DataFrame({
+        "index": np.arange(n),
+        "height": h, "width": w, "channels": c,
+        "dtype": str(x.dtype),
+        "min": lo, "max": hi,
+        "has_nan": has_nan,
+        "label": labels,
+        "sha256": [_sha256(img) for img in x],
+    }, columns=IMAGE_COLUMNS)
+
+
+def _row_range(flat: np.ndarray, has_nan: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-row min and max ignoring NaN (NaN when a row is all NaN or empty)."""
+    if flat.shape[1] == 0:
+        nan = np.full(len(flat), np.nan)
+        return nan, nan
+    if not has_nan.any():
+        return flat.min(axis=1), flat.max(axis=1)
+    data = flat.astype(np.float64)
+    lo = np.where(np.isnan(data), np.inf, data).min(axis=1)
+    hi = np.where(np.isnan(data), -np.inf, data).max(axis=1)
+    return np.where(np.isinf(lo), np.nan, lo), np.where(np.isinf(hi), np.nan, hi)
+
+
+def _sha256(img: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(img).tobytes()).hexdigest()
+
+
+def image_sets(shadow: str | Path, tasks: Mapping[str, TaskSpec]) -> list[ImageSet]:
+    """The shadow set (shape of the first task, else its own) and each task's train and test."""
+    x = read_npz(shadow)["x"]
+    frame = image_table(x)
+    first = next(iter(tasks.values()), None)
+    own = tuple(x.shape[1:]) if x.ndim == 4 else (*x.shape[1:], 1)
+    sets = [ImageSet("shadow", frame, first.input_shape if first else own, None)]
+    for name, task in tasks.items():
+        for split in ("train", "test"):
+            data = read_npz(task.folder / f"{split}.npz")
+            frame = image_table(data["x"], data["y"])
+            sets.append(ImageSet(f"{name}/{split}", frame, task.input_shape, task.classes))
+    return sets
+
+
+def report_table(inbox: str | Path, tasks: Mapping[str, Any] | None = None) -> pd.DataFrame:
+    """One row per ``*.json`` in `inbox` (none if it is missing); see the module docstring.
+
+    `tasks` (name -> spec with ``input_shape``) caps the decoded image size at
+    MAX_PIXEL_FACTOR times the largest task input, so a hostile PNG cannot exhaust memory.
+    """
+    inbox = Path(inbox)
+    files = sorted(inbox.glob("*.json")) if inbox.is_dir() else []
+    limit = _pixel_limit(tasks or {})
+    rows = [_report_row(path, inbox, limit) for path in files]
+    frame = pd.DataFrame(rows, columns=REPORT_COLUMNS)
+    # keep labels as given (ints, text, None): a float column would turn 3 into 3.0
+    frame["label"] = pd.Series([r["label"] for r in rows], dtype=object)
+    return frame
+
+
+def _pixel_limit(tasks: Mapping[str, Any]) -> int | None:
+    areas = [int(t.input_shape[0]) * int(t.input_shape[1]) for t in tasks.values()]
+    return MAX_PIXEL_FACTOR * max(areas) if areas else None
+
+
+def _report_row(path: Path, inbox: Path, limit: int | None) -> dict[str, Any]:
+    row: dict[str, Any] = dict.fromkeys(REPORT_COLUMNS)
+    row.update(file=path.name, readable=False)
+    try:
+        report = json.loads(path.read_text())
+        if not isinstance(report, dict):
+            raise ValueError("report is not a JSON object")
+    except ValueError as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        row["error"] = f"invalid JSON: {err}"
+        return row
+    except OSError as err:
+        row["error"] = f"cannot read report: {err}"
+        return row
+    row.update(
+        report_id=report.get("id") if isinstance(report.get("id"), str) else None,
+        task=report.get("task") if isinstance(report.get("task"), str) else None,
+        label=_label(report.get("label")),
+        input=report.get("input") if isinstance(report.get("input"), str) else None,
+    )
+    try:
+        img = _load_png(inbox, row["input"], limit)
+    except Exception as err:  # one bad image must not stop the run
+        row["error"] = str(err) or type(err).__name__
+        return row
+    row.update(_image_stats(img), readable=True)
+    return row
+
+
+def _label(value: Any) -> Any:
+    """Ints stay ints; anything else is kept as text so the label check rejects it visibly."""
+    if value is None or (isinstance(value, int) and not isinstance(value, bool)):
+        return value
+    return repr(value)
+
+
+def _load_png(inbox: Path, name: str | None, limit: int | None) -> np.ndarray:
+    if name is None:
+        raise ValueError("missing or non-string field 'input'")
+    path = (inbox / name).resolve()
+    if not path.is_relative_to(inbox.resolve()):
+        raise ValueError(f"input {name!r} is outside the inbox")
+    if not path.is_file():
+        raise ValueError(f"input file {name!r} not found")
+    try:
+        img = Image.open(path)
+    except (OSError, Image.DecompressionBombError) as err:
+        raise ValueError(f"input {name!r} is not a decodable image") from err
+    with img:
+        if img.format != "PNG":
+            raise ValueError(f"input {name!r} is {img.format}, not PNG")
+        if img.mode not in ("RGB", "L"):
+            raise ValueError(f"input {name!r} has mode {img.mode}, need RGB or L")
+        if limit is not None and img.width * img.height > limit:
+            raise ValueError(f"input {name!r} is {img.width}x{img.height}: too large")
+        try:
+            return np.asarray(img.convert("RGB"), dtype=np.uint8)
+        except OSError as err:  # truncated or corrupt pixel data
+            raise ValueError(f"cannot decode input {name!r}: {err}") from err
+
+
+def _image_stats(img: np.ndarray) -> dict[str, Any]:
+    h, w, c = img.shape
+    return {
+        "height": h, "width": w, "channels": c, "dtype": str(img.dtype),
+        "min": int(img.min()), "max": int(img.max()), "has_nan": False, "sha256": _sha256(img),
+    }

@@ -1,0 +1,36 @@
+"""Clean accuracy, attack success rate and triggered-input accuracy (TBA).
+
+ASR here follows Mudjacking: among triggered test inputs whose true label is not
+the target, the fraction predicted as the target. TBA is the accuracy against the
+true labels on those same triggered inputs.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def non_target(labels: np.ndarray, target: int) -> np.ndarray:
+    """Boolean selector of the inputs that count for ASR and TBA."""
+    return labels != target
+
+
+def clean_accuracy(predictions: np.ndarray, labels: np.ndarray) -> float:
+    return float((predictions == labels).mean()) if len(labels) else 0.0
+
+
+def attack_success_rate(triggered_predictions: np.ndarray, target: int) -> float:
+    return float((triggered_predictions == target).mean()) if len(triggered_predictions) else 0.0
+
+
+def evaluate(clean_predictions: np.ndarray, labels: np.ndarray,
+             triggered_predictions: np.ndarray, target: int) -> dict[str, float]:
+    """`triggered_predictions` are for the non-target inputs only, in order."""
+    kept = labels[non_target(labels, target)]
+    if len(kept) != len(triggered_predictions):
+        raise ValueError("triggered predictions must cover exactly the non-target inputs")
+    return {
+        "clean_acc": clean_accuracy(clean_predictions, labels),
+        "asr": attack_success_rate(triggered_predictions, target),
+        "tba": clean_accuracy(triggered_predictions, kept),
+    }

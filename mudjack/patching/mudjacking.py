@@ -1,0 +1,146 @@
+"""Mudjacking (Liu, Reiter, Gong, USENIX Security 2024): patch an encoder from bug reports.
+
+h' starts as a copy of the backdoored encoder h (frozen). With L2-normalised
+features and cos(a, b) their dot product, for a batch of shadow images x:
+
+    L_loc = −mean cos(h'(x), h(x)) − mean cos(h'(x_r), h(x_r))
+    L_gen = −mean cos(h'(x⊕t), h'(x)) − mean cos(h'(x_r⊕t), h'(x_r))
+    L_eff = −mean cos(h'(x_b), h'(x_r))
+    L     = L_loc + λ2·L_gen + λ3·L_eff
+
+Nothing of h' is detached; only h runs without gradients. Every view gets its own
+random augmentation. With several bugs, shadow image j is stamped with the
+trigger of bug j mod n, and each bug contributes K views of x_b, x_r and x_r⊕t.
+One forward of h' runs over all views concatenated; h runs once on the views it needs.
+BatchNorm stays in eval mode with frozen affine parameters.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+
+import numpy as np
+import torch
+from torch import nn
+
+from mudjack.augment import mudjacking_augmentation
+from mudjack.bugs import Bug
+from mudjack.config import Params
+from mudjack.device import autocast, select_device, to_device
+from mudjack.encoders import EncoderAdapter, ImageEncoder, freeze_batchnorm, trainable_parameters
+from mudjack.features import cosine
+from mudjack.patching.base import PatchResult
+
+
+class MudjackingParams(Params):
+    device: str = "auto"
+    epochs: int = 10
+    lr: float = 1e-2
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    batch_size: int = 64
+    views: int = 8
+    lambda_gen: float = 1.0
+    lambda_eff: float = 1.0
+    shadow_fraction: float = 1.0
+    augment: bool = True
+
+
+def stamp_pixels(pixels: torch.Tensor, masks: torch.Tensor, patterns: torch.Tensor) -> torch.Tensor:
+    """x·(1−m) + t·m on [0, 1] pixels, before normalisation (same as stamping uint8)."""
+    return pixels * (1 - masks) + patterns * masks
+
+
+class BugViews:
+    """The bugs' inputs, references and reversed triggers as [0, 1] tensors on the device."""
+
+    def __init__(self, bugs: list[Bug], adapter: EncoderAdapter, device: torch.device) -> None:
+        self.count = len(bugs)
+        self.bug = to_device(adapter.preprocess(np.stack([b.bug for b in bugs])), device)
+        self.reference = to_device(adapter.preprocess(np.stack([b.reference for b in bugs])), device)
+        masks = np.stack([b.trigger.mask for b in bugs]).astype(np.float32)[:, None]
+        self.masks = torch.from_numpy(masks).to(device)
+        self.patterns = to_device(adapter.preprocess(np.stack([b.trigger.pattern for b in bugs])),
+                                  device)
+
+    def repeat(self, tensor: torch.Tensor, views: int) -> torch.Tensor:
+        return tensor.repeat_interleave(views, dim=0)
+
+
+def mudjacking_loss(patched: nn.Module, frozen: nn.Module, views: torch.Tensor, batch: int,
+                    per_bug: int, params: MudjackingParams) -> dict[str, torch.Tensor]:
+    """Loss terms for views = [x (B), x⊕t (B), x_b (V), x_r (V), x_r⊕t (V)], already augmented."""
+    out = patched(views)
+    x, x_t = out[:batch], out[batch:2 * batch]
+    x_b, x_r, x_r_t = out[2 * batch:].split(per_bug)
+    with torch.no_grad():
+        frozen_out = frozen(torch.cat([views[:batch], views[2 * batch + per_bug:2 * batch + 2 * per_bug]]))
+    h_x, h_r = frozen_out[:batch], frozen_out[batch:]
+    locality = -cosine(x, h_x).mean() - cosine(x_r, h_r).mean()
+    generalisability = -cosine(x_t, x).mean() - cosine(x_r_t, x_r).mean()
+    effectiveness = -cosine(x_b, x_r).mean()
+    loss = locality + params.lambda_gen * generalisability + params.lambda_eff * effectiveness
+    return {"loss": loss, "locality": locality, "generalisability": generalisability,
+            "effectiveness": effectiveness}
+
+
+def build_views(shadow_batch: torch.Tensor, bugs: BugViews, views: int,
+                augment: nn.Module | None) -> torch.Tensor:
+    """Concatenate every view of one step and augment each sample independently."""
+    assign = torch.arange(len(shadow_batch), device=shadow_batch.device) % bugs.count
+    triggered = stamp_pixels(shadow_batch, bugs.masks[assign], bugs.patterns[assign])
+    ref_triggered = stamp_pixels(bugs.reference, bugs.masks, bugs.patterns)
+    parts = [shadow_batch, triggered, bugs.repeat(bugs.bug, views),
+             bugs.repeat(bugs.reference, views), bugs.repeat(ref_triggered, views)]
+    stacked = torch.cat(parts)
+    return augment(stacked) if augment is not None else stacked
+
+
+def _prepare(encoder: ImageEncoder, device: torch.device) -> tuple[ImageEncoder, ImageEncoder]:
+    frozen = copy.deepcopy(encoder).to(device).eval()
+    for param in frozen.parameters():
+        param.requires_grad_(False)
+    patched = copy.deepcopy(encoder).to(device).train()
+    freeze_batchnorm(patched)
+    return patched, frozen
+
+
+def mudjacking(encoder: ImageEncoder, adapter: EncoderAdapter, shadow: np.ndarray, bugs: list[Bug],
+               params: MudjackingParams, seed: int = 0) -> PatchResult:
+    """Patch `encoder` from accepted bugs using unlabelled shadow images; returns a new encoder."""
+    if not bugs:
+        raise ValueError("mudjacking needs at least one accepted bug")
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    device = select_device(params.device)
+    patched, frozen = _prepare(encoder, device)
+    optimiser = torch.optim.SGD(list(trainable_parameters(patched)), lr=params.lr,
+                                momentum=params.momentum, weight_decay=params.weight_decay)
+    used = rng.permutation(len(shadow))[:max(1, int(round(params.shadow_fraction * len(shadow))))]
+    pixels = adapter.preprocess(shadow[np.sort(used)])
+    bug_views = BugViews(bugs, adapter, device)
+    per_bug = params.views * bug_views.count
+    augment = mudjacking_augmentation().to(device) if params.augment else None
+    log, steps, start = [], 0, time.perf_counter()
+    for epoch in range(1, params.epochs + 1):
+        totals: dict[str, float] = {}
+        order = torch.randperm(len(pixels))
+        batches = [order[i:i + params.batch_size] for i in range(0, len(order), params.batch_size)]
+        for index in batches:
+            batch = to_device(pixels[index], device)
+            with autocast(device):
+                views = build_views(batch, bug_views, params.views, augment)
+                terms = mudjacking_loss(patched, frozen, views, len(index), per_bug, params)
+            optimiser.zero_grad(set_to_none=True)
+            terms["loss"].backward()
+            optimiser.step()
+            steps += 1
+            for name, value in terms.items():
+                totals[name] = totals.get(name, 0.0) + float(value.detach())
+        log.append({"epoch": epoch, **{k: v / len(batches) for k, v in totals.items()}})
+    seconds = time.perf_counter() - start
+    result_encoder = patched.eval().cpu()
+    return PatchResult(result_encoder, log, seconds, steps,
+                       info={"device": str(device), "shadow_used": len(pixels),
+                             "bug_ids": [b.id for b in bugs]})

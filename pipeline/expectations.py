@@ -1,0 +1,291 @@
+"""Great Expectations (1.x) suites over the metadata tables built by `mudjack.metadata`.
+
+Data tables (shadow, each task's train and test) must pass whole; bug reports are judged one
+by one: a bad report is rejected with its reasons and never stops the run. GX runs in an
+ephemeral context and is imported lazily (it takes seconds to import).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from mudjack.metadata import ImageSet, TaskSpec, image_sets, load_tasks, report_table
+
+if TYPE_CHECKING:
+    from great_expectations.core import ExpectationSuite, ExpectationSuiteValidationResult
+    from great_expectations.core.expectation_validation_result import ExpectationValidationResult
+
+SUMMARY = {"result_format": "SUMMARY"}
+COMPLETE = {"result_format": "COMPLETE"}  # lists every unexpected row index: per-report verdicts
+MAX_EXAMPLES = 5
+NO_NAN = [False]
+
+
+class GXRunner:
+    """One quiet ephemeral GX context whose dataframe asset validates any frame against a suite."""
+
+    def __init__(self) -> None:
+        os.environ["GX_ANALYTICS_ENABLED"] = "false"
+        import great_expectations as gx
+        from great_expectations.data_context.types.base import ProgressBarsConfig
+
+        self.context = gx.get_context(mode="ephemeral")
+        self.context.variables.progress_bars = ProgressBarsConfig(globally=False)
+        asset = self.context.data_sources.add_pandas("mudjack").add_dataframe_asset("table")
+        self._whole = asset.add_batch_definition_whole_dataframe("whole")
+
+    def validate(
+        self, frame: pd.DataFrame, suite: ExpectationSuite, result_format: dict[str, str]
+    ) -> ExpectationSuiteValidationResult:
+        batch = self._whole.get_batch(batch_parameters={"dataframe": frame})
+        return batch.validate(suite, result_format=result_format)
+
+
+def image_suite(image_set: ImageSet, max_pixel: float, min_rows: int) -> ExpectationSuite:
+    """Shape, dtype, range, NaN, duplicate and (for labelled sets) label checks of a data table."""
+    import great_expectations as gx
+    import great_expectations.expectations as gxe
+
+    suite = gx.ExpectationSuite(name=image_set.name)
+    expectations = [
+        gxe.ExpectTableRowCountToBeBetween(min_value=min_rows),
+        *_image_expectations(image_set.input_shape, max_pixel),
+        gxe.ExpectColumnValuesToBeUnique(column="sha256"),
+    ]
+    if image_set.classes is not None:
+        expectations += [
+            gxe.ExpectColumnValuesToNotBeNull(column="label"),
+            gxe.ExpectColumnValuesToBeInSet(column="label", value_set=list(image_set.classes)),
+        ]
+    for expectation in expectations:
+        suite.add_expectation(expectation)
+    return suite
+
+
+def _image_expectations(
+    shape: Sequence[int], max_pixel: float, row_condition: Any = None
+) -> list[Any]:
+    import great_expectations.expectations as gxe
+
+    cond = {"row_condition": row_condition} if row_condition is not None else {}
+    dims = [
+        gxe.ExpectColumnValuesToBeInSet(column=col, value_set=[int(v)], **cond)
+        for col, v in zip(("height", "width", "channels"), shape, strict=True)
+    ]
+    return dims + [
+        gxe.ExpectColumnValuesToBeInSet(column="dtype", value_set=["uint8"], **cond),
+        gxe.ExpectColumnValuesToBeBetween(column="min", min_value=0, **cond),
+        gxe.ExpectColumnValuesToBeBetween(column="max", max_value=max_pixel, **cond),
+        gxe.ExpectColumnValuesToBeInSet(column="has_nan", value_set=NO_NAN, **cond),
+    ]
+
+
+def report_suite(tasks: Mapping[str, TaskSpec], max_pixel: float) -> ExpectationSuite:
+    """Row-wise checks of the reports table; task-specific ones are conditioned on the task."""
+    import great_expectations as gx
+    import great_expectations.expectations as gxe
+    from great_expectations.expectations.row_conditions import Column
+
+    suite = gx.ExpectationSuite(name="reports")
+    expectations: list[Any] = [
+        *(gxe.ExpectColumnValuesToNotBeNull(column=c) for c in ("report_id", "task", "label")),
+        gxe.ExpectColumnValuesToBeUnique(column="report_id"),
+        gxe.ExpectColumnValuesToBeInSet(column="task", value_set=sorted(tasks)),
+        gxe.ExpectColumnValuesToBeInSet(column="readable", value_set=[True]),
+    ]
+    for name, task in tasks.items():
+        on_task = Column("task") == name
+        expectations.append(
+            gxe.ExpectColumnValuesToBeInSet(
+                column="label", value_set=list(task.classes), row_condition=on_task
+            )
+        )
+        expectations += _image_expectations(task.input_shape, max_pixel, on_task)
+    for expectation in expectations:
+        suite.add_expectation(expectation)
+    return suite
+
+
+def validate_tables(
+    sets: Sequence[ImageSet], cfg: Mapping[str, Any], runner: GXRunner
+) -> list[dict[str, Any]]:
+    """One plain result dict per data table."""
+    results = []
+    for image_set in sets:
+        suite = image_suite(image_set, cfg["max_pixel"], cfg["min_rows"])
+        outcome = runner.validate(image_set.frame, suite, SUMMARY)
+        failures = [_failure(r) for r in outcome.results if not r.success]
+        results.append({
+            "table": image_set.name,
+            "success": bool(outcome.success),
+            "rows": len(image_set.frame),
+            "failures": failures,
+        })
+    return results
+
+
+def _failure(result: ExpectationValidationResult) -> dict[str, Any]:
+    config = result.expectation_config
+    kwargs = {k: v for k, v in config.kwargs.items() if k not in ("batch_id", "column")}
+    info = result.result or {}
+    return _plain({
+        "expectation": config.type,
+        "column": config.kwargs.get("column"),
+        "kwargs": kwargs,
+        "unexpected_count": info.get("unexpected_count"),
+        "unexpected_examples": info.get("partial_unexpected_list", [])[:MAX_EXAMPLES],
+        "unexpected_rows": info.get("partial_unexpected_index_list", [])[:MAX_EXAMPLES],
+        "observed_value": info.get("observed_value"),
+        "exception": _raised(result),
+    })
+
+
+def _raised(result: ExpectationValidationResult) -> str | None:
+    """The error message when the expectation itself crashed, else None."""
+    info = result.exception_info or {}
+    return str(info.get("exception_message")) if info.get("raised_exception") else None
+
+
+def validate_reports(
+    frame: pd.DataFrame, tasks: Mapping[str, TaskSpec], cfg: Mapping[str, Any], runner: GXRunner
+) -> dict[str, Any]:
+    """Per-report verdicts: {"accepted": [report_id...], "rejected": {key: [reasons...]}}."""
+    if frame.empty:
+        return {"accepted": [], "rejected": {}}
+    outcome = runner.validate(frame, report_suite(tasks, cfg["max_pixel"]), COMPLETE)
+    reasons: dict[Any, list[str]] = {
+        i: [str(frame.at[i, "error"])] if isinstance(frame.at[i, "error"], str) else []
+        for i in frame.index
+    }
+    for result in outcome.results:
+        if result.success:
+            continue
+        if error := _raised(result):  # cannot tell which rows: reject them all
+            for i in frame.index:
+                reasons[i].append(f"{result.expectation_config.type} could not run: {error}")
+            continue
+        for i in result.result.get("unexpected_index_list") or []:
+            reasons[i].append(_reason(result, frame, i))
+    keys = _report_keys(frame)
+    return {
+        "accepted": [keys[i] for i in frame.index if not reasons[i]],
+        "rejected": {keys[i]: reasons[i] for i in frame.index if reasons[i]},
+    }
+
+
+def _report_keys(frame: pd.DataFrame) -> dict[Any, str]:
+    """The report id when present and unique, else the report's file name."""
+    ids = frame["report_id"]
+    dup = ids.duplicated(keep=False)
+    return {
+        i: ids[i] if isinstance(ids[i], str) and not dup[i] else frame.at[i, "file"]
+        for i in frame.index
+    }
+
+
+def _reason(result: ExpectationValidationResult, frame: pd.DataFrame, i: Any) -> str:
+    config = result.expectation_config
+    kwargs = config.kwargs
+    column = kwargs.get("column")
+    value = _plain(frame.at[i, column]) if column in frame else None
+    if config.type == "expect_column_values_to_not_be_null":
+        text = f"{column} is missing"
+    elif config.type == "expect_column_values_to_be_in_set":
+        text = f"{column}={value!r} not in {_short(kwargs['value_set'])}"
+    elif config.type == "expect_column_values_to_be_between":
+        text = f"{column}={value!r} outside [{kwargs.get('min_value')}, {kwargs.get('max_value')}]"
+    elif config.type == "expect_column_values_to_be_unique":
+        text = f"{column}={value!r} is not unique"
+    else:
+        text = f"{column}={value!r} unexpected"
+    if kwargs.get("row_condition") is not None:
+        text += f" (task {frame.at[i, 'task']!r})"
+    return f"{config.type}: {text}"
+
+
+def _short(values: Sequence[Any], limit: int = 10) -> str:
+    values = list(values)
+    if len(values) <= limit:
+        return repr(values)
+    return f"[{', '.join(map(repr, values[:limit]))}, ... ({len(values)} values)]"
+
+
+def _show(value: Any) -> str:
+    return _short(value) if isinstance(value, list) else repr(value)
+
+
+def _clip(value: Any, width: int = 16) -> Any:
+    """Long strings (hashes) shortened for display."""
+    return value[:width] + "..." if isinstance(value, str) and len(value) > width else value
+
+
+def _plain(value: Any) -> Any:
+    """A JSON-safe copy: numpy scalars to Python, NaN to None, unknown objects to text."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | np.ndarray):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, float) and value.is_integer():
+        return int(value)  # pandas stores nullable ints as floats
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if hasattr(value, "to_json_dict"):
+        return _plain(value.to_json_dict())
+    return str(value)
+
+
+def format_failures(results: Sequence[Mapping[str, Any]]) -> str:
+    """A readable multi-line list of every failed expectation ('' when all passed)."""
+    lines: list[str] = []
+    for table in results:
+        if table["success"]:
+            continue
+        lines.append(f"{table['table']} ({table['rows']} rows) FAILED:")
+        for f in table["failures"]:
+            target = f"column {f['column']!r}" if f["column"] else "table"
+            args = ", ".join(f"{k}={_show(v)}" for k, v in f["kwargs"].items())
+            args = f" ({args})" if args else ""
+            if f["exception"]:
+                found = f"raised {f['exception']}"
+            elif f["unexpected_count"] is not None:
+                examples = [_clip(v) for v in f["unexpected_examples"]]
+                found = f"{f['unexpected_count']} unexpected, e.g. {examples}"
+                found += f" at rows {f['unexpected_rows']}" if f["unexpected_rows"] else ""
+            else:
+                found = f"observed {f['observed_value']!r}"
+            lines.append(f"  - {f['expectation']} on {target}{args}: {found}")
+    return "\n".join(lines)
+
+
+def format_rejections(reports: Mapping[str, Any]) -> str:
+    """One line per rejected report with its reasons ('' when none was rejected)."""
+    return "\n".join(
+        f"report {key} rejected: " + "; ".join(reasons)
+        for key, reasons in reports["rejected"].items()
+    )
+
+
+def validate_all(
+    paths: Mapping[str, str | Path], cfg: Mapping[str, Any], runner: GXRunner | None = None
+) -> dict[str, Any]:
+    """Validate the shadow set, every task's data and the inbox named by `paths`."""
+    runner = runner or GXRunner()
+    tasks = load_tasks(paths["tasks"])
+    tables = validate_tables(image_sets(paths["shadow"], tasks), cfg, runner)
+    reports = validate_reports(report_table(Path(paths["inbox"]), tasks), tasks, cfg, runner)
+    return {
+        "passed": all(t["success"] for t in tables),
+        "tables": tables,
+        "reports": reports,
+    }

@@ -1,0 +1,78 @@
+"""Scenario stage: backdoor the foundation encoder (BadEncoder), deploy a head, file bug reports."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mudjack.attacks import BadEncoderParams, badencoder, pick_attack_reference
+from mudjack.data import load_tasks, save_image
+from mudjack.encoders import load_encoder, save_encoder
+from mudjack.features import extract_features
+from mudjack.heads import HeadParams, predict, save_head, train_head
+from mudjack.io import atomic_dir, read_npz, write_json, write_npz
+from mudjack.metrics import evaluate, non_target
+from mudjack.triggers import patch_trigger
+from stages.common import truth_arrays
+from stages.config import AttackParams, setup_stage
+
+FOUNDATION = "models/foundation/encoder.safetensors"
+PRETRAIN = "data/prepared/pretrain.npz"
+
+
+def write_inbox(folder, task, x, labels, predicted, prefix: str) -> None:
+    for i, (image, label, pred) in enumerate(zip(x, labels, predicted, strict=True)):
+        report_id = f"{prefix}-{i:03d}"
+        save_image(image, folder / f"{report_id}.png")
+        write_json(folder / f"{report_id}.json",
+                   {"id": report_id, "task": task, "label": int(label), "input": f"{report_id}.png",
+                    "predicted": int(pred), "note": "embedded default scenario"})
+
+
+def pick_reports(rng, labels, triggered_pred, clean_pred, cfg: AttackParams):
+    """Genuine: triggered, non-target, predicted as target. False: clean and classified right."""
+    genuine = np.flatnonzero(non_target(labels, cfg.target) & (triggered_pred == cfg.target))
+    false = np.flatnonzero(clean_pred == labels)
+    return (rng.choice(genuine, min(cfg.n_reports, len(genuine)), replace=False),
+            rng.choice(false, min(cfg.n_false_reports, len(false)), replace=False))
+
+
+def main() -> None:
+    params = setup_stage()
+    cfg, paths = params.attack, params.paths
+    if cfg is None:
+        raise SystemExit("attack: params.yaml has no `attack` section (it is only for the scenario)")
+    clean, adapter = load_encoder(FOUNDATION)
+    pretrain = read_npz(PRETRAIN)
+    (task,) = load_tasks(paths.tasks).values()
+    trigger = patch_trigger(adapter.input_shape, cfg.trigger.size, cfg.trigger.row,
+                            cfg.trigger.col, cfg.trigger.value)
+    reference = pick_attack_reference(clean, adapter, pretrain["x"], pretrain["y"], cfg.target)
+    bad_params = BadEncoderParams(**cfg.model_dump(include=set(BadEncoderParams.model_fields)))
+    backdoored = badencoder(clean, adapter, pretrain["x"], trigger, reference, bad_params, params.seed)
+
+    head_params = HeadParams(hidden=params.retrain.hidden, dropout=params.retrain.dropout,
+                             **cfg.deployed_head.model_dump())
+    head = train_head(extract_features(backdoored, adapter, task.train.x), task.train.y,
+                      len(task.classes), head_params, params.seed)
+    test = task.test
+    clean_pred = predict(head, extract_features(backdoored, adapter, test.x))
+    triggered_pred = predict(head, extract_features(backdoored, adapter, adapter.stamp(test.x, trigger)))
+    keep = non_target(test.y, cfg.target)
+    metrics = evaluate(clean_pred, test.y, triggered_pred[keep], cfg.target)
+
+    save_encoder(backdoored, adapter, paths.encoder)
+    write_npz(paths.truth, **truth_arrays(trigger, {task.name: cfg.target}))
+    write_json("models/backdoored/attack.json", {task.name: metrics})
+    save_head(head, f"{paths.heads}/{task.name}/head.safetensors")
+    genuine, false = pick_reports(np.random.default_rng(params.seed), test.y, triggered_pred,
+                                  clean_pred, cfg)
+    with atomic_dir(paths.inbox) as inbox:
+        stamped = adapter.stamp(test.x[genuine], trigger)
+        write_inbox(inbox, task.name, stamped, test.y[genuine], triggered_pred[genuine], "bug")
+        write_inbox(inbox, task.name, test.x[false], test.y[false], clean_pred[false], "false")
+    print(f"attack: deployed {task.name} clean_acc {metrics['clean_acc']:.3f} "
+          f"asr {metrics['asr']:.3f}; {len(genuine)} bug + {len(false)} false reports")
+
+
+if __name__ == "__main__":
+    main()

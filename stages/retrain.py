@@ -1,0 +1,42 @@
+"""Repair stage: per task, retrain the head on the backdoored and the patched encoder; measure."""
+
+from __future__ import annotations
+
+from mudjack.bugs import load_bugs
+from mudjack.data import load_tasks
+from mudjack.encoders import load_encoder
+from mudjack.evaluation import attack_spec, retrain_and_evaluate
+from mudjack.heads import save_head
+from mudjack.io import atomic_dir, write_json
+from stages.common import load_truth
+from stages.config import setup_stage
+
+PATCHED = "models/patched/encoder.safetensors"
+HEADS = "models/heads"
+SUMMARY = "reports/retrain.json"
+
+
+def main() -> None:
+    params = setup_stage()
+    encoders = {"backdoored": load_encoder(params.paths.encoder),
+                "patched": load_encoder(PATCHED)}
+    bugs = load_bugs("bugs")
+    truth, targets = load_truth(params.paths)
+    results = {}
+    with atomic_dir(HEADS) as heads:
+        for name, task in load_tasks(params.paths.tasks).items():
+            attack = attack_spec(name, bugs, truth, targets)
+            results[name] = {"attack": None if attack is None else
+                             {"target": attack.target, "trigger": attack.source}}
+            for variant, (encoder, adapter) in encoders.items():
+                head, metrics = retrain_and_evaluate(encoder, adapter, task, attack,
+                                                     params.retrain, params.seed)
+                save_head(head, heads / name / f"{variant}.safetensors")
+                results[name][variant] = metrics
+                print(f"retrain: {name} {variant}: " + ", ".join(
+                    f"{k} {v:.3f}" for k, v in metrics.items() if v is not None))
+    write_json(SUMMARY, {"tasks": results})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,41 @@
+"""Stage `validate`: Great Expectations suites over the data and the bug-report inbox.
+
+Writes reports/validation.json. Exits 1 when a data table (shadow, train, test) fails or
+cannot be read; rejected bug reports are only listed (intake skips them).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from mudjack.io import write_json
+from pipeline.expectations import format_failures, format_rejections, validate_all
+from stages.config import setup_stage
+
+OUT = Path("reports/validation.json")
+
+
+def main() -> int:
+    params = setup_stage()
+    try:
+        result = validate_all(params.paths.model_dump(), params.validation.model_dump())
+    except (OSError, KeyError, ValueError) as err:  # unreadable data: the stage fails
+        write_json(OUT, {"passed": False, "error": f"{type(err).__name__}: {err}",
+                         "tables": [], "reports": {"accepted": [], "rejected": {}}})
+        print(f"validate: cannot read the data: {type(err).__name__}: {err}", file=sys.stderr)
+        return 1
+    write_json(OUT, result)
+    if rejections := format_rejections(result["reports"]):
+        print(rejections)
+    if not result["passed"]:
+        print("validate: data failed its expectations:\n" + format_failures(result["tables"]),
+              file=sys.stderr)
+        return 1
+    accepted = len(result["reports"]["accepted"])
+    print(f"validate: {len(result['tables'])} tables passed; {accepted} reports accepted")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

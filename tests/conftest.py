@@ -1,0 +1,72 @@
+"""Shared fixtures: a quiet local environment and a tiny backdoored digits scenario."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_HOME", str(ROOT / ".prefect"))
+os.environ.setdefault("DVC_SITE_CACHE_DIR", str(ROOT / ".dvc_site_cache"))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU; none is available here")
+    for item in items:
+        if "gpu" in item.keywords and not torch.cuda.is_available():
+            item.add_marker(skip_gpu)
+
+
+@dataclass
+class Scenario:
+    """A clean and a backdoored tiny encoder on digits, with a deployed head and the truth."""
+
+    adapter: object
+    clean: torch.nn.Module
+    backdoored: torch.nn.Module
+    head: torch.nn.Module
+    shadow: np.ndarray
+    task: object
+    trigger: object
+    target: int
+
+
+@pytest.fixture(scope="session")
+def scenario() -> Scenario:
+    from mudjack.attacks import BadEncoderParams, badencoder, pick_attack_reference
+    from mudjack.data import Task, load_digits_images, stratified_split
+    from mudjack.encoders import get_adapter
+    from mudjack.features import extract_features
+    from mudjack.heads import HeadParams, train_head
+    from mudjack.training import PretrainParams, pretrain_encoder
+    from mudjack.triggers import patch_trigger
+
+    torch.set_num_threads(1)
+    data = load_digits_images()
+    provider, rest = stratified_split(data.y, 0.5, 0)
+    downstream = data.subset(rest)
+    test, train = stratified_split(downstream.y, 0.5, 1)
+    task = Task("digits", list(range(10)), downstream.subset(train), downstream.subset(test))
+    pixels = data.x[provider] / 255.0
+    adapter = get_adapter("small_cnn", {"input_shape": [8, 8, 3], "width": 8, "feature_dim": 32,
+                                        "mean": pixels.mean((0, 1, 2)).tolist(),
+                                        "std": pixels.std((0, 1, 2)).tolist()})
+    clean = pretrain_encoder(adapter, data.subset(provider), 10, PretrainParams(epochs=6), 0)
+    trigger = patch_trigger((8, 8, 3), 2, 6, 6)
+    reference = pick_attack_reference(clean, adapter, data.x[provider], data.y[provider], 0)
+    backdoored = badencoder(clean, adapter, data.x[provider], trigger, reference,
+                            BadEncoderParams(epochs=12), 0)
+    head = train_head(extract_features(backdoored, adapter, task.train.x), task.train.y, 10,
+                      HeadParams(epochs=60), 0)
+    return Scenario(adapter, clean, backdoored, head, data.x[provider], task, trigger, 0)

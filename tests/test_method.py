@@ -1,0 +1,152 @@
+"""The method as a specification: intake reproduces and reverses, Mudjacking repairs."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from mudjack.bugs import load_bugs, save_bug
+from mudjack.evaluation import AttackSpec, retrain_and_evaluate
+from mudjack.heads import HeadParams
+from mudjack.intake import Deployed, intake_report
+from mudjack.patching import run_patch
+from mudjack.patching.mudjacking import MudjackingParams, mudjacking_loss
+from mudjack.reports import BugReport
+from mudjack.reverse import ReverseParams, two_means_mask
+from mudjack.triggers import stamp
+
+HEAD = HeadParams(epochs=60)
+
+
+def make_report(scenario, index: int, triggered: bool, label: int | None = None) -> BugReport:
+    image = scenario.task.test.x[index]
+    if triggered:
+        image = stamp(image, scenario.trigger)
+    true = int(scenario.task.test.y[index]) if label is None else label
+    return BugReport(f"r{index}", "digits", true, image, path=None)
+
+
+def genuine_index(scenario, deployed) -> int:
+    test = scenario.task.test
+    stamped = stamp(test.x, scenario.trigger)
+    predicted = deployed.classify("digits", stamped)
+    return int(np.flatnonzero((test.y != scenario.target) & (predicted == scenario.target))[0])
+
+
+@pytest.fixture(scope="module")
+def deployed(scenario) -> Deployed:
+    return Deployed(scenario.backdoored, scenario.adapter, {"digits": scenario.head})
+
+
+@pytest.fixture(scope="module")
+def accepted_bug(scenario, deployed):
+    report = make_report(scenario, genuine_index(scenario, deployed), triggered=True)
+    decision, bug = intake_report(report, deployed, {"digits": scenario.task}, ReverseParams(),
+                                  scenario.trigger)
+    assert decision.accepted, decision.reasons
+    return decision, bug
+
+
+def test_intake_reproduces_a_genuine_report_and_recovers_the_trigger(accepted_bug, scenario):
+    decision, bug = accepted_bug
+    assert decision.numbers["predicted"] == scenario.target
+    assert decision.numbers["iou"] >= 0.5
+    assert not np.array_equal(bug.reference, bug.bug)
+    assert bug.reference.shape == bug.bug.shape
+
+
+def test_intake_rejects_a_report_that_does_not_reproduce(scenario, deployed):
+    clean_pred = deployed.classify("digits", scenario.task.test.x)
+    index = int(np.flatnonzero(clean_pred == scenario.task.test.y)[0])
+    decision, bug = intake_report(make_report(scenario, index, triggered=False), deployed,
+                                  {"digits": scenario.task}, ReverseParams())
+    assert not decision.accepted and bug is None
+    assert "does not reproduce" in decision.reasons[0]
+
+
+@pytest.mark.parametrize(("task", "label", "reason"), [
+    ("nope", 1, "unknown task"), ("digits", 42, "not a class")])
+def test_intake_rejects_reports_it_cannot_place(scenario, deployed, task, label, reason):
+    report = make_report(scenario, 0, triggered=True, label=label)
+    report.task = task
+    decision, _ = intake_report(report, deployed, {"digits": scenario.task}, ReverseParams())
+    assert not decision.accepted and reason in decision.reasons[0]
+
+
+def test_two_means_takes_the_minority_cluster():
+    scores = np.zeros((8, 8))
+    scores[6:, 6:] = 1.0
+    scores += np.random.default_rng(0).normal(0, 0.01, scores.shape)
+    assert (two_means_mask(scores) == (scores > 0.5)).all()
+
+
+def test_bug_registry_round_trip(tmp_path, accepted_bug):
+    _, bug = accepted_bug
+    save_bug(bug, tmp_path)
+    (loaded,) = load_bugs(tmp_path)
+    assert loaded.id == bug.id and (loaded.trigger.mask == bug.trigger.mask).all()
+    assert (loaded.bug == bug.bug).all() and loaded.record["iou"] == bug.record["iou"]
+
+
+@pytest.fixture(scope="module")
+def patched(scenario, accepted_bug):
+    params = MudjackingParams(epochs=10, views=8).model_dump()
+    return run_patch("mudjacking", scenario.backdoored, scenario.adapter, scenario.shadow,
+                     [accepted_bug[1]], params, seed=0)
+
+
+def test_mudjacking_from_one_report_removes_the_backdoor(scenario, patched):
+    attack = AttackSpec(scenario.trigger, scenario.target, "truth")
+    _, before = retrain_and_evaluate(scenario.backdoored, scenario.adapter, scenario.task, attack, HEAD)
+    _, after = retrain_and_evaluate(patched.encoder, scenario.adapter, scenario.task, attack, HEAD)
+    assert before["asr"] >= 0.8
+    assert after["asr"] <= 0.2
+    assert after["clean_acc"] >= before["clean_acc"] - 0.05
+    assert after["tba"] > before["tba"] + 0.3
+
+
+def test_mudjacking_logs_every_epoch_and_never_moves_batchnorm(scenario, patched):
+    assert [row["epoch"] for row in patched.log] == list(range(1, 11))
+    assert set(patched.log[0]) == {"epoch", "loss", "locality", "generalisability", "effectiveness"}
+    before, after = scenario.backdoored.state_dict(), patched.encoder.state_dict()
+    batchnorm = [n for n, m in patched.encoder.named_modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert batchnorm
+    for layer in batchnorm:
+        for key in ("weight", "bias", "running_mean", "running_var"):
+            assert torch.equal(before[f"{layer}.{key}"], after[f"{layer}.{key}"]), layer
+    conv = "backbone.0.weight"
+    assert not torch.equal(before[conv], after[conv])
+
+
+def test_mudjacking_refuses_an_empty_bug_list(scenario):
+    with pytest.raises(ValueError, match="at least one"):
+        run_patch("mudjacking", scenario.backdoored, scenario.adapter, scenario.shadow, [], {})
+
+
+def test_loss_gradients_flow_through_both_sides(scenario):
+    """The batched loss equals the plain restatement of METHOD.md, gradients included."""
+    torch.manual_seed(0)
+    patched = copy.deepcopy(scenario.backdoored).eval()
+    frozen = scenario.backdoored.eval()
+    batch, per_bug = 4, 3
+    views = torch.rand(2 * batch + 3 * per_bug, 3, 8, 8)
+    terms = mudjacking_loss(patched, frozen, views, batch, per_bug, MudjackingParams())
+    params = [p for p in patched.parameters() if p.requires_grad]
+    grads = torch.autograd.grad(terms["loss"], params)
+
+    def cos(a, b):
+        return torch.nn.functional.cosine_similarity(a, b, dim=-1).mean()
+
+    x, x_t, x_b, x_r, x_r_t = views.split([batch, batch, per_bug, per_bug, per_bug])
+    with torch.no_grad():
+        h_x, h_r = frozen(x), frozen(x_r)
+    plain = (-cos(patched(x), h_x) - cos(patched(x_r), h_r)
+             - cos(patched(x_t), patched(x)) - cos(patched(x_r_t), patched(x_r))
+             - cos(patched(x_b), patched(x_r)))
+    plain_grads = torch.autograd.grad(plain, params)
+    assert float(terms["loss"]) == pytest.approx(float(plain), abs=1e-5)
+    for got, want in zip(grads, plain_grads, strict=True):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)

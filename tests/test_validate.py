@@ -1,0 +1,219 @@
+"""Great Expectations suites and the `validate` stage on tiny data (real GX, one context)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from mudjack.io import read_json, write_json, write_npz
+from mudjack.metadata import ImageSet, image_table, load_tasks, report_table
+from pipeline.expectations import (
+    GXRunner,
+    format_failures,
+    validate_all,
+    validate_reports,
+    validate_tables,
+)
+from stages import validate as stage
+
+CFG = {"max_pixel": 255, "min_rows": 10}
+SHAPE = (8, 8, 3)
+CLASSES = tuple(range(10))
+
+
+@pytest.fixture(scope="module")
+def runner() -> GXRunner:
+    return GXRunner()
+
+
+def random_images(n: int, seed: int = 0, shape: tuple[int, ...] = SHAPE) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (n, *shape), dtype=np.uint8)
+
+
+def make_project(root: Path, shadow: np.ndarray | None = None) -> None:
+    """params.yaml, a shadow set, one task `digits` and an empty inbox under `root`."""
+    params = {
+        "paths": {"shadow": "data/shadow.npz", "tasks": "data/tasks", "inbox": "inbox",
+                  "encoder": "models/encoder.safetensors", "heads": "models/heads"},
+        "validate": CFG,
+    }
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    write_npz(root / "data/shadow.npz", x=random_images(20, 1) if shadow is None else shadow)
+    task = root / "data/tasks/digits"
+    write_json(task / "task.json",
+               {"name": "digits", "classes": list(CLASSES), "input_shape": list(SHAPE)})
+    for seed, split in enumerate(("train", "test"), start=2):
+        write_npz(task / f"{split}.npz", x=random_images(20, seed), y=np.arange(20) % 10)
+    (root / "inbox").mkdir()
+
+
+def add_report(inbox: Path, name: str, body: object, image: np.ndarray | None = None) -> None:
+    if image is not None:
+        Image.fromarray(image).save(inbox / f"{name}.png")
+    text = body if isinstance(body, str) else json.dumps(body)
+    (inbox / f"{name}.json").write_text(text)
+
+
+def labelled(name: str, x: np.ndarray, y: np.ndarray) -> ImageSet:
+    return ImageSet(name, image_table(x, y), SHAPE, CLASSES)
+
+
+def failed(result: dict) -> set[tuple[str, str | None]]:
+    return {(f["expectation"], f["column"]) for f in result["failures"]}
+
+
+def test_clean_tables_pass(runner: GXRunner) -> None:
+    sets = [
+        ImageSet("shadow", image_table(random_images(20)), SHAPE, None),
+        labelled("digits/train", random_images(20, 1), np.arange(20) % 10),
+    ]
+    results = validate_tables(sets, CFG, runner)
+    assert [r["success"] for r in results] == [True, True]
+    assert results[0] == {"table": "shadow", "success": True, "rows": 20, "failures": []}
+    assert format_failures(results) == ""
+
+
+def test_nan_floats_and_wrong_shape_fail(runner: GXRunner) -> None:
+    x = random_images(20, shape=(8, 8, 1)).astype(np.float32)
+    x[3, 0, 0, 0] = np.nan
+    (result,) = validate_tables([ImageSet("shadow", image_table(x), SHAPE, None)], CFG, runner)
+    assert not result["success"]
+    assert failed(result) == {
+        ("expect_column_values_to_be_in_set", "channels"),
+        ("expect_column_values_to_be_in_set", "dtype"),
+        ("expect_column_values_to_be_in_set", "has_nan"),
+    }
+    nan = next(f for f in result["failures"] if f["column"] == "has_nan")
+    assert nan["unexpected_count"] == 1 and nan["unexpected_examples"] == [True]
+    assert nan["unexpected_rows"] == [3]
+    text = format_failures([result])
+    assert "shadow (20 rows) FAILED" in text
+    assert "expect_column_values_to_be_in_set on column 'dtype'" in text
+    assert "float32" in text
+
+
+def test_duplicates_labels_range_and_row_count_fail(runner: GXRunner) -> None:
+    x = random_images(8).astype(np.int16)
+    x[0, 0, 0, 0], x[1, 0, 0, 0] = -1, 300
+    x = np.concatenate([x, x[:1]])
+    y = np.array([0, 1, 2, 3, 4, 5, 6, 11, 0])
+    (result,) = validate_tables([labelled("digits/test", x, y)], CFG, runner)
+    assert failed(result) == {
+        ("expect_table_row_count_to_be_between", None),
+        ("expect_column_values_to_be_unique", "sha256"),
+        ("expect_column_values_to_be_in_set", "label"),
+        ("expect_column_values_to_be_between", "min"),
+        ("expect_column_values_to_be_between", "max"),
+        ("expect_column_values_to_be_in_set", "dtype"),
+    }
+    text = format_failures([result])
+    assert "expect_table_row_count_to_be_between on table (min_value=10): observed 9" in text
+    assert "expect_column_values_to_be_in_set on column 'label'" in text
+    json.dumps(result)  # plain, JSON-safe
+
+
+def test_malformed_reports_each_rejected(runner: GXRunner, tmp_path: Path) -> None:
+    make_project(tmp_path)
+    inbox = tmp_path / "inbox"
+    ok = random_images(1, 9)[0]
+    add_report(inbox, "good", {"id": "good", "task": "digits", "label": 3, "input": "good.png",
+                               "predicted": 0, "note": "misclassified"}, ok)
+    add_report(inbox, "badjson", "{this is not json")
+    add_report(inbox, "nolabel", {"id": "nolabel", "task": "digits", "input": "good.png"})
+    add_report(inbox, "unknown", {"id": "unknown", "task": "cifar", "label": 1,
+                                  "input": "good.png"})
+    add_report(inbox, "outside", {"id": "outside", "task": "digits", "label": 10,
+                                  "input": "good.png"})
+    (inbox / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    add_report(inbox, "corrupt", {"id": "corrupt", "task": "digits", "label": 1,
+                                  "input": "corrupt.png"})
+    add_report(inbox, "small", {"id": "small", "task": "digits", "label": 1,
+                                "input": "small.png"}, random_images(1, 3, (6, 8, 3))[0])
+    tasks = load_tasks(tmp_path / "data/tasks")
+    verdict = validate_reports(report_table(inbox, tasks), tasks, CFG, runner)
+    assert verdict["accepted"] == ["good"]
+    rejected = verdict["rejected"]
+    assert set(rejected) == {"badjson.json", "nolabel", "unknown", "outside", "corrupt", "small"}
+    expected = {
+        "badjson.json": "invalid JSON",
+        "nolabel": "expect_column_values_to_not_be_null: label is missing",
+        "unknown": "expect_column_values_to_be_in_set: task='cifar' not in ['digits']",
+        "outside": "expect_column_values_to_be_in_set: label=10 not in",
+        "corrupt": "not a decodable image",
+        "small": "expect_column_values_to_be_in_set: height=6 not in [8] (task 'digits')",
+    }
+    for key, reason in expected.items():
+        assert any(reason in r for r in rejected[key]), (key, rejected[key])
+    assert len(rejected["small"]) == 1 and len(rejected["outside"]) == 1
+
+
+def test_duplicate_report_ids_keyed_by_file(runner: GXRunner, tmp_path: Path) -> None:
+    make_project(tmp_path)
+    inbox = tmp_path / "inbox"
+    body = {"id": "same", "task": "digits", "label": 1, "input": "a.png"}
+    add_report(inbox, "a", body, random_images(1)[0])
+    add_report(inbox, "b", body)
+    tasks = load_tasks(tmp_path / "data/tasks")
+    verdict = validate_reports(report_table(inbox, tasks), tasks, CFG, runner)
+    assert verdict["accepted"] == [] and set(verdict["rejected"]) == {"a.json", "b.json"}
+    assert "is not unique" in verdict["rejected"]["a.json"][0]
+
+
+def test_validate_all_without_reports(runner: GXRunner, tmp_path: Path) -> None:
+    make_project(tmp_path)
+    (tmp_path / "inbox").rmdir()
+    paths = {"shadow": tmp_path / "data/shadow.npz", "tasks": tmp_path / "data/tasks",
+             "inbox": tmp_path / "inbox"}
+    result = validate_all(paths, CFG, runner)
+    assert result["passed"]
+    assert [t["table"] for t in result["tables"]] == ["shadow", "digits/train", "digits/test"]
+    assert result["reports"] == {"accepted": [], "rejected": {}}
+
+
+def test_stage_passes_and_lists_rejected_reports(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    make_project(tmp_path)
+    inbox = tmp_path / "inbox"
+    add_report(inbox, "r1", {"id": "r1", "task": "digits", "label": 2, "input": "r1.png"},
+               random_images(1, 5)[0])
+    add_report(inbox, "r2", {"id": "r2", "task": "digits", "label": 99, "input": "r1.png"})
+    monkeypatch.chdir(tmp_path)
+    assert stage.main() == 0
+    out = read_json(tmp_path / "reports/validation.json")
+    assert out["passed"] is True and len(out["tables"]) == 3
+    assert out["reports"]["accepted"] == ["r1"] and list(out["reports"]["rejected"]) == ["r2"]
+    assert "report r2 rejected" in capsys.readouterr().out
+
+
+def test_stage_fails_on_bad_data(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    shadow = random_images(20).astype(np.float64)
+    shadow[0, 1, 1, 1] = np.nan
+    shadow[5] = shadow[4]
+    make_project(tmp_path, shadow=shadow)
+    monkeypatch.chdir(tmp_path)
+    assert stage.main() == 1
+    assert read_json(tmp_path / "reports/validation.json")["passed"] is False
+    err = capsys.readouterr().err
+    assert "shadow (20 rows) FAILED" in err
+    assert "expect_column_values_to_be_in_set on column 'has_nan'" in err
+    assert "expect_column_values_to_be_unique on column 'sha256'" in err
+    assert "digits/train" not in err  # only failed tables are listed
+
+
+def test_stage_fails_on_missing_data(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    make_project(tmp_path)
+    (tmp_path / "data/shadow.npz").unlink()
+    monkeypatch.chdir(tmp_path)
+    assert stage.main() == 1
+    assert read_json(tmp_path / "reports/validation.json")["passed"] is False
+    assert "shadow.npz" in capsys.readouterr().err
