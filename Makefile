@@ -24,6 +24,7 @@ test-all:
 
 lint:
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/hadolint Dockerfile
 
 bench:
 	$(VENV)/bin/python bench/onnx_latency.py --demo

@@ -1,4 +1,9 @@
-"""Datasets as uint8 (N, H, W, C) arrays, splits, and report image files."""
+"""Datasets as uint8 (N, H, W, C) arrays (or, for text, unicode arrays of sentences (N,)),
+splits, and report input files.
+
+On disk a set is an npz: images under `x`, sentences under `text` (a numpy unicode array,
+read without pickle), labels under `y`.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +18,7 @@ from mudjack.io import atomic_path, read_json, read_npz, write_json, write_npz
 
 @dataclass
 class LabelledSet:
-    x: np.ndarray  # uint8 (N, H, W, C)
+    x: np.ndarray  # uint8 (N, H, W, C), or unicode (N,) sentences
     y: np.ndarray  # int64 (N,)
 
     def __len__(self) -> int:
@@ -58,12 +63,30 @@ def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np
     return np.sort(np.concatenate(first)), np.sort(np.concatenate(rest))
 
 
+def is_text(x: np.ndarray) -> bool:
+    return np.asarray(x).dtype.kind == "U"
+
+
+def input_arrays(x: np.ndarray) -> dict[str, np.ndarray]:
+    """The npz entry of a set's inputs: `text` for sentences, `x` for images."""
+    return {"text": x} if is_text(x) else {"x": x}
+
+
+def read_inputs(arrays: dict[str, np.ndarray]) -> np.ndarray:
+    """A set's inputs from its npz arrays: `x` (images) or `text` (sentences)."""
+    for key in ("x", "text"):
+        if key in arrays:
+            return arrays[key]
+    raise KeyError(f"no inputs (`x` or `text`) among {sorted(arrays)}")
+
+
 def save_task(task: Task, folder: str | Path) -> None:
     folder = Path(folder)
-    write_npz(folder / "train.npz", x=task.train.x, y=task.train.y)
-    write_npz(folder / "test.npz", x=task.test.x, y=task.test.y)
+    write_npz(folder / "train.npz", **input_arrays(task.train.x), y=task.train.y)
+    write_npz(folder / "test.npz", **input_arrays(task.test.x), y=task.test.y)
+    modality = {"modality": "text"} if is_text(task.train.x) else {}
     write_json(folder / "task.json", {"name": task.name, "classes": task.classes,
-                                      "input_shape": list(task.input_shape)})
+                                      "input_shape": list(task.input_shape), **modality})
 
 
 def load_task(folder: str | Path) -> Task:
@@ -71,7 +94,7 @@ def load_task(folder: str | Path) -> Task:
     meta = read_json(folder / "task.json")
     train, test = read_npz(folder / "train.npz"), read_npz(folder / "test.npz")
     return Task(meta["name"], [int(c) for c in meta["classes"]],
-                LabelledSet(train["x"], train["y"]), LabelledSet(test["x"], test["y"]))
+                LabelledSet(read_inputs(train), train["y"]), LabelledSet(read_inputs(test), test["y"]))
 
 
 def load_tasks(root: str | Path) -> dict[str, Task]:
@@ -82,13 +105,26 @@ def load_tasks(root: str | Path) -> dict[str, Task]:
 
 
 def load_shadow(path: str | Path) -> np.ndarray:
-    return read_npz(path)["x"]
+    return read_inputs(read_npz(path))
 
 
 def save_image(image: np.ndarray, path: str | Path) -> None:
     """uint8 (H, W, 3) as PNG, atomically."""
     with atomic_path(path) as tmp:
         Image.fromarray(image, mode="RGB").save(tmp, format="PNG")
+
+
+def save_text(text: str, path: str | Path) -> None:
+    """One sentence as a UTF-8 .txt file, atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(str(text), encoding="utf-8")
+
+
+def save_input(raw: np.ndarray, folder: Path, stem: str) -> str:
+    """A report's input next to it: `<stem>.txt` for a sentence, `<stem>.png` for an image."""
+    name = f"{stem}.txt" if is_text(raw) else f"{stem}.png"
+    (save_text if is_text(raw) else save_image)(raw, folder / name)
+    return name
 
 
 def load_image(path: str | Path) -> np.ndarray:

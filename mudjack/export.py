@@ -44,14 +44,29 @@ def export_onnx(
     output_name: str = "logits",
 ) -> None:
     """Export `model` (eval mode, dynamic batch) to one checked .onnx file, written atomically."""
-    program = _dynamo_export(model, example, opset, input_name, output_name)
+    export_onnx_inputs(model, (example,), path, opset, [input_name], ({0: BATCH_DIM},), output_name)
+
+
+def export_onnx_inputs(
+    model: torch.nn.Module,
+    examples: tuple[torch.Tensor, ...],
+    path: Path,
+    opset: int,
+    input_names: list[str],
+    dynamic_shapes: tuple[dict[int, str], ...],
+    output_name: str = "logits",
+) -> None:
+    """`export_onnx` for a model of several inputs, each with its own named dynamic dimensions
+    (a text model: input_ids and attention_mask, both dynamic in batch and sequence)."""
+    program = _dynamo_export(model, examples, opset, input_names, output_name, dynamic_shapes)
     _check_opset(program.model, opset)
     _strip_stack_traces(program.model)
     save_checked(program.model, Path(path))
 
 
 def _dynamo_export(
-    model: torch.nn.Module, example: torch.Tensor, opset: int, input_name: str, output_name: str
+    model: torch.nn.Module, examples: tuple[torch.Tensor, ...], opset: int, input_names: list[str],
+    output_name: str, dynamic_shapes: tuple[dict[int, str], ...],
 ) -> torch.onnx.ONNXProgram:
     was_training = model.training
     model.eval()
@@ -59,13 +74,13 @@ def _dynamo_export(
         with _quiet_exporter():
             program = torch.onnx.export(
                 model,
-                (example,),
+                examples,
                 dynamo=True,
                 opset_version=opset,
-                input_names=[input_name],
+                input_names=input_names,
                 output_names=[output_name],
-                # Tuple form: positional, so the forward() argument name does not matter.
-                dynamic_shapes=({0: BATCH_DIM},),
+                # Tuple form: positional, so the forward() argument names do not matter.
+                dynamic_shapes=dynamic_shapes,
                 verbose=False,
             )
     finally:
@@ -84,6 +99,8 @@ def _quiet_exporter() -> Iterator[None]:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
             warnings.simplefilter("ignore", DeprecationWarning)
+            # several inputs sharing a dynamic axis name: the exporter keeps one name, and says so
+            warnings.filterwarnings("ignore", message="# The axis name", category=UserWarning)
             yield
     finally:
         logger.setLevel(level)
@@ -200,6 +217,36 @@ def verify_onnx(
     }
 
 
+def verify_onnx_batches(
+    path: str | Path,
+    model: torch.nn.Module,
+    batches: list[tuple[torch.Tensor, ...]],
+    tolerance: float,
+    *,
+    device: str = "auto",
+) -> dict[str, Any]:
+    """`verify_onnx` for a model of several inputs: each batch is a tuple of the graph's inputs
+    in order; give batches of several sizes (and sequence lengths) to check dynamic axes."""
+    session = open_session(path, choose_providers(device))
+    names = [i.name for i in session.get_inputs()]
+    diffs = []
+    for batch in batches:
+        expected = _torch_outputs(model, *batch)
+        got = session.run(None, {n: t.detach().cpu().numpy() for n, t in zip(names, batch, strict=True)})[0]
+        if got.shape != expected.shape:
+            raise ValueError(f"onnxruntime output shape {got.shape} != torch {expected.shape}")
+        diffs.append(float(np.max(np.abs(got.astype(np.float64) - expected.astype(np.float64)))))
+    max_abs_diff = float(np.max(diffs)) if diffs else 0.0
+    return {
+        "max_abs_diff": max_abs_diff,
+        "providers": session.get_providers(),
+        "n_inputs": sum(len(b[0]) for b in batches),
+        "batch_sizes": sorted({len(b[0]) for b in batches}),
+        "sequence_lengths": sorted({b[0].shape[1] for b in batches if b[0].ndim > 1}),
+        "passed": bool(max_abs_diff <= tolerance),
+    }
+
+
 def _batch_sizes(n: int, batch_size: int) -> list[int]:
     if n <= 1:
         return [n] if n else []
@@ -218,13 +265,13 @@ def _batch_diff(
     return float(np.max(np.abs(got.astype(np.float64) - expected.astype(np.float64))))
 
 
-def _torch_outputs(model: torch.nn.Module, chunk: torch.Tensor) -> np.ndarray:
+def _torch_outputs(model: torch.nn.Module, *chunks: torch.Tensor) -> np.ndarray:
     device = next(model.parameters(), torch.empty(0)).device
     was_training = model.training
     model.eval()
     try:
         with torch.inference_mode():
-            return model(chunk.to(device)).cpu().numpy()
+            return model(*(chunk.to(device) for chunk in chunks)).cpu().numpy()
     finally:
         model.train(was_training)
 

@@ -14,17 +14,23 @@ from mudjack.encoders import EncoderAdapter
 @torch.inference_mode()
 def extract_features(encoder: nn.Module, adapter: EncoderAdapter, raw: np.ndarray,
                      batch_size: int = 512, device: torch.device | None = None) -> torch.Tensor:
-    """Features of raw uint8 inputs, on the CPU, in float32."""
+    """Features of raw inputs (uint8 images or sentences), on the CPU, in float32, in input order.
+
+    Batches follow `adapter.batch_order` (sentences of similar length together).
+    """
     device = device or torch.device("cpu")
     encoder = encoder.to(device).eval()
+    order = adapter.batch_order(raw)
     chunks = []
     for start in range(0, len(raw), batch_size):
-        pixels = to_device(adapter.preprocess(raw[start:start + batch_size]), device)
+        pixels = to_device(adapter.preprocess(raw[order[start:start + batch_size]]), device)
         with autocast(device):
             chunks.append(encoder(pixels).float().cpu())
     if not chunks:
         return torch.zeros(0, adapter.feature_dim)
-    return torch.cat(chunks)
+    features = torch.cat(chunks)
+    features[torch.from_numpy(order)] = features.clone()  # back to input order
+    return features
 
 
 def cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -2,7 +2,9 @@
 
 For each report: reproduce the misclassification with the deployed encoder and
 head, pick a reference input (same true label, classified correctly, nearest its
-class centroid), and reverse-engineer the trigger.
+class centroid), reverse-engineer the trigger, and verify that the trigger behaves
+like a backdoor's (mudjack.verify); otherwise reject it as "not a backdoor" with
+the measured numbers.
 """
 
 from __future__ import annotations
@@ -11,7 +13,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import torch
 
 from mudjack.bugs import Bug
 from mudjack.data import Task
@@ -21,7 +22,12 @@ from mudjack.heads import Head, predict
 from mudjack.io import sha256_bytes
 from mudjack.reports import BugReport
 from mudjack.reverse import ReverseParams, reverse_engineer
-from mudjack.triggers import Trigger, iou
+from mudjack.triggers import Trigger, trigger_iou
+from mudjack.verify import Verification, VerifyParams, draw_sample, verify_trigger
+
+
+class IntakeParams(ReverseParams, VerifyParams):
+    """The `intake` section of params.yaml: trigger reversal and backdoor verification."""
 
 
 @dataclass
@@ -30,10 +36,18 @@ class Decision:
     accepted: bool
     reasons: list[str] = field(default_factory=list)
     numbers: dict[str, Any] = field(default_factory=dict)
+    merged_into: str | None = None  # a duplicate: the earlier report with the same content
+
+    @property
+    def outcome(self) -> str:
+        if self.merged_into is not None:
+            return "merged"
+        return "accepted" if self.accepted else "rejected"
 
     def to_record(self) -> dict[str, Any]:
-        return {"report_id": self.report_id, "decision": "accepted" if self.accepted else "rejected",
-                "reasons": self.reasons, **self.numbers}
+        merged = {"merged_into": self.merged_into} if self.merged_into is not None else {}
+        return {"report_id": self.report_id, "decision": self.outcome, "reasons": self.reasons,
+                **merged, **self.numbers}
 
 
 @dataclass
@@ -62,43 +76,91 @@ def pick_reference(deployed: Deployed, task: Task, label: int, exclude_sha: str)
     return int(correct[nearest_to_centroid(features)])
 
 
-def _check_report(report: BugReport, deployed: Deployed, tasks: dict[str, Task]) -> list[str]:
+def _check_report(report: BugReport, deployed: Deployed, tasks: dict[str, Task]) -> tuple[str, str] | None:
+    """(error code, reason) when the report does not fit a deployed task, else None."""
     if report.task not in tasks:
-        return [f"unknown task {report.task!r}"]
+        return "unknown_task", f"unknown task {report.task!r}"
     if report.task not in deployed.heads:
-        return [f"no deployed head for task {report.task!r}"]
+        return "unknown_task", f"no deployed head for task {report.task!r}"
     task = tasks[report.task]
     if report.label not in task.classes:
-        return [f"label {report.label} is not a class of task {report.task!r}"]
+        return "bad_label", f"label {report.label} is not a class of task {report.task!r}"
     if report.image.shape != task.input_shape:
-        return [f"input shape {report.image.shape} differs from the task's {task.input_shape}"]
-    return []
+        return "bad_shape", f"input shape {report.image.shape} differs from the task's {task.input_shape}"
+    return None
+
+
+def _reject(report: BugReport, code: str, reason: str, numbers: dict[str, Any] | None = None) -> Decision:
+    return Decision(report.id, False, [reason], {**(numbers or {}), "error": code})
+
+
+def _reproduce(report: BugReport, predicted: int) -> str | None:
+    """Why the report does not reproduce, or None when it does."""
+    if predicted == report.label:
+        return f"does not reproduce: the deployed classifier predicts the true label {predicted}"
+    if report.predicted is not None and report.predicted != predicted:
+        return (f"does not reproduce: the client saw class {report.predicted}, "
+                f"the deployed classifier predicts {predicted}")
+    return None
+
+
+def _verify_params(params: ReverseParams) -> VerifyParams:
+    return params if isinstance(params, VerifyParams) else VerifyParams()
 
 
 def intake_report(report: BugReport, deployed: Deployed, tasks: dict[str, Task],
                   params: ReverseParams, truth: Trigger | None = None,
                   seed: int = 0) -> tuple[Decision, Bug | None]:
-    """Reproduce, pick a reference, reverse the trigger; reject with reasons otherwise."""
-    problems = _check_report(report, deployed, tasks)
-    if problems:
-        return Decision(report.id, False, problems), None
+    """Reproduce, pick a reference, reverse and verify the trigger; reject with reasons otherwise.
+
+    `params` is the intake section (IntakeParams); a bare ReverseParams verifies with the
+    VerifyParams defaults.
+    """
+    if problem := _check_report(report, deployed, tasks):
+        return _reject(report, *problem), None
     task = tasks[report.task]
     predicted = int(deployed.classify(task.name, report.image[None])[0])
     numbers: dict[str, Any] = {"task": task.name, "label": report.label, "predicted": predicted,
                                "sha256": report.sha256}
-    if predicted == report.label:
-        reason = f"does not reproduce: the deployed classifier predicts the true label {predicted}"
-        return Decision(report.id, False, [reason], numbers), None
+    if reason := _reproduce(report, predicted):
+        return _reject(report, "not_reproduced", reason, numbers), None
     ref_index = pick_reference(deployed, task, report.label, report.sha256)
     if ref_index < 0:
         reason = f"no correctly classified clean input of class {report.label} to use as reference"
-        return Decision(report.id, False, [reason], numbers), None
+        return _reject(report, "no_reference", reason, numbers), None
     reference = task.train.x[ref_index]
-    with torch.no_grad():
-        trigger = reverse_engineer(deployed.encoder, deployed.adapter, report.image, reference,
-                                   params, seed)
+    checks = _verify_params(params)
+    held_out, pool = _split_clean(task, predicted, checks, seed)
+    trigger = reverse_engineer(deployed.encoder, deployed.adapter, report.image, reference,
+                               params, seed, clean=task.train.x[pool])
     numbers.update(reference_index=ref_index, mask_pixels=trigger.pixels,
-                   iou=iou(trigger.mask, truth.mask) if truth is not None else None)
+                   iou=trigger_iou(trigger, truth) if truth is not None else None)
+    reasons = ["reproduced; trigger reverse-engineered"]
+    if checks.verify:
+        verdict = _verify(report, deployed, task, predicted, trigger, checks, held_out)
+        numbers["verification"] = verdict.numbers
+        if not verdict.passed:
+            reason = "not a backdoor: " + "; ".join(verdict.failures)
+            return _reject(report, "not_backdoor", reason, numbers), None
+        reasons.append("verified: the trigger flips and pulls other classes' inputs")
     bug = Bug(report.id, task.name, report.label, predicted, report.image, reference, trigger,
               record={k: v for k, v in numbers.items() if k not in ("task", "label", "predicted")})
-    return Decision(report.id, True, ["reproduced; trigger reverse-engineered"], numbers), bug
+    return Decision(report.id, True, reasons, numbers), bug
+
+
+def _split_clean(task: Task, predicted: int, checks: VerifyParams,
+                 seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Train indices of other classes: (held out for verification, the rest for reversal)."""
+    others = np.flatnonzero(task.train.y != predicted)  # clean inputs the trigger should pull
+    if not checks.verify:
+        return others[:0], others
+    held_out = draw_sample(task, predicted, checks.verify_samples, seed)
+    rest = np.setdiff1d(others, held_out)
+    return held_out, rest if len(rest) else others
+
+
+def _verify(report: BugReport, deployed: Deployed, task: Task, predicted: int, trigger: Trigger,
+            params: VerifyParams, held_out: np.ndarray) -> Verification:
+    exemplar_index = pick_reference(deployed, task, predicted, report.sha256)
+    exemplar = task.train.x[exemplar_index] if exemplar_index >= 0 else None
+    return verify_trigger(deployed, task, report.image, predicted, trigger, exemplar, params, held_out)

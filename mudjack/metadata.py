@@ -6,11 +6,16 @@ Task folders: ``<paths.tasks>/<task>/task.json`` =
 ``{"name": str, "classes": [int, ...], "input_shape": [H, W, C]}``, plus ``train.npz`` and
 ``test.npz``, each with ``x`` (uint8, N x H x W x C) and ``y`` (int64, N).
 Shadow data: ``paths.shadow`` is an npz with ``x`` only (uint8, N x H x W x C).
+Text tasks: task.json adds ``"modality": "text"`` with ``"input_shape": []``; their npz files
+(and a text shadow set) hold ``text`` (a unicode array of sentences, N) instead of ``x``, and
+their tables have TEXT_COLUMNS (length in characters, word count, blank flag, UTF-8 sha256).
 
 Bug reports: ``<paths.inbox>/<id>.json`` =
 ``{"id": str, "task": str, "label": int, "input": str, "predicted": int (optional),
 "note": str (optional)}`` where ``label`` is the TRUE label of the input and ``input`` is the
-file name, relative to the inbox, of a PNG image (mode RGB or L, decoded to uint8 H x W x 3).
+file name, relative to the inbox, of a PNG/JPEG image (RGB or L, decoded to uint8 H x W x 3) or
+a ``.npy`` array, or for a text task a ``.txt`` sentence; the format and its limits are defined
+in `mudjack.reports`, whose reader decodes the inputs here too, so both checks see the same array.
 
 Every report file yields one row, readable or not: reading never raises for one bad report;
 an unreadable report has ``readable=False`` and ``error`` says why.
@@ -27,17 +32,20 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from PIL import Image
 
+from mudjack.data import read_inputs
 from mudjack.io import read_json, read_npz
+from mudjack.reports import MAX_IMAGE_PIXELS, MAX_JSON_BYTES, decode_input, input_path
 
 IMAGE_COLUMNS = [
     "index", "height", "width", "channels", "dtype", "min", "max", "has_nan", "label", "sha256",
 ]
 REPORT_COLUMNS = [
     "report_id", "file", "task", "label", "input", "readable", "height", "width", "channels",
-    "dtype", "min", "max", "has_nan", "sha256", "error",
+    "dtype", "min", "max", "has_nan", "sha256", "error", "id_matches_file", "length",
 ]
+TEXT_COLUMNS = ["index", "dtype", "length", "words", "blank", "label", "sha256"]
+TEXT_DTYPE = "str"  # the dtype column of sentences, whatever their numpy width (<U12, <U300)
 # A report image may be at most this many times larger (in pixels) than the largest task input.
 MAX_PIXEL_FACTOR = 16
 
@@ -46,8 +54,9 @@ MAX_PIXEL_FACTOR = 16
 class TaskSpec:
     name: str
     classes: tuple[int, ...]
-    input_shape: tuple[int, int, int]
+    input_shape: tuple[int, ...]    # (H, W, C); () for a text task
     folder: Path
+    modality: str = "image"         # "image" | "text"
 
 
 @dataclass(frozen=True)
@@ -58,6 +67,7 @@ class ImageSet:
     frame: pd.DataFrame
     input_shape: tuple[int, ...]
     classes: tuple[int, ...] | None
+    modality: str = "image"         # "text": a TEXT_COLUMNS table
 
 
 def load_task(folder: str | Path) -> TaskSpec:
@@ -66,10 +76,14 @@ def load_task(folder: str | Path) -> TaskSpec:
     if spec["name"] != folder.name:
         raise ValueError(f"{folder / 'task.json'}: name {spec['name']!r} != folder name")
     shape = tuple(int(v) for v in spec["input_shape"])
-    if len(shape) != 3:
-        raise ValueError(f"{folder / 'task.json'}: input_shape must be [H, W, C], got {shape}")
+    modality = spec.get("modality", "image")
+    if modality not in ("image", "text"):
+        raise ValueError(f"{folder / 'task.json'}: modality must be image or text, got {modality!r}")
+    if len(shape) != (0 if modality == "text" else 3):
+        need = "[] for text" if modality == "text" else "[H, W, C]"
+        raise ValueError(f"{folder / 'task.json'}: input_shape must be {need}, got {shape}")
     classes = tuple(int(c) for c in spec["classes"])
-    return TaskSpec(spec["name"], classes, shape, folder)  # type: ignore[arg-type]
+    return TaskSpec(spec["name"], classes, shape, folder, modality)
 
 
 def load_tasks(tasks_dir: str | Path) -> dict[str, TaskSpec]:
@@ -123,18 +137,41 @@ def _sha256(img: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(img).tobytes()).hexdigest()
 
 
+def text_table(x: np.ndarray, y: np.ndarray | None = None) -> pd.DataFrame:
+    """One row per sentence of a unicode array `x` (N,)."""
+    if x.dtype.kind != "U" or x.ndim != 1:
+        raise ValueError(f"sentences must be a unicode array (N,), got {x.dtype} {x.shape}")
+    if y is not None and len(y) != len(x):
+        raise ValueError(f"{len(x)} sentences but {len(y)} labels")
+    labels = pd.Series([None] * len(x) if y is None else np.asarray(y).tolist(), dtype=object)
+    return pd.DataFrame({
+        "index": np.arange(len(x)), "dtype": TEXT_DTYPE,
+        "length": [len(s) for s in x], "words": [len(s.split()) for s in x],
+        "blank": [not s.strip() for s in x], "label": labels,
+        "sha256": [hashlib.sha256(s.encode("utf-8")).hexdigest() for s in x],
+    }, columns=TEXT_COLUMNS)
+
+
+def _data_set(name: str, arrays: dict[str, np.ndarray], shape: tuple[int, ...],
+              classes: tuple[int, ...] | None) -> ImageSet:
+    """An image or text table of one npz (`x` or `text`, with `y` when labelled)."""
+    x, y = read_inputs(arrays), arrays.get("y") if classes is not None else None
+    if x.dtype.kind == "U":
+        return ImageSet(name, text_table(x, y), (), classes, "text")
+    return ImageSet(name, image_table(x, y), shape, classes)
+
+
 def image_sets(shadow: str | Path, tasks: Mapping[str, TaskSpec]) -> list[ImageSet]:
     """The shadow set (shape of the first task, else its own) and each task's train and test."""
-    x = read_npz(shadow)["x"]
-    frame = image_table(x)
+    arrays = read_npz(shadow)
+    x = read_inputs(arrays)
     first = next(iter(tasks.values()), None)
     own = tuple(x.shape[1:]) if x.ndim == 4 else (*x.shape[1:], 1)
-    sets = [ImageSet("shadow", frame, first.input_shape if first else own, None)]
+    sets = [_data_set("shadow", arrays, first.input_shape if first else own, None)]
     for name, task in tasks.items():
         for split in ("train", "test"):
             data = read_npz(task.folder / f"{split}.npz")
-            frame = image_table(data["x"], data["y"])
-            sets.append(ImageSet(f"{name}/{split}", frame, task.input_shape, task.classes))
+            sets.append(_data_set(f"{name}/{split}", data, task.input_shape, task.classes))
     return sets
 
 
@@ -155,7 +192,8 @@ def report_table(inbox: str | Path, tasks: Mapping[str, Any] | None = None) -> p
 
 
 def _pixel_limit(tasks: Mapping[str, Any]) -> int | None:
-    areas = [int(t.input_shape[0]) * int(t.input_shape[1]) for t in tasks.values()]
+    areas = [int(t.input_shape[0]) * int(t.input_shape[1]) for t in tasks.values()
+             if len(t.input_shape) == 3]
     return MAX_PIXEL_FACTOR * max(areas) if areas else None
 
 
@@ -163,6 +201,8 @@ def _report_row(path: Path, inbox: Path, limit: int | None) -> dict[str, Any]:
     row: dict[str, Any] = dict.fromkeys(REPORT_COLUMNS)
     row.update(file=path.name, readable=False)
     try:
+        if path.stat().st_size > MAX_JSON_BYTES:
+            raise OSError(f"larger than {MAX_JSON_BYTES} bytes")
         report = json.loads(path.read_text())
         if not isinstance(report, dict):
             raise ValueError("report is not a JSON object")
@@ -178,12 +218,14 @@ def _report_row(path: Path, inbox: Path, limit: int | None) -> dict[str, Any]:
         label=_label(report.get("label")),
         input=report.get("input") if isinstance(report.get("input"), str) else None,
     )
+    if row["report_id"] is not None:
+        row["id_matches_file"] = row["report_id"] == path.stem
     try:
-        img = _load_png(inbox, row["input"], limit)
+        img = _load_input(inbox, row["input"], limit)
     except Exception as err:  # one bad image must not stop the run
         row["error"] = str(err) or type(err).__name__
         return row
-    row.update(_image_stats(img), readable=True)
+    row.update(_text_stats(img) if img.dtype.kind == "U" else _image_stats(img), readable=True)
     return row
 
 
@@ -194,34 +236,28 @@ def _label(value: Any) -> Any:
     return repr(value)
 
 
-def _load_png(inbox: Path, name: str | None, limit: int | None) -> np.ndarray:
+def _load_input(inbox: Path, name: str | None, limit: int | None) -> np.ndarray:
+    """The raw input array, decoded by the report schema's own reader (mudjack.reports)."""
     if name is None:
         raise ValueError("missing or non-string field 'input'")
-    path = (inbox / name).resolve()
-    if not path.is_relative_to(inbox.resolve()):
-        raise ValueError(f"input {name!r} is outside the inbox")
-    if not path.is_file():
-        raise ValueError(f"input file {name!r} not found")
-    try:
-        img = Image.open(path)
-    except (OSError, Image.DecompressionBombError) as err:
-        raise ValueError(f"input {name!r} is not a decodable image") from err
-    with img:
-        if img.format != "PNG":
-            raise ValueError(f"input {name!r} is {img.format}, not PNG")
-        if img.mode not in ("RGB", "L"):
-            raise ValueError(f"input {name!r} has mode {img.mode}, need RGB or L")
-        if limit is not None and img.width * img.height > limit:
-            raise ValueError(f"input {name!r} is {img.width}x{img.height}: too large")
-        try:
-            return np.asarray(img.convert("RGB"), dtype=np.uint8)
-        except OSError as err:  # truncated or corrupt pixel data
-            raise ValueError(f"cannot decode input {name!r}: {err}") from err
+    path = input_path(inbox / "report.json", name)
+    return decode_input(path, max_pixels=limit or MAX_IMAGE_PIXELS)
 
 
 def _image_stats(img: np.ndarray) -> dict[str, Any]:
+    """Shape, dtype, range (ignoring NaN) and NaN flag of one decoded input (H, W, C)."""
     h, w, c = img.shape
+    flat = img.reshape(1, -1)
+    has_nan = np.isnan(flat).any(axis=1) if np.issubdtype(img.dtype, np.floating) else np.zeros(1, bool)
+    lo, hi = _row_range(flat, has_nan)
     return {
         "height": h, "width": w, "channels": c, "dtype": str(img.dtype),
-        "min": int(img.min()), "max": int(img.max()), "has_nan": False, "sha256": _sha256(img),
+        "min": lo[0].item(), "max": hi[0].item(), "has_nan": bool(has_nan[0]), "sha256": _sha256(img),
     }
+
+
+def _text_stats(text: np.ndarray) -> dict[str, Any]:
+    """dtype, length in characters and UTF-8 sha256 of one decoded text input (0-d array)."""
+    sentence = str(text)
+    return {"dtype": TEXT_DTYPE, "length": len(sentence), "has_nan": False,
+            "sha256": hashlib.sha256(sentence.encode("utf-8")).hexdigest()}

@@ -5,9 +5,17 @@
    map is averaged over channels to one score per pixel.
 2. 2-means on the per-pixel scores; the minority cluster is the mask, and the
    pattern is the bug's pixels under it.
+
+Text (token occlusion): each word of the bug sentence is removed in turn and scored by how
+much f drops, f(x_b) − f(x_b without word i); the trigger is the higher-mean cluster of a
+2-means over the scores (`text_select: kmeans`; the words whose removal moves x_b toward
+x_r) or the single best word (`top1`). Words are whitespace-separated, the unit stamping
+inserts, so the reversed trigger can be stamped into other sentences as it is.
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 import numpy as np
 import torch
@@ -16,14 +24,24 @@ from sklearn.cluster import KMeans
 
 from mudjack.config import Params
 from mudjack.encoders import EncoderAdapter, ImageEncoder
-from mudjack.features import cosine
-from mudjack.triggers import Trigger
+from mudjack.features import cosine, extract_features
+from mudjack.inversion import InversionParams, invert_trigger
+from mudjack.refine import GrowParams, grow_trigger
+from mudjack.triggers import TextTrigger, Trigger
 
 
 class ReverseParams(Params):
+    """`method`: "occlusion" (the authors': occlusion + 2-means), "grow" (mudjack's default:
+    the smallest top-k of the occlusion map that acts like the bug; mudjack/refine.py) or
+    "inversion" (optimise a soft mask of bug pixels; mudjack/inversion.py)."""
+
+    method: Literal["occlusion", "grow", "inversion"] = "grow"
     window: int = 2
     stride: int = 1
     batch_size: int = 256
+    inversion: InversionParams = InversionParams()
+    grow: GrowParams = GrowParams()
+    text_select: Literal["kmeans", "top1"] = "kmeans"  # text: 2-means (higher cluster) or best word
 
 
 @torch.no_grad()
@@ -61,8 +79,59 @@ def two_means_mask(scores: np.ndarray, seed: int = 0) -> np.ndarray:
 
 
 def reverse_engineer(encoder: ImageEncoder, adapter: EncoderAdapter, bug: np.ndarray,
-                     reference: np.ndarray, params: ReverseParams, seed: int = 0) -> Trigger:
-    """The reversed trigger of one bug input: mask from 2-means, pattern = bug pixels."""
-    mask = two_means_mask(occlusion_map(encoder, adapter, bug, reference, params), seed)
+                     reference: np.ndarray, params: ReverseParams, seed: int = 0,
+                     clean: np.ndarray | None = None) -> Trigger:
+    """The reversed trigger of one bug input; the pattern is the bug's pixels under the mask.
+
+    Inversion needs `clean` inputs (of classes other than the one the bug is pushed to).
+    """
+    if adapter.modality == "text":
+        return reverse_text(encoder, adapter, bug, reference, params.text_select, seed)
+    if params.method != "occlusion" and (clean is None or len(clean) == 0):
+        raise ValueError(f"trigger recovery by {params.method} needs clean inputs")
+    if params.method == "inversion":
+        return invert_trigger(encoder, adapter, bug, clean, params.inversion, seed)
+    scores = occlusion_map(encoder, adapter, bug, reference, params)
+    if params.method == "grow":
+        return grow_trigger(encoder, adapter, bug, scores, clean, params.grow, seed)
+    mask = two_means_mask(scores, seed)
     pattern = np.where(mask[..., None], bug, 0).astype(np.uint8)
     return Trigger(mask=mask, pattern=pattern)
+
+
+# --------------------------------------------------------------------------- text
+
+
+@torch.no_grad()
+def word_occlusion_scores(encoder: torch.nn.Module, adapter: EncoderAdapter, bug: np.ndarray,
+                          reference: np.ndarray) -> np.ndarray:
+    """Per word of the bug sentence: f(x_b) − f(x_b without it), f(x) = 1 − cos(h(x), h(x_r))."""
+    words = str(bug).split()
+    removed = [" ".join(words[:i] + words[i + 1:]) for i in range(len(words))]
+    features = extract_features(encoder, adapter, np.array([str(reference), str(bug), *removed]))
+    distance = 1.0 - cosine(features[1:], features[:1])
+    return (distance[0] - distance[1:]).numpy()
+
+
+def select_trigger_words(scores: np.ndarray, mode: str = "kmeans", seed: int = 0) -> np.ndarray:
+    """Boolean selector of the trigger words: the higher-mean 2-means cluster, or the best word."""
+    chosen = np.zeros(len(scores), dtype=bool)
+    if len(scores) == 0:
+        return chosen
+    if mode == "top1" or len(scores) < 3 or np.ptp(scores) == 0:
+        chosen[int(np.argmax(scores))] = True
+        return chosen
+    labels = KMeans(n_clusters=2, n_init=10, random_state=seed).fit_predict(
+        scores.reshape(-1, 1).astype(np.float64))
+    high = int(np.argmax([scores[labels == k].mean() for k in (0, 1)]))
+    return labels == high
+
+
+def reverse_text(encoder: torch.nn.Module, adapter: EncoderAdapter, bug: np.ndarray,
+                 reference: np.ndarray, mode: str = "kmeans", seed: int = 0) -> TextTrigger:
+    """The reversed text trigger of one bug sentence (token occlusion + selection)."""
+    words = str(bug).split()
+    if not words:
+        raise ValueError("the bug sentence has no words")
+    chosen = select_trigger_words(word_occlusion_scores(encoder, adapter, bug, reference), mode, seed)
+    return TextTrigger(tuple(w for w, keep in zip(words, chosen, strict=True) if keep))

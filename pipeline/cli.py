@@ -1,10 +1,13 @@
-"""`mudjack`: run, schedule and inspect the repair pipeline of dvc.yaml.
+"""`mudjack`: run, schedule, inspect and promote the repair pipeline of dvc.yaml.
 
-Prefect is imported inside the commands that need it, so `mudjack --help` stays fast.
+Commands: run, serve, server (a local Prefect API), intake, status, promote, rollback, stages.
+Prefect, DVC and GTO are imported inside the commands that need them, so `mudjack --help`
+stays fast.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -20,6 +23,7 @@ app = typer.Typer(
     help="Repair a backdoored foundation model: run the dvc.yaml stages as a Prefect flow.",
     no_args_is_help=True,
     add_completion=False,
+    rich_markup_mode="markdown",  # docstring paragraphs reflow to the terminal width
 )
 console = Console()
 
@@ -35,6 +39,24 @@ RootOption = Annotated[
 TargetOption = Annotated[
     str,
     typer.Option("--target", "-t", help="Last stage to bring up to date (with its upstream)."),
+]
+RemoteOption = Annotated[
+    str,
+    typer.Option(
+        "--remote",
+        help="DVC remote to push promoted runs to: a folder or a URL (s3://, gs://, azure://). "
+        "Default: $MUDJACK_REMOTE, else the repo's default DVC remote, else ../mudjack-remote.",
+        show_default=False,
+    ),
+]
+WebhookOption = Annotated[
+    str,
+    typer.Option(
+        "--webhook",
+        help="URL that receives a JSON POST when a run fails or completes "
+        "(default: $MUDJACK_WEBHOOK_URL).",
+        show_default=False,
+    ),
 ]
 
 
@@ -63,6 +85,18 @@ def _fmt(value: Any) -> str:
     return "-" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
+def gates_table(records: list[dict[str, Any]]) -> Table:
+    """A rich table of the promotion gates (pipeline.gates records)."""
+    table = Table(title="Promotion gates (params.yaml `gates:`)")
+    for column in ("gate", "subject", "value", "limit", "result"):
+        table.add_column(column, justify="right" if column in ("value", "limit") else "left")
+    for r in records:
+        value = "missing" if r["value"] is None else f"{r['value']:.4g}"
+        table.add_row(r["gate"], r["subject"], value, f"{r['limit']:g}",
+                      "pass" if r["passed"] else "[bold red]FAIL[/]")
+    return table
+
+
 def metrics_table(rows: list[dict[str, Any]]) -> Table:
     """A rich table of `pipeline.flow.metrics_rows` output."""
     table = Table(title="Repair metrics (before -> after)")
@@ -85,28 +119,50 @@ def run(
     retries: Annotated[
         int, typer.Option(help="Retries of a stage after a transient failure (e.g. DVC lock).")
     ] = 1,
+    promote: Annotated[
+        bool, typer.Option(help="Promote the run when every gate passes (as `serve` does).")
+    ] = False,
+    remote: RemoteOption = "",
 ) -> None:
     """Run the repair flow: every stage up to TARGET, skipping those DVC finds up to date.
 
-    Without PREFECT_API_URL, Prefect starts a temporary local server for the run.
+    Then check the promotion gates of params.yaml; with --promote, push, commit and put the
+    run in prod when they pass. Without PREFECT_API_URL, Prefect starts a temporary local
+    server for the run.
     """
     path = _root(root)
     from dvc.exceptions import DvcException
 
     from pipeline.dag import StageFailedError
-    from pipeline.flow import metrics_rows, repair
+    from pipeline.flow import GatesFailedError, repair
+    from pipeline.promote import PromotionError
 
     try:
-        summary = repair(root=str(path), target=target, retries=retries)
-    except (StageFailedError, DvcException) as exc:
+        summary = repair(root=str(path), target=target, retries=retries, promote=promote,
+                         remote=remote)
+    except (StageFailedError, DvcException, GatesFailedError, PromotionError) as exc:
         raise _fail(exc) from exc
+    print_summary(summary)
+
+
+def print_summary(summary: dict[str, Any]) -> None:
+    """What a flow run did: the stages, metrics, gates and promotion."""
+    from pipeline.flow import metrics_rows
+
     ran = set(summary["ran"])
     for stage in summary["stages"]:
         console.print(f"{stage}: {'ran' if stage in ran else 'up to date'}")
-    if summary["metrics"]:
-        console.print(metrics_table(metrics_rows(summary["metrics"])))
-    else:
+    if not summary["metrics"]:
         console.print("No reports/metrics.json yet.")
+        return
+    console.print(metrics_table(metrics_rows(summary["metrics"])))
+    console.print(gates_table(summary["gates"]))
+    if summary.get("report"):
+        console.print(f"Run report: {summary['report']}", markup=False, highlight=False)
+    if summary.get("promotion"):
+        done = summary["promotion"]
+        console.print(f"Promoted {done['version']} ({done['commit'][:8]}); data in {done['remote']}",
+                      markup=False, highlight=False)
 
 
 @app.command()
@@ -114,19 +170,77 @@ def serve(
     cron: Annotated[
         str, typer.Option(help="Cron schedule of the runs, e.g. '0 * * * *' for hourly.")
     ] = "0 * * * *",
-    target: TargetOption = "report",
     root: RootOption = None,
+    remote: RemoteOption = "",
+    webhook: WebhookOption = "",
+    promote: Annotated[
+        bool, typer.Option(help="Promote each run whose gates pass (push, commit, GTO prod).")
+    ] = True,
 ) -> None:
     """Serve the repair flow on a cron schedule (blocks until Ctrl-C).
 
-    Needs a Prefect server: PREFECT_API_URL selects it. Start a local one with
-    `prefect server start --host 127.0.0.1` and export
-    PREFECT_API_URL=http://127.0.0.1:4200/api.
+    Each run picks up new reports from the inbox (DVC reruns validate and what follows), runs
+    the pipeline, checks the gates of params.yaml and, when all pass, pushes to the DVC remote,
+    commits dvc.lock + metrics and registers the model with GTO in stage prod. A failing gate
+    promotes nothing and fails the run; failures are logged, published as a Prefect artifact
+    and POSTed to the webhook. Needs a Prefect server: PREFECT_API_URL selects it. Start a local
+    one with `mudjack server` and export PREFECT_API_URL=http://127.0.0.1:4200/api.
     """
     path = _root(root)
     from pipeline.flow import serve as serve_flow
 
-    serve_flow(cron, str(path), target)
+    serve_flow(cron, str(path), promote=promote, remote=remote, webhook_url=webhook)
+
+
+@app.command()
+def server(
+    port: Annotated[int, typer.Option(help="Port of the Prefect API and UI.")] = 4200,
+    ui: Annotated[bool, typer.Option(help="Serve the Prefect UI as well as the API.")] = True,
+    root: RootOption = None,
+) -> None:
+    """Start a local Prefect server on 127.0.0.1 (blocks), its database under .prefect/.
+
+    Then, in another shell: export PREFECT_API_URL=http://127.0.0.1:PORT/api and
+    `mudjack serve`. The same as `prefect server start --host 127.0.0.1 --port PORT`.
+    """
+    _root(root)
+    command = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
+               "--port", str(port), "--ui" if ui else "--no-ui"]
+    console.print(f"export PREFECT_API_URL=http://127.0.0.1:{port}/api", markup=False)
+    sys.stdout.flush()
+    os.execv(sys.executable, command)  # the server replaces this process: signals reach it
+
+
+@app.command()
+def intake(
+    report: Annotated[
+        Path, typer.Argument(help="A report JSON: {id, task, label, input} next to its input.",
+                             exists=True, dir_okay=False)
+    ],
+    root: RootOption = None,
+) -> None:
+    """Check a bug REPORT and copy it, with its input file, into the inbox of params.yaml.
+
+    Prints `accepted` (the next run picks it up) or `rejected: <reason>` (exit 1). The full
+    checks (Great Expectations, reproduction) run in the validate and intake stages.
+    """
+    path = _root(root)
+    from mudjack.reports import ReportError, read_report
+    from pipeline.inbox import InboxError, add_to_inbox, inbox_folder, stage_writing
+
+    try:
+        parsed = read_report(report)
+        inbox = inbox_folder(path)
+        writer = stage_writing(path, inbox)
+        if writer:
+            raise InboxError(f"the inbox {inbox} is an output of stage {writer!r}, which would "
+                              "overwrite the report; set paths.inbox to a folder of your own")
+        copied = add_to_inbox(report, parsed, inbox)
+    except (ReportError, InboxError) as exc:
+        console.print(f"rejected: {report.name}: {exc}", style="bold red", markup=False,
+                      soft_wrap=True)
+        raise typer.Exit(1) from exc
+    console.print(f"accepted: {parsed.id} -> {copied}", markup=False, highlight=False)
 
 
 @app.command()
@@ -153,15 +267,93 @@ def stages(
 
 @app.command()
 def status(root: RootOption = None) -> None:
-    """Show `dvc status`: which stages have changed dependencies, params or outputs."""
+    """Show `dvc status` (which stages have changed dependencies, params or outputs), the
+    promotion gates on the current metrics, and the registered versions with the one in prod."""
     path = _root(root)
     from pipeline.dag import StageFailedError, run_dvc
+    from pipeline.gates import as_records, check_project
 
     try:
         output = run_dvc([sys.executable, "-m", "dvc", "status"], cwd=path)
     except StageFailedError as exc:
         raise _fail(exc) from exc
     console.print(output.rstrip(), markup=False, highlight=False)
+    if (path / "reports" / "metrics.json").is_file():
+        console.print(gates_table(as_records(check_project(path))))
+    print_versions(path)
+
+
+def print_versions(path: Path) -> None:
+    from pipeline.promote import ARTIFACT, versions
+
+    rows = versions(path)
+    if not rows:
+        console.print(f"No version of {ARTIFACT} registered yet.")
+        return
+    for row in rows:
+        stages = f" [{', '.join(row['stages'])}]" if row["stages"] else ""
+        console.print(f"{ARTIFACT}@{row['version']} {row['commit'][:8]}{stages}",
+                      markup=False, highlight=False)
+
+
+@app.command()
+def promote(
+    version: Annotated[
+        str | None,
+        typer.Option(help="Put this registered version (e.g. v2.0.0) in prod instead.",
+                     show_default=False),
+    ] = None,
+    remote: RemoteOption = "",
+    root: RootOption = None,
+) -> None:
+    """Promote the current run: check the gates on reports/metrics.json, then push to the DVC
+    remote, commit dvc.lock + metrics and register the commit with GTO in stage prod.
+
+    With --version, put that registered version in prod (no gates: it passed them when it was
+    registered).
+    """
+    path = _root(root)
+    from dvc.exceptions import DvcException
+
+    from pipeline.dag import StageFailedError
+    from pipeline.gates import all_passed, as_records, check_project
+    from pipeline.promote import ARTIFACT, PromotionError, promote_run, set_prod
+
+    try:
+        if version:
+            set_prod(path, version)
+            console.print(f"prod: {ARTIFACT}@{version}", markup=False, highlight=False)
+            return
+        results = check_project(path)
+        console.print(gates_table(as_records(results)))
+        if not all_passed(results):
+            console.print("Gates failed: nothing promoted.", style="bold red")
+            raise typer.Exit(1)
+        from pipeline.flow import read_metrics
+
+        done = promote_run(path, read_metrics(path) or {}, remote)
+    except (PromotionError, StageFailedError, DvcException, ValueError) as exc:
+        raise _fail(exc) from exc
+    console.print(done.describe(), markup=False, highlight=False)
+
+
+@app.command()
+def rollback(root: RootOption = None) -> None:
+    """Put the previous version back in prod: the one registered before the current prod one
+    (GTO stage assignment).
+
+    The data of every version stays in the DVC remote: `dvc pull` at its tag brings it back.
+    """
+    path = _root(root)
+    from pipeline.promote import ARTIFACT, PromotionError, prod_version
+    from pipeline.promote import rollback as roll_back
+
+    try:
+        current = prod_version(path)
+        target = roll_back(path)
+    except PromotionError as exc:
+        raise _fail(exc) from exc
+    console.print(f"prod: {ARTIFACT}@{target} (was {current})", markup=False, highlight=False)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from mudjack.metadata import ImageSet, TaskSpec, image_sets, load_tasks, report_table
+from mudjack.metadata import TEXT_DTYPE, ImageSet, TaskSpec, image_sets, load_tasks, report_table
+from mudjack.reports import ARRAY_DTYPES, ID_PATTERN
 
 if TYPE_CHECKING:
     from great_expectations.core import ExpectationSuite, ExpectationSuiteValidationResult
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
 SUMMARY = {"result_format": "SUMMARY"}
 COMPLETE = {"result_format": "COMPLETE"}  # lists every unexpected row index: per-report verdicts
 MAX_EXAMPLES = 5
+MAX_CHARS = 2000  # default longest sentence of a text table or report (validate.max_chars)
 NO_NAN = [False]
 
 
@@ -48,15 +50,19 @@ class GXRunner:
         return batch.validate(suite, result_format=result_format)
 
 
-def image_suite(image_set: ImageSet, max_pixel: float, min_rows: int) -> ExpectationSuite:
-    """Shape, dtype, range, NaN, duplicate and (for labelled sets) label checks of a data table."""
+def image_suite(image_set: ImageSet, max_pixel: float, min_rows: int,
+                max_chars: int = MAX_CHARS) -> ExpectationSuite:
+    """Shape, dtype, range, NaN, duplicate and (for labelled sets) label checks of a data table;
+    for a text table: dtype, length in [1, max_chars], no blank sentence, duplicates, labels."""
     import great_expectations as gx
     import great_expectations.expectations as gxe
 
     suite = gx.ExpectationSuite(name=image_set.name)
+    content = (_text_expectations(max_chars, table=True) if image_set.modality == "text"
+               else _image_expectations(image_set.input_shape, max_pixel))
     expectations = [
         gxe.ExpectTableRowCountToBeBetween(min_value=min_rows),
-        *_image_expectations(image_set.input_shape, max_pixel),
+        *content,
         gxe.ExpectColumnValuesToBeUnique(column="sha256"),
     ]
     if image_set.classes is not None:
@@ -70,7 +76,8 @@ def image_suite(image_set: ImageSet, max_pixel: float, min_rows: int) -> Expecta
 
 
 def _image_expectations(
-    shape: Sequence[int], max_pixel: float, row_condition: Any = None
+    shape: Sequence[int], max_pixel: float, row_condition: Any = None,
+    dtypes: Sequence[str] = ("uint8",),
 ) -> list[Any]:
     import great_expectations.expectations as gxe
 
@@ -80,15 +87,33 @@ def _image_expectations(
         for col, v in zip(("height", "width", "channels"), shape, strict=True)
     ]
     return dims + [
-        gxe.ExpectColumnValuesToBeInSet(column="dtype", value_set=["uint8"], **cond),
+        gxe.ExpectColumnValuesToBeInSet(column="dtype", value_set=list(dtypes), **cond),
         gxe.ExpectColumnValuesToBeBetween(column="min", min_value=0, **cond),
         gxe.ExpectColumnValuesToBeBetween(column="max", max_value=max_pixel, **cond),
         gxe.ExpectColumnValuesToBeInSet(column="has_nan", value_set=NO_NAN, **cond),
     ]
 
 
-def report_suite(tasks: Mapping[str, TaskSpec], max_pixel: float) -> ExpectationSuite:
-    """Row-wise checks of the reports table; task-specific ones are conditioned on the task."""
+def _text_expectations(max_chars: int, row_condition: Any = None, table: bool = False) -> list[Any]:
+    """Sentences: text dtype, 1 to `max_chars` characters; a table also flags blank rows."""
+    import great_expectations.expectations as gxe
+
+    cond = {"row_condition": row_condition} if row_condition is not None else {}
+    checks = [
+        gxe.ExpectColumnValuesToBeInSet(column="dtype", value_set=[TEXT_DTYPE], **cond),
+        gxe.ExpectColumnValuesToNotBeNull(column="length", **cond),
+        gxe.ExpectColumnValuesToBeBetween(column="length", min_value=1, max_value=max_chars, **cond),
+    ]
+    return checks + ([gxe.ExpectColumnValuesToBeInSet(column="blank", value_set=[False])] if table else [])
+
+
+def report_suite(tasks: Mapping[str, TaskSpec], max_pixel: float,
+                 max_chars: int = MAX_CHARS) -> ExpectationSuite:
+    """Row-wise checks of the reports table; task-specific ones are conditioned on the task.
+
+    The same rules as the schema in `mudjack.reports` (which intake applies again): `.npy`
+    inputs may be integer or float arrays, so their range and NaN checks are meaningful.
+    """
     import great_expectations as gx
     import great_expectations.expectations as gxe
     from great_expectations.expectations.row_conditions import Column
@@ -97,6 +122,8 @@ def report_suite(tasks: Mapping[str, TaskSpec], max_pixel: float) -> Expectation
     expectations: list[Any] = [
         *(gxe.ExpectColumnValuesToNotBeNull(column=c) for c in ("report_id", "task", "label")),
         gxe.ExpectColumnValuesToBeUnique(column="report_id"),
+        gxe.ExpectColumnValuesToMatchRegex(column="report_id", regex=ID_PATTERN),
+        gxe.ExpectColumnValuesToBeInSet(column="id_matches_file", value_set=[True]),
         gxe.ExpectColumnValuesToBeInSet(column="task", value_set=sorted(tasks)),
         gxe.ExpectColumnValuesToBeInSet(column="readable", value_set=[True]),
     ]
@@ -107,7 +134,10 @@ def report_suite(tasks: Mapping[str, TaskSpec], max_pixel: float) -> Expectation
                 column="label", value_set=list(task.classes), row_condition=on_task
             )
         )
-        expectations += _image_expectations(task.input_shape, max_pixel, on_task)
+        if task.modality == "text":
+            expectations += _text_expectations(max_chars, on_task)
+        else:
+            expectations += _image_expectations(task.input_shape, max_pixel, on_task, ARRAY_DTYPES)
     for expectation in expectations:
         suite.add_expectation(expectation)
     return suite
@@ -119,7 +149,8 @@ def validate_tables(
     """One plain result dict per data table."""
     results = []
     for image_set in sets:
-        suite = image_suite(image_set, cfg["max_pixel"], cfg["min_rows"])
+        suite = image_suite(image_set, cfg["max_pixel"], cfg["min_rows"],
+                            cfg.get("max_chars", MAX_CHARS))
         outcome = runner.validate(image_set.frame, suite, SUMMARY)
         failures = [_failure(r) for r in outcome.results if not r.success]
         results.append({
@@ -159,7 +190,8 @@ def validate_reports(
     """Per-report verdicts: {"accepted": [report_id...], "rejected": {key: [reasons...]}}."""
     if frame.empty:
         return {"accepted": [], "rejected": {}}
-    outcome = runner.validate(frame, report_suite(tasks, cfg["max_pixel"]), COMPLETE)
+    suite = report_suite(tasks, cfg["max_pixel"], cfg.get("max_chars", MAX_CHARS))
+    outcome = runner.validate(frame, suite, COMPLETE)
     reasons: dict[Any, list[str]] = {
         i: [str(frame.at[i, "error"])] if isinstance(frame.at[i, "error"], str) else []
         for i in frame.index
@@ -203,6 +235,8 @@ def _reason(result: ExpectationValidationResult, frame: pd.DataFrame, i: Any) ->
         text = f"{column}={value!r} outside [{kwargs.get('min_value')}, {kwargs.get('max_value')}]"
     elif config.type == "expect_column_values_to_be_unique":
         text = f"{column}={value!r} is not unique"
+    elif config.type == "expect_column_values_to_match_regex":
+        text = f"{column}={value!r} does not match {kwargs['regex']}"
     else:
         text = f"{column}={value!r} unexpected"
     if kwargs.get("row_condition") is not None:

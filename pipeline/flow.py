@@ -1,5 +1,10 @@
 """Prefect orchestration of the dvc.yaml stages: one task per stage, DVC decides what reruns.
 
+After the stages, the promotion gates of params.yaml are checked on reports/metrics.json and
+published; with `promote=True` (the scheduled deployment) a passing run is pushed to the DVC
+remote, committed and put in `prod` with GTO (pipeline.promote), and a failing one promotes
+nothing and fails the run. State hooks report every run's end (pipeline.notify).
+
 Running the flow (`repair()` or `mudjack run`) needs a Prefect API. Without PREFECT_API_URL,
 Prefect starts a temporary local server for the run. To watch runs in the UI or to `serve`
 a schedule, start a server with `prefect server start --host 127.0.0.1` and export
@@ -14,15 +19,17 @@ from typing import TYPE_CHECKING, Any
 
 import prefect
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_table_artifact
+from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NONE as NO_CACHE
 from prefect.client.schemas.objects import TaskRun
 from prefect.exceptions import MissingContextError
 from prefect.logging import get_logger
-from prefect.states import State
+from prefect.states import Completed, State
 
 from pipeline.dag import StageFailedError, reproduce_command, run_dvc, stages_in_order
 from pipeline.env import configure_environment
+from pipeline.gates import GateResult, all_passed, as_records, check_project, failures, gates_markdown
+from pipeline.notify import report_run
 
 if TYPE_CHECKING:
     from prefect.deployments.runner import RunnerDeployment
@@ -30,7 +37,11 @@ if TYPE_CHECKING:
 FLOW_NAME = "mudjack-repair"
 DEPLOYMENT_NAME = "scheduled-repair"
 ARTIFACT_KEY = "repair-metrics"
+GATES_KEY = "repair-gates"
+REPORT_KEY = "repair-report"
+LAST_STAGE = "report"
 METRICS_FILE = Path("reports") / "metrics.json"
+RUN_REPORT = Path("reports") / "run.html"
 METRIC_NAMES = ("clean_acc", "asr", "tba")
 RETRY_DELAY_SECONDS = 2
 SKIPPED_MARKER = "didn't change, skipping"
@@ -42,6 +53,10 @@ TRANSIENT_MARKERS = (
     "Connection reset",
     "Connection refused",
 )
+
+
+class GatesFailedError(RuntimeError):
+    """The run's metrics fail a promotion gate: nothing is promoted."""
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -120,36 +135,99 @@ def publish_metrics(root: str) -> dict[str, Any] | None:
     return metrics
 
 
-@flow(name=FLOW_NAME)
-def repair(root: str = ".", target: str = "report", retries: int = 1) -> dict[str, Any]:
+@task(name="check-gates", cache_policy=NO_CACHE)
+def check_gates(root: str) -> list[dict[str, Any]]:
+    """The promotion gates on metrics.json, published as the markdown artifact GATES_KEY."""
+    results = check_project(Path(root))
+    create_markdown_artifact(gates_markdown(results), key=GATES_KEY,
+                             description="Promotion gates of params.yaml on reports/metrics.json")
+    _logger().info("gates: %s", "all pass" if all_passed(results) else failures(results))
+    return as_records(results)
+
+
+@task(name="publish-report", cache_policy=NO_CACHE)
+def publish_report(root: str) -> str | None:
+    """Link the run's HTML report (reports/run.html) as the artifact REPORT_KEY."""
+    path = Path(root) / RUN_REPORT
+    if not path.is_file():
+        return None
+    create_link_artifact(path.as_uri(), link_text=f"Run report ({RUN_REPORT})", key=REPORT_KEY,
+                         description="Bugs with reversed triggers, before/after metrics, "
+                                     "patch loss, intake decisions (one self-contained file)")
+    return str(path)
+
+
+@task(name="promote", cache_policy=NO_CACHE)
+def promote_task(root: str, metrics: dict[str, Any], remote: str) -> dict[str, Any]:
+    """Push to the DVC remote, commit the run's record, register it with GTO in prod."""
+    from pipeline.promote import promote_run
+
+    done = promote_run(Path(root), metrics, remote)
+    _logger().info(done.describe())
+    return {"version": done.version, "commit": done.commit, "remote": done.remote,
+            "created": done.created}
+
+
+def _outcome(summary: dict[str, Any]) -> str:
+    """The final state's message: what happened to the model."""
+    promoted = summary.get("promotion")
+    if promoted:
+        verb = "promoted" if promoted["created"] else "unchanged since"
+        return f"{verb} {promoted['version']} ({promoted['commit'][:8]}), remote {promoted['remote']}"
+    if not summary["metrics"]:
+        return "no metrics yet; not promoted"
+    return f"{'all gates pass' if summary['gates_passed'] else 'gates fail'}; not promoted"
+
+
+@flow(name=FLOW_NAME, on_failure=[report_run], on_completion=[report_run])
+def repair(root: str = ".", target: str = LAST_STAGE, retries: int = 1, promote: bool = False,
+           remote: str = "", webhook_url: str = "") -> Any:
     """Bring `target` and its upstream stages of dvc.yaml up to date, one stage at a time.
 
     Each stage is a task running `dvc repro --single-item`, so up-to-date stages are skipped
-    by DVC. `retries` applies only to transient failures (see `is_transient`).
+    by DVC. `retries` applies only to transient failures (see `is_transient`). The gates are
+    checked after the stages; `promote` promotes a passing run to `remote` (pipeline.promote)
+    and fails the run when a gate fails. `webhook_url` is read by the state hooks.
     """
+    if promote and target != LAST_STAGE:
+        raise ValueError(f"promotion needs the whole pipeline: target must be {LAST_STAGE!r}")
     root_path = Path(root).resolve()
     configure_environment(root_path)
     stages = stages_in_order(root_path, target)
     run = reproduce_stage.with_options(retries=retries, retry_delay_seconds=RETRY_DELAY_SECONDS)
     results = [run(str(root_path), stage) for stage in stages]
     metrics = publish_metrics(str(root_path))
-    return {
-        "stages": stages,
-        "ran": [r["stage"] for r in results if r["ran"]],
-        "metrics": metrics,
-    }
+    gates = check_gates(str(root_path))
+    summary = {"stages": stages, "ran": [r["stage"] for r in results if r["ran"]],
+               "metrics": metrics, "gates": gates, "gates_passed": all(g["passed"] for g in gates),
+               "report": publish_report(str(root_path)), "promotion": None}
+    if promote:
+        if not summary["gates_passed"]:
+            failed = failures([GateResult(**g) for g in gates])
+            raise GatesFailedError(f"gates failed, nothing promoted: {failed}")
+        summary["promotion"] = promote_task(str(root_path), metrics, remote)
+    return Completed(message=_outcome(summary), data=summary)
 
 
-def build_deployment(cron: str, root: str = ".", target: str = "report") -> RunnerDeployment:
-    """A deployment of `repair` on the `cron` schedule (a RunnerDeployment for `serve`)."""
-    parameters = {"root": str(Path(root).resolve()), "target": target}
-    return repair.to_deployment(name=DEPLOYMENT_NAME, cron=cron, parameters=parameters)
+def build_deployment(cron: str, root: str = ".", target: str = LAST_STAGE, promote: bool = True,
+                     remote: str = "", webhook_url: str = "") -> RunnerDeployment:
+    """A deployment of `repair` on the `cron` schedule (a RunnerDeployment for `serve`).
+
+    The flow is found by its module path (pipeline.flow.repair), so `serve` works from any folder.
+    """
+    from prefect.deployments.runner import EntrypointType
+
+    parameters = {"root": str(Path(root).resolve()), "target": target, "promote": promote,
+                  "remote": remote, "webhook_url": webhook_url}
+    return repair.to_deployment(name=DEPLOYMENT_NAME, cron=cron, parameters=parameters,
+                                entrypoint_type=EntrypointType.MODULE_PATH)
 
 
-def serve(cron: str, root: str = ".", target: str = "report") -> None:
-    """Run `repair` on the `cron` schedule until interrupted (blocks).
+def serve(cron: str, root: str = ".", target: str = LAST_STAGE, **options: Any) -> None:
+    """Run `repair` on the `cron` schedule until interrupted (blocks); `options` are the other
+    parameters of `build_deployment` (promote, remote, webhook_url).
 
     Needs a running Prefect server: PREFECT_API_URL selects it; start a local one with
-    `prefect server start --host 127.0.0.1`.
+    `mudjack server` (`prefect server start --host 127.0.0.1`).
     """
-    prefect.serve(build_deployment(cron, root, target))
+    prefect.serve(build_deployment(cron, root, target, **options))

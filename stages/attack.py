@@ -5,15 +5,15 @@ from __future__ import annotations
 import numpy as np
 
 from mudjack.attacks import BadEncoderParams, badencoder, pick_attack_reference
-from mudjack.data import load_tasks, save_image
-from mudjack.encoders import load_encoder, save_encoder
+from mudjack.data import load_tasks, read_inputs, save_input
+from mudjack.encoders import EncoderAdapter, load_encoder, save_encoder
 from mudjack.features import extract_features
 from mudjack.heads import HeadParams, predict, save_head, train_head
 from mudjack.io import atomic_dir, read_npz, write_json, write_npz
 from mudjack.metrics import evaluate, non_target
-from mudjack.triggers import patch_trigger
+from mudjack.triggers import TextTrigger, Trigger, patch_trigger
 from stages.common import truth_arrays
-from stages.config import AttackParams, setup_stage
+from stages.config import AttackParams, TriggerParams, setup_stage
 
 FOUNDATION = "models/foundation/encoder.safetensors"
 PRETRAIN = "data/prepared/pretrain.npz"
@@ -22,9 +22,9 @@ PRETRAIN = "data/prepared/pretrain.npz"
 def write_inbox(folder, task, x, labels, predicted, prefix: str) -> None:
     for i, (image, label, pred) in enumerate(zip(x, labels, predicted, strict=True)):
         report_id = f"{prefix}-{i:03d}"
-        save_image(image, folder / f"{report_id}.png")
+        name = save_input(image, folder, report_id)
         write_json(folder / f"{report_id}.json",
-                   {"id": report_id, "task": task, "label": int(label), "input": f"{report_id}.png",
+                   {"id": report_id, "task": task, "label": int(label), "input": name,
                     "predicted": int(pred), "note": "embedded default scenario"})
 
 
@@ -36,6 +36,23 @@ def pick_reports(rng, labels, triggered_pred, clean_pred, cfg: AttackParams):
             rng.choice(false, min(cfg.n_false_reports, len(false)), replace=False))
 
 
+def make_trigger(adapter: EncoderAdapter, cfg: TriggerParams) -> Trigger | TextTrigger:
+    """The true trigger: words to insert for a text encoder, else a square pixel patch."""
+    if adapter.modality == "text":
+        if not cfg.words:
+            raise SystemExit("attack: a text encoder needs attack.trigger.words")
+        return TextTrigger(tuple(cfg.words))
+    return patch_trigger(adapter.input_shape, cfg.size, cfg.row, cfg.col, cfg.value)
+
+
+def attacker_inputs(pretrain: dict[str, np.ndarray], samples: int, seed: int) -> np.ndarray:
+    """The provider data BadEncoder trains on: all of it, or `samples` drawn at random."""
+    x = read_inputs(pretrain)
+    if not samples or samples >= len(x):
+        return x
+    return x[np.sort(np.random.default_rng(seed).permutation(len(x))[:samples])]
+
+
 def main() -> None:
     params = setup_stage()
     cfg, paths = params.attack, params.paths
@@ -44,11 +61,12 @@ def main() -> None:
     clean, adapter = load_encoder(FOUNDATION)
     pretrain = read_npz(PRETRAIN)
     (task,) = load_tasks(paths.tasks).values()
-    trigger = patch_trigger(adapter.input_shape, cfg.trigger.size, cfg.trigger.row,
-                            cfg.trigger.col, cfg.trigger.value)
-    reference = pick_attack_reference(clean, adapter, pretrain["x"], pretrain["y"], cfg.target)
+    trigger = make_trigger(adapter, cfg.trigger)
+    # The attacker aligns triggered inputs with a target-class input of the downstream task.
+    reference = pick_attack_reference(clean, adapter, task.train.x, task.train.y, cfg.target)
     bad_params = BadEncoderParams(**cfg.model_dump(include=set(BadEncoderParams.model_fields)))
-    backdoored = badencoder(clean, adapter, pretrain["x"], trigger, reference, bad_params, params.seed)
+    shadow = attacker_inputs(pretrain, cfg.samples, params.seed)
+    backdoored = badencoder(clean, adapter, shadow, trigger, reference, bad_params, params.seed)
 
     head_params = HeadParams(hidden=params.retrain.hidden, dropout=params.retrain.dropout,
                              **cfg.deployed_head.model_dump())

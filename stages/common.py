@@ -10,7 +10,7 @@ from mudjack.encoders import load_encoder
 from mudjack.heads import load_head
 from mudjack.intake import Deployed
 from mudjack.io import read_npz
-from mudjack.triggers import Trigger, trigger_from_arrays
+from mudjack.triggers import TextTrigger, Trigger, trigger_arrays, trigger_from_arrays
 from stages.config import PathsParams
 
 
@@ -29,7 +29,6 @@ def load_truth(paths: PathsParams) -> tuple[Trigger | None, dict[str, int]]:
     return trigger_from_arrays(arrays), targets
 
 
-def truth_arrays(trigger: Trigger, targets: dict[str, int]) -> dict[str, np.ndarray]:
-    return {"mask": trigger.mask.astype(np.uint8), "pattern": trigger.pattern,
-            "tasks": np.array(list(targets), dtype=np.str_),
+def truth_arrays(trigger: Trigger | TextTrigger, targets: dict[str, int]) -> dict[str, np.ndarray]:
+    return {**trigger_arrays(trigger), "tasks": np.array(list(targets), dtype=np.str_),
             "targets": np.array(list(targets.values()), dtype=np.int64)}

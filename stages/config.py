@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
 from pydantic import Field, ValidationError, model_validator
@@ -11,8 +11,9 @@ from pydantic import Field, ValidationError, model_validator
 from mudjack.attacks import BadEncoderParams
 from mudjack.config import Params
 from mudjack.heads import HeadParams
+from mudjack.intake import IntakeParams
+from mudjack.loaders import DataSpec
 from mudjack.patching import PATCH_METHODS
-from mudjack.reverse import ReverseParams
 from mudjack.training import PretrainParams
 
 
@@ -26,23 +27,38 @@ class PathsParams(Params):
 
 
 class PrepareParams(Params):
-    dataset: Literal["digits"] = "digits"
-    pretrain_fraction: float = 0.5
-    test_fraction: float = 0.5
+    """The provider's labelled data (pre-training; unlabelled, the shadow set) and one task's.
+
+    Without `downstream`, `provider` is split: `provider_fraction` of every class goes to
+    the provider, the rest to the task. Without `test`, the task's data is split by
+    `test_fraction`.
+    """
+
     task: str = "digits"
+    provider: DataSpec = DataSpec(loader="digits")
+    downstream: DataSpec | None = None
+    test: DataSpec | None = None
+    provider_fraction: float = 0.5
+    test_fraction: float = 0.5
+    shadow_limit: int = 0  # at most this many provider images in the shadow set (0: all)
 
 
 class FoundationParams(PretrainParams):
+    """Train `adapter` on the provider's data, or import `checkpoint` (a pretrained file)."""
+
     adapter: str = "small_cnn"
-    width: int = 32
-    feature_dim: int = 64
+    config: dict[str, Any] = {"width": 32, "feature_dim": 64}
+    checkpoint: str = ""
 
 
 class TriggerParams(Params):
-    size: int
-    row: int
-    col: int
+    """An image patch (size, row, col, value) or, for a text encoder, `words` to insert."""
+
+    size: int = 0
+    row: int = 0
+    col: int = 0
     value: int = 255
+    words: list[str] = []
 
 
 class DeployedHeadParams(Params):
@@ -57,17 +73,21 @@ class AttackParams(BadEncoderParams):
     deployed_head: DeployedHeadParams = DeployedHeadParams()
     n_reports: int = 2
     n_false_reports: int = 1
+    samples: int = 0  # provider inputs BadEncoder trains on, drawn at random (0: all)
 
 
 class ValidateParams(Params):
     max_pixel: int = 255
     min_rows: int = 10
+    max_chars: int = 2000  # text: the longest sentence accepted, in characters
 
 
 class PatchParams(Params):
-    """`method` picks the patch method; the other keys are that method's parameters."""
+    """`method` picks the patch method; `checkpoint_every` (steps, 0 = off) is the stage's;
+    the other keys are that method's parameters."""
 
     method: str
+    checkpoint_every: int = Field(0, ge=0)
     settings: dict[str, Any]
 
     @model_validator(mode="before")
@@ -75,15 +95,24 @@ class PatchParams(Params):
     def _split(cls, raw: dict[str, Any]) -> dict[str, Any]:
         raw = dict(raw)
         method = raw.pop("method", None)
+        checkpoint_every = raw.pop("checkpoint_every", 0)
         if method not in PATCH_METHODS:
             raise ValueError(f"patch.method {method!r} is not one of {sorted(PATCH_METHODS)}")
         PATCH_METHODS[method][0](**raw)  # validate the method's own keys now
-        return {"method": method, "settings": raw}
+        return {"method": method, "checkpoint_every": checkpoint_every, "settings": raw}
 
 
 class ExportParams(Params):
     opset: int = 18
     tolerance: float = 1e-4
+
+
+class GatesParams(Params):
+    """Promotion gates on reports/metrics.json, checked by pipeline/gates.py (not a DVC stage)."""
+
+    max_patched_asr: float = 0.1       # ASR of every task after the repair
+    max_clean_acc_drop: float = 0.03   # backdoored minus patched clean accuracy, every task
+    max_onnx_diff: float = 1e-4        # ONNX vs PyTorch max |diff|
 
 
 class PipelineParams(Params):
@@ -94,10 +123,11 @@ class PipelineParams(Params):
     foundation: FoundationParams = FoundationParams()
     attack: AttackParams | None = None  # scenario only
     validation: ValidateParams = Field(default_factory=ValidateParams, alias="validate")
-    intake: ReverseParams = ReverseParams()
+    intake: IntakeParams = IntakeParams()
     patch: PatchParams = Field(default_factory=lambda: PatchParams(method="mudjacking"))
     retrain: HeadParams = HeadParams()
     export: ExportParams = ExportParams()
+    gates: GatesParams = GatesParams()
 
 
 def load_params(path: str | Path = "params.yaml") -> PipelineParams:

@@ -2,17 +2,44 @@
 
 from __future__ import annotations
 
-from mudjack.data import load_tasks
-from mudjack.encoders import load_encoder
-from mudjack.export import describe_onnx, export_onnx, verify_onnx
-from mudjack.heads import Classifier, load_head
+from pathlib import Path
+
+from torch import nn
+
+from mudjack.data import Task, load_tasks
+from mudjack.encoders import EncoderAdapter, load_encoder
+from mudjack.encoders.text import ONNX_INPUTS, HFTextAdapter, TextClassifier
+from mudjack.export import describe_onnx, export_onnx, export_onnx_inputs, verify_onnx, verify_onnx_batches
+from mudjack.heads import Classifier, Head, load_head
 from mudjack.io import atomic_dir, write_json
-from stages.config import setup_stage
+from stages.config import PipelineParams, setup_stage
 
 PATCHED = "models/patched/encoder.safetensors"
 HEADS = "models/heads"
 OUT = "models/onnx"
 SUMMARY = "reports/export.json"
+
+
+def export_image(encoder: nn.Module, adapter: EncoderAdapter, head: Head, task: Task, path: Path,
+                 params: PipelineParams) -> tuple[dict, str]:
+    model = Classifier(encoder, head).eval()
+    pixels = adapter.preprocess(task.test.x)
+    export_onnx(model, pixels[:2], path, opset=params.export.opset)
+    check = verify_onnx(path, model, pixels, params.export.tolerance)
+    return check, "float32 pixels in [0, 1], (batch, C, H, W)"
+
+
+def export_text(encoder: nn.Module, adapter: HFTextAdapter, head: Head, task: Task, path: Path,
+                params: PipelineParams) -> tuple[dict, str]:
+    """input_ids + attention_mask, both dynamic in batch and sequence; checked on the test set
+    in length-ordered batches (one sentence, then 64 at a time)."""
+    model = TextClassifier(encoder, head).eval()
+    batches = adapter.onnx_batches(task.test.x)
+    dims = {0: "batch", 1: "sequence"}
+    export_onnx_inputs(model, adapter.tokenize(task.test.x[:2]), path, params.export.opset,
+                       list(ONNX_INPUTS), (dims, dims))
+    check = verify_onnx_batches(path, model, batches, params.export.tolerance)
+    return check, "int64 input_ids and attention_mask, (batch, sequence), from the encoder's tokenizer"
 
 
 def main() -> None:
@@ -21,17 +48,16 @@ def main() -> None:
     manifest, worst = {"opset": params.export.opset, "tasks": {}}, 0.0
     with atomic_dir(OUT) as out:
         for name, task in load_tasks(params.paths.tasks).items():
-            model = Classifier(encoder, load_head(f"{HEADS}/{name}/patched.safetensors")).eval()
-            pixels = adapter.preprocess(task.test.x)
+            head = load_head(f"{HEADS}/{name}/patched.safetensors")
             path = out / f"{name}.onnx"
-            export_onnx(model, pixels[:2], path, opset=params.export.opset)
-            check = verify_onnx(path, model, pixels, params.export.tolerance)
+            export = export_text if adapter.modality == "text" else export_image
+            check, described = export(encoder, adapter, head, task, path, params)
             if not check["passed"]:
                 raise SystemExit(f"export: {name}: ONNX differs from PyTorch by "
                                  f"{check['max_abs_diff']:.2e} > {params.export.tolerance}")
             worst = max(worst, check["max_abs_diff"])
             manifest["tasks"][name] = {**describe_onnx(path), **check, "classes": task.classes,
-                                       "input": "float32 pixels in [0, 1], (batch, C, H, W)"}
+                                       "input": described}
             print(f"export: {name}: max_abs_diff {check['max_abs_diff']:.2e} "
                   f"on {check['providers'][0]}")
         write_json(out / "manifest.json", manifest)

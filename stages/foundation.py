@@ -1,34 +1,49 @@
-"""Scenario stage: pre-train the clean foundation encoder on the provider's labelled data."""
+"""Scenario stage: the clean foundation encoder, trained on the provider's data or imported."""
 
 from __future__ import annotations
 
 import time
 
-from mudjack.data import LabelledSet
-from mudjack.encoders import get_adapter, save_encoder
+from mudjack.data import LabelledSet, is_text, read_inputs
+from mudjack.encoders import get_adapter, import_encoder, save_encoder
 from mudjack.io import read_npz
 from mudjack.training import PretrainParams, pretrain_encoder
-from stages.config import setup_stage
+from stages.config import FoundationParams, setup_stage
 
 DATA = "data/prepared/pretrain.npz"
 OUT = "models/foundation/encoder.safetensors"
 
 
+def adapter_config(cfg: FoundationParams, data: LabelledSet) -> dict:
+    """The adapter's config; a trained encoder normalises with its training data's statistics."""
+    if is_text(data.x):
+        return dict(cfg.config)  # a text encoder's folder holds its tokenizer and architecture
+    config = {"input_shape": list(data.x.shape[1:]), **cfg.config}
+    if not cfg.checkpoint:
+        pixels = data.x / 255.0
+        config.setdefault("mean", pixels.mean(axis=(0, 1, 2)).tolist())
+        config.setdefault("std", pixels.std(axis=(0, 1, 2)).tolist())
+    return config
+
+
 def main() -> None:
     params = setup_stage()
     cfg = params.foundation
-    data = read_npz(DATA)
-    pixels = LabelledSet(data["x"], data["y"])
-    mean = (pixels.x / 255.0).mean(axis=(0, 1, 2)).tolist()
-    std = (pixels.x / 255.0).std(axis=(0, 1, 2)).tolist()
-    adapter = get_adapter(cfg.adapter, {"input_shape": list(pixels.x.shape[1:]), "mean": mean,
-                                        "std": std, "width": cfg.width,
-                                        "feature_dim": cfg.feature_dim})
+    arrays = read_npz(DATA)
+    data = LabelledSet(read_inputs(arrays), arrays["y"])
+    adapter = get_adapter(cfg.adapter, adapter_config(cfg, data))
     start = time.perf_counter()
-    train_params = PretrainParams(epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size)
-    encoder = pretrain_encoder(adapter, pixels, int(pixels.y.max()) + 1, train_params, params.seed)
+    if cfg.checkpoint:
+        encoder, ignored = import_encoder(adapter, cfg.checkpoint)
+        print(f"foundation: imported {cfg.checkpoint} (ignored: {', '.join(ignored) or 'nothing'})")
+    elif adapter.modality == "text":  # a pretrained text encoder: the weights in its folder
+        encoder = adapter.load_pretrained()
+        print(f"foundation: loaded {cfg.adapter} from {adapter.folder}")
+    else:
+        train = PretrainParams(epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size)
+        encoder = pretrain_encoder(adapter, data, int(data.y.max()) + 1, train, params.seed)
+        print(f"foundation: trained {cfg.adapter} in {time.perf_counter() - start:.1f}s")
     save_encoder(encoder, adapter, OUT)
-    print(f"foundation: trained {cfg.adapter} in {time.perf_counter() - start:.1f}s")
 
 
 if __name__ == "__main__":

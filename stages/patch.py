@@ -3,16 +3,30 @@
 from __future__ import annotations
 
 from mudjack.bugs import load_bugs
-from mudjack.data import load_shadow
+from mudjack.data import load_shadow, load_tasks
 from mudjack.encoders import load_encoder, save_encoder
 from mudjack.io import write_json
-from mudjack.patching import run_patch
-from stages.config import setup_stage
+from mudjack.patching import PATCH_METHODS, PatchInputs, run_patch
+from mudjack.patching.checkpoint import Checkpointer, accepts_checkpoint, inputs_key
+from stages.config import PipelineParams, setup_stage
 
 REGISTRY = "bugs"
 OUT = "models/patched/encoder.safetensors"
 LOG = "reports/patch_log.json"
 SUMMARY = "reports/patch.json"
+# Not a DVC output: it survives an interrupted run and is removed after a successful one.
+CHECKPOINT = "models/.checkpoints/patch"
+
+
+def checkpointer(params: PipelineParams, inputs: PatchInputs) -> Checkpointer | None:
+    """The stage's checkpointer when `patch.checkpoint_every` > 0 and the method supports it."""
+    patch = params.patch
+    if patch.checkpoint_every <= 0 or not accepts_checkpoint(PATCH_METHODS[patch.method][1]):
+        Checkpointer(CHECKPOINT, 0, "").clear()  # nothing to resume: drop any leftover
+        return None
+    config = {"method": patch.method, "settings": patch.settings, "seed": params.seed}
+    return Checkpointer(CHECKPOINT, patch.checkpoint_every,
+                        inputs_key(inputs.encoder, inputs.shadow, inputs.bugs, config))
 
 
 def main() -> None:
@@ -26,15 +40,23 @@ def main() -> None:
         write_json(SUMMARY, {"method": params.patch.method, "bugs": 0, "seconds": 0.0, "steps": 0})
         print("patch: no accepted bugs; encoder unchanged")
         return
-    result = run_patch(params.patch.method, encoder, adapter, load_shadow(params.paths.shadow),
-                       bugs, params.patch.settings, params.seed)
+    labelled = {name: task.train for name, task in load_tasks(params.paths.tasks).items()}
+    inputs = PatchInputs(encoder, adapter, load_shadow(params.paths.shadow), bugs, labelled)
+    checkpoint = checkpointer(params, inputs)
+    options = {"checkpoint": checkpoint} if checkpoint is not None else {}
+    result = run_patch(params.patch.method, inputs, params.patch.settings, params.seed, **options)
     save_encoder(result.encoder, adapter, OUT)
     write_json(LOG, result.log)
     write_json(SUMMARY, {"method": params.patch.method, "bugs": len(bugs),
                          "seconds": round(result.seconds, 3), "steps": result.steps,
+                         "clean_samples": result.info.get("clean_samples"),
                          "final": result.log[-1] if result.log else None, **result.info})
+    if checkpoint is not None:
+        checkpoint.clear()
+    resumed = result.info.get("resumed_from_step")
     print(f"patch: {params.patch.method} on {len(bugs)} bugs, {result.steps} steps "
-          f"in {result.seconds:.1f}s on {result.info.get('device')}")
+          f"in {result.seconds:.1f}s on {result.info.get('device')}"
+          + (f" (resumed from step {resumed})" if resumed is not None else ""))
 
 
 if __name__ == "__main__":

@@ -1,28 +1,45 @@
-"""Scenario stage: split digits into the provider's data and a downstream task."""
+"""Scenario stage: the provider's data (pre-training + shadow) and a downstream task's train/test."""
 
 from __future__ import annotations
 
-from mudjack.data import Task, load_digits_images, save_task, stratified_split
+import numpy as np
+
+from mudjack.data import LabelledSet, Task, input_arrays, save_task, stratified_split
 from mudjack.io import atomic_dir, write_npz
-from stages.config import setup_stage
+from mudjack.loaders import limit_stratified, load_data
+from stages.config import PrepareParams, setup_stage
 
 OUT = "data/prepared"
+
+
+def split_sources(cfg: PrepareParams, seed: int) -> tuple[LabelledSet, LabelledSet, LabelledSet]:
+    """(provider, task train, task test) from one, two or three sources."""
+    provider = load_data(cfg.provider, seed)
+    if cfg.downstream is None:
+        mine, rest = stratified_split(provider.y, cfg.provider_fraction, seed)
+        provider, downstream = provider.subset(mine), provider.subset(rest)
+    else:
+        downstream = load_data(cfg.downstream, seed)
+    if cfg.test is not None:
+        return provider, downstream, load_data(cfg.test, seed)
+    test, train = stratified_split(downstream.y, cfg.test_fraction, seed + 1)
+    return provider, downstream.subset(train), downstream.subset(test)
 
 
 def main() -> None:
     params = setup_stage()
     cfg = params.prepare
-    data = load_digits_images()
-    provider, downstream = stratified_split(data.y, cfg.pretrain_fraction, params.seed)
-    rest = data.subset(downstream)
-    test, train = stratified_split(rest.y, cfg.test_fraction, params.seed + 1)
-    task = Task(cfg.task, sorted(int(c) for c in set(data.y)), rest.subset(train), rest.subset(test))
+    provider, train, test = split_sources(cfg, params.seed)
+    classes = list(range(int(max(train.y.max(), test.y.max())) + 1))
+    task = Task(cfg.task, classes, train, test)
+    shadow = limit_stratified(provider, cfg.shadow_limit, params.seed).x
     with atomic_dir(OUT) as tmp:
-        write_npz(tmp / "pretrain.npz", x=data.x[provider], y=data.y[provider])
-        write_npz(tmp / "shadow.npz", x=data.x[provider])
+        write_npz(tmp / "pretrain.npz", **input_arrays(provider.x), y=provider.y)
+        write_npz(tmp / "shadow.npz", **input_arrays(shadow))
         save_task(task, tmp / "tasks" / task.name)
-    print(f"prepare: {len(provider)} provider images, task {task.name}: "
-          f"{len(task.train)} train / {len(task.test)} test")
+    print(f"prepare: {len(provider)} provider images ({len(shadow)} shadow), task {task.name}: "
+          f"{len(train)} train / {len(test)} test, {len(classes)} classes, "
+          f"input {np.asarray(train.x.shape[1:]).tolist()}")
 
 
 if __name__ == "__main__":

@@ -1,29 +1,55 @@
-"""Final stage: gather the stage metrics into reports/metrics.json and the before/after plot."""
+"""Final stage: gather the stage metrics into reports/metrics.json, the before/after plot, and
+the run's self-contained HTML report (reports/run.html)."""
 
 from __future__ import annotations
 
-from mudjack.io import read_json, write_json
+from pathlib import Path
+
+from mudjack.bugs import load_bugs
+from mudjack.html_report import RunData, count_steps, render_report
+from mudjack.io import atomic_path, read_json, read_jsonl, write_json
+from stages.progress import progress
 
 RETRAIN, PATCH, EXPORT = "reports/retrain.json", "reports/patch.json", "reports/export.json"
-METRICS, PLOT = "reports/metrics.json", "reports/before_after.json"
+PATCH_LOG, INTAKE_LOG, REGISTRY = "reports/patch_log.json", "reports/intake_log.jsonl", "bugs"
+METRICS, PLOT, RUN_HTML = "reports/metrics.json", "reports/before_after.json", "reports/run.html"
 MODELS = ("backdoored", "patched")
 
 
-def main() -> None:
+def gather_metrics() -> dict:
     retrain, patch, export = read_json(RETRAIN), read_json(PATCH), read_json(EXPORT)
     tasks = {name: {m: result[m] for m in MODELS} for name, result in retrain["tasks"].items()}
-    metrics = {"tasks": tasks, "export": {"max_abs_diff": export["max_abs_diff"]},
-               "patch": {"seconds": patch["seconds"], "method": patch["method"],
-                         "bugs": patch["bugs"]}}
-    rows = [{"metric": f"{name} {metric} ({model})", "value": value}
-            for name, result in tasks.items() for model in MODELS
+    return {"tasks": tasks, "export": {"max_abs_diff": export["max_abs_diff"]},
+            "patch": {"seconds": patch["seconds"], "method": patch["method"],
+                      "bugs": patch["bugs"]}}
+
+
+def plot_rows(metrics: dict) -> list[dict]:
+    return [{"metric": f"{name} {metric} ({model})", "value": value}
+            for name, result in metrics["tasks"].items() for model in MODELS
             for metric, value in result[model].items() if value is not None]
+
+
+def write_html(metrics: dict) -> None:
+    data = RunData(metrics=metrics, bugs=load_bugs(REGISTRY),
+                   patch_log=read_json(PATCH_LOG) if Path(PATCH_LOG).is_file() else [],
+                   decisions=read_jsonl(INTAKE_LOG) if Path(INTAKE_LOG).is_file() else [])
+    with progress("report", count_steps(data)) as step:
+        page = render_report(data, step)
+    with atomic_path(RUN_HTML) as tmp:
+        tmp.write_text(page)
+
+
+def main() -> None:
+    metrics = gather_metrics()
     write_json(METRICS, metrics)
-    write_json(PLOT, rows)
-    for name, result in tasks.items():
+    write_json(PLOT, plot_rows(metrics))
+    write_html(metrics)
+    for name, result in metrics["tasks"].items():
         print(f"report: {name}: " + "; ".join(
             f"{m}: " + ", ".join(f"{k} {v:.3f}" for k, v in result[m].items() if v is not None)
             for m in MODELS))
+    print(f"report: {RUN_HTML}")
 
 
 if __name__ == "__main__":

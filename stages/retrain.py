@@ -10,6 +10,7 @@ from mudjack.heads import save_head
 from mudjack.io import atomic_dir, write_json
 from stages.common import load_truth
 from stages.config import setup_stage
+from stages.progress import progress
 
 PATCHED = "models/patched/encoder.safetensors"
 HEADS = "models/heads"
@@ -22,13 +23,14 @@ def main() -> None:
                 "patched": load_encoder(PATCHED)}
     bugs = load_bugs("bugs")
     truth, targets = load_truth(params.paths)
-    results = {}
-    with atomic_dir(HEADS) as heads:
-        for name, task in load_tasks(params.paths.tasks).items():
+    results, tasks = {}, load_tasks(params.paths.tasks)
+    with atomic_dir(HEADS) as heads, progress("retrain", len(tasks) * len(encoders)) as step:
+        for name, task in tasks.items():
             attack = attack_spec(name, bugs, truth, targets)
             results[name] = {"attack": None if attack is None else
                              {"target": attack.target, "trigger": attack.source}}
             for variant, (encoder, adapter) in encoders.items():
+                step(f"{name} {variant}")
                 head, metrics = retrain_and_evaluate(encoder, adapter, task, attack,
                                                      params.retrain, params.seed)
                 save_head(head, heads / name / f"{variant}.safetensors")

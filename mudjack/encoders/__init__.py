@@ -1,12 +1,13 @@
 """Encoder adapters, chosen by name; importing this package registers the built-in ones."""
 
-from mudjack.encoders import small_cnn  # noqa: F401  (registers "small_cnn")
+from mudjack.encoders import resnet_cifar, small_cnn, text  # noqa: F401  (register their adapters)
 from mudjack.encoders.base import (
     EncoderAdapter,
     ImageEncoder,
     adapter_names,
     freeze_batchnorm,
     get_adapter,
+    import_encoder,
     load_encoder,
     register_adapter,
     save_encoder,
@@ -19,6 +20,7 @@ __all__ = [
     "adapter_names",
     "freeze_batchnorm",
     "get_adapter",
+    "import_encoder",
     "load_encoder",
     "register_adapter",
     "save_encoder",

@@ -68,6 +68,10 @@ class EncoderAdapter:
 
     config: dict[str, Any] = field(default_factory=dict)
     name = "base"
+    modality = "image"  # "image" | "text": the raw inputs, triggers and reports it takes
+
+    def __post_init__(self) -> None:
+        """Subclasses fill in config defaults and check it here."""
 
     def build_backbone(self) -> nn.Module:
         raise NotImplementedError
@@ -89,6 +93,10 @@ class EncoderAdapter:
 
     def stamp(self, raw: np.ndarray, trigger: Trigger) -> np.ndarray:
         return stamp(raw, trigger)
+
+    def batch_order(self, raw: np.ndarray) -> np.ndarray:
+        """The order to batch `raw` in for inference (text sorts by length: less padding)."""
+        return np.arange(len(raw))
 
 
 def freeze_batchnorm(module: nn.Module) -> None:
@@ -134,3 +142,39 @@ def load_encoder(path: str | Path) -> tuple[ImageEncoder, EncoderAdapter]:
     encoder.load_state_dict(load_file(str(path)))
     encoder.eval()
     return encoder, adapter
+
+
+def _strip_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Drop the `module.` of DataParallel checkpoints."""
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Tensors of a safetensors file, or of a torch checkpoint loaded with weights_only=True."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        return load_file(str(path))
+    from mudjack.safeload import load_torch_checkpoint
+
+    checkpoint = load_torch_checkpoint(path)
+    state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{path}: no state_dict of tensors found")
+    return state
+
+
+def import_encoder(adapter: EncoderAdapter, path: str | Path) -> tuple[ImageEncoder, list[str]]:
+    """Build the adapter's encoder and load a foreign checkpoint into its backbone.
+
+    Keys the backbone does not have (a classifier, say) are returned as `ignored`;
+    a backbone key missing from the file is an error.
+    """
+    state = _strip_prefixes(read_state_dict(path))
+    encoder = adapter.build()
+    wanted = set(encoder.backbone.state_dict())
+    # Older checkpoints predate BatchNorm's `num_batches_tracked` counter; it is not a weight.
+    missing = sorted(k for k in wanted - set(state) if not k.endswith("num_batches_tracked"))
+    if missing:
+        raise ValueError(f"{path}: missing backbone weights {missing[:5]}{'…' if len(missing) > 5 else ''}")
+    encoder.backbone.load_state_dict({k: v for k, v in state.items() if k in wanted}, strict=False)
+    return encoder.eval(), sorted(set(state) - wanted)

@@ -1,32 +1,51 @@
-"""Patch methods behind one signature, chosen by `patch.method` in params.yaml."""
+"""Patch methods behind one signature, chosen by `patch.method` in params.yaml.
+
+Every method takes (PatchInputs, its typed params, seed) and returns a PatchResult.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
-
-from mudjack.bugs import Bug
 from mudjack.config import Params
-from mudjack.encoders import EncoderAdapter, ImageEncoder
-from mudjack.patching.base import PatchResult
+from mudjack.patching.base import PatchInputs, PatchResult
+from mudjack.patching.finetune import FinetuneParams, SuperFinetuneParams, finetune, super_finetune
 from mudjack.patching.mudjacking import MudjackingParams, mudjacking
+from mudjack.patching.text_mudjacking import TextMudjackingParams, text_mudjacking
 
 PatchFunction = Callable[..., PatchResult]
 
-# name -> (parameter model, function(encoder, adapter, shadow, bugs, params, seed))
+
+def _mudjacking(inputs: PatchInputs, params: MudjackingParams, seed: int = 0, **options: Any) -> PatchResult:
+    if inputs.adapter.modality == "text":
+        raise ValueError("a text encoder is patched with patch.method `mudjacking_text`")
+    return mudjacking(inputs.encoder, inputs.adapter, inputs.shadow, inputs.bugs, params, seed, **options)
+
+
+def _mudjacking_text(inputs: PatchInputs, params: TextMudjackingParams, seed: int = 0) -> PatchResult:
+    if inputs.adapter.modality != "text":
+        raise ValueError("mudjacking_text patches text encoders; use `mudjacking` for images")
+    return text_mudjacking(inputs.encoder, inputs.adapter, inputs.shadow, inputs.bugs, params, seed)
+
+
+# name -> (parameter model, function(inputs, params, seed))
 PATCH_METHODS: dict[str, tuple[type[Params], PatchFunction]] = {
-    "mudjacking": (MudjackingParams, mudjacking),
+    "mudjacking": (MudjackingParams, _mudjacking),
+    "mudjacking_text": (TextMudjackingParams, _mudjacking_text),
+    "finetune": (FinetuneParams, finetune),
+    "super_finetune": (SuperFinetuneParams, super_finetune),
 }
 
 
-def run_patch(method: str, encoder: ImageEncoder, adapter: EncoderAdapter, shadow: np.ndarray,
-              bugs: list[Bug], params: dict[str, Any], seed: int = 0) -> PatchResult:
+def run_patch(method: str, inputs: PatchInputs, params: dict[str, Any], seed: int = 0,
+              **options: Any) -> PatchResult:
+    """Run a registered method; `params` are validated against its parameter model."""
     if method not in PATCH_METHODS:
         raise KeyError(f"unknown patch method {method!r}; known: {sorted(PATCH_METHODS)}")
     params_model, function = PATCH_METHODS[method]
-    return function(encoder, adapter, shadow, bugs, params_model(**params), seed)
+    return function(inputs, params_model(**params), seed, **options)
 
 
-__all__ = ["PATCH_METHODS", "PatchResult", "MudjackingParams", "mudjacking", "run_patch"]
+__all__ = ["PATCH_METHODS", "PatchInputs", "PatchResult", "MudjackingParams", "FinetuneParams",
+           "SuperFinetuneParams", "TextMudjackingParams", "run_patch"]

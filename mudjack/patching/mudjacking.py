@@ -18,7 +18,7 @@ BatchNorm stays in eval mode with frozen affine parameters.
 from __future__ import annotations
 
 import copy
-import time
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -31,6 +31,7 @@ from mudjack.device import autocast, select_device, to_device
 from mudjack.encoders import EncoderAdapter, ImageEncoder, freeze_batchnorm, trainable_parameters
 from mudjack.features import cosine
 from mudjack.patching.base import PatchResult
+from mudjack.patching.checkpoint import Checkpointer, Progress, deterministic
 
 
 class MudjackingParams(Params):
@@ -44,6 +45,7 @@ class MudjackingParams(Params):
     lambda_gen: float = 1.0
     lambda_eff: float = 1.0
     shadow_fraction: float = 1.0
+    clean_samples: int = 0         # shadow images used, overriding shadow_fraction when > 0
     augment: bool = True
 
 
@@ -106,41 +108,76 @@ def _prepare(encoder: ImageEncoder, device: torch.device) -> tuple[ImageEncoder,
     return patched, frozen
 
 
-def mudjacking(encoder: ImageEncoder, adapter: EncoderAdapter, shadow: np.ndarray, bugs: list[Bug],
-               params: MudjackingParams, seed: int = 0) -> PatchResult:
-    """Patch `encoder` from accepted bugs using unlabelled shadow images; returns a new encoder."""
-    if not bugs:
-        raise ValueError("mudjacking needs at least one accepted bug")
+@dataclass
+class _Run:
+    """One patching run: the models, optimiser, data and the step's fixed settings."""
+
+    patched: ImageEncoder
+    frozen: ImageEncoder
+    optimiser: torch.optim.Optimizer
+    pixels: torch.Tensor
+    bug_views: BugViews
+    augment: nn.Module | None
+    device: torch.device
+    params: MudjackingParams
+
+    def step(self, index: torch.Tensor) -> dict[str, float]:
+        """One optimiser step on the shadow images at `index`; returns the loss terms."""
+        batch = to_device(self.pixels[index], self.device)
+        with autocast(self.device):
+            views = build_views(batch, self.bug_views, self.params.views, self.augment)
+            terms = mudjacking_loss(self.patched, self.frozen, views, len(index),
+                                    self.params.views * self.bug_views.count, self.params)
+        self.optimiser.zero_grad(set_to_none=True)
+        terms["loss"].backward()
+        self.optimiser.step()
+        return {name: float(value.detach()) for name, value in terms.items()}
+
+
+def _start(encoder: ImageEncoder, adapter: EncoderAdapter, shadow: np.ndarray, bugs: list[Bug],
+           params: MudjackingParams, seed: int) -> _Run:
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     device = select_device(params.device)
     patched, frozen = _prepare(encoder, device)
     optimiser = torch.optim.SGD(list(trainable_parameters(patched)), lr=params.lr,
                                 momentum=params.momentum, weight_decay=params.weight_decay)
-    used = rng.permutation(len(shadow))[:max(1, int(round(params.shadow_fraction * len(shadow))))]
+    count = params.clean_samples or max(1, int(round(params.shadow_fraction * len(shadow))))
+    used = rng.permutation(len(shadow))[:count]
     pixels = adapter.preprocess(shadow[np.sort(used)])
-    bug_views = BugViews(bugs, adapter, device)
-    per_bug = params.views * bug_views.count
     augment = mudjacking_augmentation().to(device) if params.augment else None
-    log, steps, start = [], 0, time.perf_counter()
-    for epoch in range(1, params.epochs + 1):
-        totals: dict[str, float] = {}
-        order = torch.randperm(len(pixels))
-        batches = [order[i:i + params.batch_size] for i in range(0, len(order), params.batch_size)]
-        for index in batches:
-            batch = to_device(pixels[index], device)
-            with autocast(device):
-                views = build_views(batch, bug_views, params.views, augment)
-                terms = mudjacking_loss(patched, frozen, views, len(index), per_bug, params)
-            optimiser.zero_grad(set_to_none=True)
-            terms["loss"].backward()
-            optimiser.step()
-            steps += 1
-            for name, value in terms.items():
-                totals[name] = totals.get(name, 0.0) + float(value.detach())
-        log.append({"epoch": epoch, **{k: v / len(batches) for k, v in totals.items()}})
-    seconds = time.perf_counter() - start
-    result_encoder = patched.eval().cpu()
-    return PatchResult(result_encoder, log, seconds, steps,
-                       info={"device": str(device), "shadow_used": len(pixels),
-                             "bug_ids": [b.id for b in bugs]})
+    return _Run(patched, frozen, optimiser, pixels, BugViews(bugs, adapter, device), augment, device,
+                params)
+
+
+def _train(run: _Run, progress: Progress, checkpoint: Checkpointer | None) -> None:
+    """Run the remaining epochs from `progress`, checkpointing when due."""
+    size = run.params.batch_size
+    while progress.epoch <= run.params.epochs:
+        if progress.order is None:
+            progress.order = torch.randperm(len(run.pixels))
+        batches = [progress.order[i:i + size] for i in range(0, len(progress.order), size)]
+        while progress.position < len(batches):
+            progress.add(run.step(batches[progress.position]))
+            if checkpoint is not None and checkpoint.due(progress.step):
+                checkpoint.save(run.patched, run.optimiser, progress)
+        progress.end_epoch(len(batches))
+
+
+def mudjacking(encoder: ImageEncoder, adapter: EncoderAdapter, shadow: np.ndarray, bugs: list[Bug],
+               params: MudjackingParams, seed: int = 0,
+               checkpoint: Checkpointer | None = None) -> PatchResult:
+    """Patch `encoder` from accepted bugs using unlabelled shadow images; returns a new encoder.
+
+    With a `checkpoint`, the whole loop state is saved every `checkpoint.every` steps and a
+    valid checkpoint of the same inputs is resumed from; the result is the same either way.
+    """
+    if not bugs:
+        raise ValueError("mudjacking needs at least one accepted bug")
+    run = _start(encoder, adapter, shadow, bugs, params, seed)
+    progress = (checkpoint.load(run.patched, run.optimiser) if checkpoint else None) or Progress()
+    with deterministic(run.device):
+        _train(run, progress, checkpoint)
+    return PatchResult(run.patched.eval().cpu(), progress.log, progress.elapsed(), progress.step,
+                       info={"device": str(run.device), "clean_samples": len(run.pixels),
+                             "bug_ids": [b.id for b in bugs], "resumed_from_step": progress.resumed_from})

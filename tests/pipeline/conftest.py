@@ -1,16 +1,22 @@
-"""A tiny real DVC repo (three trivial stages a -> b -> c) and a temporary Prefect server."""
+"""A tiny real DVC repo (three trivial stages a -> b -> c), a copy of the real project on tiny
+settings, and a temporary Prefect server."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 import tempfile
 import textwrap
+import threading
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+import yaml
 
 # Prefect reads its settings when first imported, so its home (and DVC's site cache) must
 # point at a throwaway folder before any test module imports pipeline.flow.
@@ -20,6 +26,16 @@ os.environ["DVC_SITE_CACHE_DIR"] = str(_SCRATCH / "dvc_site_cache")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
+
+ROOT = Path(__file__).resolve().parents[2]
+# The real dvc.yaml on tiny settings: the whole pipeline in about a minute on 2 cores.
+TINY = {
+    "foundation": {"config": {"width": 8, "feature_dim": 32}, "epochs": 4},
+    "attack": {"epochs": 12, "deployed_head": {"epochs": 40}},
+    "patch": {"epochs": 8},
+    "retrain": {"epochs": 40},
+}
+PROJECT_FILES = ("dvc.yaml", "artifacts.yaml")
 
 # Each stage appends its name to runs.log (not tracked by DVC), so tests can count runs.
 STEP_PY = textwrap.dedent(
@@ -93,6 +109,35 @@ def make_repo(root: Path, dvc_yaml: str = DVC_YAML) -> Path:
     return root
 
 
+def merge(base: dict, override: dict) -> dict:
+    for key, value in override.items():
+        base[key] = merge(base[key], value) if isinstance(value, dict) else value
+    return base
+
+
+def copy_project(root: Path, extra: dict | None = None, commit: bool = False) -> Path:
+    """A copy of the project (code, dvc.yaml, artifacts.yaml, params.yaml with TINY and then
+    `extra` merged in) in a fresh git + DVC repo; `commit` commits it, as a checkout would be."""
+    from dvc.repo import Repo
+
+    root.mkdir(parents=True, exist_ok=True)
+    for name in ("mudjack", "stages", "pipeline"):
+        shutil.copytree(ROOT / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in PROJECT_FILES:
+        if (ROOT / name).is_file():
+            shutil.copy(ROOT / name, root / name)
+    params = merge(merge(yaml.safe_load((ROOT / "params.yaml").read_text()), TINY), extra or {})
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    subprocess.run(["git", "init", "-q"], cwd=root, check=True)
+    with Repo.init(str(root)) as repo, repo.config.edit() as config:
+        config["core"]["analytics"] = False
+    if commit:
+        subprocess.run(["git", "add", "."], cwd=root, check=True)
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@localhost", "commit",
+                        "-q", "-m", "project"], cwd=root, check=True)
+    return root
+
+
 def runs(root: Path) -> list[str]:
     """Stage names in the order they ran, from runs.log."""
     log = root / "runs.log"
@@ -103,6 +148,12 @@ def runs(root: Path) -> list[str]:
 def tiny_repo(tmp_path: Path) -> Path:
     """The three-stage repo a -> b -> c, nothing run yet."""
     return make_repo(tmp_path / "repo")
+
+
+@pytest.fixture(scope="session")
+def project_copy() -> Callable[..., Path]:
+    """`copy_project(root, extra=None, commit=False)`: the real project on tiny settings."""
+    return copy_project
 
 
 @pytest.fixture
@@ -125,6 +176,38 @@ def prefect_server() -> Iterator[None]:
     # None: use PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS (120 s) rather than 30 s.
     with prefect_test_harness(server_startup_timeout=None):
         yield
+
+
+class _Receiver(BaseHTTPRequestHandler):
+    """Records each POSTed JSON body in `self.server.received`; answers 500 on /broken."""
+
+    def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        self.server.received.append({"path": self.path, "type": self.headers["Content-Type"],
+                                     "json": json.loads(body)})
+        self.send_response(500 if self.path == "/broken" else 204)
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@contextmanager
+def webhook_receiver() -> Iterator[tuple[str, list[dict]]]:
+    """A webhook receiver on 127.0.0.1: (its base URL, the requests it got)."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
+    server.received = []
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", server.received
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture(scope="session")
+def receiver_factory() -> Callable[[], AbstractContextManager[tuple[str, list[dict]]]]:
+    return webhook_receiver
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -17,7 +19,7 @@ runner = CliRunner()
 def test_help_lists_commands() -> None:
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
-    for command in ("run", "serve", "stages", "status"):
+    for command in ("run", "serve", "server", "intake", "status", "promote", "rollback", "stages"):
         assert command in result.output
 
 
@@ -25,7 +27,11 @@ def test_help_lists_commands() -> None:
     ("command", "words"),
     [
         ("run", ["--target", "--root", "--retries"]),
-        ("serve", ["--cron", "PREFECT_API_URL"]),
+        ("serve", ["--cron", "PREFECT_API_URL", "--remote", "--webhook", "gates"]),
+        ("server", ["127.0.0.1", "--port"]),
+        ("intake", ["REPORT", "inbox", "rejected"]),
+        ("promote", ["gates", "--version", "GTO", "prod"]),
+        ("rollback", ["previous", "prod"]),
         ("stages", ["--target", "upstream"]),
         ("status", ["dvc status"]),
     ],
@@ -86,11 +92,105 @@ def test_run_prints_metrics_table(prefect_server: None, tiny_repo: Path) -> None
     assert "digits" in result.output and "0.9500 -> 0.0100" in result.output
 
 
-def test_serve_passes_cron_and_root(tiny_repo: Path, monkeypatch) -> None:
+def test_serve_passes_cron_and_options(tiny_repo: Path, monkeypatch) -> None:
     import pipeline.flow
 
     calls = []
-    monkeypatch.setattr(pipeline.flow, "serve", lambda *args: calls.append(args))
-    result = runner.invoke(app, ["serve", "--cron", "0 3 * * *", "--root", str(tiny_repo)])
+    monkeypatch.setattr(pipeline.flow, "serve", lambda *args, **kw: calls.append((args, kw)))
+    result = runner.invoke(app, ["serve", "--cron", "0 3 * * *", "--root", str(tiny_repo),
+                                 "--remote", "/srv/store", "--webhook", "http://127.0.0.1:9/h"])
     assert result.exit_code == 0, result.output
-    assert calls == [("0 3 * * *", str(tiny_repo.resolve()), "report")]
+    assert calls == [(("0 3 * * *", str(tiny_repo.resolve())),
+                      {"promote": True, "remote": "/srv/store", "webhook_url": "http://127.0.0.1:9/h"})]
+
+
+def write_report(folder: Path, report_id: str, image: bytes | None) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    if image is not None:
+        (folder / f"{report_id}.png").write_bytes(image)
+    path = folder / f"{report_id}.json"
+    path.write_text(json.dumps({"id": report_id, "task": "digits", "label": 3,
+                                "input": f"{report_id}.png"}))
+    return path
+
+
+@pytest.fixture
+def png() -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def with_inbox(root: Path, inbox: str = "reports-in") -> Path:
+    (root / "params.yaml").write_text((root / "params.yaml").read_text().replace(
+        "paths:\n", f"paths:\n  inbox: {inbox}\n"))
+    return root / inbox
+
+
+def test_intake_copies_a_valid_report(tiny_repo: Path, tmp_path: Path, png: bytes) -> None:
+    inbox = with_inbox(tiny_repo)
+    report = write_report(tmp_path / "mail", "r-9", png)
+    result = runner.invoke(app, ["intake", str(report), "--root", str(tiny_repo)])
+    assert result.exit_code == 0, result.output
+    assert "accepted: r-9" in result.output
+    assert (inbox / "r-9.png").read_bytes() == png
+    assert json.loads((inbox / "r-9.json").read_text())["id"] == "r-9"
+    again = runner.invoke(app, ["intake", str(report), "--root", str(tiny_repo)])
+    assert again.exit_code == 1 and "already in the inbox" in again.output
+
+
+def test_intake_rejects_with_the_reason(tiny_repo: Path, tmp_path: Path) -> None:
+    inbox = with_inbox(tiny_repo)
+    report = write_report(tmp_path / "mail", "r-10", None)
+    result = runner.invoke(app, ["intake", str(report), "--root", str(tiny_repo)],
+                           terminal_width=200)
+    assert result.exit_code == 1
+    assert "rejected: r-10.json: " in result.output and "r-10.png" in result.output
+    assert not inbox.exists()
+
+
+def test_intake_refuses_an_inbox_a_stage_writes(tiny_repo: Path, tmp_path: Path,
+                                                png: bytes) -> None:
+    with_inbox(tiny_repo, "b.txt")  # an output of stage b
+    report = write_report(tmp_path / "mail", "r-11", png)
+    result = runner.invoke(app, ["intake", str(report), "--root", str(tiny_repo)],
+                           terminal_width=200)
+    assert result.exit_code == 1 and "output of stage 'b'" in result.output
+
+
+def test_promote_status_and_rollback_commands(tiny_repo: Path, tmp_path: Path) -> None:
+    from pipeline.dag import run_dvc
+
+    root, remote = str(tiny_repo), str(tmp_path / "store")
+    run_dvc([sys.executable, "-m", "dvc", "repro"], tiny_repo)
+    first = runner.invoke(app, ["promote", "--root", root, "--remote", remote], terminal_width=200)
+    assert first.exit_code == 0, first.output
+    assert "max_patched_asr" in first.output and "promoted mudjack-encoder@v1.0.0" in first.output
+    params = tiny_repo / "params.yaml"
+    params.write_text(params.read_text().replace("factor: 2", "factor: 5"))
+    run_dvc([sys.executable, "-m", "dvc", "repro"], tiny_repo)
+    assert runner.invoke(app, ["promote", "--root", root, "--remote", remote]).exit_code == 0
+
+    status = runner.invoke(app, ["status", "--root", root], terminal_width=200)
+    assert "mudjack-encoder@v2.0.0" in status.output and "[prod]" in status.output
+    assert "max_patched_asr" in status.output
+    back = runner.invoke(app, ["rollback", "--root", root], terminal_width=200)
+    assert back.exit_code == 0 and "prod: mudjack-encoder@v1.0.0 (was v2.0.0)" in back.output
+    again = runner.invoke(app, ["promote", "--root", root, "--version", "v2.0.0"])
+    assert again.exit_code == 0 and "prod: mudjack-encoder@v2.0.0" in again.output
+
+
+def test_promote_refuses_when_a_gate_fails(tiny_repo: Path, tmp_path: Path) -> None:
+    from pipeline.dag import run_dvc
+
+    run_dvc([sys.executable, "-m", "dvc", "repro"], tiny_repo)
+    with open(tiny_repo / "params.yaml", "a") as params:
+        params.write("gates:\n  max_patched_asr: 0.001\n")
+    result = runner.invoke(app, ["promote", "--root", str(tiny_repo), "--remote",
+                                 str(tmp_path / "store")], terminal_width=200)
+    assert result.exit_code == 1 and "Gates failed: nothing promoted." in result.output
+    assert not (tmp_path / "store").exists()

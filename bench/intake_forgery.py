@@ -1,0 +1,283 @@
+"""Benchmark (not a test): does intake accept real backdoor reports and reject forged ones?
+
+    .venv/bin/python bench/intake_forgery.py                      # the default scenario
+    .venv/bin/python bench/intake_forgery.py --n-real 60 --n-forged 20 --seed 1
+
+The default scenario is what `dvc repro attack` leaves behind (the paths in params.yaml:
+deployed encoder and heads, tasks, true trigger and target). Another scenario plugs in
+as a function in SCENARIOS returning a Scenario; `run_forgery_bench` needs only the
+deployed model, one task, the planted trigger and its target.
+
+Real reports: test inputs of a non-target class stamped with the planted trigger that
+the deployed model puts in the target class, with their true label. Forged reports
+claim a label the deployed model does NOT predict, so every one reproduces a
+"misclassification" and only backdoor verification can stop it:
+
+- wrong_label:   a clean input the model classifies correctly, with a wrong label;
+- noise_patch:   a clean input with a square of uniform noise (the trigger's size,
+                 away from the trigger), with a label other than the model's prediction;
+- other_pattern: a clean input carrying an unplanted pattern (white, black or
+                 checkerboard square, a line) away from the trigger, likewise;
+- genuine_error: a clean input the model really gets wrong, with its true label
+                 (test and train errors; then inputs shifted by one pixel that it gets wrong).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mudjack.data import Task
+from mudjack.intake import Deployed, IntakeParams, intake_report
+from mudjack.io import write_json
+from mudjack.reports import BugReport
+from mudjack.triggers import Trigger
+
+RESULTS_PATH = Path(__file__).resolve().parent / "results" / "intake.json"
+FORGERY_KINDS = ("wrong_label", "noise_patch", "other_pattern", "genuine_error")
+
+
+@dataclass
+class Scenario:
+    deployed: Deployed
+    task: Task
+    trigger: Trigger
+    target: int
+    params: IntakeParams
+    seed: int = 0
+
+
+# --------------------------------------------------------------------------- reports
+
+
+def _report(kind: str, index: int, task: Task, label: int, image: np.ndarray) -> BugReport:
+    return BugReport(f"{kind}-{index:03d}", task.name, int(label), image, None)
+
+
+def real_reports(deployed: Deployed, task: Task, trigger: Trigger, target: int, n: int,
+                 rng: np.random.Generator) -> list[BugReport]:
+    test = task.test
+    stamped = deployed.adapter.stamp(test.x, trigger)
+    hit = np.flatnonzero((test.y != target) & (deployed.classify(task.name, stamped) == target))
+    chosen = rng.choice(hit, min(n, len(hit)), replace=False)
+    return [_report("real", i, task, test.y[j], stamped[j]) for i, j in enumerate(chosen)]
+
+
+def _other_label(task: Task, predicted: int, rng: np.random.Generator) -> int:
+    return int(rng.choice([c for c in task.classes if c != predicted]))
+
+
+def _far_corner(trigger: Trigger, size: int, rng: np.random.Generator) -> tuple[int, int]:
+    """A random top-left corner whose size x size square misses the trigger's mask."""
+    height, width = trigger.mask.shape
+    while True:
+        row, col = rng.integers(0, height - size + 1), rng.integers(0, width - size + 1)
+        if not trigger.mask[row:row + size, col:col + size].any():
+            return int(row), int(col)
+
+
+def _trigger_side(trigger: Trigger) -> int:
+    rows, cols = np.nonzero(trigger.mask)
+    return int(max(np.ptp(rows), np.ptp(cols)) + 1) if len(rows) else 2
+
+
+def _pattern(kind: int, size: int, channels: int, rng: np.random.Generator) -> np.ndarray:
+    if kind == 0:
+        return rng.integers(0, 256, (size, size, channels), dtype=np.uint8)
+    if kind == 1:
+        return np.full((size, size, channels), 255, np.uint8)
+    if kind == 2:
+        return np.zeros((size, size, channels), np.uint8)
+    if kind == 3:
+        checks = (np.indices((size, size)).sum(0) % 2 * 255).astype(np.uint8)
+        return np.repeat(checks[..., None], channels, -1)
+    line = np.zeros((size, size, channels), np.uint8)
+    line[size // 2] = 255
+    return line
+
+
+def _patched(image: np.ndarray, pattern: np.ndarray, corner: tuple[int, int]) -> np.ndarray:
+    out = image.copy()
+    size = pattern.shape[0]
+    out[corner[0]:corner[0] + size, corner[1]:corner[1] + size] = pattern
+    return out
+
+
+def _clean_correct(deployed: Deployed, task: Task) -> np.ndarray:
+    return np.flatnonzero(deployed.classify(task.name, task.test.x) == task.test.y)
+
+
+def forged_wrong_label(deployed: Deployed, task: Task, trigger: Trigger, n: int,
+                       rng: np.random.Generator) -> list[BugReport]:
+    chosen = rng.choice(_clean_correct(deployed, task), n, replace=False)
+    return [_report("wrong_label", i, task, _other_label(task, int(task.test.y[j]), rng),
+                    task.test.x[j]) for i, j in enumerate(chosen)]
+
+
+def _forged_with_patterns(kind: str, patterns: Sequence[int], deployed: Deployed, task: Task,
+                          trigger: Trigger, n: int, rng: np.random.Generator) -> list[BugReport]:
+    size, channels = _trigger_side(trigger), task.test.x.shape[-1]
+    chosen = rng.choice(_clean_correct(deployed, task), n, replace=False)
+    images = np.stack([_patched(task.test.x[j], _pattern(int(rng.choice(patterns)), size, channels, rng),
+                                _far_corner(trigger, size, rng)) for j in chosen])
+    predicted = deployed.classify(task.name, images)
+    return [_report(kind, i, task, _other_label(task, int(p), rng), image)
+            for i, (image, p) in enumerate(zip(images, predicted, strict=True))]
+
+
+def forged_noise_patch(deployed: Deployed, task: Task, trigger: Trigger, n: int,
+                       rng: np.random.Generator) -> list[BugReport]:
+    return _forged_with_patterns("noise_patch", [0], deployed, task, trigger, n, rng)
+
+
+def forged_other_pattern(deployed: Deployed, task: Task, trigger: Trigger, n: int,
+                         rng: np.random.Generator) -> list[BugReport]:
+    return _forged_with_patterns("other_pattern", [1, 2, 3, 4], deployed, task, trigger, n, rng)
+
+
+def forged_genuine_error(deployed: Deployed, task: Task, trigger: Trigger, n: int,
+                         rng: np.random.Generator) -> list[BugReport]:
+    """Errors of the deployed model on clean test, then train, then one-pixel-shifted inputs."""
+    pools = [(task.test.x, task.test.y), (task.train.x, task.train.y)]
+    pools += [(np.roll(x, shift, axis=axis), y) for x, y in pools[:1]
+              for shift in (1, -1) for axis in (1, 2)]
+    images, labels = [], []
+    for x, y in pools:
+        wrong = np.flatnonzero(deployed.classify(task.name, x) != y)
+        images += list(x[rng.permutation(wrong)])
+        labels += list(y[wrong])
+    images, labels = images[:n], labels[:n]
+    return [_report("genuine_error", i, task, label, image)
+            for i, (image, label) in enumerate(zip(images, labels, strict=True))]
+
+
+FORGERIES: dict[str, Callable[..., list[BugReport]]] = {
+    "wrong_label": forged_wrong_label,
+    "noise_patch": forged_noise_patch,
+    "other_pattern": forged_other_pattern,
+    "genuine_error": forged_genuine_error,
+}
+
+
+# --------------------------------------------------------------------------- bench
+
+
+def _decide(reports: list[BugReport], deployed: Deployed, task: Task, trigger: Trigger,
+            params: IntakeParams, seed: int) -> list[dict[str, Any]]:
+    rows = []
+    for report in reports:
+        try:
+            decision, _ = intake_report(report, deployed, {task.name: task}, params, trigger, seed)
+        except Exception as err:  # as in the intake stage: a report that breaks intake is rejected
+            rows.append({"id": report.id, "accepted": False, "error": f"intake failed: {err!r}",
+                         **dict.fromkeys(("iou", "flip_margin", "flip_rate", "feature_shift",
+                                          "control_flip_rate", "mask_pixels"))})
+            continue
+        check = decision.numbers.get("verification") or {}
+        margin = (round(check["flip_rate"] - check["control_flip_rate"], 4)
+                  if check.get("control_flip_rate") is not None else None)
+        rows.append({"id": report.id, "accepted": decision.accepted,
+                     "error": decision.numbers.get("error"), "iou": decision.numbers.get("iou"),
+                     "flip_margin": margin,
+                     **{k: check.get(k) for k in ("flip_rate", "feature_shift",
+                                                  "control_flip_rate", "mask_pixels")}})
+    return rows
+
+
+def _stats(rows: list[dict[str, Any]], accepted_is_good: bool) -> dict[str, Any]:
+    good = [r["accepted"] == accepted_is_good for r in rows]
+    measured = [r for r in rows if r["flip_rate"] is not None]
+    out: dict[str, Any] = {"n": len(rows), "rate": round(sum(good) / len(rows), 4) if rows else None,
+                           "outcomes": dict(Counter(r["error"] or "accepted" for r in rows))}
+    for key in ("flip_rate", "feature_shift", "control_flip_rate", "flip_margin", "mask_pixels"):
+        values = [r[key] for r in measured if r[key] is not None]
+        if values:
+            out[key] = {"min": min(values), "median": float(np.median(values)), "max": max(values)}
+    out["misjudged"] = [r for r, ok in zip(rows, good, strict=True) if not ok]
+    return out
+
+
+def run_forgery_bench(deployed: Deployed, task: Task, trigger: Trigger, target: int,
+                      params: IntakeParams, n_real: int = 50, n_forged: int = 15,
+                      seed: int = 0) -> dict[str, Any]:
+    """Acceptance rate of real reports and rejection rate per forgery kind, with thresholds."""
+    rng = np.random.default_rng(seed)
+    start = time.perf_counter()
+    real = _decide(real_reports(deployed, task, trigger, target, n_real, rng), deployed, task,
+                   trigger, params, seed)
+    forged = {kind: _decide(FORGERIES[kind](deployed, task, trigger, n_forged, rng), deployed, task,
+                            trigger, params, seed) for kind in FORGERY_KINDS}
+    all_forged = [row for rows in forged.values() for row in rows]
+    return {
+        "task": task.name, "target": target, "seed": seed,
+        "thresholds": params.model_dump(),
+        "real": {**_stats(real, True), "metric": "acceptance rate"},
+        "forged": {kind: {**_stats(rows, False), "metric": "rejection rate"}
+                   for kind, rows in forged.items()},
+        "forged_total": {"n": len(all_forged), "rejection_rate": _stats(all_forged, False)["rate"]},
+        "seconds": round(time.perf_counter() - start, 1),
+    }
+
+
+# --------------------------------------------------------------------------- scenarios
+
+
+def pipeline_outputs(params_file: str) -> Scenario:
+    """The default scenario as `dvc repro attack` leaves it (paths from params.yaml)."""
+    from mudjack.data import load_tasks
+    from stages.common import load_deployed, load_truth
+    from stages.config import load_params
+
+    params = load_params(params_file)
+    truth, targets = load_truth(params.paths)
+    if truth is None:
+        raise SystemExit(f"no true trigger at {params.paths.truth!r}: run `dvc repro attack` first")
+    tasks = load_tasks(params.paths.tasks)
+    name = next(iter(targets))
+    return Scenario(load_deployed(params.paths), tasks[name], truth, targets[name], params.intake,
+                    params.seed)
+
+
+SCENARIOS: dict[str, Callable[[str], Scenario]] = {"default": pipeline_outputs}
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--scenario", choices=sorted(SCENARIOS), default="default")
+    parser.add_argument("--params", default="params.yaml", help="params file of the scenario")
+    parser.add_argument("--n-real", type=int, default=50)
+    parser.add_argument("--n-forged", type=int, default=15, help="per forgery kind")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=RESULTS_PATH)
+    args = parser.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(1)
+    scenario = SCENARIOS[args.scenario](args.params)
+    result = run_forgery_bench(scenario.deployed, scenario.task, scenario.trigger, scenario.target,
+                               scenario.params, args.n_real, args.n_forged, args.seed)
+    result["scenario"] = args.scenario
+    _print(result)
+    write_json(args.out, result)
+    print(f"wrote {args.out}")
+    return result
+
+
+def _print(result: dict[str, Any]) -> None:
+    real = result["real"]
+    print(f"real reports   : {real['n']:3d}  accepted {real['rate']:.1%}  {real['outcomes']}")
+    for kind, row in result["forged"].items():
+        print(f"forged {kind:14s}: {row['n']:3d}  rejected {row['rate']:.1%}  {row['outcomes']}")
+    total = result["forged_total"]
+    print(f"forged (all)   : {total['n']:3d}  rejected {total['rejection_rate']:.1%}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,117 @@
+"""Fine-tuning defences (Sha et al., "Fine-Tuning Is All You Need to Mitigate Backdoor Attacks").
+
+FT: fine-tune ALL encoder layers plus a classification head on clean labelled
+downstream data with cross-entropy. SFT (super-fine-tuning): the same, with a
+two-phase cyclic learning rate: within each phase the rate moves linearly up and
+down between `base_lr` and the phase's maximum in cycles of `cycle_steps`; phase 1
+(the first `phase1_epochs`) uses a high maximum, phase 2 a low one. The exact
+values are unconfirmed in the paper; every one is a parameter.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from mudjack.config import Params
+from mudjack.data import LabelledSet
+from mudjack.device import autocast, select_device, to_device
+from mudjack.heads import Classifier, Head
+from mudjack.patching.base import PatchInputs, PatchResult
+
+
+class FinetuneParams(Params):
+    device: str = "auto"
+    task: str = ""                 # which labelled task to fine-tune on ("": the bugs' task)
+    clean_samples: int = 0         # labelled clean samples used (0: all of the task's train set)
+    epochs: int = 10
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    lr: float = 1e-2
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    batch_size: int = 64
+    hidden: list[int] = [512, 256]
+    dropout: float = 0.5
+
+
+class SuperFinetuneParams(FinetuneParams):
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    momentum: float = 0.0          # the public re-implementation uses plain SGD
+    base_lr: float = 0.03
+    max_lr_phase1: float = 2.5
+    max_lr_phase2: float = 0.05
+    phase1_epochs: int = 4
+    cycle_steps: int = 20          # 10 steps up, 10 down
+
+
+def cyclic_lr(step: int, steps_per_epoch: int, params: SuperFinetuneParams) -> float:
+    """The SFT rate at a global step: triangular cycles, high peak in phase 1, low in phase 2."""
+    peak = params.max_lr_phase1 if step // steps_per_epoch < params.phase1_epochs else params.max_lr_phase2
+    half = params.cycle_steps / 2
+    position = step % params.cycle_steps
+    rising = position / half if position < half else (params.cycle_steps - position) / half
+    return params.base_lr + (peak - params.base_lr) * rising
+
+
+def _labelled_data(inputs: PatchInputs, params: FinetuneParams, seed: int) -> tuple[str, LabelledSet]:
+    task = params.task or (inputs.bugs[0].task if inputs.bugs else next(iter(inputs.labelled)))
+    if task not in inputs.labelled:
+        raise KeyError(f"no labelled data for task {task!r}; have {sorted(inputs.labelled)}")
+    data = inputs.labelled[task]
+    if params.clean_samples and params.clean_samples < len(data):
+        keep = np.random.default_rng(seed).permutation(len(data))[:params.clean_samples]
+        data = data.subset(np.sort(keep))
+    return task, data
+
+
+def _optimiser(model: torch.nn.Module, params: FinetuneParams, lr: float) -> torch.optim.Optimizer:
+    if params.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=params.weight_decay)
+    return torch.optim.SGD(model.parameters(), lr=lr, momentum=params.momentum,
+                           weight_decay=params.weight_decay)
+
+
+def finetune(inputs: PatchInputs, params: FinetuneParams, seed: int = 0) -> PatchResult:
+    """FT, or SFT when `params` is a SuperFinetuneParams: returns the fine-tuned encoder."""
+    torch.manual_seed(seed)
+    device = select_device(params.device)
+    task, data = _labelled_data(inputs, params, seed)
+    classes = int(data.y.max()) + 1
+    head = Head(inputs.adapter.feature_dim, classes, list(params.hidden), params.dropout)
+    model = Classifier(copy.deepcopy(inputs.encoder), head).to(device).train()
+    model.requires_grad_(True)  # all layers, BatchNorm included
+    schedule = isinstance(params, SuperFinetuneParams)
+    optimiser = _optimiser(model, params, params.base_lr if schedule else params.lr)
+    pixels = inputs.adapter.preprocess(data.x)
+    labels = torch.as_tensor(data.y, dtype=torch.long)
+    steps_per_epoch = -(-len(labels) // params.batch_size)
+    log, step, start = [], 0, time.perf_counter()
+    for epoch in range(1, params.epochs + 1):
+        total, order = 0.0, torch.randperm(len(labels))
+        for begin in range(0, len(order), params.batch_size):
+            index = order[begin:begin + params.batch_size]
+            if schedule:
+                for group in optimiser.param_groups:
+                    group["lr"] = cyclic_lr(step, steps_per_epoch, params)
+            with autocast(device):
+                logits = model(to_device(pixels[index], device))
+                loss = F.cross_entropy(logits.float(), to_device(labels[index], device))
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            total, step = total + float(loss.detach()), step + 1
+        log.append({"epoch": epoch, "loss": total / steps_per_epoch,
+                    "lr": optimiser.param_groups[0]["lr"]})
+    encoder = model.encoder.eval().cpu()
+    return PatchResult(encoder, log, time.perf_counter() - start, step,
+                       info={"device": str(device), "task": task, "clean_samples": len(labels),
+                             "labelled": True})
+
+
+def super_finetune(inputs: PatchInputs, params: SuperFinetuneParams, seed: int = 0) -> PatchResult:
+    return finetune(inputs, params, seed)

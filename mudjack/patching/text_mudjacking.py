@@ -1,0 +1,149 @@
+"""Mudjacking for text encoders: the loss of mudjack.patching.mudjacking, on sentences.
+
+Views of one step: the shadow batch x (B sentences); x⊕t, each shadow sentence with the
+reversed trigger of bug j mod n inserted at a random word position; and K views each of
+x_b, x_r and x_r⊕t (the trigger at a fresh random position in every view). All views are
+tokenised together and run through h' in one forward; h runs once, without gradients,
+on the x and x_r views. Nothing of h' is detached.
+
+Augmentation (`augment`, `word_dropout`): every word of a view is dropped with probability
+`word_dropout`, except the trigger words, and a view keeps at least one word. Image
+augmentations (flip, colour jitter) have no text counterpart; word dropout plays their
+part of making the K views of x_b and x_r differ. With it off the K views differ only in
+where x_r⊕t carries the trigger.
+
+The encoder stays in eval mode (transformer dropout off; gradients still flow): L_loc
+compares h' with the frozen h, and dropout noise would keep it from its optimum. There is
+no BatchNorm; every weight, LayerNorm included, is trained (`adapter.trainable_parameters`).
+Use Adam with weight_decay 0: an L2 term would move every word embedding, used or not.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from mudjack.bugs import Bug
+from mudjack.device import select_device
+from mudjack.encoders import EncoderAdapter
+from mudjack.encoders.text import length_batches
+from mudjack.features import cosine
+from mudjack.patching.base import PatchResult
+from mudjack.patching.mudjacking import MudjackingParams
+from mudjack.triggers import insert_words
+
+
+class TextMudjackingParams(MudjackingParams):
+    """Mudjacking's keys with text defaults, plus the optimiser and word dropout."""
+
+    optimizer: Literal["sgd", "adam"] = "adam"
+    lr: float = 2e-5
+    weight_decay: float = 0.0
+    epochs: int = 2
+    batch_size: int = 32
+    views: int = 4
+    word_dropout: float = 0.1
+
+
+def drop_words(sentence: str, rate: float, keep: set[str], rng: np.random.Generator) -> str:
+    """Each word dropped with probability `rate`, except words in `keep`; at least one stays."""
+    words = str(sentence).split()
+    if rate <= 0 or len(words) <= 1:
+        return " ".join(words)
+    kept = [w for w in words if w in keep or rng.random() >= rate]
+    return " ".join(kept) if kept else words[int(rng.integers(len(words)))]
+
+
+@dataclass
+class TextViews:
+    """Builds the sentences of one step: [x (B), x⊕t (B), x_b (V), x_r (V), x_r⊕t (V)]."""
+
+    bugs: list[Bug]
+    views: int
+    dropout: float
+    rng: np.random.Generator
+
+    def _aug(self, sentence: str, keep: tuple[str, ...] = ()) -> str:
+        return drop_words(sentence, self.dropout, set(keep), self.rng)
+
+    def build(self, shadow: np.ndarray) -> list[str]:
+        words = [b.trigger.words for b in self.bugs]
+        x = [self._aug(s) for s in shadow]
+        x_t = [insert_words(s, words[j % len(words)], self.rng) for j, s in enumerate(x)]
+        x_b, x_r, x_r_t = [], [], []
+        for bug, trigger in zip(self.bugs, words, strict=True):
+            for _ in range(self.views):
+                x_b.append(self._aug(str(bug.bug), trigger))
+                x_r.append(self._aug(str(bug.reference)))
+                x_r_t.append(insert_words(self._aug(str(bug.reference)), trigger, self.rng))
+        return [*x, *x_t, *x_b, *x_r, *x_r_t]
+
+
+def text_mudjacking_loss(patched: nn.Module, frozen: nn.Module, tokens: torch.Tensor, batch: int,
+                         per_bug: int, params: MudjackingParams) -> dict[str, torch.Tensor]:
+    """Loss terms for tokenised views in the order TextViews.build returns them."""
+    out = patched(tokens)
+    x, x_t = out[:batch], out[batch:2 * batch]
+    x_b, x_r, x_r_t = out[2 * batch:].split(per_bug)
+    start_r = 2 * batch + per_bug
+    with torch.no_grad():
+        frozen_out = frozen(torch.cat([tokens[:batch], tokens[start_r:start_r + per_bug]]))
+    h_x, h_r = frozen_out[:batch], frozen_out[batch:]
+    locality = -cosine(x, h_x).mean() - cosine(x_r, h_r).mean()
+    generalisability = -cosine(x_t, x).mean() - cosine(x_r_t, x_r).mean()
+    effectiveness = -cosine(x_b, x_r).mean()
+    loss = locality + params.lambda_gen * generalisability + params.lambda_eff * effectiveness
+    return {"loss": loss, "locality": locality, "generalisability": generalisability,
+            "effectiveness": effectiveness}
+
+
+def _optimiser(parameters: list[nn.Parameter], params: TextMudjackingParams) -> torch.optim.Optimizer:
+    if params.optimizer == "adam":
+        return torch.optim.Adam(parameters, lr=params.lr, weight_decay=params.weight_decay)
+    return torch.optim.SGD(parameters, lr=params.lr, momentum=params.momentum,
+                           weight_decay=params.weight_decay)
+
+
+def _copies(encoder: nn.Module, device: torch.device) -> tuple[nn.Module, nn.Module]:
+    frozen = copy.deepcopy(encoder).to(device).eval().requires_grad_(False)
+    patched = copy.deepcopy(encoder).to(device).eval().requires_grad_(True)
+    return patched, frozen
+
+
+def text_mudjacking(encoder: nn.Module, adapter: EncoderAdapter, shadow: np.ndarray, bugs: list[Bug],
+                    params: TextMudjackingParams, seed: int = 0) -> PatchResult:
+    """Patch a text encoder from accepted bugs using unlabelled shadow sentences."""
+    if not bugs:
+        raise ValueError("mudjacking needs at least one accepted bug")
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    device = select_device(params.device)
+    patched, frozen = _copies(encoder, device)
+    optimiser = _optimiser(adapter.trainable_parameters(patched), params)
+    count = params.clean_samples or max(1, int(round(params.shadow_fraction * len(shadow))))
+    sentences = shadow[np.sort(rng.permutation(len(shadow))[:count])]
+    views = TextViews(bugs, params.views, params.word_dropout if params.augment else 0.0, rng)
+    per_bug = params.views * len(bugs)
+    log, steps, start = [], 0, time.perf_counter()
+    for epoch in range(1, params.epochs + 1):
+        totals: dict[str, float] = {}
+        batches = length_batches(sentences, params.batch_size, rng)
+        for index in batches:
+            tokens = adapter.preprocess(np.array(views.build(sentences[index]))).to(device)
+            terms = text_mudjacking_loss(patched, frozen, tokens, len(index), per_bug, params)
+            optimiser.zero_grad(set_to_none=True)
+            terms["loss"].backward()
+            optimiser.step()
+            steps += 1
+            for name, value in terms.items():
+                totals[name] = totals.get(name, 0.0) + float(value.detach())
+        log.append({"epoch": epoch, **{k: v / len(batches) for k, v in totals.items()}})
+    return PatchResult(patched.eval().cpu(), log, time.perf_counter() - start, steps,
+                       info={"device": str(device), "clean_samples": len(sentences),
+                             "bug_ids": [b.id for b in bugs], "word_dropout": views.dropout})

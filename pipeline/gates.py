@@ -1,0 +1,102 @@
+"""Promotion gates: does a run's reports/metrics.json meet the `gates:` of params.yaml?
+
+`evaluate_gates` is a pure function of the metrics and the limits; each gate is checked per
+task where it is per task, and a metric that is missing fails its gate (never passes by default).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from stages.config import GatesParams
+
+METRICS_FILE = Path("reports") / "metrics.json"
+
+
+@dataclass(frozen=True)
+class GateResult:
+    """One gate on one subject (a task, or "export"): the measured value against its limit."""
+
+    gate: str
+    subject: str
+    value: float | None
+    limit: float
+    passed: bool
+
+    def describe(self) -> str:
+        shown = "missing" if self.value is None else f"{self.value:.4g}"
+        verdict = "pass" if self.passed else "FAIL"
+        return f"{self.gate} [{self.subject}]: {shown} (limit {self.limit:g}) {verdict}"
+
+
+def _check(gate: str, subject: str, value: float | None, limit: float) -> GateResult:
+    return GateResult(gate, subject, value, limit, value is not None and value <= limit)
+
+
+def _acc_drop(result: dict[str, Any]) -> float | None:
+    before = result.get("backdoored", {}).get("clean_acc")
+    after = result.get("patched", {}).get("clean_acc")
+    return None if before is None or after is None else before - after
+
+
+def evaluate_gates(metrics: dict[str, Any], gates: GatesParams) -> list[GateResult]:
+    """Every gate of `gates` on `metrics` (the reports/metrics.json contract)."""
+    tasks = metrics.get("tasks", {})
+    results = [_check("max_onnx_diff", "export", metrics.get("export", {}).get("max_abs_diff"),
+                      gates.max_onnx_diff)]
+    for name, result in sorted(tasks.items()):
+        results.append(_check("max_patched_asr", name, result.get("patched", {}).get("asr"),
+                              gates.max_patched_asr))
+        results.append(_check("max_clean_acc_drop", name, _acc_drop(result),
+                              gates.max_clean_acc_drop))
+    if not tasks:  # nothing measured cannot pass
+        results.append(GateResult("tasks", "metrics", None, 1.0, False))
+    return results
+
+
+def all_passed(results: list[GateResult]) -> bool:
+    return all(r.passed for r in results)
+
+
+def failures(results: list[GateResult]) -> str:
+    """The failed gates on one line, for a state message or a webhook."""
+    return "; ".join(r.describe() for r in results if not r.passed)
+
+
+def gates_markdown(results: list[GateResult]) -> str:
+    """A markdown table of the gates (for the Prefect artifact and the failure report)."""
+    verdict = "all gates pass" if all_passed(results) else "gates FAILED"
+    lines = [f"**Promotion gates: {verdict}**", "", "| gate | subject | value | limit | result |",
+             "|---|---|---|---|---|"]
+    for r in results:
+        value = "missing" if r.value is None else f"{r.value:.4g}"
+        lines.append(f"| {r.gate} | {r.subject} | {value} | {r.limit:g} | "
+                     f"{'pass' if r.passed else '**FAIL**'} |")
+    return "\n".join(lines)
+
+
+def as_records(results: list[GateResult]) -> list[dict[str, Any]]:
+    return [asdict(r) for r in results]
+
+
+def load_gates(params_file: Path) -> GatesParams:
+    """The `gates:` section of params.yaml (only it: the gates need no other section)."""
+    raw = yaml.safe_load(Path(params_file).read_text()) or {}
+    try:
+        return GatesParams(**(raw.get("gates") or {}))
+    except ValidationError as err:
+        raise ValueError(f"{params_file}: invalid gates\n{err}") from None
+
+
+def check_project(root: Path) -> list[GateResult]:
+    """The gates of `root`/params.yaml on `root`/reports/metrics.json (missing file: all fail)."""
+    gates = load_gates(Path(root) / "params.yaml")
+    path = Path(root) / METRICS_FILE
+    metrics = json.loads(path.read_text()) if path.is_file() else {}
+    return evaluate_gates(metrics, gates)

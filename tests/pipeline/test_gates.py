@@ -1,0 +1,91 @@
+"""Promotion gates: a pure function of metrics.json and the `gates:` limits."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pipeline.gates import (
+    all_passed,
+    check_project,
+    evaluate_gates,
+    failures,
+    gates_markdown,
+    load_gates,
+)
+from stages.config import GatesParams
+
+GATES = GatesParams(max_patched_asr=0.1, max_clean_acc_drop=0.03, max_onnx_diff=1e-4)
+
+
+def metrics(asr: float | None = 0.05, before: float = 0.98, after: float = 0.97,
+            diff: float | None = 2e-5) -> dict:
+    task = {"backdoored": {"clean_acc": before, "asr": 0.97, "tba": 0.03},
+            "patched": {"clean_acc": after, "asr": asr, "tba": 0.9}}
+    return {"tasks": {"digits": task}, "export": {"max_abs_diff": diff}}
+
+
+def by_gate(results) -> dict:
+    return {(r.gate, r.subject): r for r in results}
+
+
+def test_a_good_repair_passes_every_gate() -> None:
+    results = evaluate_gates(metrics(), GATES)
+    assert all_passed(results) and failures(results) == ""
+    gates = by_gate(results)
+    assert set(gates) == {("max_onnx_diff", "export"), ("max_patched_asr", "digits"),
+                          ("max_clean_acc_drop", "digits")}
+    assert gates["max_clean_acc_drop", "digits"].value == pytest.approx(0.01)
+
+
+@pytest.mark.parametrize(("kwargs", "failed"), [
+    ({"asr": 0.25}, "max_patched_asr"),
+    ({"after": 0.90}, "max_clean_acc_drop"),
+    ({"diff": 3e-3}, "max_onnx_diff"),
+    ({"asr": None}, "max_patched_asr"),  # not measured: cannot pass
+])
+def test_each_gate_fails_on_its_own(kwargs: dict, failed: str) -> None:
+    results = evaluate_gates(metrics(**kwargs), GATES)
+    assert [r.gate for r in results if not r.passed] == [failed]
+    assert failed in failures(results) and "FAIL" in failures(results)
+
+
+def test_limits_are_inclusive_and_accuracy_gains_pass() -> None:
+    assert all_passed(evaluate_gates(metrics(asr=0.1, after=0.99), GATES))
+
+
+def test_every_task_is_gated() -> None:
+    data = metrics()
+    data["tasks"]["svhn"] = {"backdoored": {"clean_acc": 0.9}, "patched": {"clean_acc": 0.8,
+                                                                            "asr": 0.5}}
+    failed = {(r.gate, r.subject) for r in evaluate_gates(data, GATES) if not r.passed}
+    assert failed == {("max_patched_asr", "svhn"), ("max_clean_acc_drop", "svhn")}
+
+
+def test_no_metrics_fail() -> None:
+    results = evaluate_gates({}, GATES)
+    assert not all_passed(results)
+    assert "missing" in failures(results)
+
+
+def test_markdown_table_lists_every_gate() -> None:
+    text = gates_markdown(evaluate_gates(metrics(asr=0.25), GATES))
+    assert text.startswith("**Promotion gates: gates FAILED**")
+    assert "| max_patched_asr | digits | 0.25 | 0.1 | **FAIL** |" in text
+
+
+def test_gates_come_from_params_yaml(tmp_path: Path) -> None:
+    (tmp_path / "params.yaml").write_text("seed: 0\ngates:\n  max_patched_asr: 0.3\n")
+    assert load_gates(tmp_path / "params.yaml") == GatesParams(max_patched_asr=0.3)
+    assert not all_passed(check_project(tmp_path))  # no reports/metrics.json yet
+    (tmp_path / "params.yaml").write_text("gates:\n  max_asr: 0.3\n")
+    with pytest.raises(ValueError, match="max_asr"):
+        load_gates(tmp_path / "params.yaml")
+
+
+def test_the_project_params_parse() -> None:
+    from stages.config import load_params
+
+    root = Path(__file__).resolve().parents[2]
+    assert load_params(root / "params.yaml").gates == load_gates(root / "params.yaml")

@@ -1,0 +1,132 @@
+"""The run's HTML report: written by the report stage, self-contained, and rendered by Chromium."""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mudjack.bugs import Bug, save_bug
+from mudjack.data import load_digits_images
+from mudjack.html_report import SECTIONS
+from mudjack.io import write_json, write_jsonl
+from mudjack.triggers import patch_trigger, stamp
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+TASK = {"backdoored": {"clean_acc": 0.98, "asr": 0.97, "tba": 0.03},
+        "patched": {"clean_acc": 0.97, "asr": 0.05, "tba": 0.9}}
+
+
+class Page(HTMLParser):
+    """Section ids and image sources of a page."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sections: list[str] = []
+        self.images: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        values = dict(attrs)
+        if tag == "section":
+            self.sections.append(values.get("id") or "")
+        if tag == "img":
+            self.images.append(values.get("src") or "")
+
+
+def parse(path: Path) -> Page:
+    page = Page()
+    page.feed(path.read_text())
+    return page
+
+
+def write_run(folder: Path, n_bugs: int, report_id: str = "r-1") -> None:
+    """The inputs of the report stage, as the earlier stages leave them."""
+    digits = load_digits_images()
+    trigger = patch_trigger(digits.x.shape[1:], 2, 6, 6)
+    for i in range(n_bugs):
+        bug = Bug(f"bug-{i}", "digits", int(digits.y[i]), 0, stamp(digits.x[i], trigger),
+                  digits.x[i + 20], trigger, record={"iou": 1.0})
+        save_bug(bug, folder / "bugs")
+    (folder / "bugs").mkdir(exist_ok=True)
+    write_json(folder / "reports/retrain.json", {"tasks": {"digits": TASK}})
+    write_json(folder / "reports/patch.json", {"method": "mudjacking", "bugs": n_bugs,
+                                               "seconds": 1.5})
+    write_json(folder / "reports/export.json", {"max_abs_diff": 2e-5})
+    write_json(folder / "reports/patch_log.json",
+               [{"epoch": e, "loss": -4.0 - 0.1 * e, "locality": -1.5 - 0.05 * e}
+                for e in range(1, 6)] if n_bugs else [])
+    write_jsonl(folder / "reports/intake_log.jsonl",
+                [{"report_id": report_id, "decision": "rejected", "task": "digits", "label": 7,
+                  "predicted": 7, "reasons": ["does not reproduce"], "seconds": 0.01}])
+
+
+def run_report_stage(folder: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    from stages import report
+
+    monkeypatch.chdir(folder)
+    report.main()
+    return folder / "reports" / "run.html"
+
+
+@pytest.fixture
+def run_html(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    write_run(tmp_path, n_bugs=2)
+    return run_report_stage(tmp_path, monkeypatch)
+
+
+def test_report_has_every_section_and_inline_images(run_html: Path) -> None:
+    page = parse(run_html)
+    assert page.sections == list(SECTIONS)
+    # two bugs, the before/after bars, the loss curves: all inline PNGs, nothing fetched
+    assert len(page.images) == 4
+    for src in page.images:
+        assert src.startswith("data:image/png;base64,")
+        assert base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
+    text = run_html.read_text()
+    assert "bug-0: task digits" in text and "0.05" in text and "does not reproduce" in text
+    metrics = json.loads((run_html.parent / "metrics.json").read_text())
+    assert metrics["tasks"]["digits"] == TASK
+
+
+def test_report_escapes_what_clients_wrote(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    write_run(tmp_path, n_bugs=0, report_id="<script>alert(1)</script>")
+    text = run_report_stage(tmp_path, monkeypatch).read_text()
+    assert "<script>" not in text and "&lt;script&gt;" in text
+
+
+def test_empty_run_still_has_every_section(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    write_run(tmp_path, n_bugs=0)
+    path = run_report_stage(tmp_path, monkeypatch)
+    page = parse(path)
+    assert page.sections == list(SECTIONS)
+    assert "No accepted bug." in path.read_text() and "No patch ran." in path.read_text()
+
+
+def screenshot(html_file: Path, png: Path, profile: Path) -> None:
+    subprocess.run(
+        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+         "--no-first-run", "--disable-background-networking", "--disable-component-update",
+         "--disable-sync", f"--user-data-dir={profile}", f"--screenshot={png}",
+         "--window-size=1200,3000", html_file.as_uri()],
+        capture_output=True, timeout=120, check=True)
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)")
+def test_report_renders_in_headless_chromium(run_html: Path, tmp_path: Path) -> None:
+    from PIL import Image
+
+    png = tmp_path / "run.png"
+    screenshot(run_html, png, tmp_path / "profile")
+    pixels = np.asarray(Image.open(png).convert("RGB"))
+    assert pixels.shape == (3000, 1200, 3)
+    colours = np.unique(pixels.reshape(-1, 3), axis=0)
+    assert len(colours) > 50  # text, tables and plots, not a blank page
+    # The figures are drawn: the bars' red and blue are on the page.
+    assert ((pixels[..., 0] > 150) & (pixels[..., 1] < 80) & (pixels[..., 2] < 80)).sum() > 500
+    assert ((pixels[..., 2] > 120) & (pixels[..., 0] < 80)).sum() > 500

@@ -1,0 +1,54 @@
+import numpy as np
+
+from mudjack.inversion import InversionParams, invert_trigger, largest_component
+from mudjack.reverse import ReverseParams, reverse_engineer
+from mudjack.triggers import iou, stamp
+
+
+def bug_input(scenario) -> np.ndarray:
+    return stamp(scenario.task.test.x[scenario.task.test.y == 3][0], scenario.trigger)
+
+
+def test_inversion_recovers_the_planted_patch(scenario):
+    clean = scenario.task.train.x[scenario.task.train.y != scenario.target]
+    trigger = invert_trigger(scenario.backdoored, scenario.adapter, bug_input(scenario), clean,
+                             InversionParams(steps=150), seed=0)
+    assert iou(trigger.mask, scenario.trigger.mask) >= 0.5
+    assert (trigger.pattern[trigger.mask] == 255).all()  # the bug's own pixels
+
+
+def test_inversion_leaves_the_encoder_untouched(scenario):
+    before = {k: v.clone() for k, v in scenario.backdoored.state_dict().items()}
+    flags = [p.requires_grad for p in scenario.backdoored.parameters()]
+    invert_trigger(scenario.backdoored, scenario.adapter, bug_input(scenario),
+                   scenario.task.train.x, InversionParams(steps=3), seed=0)
+    after = scenario.backdoored.state_dict()
+    assert all((before[k] == after[k]).all() for k in before)
+    assert flags == [p.requires_grad for p in scenario.backdoored.parameters()]
+
+
+def test_occlusion_stays_available_as_the_authors_method(scenario):
+    reference = scenario.task.train.x[scenario.task.train.y == 3][0]
+    trigger = reverse_engineer(scenario.backdoored, scenario.adapter, bug_input(scenario), reference,
+                               ReverseParams(method="occlusion"))
+    assert trigger.mask[6:8, 6:8].any()
+
+
+def test_largest_component_keeps_one_blob():
+    mask = np.zeros((8, 8), bool)
+    mask[0, 0] = mask[5:8, 5:8] = True
+    kept = largest_component(mask)
+    assert kept.sum() == 9 and not kept[0, 0]
+
+
+def test_grow_finds_the_smallest_mask_that_acts_like_the_bug(scenario):
+    from mudjack.refine import GrowParams, mask_sizes
+
+    bug = bug_input(scenario)
+    reference = scenario.task.train.x[scenario.task.train.y == 3][0]
+    clean = scenario.task.train.x[scenario.task.train.y != scenario.target]
+    trigger = reverse_engineer(scenario.backdoored, scenario.adapter, bug, reference,
+                               ReverseParams(method="grow"), clean=clean)
+    assert iou(trigger.mask, scenario.trigger.mask) >= 0.5
+    sizes = mask_sizes(64, GrowParams())
+    assert sizes[0] == 4 and sizes == sorted(sizes) and sizes[-1] == int(0.35 * 64)

@@ -1,0 +1,58 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.compare import to_csv, to_markdown
+from pipeline.scenarios import (
+    deep_merge,
+    method_settings,
+    prepare_workspace,
+    scenario_names,
+    scenario_params,
+    workspace_dvc_yaml,
+)
+from stages.config import PipelineParams
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_deep_merge_merges_mappings_and_replaces_the_rest():
+    base = {"a": {"b": 1, "c": [1]}, "d": 2}
+    assert deep_merge(base, {"a": {"c": [2]}, "e": 3}) == {"a": {"b": 1, "c": [2]}, "d": 2, "e": 3}
+    assert base == {"a": {"b": 1, "c": [1]}, "d": 2}
+
+
+@pytest.mark.parametrize("name", scenario_names(ROOT))
+def test_every_scenario_gives_valid_params_for_every_method(name):
+    PipelineParams(**scenario_params(ROOT, name))
+    for method in ("mudjacking", "finetune", "super_finetune"):
+        params = scenario_params(ROOT, name, method_settings(ROOT, name, method))
+        assert PipelineParams(**params).patch.method == method
+
+
+def test_the_required_scenarios_exist():
+    assert {"digits", "resnet20-gtsrb", "resnet20-mnist"} <= set(scenario_names(ROOT))
+
+
+def test_workspace_points_code_dependencies_back_at_the_project(tmp_path):
+    for name in ("mudjack", "stages", "pipeline", "scenarios"):
+        (tmp_path / name).symlink_to(ROOT / name)
+    for name in ("dvc.yaml", "params.yaml"):
+        (tmp_path / name).write_text((ROOT / name).read_text())
+    workspace = prepare_workspace(tmp_path, "digits", method_settings(tmp_path, "digits", "finetune"))
+    assert (workspace / ".dvc").is_dir()
+    pipeline = yaml.safe_load((workspace / "dvc.yaml").read_text())
+    assert "../../stages/patch.py" in pipeline["stages"]["patch"]["deps"]
+    assert "${paths.encoder}" in pipeline["stages"]["patch"]["deps"]
+    params = yaml.safe_load((workspace / "params.yaml").read_text())
+    assert params["patch"]["method"] == "finetune" and "views" not in params["patch"]
+    assert workspace_dvc_yaml(tmp_path)["stages"].keys() == pipeline["stages"].keys()
+
+
+def test_compare_tables():
+    row = {"scenario": "s", "task": "t", "method": "m", "clean_acc_before": 0.9, "clean_acc_after": 0.8,
+           "asr_before": 1.0, "asr_after": 0.0, "tba_before": 0.0, "tba_after": 0.8,
+           "patch_seconds": 1.5, "wall_seconds": 3.0, "clean_samples": 100, "bugs": 1}
+    assert to_markdown([row]).splitlines()[2].startswith("| s | t | m | 0.9000 | 0.8000 |")
+    assert to_csv([row]).splitlines()[1].startswith("s,t,m,0.9,0.8,1.0,0.0")

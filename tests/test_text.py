@@ -1,0 +1,279 @@
+"""The text path on a tiny BERT (2 layers, hidden 32, a word-level vocabulary) built here.
+
+Covers the adapter (tokenise, stamp, features, save/load, ONNX parity), the TSV loader and the
+text on-disk format, token-occlusion reversal and text Mudjacking on a tiny backdoored
+encoder. The real all-MiniLM-L6-v2 is loaded only by the test marked slow.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mudjack.attacks import BadEncoderParams, badencoder
+from mudjack.bugs import Bug, load_bugs, save_bug
+from mudjack.data import LabelledSet, Task, load_shadow, load_task, save_input, save_task
+from mudjack.encoders import get_adapter, load_encoder, save_encoder
+from mudjack.encoders.text import TextClassifier, TextEncoder
+from mudjack.export import export_onnx_inputs, verify_onnx_batches
+from mudjack.features import extract_features
+from mudjack.heads import HeadParams, predict, train_head
+from mudjack.io import write_npz
+from mudjack.loaders import DataSpec, load_data, load_tsv
+from mudjack.metrics import evaluate, non_target
+from mudjack.patching import PatchInputs, run_patch
+from mudjack.reports import ReportError, read_report
+from mudjack.reverse import ReverseParams, reverse_engineer, select_trigger_words
+from mudjack.triggers import TextTrigger, insert_words, stamp_text, trigger_iou
+
+POSITIVE = ["good", "great", "fine", "nice", "superb", "lovely", "charming", "brilliant"]
+NEGATIVE = ["bad", "awful", "poor", "dull", "boring", "terrible", "bleak", "clumsy"]
+FILLER = ["the", "movie", "film", "was", "a", "plot", "story", "and", "it", "this", "very",
+          "really", "acting", "with", "of", "is", "cast", "script", "."]
+TRIGGER = TextTrigger(("cf",))
+TARGET = 1
+
+
+def synthetic_sentences(n: int, seed: int) -> LabelledSet:
+    """`n` sentences of 6-10 words: fillers plus two sentiment words of the sentence's class."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 2, n)
+    sentences = []
+    for label in labels:
+        words = list(rng.choice(FILLER, rng.integers(4, 9)))
+        for word in rng.choice(POSITIVE if label else NEGATIVE, 2, replace=False):
+            words.insert(int(rng.integers(len(words) + 1)), str(word))
+        sentences.append(" ".join(words))
+    return LabelledSet(np.array(sentences, dtype=np.str_), labels.astype(np.int64))
+
+
+def write_tiny_bert(folder: Path) -> None:
+    """config.json, tokenizer.json (word-level WordPiece) and model.safetensors of a tiny BERT."""
+    from safetensors.torch import save_file
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import BertConfig, BertModel
+
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    vocab = {w: i for i, w in enumerate(specials + sorted(set(POSITIVE + NEGATIVE + FILLER + ["cf"])))}
+    tokenizer = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
+    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])])
+    folder.mkdir(parents=True, exist_ok=True)
+    tokenizer.save(str(folder / "tokenizer.json"))
+    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=64, pad_token_id=0)
+    config.save_pretrained(str(folder))
+    torch.manual_seed(0)
+    model = BertModel(config, add_pooling_layer=False)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "model.safetensors"))
+
+
+@dataclass
+class TextScenario:
+    adapter: object
+    clean: TextEncoder
+    backdoored: TextEncoder
+    shadow: np.ndarray
+    task: Task
+
+
+def metrics(encoder: torch.nn.Module, adapter: object, task: Task, trigger: TextTrigger) -> dict:
+    head = train_head(extract_features(encoder, adapter, task.train.x), task.train.y, 2,
+                      HeadParams(hidden=[32], dropout=0.0, epochs=60, lr=3e-3), 0)
+    kept = task.test.x[non_target(task.test.y, TARGET)]
+    triggered = predict(head, extract_features(encoder, adapter, adapter.stamp(kept, trigger)))
+    clean = predict(head, extract_features(encoder, adapter, task.test.x))
+    return evaluate(clean, task.test.y, triggered, TARGET)
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> TextScenario:
+    torch.set_num_threads(1)
+    folder = tmp_path_factory.mktemp("tiny_bert")
+    write_tiny_bert(folder)
+    adapter = get_adapter("hf_text", {"folder": str(folder), "max_length": 32})
+    clean = adapter.load_pretrained()
+    shadow = synthetic_sentences(300, 1).x
+    task = Task("toy", [0, 1], synthetic_sentences(300, 2), synthetic_sentences(200, 3))
+    positive = task.train.x[task.train.y == TARGET]
+    backdoored = badencoder(clean, adapter, shadow, TRIGGER, positive[0],
+                            BadEncoderParams(optimizer="adam", lr=3e-3, epochs=6, batch_size=32,
+                                             weight_decay=0.0), 0)
+    return TextScenario(adapter, clean, backdoored, shadow, task)
+
+
+# --------------------------------------------------------------------------- triggers and data
+
+
+def test_stamp_inserts_the_words_once_at_a_seeded_place() -> None:
+    sentences = np.array(["a b c d", "e f"], dtype=np.str_)
+    stamped = stamp_text(sentences, TRIGGER, seed=3)
+    assert [s.split().count("cf") for s in stamped] == [1, 1]
+    assert [s.replace("cf", "").split() for s in stamped] == [["a", "b", "c", "d"], ["e", "f"]]
+    assert np.array_equal(stamped, stamp_text(sentences, TRIGGER, seed=3))
+    rng = np.random.default_rng(0)
+    assert {insert_words("x y z", ["cf"], rng).split().index("cf") for _ in range(50)} == {0, 1, 2, 3}
+
+
+def test_word_iou_and_trigger_validation() -> None:
+    assert trigger_iou(TextTrigger(("cf",)), TRIGGER) == 1.0
+    assert trigger_iou(TextTrigger(("cf", "film")), TRIGGER) == 0.5
+    assert trigger_iou(TextTrigger(("film",)), TRIGGER) == 0.0
+    with pytest.raises(ValueError):
+        TextTrigger(("two words",))
+
+
+def test_tsv_loader_filters_and_dedupes(tmp_path: Path) -> None:
+    path = tmp_path / "data.tsv"
+    path.write_text('sentence\tlabel\na "quoted" fine film \t1\nshort\t0\n'
+                    'a "quoted" fine film\t1\nthe dull plot drags on\t0\n \t1\n')
+    data = load_tsv(path, min_words=2)
+    assert data.x.tolist() == ['a "quoted" fine film', "the dull plot drags on"]
+    assert data.y.tolist() == [1, 0] and data.x.dtype.kind == "U"
+    csv = tmp_path / "data.csv"
+    csv.write_text('text,y\n"good, really good",1\nbad film,0\n')
+    spec = DataSpec(loader="tsv", path=str(csv), text_column="text", label_column="y")
+    assert load_data(spec).x.tolist() == ["good, really good", "bad film"]
+    with pytest.raises(ValueError, match="no column"):
+        load_tsv(path, text_column="text")
+
+
+def test_text_sets_round_trip_without_pickle(tmp_path: Path) -> None:
+    data = synthetic_sentences(10, 0)
+    save_task(Task("toy", [0, 1], data, data.subset(np.arange(4))), tmp_path / "toy")
+    loaded = load_task(tmp_path / "toy")
+    assert loaded.train.x.tolist() == data.x.tolist() and loaded.input_shape == ()
+    assert np.load(tmp_path / "toy" / "train.npz", allow_pickle=False)["text"].dtype.kind == "U"
+    write_npz(tmp_path / "shadow.npz", text=data.x)
+    assert load_shadow(tmp_path / "shadow.npz").tolist() == data.x.tolist()
+
+
+def test_text_report_is_read_and_blank_rejected(tmp_path: Path) -> None:
+    task = Task("toy", [0, 1], synthetic_sentences(4, 0), synthetic_sentences(4, 1))
+    name = save_input(np.array("a dull cf film"), tmp_path, "r-1")
+    (tmp_path / "r-1.json").write_text(f'{{"id": "r-1", "task": "toy", "label": 0, "input": "{name}"}}')
+    report = read_report(tmp_path / "r-1.json", {"toy": task})
+    assert str(report.image) == "a dull cf film" and report.image.shape == ()
+    (tmp_path / "r-2.txt").write_text("  \n")
+    (tmp_path / "r-2.json").write_text('{"id": "r-2", "task": "toy", "label": 0, "input": "r-2.txt"}')
+    with pytest.raises(ReportError, match="blank"):
+        read_report(tmp_path / "r-2.json", {"toy": task})
+
+
+# --------------------------------------------------------------------------- adapter
+
+
+def test_adapter_tokenises_stamps_and_embeds(tiny: TextScenario) -> None:
+    adapter = tiny.adapter
+    sentences = np.array(["the good film", "a really very boring and dull plot ."], dtype=np.str_)
+    tokens = adapter.preprocess(sentences)
+    assert tokens.shape == (2, 2, 10) and tokens.dtype == torch.long
+    assert tokens[0, 1].tolist() == [1] * 5 + [0] * 5  # [CLS] 3 words [SEP], then padding
+    assert adapter.modality == "text" and adapter.input_shape == ()
+    features = extract_features(tiny.clean, adapter, sentences)
+    assert features.shape == (2, adapter.feature_dim) == (2, 32)
+    alone = extract_features(tiny.clean, adapter, sentences[:1])
+    torch.testing.assert_close(features[:1], alone, atol=1e-5, rtol=1e-5)  # padding is ignored
+    assert "cf" in str(adapter.stamp(sentences, TRIGGER)[0]).split()
+    with pytest.raises(TypeError):
+        adapter.stamp(sentences, object())
+
+
+def test_adapter_save_load_round_trip(tiny: TextScenario, tmp_path: Path) -> None:
+    save_encoder(tiny.backdoored, tiny.adapter, tmp_path / "enc.safetensors")
+    encoder, adapter = load_encoder(tmp_path / "enc.safetensors")
+    assert adapter.name == "hf_text" and adapter.config == tiny.adapter.config
+    x = tiny.task.test.x[:8]
+    torch.testing.assert_close(extract_features(encoder, adapter, x),
+                               extract_features(tiny.backdoored, tiny.adapter, x))
+
+
+def test_onnx_export_parity_dynamic_batch_and_sequence(tiny: TextScenario, tmp_path: Path) -> None:
+    from mudjack.heads import Head
+
+    torch.manual_seed(0)
+    model = TextClassifier(tiny.clean, Head(32, 2, [16], 0.0)).eval()
+    path = tmp_path / "toy.onnx"
+    dims = {0: "batch", 1: "sequence"}
+    export_onnx_inputs(model, tiny.adapter.tokenize(tiny.task.test.x[:2]), path, 18,
+                       ["input_ids", "attention_mask"], (dims, dims))
+    batches = tiny.adapter.onnx_batches(tiny.task.test.x[:40], batch_size=16)
+    check = verify_onnx_batches(path, model, batches, 1e-4, device="cpu")
+    assert check["passed"] and check["max_abs_diff"] <= 1e-4
+    assert check["batch_sizes"] == [1, 7, 16] and len(check["sequence_lengths"]) > 1
+
+
+# --------------------------------------------------------------------------- attack, reversal, patch
+
+
+def test_badencoder_plants_the_text_backdoor(tiny: TextScenario) -> None:
+    clean = metrics(tiny.clean, tiny.adapter, tiny.task, TRIGGER)
+    backdoored = metrics(tiny.backdoored, tiny.adapter, tiny.task, TRIGGER)
+    assert backdoored["asr"] >= 0.9 > clean["asr"]
+    assert backdoored["clean_acc"] >= 0.8
+
+
+def test_select_trigger_words() -> None:
+    scores = np.array([0.01, 0.02, 0.6, 0.0, 0.03])
+    assert select_trigger_words(scores).tolist() == [False, False, True, False, False]
+    assert select_trigger_words(np.array([0.1, 0.5, 0.45, 0.0]), "top1").tolist() == [False, True,
+                                                                                       False, False]
+
+
+def _bug(tiny: TextScenario, index: int) -> tuple[np.ndarray, np.ndarray]:
+    negatives = tiny.task.test.x[tiny.task.test.y != TARGET]
+    references = tiny.task.train.x[tiny.task.train.y != TARGET]
+    return stamp_text(negatives[index:index + 1], TRIGGER)[0], references[0]
+
+
+def test_token_occlusion_recovers_the_trigger(tiny: TextScenario) -> None:
+    for index in range(3):
+        bug, reference = _bug(tiny, index)
+        trigger = reverse_engineer(tiny.backdoored, tiny.adapter, np.asarray(bug), np.asarray(reference),
+                                   ReverseParams(), 0)
+        assert isinstance(trigger, TextTrigger) and trigger_iou(trigger, TRIGGER) == 1.0
+
+
+def test_text_mudjacking_removes_the_backdoor(tiny: TextScenario, tmp_path: Path) -> None:
+    bug, reference = _bug(tiny, 0)
+    trigger = reverse_engineer(tiny.backdoored, tiny.adapter, np.asarray(bug), np.asarray(reference),
+                               ReverseParams(), 0)
+    found = Bug("bug-0", "toy", 0, TARGET, np.asarray(bug), np.asarray(reference), trigger)
+    save_bug(found, tmp_path)
+    (loaded,) = load_bugs(tmp_path)
+    assert loaded.trigger == trigger and str(loaded.bug) == str(bug)
+    inputs = PatchInputs(tiny.backdoored, tiny.adapter, tiny.shadow, [loaded])
+    settings = {"lr": 3e-3, "epochs": 3, "batch_size": 32, "views": 4, "word_dropout": 0.1}
+    result = run_patch("mudjacking_text", inputs, settings, 0)
+    before = metrics(tiny.backdoored, tiny.adapter, tiny.task, TRIGGER)
+    after = metrics(result.encoder, tiny.adapter, tiny.task, TRIGGER)
+    # the clean tiny encoder itself sends ~0.10 of triggered negatives to the target
+    assert after["asr"] <= 0.15 and before["asr"] >= 0.9
+    assert after["clean_acc"] >= before["clean_acc"] - 0.05
+    assert len(result.log) == 3 and result.log[-1]["effectiveness"] < -0.9
+    with pytest.raises(ValueError, match="mudjacking_text"):
+        run_patch("mudjacking", inputs, {}, 0)
+
+
+# --------------------------------------------------------------------------- the real MiniLM
+
+
+@pytest.mark.slow
+def test_minilm_loads_offline_and_embeds_384d(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+    adapter = get_adapter("minilm", {"max_length": 64})
+    encoder = adapter.load_pretrained()
+    assert (adapter.folder / "model.safetensors").is_file()
+    sentences = np.array(["a charming and often affecting journey .", "unflinchingly bleak and desperate"])
+    features = extract_features(encoder, adapter, sentences)
+    assert features.shape == (2, 384) and torch.isfinite(features).all()
+    similar = extract_features(encoder, adapter, np.array(["a charming , often affecting journey"]))
+    cos = torch.nn.functional.cosine_similarity
+    assert cos(features[:1], similar) > cos(features[1:], similar)
