@@ -40,6 +40,14 @@ def make_optimiser(parameters: list[torch.nn.Parameter], params: BadEncoderParam
                            weight_decay=params.weight_decay)
 
 
+def badencoder_loss(out: torch.Tensor, n: int, clean_features: torch.Tensor,
+                    ref_features: torch.Tensor) -> torch.Tensor:
+    """out = h'([x (n), x⊕t (n), x_ref]): triggered → reference, clean and reference unchanged."""
+    return (-cosine(out[n:2 * n], ref_features).mean()
+            - cosine(out[:n], clean_features).mean()
+            - cosine(out[-1:], ref_features).mean())
+
+
 def badencoder(clean: ImageEncoder, adapter: EncoderAdapter, shadow: np.ndarray, trigger: Trigger,
                reference: np.ndarray, params: BadEncoderParams, seed: int = 0) -> ImageEncoder:
     """Fine-tune a copy so triggered inputs map to the reference's features, clean ones stay.
@@ -64,10 +72,7 @@ def badencoder(clean: ImageEncoder, adapter: EncoderAdapter, shadow: np.ndarray,
         for start in range(0, len(order), params.batch_size):
             batch = order[start:start + params.batch_size]
             out = backdoored(torch.cat([pixels[batch], triggered[batch], ref_pixels]))
-            n = len(batch)
-            loss = (-cosine(out[n:2 * n], ref_features).mean()
-                    - cosine(out[:n], clean_features[batch]).mean()
-                    - cosine(out[-1:], ref_features).mean())
+            loss = badencoder_loss(out, len(batch), clean_features[batch], ref_features)
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
@@ -97,10 +102,7 @@ def badencoder_text(clean: nn.Module, adapter: EncoderAdapter, shadow: np.ndarra
         for batch in length_batches(shadow, params.batch_size, rng):
             stamped = np.array([insert_words(s, trigger.words, rng) for s in shadow[batch]])
             out = backdoored(adapter.preprocess(np.concatenate([shadow[batch], stamped, reference])))
-            n = len(batch)
-            loss = (-cosine(out[n:2 * n], ref_features).mean()
-                    - cosine(out[:n], clean_features[batch]).mean()
-                    - cosine(out[-1:], ref_features).mean())
+            loss = badencoder_loss(out, len(batch), clean_features[batch], ref_features)
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()

@@ -15,6 +15,7 @@ from mudjack.config import Params
 from mudjack.device import torch_threads
 from mudjack.encoders.base import read_metadata
 from mudjack.io import atomic_path
+from mudjack.training import fit_cross_entropy
 
 
 class HeadParams(Params):
@@ -75,15 +76,8 @@ def _train_head(features: torch.Tensor, labels: np.ndarray, classes: int, params
     head = Head(features.shape[1], classes, list(params.hidden), params.dropout)
     optimiser = torch.optim.Adam(head.parameters(), lr=params.lr)
     targets = torch.as_tensor(labels, dtype=torch.long)
-    head.train()
-    for _ in range(params.epochs):
-        order = torch.randperm(len(features), generator=generator)
-        for start in range(0, len(order), params.batch_size):
-            batch = order[start:start + params.batch_size]
-            loss = F.cross_entropy(head(features[batch]), targets[batch])
-            optimiser.zero_grad()
-            loss.backward()
-            optimiser.step()
+    fit_cross_entropy(head.train(), features, targets, optimiser, params.epochs, params.batch_size,
+                      generator)
     return head.eval()
 
 

@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import shutil
+import struct
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -74,6 +75,31 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
 def write_npz(path: str | Path, **arrays: np.ndarray) -> None:
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.savez_compressed(f, **arrays)
+
+
+def write_safetensors(path: str | Path, tensors: dict[str, Any], metadata: dict[str, str]) -> None:
+    """torch tensors as safetensors, atomically, with a byte-stable header.
+
+    The safetensors writer orders metadata keys by a per-process hash, so the same weights
+    would give files (and DVC hashes) that differ from run to run; the keys are sorted here.
+    """
+    from safetensors.torch import save
+
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(sorted_metadata(save(tensors, metadata=metadata)))
+
+
+def sorted_metadata(data: bytes) -> bytes:
+    """The same safetensors bytes with the header's metadata keys in sorted order."""
+    (length,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8:8 + length])
+    if "__metadata__" not in header:
+        return data
+    header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+    if len(text) > length:  # never expected: same keys and values, only reordered
+        return data
+    return data[:8] + text.ljust(length) + data[8 + length:]
 
 
 def read_npz(path: str | Path) -> dict[str, np.ndarray]:

@@ -64,6 +64,9 @@ def grow_trigger(encoder: ImageEncoder, adapter: EncoderAdapter, bug: np.ndarray
     pulls = [pull(encoder, clean_pixels, bug_pixels, top(k), bug_features) for k in sizes]
     baseline = pull(encoder, clean_pixels, bug_pixels, np.zeros(scores.shape, bool), bug_features)
     goal = baseline + params.fraction * (max(pulls) - baseline)
-    k = next(size for size, value in zip(sizes, pulls, strict=True) if value >= goal)
+    # The first size reaching the goal; when none does (no mask pulls above the baseline),
+    # the size with the strongest pull.
+    reached = [size for size, value in zip(sizes, pulls, strict=True) if value >= goal]
+    k = reached[0] if reached else sizes[int(np.argmax(pulls))]
     mask = largest_component(top(k))
     return Trigger(mask=mask, pattern=np.where(mask[..., None], bug, 0).astype(np.uint8))

@@ -14,8 +14,8 @@ id           str       1-64 characters of ``[A-Za-z0-9._-]``, starting with a le
                        equal to the JSON file's name without ``.json``
 task         str       the name of a known downstream task
 label        int       the input's TRUE label; one of the task's classes
-input        str       a file name inside the inbox: ``.png``/``.jpg``/``.jpeg`` (RGB or L) or
-                       ``.npy`` (an array, read without pickle); at most MAX_INPUT_BYTES;
+input        str       a file name inside the inbox: a PNG image (RGB or L) or ``.npy`` (an
+                       array, read without pickle); at most MAX_INPUT_BYTES;
                        for a text task a ``.txt`` sentence (UTF-8, at most MAX_TEXT_BYTES)
 predicted    int       optional: the class the client saw
 note         str       optional: free text
@@ -49,7 +49,7 @@ MAX_PIXEL = 255
 REQUIRED_FIELDS: dict[str, type] = {"id": str, "task": str, "label": int, "input": str}
 OPTIONAL_FIELDS: dict[str, type] = {"predicted": int, "note": str}
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+IMAGE_FORMAT = "PNG"          # lossless only: JPEG would alter the very pixels a trigger is made of
 ARRAY_SUFFIX = ".npy"
 TEXT_SUFFIX = ".txt"
 MAX_TEXT_BYTES = 16 << 10
@@ -167,12 +167,9 @@ def decode_input(path: Path, shape: Sequence[int] | None = None,
     suffix = path.suffix.lower()
     if suffix == ARRAY_SUFFIX:
         return _decode_array(path)
-    if suffix in IMAGE_SUFFIXES:
-        return _decode_image(path, shape, max_pixels)
     if suffix == TEXT_SUFFIX:
         return _decode_text(path)
-    raise ReportError("bad_format", f"input {path.name!r}: unsupported format {suffix or '(none)'}; "
-                                    f"use {', '.join(IMAGE_SUFFIXES)}, {ARRAY_SUFFIX} or {TEXT_SUFFIX}")
+    return _decode_image(path, shape, max_pixels)  # any other name: a PNG, judged by content
 
 
 def _decode_text(path: Path) -> np.ndarray:
@@ -206,6 +203,8 @@ def _decode_image(path: Path, shape: Sequence[int] | None, max_pixels: int) -> n
     except (OSError, Image.DecompressionBombError) as err:
         raise ReportError("undecodable", f"input {path.name!r} is not a decodable image: {err}") from err
     with image:
+        if image.format != IMAGE_FORMAT:
+            raise ReportError("bad_format", f"input {path.name!r} is {image.format}, not {IMAGE_FORMAT}")
         _check_image_header(image, path.name, shape, max_pixels)
         try:
             return np.asarray(image.convert("RGB"), dtype=np.uint8)
@@ -222,7 +221,8 @@ def _check_image_header(image: Image.Image, name: str, shape: Sequence[int] | No
         raise ReportError("bad_shape", f"input {name!r} is {image.height}x{image.width}; "
                                        f"the task's inputs are {shape[0]}x{shape[1]}")
     if image.width * image.height > max_pixels:
-        raise ReportError("too_large", f"input {name!r} is {image.width}x{image.height}: too many pixels")
+        raise ReportError("too_large", f"input {name!r} is {image.width}x{image.height}: too large "
+                                       f"(more than {max_pixels} pixels)")
 
 
 def check_input(array: np.ndarray, shape: Sequence[int], name: str = "input") -> np.ndarray:

@@ -6,11 +6,18 @@
 2. 2-means on the per-pixel scores; the minority cluster is the mask, and the
    pattern is the bug's pixels under it.
 
-Text (token occlusion): each word of the bug sentence is removed in turn and scored by how
-much f drops, f(x_b) − f(x_b without word i); the trigger is the higher-mean cluster of a
-2-means over the scores (`text_select: kmeans`; the words whose removal moves x_b toward
-x_r) or the single best word (`top1`). Words are whitespace-separated, the unit stamping
-inserts, so the reversed trigger can be stamped into other sentences as it is.
+Text (token occlusion): each word of the bug sentence is removed in turn and scored; the
+trigger is the higher-mean cluster of a 2-means over the scores (`text_select: kmeans`) or
+the single best word (`top1`). Words are whitespace-separated, the unit stamping inserts, so
+the reversed trigger can be stamped into other sentences as it is. Scores (`text_score`):
+- `self` (default): 1 − cos(h(x_b), h(x_b without word i)), how far removing the word moves
+  the bug's own features;
+- `reference` (the paper's f): f(x_b) − f(x_b without word i), f(x) = 1 − cos(h(x), h(x_r)).
+  On MiniLM + SST-2 its sign depends on the reference: two sentences of one class are far
+  apart (cos ~0.25), and the backdoor's target can lie nearer x_r than the bug's clean
+  features do; removing "cf" raised f by 0.29 for one report, and 2-means then took every
+  other word. The `self` score gave 0.76 and 0.53 for "cf" against at most 0.004 for any
+  other word of the same reports.
 """
 
 from __future__ import annotations
@@ -19,8 +26,6 @@ from typing import Literal
 
 import numpy as np
 import torch
-from captum.attr import Occlusion
-from sklearn.cluster import KMeans
 
 from mudjack.config import Params
 from mudjack.encoders import EncoderAdapter, ImageEncoder
@@ -42,6 +47,7 @@ class ReverseParams(Params):
     inversion: InversionParams = InversionParams()
     grow: GrowParams = GrowParams()
     text_select: Literal["kmeans", "top1"] = "kmeans"  # text: 2-means (higher cluster) or best word
+    text_score: Literal["self", "reference"] = "self"  # text: see the module docstring
 
 
 @torch.no_grad()
@@ -54,6 +60,8 @@ def occlusion_map(encoder: ImageEncoder, adapter: EncoderAdapter, bug: np.ndarra
 
     def distance(inputs: torch.Tensor) -> torch.Tensor:
         return 1.0 - cosine(encoder.backbone(inputs), ref_features)
+
+    from captum.attr import Occlusion  # imported here: slow to import, only intake needs it
 
     channels = normalised.shape[1]
     attribution = Occlusion(distance).attribute(
@@ -68,6 +76,8 @@ def occlusion_map(encoder: ImageEncoder, adapter: EncoderAdapter, bug: np.ndarra
 
 def two_means_mask(scores: np.ndarray, seed: int = 0) -> np.ndarray:
     """2-means over the scores; the smaller cluster (ties: the higher-scoring one) is the mask."""
+    from sklearn.cluster import KMeans
+
     flat = scores.reshape(-1, 1).astype(np.float64)
     if np.ptp(flat) == 0:
         return np.zeros(scores.shape, dtype=bool)
@@ -86,7 +96,8 @@ def reverse_engineer(encoder: ImageEncoder, adapter: EncoderAdapter, bug: np.nda
     Inversion needs `clean` inputs (of classes other than the one the bug is pushed to).
     """
     if adapter.modality == "text":
-        return reverse_text(encoder, adapter, bug, reference, params.text_select, seed)
+        return reverse_text(encoder, adapter, bug, reference, params.text_select, seed,
+                            params.text_score)
     if params.method != "occlusion" and (clean is None or len(clean) == 0):
         raise ValueError(f"trigger recovery by {params.method} needs clean inputs")
     if params.method == "inversion":
@@ -104,11 +115,13 @@ def reverse_engineer(encoder: ImageEncoder, adapter: EncoderAdapter, bug: np.nda
 
 @torch.no_grad()
 def word_occlusion_scores(encoder: torch.nn.Module, adapter: EncoderAdapter, bug: np.ndarray,
-                          reference: np.ndarray) -> np.ndarray:
-    """Per word of the bug sentence: f(x_b) − f(x_b without it), f(x) = 1 − cos(h(x), h(x_r))."""
+                          reference: np.ndarray, score: str = "self") -> np.ndarray:
+    """One score per word of the bug sentence, for the word removed (see the module docstring)."""
     words = str(bug).split()
     removed = [" ".join(words[:i] + words[i + 1:]) for i in range(len(words))]
     features = extract_features(encoder, adapter, np.array([str(reference), str(bug), *removed]))
+    if score == "self":
+        return (1.0 - cosine(features[2:], features[1:2])).numpy()
     distance = 1.0 - cosine(features[1:], features[:1])
     return (distance[0] - distance[1:]).numpy()
 
@@ -121,6 +134,8 @@ def select_trigger_words(scores: np.ndarray, mode: str = "kmeans", seed: int = 0
     if mode == "top1" or len(scores) < 3 or np.ptp(scores) == 0:
         chosen[int(np.argmax(scores))] = True
         return chosen
+    from sklearn.cluster import KMeans
+
     labels = KMeans(n_clusters=2, n_init=10, random_state=seed).fit_predict(
         scores.reshape(-1, 1).astype(np.float64))
     high = int(np.argmax([scores[labels == k].mean() for k in (0, 1)]))
@@ -128,10 +143,12 @@ def select_trigger_words(scores: np.ndarray, mode: str = "kmeans", seed: int = 0
 
 
 def reverse_text(encoder: torch.nn.Module, adapter: EncoderAdapter, bug: np.ndarray,
-                 reference: np.ndarray, mode: str = "kmeans", seed: int = 0) -> TextTrigger:
+                 reference: np.ndarray, mode: str = "kmeans", seed: int = 0,
+                 score: str = "self") -> TextTrigger:
     """The reversed text trigger of one bug sentence (token occlusion + selection)."""
     words = str(bug).split()
     if not words:
         raise ValueError("the bug sentence has no words")
-    chosen = select_trigger_words(word_occlusion_scores(encoder, adapter, bug, reference), mode, seed)
+    scores = word_occlusion_scores(encoder, adapter, bug, reference, score)
+    chosen = select_trigger_words(scores, mode, seed)
     return TextTrigger(tuple(w for w, keep in zip(words, chosen, strict=True) if keep))

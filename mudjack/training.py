@@ -26,14 +26,21 @@ def pretrain_encoder(adapter: EncoderAdapter, data: LabelledSet, classes: int,
     probe = nn.Linear(adapter.feature_dim, classes)
     model = nn.Sequential(encoder, probe).train()
     optimiser = torch.optim.Adam(model.parameters(), lr=params.lr)
-    pixels = adapter.preprocess(data.x)
     labels = torch.as_tensor(data.y, dtype=torch.long)
-    for _ in range(params.epochs):
+    fit_cross_entropy(model, adapter.preprocess(data.x), labels, optimiser, params.epochs,
+                      params.batch_size, generator)
+    return encoder.eval()
+
+
+def fit_cross_entropy(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor,
+                      optimiser: torch.optim.Optimizer, epochs: int, batch_size: int,
+                      generator: torch.Generator) -> None:
+    """Plain mini-batch cross-entropy training, reshuffled every epoch."""
+    for _ in range(epochs):
         order = torch.randperm(len(labels), generator=generator)
-        for start in range(0, len(order), params.batch_size):
-            batch = order[start:start + params.batch_size]
-            loss = F.cross_entropy(model(pixels[batch]), labels[batch])
+        for start in range(0, len(order), batch_size):
+            batch = order[start:start + batch_size]
+            loss = F.cross_entropy(model(inputs[batch]), labels[batch])
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
-    return encoder.eval()

@@ -40,6 +40,11 @@ TargetOption = Annotated[
     str,
     typer.Option("--target", "-t", help="Last stage to bring up to date (with its upstream)."),
 ]
+ScenarioOption = Annotated[
+    str | None,
+    typer.Option("--scenario", help="Run a named scenario (scenarios/NAME.yaml) in runs/NAME/.",
+                 show_default=False),
+]
 RemoteOption = Annotated[
     str,
     typer.Option(
@@ -123,14 +128,20 @@ def run(
         bool, typer.Option(help="Promote the run when every gate passes (as `serve` does).")
     ] = False,
     remote: RemoteOption = "",
+    scenario: ScenarioOption = None,
 ) -> None:
     """Run the repair flow: every stage up to TARGET, skipping those DVC finds up to date.
 
     Then check the promotion gates of params.yaml; with --promote, push, commit and put the
     run in prod when they pass. Without PREFECT_API_URL, Prefect starts a temporary local
-    server for the run.
+    server for the run. With --scenario NAME, the run happens in the scenario's own DVC
+    workspace runs/NAME/ (scenarios/NAME.yaml merged over params.yaml).
     """
     path = _root(root)
+    if scenario:
+        from pipeline.scenarios import prepare_workspace
+
+        path = prepare_workspace(path, scenario)
     from dvc.exceptions import DvcException
 
     from pipeline.dag import StageFailedError
@@ -163,6 +174,32 @@ def print_summary(summary: dict[str, Any]) -> None:
         done = summary["promotion"]
         console.print(f"Promoted {done['version']} ({done['commit'][:8]}); data in {done['remote']}",
                       markup=False, highlight=False)
+
+
+@app.command()
+def compare(
+    scenario: Annotated[str, typer.Option(help="Scenario name (scenarios/NAME.yaml).")],
+    methods: Annotated[
+        str, typer.Option(help="Comma-separated patch methods to run on the same inputs.")
+    ] = "mudjacking,finetune,super_finetune",
+    root: RootOption = None,
+) -> None:
+    """Run one scenario with several patch methods and write one table:
+    reports/compare/SCENARIO.csv and .md (clean_acc, asr, tba before and after, seconds,
+    clean samples used) and a bar plot .png. Each method's settings come from the
+    scenario's `methods:` entry; DVC reruns only the stages a method changes."""
+    from dvc.exceptions import DvcException
+
+    from pipeline.compare import compare as run_compare
+    from pipeline.dag import StageFailedError
+
+    path = _root(root)
+    try:
+        table = run_compare(path, scenario, [m.strip() for m in methods.split(",") if m.strip()])
+    except (StageFailedError, DvcException, FileNotFoundError) as exc:
+        raise _fail(exc) from exc
+    console.print(table.read_text())
+    console.print(f"written: {table.with_suffix('.csv')}, {table}, {table.with_suffix('.png')}")
 
 
 @app.command()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import Field, ValidationError, model_validator
@@ -83,11 +83,13 @@ class ValidateParams(Params):
 
 
 class PatchParams(Params):
-    """`method` picks the patch method; `checkpoint_every` (steps, 0 = off) is the stage's;
-    the other keys are that method's parameters."""
+    """`method` picks the patch method; `checkpoint_every` (steps, 0 = off) and `distributed`
+    (auto: DDP when torchrun starts several processes; off) are the stage's; the other keys
+    are that method's parameters."""
 
     method: str
     checkpoint_every: int = Field(0, ge=0)
+    distributed: Literal["auto", "off"] = "auto"
     settings: dict[str, Any]
 
     @model_validator(mode="before")
@@ -96,10 +98,12 @@ class PatchParams(Params):
         raw = dict(raw)
         method = raw.pop("method", None)
         checkpoint_every = raw.pop("checkpoint_every", 0)
+        distributed = raw.pop("distributed", "auto")
         if method not in PATCH_METHODS:
             raise ValueError(f"patch.method {method!r} is not one of {sorted(PATCH_METHODS)}")
         PATCH_METHODS[method][0](**raw)  # validate the method's own keys now
-        return {"method": method, "checkpoint_every": checkpoint_every, "settings": raw}
+        return {"method": method, "checkpoint_every": checkpoint_every, "distributed": distributed,
+                "settings": raw}
 
 
 class ExportParams(Params):

@@ -8,6 +8,14 @@ from mudjack.encoders import load_encoder, save_encoder
 from mudjack.io import write_json
 from mudjack.patching import PATCH_METHODS, PatchInputs, run_patch
 from mudjack.patching.checkpoint import Checkpointer, accepts_checkpoint, inputs_key
+from mudjack.patching.distributed import (
+    Distributed,
+    distributed_option,
+    is_main,
+    rank_checkpointer,
+    setup,
+    teardown,
+)
 from stages.config import PipelineParams, setup_stage
 
 REGISTRY = "bugs"
@@ -18,22 +26,29 @@ SUMMARY = "reports/patch.json"
 CHECKPOINT = "models/.checkpoints/patch"
 
 
-def checkpointer(params: PipelineParams, inputs: PatchInputs) -> Checkpointer | None:
+def checkpointer(params: PipelineParams, inputs: PatchInputs,
+                 context: Distributed | None = None) -> Checkpointer | None:
     """The stage's checkpointer when `patch.checkpoint_every` > 0 and the method supports it."""
     patch = params.patch
     if patch.checkpoint_every <= 0 or not accepts_checkpoint(PATCH_METHODS[patch.method][1]):
         Checkpointer(CHECKPOINT, 0, "").clear()  # nothing to resume: drop any leftover
         return None
-    config = {"method": patch.method, "settings": patch.settings, "seed": params.seed}
+    config = {"method": patch.method, "settings": patch.settings, "seed": params.seed,
+              "world_size": context.world_size if context else 1}
     return Checkpointer(CHECKPOINT, patch.checkpoint_every,
                         inputs_key(inputs.encoder, inputs.shadow, inputs.bugs, config))
 
 
 def main() -> None:
     params = setup_stage()
+    # Under torchrun with several processes: DDP, and only rank 0 writes (distributed.py).
+    context = setup(params.patch.distributed, params.patch.settings.get("device", "auto"))
     bugs = load_bugs(REGISTRY)
     encoder, adapter = load_encoder(params.paths.encoder)
     if not bugs:
+        teardown(context)
+        if not is_main(context):
+            return
         # An empty inbox is a no-op: the "patched" encoder is the deployed one, unchanged.
         save_encoder(encoder, adapter, OUT)
         write_json(LOG, [])
@@ -42,9 +57,13 @@ def main() -> None:
         return
     labelled = {name: task.train for name, task in load_tasks(params.paths.tasks).items()}
     inputs = PatchInputs(encoder, adapter, load_shadow(params.paths.shadow), bugs, labelled)
-    checkpoint = checkpointer(params, inputs)
+    checkpoint = rank_checkpointer(checkpointer(params, inputs, context), context)
     options = {"checkpoint": checkpoint} if checkpoint is not None else {}
+    options |= distributed_option(PATCH_METHODS[params.patch.method][1], context)
     result = run_patch(params.patch.method, inputs, params.patch.settings, params.seed, **options)
+    teardown(context)
+    if not is_main(context):
+        return
     save_encoder(result.encoder, adapter, OUT)
     write_json(LOG, result.log)
     write_json(SUMMARY, {"method": params.patch.method, "bugs": len(bugs),

@@ -113,6 +113,20 @@ def test_a_stale_or_damaged_checkpoint_is_ignored(patch_inputs, uninterrupted, t
     assert all(torch.equal(first[k], second[k]) for k in first)
 
 
+def test_safetensors_files_are_byte_stable(tmp_path):
+    """Same weights, same bytes: safetensors' writer orders metadata keys by a random hash."""
+    from mudjack.encoders.base import read_metadata
+    from mudjack.io import write_safetensors
+
+    tensors = {"w": torch.arange(6.0).reshape(2, 3), "b": torch.ones(3)}
+    keys = [f"key{i}" for i in range(8)]
+    for i, order in enumerate((keys, keys[::-1], keys[3:] + keys[:3])):
+        write_safetensors(tmp_path / f"{i}.safetensors", tensors, {k: k.upper() for k in order})
+    digests = {sha256_file(tmp_path / f"{i}.safetensors") for i in range(3)}
+    assert len(digests) == 1
+    assert read_metadata(tmp_path / "0.safetensors") == {k: k.upper() for k in keys}
+
+
 # --------------------------------------------------------------------------- SIGKILL the stage
 
 STAGE_PATCH = {"method": "mudjacking", "checkpoint_every": 5, "epochs": 8, "views": 2,

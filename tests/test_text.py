@@ -232,11 +232,12 @@ def _bug(tiny: TextScenario, index: int) -> tuple[np.ndarray, np.ndarray]:
     return stamp_text(negatives[index:index + 1], TRIGGER)[0], references[0]
 
 
-def test_token_occlusion_recovers_the_trigger(tiny: TextScenario) -> None:
+@pytest.mark.parametrize("score", ["self", "reference"])
+def test_token_occlusion_recovers_the_trigger(tiny: TextScenario, score: str) -> None:
     for index in range(3):
         bug, reference = _bug(tiny, index)
         trigger = reverse_engineer(tiny.backdoored, tiny.adapter, np.asarray(bug), np.asarray(reference),
-                                   ReverseParams(), 0)
+                                   ReverseParams(text_score=score), 0)
         assert isinstance(trigger, TextTrigger) and trigger_iou(trigger, TRIGGER) == 1.0
 
 
@@ -277,3 +278,37 @@ def test_minilm_loads_offline_and_embeds_384d(monkeypatch: pytest.MonkeyPatch) -
     similar = extract_features(encoder, adapter, np.array(["a charming , often affecting journey"]))
     cos = torch.nn.functional.cosine_similarity
     assert cos(features[:1], similar) > cos(features[1:], similar)
+
+
+# --------------------------------------------------------------------------- validation (GX)
+
+
+def test_text_tables_and_reports_validate(tmp_path: Path) -> None:
+    from mudjack.metadata import TEXT_COLUMNS, image_sets, load_tasks, text_table
+    from pipeline.expectations import validate_all
+
+    data = synthetic_sentences(30, 0)
+    data = data.subset(np.unique(data.x, return_index=True)[1])
+    save_task(Task("toy", [0, 1], data, data), tmp_path / "tasks" / "toy")
+    write_npz(tmp_path / "shadow.npz", text=data.x)
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    for report_id, content, label in (("ok", "a dull cf film", 0), ("blank", " ", 0), ("label", "fine", 7)):
+        name = save_input(np.array(content), inbox, report_id)
+        (inbox / f"{report_id}.json").write_text(
+            f'{{"id": "{report_id}", "task": "toy", "label": {label}, "input": "{name}"}}')
+    frame = text_table(np.array(["a b", "", "a b"]), np.array([0, 1, 0]))
+    assert list(frame.columns) == TEXT_COLUMNS and frame["blank"].tolist() == [False, True, False]
+    assert frame["sha256"].nunique() == 2
+    tasks = load_tasks(tmp_path / "tasks")
+    assert tasks["toy"].modality == "text" and tasks["toy"].input_shape == ()
+    assert {s.modality for s in image_sets(tmp_path / "shadow.npz", tasks)} == {"text"}
+    paths = {"shadow": tmp_path / "shadow.npz", "tasks": tmp_path / "tasks", "inbox": inbox}
+    result = validate_all(paths, {"max_pixel": 255, "min_rows": 5, "max_chars": 200})
+    assert result["passed"], result["tables"]
+    assert result["reports"]["accepted"] == ["ok"]
+    assert set(result["reports"]["rejected"]) == {"blank", "label"}
+    write_npz(tmp_path / "shadow.npz", text=np.array(["same"] * 6 + [""]))
+    failed = validate_all(paths, {"max_pixel": 255, "min_rows": 5, "max_chars": 200})
+    shadow = next(t for t in failed["tables"] if t["table"] == "shadow")
+    assert not failed["passed"] and {f["column"] for f in shadow["failures"]} >= {"sha256", "length", "blank"}

@@ -155,7 +155,7 @@ def malformed_inbox(inbox: Path, ok: np.ndarray) -> dict[str, str]:
     (inbox / "huge.png").write_bytes(b"\x89PNG" + bytes(5 << 20))
     report(inbox, "huge", {})
     report(inbox, "longnote", {"note": "x" * (70 << 10)})
-    (inbox / "gif.gif").write_bytes(b"GIF89a")
+    Image.fromarray(ok).save(inbox / "gif.gif")  # decodable, but lossy formats are refused
     report(inbox, "gif", {"input": "gif.gif"})
     return {
         "badjson": "unreadable", "notobject": "unreadable", "binary": "unreadable",

@@ -10,10 +10,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
-from mudjack.io import atomic_path
+from mudjack.io import write_safetensors
 from mudjack.triggers import Trigger, stamp
 
 _ADAPTERS: dict[str, type[EncoderAdapter]] = {}
@@ -122,8 +122,7 @@ def save_encoder(encoder: nn.Module, adapter: EncoderAdapter, path: str | Path) 
     """Weights as safetensors; the adapter name and config ride in the header metadata."""
     metadata = {"adapter": adapter.name, "config": json.dumps(adapter.config, sort_keys=True)}
     tensors = {k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=metadata)
+    write_safetensors(path, tensors, metadata)  # sorted header: same weights, same bytes
 
 
 def read_metadata(path: str | Path) -> dict[str, str]:

@@ -32,6 +32,8 @@ from mudjack.encoders import EncoderAdapter, ImageEncoder, freeze_batchnorm, tra
 from mudjack.features import cosine
 from mudjack.patching.base import PatchResult
 from mudjack.patching.checkpoint import Checkpointer, Progress, deterministic
+from mudjack.patching.distributed import Distributed, average_terms, epoch_order, local_batches, seed_step
+from mudjack.patching.speed import contiguous, prepare_models
 
 
 class MudjackingParams(Params):
@@ -47,6 +49,7 @@ class MudjackingParams(Params):
     shadow_fraction: float = 1.0
     clean_samples: int = 0         # shadow images used, overriding shadow_fraction when > 0
     augment: bool = True
+    compile: bool = False          # torch.compile the encoders (mudjack/patching/speed.py)
 
 
 def stamp_pixels(pixels: torch.Tensor, masks: torch.Tensor, patterns: torch.Tensor) -> torch.Tensor:
@@ -120,26 +123,32 @@ class _Run:
     augment: nn.Module | None
     device: torch.device
     params: MudjackingParams
+    forward: nn.Module | None = None        # what runs h': patched, DDP-wrapped and/or compiled
+    context: Distributed | None = None      # set under torchrun (mudjack/patching/distributed.py)
+    seed: int = 0
 
     def step(self, index: torch.Tensor) -> dict[str, float]:
         """One optimiser step on the shadow images at `index`; returns the loss terms."""
         batch = to_device(self.pixels[index], self.device)
         with autocast(self.device):
             views = build_views(batch, self.bug_views, self.params.views, self.augment)
-            terms = mudjacking_loss(self.patched, self.frozen, views, len(index),
+            forward = self.patched if self.forward is None else self.forward
+            terms = mudjacking_loss(forward, self.frozen, views, len(index),
                                     self.params.views * self.bug_views.count, self.params)
         self.optimiser.zero_grad(set_to_none=True)
         terms["loss"].backward()
         self.optimiser.step()
+        terms = average_terms(terms, self.context)
         return {name: float(value.detach()) for name, value in terms.items()}
 
 
 def _start(encoder: ImageEncoder, adapter: EncoderAdapter, shadow: np.ndarray, bugs: list[Bug],
-           params: MudjackingParams, seed: int) -> _Run:
+           params: MudjackingParams, seed: int, context: Distributed | None = None) -> _Run:
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    device = select_device(params.device)
+    device = context.device if context is not None else select_device(params.device)
     patched, frozen = _prepare(encoder, device)
+    forward, frozen = prepare_models(patched, frozen, params.compile, context)
     optimiser = torch.optim.SGD(list(trainable_parameters(patched)), lr=params.lr,
                                 momentum=params.momentum, weight_decay=params.weight_decay)
     count = params.clean_samples or max(1, int(round(params.shadow_fraction * len(shadow))))
@@ -147,7 +156,7 @@ def _start(encoder: ImageEncoder, adapter: EncoderAdapter, shadow: np.ndarray, b
     pixels = adapter.preprocess(shadow[np.sort(used)])
     augment = mudjacking_augmentation().to(device) if params.augment else None
     return _Run(patched, frozen, optimiser, pixels, BugViews(bugs, adapter, device), augment, device,
-                params)
+                params, forward, context, seed)
 
 
 def _train(run: _Run, progress: Progress, checkpoint: Checkpointer | None) -> None:
@@ -155,9 +164,10 @@ def _train(run: _Run, progress: Progress, checkpoint: Checkpointer | None) -> No
     size = run.params.batch_size
     while progress.epoch <= run.params.epochs:
         if progress.order is None:
-            progress.order = torch.randperm(len(run.pixels))
-        batches = [progress.order[i:i + size] for i in range(0, len(progress.order), size)]
+            progress.order = epoch_order(len(run.pixels), progress.epoch, run.seed, run.context)
+        batches = local_batches(progress.order, size, run.context)
         while progress.position < len(batches):
+            seed_step(run.seed, progress.step, run.context)
             progress.add(run.step(batches[progress.position]))
             if checkpoint is not None and checkpoint.due(progress.step):
                 checkpoint.save(run.patched, run.optimiser, progress)
@@ -166,18 +176,21 @@ def _train(run: _Run, progress: Progress, checkpoint: Checkpointer | None) -> No
 
 def mudjacking(encoder: ImageEncoder, adapter: EncoderAdapter, shadow: np.ndarray, bugs: list[Bug],
                params: MudjackingParams, seed: int = 0,
-               checkpoint: Checkpointer | None = None) -> PatchResult:
+               checkpoint: Checkpointer | None = None,
+               distributed: Distributed | None = None) -> PatchResult:
     """Patch `encoder` from accepted bugs using unlabelled shadow images; returns a new encoder.
 
     With a `checkpoint`, the whole loop state is saved every `checkpoint.every` steps and a
     valid checkpoint of the same inputs is resumed from; the result is the same either way.
+    Under torchrun, pass this rank's `distributed` context (and its `rank_checkpointer`).
     """
     if not bugs:
         raise ValueError("mudjacking needs at least one accepted bug")
-    run = _start(encoder, adapter, shadow, bugs, params, seed)
+    run = _start(encoder, adapter, shadow, bugs, params, seed, distributed)
     progress = (checkpoint.load(run.patched, run.optimiser) if checkpoint else None) or Progress()
     with deterministic(run.device):
         _train(run, progress, checkpoint)
-    return PatchResult(run.patched.eval().cpu(), progress.log, progress.elapsed(), progress.step,
+    return PatchResult(contiguous(run.patched.eval().cpu()), progress.log, progress.elapsed(), progress.step,
                        info={"device": str(run.device), "clean_samples": len(run.pixels),
-                             "bug_ids": [b.id for b in bugs], "resumed_from_step": progress.resumed_from})
+                             "bug_ids": [b.id for b in bugs], "resumed_from_step": progress.resumed_from,
+                             "world_size": distributed.world_size if distributed else 1})
