@@ -299,7 +299,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--shadow", type=int, default=2560, help="shadow images patched on")
+    p.add_argument("--shadow", type=int, default=4096, help="shadow images patched on")
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--batch", type=int, default=256, help="shadow images per step")
     p.add_argument("--views", type=int, default=8, help="K views of the bug and reference in (b)")
@@ -308,7 +308,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers of (a)")
     p.add_argument("--compile", action="store_true", help="(b) with torch.compile")
     p.add_argument("--head-epochs", type=int, default=60, help="retrained head (GTSRB)")
-    p.add_argument("--bad-samples", type=int, default=3000, help="BadEncoder's CIFAR-10 images")
+    p.add_argument("--bad-samples", type=int, default=5000, help="BadEncoder's CIFAR-10 images")
     p.add_argument("--bad-epochs", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=RESULTS_PATH)

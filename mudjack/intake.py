@@ -9,10 +9,12 @@ the measured numbers.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import torch
 
 from mudjack.bugs import Bug
 from mudjack.data import Task
@@ -57,6 +59,15 @@ class Deployed:
     encoder: ImageEncoder
     adapter: EncoderAdapter
     heads: dict[str, Head]
+
+    def flip_rate(self, task: str, target: int) -> Callable[[torch.Tensor], float]:
+        """Share of a [0, 1] pixel batch the deployed classifier puts in `target`."""
+
+        def rate(pixels: torch.Tensor) -> float:
+            with torch.no_grad():
+                return float((self.heads[task](self.encoder(pixels)).argmax(1) == target).float().mean())
+
+        return rate
 
     def classify(self, task: str, images: np.ndarray) -> np.ndarray:
         return predict(self.heads[task], extract_features(self.encoder, self.adapter, images))
@@ -132,7 +143,8 @@ def intake_report(report: BugReport, deployed: Deployed, tasks: dict[str, Task],
     checks = _verify_params(params)
     held_out, pool = _split_clean(task, predicted, checks, seed)
     trigger = reverse_engineer(deployed.encoder, deployed.adapter, report.image, reference,
-                               params, seed, clean=task.train.x[pool])
+                               params, seed, clean=task.train.x[pool],
+                               flip_rate=deployed.flip_rate(task.name, predicted))
     numbers.update(reference_index=ref_index, mask_pixels=trigger.pixels,
                    iou=trigger_iou(trigger, truth) if truth is not None else None)
     reasons = ["reproduced; trigger reverse-engineered"]

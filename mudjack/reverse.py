@@ -22,6 +22,7 @@ the reversed trigger can be stamped into other sentences as it is. Scores (`text
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal
 
 import numpy as np
@@ -90,10 +91,12 @@ def two_means_mask(scores: np.ndarray, seed: int = 0) -> np.ndarray:
 
 def reverse_engineer(encoder: ImageEncoder, adapter: EncoderAdapter, bug: np.ndarray,
                      reference: np.ndarray, params: ReverseParams, seed: int = 0,
-                     clean: np.ndarray | None = None) -> Trigger:
+                     clean: np.ndarray | None = None,
+                     flip_rate: Callable[[torch.Tensor], float] | None = None) -> Trigger:
     """The reversed trigger of one bug input; the pattern is the bug's pixels under the mask.
 
-    Inversion needs `clean` inputs (of classes other than the one the bug is pushed to).
+    Grow and inversion need `clean` inputs (of classes other than the one the bug is pushed
+    to); grow measures a candidate by `flip_rate` (the deployed classifier's) when given.
     """
     if adapter.modality == "text":
         return reverse_text(encoder, adapter, bug, reference, params.text_select, seed,
@@ -104,7 +107,7 @@ def reverse_engineer(encoder: ImageEncoder, adapter: EncoderAdapter, bug: np.nda
         return invert_trigger(encoder, adapter, bug, clean, params.inversion, seed)
     scores = occlusion_map(encoder, adapter, bug, reference, params)
     if params.method == "grow":
-        return grow_trigger(encoder, adapter, bug, scores, clean, params.grow, seed)
+        return grow_trigger(encoder, adapter, bug, scores, clean, params.grow, seed, flip_rate)
     mask = two_means_mask(scores, seed)
     pattern = np.where(mask[..., None], bug, 0).astype(np.uint8)
     return Trigger(mask=mask, pattern=pattern)

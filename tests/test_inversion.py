@@ -52,3 +52,13 @@ def test_grow_finds_the_smallest_mask_that_acts_like_the_bug(scenario):
     assert iou(trigger.mask, scenario.trigger.mask) >= 0.5
     sizes = mask_sizes(64, GrowParams())
     assert sizes[0] == 4 and sizes == sorted(sizes) and sizes[-1] == int(0.35 * 64)
+
+
+def test_best_square_sits_on_the_highest_scores():
+    from mudjack.refine import GrowParams, best_square, candidate_masks
+
+    scores = np.zeros((8, 8))
+    scores[5:8, 4:7] = 1.0
+    assert (best_square(scores, 3) == (scores > 0)).all()
+    sides = [int(m.sum() ** 0.5) for m in candidate_masks(scores, GrowParams(shape="square"))]
+    assert sides == [2, 3, 4]

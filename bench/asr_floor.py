@@ -1,0 +1,86 @@
+"""Benchmark (not a test): the ASR a never-attacked encoder gets, next to the backdoored and
+patched ones, in a scenario workspace that has been reproduced.
+
+    .venv/bin/python bench/asr_floor.py runs/minilm-sst2
+
+ASR counts every non-target input predicted as the target once the trigger is stamped, so
+on a binary task (SST-2) the clean encoder's own errors on the other class are a floor no
+repair can go below. The clean encoder is the workspace's models/foundation; all three get a
+fresh head with the workspace's `retrain` parameters and the scenario's true trigger, as the
+retrain stage does. Besides clean_acc, asr and tba it reports `flip_asr`: the same ASR over
+only the non-target inputs the model classifies correctly without the trigger, which leaves
+the natural errors out and isolates what the trigger does. Writes
+bench/results/asr_floor_<workspace>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from mudjack.data import Task, load_tasks  # noqa: E402
+from mudjack.encoders import load_encoder  # noqa: E402
+from mudjack.evaluation import AttackSpec  # noqa: E402
+from mudjack.features import extract_features  # noqa: E402
+from mudjack.heads import HeadParams, predict, train_head  # noqa: E402
+from mudjack.io import write_json  # noqa: E402
+from mudjack.metrics import evaluate, non_target  # noqa: E402
+from stages.common import load_truth  # noqa: E402
+from stages.config import load_params  # noqa: E402
+
+MODELS = {"clean": "models/foundation/encoder.safetensors",
+          "backdoored": "models/backdoored/encoder.safetensors",
+          "patched": "models/patched/encoder.safetensors"}
+
+
+def evaluate_encoder(path: str, task: Task, attack: AttackSpec, params: HeadParams, seed: int) -> dict:
+    """The retrain stage's protocol (a fresh head on frozen features), plus flip_asr."""
+    encoder, adapter = load_encoder(path)
+    head = train_head(extract_features(encoder, adapter, task.train.x), task.train.y,
+                      len(task.classes), params, seed)
+    clean = predict(head, extract_features(encoder, adapter, task.test.x))
+    kept = non_target(task.test.y, attack.target)
+    triggered = predict(head, extract_features(encoder, adapter,
+                                               adapter.stamp(task.test.x[kept], attack.trigger)))
+    right = (clean == task.test.y)[kept]
+    flip = float((triggered[right] == attack.target).mean()) if right.any() else 0.0
+    return {**evaluate(clean, task.test.y, triggered, attack.target), "flip_asr": flip}
+
+
+def measure(workspace: Path) -> dict:
+    os.chdir(workspace)  # the workspace's paths are relative to it
+    params = load_params("params.yaml")
+    torch.set_num_threads(max(params.threads, 1))
+    truth, targets = load_truth(params.paths)
+    if truth is None:
+        raise SystemExit(f"{workspace}: no true trigger ({params.paths.truth}); run the scenario first")
+    results: dict = {}
+    for name, task in load_tasks(params.paths.tasks).items():
+        attack = AttackSpec(truth, targets[name], "truth")
+        for model, path in MODELS.items():
+            start = time.perf_counter()
+            metrics = evaluate_encoder(path, task, attack, params.retrain, params.seed)
+            seconds = round(time.perf_counter() - start, 1)
+            results.setdefault(name, {})[model] = {**metrics, "seconds": seconds}
+            print(f"{name} {model}: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()), flush=True)
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("workspace", type=Path)
+    workspace = parser.parse_args().workspace.resolve()
+    results = measure(workspace)
+    write_json(ROOT / "bench" / "results" / f"asr_floor_{workspace.name}.json", results)
+
+
+if __name__ == "__main__":
+    main()
