@@ -8,12 +8,13 @@
     image is augmented on its own in the Dataset's __getitem__ of a torch DataLoader.
 (b) ours (mudjack/patching/mudjacking.py): one pass of h' over [x, x⊕t, K views each of x_b,
     x_r, x_r⊕t] and one no-grad pass of h over [x, the K views of x_r]; batched augmentation;
-    channels_last weights.
+    frozen BatchNorm folded into the convolutions; channels_last weights.
 Both start from the same backdoored encoder and see the same shadow images, bug, optimiser,
 batch size, epochs and thread count. Their epochs alternate (b a, a b, b a, ...) so that load
 drifts on a shared host hit both. Reported per variant: shadow images per second, peak RSS
 (the high-water mark is reset before each epoch through /proc/self/clear_refs, then read with
-resource.getrusage; without that reset it is the process's peak so far) and clean accuracy,
+resource.getrusage; freed heap pages are first returned with malloc_trim, so the rise over
+the epoch's starting RSS is the variant's own working memory) and clean accuracy,
 ASR (non-target triggered test inputs predicted as the target) and TBA after retraining a
 head on GTSRB with the true trigger. Writes bench/results/patch_speed.json.
 
@@ -26,6 +27,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
+import gc
 import hashlib
 import json
 import os
@@ -160,16 +163,30 @@ def make_bug(scenario: Scenario, head: Head) -> Bug:
 # --------------------------------------------------------------------------- the two variants
 
 
-@contextlib.contextmanager
-def measured(record: dict[str, Any]) -> Iterator[None]:
-    """Time the block and record its peak RSS (high-water mark reset first, where allowed)."""
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def reset_peak_rss() -> None:
+    """Return freed heap pages to the OS, then restart the high-water mark at the current RSS."""
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
     with contextlib.suppress(OSError):
         Path("/proc/self/clear_refs").write_text("5")
+
+
+@contextlib.contextmanager
+def measured(record: dict[str, Any]) -> Iterator[None]:
+    """Time the block; record the peak RSS in it and its rise over the RSS at its start."""
+    reset_peak_rss()
+    baseline = peak_rss_mb()
     start = time.perf_counter()
     yield
     record["seconds"].append(time.perf_counter() - start)
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    record["peak_rss_mb"] = max(record.get("peak_rss_mb", 0.0), peak_mb)
+    peak = peak_rss_mb()
+    record["peak_rss_mb"] = max(record.get("peak_rss_mb", 0.0), peak)
+    record["rss_rise_mb"] = max(record.get("rss_rise_mb", 0.0), peak - baseline)
 
 
 @dataclass
@@ -242,7 +259,8 @@ def summarise(variant: Variant, images: int, metrics: dict[str, Any]) -> dict[st
     return {"label": variant.label, "images_per_second": round(images * len(variant.record["seconds"])
                                                                / seconds, 2),
             "seconds": round(seconds, 1), "epoch_seconds": [round(s, 1) for s in variant.record["seconds"]],
-            "peak_rss_mb": round(variant.record["peak_rss_mb"], 1), "final_loss": variant.record["log"][-1],
+            "peak_rss_mb": round(variant.record["peak_rss_mb"], 1),
+            "rss_rise_mb": round(variant.record["rss_rise_mb"], 1), "final_loss": variant.record["log"][-1],
             **{k: (round(v, 4) if v is not None else None) for k, v in metrics.items()}}
 
 
@@ -250,13 +268,13 @@ def print_table(report: dict[str, Any]) -> None:
     config, load = report["config"], report["host"]
     print(f"\nthreads={report['threads']} shadow={config['shadow']} epochs={config['epochs']} "
           f"batch={config['batch']} K={config['views']} load(1m) {load['load_start']}→{load['load_end']}")
-    header = ("variant", "img/s", "seconds", "peak RSS MB", "clean_acc", "asr", "tba")
+    header = ("variant", "img/s", "seconds", "peak RSS MB", "RSS rise MB", "clean_acc", "asr", "tba")
     print(f"{header[0]:<58}" + "".join(f"{h:>12}" for h in header[1:]))
-    rows = [("backdoored (before)", None, None, None, report["backdoored"])]
-    rows += [(v["label"], v["images_per_second"], v["seconds"], v["peak_rss_mb"], v)
+    rows = [("backdoored (before)", [None] * 4, report["backdoored"])]
+    rows += [(v["label"], [v["images_per_second"], v["seconds"], v["peak_rss_mb"], v["rss_rise_mb"]], v)
              for v in report["variants"].values()]
-    for label, speed, seconds, rss, m in rows:
-        cells = [speed, seconds, rss, m["clean_acc"], m["asr"], m["tba"]]
+    for label, numbers, m in rows:
+        cells = [*numbers, m["clean_acc"], m["asr"], m["tba"]]
         print(f"{label:<58}" + "".join(f"{'' if c is None else c:>12}" for c in cells))
     print(f"ratio b/a (images/s): {report['ratio']:.2f}")
 

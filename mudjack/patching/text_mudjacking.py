@@ -40,7 +40,8 @@ from mudjack.triggers import insert_words
 
 
 class TextMudjackingParams(MudjackingParams):
-    """Mudjacking's keys with text defaults, plus the optimiser and word dropout."""
+    """Mudjacking's keys with text defaults, plus the optimiser and word dropout. The image
+    loop's speed switches (`compile`) and checkpointing are not used by this loop."""
 
     optimizer: Literal["sgd", "adam"] = "adam"
     lr: float = 2e-5
