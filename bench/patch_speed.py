@@ -264,6 +264,11 @@ def summarise(variant: Variant, images: int, metrics: dict[str, Any]) -> dict[st
             **{k: (round(v, 4) if v is not None else None) for k, v in metrics.items()}}
 
 
+def epoch_ratios(a: Variant, b: Variant) -> list[float]:
+    """a's seconds over b's, epoch by epoch (each pair ran back to back: less exposed to load drift)."""
+    return [round(ta / tb, 2) for ta, tb in zip(a.record["seconds"], b.record["seconds"], strict=True)]
+
+
 def print_table(report: dict[str, Any]) -> None:
     config, load = report["config"], report["host"]
     print(f"\nthreads={report['threads']} shadow={config['shadow']} epochs={config['epochs']} "
@@ -276,7 +281,7 @@ def print_table(report: dict[str, Any]) -> None:
     for label, numbers, m in rows:
         cells = [*numbers, m["clean_acc"], m["asr"], m["tba"]]
         print(f"{label:<58}" + "".join(f"{'' if c is None else c:>12}" for c in cells))
-    print(f"ratio b/a (images/s): {report['ratio']:.2f}")
+    print(f"ratio b/a (images/s): {report['ratio']:.2f}; per epoch {report['epoch_ratios']}")
 
 
 def host() -> dict[str, Any]:
@@ -308,6 +313,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
               "bug": {"label": bug.label, "target": bug.predicted},
               "backdoored": {k: round(v, 4) for k, v in before.items()}, "variants": results,
               "ratio": round(results["b"]["images_per_second"] / results["a"]["images_per_second"], 3),
+              "epoch_ratios": epoch_ratios(a, b),
               "asr_definition": "non-target triggered test inputs predicted as the target"}
     print_table(report)
     write_json(args.out, report)
