@@ -77,10 +77,16 @@ def mudjacking_loss(patched: nn.Module, frozen: nn.Module, views: torch.Tensor, 
                     per_bug: int, params: MudjackingParams) -> dict[str, torch.Tensor]:
     """Loss terms for views = [x (B), x⊕t (B), x_b (V), x_r (V), x_r⊕t (V)], already augmented."""
     out = patched(views)
-    x, x_t = out[:batch], out[batch:2 * batch]
-    x_b, x_r, x_r_t = out[2 * batch:].split(per_bug)
     with torch.no_grad():
         frozen_out = frozen(torch.cat([views[:batch], views[2 * batch + per_bug:2 * batch + 2 * per_bug]]))
+    return loss_terms(out, frozen_out, batch, per_bug, params)
+
+
+def loss_terms(out: torch.Tensor, frozen_out: torch.Tensor, batch: int, per_bug: int,
+               params: MudjackingParams) -> dict[str, torch.Tensor]:
+    """The three terms from h' on every view and h on [x, x_r]; shared by image and text."""
+    x, x_t = out[:batch], out[batch:2 * batch]
+    x_b, x_r, x_r_t = out[2 * batch:].split(per_bug)
     h_x, h_r = frozen_out[:batch], frozen_out[batch:]
     locality = -cosine(x, h_x).mean() - cosine(x_r, h_r).mean()
     generalisability = -cosine(x_t, x).mean() - cosine(x_r_t, x_r).mean()

@@ -33,9 +33,8 @@ from mudjack.bugs import Bug
 from mudjack.device import select_device
 from mudjack.encoders import EncoderAdapter
 from mudjack.encoders.text import length_batches
-from mudjack.features import cosine
 from mudjack.patching.base import PatchResult
-from mudjack.patching.mudjacking import MudjackingParams
+from mudjack.patching.mudjacking import MudjackingParams, loss_terms
 from mudjack.triggers import insert_words
 
 
@@ -90,18 +89,10 @@ def text_mudjacking_loss(patched: nn.Module, frozen: nn.Module, tokens: torch.Te
                          per_bug: int, params: MudjackingParams) -> dict[str, torch.Tensor]:
     """Loss terms for tokenised views in the order TextViews.build returns them."""
     out = patched(tokens)
-    x, x_t = out[:batch], out[batch:2 * batch]
-    x_b, x_r, x_r_t = out[2 * batch:].split(per_bug)
     start_r = 2 * batch + per_bug
     with torch.no_grad():
         frozen_out = frozen(torch.cat([tokens[:batch], tokens[start_r:start_r + per_bug]]))
-    h_x, h_r = frozen_out[:batch], frozen_out[batch:]
-    locality = -cosine(x, h_x).mean() - cosine(x_r, h_r).mean()
-    generalisability = -cosine(x_t, x).mean() - cosine(x_r_t, x_r).mean()
-    effectiveness = -cosine(x_b, x_r).mean()
-    loss = locality + params.lambda_gen * generalisability + params.lambda_eff * effectiveness
-    return {"loss": loss, "locality": locality, "generalisability": generalisability,
-            "effectiveness": effectiveness}
+    return loss_terms(out, frozen_out, batch, per_bug, params)
 
 
 def _optimiser(parameters: list[nn.Parameter], params: TextMudjackingParams) -> torch.optim.Optimizer:
