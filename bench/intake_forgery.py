@@ -5,7 +5,8 @@
 
 The default scenario is what `dvc repro attack` leaves behind (the paths in params.yaml:
 deployed encoder and heads, tasks, true trigger and target). Another scenario plugs in
-as a function in SCENARIOS returning a Scenario; `run_forgery_bench` needs only the
+as `--scenario NAME`: the workspace runs/NAME/ after `mudjack run --scenario NAME` (at least
+through its attack stage). `run_forgery_bench` needs only the
 deployed model, one task, the planted trigger and its target.
 
 Real reports: test inputs of a non-target class stamped with the planted trigger that
@@ -245,28 +246,52 @@ def pipeline_outputs(params_file: str) -> Scenario:
                     params.seed)
 
 
-SCENARIOS: dict[str, Callable[[str], Scenario]] = {"default": pipeline_outputs}
+def workspace_outputs(name: str) -> Scenario:
+    """A named scenario as `mudjack run --scenario NAME` leaves it in runs/NAME/."""
+    import os
+
+    from pipeline.scenarios import RUNS
+
+    root = Path(__file__).resolve().parent.parent
+    workspace = root / RUNS / name
+    if not (workspace / "params.yaml").exists():
+        raise SystemExit(f"no workspace {workspace}: run `mudjack run --scenario {name}` first")
+    os.chdir(workspace)  # the workspace's params hold paths relative to it
+    return pipeline_outputs("params.yaml")
+
+
+def scenario_choices() -> list[str]:
+    from pipeline.scenarios import scenario_names
+
+    return ["default", *scenario_names(Path(__file__).resolve().parent.parent)]
+
+
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--scenario", choices=sorted(SCENARIOS), default="default")
-    parser.add_argument("--params", default="params.yaml", help="params file of the scenario")
+    parser.add_argument("--scenario", choices=scenario_choices(), default="default",
+                        help="default: this project's outputs; NAME: the workspace runs/NAME/")
+    parser.add_argument("--params", default="params.yaml", help="params file of the default scenario")
     parser.add_argument("--n-real", type=int, default=50)
     parser.add_argument("--n-forged", type=int, default=15, help="per forgery kind")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=RESULTS_PATH)
+    parser.add_argument("--out", type=Path, default=None,
+                        help="default: bench/results/intake.json, intake_NAME.json for a scenario")
     args = parser.parse_args(argv)
+    out = (args.out or (RESULTS_PATH if args.scenario == "default"
+                        else RESULTS_PATH.with_name(f"intake_{args.scenario}.json"))).resolve()
     import torch
 
     torch.set_num_threads(1)
-    scenario = SCENARIOS[args.scenario](args.params)
+    scenario = (pipeline_outputs(args.params) if args.scenario == "default"
+                else workspace_outputs(args.scenario))
     result = run_forgery_bench(scenario.deployed, scenario.task, scenario.trigger, scenario.target,
                                scenario.params, args.n_real, args.n_forged, args.seed)
     result["scenario"] = args.scenario
     _print(result)
-    write_json(args.out, result)
-    print(f"wrote {args.out}")
+    write_json(out, result)
+    print(f"wrote {out}")
     return result
 
 

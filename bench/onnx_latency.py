@@ -2,9 +2,12 @@
 
     .venv/bin/python bench/onnx_latency.py --demo
     .venv/bin/python bench/onnx_latency.py --demo --onnx some.onnx --batch-sizes 1,64,256
+    .venv/bin/python bench/onnx_latency.py --workspace runs/resnet20-gtsrb --task gtsrb
 
-For a project model, call `main(model_factory=...)` with a function that builds the PyTorch
-module holding the same weights as the .onnx passed with --onnx (exported on the fly otherwise).
+--workspace takes a pipeline's exported model (models/onnx/TASK.onnx) and the patched
+encoder + head it was exported from (an image task). For other models, call
+`main(model_factory=...)` with a function that builds the PyTorch module holding the same
+weights as the .onnx passed with --onnx (exported on the fly otherwise).
 Both runtimes get the same thread count; medians of `--repeats` timed runs after warm-up.
 """
 
@@ -155,6 +158,25 @@ def demo_model() -> nn.Module:
     return nn.Sequential(DemoEncoder(), DemoHead()).eval()
 
 
+def workspace_model(workspace: Path, task: str) -> tuple[Callable[[], nn.Module], Path]:
+    """The patched encoder + head of a pipeline run, and the ONNX file exported from them."""
+    from mudjack.encoders import load_encoder
+    from mudjack.heads import Classifier, load_head
+    from stages.export import HEADS, OUT, PATCHED
+
+    onnx_path = workspace / OUT / f"{task}.onnx"
+    if not onnx_path.exists():
+        raise SystemExit(f"no {onnx_path}: run the pipeline's export stage first")
+
+    def factory() -> nn.Module:
+        encoder, adapter = load_encoder(workspace / PATCHED)
+        if adapter.modality != "image":
+            raise SystemExit("--workspace benchmarks image models (pixels in, logits out)")
+        return Classifier(encoder, load_head(workspace / HEADS / task / "patched.safetensors")).eval()
+
+    return factory, onnx_path
+
+
 # --------------------------------------------------------------------------- command line
 
 
@@ -165,6 +187,8 @@ def _ints(text: str) -> tuple[int, ...]:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--demo", action="store_true", help="benchmark a tiny built-in encoder+head")
+    p.add_argument("--workspace", type=Path, help="a pipeline run's folder (runs/NAME or .)")
+    p.add_argument("--task", help="with --workspace: the task whose exported model to time")
     p.add_argument("--onnx", type=Path, help="exported model (default: export to a temp dir)")
     p.add_argument("--input-shape", type=_ints, help="per-sample shape C,H,W (default: from ONNX)")
     p.add_argument("--batch-sizes", type=_ints, default=(1, 64))
@@ -208,6 +232,10 @@ def main(
     parser = _parser()
     args = parser.parse_args(argv)
     factory = demo_model if args.demo else model_factory
+    if args.workspace is not None:
+        if not args.task:
+            parser.error("--workspace needs --task")
+        factory, args.onnx = workspace_model(args.workspace, args.task)
     if factory is None:
         parser.error("pass --demo, or call main(model_factory=...) from Python")
     shape = _input_shape(args, args.onnx)

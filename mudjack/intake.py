@@ -24,7 +24,7 @@ from mudjack.heads import Head, predict
 from mudjack.io import sha256_bytes
 from mudjack.reports import BugReport
 from mudjack.reverse import ReverseParams, reverse_engineer
-from mudjack.triggers import Trigger, trigger_iou
+from mudjack.triggers import TextTrigger, Trigger, trigger_coverage, trigger_iou
 from mudjack.verify import Verification, VerifyParams, draw_sample, verify_trigger
 
 
@@ -147,6 +147,8 @@ def intake_report(report: BugReport, deployed: Deployed, tasks: dict[str, Task],
                                flip_rate=deployed.flip_rate(task.name, predicted))
     numbers.update(reference_index=ref_index, mask_pixels=trigger.pixels,
                    iou=trigger_iou(trigger, truth) if truth is not None else None)
+    if truth is not None and not isinstance(truth, TextTrigger):
+        numbers["coverage"] = trigger_coverage(trigger, truth)
     reasons = ["reproduced; trigger reverse-engineered"]
     if checks.verify:
         verdict = _verify(report, deployed, task, predicted, trigger, checks, held_out)

@@ -119,6 +119,11 @@ def trigger_iou(found: Trigger | TextTrigger, truth: Trigger | TextTrigger) -> f
     return iou(found.mask, truth.mask)
 
 
+def trigger_coverage(found: Trigger, truth: Trigger) -> float:
+    """Share of the true trigger's pixels inside the reversed mask (what patching must cover)."""
+    return float(np.logical_and(found.mask, truth.mask).sum() / max(1, truth.mask.sum()))
+
+
 def text_control_trigger(trigger: TextTrigger, exemplar: str) -> TextTrigger:
     """Verification's control for text: as many words as the trigger has, taken from a clean
     input of the predicted class (its longest words, most likely to carry its content)."""

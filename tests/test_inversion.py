@@ -62,3 +62,23 @@ def test_best_square_sits_on_the_highest_scores():
     assert (best_square(scores, 3) == (scores > 0)).all()
     sides = [int(m.sum() ** 0.5) for m in candidate_masks(scores, GrowParams(shape="square"))]
     assert sides == [2, 3, 4]
+
+
+def test_dilate_pads_the_mask_and_stays_inside_the_image():
+    from mudjack.refine import dilate
+
+    mask = np.zeros((8, 8), bool)
+    mask[6:8, 3:5] = True
+    grown = dilate(mask, 1)
+    assert grown.shape == mask.shape and grown[mask].all()
+    assert grown.sum() == 4 * 3 and grown[5:8, 2:6].all()
+    assert dilate(mask, 0) is mask
+
+
+def test_trigger_coverage_counts_true_pixels_inside_the_mask(scenario):
+    from mudjack.triggers import Trigger, trigger_coverage
+
+    half = scenario.trigger.mask.copy()
+    half[np.nonzero(half)[0][0]] = False  # drop the first row of the planted patch
+    found = Trigger(mask=half, pattern=scenario.trigger.pattern)
+    assert trigger_coverage(found, scenario.trigger) == half.sum() / scenario.trigger.mask.sum() < 1

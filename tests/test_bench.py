@@ -1,0 +1,48 @@
+"""The benchmarks' machinery on tiny inputs: they must keep running and report what they claim.
+No timing is asserted here (speed is measured by running bench/, never in tests)."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+
+
+def test_onnx_latency_reports_matching_outputs_per_batch(tmp_path):
+    import onnx_latency
+
+    out = tmp_path / "latency.json"
+    report = onnx_latency.main(["--demo", "--repeats", "2", "--warmup", "1", "--batch-sizes", "1,4",
+                                "--out", str(out)])
+    assert json.loads(out.read_text())["results"] == report["results"]
+    assert [row["batch_size"] for row in report["results"]] == [1, 4]
+    assert all(row["max_abs_diff"] < 1e-4 and row["onnx_ms"] > 0 for row in report["results"])
+
+
+def test_onnx_latency_workspace_needs_an_export(tmp_path):
+    import onnx_latency
+
+    with pytest.raises(SystemExit, match="export stage"):
+        onnx_latency.workspace_model(tmp_path, "digits")
+
+
+def test_forgery_bench_accepts_real_and_rejects_forged_reports(scenario):
+    from intake_forgery import FORGERY_KINDS, run_forgery_bench
+
+    from mudjack.intake import Deployed, IntakeParams
+
+    deployed = Deployed(scenario.backdoored, scenario.adapter, {"digits": scenario.head})
+    result = run_forgery_bench(deployed, scenario.task, scenario.trigger, scenario.target,
+                               IntakeParams(), n_real=4, n_forged=2, seed=0)
+    assert result["real"]["n"] == 4 and result["real"]["rate"] >= 0.75
+    assert set(result["forged"]) == set(FORGERY_KINDS)
+    assert result["forged_total"]["n"] >= 6 and result["forged_total"]["rejection_rate"] >= 0.75
+
+
+def test_forgery_bench_names_a_missing_workspace():
+    import intake_forgery
+
+    with pytest.raises(SystemExit, match="mudjack run --scenario"):
+        intake_forgery.workspace_outputs("no-such-scenario")
