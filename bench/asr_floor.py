@@ -42,7 +42,7 @@ MODELS = {"clean": "models/foundation/encoder.safetensors",
 
 
 def evaluate_encoder(path: str, task: Task, attack: AttackSpec, params: HeadParams, seed: int) -> dict:
-    """The retrain stage's protocol (a fresh head on frozen features), plus flip_asr."""
+    """The retrain stage's protocol: a fresh head on frozen features."""
     encoder, adapter = load_encoder(path)
     head = train_head(extract_features(encoder, adapter, task.train.x), task.train.y,
                       len(task.classes), params, seed)
@@ -50,9 +50,7 @@ def evaluate_encoder(path: str, task: Task, attack: AttackSpec, params: HeadPara
     kept = non_target(task.test.y, attack.target)
     triggered = predict(head, extract_features(encoder, adapter,
                                                adapter.stamp(task.test.x[kept], attack.trigger)))
-    right = (clean == task.test.y)[kept]
-    flip = float((triggered[right] == attack.target).mean()) if right.any() else 0.0
-    return {**evaluate(clean, task.test.y, triggered, attack.target), "flip_asr": flip}
+    return evaluate(clean, task.test.y, triggered, attack.target)
 
 
 def measure(workspace: Path) -> dict:

@@ -2,7 +2,10 @@
 
 ASR here follows Mudjacking: among triggered test inputs whose true label is not
 the target, the fraction predicted as the target. TBA is the accuracy against the
-true labels on those same triggered inputs.
+true labels on those same triggered inputs. flip_asr is ASR over only the non-target inputs
+the classifier gets right without the trigger: what the trigger itself does. Plain ASR also
+counts the classifier's own errors into the target class, which on a two-class task
+(SST-2) puts a floor under it that no repair can go below.
 """
 
 from __future__ import annotations
@@ -29,8 +32,10 @@ def evaluate(clean_predictions: np.ndarray, labels: np.ndarray,
     kept = labels[non_target(labels, target)]
     if len(kept) != len(triggered_predictions):
         raise ValueError("triggered predictions must cover exactly the non-target inputs")
+    right = clean_predictions[non_target(labels, target)] == kept
     return {
         "clean_acc": clean_accuracy(clean_predictions, labels),
         "asr": attack_success_rate(triggered_predictions, target),
         "tba": clean_accuracy(triggered_predictions, kept),
+        "flip_asr": attack_success_rate(triggered_predictions[right], target),
     }

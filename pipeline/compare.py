@@ -13,7 +13,7 @@ from mudjack.io import atomic_path, read_json
 from pipeline.dag import run_dvc
 from pipeline.scenarios import method_settings, prepare_workspace
 
-METRICS = ("clean_acc", "asr", "tba")
+METRICS = ("clean_acc", "asr", "tba", "flip_asr")
 COLUMNS = ["scenario", "task", "method",
            *[f"{m}_{when}" for m in METRICS for when in ("before", "after")],
            "patch_seconds", "wall_seconds", "clean_samples", "bugs"]
@@ -33,8 +33,8 @@ def run_method(root: Path, scenario: str, method: str) -> list[dict[str, Any]]:
                "patch_seconds": patch["seconds"], "wall_seconds": round(wall, 1),
                "clean_samples": patch.get("clean_samples"), "bugs": patch.get("bugs")}
         for metric in METRICS:
-            row[f"{metric}_before"] = result["backdoored"][metric]
-            row[f"{metric}_after"] = result["patched"][metric]
+            row[f"{metric}_before"] = result["backdoored"].get(metric)
+            row[f"{metric}_after"] = result["patched"].get(metric)
         rows.append(row)
     return rows
 

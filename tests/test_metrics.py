@@ -8,10 +8,12 @@ def test_asr_and_tba_count_only_non_target_inputs():
     labels = np.array([0, 1, 2, 3])
     clean = np.array([0, 1, 2, 0])
     kept = non_target(labels, target=0)
-    triggered = np.array([0, 0, 3])  # predictions for labels 1, 2, 3
+    triggered = np.array([0, 2, 0])  # predictions for labels 1, 2, 3
     metrics = evaluate(clean, labels, triggered, target=0)
     assert kept.sum() == 3
-    assert metrics == {"clean_acc": 0.75, "asr": pytest.approx(2 / 3), "tba": pytest.approx(1 / 3)}
+    # flip_asr leaves out label 3, which the classifier puts in the target class anyway
+    assert metrics == {"clean_acc": 0.75, "asr": pytest.approx(2 / 3), "tba": pytest.approx(1 / 3),
+                       "flip_asr": 0.5}
 
 
 def test_triggered_predictions_must_match_the_non_target_inputs():

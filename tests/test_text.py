@@ -262,6 +262,19 @@ def test_text_mudjacking_removes_the_backdoor(tiny: TextScenario, tmp_path: Path
         run_patch("mudjacking", inputs, {}, 0)
 
 
+def test_finetune_runs_on_a_text_encoder(tiny: TextScenario) -> None:
+    """FT (and SFT, the same loop) fine-tune a text encoder on labelled sentences."""
+    inputs = PatchInputs(tiny.backdoored, tiny.adapter, tiny.shadow, [], {"toy": tiny.task.train})
+    settings = {"optimizer": "adam", "lr": 3e-3, "weight_decay": 0.0, "epochs": 4, "batch_size": 32,
+                "hidden": [32], "dropout": 0.0, "clean_samples": 200}
+    result = run_patch("finetune", inputs, settings, 0)
+    before = metrics(tiny.backdoored, tiny.adapter, tiny.task, TRIGGER)
+    after = metrics(result.encoder, tiny.adapter, tiny.task, TRIGGER)
+    assert result.info["clean_samples"] == 200 and result.log[-1]["loss"] < result.log[0]["loss"]
+    assert after["clean_acc"] >= before["clean_acc"] - 0.05
+    assert after["asr"] < before["asr"]
+
+
 # --------------------------------------------------------------------------- the real MiniLM
 
 

@@ -87,7 +87,6 @@ def finetune(inputs: PatchInputs, params: FinetuneParams, seed: int = 0) -> Patc
     model.requires_grad_(True)  # all layers, BatchNorm included
     schedule = isinstance(params, SuperFinetuneParams)
     optimiser = _optimiser(model, params, params.base_lr if schedule else params.lr)
-    pixels = inputs.adapter.preprocess(data.x)
     labels = torch.as_tensor(data.y, dtype=torch.long)
     steps_per_epoch = -(-len(labels) // params.batch_size)
     log, step, start = [], 0, time.perf_counter()
@@ -99,7 +98,9 @@ def finetune(inputs: PatchInputs, params: FinetuneParams, seed: int = 0) -> Patc
                 for group in optimiser.param_groups:
                     group["lr"] = cyclic_lr(step, steps_per_epoch, params)
             with autocast(device):
-                logits = model(to_device(pixels[index], device))
+                # per batch: text is tokenised to its batch's longest sentence, not the set's
+                batch = inputs.adapter.preprocess(data.x[index.numpy()])
+                logits = model(to_device(batch, device))
                 loss = F.cross_entropy(logits.float(), to_device(labels[index], device))
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
