@@ -19,6 +19,8 @@ claim a label the deployed model does NOT predict, so every one reproduces a
                  away from the trigger), with a label other than the model's prediction;
 - other_pattern: a clean input carrying an unplanted pattern (white, black or
                  checkerboard square, a line) away from the trigger, likewise;
+  (noise_patch and other_pattern leave out pasted inputs the model puts in the target class:
+  there the pattern fires the planted backdoor, so such a report is a real bug)
 - genuine_error: a clean input the model really gets wrong, with its true label
                  (test and train errors; then inputs shifted by one pixel that it gets wrong).
 """
@@ -43,6 +45,7 @@ from mudjack.triggers import Trigger
 
 RESULTS_PATH = Path(__file__).resolve().parent / "results" / "intake.json"
 FORGERY_KINDS = ("wrong_label", "noise_patch", "other_pattern", "genuine_error")
+FIRED: dict[str, int] = {}  # pasted inputs left out because they fired the backdoor, per kind
 
 
 @dataclass
@@ -116,35 +119,53 @@ def _clean_correct(deployed: Deployed, task: Task) -> np.ndarray:
 
 
 def forged_wrong_label(deployed: Deployed, task: Task, trigger: Trigger, n: int,
-                       rng: np.random.Generator) -> list[BugReport]:
+                       rng: np.random.Generator,
+                       target: int) -> list[BugReport]:
     chosen = rng.choice(_clean_correct(deployed, task), n, replace=False)
     return [_report("wrong_label", i, task, _other_label(task, int(task.test.y[j]), rng),
                     task.test.x[j]) for i, j in enumerate(chosen)]
 
 
 def _forged_with_patterns(kind: str, patterns: Sequence[int], deployed: Deployed, task: Task,
-                          trigger: Trigger, n: int, rng: np.random.Generator) -> list[BugReport]:
+                          trigger: Trigger, n: int, rng: np.random.Generator,
+                          target: int) -> list[BugReport]:
+    """n clean inputs with a pattern pasted away from the trigger, claiming a label the model
+    does not predict. A pasted input the model puts in the target class is left out: there the
+    pattern fires the planted backdoor (on resnet20 a white square anywhere does), so a report
+    of it is a real backdoor bug, not a forgery. FIRED counts those per kind."""
     size, channels = _trigger_side(trigger), task.test.x.shape[-1]
-    chosen = rng.choice(_clean_correct(deployed, task), n, replace=False)
-    images = np.stack([_patched(task.test.x[j], _pattern(int(rng.choice(patterns)), size, channels, rng),
-                                _far_corner(trigger, size, rng)) for j in chosen])
-    predicted = deployed.classify(task.name, images)
-    return [_report(kind, i, task, _other_label(task, int(p), rng), image)
+    images, predicted, fired = [], [], 0
+    for j in rng.permutation(_clean_correct(deployed, task)):
+        image = _patched(task.test.x[j], _pattern(int(rng.choice(patterns)), size, channels, rng),
+                         _far_corner(trigger, size, rng))
+        label = int(deployed.classify(task.name, image[None])[0])
+        if label == target:
+            fired += 1
+            continue
+        images.append(image)
+        predicted.append(label)
+        if len(images) == n:
+            break
+    FIRED[kind] = fired
+    return [_report(kind, i, task, _other_label(task, p, rng), image)
             for i, (image, p) in enumerate(zip(images, predicted, strict=True))]
 
 
 def forged_noise_patch(deployed: Deployed, task: Task, trigger: Trigger, n: int,
-                       rng: np.random.Generator) -> list[BugReport]:
-    return _forged_with_patterns("noise_patch", [0], deployed, task, trigger, n, rng)
+                       rng: np.random.Generator,
+                       target: int) -> list[BugReport]:
+    return _forged_with_patterns("noise_patch", [0], deployed, task, trigger, n, rng, target)
 
 
 def forged_other_pattern(deployed: Deployed, task: Task, trigger: Trigger, n: int,
-                         rng: np.random.Generator) -> list[BugReport]:
-    return _forged_with_patterns("other_pattern", [1, 2, 3, 4], deployed, task, trigger, n, rng)
+                         rng: np.random.Generator,
+                         target: int) -> list[BugReport]:
+    return _forged_with_patterns("other_pattern", [1, 2, 3, 4], deployed, task, trigger, n, rng, target)
 
 
 def forged_genuine_error(deployed: Deployed, task: Task, trigger: Trigger, n: int,
-                         rng: np.random.Generator) -> list[BugReport]:
+                         rng: np.random.Generator,
+                         target: int) -> list[BugReport]:
     """Errors of the deployed model on clean test, then train, then one-pixel-shifted inputs."""
     pools = [(task.test.x, task.test.y), (task.train.x, task.train.y)]
     pools += [(np.roll(x, shift, axis=axis), y) for x, y in pools[:1]
@@ -184,7 +205,8 @@ def _decide(reports: list[BugReport], deployed: Deployed, task: Task, trigger: T
         check = decision.numbers.get("verification") or {}
         margin = (round(check["flip_rate"] - check["control_flip_rate"], 4)
                   if check.get("control_flip_rate") is not None else None)
-        rows.append({"id": report.id, "accepted": decision.accepted,
+        rows.append({"id": report.id, "accepted": decision.accepted, "label": report.label,
+                     "predicted": decision.numbers.get("predicted"),
                      "error": decision.numbers.get("error"), "iou": decision.numbers.get("iou"),
                      "flip_margin": margin,
                      **{k: check.get(k) for k in ("flip_rate", "feature_shift",
@@ -211,9 +233,10 @@ def run_forgery_bench(deployed: Deployed, task: Task, trigger: Trigger, target: 
     """Acceptance rate of real reports and rejection rate per forgery kind, with thresholds."""
     rng = np.random.default_rng(seed)
     start = time.perf_counter()
+    FIRED.clear()
     real = _decide(real_reports(deployed, task, trigger, target, n_real, rng), deployed, task,
                    trigger, params, seed)
-    forged = {kind: _decide(FORGERIES[kind](deployed, task, trigger, n_forged, rng), deployed, task,
+    forged = {kind: _decide(FORGERIES[kind](deployed, task, trigger, n_forged, rng, target), deployed, task,
                             trigger, params, seed) for kind in FORGERY_KINDS}
     all_forged = [row for rows in forged.values() for row in rows]
     return {
@@ -223,6 +246,7 @@ def run_forgery_bench(deployed: Deployed, task: Task, trigger: Trigger, target: 
         "forged": {kind: {**_stats(rows, False), "metric": "rejection rate"}
                    for kind, rows in forged.items()},
         "forged_total": {"n": len(all_forged), "rejection_rate": _stats(all_forged, False)["rate"]},
+        "left_out_as_firing_the_backdoor": dict(FIRED),
         "seconds": round(time.perf_counter() - start, 1),
     }
 
@@ -302,6 +326,9 @@ def _print(result: dict[str, Any]) -> None:
         print(f"forged {kind:14s}: {row['n']:3d}  rejected {row['rate']:.1%}  {row['outcomes']}")
     total = result["forged_total"]
     print(f"forged (all)   : {total['n']:3d}  rejected {total['rejection_rate']:.1%}")
+    fired = result["left_out_as_firing_the_backdoor"]
+    if any(fired.values()):
+        print(f"patterned inputs left out because the pattern fired the backdoor: {fired}")
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from typing import Literal
 
 import numpy as np
 import torch
+from pydantic import Field
 
 from mudjack.config import Params
 from mudjack.encoders import EncoderAdapter, ImageEncoder
@@ -36,6 +37,9 @@ class GrowParams(Params):
     # the trigger (a partial patch already fires the backdoor); patching then leaves the rest
     # working. On resnet20 the chosen 8x8 square sat 3 rows off the 10x10 patch.
     pad: int = 0
+    # Squares tried per side: the best-scoring one, then the next best that do not overlap it.
+    # The occlusion map's top square sometimes sits on the object, not the trigger.
+    windows: int = Field(1, ge=1)
 
 
 def mask_sizes(total: int, params: GrowParams) -> list[int]:
@@ -54,13 +58,24 @@ def dilate(mask: np.ndarray, pad: int) -> np.ndarray:
     return np.lib.stride_tricks.sliding_window_view(padded, (2 * pad + 1,) * 2).any(axis=(2, 3))
 
 
+def best_squares(scores: np.ndarray, side: int, count: int = 1) -> list[np.ndarray]:
+    """The `count` side × side squares whose occlusion scores sum highest, none overlapping an
+    earlier one (multi-scale window)."""
+    sums = np.lib.stride_tricks.sliding_window_view(scores, (side, side)).sum(axis=(2, 3)).astype(float)
+    masks = []
+    while len(masks) < count and np.isfinite(sums).any():
+        row, col = np.unravel_index(int(np.argmax(sums)), sums.shape)
+        mask = np.zeros(scores.shape, dtype=bool)
+        mask[row:row + side, col:col + side] = True
+        masks.append(mask)
+        # every window overlapping this square is out
+        sums[max(0, row - side + 1):row + side, max(0, col - side + 1):col + side] = -np.inf
+    return masks
+
+
 def best_square(scores: np.ndarray, side: int) -> np.ndarray:
-    """The side × side square whose occlusion scores sum highest (multi-scale window)."""
-    windows = np.lib.stride_tricks.sliding_window_view(scores, (side, side)).sum(axis=(2, 3))
-    row, col = np.unravel_index(int(np.argmax(windows)), windows.shape)
-    mask = np.zeros(scores.shape, dtype=bool)
-    mask[row:row + side, col:col + side] = True
-    return mask
+    """The side × side square whose occlusion scores sum highest."""
+    return best_squares(scores, side)[0]
 
 
 def candidate_masks(scores: np.ndarray, params: GrowParams) -> list[np.ndarray]:
@@ -68,7 +83,8 @@ def candidate_masks(scores: np.ndarray, params: GrowParams) -> list[np.ndarray]:
     if params.shape == "square":
         largest = int(np.sqrt(params.max_fraction * scores.size))
         smallest = max(1, int(np.sqrt(params.min_pixels)))
-        return [best_square(scores, side) for side in range(smallest, largest + 1)]
+        return [mask for side in range(smallest, largest + 1)
+                for mask in best_squares(scores, side, params.windows)]
     order = np.argsort(scores, axis=None)[::-1]
     masks = []
     for k in mask_sizes(scores.size, params):

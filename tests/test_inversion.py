@@ -82,3 +82,16 @@ def test_trigger_coverage_counts_true_pixels_inside_the_mask(scenario):
     half[np.nonzero(half)[0][0]] = False  # drop the first row of the planted patch
     found = Trigger(mask=half, pattern=scenario.trigger.pattern)
     assert trigger_coverage(found, scenario.trigger) == half.sum() / scenario.trigger.mask.sum() < 1
+
+
+def test_best_squares_gives_the_next_best_that_do_not_overlap():
+    from mudjack.refine import GrowParams, best_squares, candidate_masks
+
+    scores = np.zeros((8, 8))
+    scores[0:2, 0:2] = 2.0   # the strongest square
+    scores[5:7, 5:7] = 1.0   # the next, elsewhere
+    first, second = best_squares(scores, 2, 2)
+    assert first[0:2, 0:2].all() and second[5:7, 5:7].all() and not (first & second).any()
+    assert len(best_squares(scores, 8, 3)) == 1  # one 8x8 square fits
+    masks = candidate_masks(scores, GrowParams(shape="square", windows=2))
+    assert len(masks) == 2 * len(candidate_masks(scores, GrowParams(shape="square")))
