@@ -270,14 +270,14 @@ def pipeline_outputs(params_file: str) -> Scenario:
                     params.seed)
 
 
-def workspace_outputs(name: str) -> Scenario:
-    """A named scenario as `mudjack run --scenario NAME` leaves it in runs/NAME/."""
+def workspace_outputs(name: str, workspace: Path | None = None) -> Scenario:
+    """A named scenario as `mudjack run --scenario NAME` leaves it in runs/NAME/ (or in
+    `workspace`, a copy of it with other intake thresholds, say)."""
     import os
 
     from pipeline.scenarios import RUNS
 
-    root = Path(__file__).resolve().parent.parent
-    workspace = root / RUNS / name
+    workspace = workspace or Path(__file__).resolve().parent.parent / RUNS / name
     if not (workspace / "params.yaml").exists():
         raise SystemExit(f"no workspace {workspace}: run `mudjack run --scenario {name}` first")
     os.chdir(workspace)  # the workspace's params hold paths relative to it
@@ -297,6 +297,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--scenario", choices=scenario_choices(), default="default",
                         help="default: this project's outputs; NAME: the workspace runs/NAME/")
     parser.add_argument("--params", default="params.yaml", help="params file of the default scenario")
+    parser.add_argument("--workspace", type=Path, help="with --scenario: its workspace, if not runs/NAME")
     parser.add_argument("--n-real", type=int, default=50)
     parser.add_argument("--n-forged", type=int, default=15, help="per forgery kind")
     parser.add_argument("--seed", type=int, default=0)
@@ -309,10 +310,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     torch.set_num_threads(1)
     scenario = (pipeline_outputs(args.params) if args.scenario == "default"
-                else workspace_outputs(args.scenario))
+                else workspace_outputs(args.scenario, args.workspace and args.workspace.resolve()))
     result = run_forgery_bench(scenario.deployed, scenario.task, scenario.trigger, scenario.target,
                                scenario.params, args.n_real, args.n_forged, args.seed)
     result["scenario"] = args.scenario
+    result["workspace"] = str(Path.cwd().relative_to(Path(__file__).resolve().parent.parent))
     _print(result)
     write_json(out, result)
     print(f"wrote {out}")
