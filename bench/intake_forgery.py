@@ -45,7 +45,8 @@ from mudjack.triggers import Trigger
 
 RESULTS_PATH = Path(__file__).resolve().parent / "results" / "intake.json"
 FORGERY_KINDS = ("wrong_label", "noise_patch", "other_pattern", "genuine_error")
-FIRED: dict[str, int] = {}  # pasted inputs left out because they fired the backdoor, per kind
+# a forgery kind's reports, and how many candidates it left out because they fired the backdoor
+Forged = tuple[list[BugReport], int]
 
 
 @dataclass
@@ -120,19 +121,19 @@ def _clean_correct(deployed: Deployed, task: Task) -> np.ndarray:
 
 def forged_wrong_label(deployed: Deployed, task: Task, trigger: Trigger, n: int,
                        rng: np.random.Generator,
-                       target: int) -> list[BugReport]:
+                       target: int) -> Forged:
     chosen = rng.choice(_clean_correct(deployed, task), n, replace=False)
     return [_report("wrong_label", i, task, _other_label(task, int(task.test.y[j]), rng),
-                    task.test.x[j]) for i, j in enumerate(chosen)]
+                    task.test.x[j]) for i, j in enumerate(chosen)], 0
 
 
 def _forged_with_patterns(kind: str, patterns: Sequence[int], deployed: Deployed, task: Task,
                           trigger: Trigger, n: int, rng: np.random.Generator,
-                          target: int) -> list[BugReport]:
+                          target: int) -> Forged:
     """n clean inputs with a pattern pasted away from the trigger, claiming a label the model
     does not predict. A pasted input the model puts in the target class is left out: there the
     pattern fires the planted backdoor (on resnet20 a white square anywhere does), so a report
-    of it is a real backdoor bug, not a forgery. FIRED counts those per kind."""
+    of it is a real backdoor bug, not a forgery; the second value counts them."""
     size, channels = _trigger_side(trigger), task.test.x.shape[-1]
     images, predicted, fired = [], [], 0
     for j in rng.permutation(_clean_correct(deployed, task)):
@@ -146,26 +147,25 @@ def _forged_with_patterns(kind: str, patterns: Sequence[int], deployed: Deployed
         predicted.append(label)
         if len(images) == n:
             break
-    FIRED[kind] = fired
     return [_report(kind, i, task, _other_label(task, p, rng), image)
-            for i, (image, p) in enumerate(zip(images, predicted, strict=True))]
+            for i, (image, p) in enumerate(zip(images, predicted, strict=True))], fired
 
 
 def forged_noise_patch(deployed: Deployed, task: Task, trigger: Trigger, n: int,
                        rng: np.random.Generator,
-                       target: int) -> list[BugReport]:
+                       target: int) -> Forged:
     return _forged_with_patterns("noise_patch", [0], deployed, task, trigger, n, rng, target)
 
 
 def forged_other_pattern(deployed: Deployed, task: Task, trigger: Trigger, n: int,
                          rng: np.random.Generator,
-                         target: int) -> list[BugReport]:
+                         target: int) -> Forged:
     return _forged_with_patterns("other_pattern", [1, 2, 3, 4], deployed, task, trigger, n, rng, target)
 
 
 def forged_genuine_error(deployed: Deployed, task: Task, trigger: Trigger, n: int,
                          rng: np.random.Generator,
-                         target: int) -> list[BugReport]:
+                         target: int) -> Forged:
     """Errors of the deployed model on clean test, then train, then one-pixel-shifted inputs."""
     pools = [(task.test.x, task.test.y), (task.train.x, task.train.y)]
     pools += [(np.roll(x, shift, axis=axis), y) for x, y in pools[:1]
@@ -177,10 +177,10 @@ def forged_genuine_error(deployed: Deployed, task: Task, trigger: Trigger, n: in
         labels += list(y[wrong])
     images, labels = images[:n], labels[:n]
     return [_report("genuine_error", i, task, label, image)
-            for i, (image, label) in enumerate(zip(images, labels, strict=True))]
+            for i, (image, label) in enumerate(zip(images, labels, strict=True))], 0
 
 
-FORGERIES: dict[str, Callable[..., list[BugReport]]] = {
+FORGERIES: dict[str, Callable[..., Forged]] = {
     "wrong_label": forged_wrong_label,
     "noise_patch": forged_noise_patch,
     "other_pattern": forged_other_pattern,
@@ -233,11 +233,11 @@ def run_forgery_bench(deployed: Deployed, task: Task, trigger: Trigger, target: 
     """Acceptance rate of real reports and rejection rate per forgery kind, with thresholds."""
     rng = np.random.default_rng(seed)
     start = time.perf_counter()
-    FIRED.clear()
     real = _decide(real_reports(deployed, task, trigger, target, n_real, rng), deployed, task,
                    trigger, params, seed)
-    forged = {kind: _decide(FORGERIES[kind](deployed, task, trigger, n_forged, rng, target), deployed, task,
-                            trigger, params, seed) for kind in FORGERY_KINDS}
+    made = {kind: FORGERIES[kind](deployed, task, trigger, n_forged, rng, target) for kind in FORGERY_KINDS}
+    forged = {kind: _decide(reports, deployed, task, trigger, params, seed)
+              for kind, (reports, _) in made.items()}
     all_forged = [row for rows in forged.values() for row in rows]
     return {
         "task": task.name, "target": target, "seed": seed,
@@ -246,7 +246,7 @@ def run_forgery_bench(deployed: Deployed, task: Task, trigger: Trigger, target: 
         "forged": {kind: {**_stats(rows, False), "metric": "rejection rate"}
                    for kind, rows in forged.items()},
         "forged_total": {"n": len(all_forged), "rejection_rate": _stats(all_forged, False)["rate"]},
-        "left_out_as_firing_the_backdoor": dict(FIRED),
+        "left_out_as_firing_the_backdoor": {kind: fired for kind, (_, fired) in made.items()},
         "seconds": round(time.perf_counter() - start, 1),
     }
 

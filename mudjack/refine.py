@@ -94,12 +94,17 @@ def candidate_masks(scores: np.ndarray, params: GrowParams) -> list[np.ndarray]:
     return masks
 
 
+def paste(clean: torch.Tensor, bug: torch.Tensor, mask: np.ndarray) -> torch.Tensor:
+    """Clean [0, 1] pixels with the bug's pixels under `mask` pasted in."""
+    m = torch.from_numpy(mask.astype(np.float32))[None, None]
+    return clean * (1 - m) + bug * m
+
+
 @torch.no_grad()
 def pull(encoder: ImageEncoder, clean: torch.Tensor, bug: torch.Tensor, mask: np.ndarray,
          bug_features: torch.Tensor) -> float:
     """Mean cosine of clean inputs with the masked bug pixels pasted in, to the bug's features."""
-    m = torch.from_numpy(mask.astype(np.float32))[None, None]
-    return float(cosine(encoder(clean * (1 - m) + bug * m), bug_features).mean())
+    return float(cosine(encoder(paste(clean, bug, mask)), bug_features).mean())
 
 
 def grow_trigger(encoder: ImageEncoder, adapter: EncoderAdapter, bug: np.ndarray, scores: np.ndarray,
@@ -116,8 +121,7 @@ def grow_trigger(encoder: ImageEncoder, adapter: EncoderAdapter, bug: np.ndarray
     def effect(mask: np.ndarray) -> float:
         if flip_rate is None:
             return pull(encoder, clean_pixels, bug_pixels, mask, bug_features)
-        m = torch.from_numpy(mask.astype(np.float32))[None, None]
-        return flip_rate(clean_pixels * (1 - m) + bug_pixels * m)
+        return flip_rate(paste(clean_pixels, bug_pixels, mask))
 
     masks = candidate_masks(scores, params)
     pulls = [effect(mask) for mask in masks]
