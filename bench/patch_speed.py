@@ -47,6 +47,7 @@ from mudjack.attacks import BadEncoderParams, badencoder, pick_attack_reference
 from mudjack.augment import ViewAugmentation
 from mudjack.bugs import Bug
 from mudjack.data import Task, load_shadow, load_tasks
+from mudjack.device import cpu_has_bf16
 from mudjack.encoders import (
     EncoderAdapter,
     ImageEncoder,
@@ -237,12 +238,17 @@ def reference(encoder: ImageEncoder, run: _Run, args: argparse.Namespace) -> tup
 def variants(scenario: Scenario, bug: Bug, args: argparse.Namespace) -> tuple[Variant, Variant]:
     params = MudjackingParams(device="cpu", epochs=args.epochs, lr=args.lr, batch_size=args.batch,
                               views=args.views, clean_samples=args.shadow, compile=args.compile,
+                              cpu_bf16=args.cpu_bf16,
                               lambda_gen=args.lambda_gen, lambda_eff=args.lambda_eff)
     run = _start(scenario.backdoored, scenario.adapter, scenario.shadow, [bug], params, args.seed)
     plain_epoch, plain_encoder = reference(scenario.backdoored, run, args)
     return (Variant("a", "(a) reference: 5+2 full-batch passes, per-image aug", plain_epoch, plain_encoder),
-            Variant("b", f"(b) ours: 1+1 passes, K={args.views} views, batched aug", ours(run, args.batch),
-                    lambda: contiguous(run.patched.eval())))
+            Variant("b", f"(b) ours: 1+1 passes, K={args.views} views, batched aug{bf16_label(args)}",
+                    ours(run, args.batch), lambda: contiguous(run.patched.eval())))
+
+
+def bf16_label(args: argparse.Namespace) -> str:
+    return ", bf16" if args.cpu_bf16 and cpu_has_bf16() else ""
 
 
 def evaluate_seeds(encoder: ImageEncoder, scenario: Scenario, attack: AttackSpec, params: HeadParams,
@@ -296,9 +302,16 @@ def print_table(report: dict[str, Any]) -> None:
     print(f"ratio b/a (images/s): {report['ratio']:.2f}; per epoch {report['epoch_ratios']}")
 
 
+def shown_path(path: Path) -> str:
+    """`path` relative to the repository when inside it: results carry no machine paths."""
+    resolved = path.resolve()
+    return str(resolved.relative_to(ROOT)) if resolved.is_relative_to(ROOT) else resolved.name
+
+
 def host() -> dict[str, Any]:
     return {"python": platform.python_version(), "torch": torch.__version__,
             "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+            "cpu_native_bf16": cpu_has_bf16(),
             "load_start": round(os.getloadavg()[0], 2)}
 
 
@@ -321,7 +334,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                                               args.head_seeds))
                for v in (a, b)}
     info["load_end"] = round(os.getloadavg()[0], 2)
-    report = {"config": vars(args) | {"out": str(args.out)}, "threads": torch.get_num_threads(),
+    report = {"config": vars(args) | {"out": shown_path(args.out)}, "threads": torch.get_num_threads(),
               "threads_found": threads_found, "host": info, "encoder_source": scenario.source,
               "bug": {"label": bug.label, "target": bug.predicted},
               "backdoored": {k: round(v, 4) for k, v in before.items()}, "variants": results,
@@ -344,6 +357,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=2, help="torch threads, both variants")
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers of (a)")
     p.add_argument("--compile", action="store_true", help="(b) with torch.compile")
+    p.add_argument("--cpu-bf16", action="store_true",
+                   help="(b) with bf16 autocast, when the CPU has native bf16 (AVX512-BF16/AMX)")
     p.add_argument("--head-epochs", type=int, default=60, help="retrained head (GTSRB)")
     p.add_argument("--head-seeds", type=int, default=3, help="heads averaged per variant")
     p.add_argument("--lambda-gen", type=float, default=1.0)

@@ -46,3 +46,12 @@ def test_forgery_bench_names_a_missing_workspace():
 
     with pytest.raises(SystemExit, match="mudjack run --scenario"):
         intake_forgery.workspace_outputs("no-such-scenario")
+
+
+def test_patch_speed_results_name_no_machine_path(tmp_path):
+    import patch_speed
+
+    inside = patch_speed.ROOT / "bench" / "results" / "x.json"
+    assert patch_speed.shown_path(inside) == "bench/results/x.json"
+    assert patch_speed.shown_path(tmp_path / "run.json") == "run.json"
+    assert "--cpu-bf16" in patch_speed.parser().format_help()

@@ -95,3 +95,51 @@ def test_best_squares_gives_the_next_best_that_do_not_overlap():
     assert len(best_squares(scores, 8, 3)) == 1  # one 8x8 square fits
     masks = candidate_masks(scores, GrowParams(shape="square", windows=2))
     assert len(masks) == 2 * len(candidate_masks(scores, GrowParams(shape="square")))
+
+
+def _fires_on_corner(pixels):
+    """A toy classifier's flip rate: the share of inputs whose 3x3 block at (5, 5) is white."""
+    return float((pixels[:, :, 5:8, 5:8] > 0.99).flatten(1).all(1).float().mean())
+
+
+def test_scan_ranks_the_pixels_whose_squares_flip_the_classifier():
+    import torch
+
+    from mudjack.refine import best_square, scan_map, square_corners
+
+    assert square_corners((8, 8), 3, 2) == [(r, c) for r in (0, 2, 4, 5) for c in (0, 2, 4, 5)]
+    clean = torch.zeros(4, 3, 8, 8)
+    bug = torch.zeros(1, 3, 8, 8)
+    bug[:, :, 5:8, 5:8] = 1.0             # the "trigger" the toy classifier fires on
+    bug[:, :, 0:2, 0:2] = 1.0             # bright content that does not fire
+    scores = scan_map(_fires_on_corner, clean, bug, [3, 4], stride=1)
+    assert scores.shape == (8, 8)
+    assert scores[5:8, 5:8].min() > 0 and scores[0:2, 0:2].max() == 0
+    assert scores[7, 7] == 2.0  # covered by one square of each side, and both fire
+    assert best_square(scores, 3)[5:8, 5:8].all()
+
+
+def test_grow_on_the_scan_finds_a_trigger_occlusion_missed():
+    import torch
+
+    from mudjack.refine import GrowParams, grow_trigger
+
+    class Flat(torch.nn.Module):  # features carry nothing: only the flip rate can tell
+        def forward(self, x):
+            return x.flatten(1)[:, :4]
+
+    class Adapter:
+        def preprocess(self, raw):
+            return torch.from_numpy(raw).permute(0, 3, 1, 2).float() / 255
+
+    bug = np.zeros((8, 8, 3), np.uint8)
+    bug[5:8, 5:8] = 255
+    misleading = np.zeros((8, 8))
+    misleading[0:3, 0:3] = 1.0           # occlusion peaking away from the trigger
+    clean = np.zeros((6, 8, 8, 3), np.uint8)
+    params = GrowParams(shape="square", max_fraction=0.2, scan=[3], scan_stride=1, scan_samples=4)
+    found = grow_trigger(Flat(), Adapter(), bug, misleading, clean, params, flip_rate=_fires_on_corner)
+    assert found.mask[5:8, 5:8].all() and found.mask.sum() == 9
+    missed = grow_trigger(Flat(), Adapter(), bug, misleading, clean, params.model_copy(update={"scan": []}),
+                          flip_rate=_fires_on_corner)
+    assert not missed.mask[5:8, 5:8].all()

@@ -20,7 +20,7 @@ from mudjack.augment import (
     grayscale,
 )
 from mudjack.bugs import Bug
-from mudjack.device import autocast, to_device
+from mudjack.device import autocast, cpu_has_bf16, to_device
 from mudjack.encoders import get_adapter, trainable_parameters
 from mudjack.patching.mudjacking import MudjackingParams, _start
 from mudjack.patching.reference import ReferenceViews, plain_loss, plain_models, reference_loader
@@ -182,6 +182,31 @@ def test_compiled_step_gives_the_eager_loss():
         run = _start(encoder, adapter, shadow, made, params, seed=0)
         losses.append([run.step(torch.arange(8))["loss"] for _ in range(3)])
     assert losses[1] == pytest.approx(losses[0], abs=1e-5)
+
+
+# --------------------------------------------------------------------------- bf16 on the CPU
+
+
+def test_cpu_autocast_is_off_unless_asked_for():
+    conv = torch.nn.Conv2d(3, 4, 3)
+    with autocast(torch.device("cpu")):
+        assert conv(torch.rand(2, 3, 8, 8)).dtype == torch.float32
+
+
+@pytest.mark.skipif(not cpu_has_bf16(), reason="this CPU has no native bf16 (AVX512-BF16 or AMX)")
+def test_a_cpu_bf16_step_runs_convolutions_in_bf16_and_tracks_the_fp32_loss():
+    with autocast(torch.device("cpu"), cpu_bf16=True):
+        assert torch.nn.Conv2d(3, 4, 3)(torch.rand(2, 3, 8, 8)).dtype == torch.bfloat16
+    encoder, adapter, shadow, made = problem("resnet_cifar", 8, 1)
+    losses = {}
+    for bf16 in (False, True):
+        params = MudjackingParams(device="cpu", batch_size=8, views=4, augment=False, cpu_bf16=bf16)
+        run = _start(encoder, adapter, shadow, made, params, seed=0)
+        losses[bf16] = [run.step(torch.arange(8))["loss"] for _ in range(2)]
+        weight = next(p for p in run.patched.parameters() if p.requires_grad)
+        assert weight.dtype == torch.float32  # autocast: fp32 master weights, bf16 compute
+    assert losses[True] == pytest.approx(losses[False], abs=0.05)
+    assert losses[True] != losses[False]  # bf16 did run
 
 
 # --------------------------------------------------------------------------- CUDA (skipped here)

@@ -50,6 +50,7 @@ class MudjackingParams(Params):
     clean_samples: int = 0         # shadow images used, overriding shadow_fraction when > 0
     augment: bool = True
     compile: bool = False          # torch.compile the encoders (mudjack/patching/speed.py)
+    cpu_bf16: bool = False         # bf16 autocast on a CPU with native bf16 (mudjack/device.py)
 
 
 def stamp_pixels(pixels: torch.Tensor, masks: torch.Tensor, patterns: torch.Tensor) -> torch.Tensor:
@@ -136,7 +137,7 @@ class _Run:
     def step(self, index: torch.Tensor) -> dict[str, float]:
         """One optimiser step on the shadow images at `index`; returns the loss terms."""
         batch = to_device(self.pixels[index], self.device)
-        with autocast(self.device):
+        with autocast(self.device, self.params.cpu_bf16):
             views = build_views(batch, self.bug_views, self.params.views, self.augment)
             forward = self.patched if self.forward is None else self.forward
             terms = mudjacking_loss(forward, self.frozen, views, len(index),
