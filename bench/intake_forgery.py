@@ -290,8 +290,6 @@ def scenario_choices() -> list[str]:
     return ["default", *scenario_names(Path(__file__).resolve().parent.parent)]
 
 
-
-
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--scenario", choices=scenario_choices(), default="default",

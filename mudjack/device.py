@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import random
 from collections.abc import Iterator
 
@@ -19,6 +20,7 @@ def select_device(requested: str = "auto") -> torch.device:
     return torch.device(requested)
 
 
+@functools.cache  # the hardware does not change; autocast asks on every step
 def cpu_has_bf16() -> bool:
     """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX), where oneDNN runs
     bf16 convolutions and matmuls faster than fp32; elsewhere bf16 is emulated and slower."""

@@ -29,10 +29,11 @@ def attack_success_rate(triggered_predictions: np.ndarray, target: int) -> float
 def evaluate(clean_predictions: np.ndarray, labels: np.ndarray,
              triggered_predictions: np.ndarray, target: int) -> dict[str, float]:
     """`triggered_predictions` are for the non-target inputs only, in order."""
-    kept = labels[non_target(labels, target)]
+    selected = non_target(labels, target)
+    kept = labels[selected]
     if len(kept) != len(triggered_predictions):
         raise ValueError("triggered predictions must cover exactly the non-target inputs")
-    right = clean_predictions[non_target(labels, target)] == kept
+    right = clean_predictions[selected] == kept
     return {
         "clean_acc": clean_accuracy(clean_predictions, labels),
         "asr": attack_success_rate(triggered_predictions, target),

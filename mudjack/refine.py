@@ -70,8 +70,8 @@ def dilate(mask: np.ndarray, pad: int) -> np.ndarray:
 
 
 def best_squares(scores: np.ndarray, side: int, count: int = 1) -> list[np.ndarray]:
-    """The `count` side × side squares whose occlusion scores sum highest, none overlapping an
-    earlier one (multi-scale window)."""
+    """The `count` side × side squares whose scores (occlusion or scan) sum highest, none
+    overlapping an earlier one (multi-scale window)."""
     sums = np.lib.stride_tricks.sliding_window_view(scores, (side, side)).sum(axis=(2, 3)).astype(float)
     masks = []
     while len(masks) < count and np.isfinite(sums).any():
@@ -85,7 +85,7 @@ def best_squares(scores: np.ndarray, side: int, count: int = 1) -> list[np.ndarr
 
 
 def best_square(scores: np.ndarray, side: int) -> np.ndarray:
-    """The side × side square whose occlusion scores sum highest."""
+    """The side × side square whose scores sum highest."""
     return best_squares(scores, side)[0]
 
 
