@@ -38,7 +38,8 @@ from typing import Any
 import numpy as np
 
 from mudjack.data import Task
-from mudjack.intake import Deployed, IntakeParams, intake_report
+from mudjack.deployed import Deployed
+from mudjack.intake import IntakeParams, intake_report
 from mudjack.io import write_json
 from mudjack.reports import BugReport
 from mudjack.triggers import Trigger
@@ -191,12 +192,13 @@ FORGERIES: dict[str, Callable[..., Forged]] = {
 # --------------------------------------------------------------------------- bench
 
 
-def _decide(reports: list[BugReport], deployed: Deployed, task: Task, trigger: Trigger,
+def _decide(reports: list[BugReport], deployed: Deployed, task: Task, trigger: Trigger, *,
             params: IntakeParams, seed: int) -> list[dict[str, Any]]:
     rows = []
     for report in reports:
         try:
-            decision, _ = intake_report(report, deployed, {task.name: task}, params, trigger, seed)
+            decision, _ = intake_report(report, deployed, {task.name: task}, params=params,
+                                        truth=trigger, seed=seed)
         except Exception as err:  # as in the intake stage: a report that breaks intake is rejected
             rows.append({"id": report.id, "accepted": False, "error": f"intake failed: {err!r}",
                          **dict.fromkeys(("iou", "flip_margin", "flip_rate", "feature_shift",
@@ -227,16 +229,16 @@ def _stats(rows: list[dict[str, Any]], accepted_is_good: bool) -> dict[str, Any]
     return out
 
 
-def run_forgery_bench(deployed: Deployed, task: Task, trigger: Trigger, target: int,
+def run_forgery_bench(deployed: Deployed, task: Task, trigger: Trigger, target: int, *,
                       params: IntakeParams, n_real: int = 50, n_forged: int = 15,
                       seed: int = 0) -> dict[str, Any]:
     """Acceptance rate of real reports and rejection rate per forgery kind, with thresholds."""
     rng = np.random.default_rng(seed)
     start = time.perf_counter()
     real = _decide(real_reports(deployed, task, trigger, target, n_real, rng), deployed, task,
-                   trigger, params, seed)
+                   trigger, params=params, seed=seed)
     made = {kind: FORGERIES[kind](deployed, task, trigger, n_forged, rng, target) for kind in FORGERY_KINDS}
-    forged = {kind: _decide(reports, deployed, task, trigger, params, seed)
+    forged = {kind: _decide(reports, deployed, task, trigger, params=params, seed=seed)
               for kind, (reports, _) in made.items()}
     all_forged = [row for rows in forged.values() for row in rows]
     return {
@@ -310,7 +312,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     scenario = (pipeline_outputs(args.params) if args.scenario == "default"
                 else workspace_outputs(args.scenario, args.workspace and args.workspace.resolve()))
     result = run_forgery_bench(scenario.deployed, scenario.task, scenario.trigger, scenario.target,
-                               scenario.params, args.n_real, args.n_forged, args.seed)
+                               params=scenario.params, n_real=args.n_real, n_forged=args.n_forged,
+                               seed=args.seed)
     result["scenario"] = args.scenario
     result["workspace"] = str(Path.cwd().relative_to(Path(__file__).resolve().parent.parent))
     _print(result)

@@ -47,6 +47,7 @@ from mudjack.attacks import BadEncoderParams, badencoder, pick_attack_reference
 from mudjack.augment import ViewAugmentation
 from mudjack.bugs import Bug
 from mudjack.data import Task, load_shadow, load_tasks
+from mudjack.deployed import Deployed
 from mudjack.device import cpu_has_bf16
 from mudjack.encoders import (
     EncoderAdapter,
@@ -59,7 +60,7 @@ from mudjack.encoders import (
 from mudjack.evaluation import AttackSpec, retrain_and_evaluate
 from mudjack.features import extract_features
 from mudjack.heads import Head, HeadParams, predict
-from mudjack.intake import Deployed, pick_reference
+from mudjack.intake import pick_reference
 from mudjack.io import read_npz, sha256_bytes, write_json
 from mudjack.loaders import DataSpec, limit_stratified, load_data, load_npz_images
 from mudjack.metrics import non_target

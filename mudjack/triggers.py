@@ -6,8 +6,14 @@ from __future__ import annotations
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import torch
+
+Pixels = TypeVar("Pixels", "torch.Tensor", np.ndarray)
 
 
 @dataclass(frozen=True)
@@ -39,8 +45,15 @@ def patch_trigger(shape: tuple[int, int, int], size: int, row: int, col: int,
     return Trigger(mask=mask, pattern=pattern)
 
 
+def blend(clean: Pixels, pattern: Pixels, mask: Pixels) -> Pixels:
+    """x ⊕ t = x·(1−m) + t·m: the one stamping formula, on float pixels (torch tensors or
+    arrays) with a hard or soft mask in [0, 1] that broadcasts against them."""
+    return clean * (1 - mask) + pattern * mask
+
+
 def stamp(images: np.ndarray, trigger: Trigger) -> np.ndarray:
-    """x ⊕ t = x·(1−m) + t·m on uint8 images shaped (N, H, W, C) or (H, W, C)."""
+    """`blend` with the trigger's hard mask on uint8 images shaped (N, H, W, C) or (H, W, C),
+    exactly: the pattern's pixels are copied under the mask (no float round trip)."""
     if images.dtype != np.uint8:
         raise TypeError(f"stamp works on uint8 pixels, got {images.dtype}")
     out = images.copy()

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import numpy as np
 
+from mudjack.deployed import Deployed
 from mudjack.encoders import load_encoder
 from mudjack.heads import load_head
-from mudjack.intake import Deployed
 from mudjack.io import read_npz
 from mudjack.triggers import TextTrigger, Trigger, trigger_arrays, trigger_from_arrays
 from stages.config import PathsParams

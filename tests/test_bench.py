@@ -31,11 +31,12 @@ def test_onnx_latency_workspace_needs_an_export(tmp_path):
 def test_forgery_bench_accepts_real_and_rejects_forged_reports(scenario):
     from intake_forgery import FORGERY_KINDS, run_forgery_bench
 
-    from mudjack.intake import Deployed, IntakeParams
+    from mudjack.deployed import Deployed
+    from mudjack.intake import IntakeParams
 
     deployed = Deployed(scenario.backdoored, scenario.adapter, {"digits": scenario.head})
     result = run_forgery_bench(deployed, scenario.task, scenario.trigger, scenario.target,
-                               IntakeParams(), n_real=4, n_forged=2, seed=0)
+                               params=IntakeParams(), n_real=4, n_forged=2, seed=0)
     assert result["real"]["n"] == 4 and result["real"]["rate"] >= 0.75
     assert set(result["forged"]) == set(FORGERY_KINDS)
     assert result["forged_total"]["n"] >= 6 and result["forged_total"]["rejection_rate"] >= 0.75

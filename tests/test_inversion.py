@@ -1,7 +1,8 @@
 import numpy as np
 
-from mudjack.inversion import InversionParams, invert_trigger, largest_component
-from mudjack.reverse import ReverseParams, reverse_engineer
+from mudjack.intake.inversion import InversionParams, invert_trigger
+from mudjack.intake.masks import largest_component
+from mudjack.intake.reverse import ReverseParams, reverse_engineer
 from mudjack.triggers import iou, stamp
 
 
@@ -12,7 +13,7 @@ def bug_input(scenario) -> np.ndarray:
 def test_inversion_recovers_the_planted_patch(scenario):
     clean = scenario.task.train.x[scenario.task.train.y != scenario.target]
     trigger = invert_trigger(scenario.backdoored, scenario.adapter, bug_input(scenario), clean,
-                             InversionParams(steps=150), seed=0)
+                             params=InversionParams(steps=150), seed=0)
     assert iou(trigger.mask, scenario.trigger.mask) >= 0.5
     assert (trigger.pattern[trigger.mask] == 255).all()  # the bug's own pixels
 
@@ -21,7 +22,7 @@ def test_inversion_leaves_the_encoder_untouched(scenario):
     before = {k: v.clone() for k, v in scenario.backdoored.state_dict().items()}
     flags = [p.requires_grad for p in scenario.backdoored.parameters()]
     invert_trigger(scenario.backdoored, scenario.adapter, bug_input(scenario),
-                   scenario.task.train.x, InversionParams(steps=3), seed=0)
+                   scenario.task.train.x, params=InversionParams(steps=3), seed=0)
     after = scenario.backdoored.state_dict()
     assert all((before[k] == after[k]).all() for k in before)
     assert flags == [p.requires_grad for p in scenario.backdoored.parameters()]
@@ -30,7 +31,7 @@ def test_inversion_leaves_the_encoder_untouched(scenario):
 def test_occlusion_stays_available_as_the_authors_method(scenario):
     reference = scenario.task.train.x[scenario.task.train.y == 3][0]
     trigger = reverse_engineer(scenario.backdoored, scenario.adapter, bug_input(scenario), reference,
-                               ReverseParams(method="occlusion"))
+                               params=ReverseParams(method="occlusion"))
     assert trigger.mask[6:8, 6:8].any()
 
 
@@ -42,20 +43,21 @@ def test_largest_component_keeps_one_blob():
 
 
 def test_grow_finds_the_smallest_mask_that_acts_like_the_bug(scenario):
-    from mudjack.refine import GrowParams, mask_sizes
+    from mudjack.intake.grow import GrowParams, mask_sizes
 
     bug = bug_input(scenario)
     reference = scenario.task.train.x[scenario.task.train.y == 3][0]
     clean = scenario.task.train.x[scenario.task.train.y != scenario.target]
     trigger = reverse_engineer(scenario.backdoored, scenario.adapter, bug, reference,
-                               ReverseParams(method="grow"), clean=clean)
+                               params=ReverseParams(method="grow"), clean=clean)
     assert iou(trigger.mask, scenario.trigger.mask) >= 0.5
     sizes = mask_sizes(64, GrowParams())
     assert sizes[0] == 4 and sizes == sorted(sizes) and sizes[-1] == int(0.35 * 64)
 
 
 def test_best_square_sits_on_the_highest_scores():
-    from mudjack.refine import GrowParams, best_square, candidate_masks
+    from mudjack.intake.grow import GrowParams, candidate_masks
+    from mudjack.intake.masks import best_square
 
     scores = np.zeros((8, 8))
     scores[5:8, 4:7] = 1.0
@@ -65,7 +67,7 @@ def test_best_square_sits_on_the_highest_scores():
 
 
 def test_dilate_pads_the_mask_and_stays_inside_the_image():
-    from mudjack.refine import dilate
+    from mudjack.intake.masks import dilate
 
     mask = np.zeros((8, 8), bool)
     mask[6:8, 3:5] = True
@@ -85,7 +87,8 @@ def test_trigger_coverage_counts_true_pixels_inside_the_mask(scenario):
 
 
 def test_best_squares_gives_the_next_best_that_do_not_overlap():
-    from mudjack.refine import GrowParams, best_squares, candidate_masks
+    from mudjack.intake.grow import GrowParams, candidate_masks
+    from mudjack.intake.masks import best_squares
 
     scores = np.zeros((8, 8))
     scores[0:2, 0:2] = 2.0   # the strongest square
@@ -105,7 +108,8 @@ def _fires_on_corner(pixels):
 def test_scan_ranks_the_pixels_whose_squares_flip_the_classifier():
     import torch
 
-    from mudjack.refine import best_square, scan_map, square_corners
+    from mudjack.intake.grow import scan_map
+    from mudjack.intake.masks import best_square, square_corners
 
     assert square_corners((8, 8), 3, 2) == [(r, c) for r in (0, 2, 4, 5) for c in (0, 2, 4, 5)]
     clean = torch.zeros(4, 3, 8, 8)
@@ -122,7 +126,7 @@ def test_scan_ranks_the_pixels_whose_squares_flip_the_classifier():
 def test_grow_on_the_scan_finds_a_trigger_occlusion_missed():
     import torch
 
-    from mudjack.refine import GrowParams, grow_trigger
+    from mudjack.intake.grow import GrowParams, grow_trigger
 
     class Flat(torch.nn.Module):  # features carry nothing: only the flip rate can tell
         def forward(self, x):
@@ -138,8 +142,9 @@ def test_grow_on_the_scan_finds_a_trigger_occlusion_missed():
     misleading[0:3, 0:3] = 1.0           # occlusion peaking away from the trigger
     clean = np.zeros((6, 8, 8, 3), np.uint8)
     params = GrowParams(shape="square", max_fraction=0.2, scan=[3], scan_stride=1, scan_samples=4)
-    found = grow_trigger(Flat(), Adapter(), bug, misleading, clean, params, flip_rate=_fires_on_corner)
+    found = grow_trigger(Flat(), Adapter(), bug, misleading, clean, params=params,
+                         flip_rate=_fires_on_corner)
     assert found.mask[5:8, 5:8].all() and found.mask.sum() == 9
-    missed = grow_trigger(Flat(), Adapter(), bug, misleading, clean, params.model_copy(update={"scan": []}),
-                          flip_rate=_fires_on_corner)
+    missed = grow_trigger(Flat(), Adapter(), bug, misleading, clean,
+                          params=params.model_copy(update={"scan": []}), flip_rate=_fires_on_corner)
     assert not missed.mask[5:8, 5:8].all()

@@ -9,13 +9,14 @@ import pytest
 import torch
 
 from mudjack.bugs import load_bugs, save_bug
+from mudjack.deployed import Deployed
 from mudjack.evaluation import AttackSpec, retrain_and_evaluate
 from mudjack.heads import HeadParams
-from mudjack.intake import Deployed, intake_report
+from mudjack.intake import IntakeParams, intake_report
+from mudjack.intake.occlusion import two_means_mask
 from mudjack.patching import PatchInputs, run_patch
 from mudjack.patching.mudjacking import MudjackingParams, mudjacking_loss
 from mudjack.reports import BugReport
-from mudjack.reverse import ReverseParams, two_means_mask
 from mudjack.triggers import stamp
 
 HEAD = HeadParams(epochs=60)
@@ -44,8 +45,8 @@ def deployed(scenario) -> Deployed:
 @pytest.fixture(scope="module")
 def accepted_bug(scenario, deployed):
     report = make_report(scenario, genuine_index(scenario, deployed), triggered=True)
-    decision, bug = intake_report(report, deployed, {"digits": scenario.task}, ReverseParams(),
-                                  scenario.trigger)
+    decision, bug = intake_report(report, deployed, {"digits": scenario.task}, params=IntakeParams(),
+                                  truth=scenario.trigger)
     assert decision.accepted, decision.reasons
     return decision, bug
 
@@ -62,7 +63,7 @@ def test_intake_rejects_a_report_that_does_not_reproduce(scenario, deployed):
     clean_pred = deployed.classify("digits", scenario.task.test.x)
     index = int(np.flatnonzero(clean_pred == scenario.task.test.y)[0])
     decision, bug = intake_report(make_report(scenario, index, triggered=False), deployed,
-                                  {"digits": scenario.task}, ReverseParams())
+                                  {"digits": scenario.task}, params=IntakeParams())
     assert not decision.accepted and bug is None
     assert "does not reproduce" in decision.reasons[0]
 
@@ -72,7 +73,7 @@ def test_intake_rejects_a_report_that_does_not_reproduce(scenario, deployed):
 def test_intake_rejects_reports_it_cannot_place(scenario, deployed, task, label, reason):
     report = make_report(scenario, 0, triggered=True, label=label)
     report.task = task
-    decision, _ = intake_report(report, deployed, {"digits": scenario.task}, ReverseParams())
+    decision, _ = intake_report(report, deployed, {"digits": scenario.task}, params=IntakeParams())
     assert not decision.accepted and reason in decision.reasons[0]
 
 

@@ -22,12 +22,13 @@ from mudjack.encoders.text import TextClassifier, TextEncoder
 from mudjack.export import export_onnx_inputs, verify_onnx_batches
 from mudjack.features import extract_features
 from mudjack.heads import HeadParams, predict, train_head
+from mudjack.intake.reverse import ReverseParams, reverse_engineer
+from mudjack.intake.text import select_trigger_words
 from mudjack.io import write_npz
 from mudjack.loaders import DataSpec, load_data, load_tsv
 from mudjack.metrics import evaluate, non_target
 from mudjack.patching import PatchInputs, run_patch
 from mudjack.reports import ReportError, read_report
-from mudjack.reverse import ReverseParams, reverse_engineer, select_trigger_words
 from mudjack.triggers import TextTrigger, insert_words, stamp_text, trigger_iou
 
 POSITIVE = ["good", "great", "fine", "nice", "superb", "lovely", "charming", "brilliant"]
@@ -237,14 +238,14 @@ def test_token_occlusion_recovers_the_trigger(tiny: TextScenario, score: str) ->
     for index in range(3):
         bug, reference = _bug(tiny, index)
         trigger = reverse_engineer(tiny.backdoored, tiny.adapter, np.asarray(bug), np.asarray(reference),
-                                   ReverseParams(text_score=score), 0)
+                                   params=ReverseParams(text_score=score), seed=0)
         assert isinstance(trigger, TextTrigger) and trigger_iou(trigger, TRIGGER) == 1.0
 
 
 def test_text_mudjacking_removes_the_backdoor(tiny: TextScenario, tmp_path: Path) -> None:
     bug, reference = _bug(tiny, 0)
     trigger = reverse_engineer(tiny.backdoored, tiny.adapter, np.asarray(bug), np.asarray(reference),
-                               ReverseParams(), 0)
+                               params=ReverseParams(), seed=0)
     found = Bug("bug-0", "toy", 0, TARGET, np.asarray(bug), np.asarray(reference), trigger)
     save_bug(found, tmp_path)
     (loaded,) = load_bugs(tmp_path)

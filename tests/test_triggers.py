@@ -44,3 +44,29 @@ def test_trigger_round_trips_through_arrays_and_checks_shapes():
     assert (again.mask == trigger.mask).all() and (again.pattern == trigger.pattern).all()
     with pytest.raises(ValueError):
         Trigger(np.zeros((8, 8), bool), np.zeros((7, 8, 3), np.uint8))
+
+
+def test_blend_is_the_stamp_formula_with_a_soft_mask():
+    import torch
+
+    from mudjack.triggers import blend
+
+    clean, pattern = torch.zeros(2, 3, 4, 4), torch.ones(1, 3, 4, 4)
+    mask = torch.full((1, 1, 4, 4), 0.25)
+    assert torch.allclose(blend(clean, pattern, mask), torch.full((2, 3, 4, 4), 0.25))
+    assert np.allclose(blend(np.full(3, 0.8), np.full(3, 0.4), np.array([0.0, 0.5, 1.0])), [0.8, 0.6, 0.4])
+
+
+def test_numpy_stamp_and_torch_blend_agree_on_a_hard_mask():
+    import torch
+
+    from mudjack.triggers import blend
+
+    images = np.random.default_rng(1).integers(0, 255, (3, 8, 8, 3), dtype=np.uint8)
+    trigger = patch_trigger((8, 8, 3), 3, 4, 2, value=200)
+    def as_float(array: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(array.astype(np.float32) / 255)
+
+    mask = torch.from_numpy(trigger.mask.astype(np.float32))[..., None]
+    blended = blend(as_float(images), as_float(trigger.pattern), mask)
+    assert np.array_equal(np.rint(blended.numpy() * 255).astype(np.uint8), stamp(images, trigger))

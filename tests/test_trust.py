@@ -14,9 +14,10 @@ import yaml
 from PIL import Image
 
 from mudjack.data import save_task
+from mudjack.deployed import Deployed
 from mudjack.encoders import save_encoder
 from mudjack.heads import save_head
-from mudjack.intake import Deployed, IntakeParams, intake_report
+from mudjack.intake import IntakeParams, intake_report
 from mudjack.io import read_json, read_jsonl, write_npz
 from mudjack.reports import BugReport, ReportError, read_report
 from mudjack.safeload import UnsafeCheckpointError, load_torch_checkpoint
@@ -41,7 +42,8 @@ def genuine_inputs(scenario, deployed, count: int) -> tuple[np.ndarray, np.ndarr
 
 def decide(scenario, deployed, image: np.ndarray, label: int, **fields):
     report = BugReport("r", "digits", int(label), image, None, **fields)
-    return intake_report(report, deployed, {"digits": scenario.task}, PARAMS, scenario.trigger)
+    return intake_report(report, deployed, {"digits": scenario.task}, params=PARAMS,
+                         truth=scenario.trigger)
 
 
 # --------------------------------------------------------------------------- verification
@@ -52,9 +54,9 @@ def test_a_real_backdoor_report_passes_verification(scenario, deployed):
     decision, bug = decide(scenario, deployed, image, label)
     assert decision.accepted and bug is not None, decision.reasons
     check = decision.numbers["verification"]
-    assert check["flip_rate"] >= PARAMS.min_flip_rate
-    assert check["feature_shift"] >= PARAMS.min_feature_shift
-    assert check["flip_rate"] - check["control_flip_rate"] >= PARAMS.min_flip_margin
+    assert check["flip_rate"] >= PARAMS.verify.min_flip_rate
+    assert check["feature_shift"] >= PARAMS.verify.min_feature_shift
+    assert check["flip_rate"] - check["control_flip_rate"] >= PARAMS.verify.min_flip_margin
     assert check["verify_samples"] > 50 and bug.record["verification"] == check
 
 

@@ -34,6 +34,7 @@ from mudjack.patching.base import PatchResult
 from mudjack.patching.checkpoint import Checkpointer, Progress, deterministic
 from mudjack.patching.distributed import Distributed, average_terms, epoch_order, local_batches, seed_step
 from mudjack.patching.speed import contiguous, prepare_models
+from mudjack.triggers import blend
 
 
 class MudjackingParams(Params):
@@ -51,11 +52,6 @@ class MudjackingParams(Params):
     augment: bool = True
     compile: bool = False          # torch.compile the encoders (mudjack/patching/speed.py)
     cpu_bf16: bool = False         # bf16 autocast on a CPU with native bf16 (mudjack/device.py)
-
-
-def stamp_pixels(pixels: torch.Tensor, masks: torch.Tensor, patterns: torch.Tensor) -> torch.Tensor:
-    """x·(1−m) + t·m on [0, 1] pixels, before normalisation (same as stamping uint8)."""
-    return pixels * (1 - masks) + patterns * masks
 
 
 class BugViews:
@@ -101,8 +97,8 @@ def build_views(shadow_batch: torch.Tensor, bugs: BugViews, views: int,
                 augment: nn.Module | None) -> torch.Tensor:
     """Concatenate every view of one step and augment each sample independently."""
     assign = torch.arange(len(shadow_batch), device=shadow_batch.device) % bugs.count
-    triggered = stamp_pixels(shadow_batch, bugs.masks[assign], bugs.patterns[assign])
-    ref_triggered = stamp_pixels(bugs.reference, bugs.masks, bugs.patterns)
+    triggered = blend(shadow_batch, bugs.patterns[assign], bugs.masks[assign])
+    ref_triggered = blend(bugs.reference, bugs.patterns, bugs.masks)
     parts = [shadow_batch, triggered, bugs.repeat(bugs.bug, views),
              bugs.repeat(bugs.reference, views), bugs.repeat(ref_triggered, views)]
     stacked = torch.cat(parts)

@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from mudjack.encoders import freeze_batchnorm, trainable_parameters
 from mudjack.features import cosine
+from mudjack.triggers import blend
 
 Views = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 
@@ -36,10 +37,6 @@ def plain_loss(patched: nn.Module, frozen: nn.Module, views: Views, lambda_gen: 
     loss = locality + lambda_gen * generalisability + lambda_eff * effectiveness
     return {"loss": loss, "locality": locality, "generalisability": generalisability,
             "effectiveness": effectiveness}
-
-
-def stamp(pixels: torch.Tensor, mask: torch.Tensor, pattern: torch.Tensor) -> torch.Tensor:
-    return pixels * (1 - mask) + pattern * mask
 
 
 class ReferenceViews(Dataset):
@@ -61,7 +58,7 @@ class ReferenceViews(Dataset):
         j = index % len(self.bugs)
         mask, pattern = self.masks[j], self.patterns[j]
         x, ref = self.pixels[index], self.references[j]
-        views = (x, stamp(x, mask, pattern), self.bugs[j], ref, stamp(ref, mask, pattern))
+        views = (x, blend(x, pattern, mask), self.bugs[j], ref, blend(ref, pattern, mask))
         if self.augment is None:
             return views
         return tuple(self.augment(view[None])[0] for view in views)

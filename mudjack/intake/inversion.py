@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from scipy import ndimage
 
 from mudjack.config import Params
 from mudjack.encoders import EncoderAdapter, ImageEncoder
 from mudjack.features import cosine
-from mudjack.triggers import Trigger
+from mudjack.intake.masks import largest_component, masked_trigger
+from mudjack.triggers import Trigger, blend
 
 
 class InversionParams(Params):
@@ -37,20 +37,11 @@ def _soft_mask_loss(encoder: ImageEncoder, clean: torch.Tensor, bug: torch.Tenso
                     bug_features: torch.Tensor, logits: torch.Tensor,
                     sparsity: float) -> torch.Tensor:
     mask = torch.sigmoid(logits)
-    stamped = clean * (1 - mask) + bug * mask
-    return -cosine(encoder(stamped), bug_features).mean() + sparsity * mask.mean()
-
-
-def largest_component(mask: np.ndarray) -> np.ndarray:
-    labels, count = ndimage.label(mask)
-    if count <= 1:
-        return mask
-    sizes = ndimage.sum(mask, labels, range(1, count + 1))
-    return labels == (int(np.argmax(sizes)) + 1)
+    return -cosine(encoder(blend(clean, bug, mask)), bug_features).mean() + sparsity * mask.mean()
 
 
 def invert_trigger(encoder: ImageEncoder, adapter: EncoderAdapter, bug: np.ndarray,
-                   clean: np.ndarray, params: InversionParams, seed: int = 0) -> Trigger:
+                   clean: np.ndarray, *, params: InversionParams, seed: int = 0) -> Trigger:
     """The mask of bug pixels that carries the backdoor; pattern = the bug's pixels under it."""
     generator = torch.Generator().manual_seed(seed)
     encoder = encoder.eval()
@@ -74,4 +65,4 @@ def invert_trigger(encoder: ImageEncoder, adapter: EncoderAdapter, bug: np.ndarr
     mask = (torch.sigmoid(logits)[0, 0] > params.threshold).numpy()
     if params.largest_component:
         mask = largest_component(mask)
-    return Trigger(mask=mask, pattern=np.where(mask[..., None], bug, 0).astype(np.uint8))
+    return masked_trigger(mask, bug)

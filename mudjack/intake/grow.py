@@ -26,8 +26,8 @@ from pydantic import Field
 from mudjack.config import Params
 from mudjack.encoders import EncoderAdapter, ImageEncoder
 from mudjack.features import cosine
-from mudjack.inversion import largest_component
-from mudjack.triggers import Trigger
+from mudjack.intake.masks import best_squares, dilate, largest_component, masked_trigger, square_corners
+from mudjack.triggers import Trigger, blend
 
 
 class GrowParams(Params):
@@ -61,34 +61,6 @@ def mask_sizes(total: int, params: GrowParams) -> list[int]:
     return sorted(set(sizes)) + [int(params.max_fraction * total)]
 
 
-def dilate(mask: np.ndarray, pad: int) -> np.ndarray:
-    """The mask grown by `pad` pixels in every direction (a square structuring element)."""
-    if pad <= 0:
-        return mask
-    padded = np.pad(mask, pad)
-    return np.lib.stride_tricks.sliding_window_view(padded, (2 * pad + 1,) * 2).any(axis=(2, 3))
-
-
-def best_squares(scores: np.ndarray, side: int, count: int = 1) -> list[np.ndarray]:
-    """The `count` side × side squares whose scores (occlusion or scan) sum highest, none
-    overlapping an earlier one (multi-scale window)."""
-    sums = np.lib.stride_tricks.sliding_window_view(scores, (side, side)).sum(axis=(2, 3)).astype(float)
-    masks = []
-    while len(masks) < count and np.isfinite(sums).any():
-        row, col = np.unravel_index(int(np.argmax(sums)), sums.shape)
-        mask = np.zeros(scores.shape, dtype=bool)
-        mask[row:row + side, col:col + side] = True
-        masks.append(mask)
-        # every window overlapping this square is out
-        sums[max(0, row - side + 1):row + side, max(0, col - side + 1):col + side] = -np.inf
-    return masks
-
-
-def best_square(scores: np.ndarray, side: int) -> np.ndarray:
-    """The side × side square whose scores sum highest."""
-    return best_squares(scores, side)[0]
-
-
 def candidate_masks(scores: np.ndarray, params: GrowParams) -> list[np.ndarray]:
     """Growing candidates: best squares of every side, or top-k pixels on a geometric grid."""
     if params.shape == "square":
@@ -107,8 +79,7 @@ def candidate_masks(scores: np.ndarray, params: GrowParams) -> list[np.ndarray]:
 
 def paste(clean: torch.Tensor, bug: torch.Tensor, mask: np.ndarray) -> torch.Tensor:
     """Clean [0, 1] pixels with the bug's pixels under `mask` pasted in."""
-    m = torch.from_numpy(mask.astype(np.float32))[None, None]
-    return clean * (1 - m) + bug * m
+    return blend(clean, bug, torch.from_numpy(mask.astype(np.float32))[None, None])
 
 
 @torch.no_grad()
@@ -118,15 +89,8 @@ def pull(encoder: ImageEncoder, clean: torch.Tensor, bug: torch.Tensor, mask: np
     return float(cosine(encoder(paste(clean, bug, mask)), bug_features).mean())
 
 
-def square_corners(shape: tuple[int, int], side: int, stride: int) -> list[tuple[int, int]]:
-    """Top-left corners of side x side squares every `stride` pixels, the far edges included."""
-    rows = sorted({*range(0, shape[0] - side + 1, stride), shape[0] - side})
-    cols = sorted({*range(0, shape[1] - side + 1, stride), shape[1] - side})
-    return [(r, c) for r in rows for c in cols]
-
-
 def scan_map(flip_rate: Callable[[torch.Tensor], float], clean: torch.Tensor, bug: torch.Tensor,
-             sides: list[int], stride: int) -> np.ndarray:
+             sides: list[int], *, stride: int) -> np.ndarray:
     """Per-pixel scores: for each side, the mean flip rate of the scanned squares covering the
     pixel (the bug's pixels under the square pasted on `clean`); summed over sides."""
     shape = tuple(bug.shape[-2:])
@@ -142,19 +106,19 @@ def scan_map(flip_rate: Callable[[torch.Tensor], float], clean: torch.Tensor, bu
     return scores
 
 
-def ranking(scores: np.ndarray, clean: torch.Tensor, bug: torch.Tensor, params: GrowParams,
+def ranking(scores: np.ndarray, clean: torch.Tensor, bug: torch.Tensor, *, params: GrowParams,
             flip_rate: Callable[[torch.Tensor], float] | None) -> np.ndarray:
     """The map candidates grow on: the flip-rate scan when asked for (occlusion breaking its
     ties), else the occlusion scores."""
     if not params.scan or flip_rate is None:
         return scores
     scale = float(np.abs(scores).max()) or 1.0
-    return scan_map(flip_rate, clean[:params.scan_samples], bug, params.scan, params.scan_stride) \
+    return scan_map(flip_rate, clean[:params.scan_samples], bug, params.scan, stride=params.scan_stride) \
         + 1e-3 * scores / scale
 
 
 def grow_trigger(encoder: ImageEncoder, adapter: EncoderAdapter, bug: np.ndarray, scores: np.ndarray,
-                 clean: np.ndarray, params: GrowParams, seed: int = 0,
+                 clean: np.ndarray, *, params: GrowParams, seed: int = 0,
                  flip_rate: Callable[[torch.Tensor], float] | None = None) -> Trigger:
     """The smallest candidate mask that acts like the largest one; pattern = the bug's pixels."""
     pick = np.random.default_rng(seed).permutation(len(clean))[:params.samples]
@@ -169,7 +133,8 @@ def grow_trigger(encoder: ImageEncoder, adapter: EncoderAdapter, bug: np.ndarray
             return pull(encoder, clean_pixels, bug_pixels, mask, bug_features)
         return flip_rate(paste(clean_pixels, bug_pixels, mask))
 
-    masks = candidate_masks(ranking(scores, clean_pixels, bug_pixels, params, flip_rate), params)
+    masks = candidate_masks(ranking(scores, clean_pixels, bug_pixels, params=params, flip_rate=flip_rate),
+                            params)
     pulls = [effect(mask) for mask in masks]
     baseline = effect(np.zeros(scores.shape, bool))
     goal = baseline + params.fraction * (max(pulls) - baseline)
@@ -177,4 +142,4 @@ def grow_trigger(encoder: ImageEncoder, adapter: EncoderAdapter, bug: np.ndarray
     # the size with the strongest pull.
     reached = [mask for mask, value in zip(masks, pulls, strict=True) if value >= goal]
     mask = dilate(largest_component(reached[0] if reached else masks[int(np.argmax(pulls))]), params.pad)
-    return Trigger(mask=mask, pattern=np.where(mask[..., None], bug, 0).astype(np.uint8))
+    return masked_trigger(mask, bug)

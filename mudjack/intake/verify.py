@@ -18,22 +18,23 @@ classifies correctly), it must
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from mudjack.config import Params
 from mudjack.data import Task
+from mudjack.deployed import Deployed
 from mudjack.features import cosine, extract_features
+from mudjack.intake.masks import masked_trigger
 from mudjack.triggers import TextTrigger, Trigger, text_control_trigger
-
-if TYPE_CHECKING:
-    from mudjack.intake import Deployed
 
 
 class VerifyParams(Params):
-    verify: bool = True
-    verify_samples: int = 100       # clean inputs of other classes the trigger is stamped on
+    """The `intake.verify` section: whether to verify, and the thresholds of checks (a)-(c)."""
+
+    enabled: bool = True
+    samples: int = 100              # clean inputs of other classes the trigger is stamped on
     min_flip_rate: float = 0.8      # (b) fraction flipped to the bug's predicted class
     min_feature_shift: float = 0.3  # (a) rise of their mean cosine to the bug's features
     min_flip_margin: float = 0.8    # (c) flip rate minus the control stamp's flip rate
@@ -64,12 +65,12 @@ def control_trigger(trigger: Trigger, exemplar: np.ndarray) -> Trigger:
     """The reversed mask filled with a clean input's pixels instead of the bug's."""
     if isinstance(trigger, TextTrigger):
         return text_control_trigger(trigger, exemplar)
-    return Trigger(trigger.mask, np.where(trigger.mask[..., None], exemplar, 0).astype(np.uint8))
+    return masked_trigger(trigger.mask, exemplar)
 
 
 def verify_trigger(deployed: Deployed, task: Task, bug: np.ndarray, predicted: int,
-                   trigger: Trigger, exemplar: np.ndarray | None, params: VerifyParams,
-                   sample: np.ndarray) -> Verification:
+                   trigger: Trigger | TextTrigger, *, exemplar: np.ndarray | None,
+                   sample: np.ndarray, params: VerifyParams) -> Verification:
     """Stamp the reversed trigger on the sample's correctly classified inputs; measure (a)-(c).
 
     `sample` (train indices of other classes, from `draw_sample`) should be held out from
@@ -80,14 +81,14 @@ def verify_trigger(deployed: Deployed, task: Task, bug: np.ndarray, predicted: i
         return Verification(False, {"verify_samples": 0},
                             [f"no correctly classified input of a class other than {predicted}"])
     clean = task.train.x[index]
-    numbers = _measure(deployed, task.name, bug, predicted, clean, trigger, exemplar)
+    numbers = _measure(deployed, task.name, bug, predicted, clean, trigger, exemplar=exemplar)
     failures = _failures(numbers, predicted, params)
-    thresholds = params.model_dump(exclude={"verify"})
+    thresholds = params.model_dump(exclude={"enabled"})
     return Verification(not failures, {**numbers, "thresholds": thresholds}, failures)
 
 
 def _measure(deployed: Deployed, task: str, bug: np.ndarray, predicted: int, clean: np.ndarray,
-             trigger: Trigger, exemplar: np.ndarray | None) -> dict[str, Any]:
+             trigger: Trigger, *, exemplar: np.ndarray | None) -> dict[str, Any]:
     stamped = deployed.adapter.stamp(clean, trigger)
     features = extract_features(deployed.encoder, deployed.adapter,
                                 np.concatenate([bug[None], clean, stamped]))

@@ -3,33 +3,34 @@
 For each report: reproduce the misclassification with the deployed encoder and
 head, pick a reference input (same true label, classified correctly, nearest its
 class centroid), reverse-engineer the trigger, and verify that the trigger behaves
-like a backdoor's (mudjack.verify); otherwise reject it as "not a backdoor" with
+like a backdoor's (mudjack.intake.verify); otherwise reject it as "not a backdoor" with
 the measured numbers.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import torch
 
 from mudjack.bugs import Bug
+from mudjack.config import Params
 from mudjack.data import Task
-from mudjack.encoders import EncoderAdapter, ImageEncoder
+from mudjack.deployed import Deployed
 from mudjack.features import extract_features, nearest_to_centroid
-from mudjack.heads import Head, predict
+from mudjack.intake.reverse import ReverseParams, reverse_engineer
+from mudjack.intake.verify import Verification, VerifyParams, draw_sample, verify_trigger
 from mudjack.io import sha256_bytes
 from mudjack.reports import BugReport
-from mudjack.reverse import ReverseParams, reverse_engineer
 from mudjack.triggers import TextTrigger, Trigger, trigger_coverage, trigger_iou
-from mudjack.verify import Verification, VerifyParams, draw_sample, verify_trigger
 
 
-class IntakeParams(ReverseParams, VerifyParams):
+class IntakeParams(Params):
     """The `intake` section of params.yaml: trigger reversal and backdoor verification."""
+
+    reverse: ReverseParams = ReverseParams()
+    verify: VerifyParams = VerifyParams()
 
 
 @dataclass
@@ -50,27 +51,6 @@ class Decision:
         merged = {"merged_into": self.merged_into} if self.merged_into is not None else {}
         return {"report_id": self.report_id, "decision": self.outcome, "reasons": self.reasons,
                 **merged, **self.numbers}
-
-
-@dataclass
-class Deployed:
-    """What the provider runs: the backdoored encoder and each task's head."""
-
-    encoder: ImageEncoder
-    adapter: EncoderAdapter
-    heads: dict[str, Head]
-
-    def flip_rate(self, task: str, target: int) -> Callable[[torch.Tensor], float]:
-        """Share of a [0, 1] pixel batch the deployed classifier puts in `target`."""
-
-        def rate(pixels: torch.Tensor) -> float:
-            with torch.no_grad():
-                return float((self.heads[task](self.encoder(pixels)).argmax(1) == target).float().mean())
-
-        return rate
-
-    def classify(self, task: str, images: np.ndarray) -> np.ndarray:
-        return predict(self.heads[task], extract_features(self.encoder, self.adapter, images))
 
 
 def pick_reference(deployed: Deployed, task: Task, label: int, exclude_sha: str) -> int:
@@ -115,18 +95,10 @@ def _reproduce(report: BugReport, predicted: int) -> str | None:
     return None
 
 
-def _verify_params(params: ReverseParams) -> VerifyParams:
-    return params if isinstance(params, VerifyParams) else VerifyParams()
-
-
-def intake_report(report: BugReport, deployed: Deployed, tasks: dict[str, Task],
-                  params: ReverseParams, truth: Trigger | None = None,
+def intake_report(report: BugReport, deployed: Deployed, tasks: dict[str, Task], *,
+                  params: IntakeParams, truth: Trigger | TextTrigger | None = None,
                   seed: int = 0) -> tuple[Decision, Bug | None]:
-    """Reproduce, pick a reference, reverse and verify the trigger; reject with reasons otherwise.
-
-    `params` is the intake section (IntakeParams); a bare ReverseParams verifies with the
-    VerifyParams defaults.
-    """
+    """Reproduce, pick a reference, reverse and verify the trigger; reject with reasons otherwise."""
     if problem := _check_report(report, deployed, tasks):
         return _reject(report, *problem), None
     task = tasks[report.task]
@@ -140,18 +112,15 @@ def intake_report(report: BugReport, deployed: Deployed, tasks: dict[str, Task],
         reason = f"no correctly classified clean input of class {report.label} to use as reference"
         return _reject(report, "no_reference", reason, numbers), None
     reference = task.train.x[ref_index]
-    checks = _verify_params(params)
+    checks = params.verify
     held_out, pool = _split_clean(task, predicted, checks, seed)
     trigger = reverse_engineer(deployed.encoder, deployed.adapter, report.image, reference,
-                               params, seed, clean=task.train.x[pool],
+                               params=params.reverse, seed=seed, clean=task.train.x[pool],
                                flip_rate=deployed.flip_rate(task.name, predicted))
-    numbers.update(reference_index=ref_index, mask_pixels=trigger.pixels,
-                   iou=trigger_iou(trigger, truth) if truth is not None else None)
-    if truth is not None and not isinstance(truth, TextTrigger):
-        numbers["coverage"] = trigger_coverage(trigger, truth)
+    numbers.update(reference_index=ref_index, mask_pixels=trigger.pixels, **_truth_numbers(trigger, truth))
     reasons = ["reproduced; trigger reverse-engineered"]
-    if checks.verify:
-        verdict = _verify(report, deployed, task, predicted, trigger, checks, held_out)
+    if checks.enabled:
+        verdict = _verify(report, deployed, task, predicted, trigger, checks=checks, held_out=held_out)
         numbers["verification"] = verdict.numbers
         if not verdict.passed:
             reason = "not a backdoor: " + "; ".join(verdict.failures)
@@ -162,19 +131,30 @@ def intake_report(report: BugReport, deployed: Deployed, tasks: dict[str, Task],
     return Decision(report.id, True, reasons, numbers), bug
 
 
+def _truth_numbers(trigger: Trigger | TextTrigger, truth: Trigger | TextTrigger | None) -> dict[str, Any]:
+    """How the reversed trigger matches the true one, when the scenario knows it."""
+    if truth is None:
+        return {"iou": None}
+    numbers = {"iou": trigger_iou(trigger, truth)}
+    if not isinstance(truth, TextTrigger):
+        numbers["coverage"] = trigger_coverage(trigger, truth)
+    return numbers
+
+
 def _split_clean(task: Task, predicted: int, checks: VerifyParams,
                  seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Train indices of other classes: (held out for verification, the rest for reversal)."""
     others = np.flatnonzero(task.train.y != predicted)  # clean inputs the trigger should pull
-    if not checks.verify:
+    if not checks.enabled:
         return others[:0], others
-    held_out = draw_sample(task, predicted, checks.verify_samples, seed)
+    held_out = draw_sample(task, predicted, checks.samples, seed)
     rest = np.setdiff1d(others, held_out)
     return held_out, rest if len(rest) else others
 
 
-def _verify(report: BugReport, deployed: Deployed, task: Task, predicted: int, trigger: Trigger,
-            params: VerifyParams, held_out: np.ndarray) -> Verification:
+def _verify(report: BugReport, deployed: Deployed, task: Task, predicted: int, trigger: Trigger, *,
+            checks: VerifyParams, held_out: np.ndarray) -> Verification:
     exemplar_index = pick_reference(deployed, task, predicted, report.sha256)
     exemplar = task.train.x[exemplar_index] if exemplar_index >= 0 else None
-    return verify_trigger(deployed, task, report.image, predicted, trigger, exemplar, params, held_out)
+    return verify_trigger(deployed, task, report.image, predicted, trigger, exemplar=exemplar,
+                          sample=held_out, params=checks)

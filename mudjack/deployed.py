@@ -1,0 +1,34 @@
+"""The model as the provider deploys it: the (backdoored) encoder, its adapter, each task's head."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from mudjack.encoders import EncoderAdapter, ImageEncoder
+from mudjack.features import extract_features
+from mudjack.heads import Head, predict
+
+
+@dataclass
+class Deployed:
+    """What the provider runs: the backdoored encoder and each task's head."""
+
+    encoder: ImageEncoder
+    adapter: EncoderAdapter
+    heads: dict[str, Head]
+
+    def flip_rate(self, task: str, target: int) -> Callable[[torch.Tensor], float]:
+        """Share of a [0, 1] pixel batch the deployed classifier puts in `target`."""
+
+        def rate(pixels: torch.Tensor) -> float:
+            with torch.no_grad():
+                return float((self.heads[task](self.encoder(pixels)).argmax(1) == target).float().mean())
+
+        return rate
+
+    def classify(self, task: str, images: np.ndarray) -> np.ndarray:
+        return predict(self.heads[task], extract_features(self.encoder, self.adapter, images))
