@@ -18,13 +18,12 @@ from mudjack.intake import Decision, Deployed, intake_report
 from mudjack.io import atomic_dir, read_json, write_json, write_jsonl
 from mudjack.reports import BugReport, ReportError, read_report, report_paths
 from mudjack.triggers import Trigger
+from stages.artifacts import BUGS as REGISTRY
+from stages.artifacts import INTAKE_LOG as LOG
+from stages.artifacts import INTAKE_SUMMARY as SUMMARY
+from stages.artifacts import VALIDATION
 from stages.common import load_deployed, load_truth
 from stages.config import PipelineParams, setup_stage
-
-VALIDATION = "reports/validation.json"
-REGISTRY = "bugs"
-LOG = "reports/intake_log.jsonl"
-SUMMARY = "reports/intake.json"
 
 
 class Intake:
