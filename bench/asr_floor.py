@@ -33,15 +33,14 @@ from mudjack.features import extract_features  # noqa: E402
 from mudjack.heads import HeadParams, predict, train_head  # noqa: E402
 from mudjack.io import write_json  # noqa: E402
 from mudjack.metrics import evaluate, non_target  # noqa: E402
+from stages.artifacts import BACKDOORED_ENCODER, FOUNDATION, PATCHED_ENCODER  # noqa: E402
 from stages.common import load_truth  # noqa: E402
 from stages.config import load_params  # noqa: E402
 
-MODELS = {"clean": "models/foundation/encoder.safetensors",
-          "backdoored": "models/backdoored/encoder.safetensors",
-          "patched": "models/patched/encoder.safetensors"}
+MODELS = {"clean": FOUNDATION, "backdoored": BACKDOORED_ENCODER, "patched": PATCHED_ENCODER}
 
 
-def evaluate_encoder(path: str, task: Task, attack: AttackSpec, params: HeadParams, seed: int) -> dict:
+def evaluate_encoder(path: Path, task: Task, attack: AttackSpec, params: HeadParams, seed: int) -> dict:
     """The retrain stage's protocol: a fresh head on frozen features."""
     encoder, adapter = load_encoder(path)
     head = train_head(extract_features(encoder, adapter, task.train.x), task.train.y,

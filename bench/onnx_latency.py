@@ -162,14 +162,14 @@ def workspace_model(workspace: Path, task: str) -> tuple[Callable[[], nn.Module]
     """The patched encoder + head of a pipeline run, and the ONNX file exported from them."""
     from mudjack.encoders import load_encoder
     from mudjack.heads import Classifier, load_head
-    from stages.export import HEADS, OUT, PATCHED
+    from stages.artifacts import HEADS, ONNX_DIR, PATCHED_ENCODER
 
-    onnx_path = workspace / OUT / f"{task}.onnx"
+    onnx_path = workspace / ONNX_DIR / f"{task}.onnx"
     if not onnx_path.exists():
         raise SystemExit(f"no {onnx_path}: run the pipeline's export stage first")
 
     def factory() -> nn.Module:
-        encoder, adapter = load_encoder(workspace / PATCHED)
+        encoder, adapter = load_encoder(workspace / PATCHED_ENCODER)
         if adapter.modality != "image":
             raise SystemExit("--workspace benchmarks image models (pixels in, logits out)")
         return Classifier(encoder, load_head(workspace / HEADS / task / "patched.safetensors")).eval()

@@ -75,6 +75,7 @@ from mudjack.patching.reference import (
 )
 from mudjack.patching.speed import contiguous
 from mudjack.triggers import Trigger, patch_trigger, trigger_from_arrays
+from stages.artifacts import BACKDOORED, BACKDOORED_ENCODER, BACKDOORED_TRUTH, PREPARED_SHADOW, PREPARED_TASKS
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -104,9 +105,9 @@ class Scenario:
 
 def load_inputs(limit: int, seed: int) -> tuple[np.ndarray, Task]:
     """Shadow images and the GTSRB task: the scenario's prepared data, else from ../shared."""
-    prepared = WORKSPACE / "data" / "prepared"
-    if (prepared / "shadow.npz").is_file() and (prepared / "tasks" / "gtsrb").is_dir():
-        return load_shadow(prepared / "shadow.npz"), load_tasks(prepared / "tasks")["gtsrb"]
+    shadow_file, tasks_dir = WORKSPACE / PREPARED_SHADOW, WORKSPACE / PREPARED_TASKS
+    if shadow_file.is_file() and (tasks_dir / "gtsrb").is_dir():
+        return load_shadow(shadow_file), load_tasks(tasks_dir)["gtsrb"]
     shadow = load_data(DataSpec(loader="image_folders", path=str(CIFAR), split="train", limit=limit), seed)
     test = limit_stratified(load_npz_images(GTSRB, "test"), 3000, seed)
     return shadow.x, Task("gtsrb", list(range(43)), load_npz_images(GTSRB, "train"), test)
@@ -134,13 +135,13 @@ def backdoor(adapter: EncoderAdapter, shadow: np.ndarray, task: Task, trigger: T
 def load_scenario(args: argparse.Namespace) -> Scenario:
     adapter = get_adapter("resnet_cifar", {"depth": 20})
     shadow, task = load_inputs(5000, args.seed)
-    backdoored = WORKSPACE / "models" / "backdoored"
-    if (backdoored / "encoder.safetensors").is_file() and (backdoored / "truth.npz").is_file():
-        encoder, _ = load_encoder(backdoored / "encoder.safetensors")
-        truth = read_npz(backdoored / "truth.npz")
+    encoder_file, truth_file = WORKSPACE / BACKDOORED_ENCODER, WORKSPACE / BACKDOORED_TRUTH
+    if encoder_file.is_file() and truth_file.is_file():
+        encoder, _ = load_encoder(encoder_file)
+        truth = read_npz(truth_file)
         target = dict(zip(truth["tasks"].tolist(), truth["targets"].tolist(), strict=True))["gtsrb"]
         return Scenario(adapter, encoder, shadow, task, trigger_from_arrays(truth), int(target),
-                        str(backdoored.relative_to(ROOT)))
+                        str((WORKSPACE / BACKDOORED).relative_to(ROOT)))
     trigger = patch_trigger(adapter.input_shape, **TRIGGER)
     encoder, source = backdoor(adapter, shadow, task, trigger, args)
     return Scenario(adapter, encoder, shadow, task, trigger, TARGET, source)

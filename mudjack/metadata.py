@@ -70,7 +70,7 @@ class ImageSet:
     modality: str = "image"         # "text": a TEXT_COLUMNS table
 
 
-def load_task(folder: str | Path) -> TaskSpec:
+def task_metadata(folder: str | Path) -> TaskSpec:
     folder = Path(folder)
     spec = read_json(folder / "task.json")
     if spec["name"] != folder.name:
@@ -86,13 +86,13 @@ def load_task(folder: str | Path) -> TaskSpec:
     return TaskSpec(spec["name"], classes, shape, folder, modality)
 
 
-def load_tasks(tasks_dir: str | Path) -> dict[str, TaskSpec]:
+def tasks_metadata(tasks_dir: str | Path) -> dict[str, TaskSpec]:
     """Every sub-folder holding a task.json, by name (sorted)."""
     tasks_dir = Path(tasks_dir)
     if not tasks_dir.is_dir():
         raise FileNotFoundError(f"tasks folder not found: {tasks_dir}")
     folders = sorted(p.parent for p in tasks_dir.glob("*/task.json"))
-    return {f.name: load_task(f) for f in folders}
+    return {f.name: task_metadata(f) for f in folders}
 
 
 def image_table(x: np.ndarray, y: np.ndarray | None = None) -> pd.DataFrame:

@@ -102,7 +102,7 @@ class BugReport:
 # --------------------------------------------------------------------------- metadata
 
 
-def read_metadata(path: str | Path) -> dict[str, Any]:
+def report_metadata(path: str | Path) -> dict[str, Any]:
     """The report JSON, with required fields present and every known field of its type."""
     path = Path(path)
     _check_size(path, MAX_JSON_BYTES, "report JSON")
@@ -258,7 +258,7 @@ def _check_size(path: Path, limit: int, what: str) -> None:
 def read_report(path: str | Path, tasks: Mapping[str, TaskSchema] | None = None) -> BugReport:
     """A report that passes the whole schema (task checks only when `tasks` is given)."""
     path = Path(path)
-    meta = read_metadata(path)
+    meta = report_metadata(path)
     task = check_task(meta, tasks) if tasks is not None else None
     source = input_path(path, meta["input"])
     shape = tuple(task.input_shape) if task is not None else None

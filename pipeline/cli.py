@@ -1,6 +1,7 @@
 """`mudjack`: run, schedule, inspect and promote the repair pipeline of dvc.yaml.
 
-Commands: run, serve, server (a local Prefect API), intake, status, promote, rollback, stages.
+Commands: run, compare, serve, server (a local Prefect API), submit (a bug report to the
+inbox), status, promote, rollback, stages.
 Prefect, DVC and GTO are imported inside the commands that need them, so `mudjack --help`
 stays fast.
 """
@@ -17,6 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from pipeline.env import configure_environment, project_root
+from stages.artifacts import METRICS
 
 app = typer.Typer(
     name="mudjack",
@@ -248,14 +250,14 @@ def server(
     os.execv(sys.executable, command)  # the server replaces this process: signals reach it
 
 
+ReportArgument = Annotated[
+    Path, typer.Argument(help="A report JSON: {id, task, label, input} next to its input.",
+                         exists=True, dir_okay=False)
+]
+
+
 @app.command()
-def intake(
-    report: Annotated[
-        Path, typer.Argument(help="A report JSON: {id, task, label, input} next to its input.",
-                             exists=True, dir_okay=False)
-    ],
-    root: RootOption = None,
-) -> None:
+def submit(report: ReportArgument, root: RootOption = None) -> None:
     """Check a bug REPORT and copy it, with its input file, into the inbox of params.yaml.
 
     Prints `accepted` (the next run picks it up) or `rejected: <reason>` (exit 1). The full
@@ -278,6 +280,15 @@ def intake(
                       soft_wrap=True)
         raise typer.Exit(1) from exc
     console.print(f"accepted: {parsed.id} -> {copied}", markup=False, highlight=False)
+
+
+# The old name of `submit`, kept for one release: it read as if it ran the intake stage.
+@app.command("intake", hidden=True)
+def intake_alias(report: ReportArgument, root: RootOption = None) -> None:
+    """Deprecated: use `mudjack submit`."""
+    typer.echo("warning: `mudjack intake` is deprecated and will be removed in the next release; "
+               "use `mudjack submit`", err=True)
+    submit(report, root)
 
 
 @app.command()
@@ -315,7 +326,7 @@ def status(root: RootOption = None) -> None:
     except StageFailedError as exc:
         raise _fail(exc) from exc
     console.print(output.rstrip(), markup=False, highlight=False)
-    if (path / "reports" / "metrics.json").is_file():
+    if (path / METRICS).is_file():
         console.print(gates_table(as_records(check_project(path))))
     print_versions(path)
 

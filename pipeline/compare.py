@@ -12,6 +12,7 @@ from typing import Any
 from mudjack.io import atomic_path, read_json
 from pipeline.dag import run_dvc
 from pipeline.scenarios import method_settings, prepare_workspace
+from stages import artifacts
 
 METRICS = ("clean_acc", "asr", "tba", "flip_asr")
 COLUMNS = ["scenario", "task", "method",
@@ -25,8 +26,8 @@ def run_method(root: Path, scenario: str, method: str) -> list[dict[str, Any]]:
     start = time.perf_counter()
     run_dvc([sys.executable, "-m", "dvc", "repro"], cwd=workspace)
     wall = time.perf_counter() - start
-    metrics = read_json(workspace / "reports" / "metrics.json")
-    patch = read_json(workspace / "reports" / "patch.json")
+    metrics = read_json(workspace / artifacts.METRICS)
+    patch = read_json(workspace / artifacts.PATCH_SUMMARY)
     rows = []
     for task, result in metrics["tasks"].items():
         row = {"scenario": scenario, "task": task, "method": method,
@@ -84,7 +85,7 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
 def compare(root: Path, scenario: str, methods: list[str]) -> Path:
     """Run every method, then write reports/compare/<scenario>.csv, .md and .png."""
     rows = [row for method in methods for row in run_method(root, scenario, method)]
-    out = root / "reports" / "compare"
+    out = root / artifacts.COMPARE_DIR
     for suffix, text in ((".csv", to_csv(rows)), (".md", to_markdown(rows))):
         with atomic_path(out / f"{scenario}{suffix}") as tmp:
             tmp.write_text(text)

@@ -30,6 +30,7 @@ from pipeline.dag import StageFailedError, reproduce_command, run_dvc, stages_in
 from pipeline.env import configure_environment
 from pipeline.gates import GateResult, all_passed, as_records, check_project, failures, gates_markdown
 from pipeline.notify import report_run
+from stages.artifacts import METRICS, RUN_HTML
 
 if TYPE_CHECKING:
     from prefect.deployments.runner import RunnerDeployment
@@ -40,8 +41,6 @@ ARTIFACT_KEY = "repair-metrics"
 GATES_KEY = "repair-gates"
 REPORT_KEY = "repair-report"
 LAST_STAGE = "report"
-METRICS_FILE = Path("reports") / "metrics.json"
-RUN_REPORT = Path("reports") / "run.html"
 METRIC_NAMES = ("clean_acc", "asr", "tba")
 RETRY_DELAY_SECONDS = 2
 SKIPPED_MARKER = "didn't change, skipping"
@@ -95,7 +94,7 @@ def reproduce_stage(root: str, stage: str) -> dict[str, Any]:
 
 def read_metrics(root: Path) -> dict[str, Any] | None:
     """The report stage's metrics.json under `root`, or None when it does not exist."""
-    path = Path(root) / METRICS_FILE
+    path = Path(root) / METRICS
     if not path.is_file():
         return None
     return json.loads(path.read_text())
@@ -129,7 +128,7 @@ def publish_metrics(root: str) -> dict[str, Any] | None:
     """Publish metrics.json as the table artifact ARTIFACT_KEY; returns the metrics."""
     metrics = read_metrics(Path(root))
     if metrics is None:
-        _logger().info("no %s: nothing to publish", METRICS_FILE)
+        _logger().info("no %s: nothing to publish", METRICS)
         return None
     create_table_artifact(metrics_rows(metrics), key=ARTIFACT_KEY, description=_describe(metrics))
     return metrics
@@ -148,10 +147,10 @@ def check_gates(root: str) -> list[dict[str, Any]]:
 @task(name="publish-report", cache_policy=NO_CACHE)
 def publish_report(root: str) -> str | None:
     """Link the run's HTML report (reports/run.html) as the artifact REPORT_KEY."""
-    path = Path(root) / RUN_REPORT
+    path = Path(root) / RUN_HTML
     if not path.is_file():
         return None
-    create_link_artifact(path.as_uri(), link_text=f"Run report ({RUN_REPORT})", key=REPORT_KEY,
+    create_link_artifact(path.as_uri(), link_text=f"Run report ({RUN_HTML})", key=REPORT_KEY,
                          description="Bugs with reversed triggers, before/after metrics, "
                                      "patch loss, intake decisions (one self-contained file)")
     return str(path)

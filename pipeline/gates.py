@@ -14,9 +14,8 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from stages.artifacts import METRICS
 from stages.config import GatesParams
-
-METRICS_FILE = Path("reports") / "metrics.json"
 
 
 @dataclass(frozen=True)
@@ -97,6 +96,6 @@ def load_gates(params_file: Path) -> GatesParams:
 def check_project(root: Path) -> list[GateResult]:
     """The gates of `root`/params.yaml on `root`/reports/metrics.json (missing file: all fail)."""
     gates = load_gates(Path(root) / "params.yaml")
-    path = Path(root) / METRICS_FILE
+    path = Path(root) / METRICS
     metrics = json.loads(path.read_text()) if path.is_file() else {}
     return evaluate_gates(metrics, gates)

@@ -1,4 +1,4 @@
-"""Adding a client's bug report to the inbox that the validate and intake stages read."""
+"""`mudjack submit`: add a client's bug report to the inbox that the validate and intake stages read."""
 
 from __future__ import annotations
 

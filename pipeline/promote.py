@@ -23,14 +23,14 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.dag import run_dvc
+from stages.artifacts import METRICS, RUN_HTML
 
 ARTIFACT = "mudjack-encoder"
 STAGE = "prod"
 REMOTE_NAME = "mudjack"
 REMOTE_ENV = "MUDJACK_REMOTE"
 DEFAULT_REMOTE = "../mudjack-remote"  # relative to the project root
-RECORD = ("dvc.lock", "dvc.yaml", "params.yaml", "artifacts.yaml", "reports/metrics.json",
-          "reports/run.html")
+RECORD = ("dvc.lock", "dvc.yaml", "params.yaml", "artifacts.yaml", METRICS.as_posix(), RUN_HTML.as_posix())
 IDENTITY = {"name": "mudjack", "email": "mudjack@localhost"}
 
 

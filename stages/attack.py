@@ -12,11 +12,9 @@ from mudjack.heads import HeadParams, predict, save_head, train_head
 from mudjack.io import atomic_dir, read_npz, write_json, write_npz
 from mudjack.metrics import evaluate, non_target
 from mudjack.triggers import TextTrigger, Trigger, patch_trigger
+from stages.artifacts import ATTACK_METRICS, FOUNDATION, PRETRAIN
 from stages.common import truth_arrays
 from stages.config import AttackParams, TriggerParams, setup_stage
-
-FOUNDATION = "models/foundation/encoder.safetensors"
-PRETRAIN = "data/prepared/pretrain.npz"
 
 
 def write_inbox(folder, task, x, labels, predicted, prefix: str) -> None:
@@ -80,7 +78,7 @@ def main() -> None:
 
     save_encoder(backdoored, adapter, paths.encoder)
     write_npz(paths.truth, **truth_arrays(trigger, {task.name: cfg.target}))
-    write_json("models/backdoored/attack.json", {task.name: metrics})
+    write_json(ATTACK_METRICS, {task.name: metrics})
     save_head(head, f"{paths.heads}/{task.name}/head.safetensors")
     genuine, false = pick_reports(np.random.default_rng(params.seed), test.y, triggered_pred,
                                   clean_pred, cfg)

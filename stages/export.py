@@ -12,12 +12,8 @@ from mudjack.encoders.text import ONNX_INPUTS, HFTextAdapter, TextClassifier
 from mudjack.export import describe_onnx, export_onnx, export_onnx_inputs, verify_onnx, verify_onnx_batches
 from mudjack.heads import Classifier, Head, load_head
 from mudjack.io import atomic_dir, write_json
+from stages.artifacts import EXPORT_SUMMARY, HEADS, ONNX_DIR, ONNX_MANIFEST, PATCHED_ENCODER
 from stages.config import PipelineParams, setup_stage
-
-PATCHED = "models/patched/encoder.safetensors"
-HEADS = "models/heads"
-OUT = "models/onnx"
-SUMMARY = "reports/export.json"
 
 
 def export_image(encoder: nn.Module, adapter: EncoderAdapter, head: Head, task: Task, path: Path,
@@ -44,11 +40,11 @@ def export_text(encoder: nn.Module, adapter: HFTextAdapter, head: Head, task: Ta
 
 def main() -> None:
     params = setup_stage()
-    encoder, adapter = load_encoder(PATCHED)
+    encoder, adapter = load_encoder(PATCHED_ENCODER)
     manifest, worst = {"opset": params.export.opset, "tasks": {}}, 0.0
-    with atomic_dir(OUT) as out:
+    with atomic_dir(ONNX_DIR) as out:
         for name, task in load_tasks(params.paths.tasks).items():
-            head = load_head(f"{HEADS}/{name}/patched.safetensors")
+            head = load_head(HEADS / name / "patched.safetensors")
             path = out / f"{name}.onnx"
             export = export_text if adapter.modality == "text" else export_image
             check, described = export(encoder, adapter, head, task, path, params)
@@ -60,8 +56,8 @@ def main() -> None:
                                        "input": described}
             print(f"export: {name}: max_abs_diff {check['max_abs_diff']:.2e} "
                   f"on {check['providers'][0]}")
-        write_json(out / "manifest.json", manifest)
-    write_json(SUMMARY, {"max_abs_diff": worst, "tasks": sorted(manifest["tasks"])})
+        write_json(out / ONNX_MANIFEST.name, manifest)
+    write_json(EXPORT_SUMMARY, {"max_abs_diff": worst, "tasks": sorted(manifest["tasks"])})
 
 
 if __name__ == "__main__":

@@ -8,10 +8,8 @@ from mudjack.data import LabelledSet, is_text, read_inputs
 from mudjack.encoders import get_adapter, import_encoder, save_encoder
 from mudjack.io import read_npz
 from mudjack.training import PretrainParams, pretrain_encoder
+from stages.artifacts import FOUNDATION, PRETRAIN
 from stages.config import FoundationParams, setup_stage
-
-DATA = "data/prepared/pretrain.npz"
-OUT = "models/foundation/encoder.safetensors"
 
 
 def adapter_config(cfg: FoundationParams, data: LabelledSet) -> dict:
@@ -29,7 +27,7 @@ def adapter_config(cfg: FoundationParams, data: LabelledSet) -> dict:
 def main() -> None:
     params = setup_stage()
     cfg = params.foundation
-    arrays = read_npz(DATA)
+    arrays = read_npz(PRETRAIN)
     data = LabelledSet(read_inputs(arrays), arrays["y"])
     adapter = get_adapter(cfg.adapter, adapter_config(cfg, data))
     start = time.perf_counter()
@@ -43,7 +41,7 @@ def main() -> None:
         train = PretrainParams(epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size)
         encoder = pretrain_encoder(adapter, data, int(data.y.max()) + 1, train, params.seed)
         print(f"foundation: trained {cfg.adapter} in {time.perf_counter() - start:.1f}s")
-    save_encoder(encoder, adapter, OUT)
+    save_encoder(encoder, adapter, FOUNDATION)
 
 
 if __name__ == "__main__":

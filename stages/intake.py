@@ -12,13 +12,12 @@ from mudjack.data import load_tasks
 from mudjack.intake import Intake, summary
 from mudjack.io import atomic_dir, read_json, write_json, write_jsonl
 from mudjack.reports import report_paths
+from stages.artifacts import BUGS as REGISTRY
+from stages.artifacts import INTAKE_LOG as LOG
+from stages.artifacts import INTAKE_SUMMARY as SUMMARY
+from stages.artifacts import VALIDATION
 from stages.common import load_deployed, load_truth
 from stages.config import setup_stage
-
-VALIDATION = "reports/validation.json"
-REGISTRY = "bugs"
-LOG = "reports/intake_log.jsonl"
-SUMMARY = "reports/intake.json"
 
 
 def main() -> None:

@@ -16,14 +16,8 @@ from mudjack.patching.distributed import (
     setup,
     teardown,
 )
+from stages.artifacts import BUGS, PATCH_CHECKPOINT, PATCH_LOG, PATCH_SUMMARY, PATCHED_ENCODER
 from stages.config import PipelineParams, setup_stage
-
-REGISTRY = "bugs"
-OUT = "models/patched/encoder.safetensors"
-LOG = "reports/patch_log.json"
-SUMMARY = "reports/patch.json"
-# Not a DVC output: it survives an interrupted run and is removed after a successful one.
-CHECKPOINT = "models/.checkpoints/patch"
 
 
 def checkpointer(params: PipelineParams, inputs: PatchInputs,
@@ -31,11 +25,11 @@ def checkpointer(params: PipelineParams, inputs: PatchInputs,
     """The stage's checkpointer when `patch.checkpoint_every` > 0 and the method supports it."""
     patch = params.patch
     if patch.checkpoint_every <= 0 or not accepts_checkpoint(PATCH_METHODS[patch.method][1]):
-        Checkpointer(CHECKPOINT, 0, "").clear()  # nothing to resume: drop any leftover
+        Checkpointer(PATCH_CHECKPOINT, 0, "").clear()  # nothing to resume: drop any leftover
         return None
     config = {"method": patch.method, "settings": patch.settings, "seed": params.seed,
               "world_size": context.world_size if context else 1}
-    return Checkpointer(CHECKPOINT, patch.checkpoint_every,
+    return Checkpointer(PATCH_CHECKPOINT, patch.checkpoint_every,
                         inputs_key(inputs.encoder, inputs.shadow, inputs.bugs, config))
 
 
@@ -43,16 +37,16 @@ def main() -> None:
     params = setup_stage()
     # Under torchrun with several processes: DDP, and only rank 0 writes (distributed.py).
     context = setup(params.patch.distributed, params.patch.settings.get("device", "auto"))
-    bugs = load_bugs(REGISTRY)
+    bugs = load_bugs(BUGS)
     encoder, adapter = load_encoder(params.paths.encoder)
     if not bugs:
         teardown(context)
         if not is_main(context):
             return
         # An empty inbox is a no-op: the "patched" encoder is the deployed one, unchanged.
-        save_encoder(encoder, adapter, OUT)
-        write_json(LOG, [])
-        write_json(SUMMARY, {"method": params.patch.method, "bugs": 0, "seconds": 0.0, "steps": 0})
+        save_encoder(encoder, adapter, PATCHED_ENCODER)
+        write_json(PATCH_LOG, [])
+        write_json(PATCH_SUMMARY, {"method": params.patch.method, "bugs": 0, "seconds": 0.0, "steps": 0})
         print("patch: no accepted bugs; encoder unchanged")
         return
     labelled = {name: task.train for name, task in load_tasks(params.paths.tasks).items()}
@@ -64,9 +58,9 @@ def main() -> None:
     teardown(context)
     if not is_main(context):
         return
-    save_encoder(result.encoder, adapter, OUT)
-    write_json(LOG, result.log)
-    write_json(SUMMARY, {"method": params.patch.method, "bugs": len(bugs),
+    save_encoder(result.encoder, adapter, PATCHED_ENCODER)
+    write_json(PATCH_LOG, result.log)
+    write_json(PATCH_SUMMARY, {"method": params.patch.method, "bugs": len(bugs),
                          "seconds": round(result.seconds, 3), "steps": result.steps,
                          "clean_samples": result.info.get("clean_samples"),
                          "final": result.log[-1] if result.log else None, **result.info})

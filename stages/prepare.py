@@ -7,9 +7,8 @@ import numpy as np
 from mudjack.data import LabelledSet, Task, input_arrays, save_task, stratified_split
 from mudjack.io import atomic_dir, write_npz
 from mudjack.loaders import limit_stratified, load_data
+from stages.artifacts import PREPARED, PREPARED_SHADOW, PREPARED_TASKS, PRETRAIN
 from stages.config import PrepareParams, setup_stage
-
-OUT = "data/prepared"
 
 
 def split_sources(cfg: PrepareParams, seed: int) -> tuple[LabelledSet, LabelledSet, LabelledSet]:
@@ -33,10 +32,10 @@ def main() -> None:
     classes = list(range(int(max(train.y.max(), test.y.max())) + 1))
     task = Task(cfg.task, classes, train, test)
     shadow = limit_stratified(provider, cfg.shadow_limit, params.seed).x
-    with atomic_dir(OUT) as tmp:
-        write_npz(tmp / "pretrain.npz", **input_arrays(provider.x), y=provider.y)
-        write_npz(tmp / "shadow.npz", **input_arrays(shadow))
-        save_task(task, tmp / "tasks" / task.name)
+    with atomic_dir(PREPARED) as tmp:
+        write_npz(tmp / PRETRAIN.name, **input_arrays(provider.x), y=provider.y)
+        write_npz(tmp / PREPARED_SHADOW.name, **input_arrays(shadow))
+        save_task(task, tmp / PREPARED_TASKS.name / task.name)
     print(f"prepare: {len(provider)} provider images ({len(shadow)} shadow), task {task.name}: "
           f"{len(train)} train / {len(test)} test, {len(classes)} classes, "
           f"input {np.asarray(train.x.shape[1:]).tolist()}")

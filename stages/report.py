@@ -3,21 +3,27 @@ the run's self-contained HTML report (reports/run.html)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from mudjack.bugs import load_bugs
 from mudjack.html_report import RunData, count_steps, render_report
 from mudjack.io import atomic_path, read_json, read_jsonl, write_json
+from stages.artifacts import (
+    BEFORE_AFTER,
+    BUGS,
+    EXPORT_SUMMARY,
+    INTAKE_LOG,
+    METRICS,
+    PATCH_LOG,
+    PATCH_SUMMARY,
+    RETRAIN_SUMMARY,
+    RUN_HTML,
+)
 from stages.progress import progress
 
-RETRAIN, PATCH, EXPORT = "reports/retrain.json", "reports/patch.json", "reports/export.json"
-PATCH_LOG, INTAKE_LOG, REGISTRY = "reports/patch_log.json", "reports/intake_log.jsonl", "bugs"
-METRICS, PLOT, RUN_HTML = "reports/metrics.json", "reports/before_after.json", "reports/run.html"
 MODELS = ("backdoored", "patched")
 
 
 def gather_metrics() -> dict:
-    retrain, patch, export = read_json(RETRAIN), read_json(PATCH), read_json(EXPORT)
+    retrain, patch, export = read_json(RETRAIN_SUMMARY), read_json(PATCH_SUMMARY), read_json(EXPORT_SUMMARY)
     tasks = {name: {m: result[m] for m in MODELS} for name, result in retrain["tasks"].items()}
     return {"tasks": tasks, "export": {"max_abs_diff": export["max_abs_diff"]},
             "patch": {"seconds": patch["seconds"], "method": patch["method"],
@@ -31,9 +37,9 @@ def plot_rows(metrics: dict) -> list[dict]:
 
 
 def write_html(metrics: dict) -> None:
-    data = RunData(metrics=metrics, bugs=load_bugs(REGISTRY),
-                   patch_log=read_json(PATCH_LOG) if Path(PATCH_LOG).is_file() else [],
-                   decisions=read_jsonl(INTAKE_LOG) if Path(INTAKE_LOG).is_file() else [])
+    data = RunData(metrics=metrics, bugs=load_bugs(BUGS),
+                   patch_log=read_json(PATCH_LOG) if PATCH_LOG.is_file() else [],
+                   decisions=read_jsonl(INTAKE_LOG) if INTAKE_LOG.is_file() else [])
     with progress("report", count_steps(data)) as step:
         page = render_report(data, step)
     with atomic_path(RUN_HTML) as tmp:
@@ -43,7 +49,7 @@ def write_html(metrics: dict) -> None:
 def main() -> None:
     metrics = gather_metrics()
     write_json(METRICS, metrics)
-    write_json(PLOT, plot_rows(metrics))
+    write_json(BEFORE_AFTER, plot_rows(metrics))
     write_html(metrics)
     for name, result in metrics["tasks"].items():
         print(f"report: {name}: " + "; ".join(

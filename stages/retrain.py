@@ -8,20 +8,17 @@ from mudjack.encoders import load_encoder
 from mudjack.evaluation import attack_spec, retrain_and_evaluate
 from mudjack.heads import save_head
 from mudjack.io import atomic_dir, write_json
+from stages.artifacts import BUGS, HEADS, PATCHED_ENCODER, RETRAIN_SUMMARY
 from stages.common import load_truth
 from stages.config import setup_stage
 from stages.progress import progress
-
-PATCHED = "models/patched/encoder.safetensors"
-HEADS = "models/heads"
-SUMMARY = "reports/retrain.json"
 
 
 def main() -> None:
     params = setup_stage()
     encoders = {"backdoored": load_encoder(params.paths.encoder),
-                "patched": load_encoder(PATCHED)}
-    bugs = load_bugs("bugs")
+                "patched": load_encoder(PATCHED_ENCODER)}
+    bugs = load_bugs(BUGS)
     truth, targets = load_truth(params.paths)
     results, tasks = {}, load_tasks(params.paths.tasks)
     with atomic_dir(HEADS) as heads, progress("retrain", len(tasks) * len(encoders)) as step:
@@ -37,7 +34,7 @@ def main() -> None:
                 results[name][variant] = metrics
                 print(f"retrain: {name} {variant}: " + ", ".join(
                     f"{k} {v:.3f}" for k, v in metrics.items() if v is not None))
-    write_json(SUMMARY, {"tasks": results})
+    write_json(RETRAIN_SUMMARY, {"tasks": results})
 
 
 if __name__ == "__main__":

@@ -7,13 +7,11 @@ cannot be read; rejected bug reports are only listed (intake skips them).
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 from mudjack.io import write_json
-from pipeline.expectations import format_failures, format_rejections, validate_all
+from stages.artifacts import VALIDATION
 from stages.config import setup_stage
-
-OUT = Path("reports/validation.json")
+from stages.expectations import format_failures, format_rejections, validate_all
 
 
 def main() -> int:
@@ -21,11 +19,11 @@ def main() -> int:
     try:
         result = validate_all(params.paths.model_dump(), params.validation.model_dump())
     except (OSError, KeyError, ValueError) as err:  # unreadable data: the stage fails
-        write_json(OUT, {"passed": False, "error": f"{type(err).__name__}: {err}",
+        write_json(VALIDATION, {"passed": False, "error": f"{type(err).__name__}: {err}",
                          "tables": [], "reports": {"accepted": [], "rejected": {}}})
         print(f"validate: cannot read the data: {type(err).__name__}: {err}", file=sys.stderr)
         return 1
-    write_json(OUT, result)
+    write_json(VALIDATION, result)
     if rejections := format_rejections(result["reports"]):
         print(rejections)
     if not result["passed"]:

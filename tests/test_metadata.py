@@ -16,8 +16,8 @@ from mudjack.metadata import (
     REPORT_COLUMNS,
     image_sets,
     image_table,
-    load_tasks,
     report_table,
+    tasks_metadata,
 )
 
 
@@ -87,7 +87,7 @@ def test_image_table_shapes() -> None:
 
 
 def test_load_tasks_and_image_sets(tmp_path: Path, tasks_dir: Path, images: np.ndarray) -> None:
-    tasks = load_tasks(tasks_dir)
+    tasks = tasks_metadata(tasks_dir)
     assert list(tasks) == ["digits"]
     assert tasks["digits"].input_shape == (8, 8, 3) and tasks["digits"].classes == tuple(range(10))
     write_npz(tmp_path / "shadow.npz", x=images)
@@ -101,9 +101,9 @@ def test_load_tasks_rejects_misnamed(tmp_path: Path) -> None:
     write_json(tmp_path / "t" / "a" / "task.json",
                {"name": "b", "classes": [0], "input_shape": [2, 2, 3]})
     with pytest.raises(ValueError, match="folder name"):
-        load_tasks(tmp_path / "t")
+        tasks_metadata(tmp_path / "t")
     with pytest.raises(FileNotFoundError):
-        load_tasks(tmp_path / "missing")
+        tasks_metadata(tmp_path / "missing")
 
 
 def test_report_table_reads_valid_and_bad(tmp_path: Path, tasks_dir: Path) -> None:
@@ -128,7 +128,7 @@ def test_report_table_reads_valid_and_bad(tmp_path: Path, tasks_dir: Path) -> No
     write_report(inbox, "textlabel", {**good, "id": "textlabel", "label": "3", "input": "ok.png"})
     write_report(inbox, "broken", "{not json")
     write_report(inbox, "list", [1, 2])
-    table = report_table(inbox, load_tasks(tasks_dir))
+    table = report_table(inbox, tasks_metadata(tasks_dir))
     assert list(table.columns) == REPORT_COLUMNS and len(table) == 12
     table = table.set_index("file")
     ok = table.loc["ok.json"]

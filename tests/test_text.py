@@ -298,8 +298,8 @@ def test_minilm_loads_offline_and_embeds_384d(monkeypatch: pytest.MonkeyPatch) -
 
 
 def test_text_tables_and_reports_validate(tmp_path: Path) -> None:
-    from mudjack.metadata import TEXT_COLUMNS, image_sets, load_tasks, text_table
-    from pipeline.expectations import validate_all
+    from mudjack.metadata import TEXT_COLUMNS, image_sets, tasks_metadata, text_table
+    from stages.expectations import validate_all
 
     data = synthetic_sentences(30, 0)
     data = data.subset(np.unique(data.x, return_index=True)[1])
@@ -314,7 +314,7 @@ def test_text_tables_and_reports_validate(tmp_path: Path) -> None:
     frame = text_table(np.array(["a b", "", "a b"]), np.array([0, 1, 0]))
     assert list(frame.columns) == TEXT_COLUMNS and frame["blank"].tolist() == [False, True, False]
     assert frame["sha256"].nunique() == 2
-    tasks = load_tasks(tmp_path / "tasks")
+    tasks = tasks_metadata(tmp_path / "tasks")
     assert tasks["toy"].modality == "text" and tasks["toy"].input_shape == ()
     assert {s.modality for s in image_sets(tmp_path / "shadow.npz", tasks)} == {"text"}
     paths = {"shadow": tmp_path / "shadow.npz", "tasks": tmp_path / "tasks", "inbox": inbox}

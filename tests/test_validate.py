@@ -11,15 +11,16 @@ import yaml
 from PIL import Image
 
 from mudjack.io import read_json, write_json, write_npz
-from mudjack.metadata import ImageSet, image_table, load_tasks, report_table
-from pipeline.expectations import (
+from mudjack.metadata import ImageSet, image_table, report_table, tasks_metadata
+from stages import validate as stage
+from stages.artifacts import VALIDATION
+from stages.expectations import (
     GXRunner,
     format_failures,
     validate_all,
     validate_reports,
     validate_tables,
 )
-from stages import validate as stage
 
 CFG = {"max_pixel": 255, "min_rows": 10}
 SHAPE = (8, 8, 3)
@@ -134,7 +135,7 @@ def test_malformed_reports_each_rejected(runner: GXRunner, tmp_path: Path) -> No
                                   "input": "corrupt.png"})
     add_report(inbox, "small", {"id": "small", "task": "digits", "label": 1,
                                 "input": "small.png"}, random_images(1, 3, (6, 8, 3))[0])
-    tasks = load_tasks(tmp_path / "data/tasks")
+    tasks = tasks_metadata(tmp_path / "data/tasks")
     verdict = validate_reports(report_table(inbox, tasks), tasks, CFG, runner)
     assert verdict["accepted"] == ["good"]
     rejected = verdict["rejected"]
@@ -158,7 +159,7 @@ def test_duplicate_report_ids_keyed_by_file(runner: GXRunner, tmp_path: Path) ->
     body = {"id": "same", "task": "digits", "label": 1, "input": "a.png"}
     add_report(inbox, "a", body, random_images(1)[0])
     add_report(inbox, "b", body)
-    tasks = load_tasks(tmp_path / "data/tasks")
+    tasks = tasks_metadata(tmp_path / "data/tasks")
     verdict = validate_reports(report_table(inbox, tasks), tasks, CFG, runner)
     assert verdict["accepted"] == [] and set(verdict["rejected"]) == {"a.json", "b.json"}
     assert "is not unique" in verdict["rejected"]["a.json"][0]
@@ -185,7 +186,7 @@ def test_stage_passes_and_lists_rejected_reports(
     add_report(inbox, "r2", {"id": "r2", "task": "digits", "label": 99, "input": "r1.png"})
     monkeypatch.chdir(tmp_path)
     assert stage.main() == 0
-    out = read_json(tmp_path / "reports/validation.json")
+    out = read_json(tmp_path / VALIDATION)
     assert out["passed"] is True and len(out["tables"]) == 3
     assert out["reports"]["accepted"] == ["r1"] and list(out["reports"]["rejected"]) == ["r2"]
     assert "report r2 rejected" in capsys.readouterr().out
@@ -200,7 +201,7 @@ def test_stage_fails_on_bad_data(
     make_project(tmp_path, shadow=shadow)
     monkeypatch.chdir(tmp_path)
     assert stage.main() == 1
-    assert read_json(tmp_path / "reports/validation.json")["passed"] is False
+    assert read_json(tmp_path / VALIDATION)["passed"] is False
     err = capsys.readouterr().err
     assert "shadow (20 rows) FAILED" in err
     assert "expect_column_values_to_be_in_set on column 'has_nan'" in err
@@ -215,5 +216,5 @@ def test_stage_fails_on_missing_data(
     (tmp_path / "data/shadow.npz").unlink()
     monkeypatch.chdir(tmp_path)
     assert stage.main() == 1
-    assert read_json(tmp_path / "reports/validation.json")["passed"] is False
+    assert read_json(tmp_path / VALIDATION)["passed"] is False
     assert "shadow.npz" in capsys.readouterr().err

@@ -19,8 +19,9 @@ runner = CliRunner()
 def test_help_lists_commands() -> None:
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
-    for command in ("run", "serve", "server", "intake", "status", "promote", "rollback", "stages"):
+    for command in ("run", "serve", "server", "submit", "status", "promote", "rollback", "stages"):
         assert command in result.output
+    assert "intake" not in result.output  # the deprecated alias of submit is hidden
 
 
 @pytest.mark.parametrize(
@@ -29,7 +30,7 @@ def test_help_lists_commands() -> None:
         ("run", ["--target", "--root", "--retries"]),
         ("serve", ["--cron", "PREFECT_API_URL", "--remote", "--webhook", "gates"]),
         ("server", ["127.0.0.1", "--port"]),
-        ("intake", ["REPORT", "inbox", "rejected"]),
+        ("submit", ["REPORT", "inbox", "rejected"]),
         ("promote", ["gates", "--version", "GTO", "prod"]),
         ("rollback", ["previous", "prod"]),
         ("stages", ["--target", "upstream"]),
@@ -131,35 +132,48 @@ def with_inbox(root: Path, inbox: str = "reports-in") -> Path:
     return root / inbox
 
 
-def test_intake_copies_a_valid_report(tiny_repo: Path, tmp_path: Path, png: bytes) -> None:
+def test_submit_copies_a_valid_report(tiny_repo: Path, tmp_path: Path, png: bytes) -> None:
     inbox = with_inbox(tiny_repo)
     report = write_report(tmp_path / "mail", "r-9", png)
-    result = runner.invoke(app, ["intake", str(report), "--root", str(tiny_repo)])
+    result = runner.invoke(app, ["submit", str(report), "--root", str(tiny_repo)])
     assert result.exit_code == 0, result.output
     assert "accepted: r-9" in result.output
     assert (inbox / "r-9.png").read_bytes() == png
     assert json.loads((inbox / "r-9.json").read_text())["id"] == "r-9"
-    again = runner.invoke(app, ["intake", str(report), "--root", str(tiny_repo)])
+    again = runner.invoke(app, ["submit", str(report), "--root", str(tiny_repo)])
     assert again.exit_code == 1 and "already in the inbox" in again.output
 
 
-def test_intake_rejects_with_the_reason(tiny_repo: Path, tmp_path: Path) -> None:
+def test_submit_rejects_with_the_reason(tiny_repo: Path, tmp_path: Path) -> None:
     inbox = with_inbox(tiny_repo)
     report = write_report(tmp_path / "mail", "r-10", None)
-    result = runner.invoke(app, ["intake", str(report), "--root", str(tiny_repo)],
+    result = runner.invoke(app, ["submit", str(report), "--root", str(tiny_repo)],
                            terminal_width=200)
     assert result.exit_code == 1
     assert "rejected: r-10.json: " in result.output and "r-10.png" in result.output
     assert not inbox.exists()
 
 
-def test_intake_refuses_an_inbox_a_stage_writes(tiny_repo: Path, tmp_path: Path,
+def test_submit_refuses_an_inbox_a_stage_writes(tiny_repo: Path, tmp_path: Path,
                                                 png: bytes) -> None:
     with_inbox(tiny_repo, "b.txt")  # an output of stage b
     report = write_report(tmp_path / "mail", "r-11", png)
-    result = runner.invoke(app, ["intake", str(report), "--root", str(tiny_repo)],
+    result = runner.invoke(app, ["submit", str(report), "--root", str(tiny_repo)],
                            terminal_width=200)
     assert result.exit_code == 1 and "output of stage 'b'" in result.output
+
+
+def test_intake_is_a_deprecated_alias_of_submit(tiny_repo: Path, tmp_path: Path, png: bytes) -> None:
+    inbox = with_inbox(tiny_repo)
+    report = write_report(tmp_path / "mail", "r-12", png)
+    result = runner.invoke(app, ["intake", str(report), "--root", str(tiny_repo)], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert "deprecated" in result.stderr and "mudjack submit" in result.stderr
+    assert "accepted: r-12" in result.stdout
+    assert (inbox / "r-12.png").read_bytes() == png
+    rejected = runner.invoke(app, ["intake", str(write_report(tmp_path / "mail", "r-13", None)),
+                                   "--root", str(tiny_repo)], terminal_width=200)
+    assert rejected.exit_code == 1 and "rejected: r-13.json: " in rejected.stdout
 
 
 def test_promote_status_and_rollback_commands(tiny_repo: Path, tmp_path: Path) -> None:

@@ -210,13 +210,13 @@ def test_a_passing_run_is_pushed_committed_and_promoted(ops: dict, first_run) ->
 def test_a_failing_gate_promotes_nothing(ops: dict, first_run, tmp_path: Path) -> None:
     project = ops["project"]
     tags_before = git(project, "tag", "--list")
-    # A client's new report, added with `mudjack intake`: an input the model gets right
+    # A client's new report, added with `mudjack submit`: an input the model gets right
     # (intake rejects it, so only validate and intake rerun: the test stays short).
     sent = json.loads((project / "client-inbox" / "false-000.json").read_text())
     shutil.copy(project / "client-inbox" / sent["input"], tmp_path / "client-7.png")
     report = {"id": "client-7", "task": "digits", "label": sent["label"], "input": "client-7.png"}
     (tmp_path / "client-7.json").write_text(json.dumps(report))
-    added = CliRunner().invoke(app, ["intake", str(tmp_path / "client-7.json"),
+    added = CliRunner().invoke(app, ["submit", str(tmp_path / "client-7.json"),
                                      "--root", str(project)])
     assert added.exit_code == 0 and "accepted: client-7" in added.output, added.output
     params = yaml.safe_load((project / "params.yaml").read_text())

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from mudjack.metadata import TEXT_DTYPE, ImageSet, TaskSpec, image_sets, load_tasks, report_table
+from mudjack.metadata import TEXT_DTYPE, ImageSet, TaskSpec, image_sets, report_table, tasks_metadata
 from mudjack.reports import ARRAY_DTYPES, ID_PATTERN
 
 if TYPE_CHECKING:
@@ -315,7 +315,7 @@ def validate_all(
 ) -> dict[str, Any]:
     """Validate the shadow set, every task's data and the inbox named by `paths`."""
     runner = runner or GXRunner()
-    tasks = load_tasks(paths["tasks"])
+    tasks = tasks_metadata(paths["tasks"])
     tables = validate_tables(image_sets(paths["shadow"], tasks), cfg, runner)
     reports = validate_reports(report_table(Path(paths["inbox"]), tasks), tasks, cfg, runner)
     return {
