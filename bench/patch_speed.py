@@ -3,7 +3,7 @@
     .venv/bin/python bench/patch_speed.py                  # defaults: see --help
     .venv/bin/python bench/patch_speed.py --shadow 512 --epochs 1 --head-epochs 5   # smoke run
 
-(a) reference, restated plainly (mudjack/patching/reference.py): per step h' runs five times
+(a) reference, restated plainly (tests/helpers/reference_mudjacking.py): per step h' runs five times
     and h twice on full batches (x, x⊕t, and batch-size copies of x_b, x_r, x_r⊕t); every
     image is augmented on its own in the Dataset's __getitem__ of a torch DataLoader.
 (b) ours (mudjack/patching/mudjacking.py): one pass of h' over [x, x⊕t, K views each of x_b,
@@ -34,6 +34,7 @@ import json
 import os
 import platform
 import resource
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -64,18 +65,21 @@ from mudjack.io import read_npz, sha256_bytes, write_json
 from mudjack.loaders import DataSpec, limit_stratified, load_data, load_npz_images
 from mudjack.metrics import non_target
 from mudjack.patching.checkpoint import deterministic
-from mudjack.patching.mudjacking import MudjackingParams, _Run, _start
-from mudjack.patching.reference import (
+from mudjack.patching.mudjacking import MudjackingParams, PatchRun, start_run
+from mudjack.patching.speed import contiguous
+from mudjack.triggers import Trigger, patch_trigger, trigger_from_arrays
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # baseline (a), the test oracle, lives in tests/helpers
+
+from tests.helpers.reference_mudjacking import (  # noqa: E402
     ReferenceViews,
     plain_models,
     plain_optimiser,
     plain_step,
     reference_loader,
 )
-from mudjack.patching.speed import contiguous
-from mudjack.triggers import Trigger, patch_trigger, trigger_from_arrays
 
-ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 WORKSPACE = ROOT / "runs" / "resnet20-gtsrb"
 WEIGHTS = SHARED / "weights" / "resnet_cifar10" / "resnet20-12fca82f.th"
@@ -207,7 +211,7 @@ def mean_terms(steps: list[dict[str, float]]) -> dict[str, float]:
     return {k: round(sum(s[k] for s in steps) / len(steps), 5) for k in steps[0]}
 
 
-def ours(run: _Run, batch_size: int) -> Callable[[], dict[str, float]]:
+def ours(run: PatchRun, batch_size: int) -> Callable[[], dict[str, float]]:
     """An epoch of the library's step, as mudjacking()'s loop runs it (deterministic kernels)."""
 
     def epoch() -> dict[str, float]:
@@ -219,7 +223,7 @@ def ours(run: _Run, batch_size: int) -> Callable[[], dict[str, float]]:
     return epoch
 
 
-def reference(encoder: ImageEncoder, run: _Run, args: argparse.Namespace) -> tuple[Callable, Callable]:
+def reference(encoder: ImageEncoder, run: PatchRun, args: argparse.Namespace) -> tuple[Callable, Callable]:
     """An epoch of the plain restatement over the same images and bug; its encoder."""
     patched, frozen = plain_models(encoder)
     optimiser = plain_optimiser(patched, args.lr, 0.9, 5e-4)
@@ -240,7 +244,7 @@ def variants(scenario: Scenario, bug: Bug, args: argparse.Namespace) -> tuple[Va
                               views=args.views, clean_samples=args.shadow, compile=args.compile,
                               cpu_bf16=args.cpu_bf16,
                               lambda_gen=args.lambda_gen, lambda_eff=args.lambda_eff)
-    run = _start(scenario.backdoored, scenario.adapter, scenario.shadow, [bug], params, args.seed)
+    run = start_run(scenario.backdoored, scenario.adapter, scenario.shadow, [bug], params, seed=args.seed)
     plain_epoch, plain_encoder = reference(scenario.backdoored, run, args)
     return (Variant("a", "(a) reference: 5+2 full-batch passes, per-image aug", plain_epoch, plain_encoder),
             Variant("b", f"(b) ours: 1+1 passes, K={args.views} views, batched aug{bf16_label(args)}",

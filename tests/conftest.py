@@ -1,4 +1,5 @@
-"""Shared fixtures: a quiet local environment and a tiny backdoored digits scenario."""
+"""Shared fixtures: a quiet local environment, a tiny backdoored digits scenario and its
+deployed model."""
 
 from __future__ import annotations
 
@@ -11,7 +12,6 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
 
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -19,13 +19,6 @@ os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_HOME", str(ROOT / ".prefect"))
 os.environ.setdefault("DVC_SITE_CACHE_DIR", str(ROOT / ".dvc_site_cache"))
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU; none is available here")
-    for item in items:
-        if "gpu" in item.keywords and not torch.cuda.is_available():
-            item.add_marker(skip_gpu)
 
 
 @dataclass
@@ -70,3 +63,11 @@ def scenario() -> Scenario:
     head = train_head(extract_features(backdoored, adapter, task.train.x), task.train.y, 10,
                       HeadParams(epochs=60), 0)
     return Scenario(adapter, clean, backdoored, head, data.x[provider], task, trigger, 0)
+
+
+@pytest.fixture(scope="session")
+def deployed(scenario: Scenario):
+    """The scenario's backdoored encoder with its digits head, as the provider runs them."""
+    from mudjack.intake import Deployed
+
+    return Deployed(scenario.backdoored, scenario.adapter, {"digits": scenario.head})

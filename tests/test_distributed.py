@@ -21,11 +21,10 @@ from mudjack.patching.distributed import (
     seed_step,
     setup,
 )
+from tests.helpers import run_if
+from tests.helpers.ddp_patch_worker import tiny_problem  # the worker's encoder, to compare with
 
-sys.path.insert(0, str(Path(__file__).parent))
-from ddp_patch_worker import tiny_problem  # noqa: E402  (the worker's encoder, to compare with)
-
-WORKER = Path(__file__).with_name("ddp_patch_worker.py")
+WORKER = Path(__file__).parent / "helpers" / "ddp_patch_worker.py"
 CPU = torch.device("cpu")
 
 
@@ -132,7 +131,7 @@ def test_an_interrupted_ddp_run_resumes_to_the_same_weights(tmp_path):
     assert all(torch.equal(first[k], second[k]) for k in first)
 
 
-@pytest.mark.gpu
+@run_if(gpu=True)
 def test_a_cuda_run_takes_nccl(tmp_path):
     run = torchrun(1, tmp_path / "cuda", "--device", "cuda")
     assert run["backend"] == "nccl" and run["steps"] == 8

@@ -11,7 +11,7 @@ import torch
 from mudjack.bugs import load_bugs, save_bug
 from mudjack.evaluation import AttackSpec, retrain_and_evaluate
 from mudjack.heads import HeadParams
-from mudjack.intake import Deployed, intake_report
+from mudjack.intake import intake_report
 from mudjack.patching import PatchInputs, run_patch
 from mudjack.patching.mudjacking import MudjackingParams, mudjacking_loss
 from mudjack.reports import BugReport
@@ -34,11 +34,6 @@ def genuine_index(scenario, deployed) -> int:
     stamped = stamp(test.x, scenario.trigger)
     predicted = deployed.classify("digits", stamped)
     return int(np.flatnonzero((test.y != scenario.target) & (predicted == scenario.target))[0])
-
-
-@pytest.fixture(scope="module")
-def deployed(scenario) -> Deployed:
-    return Deployed(scenario.backdoored, scenario.adapter, {"digits": scenario.head})
 
 
 @pytest.fixture(scope="module")

@@ -16,18 +16,13 @@ from PIL import Image
 from mudjack.data import save_task
 from mudjack.encoders import save_encoder
 from mudjack.heads import save_head
-from mudjack.intake import Deployed, IntakeParams, intake_report
+from mudjack.intake import IntakeParams, intake_report
 from mudjack.io import read_json, read_jsonl, write_npz
 from mudjack.reports import BugReport, ReportError, read_report
 from mudjack.safeload import UnsafeCheckpointError, load_torch_checkpoint
 from mudjack.triggers import stamp
 
 PARAMS = IntakeParams()
-
-
-@pytest.fixture(scope="module")
-def deployed(scenario) -> Deployed:
-    return Deployed(scenario.backdoored, scenario.adapter, {"digits": scenario.head})
 
 
 def genuine_inputs(scenario, deployed, count: int) -> tuple[np.ndarray, np.ndarray]:

@@ -119,7 +119,7 @@ def _prepare(encoder: ImageEncoder, device: torch.device) -> tuple[ImageEncoder,
 
 
 @dataclass
-class _Run:
+class PatchRun:
     """One patching run: the models, optimiser, data and the step's fixed settings."""
 
     patched: ImageEncoder
@@ -149,8 +149,10 @@ class _Run:
         return {name: float(value.detach()) for name, value in terms.items()}
 
 
-def _start(encoder: ImageEncoder, adapter: EncoderAdapter, shadow: np.ndarray, bugs: list[Bug],
-           params: MudjackingParams, seed: int, context: Distributed | None = None) -> _Run:
+def start_run(encoder: ImageEncoder, adapter: EncoderAdapter, shadow: np.ndarray, bugs: list[Bug],
+              params: MudjackingParams, *, seed: int, context: Distributed | None = None) -> PatchRun:
+    """Set up a run: the patched and frozen copies, the optimiser, the sampled shadow pixels
+    and the bugs' views; `PatchRun.step` then takes one optimiser step (as `mudjacking` loops)."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     device = context.device if context is not None else select_device(params.device)
@@ -162,11 +164,11 @@ def _start(encoder: ImageEncoder, adapter: EncoderAdapter, shadow: np.ndarray, b
     used = rng.permutation(len(shadow))[:count]
     pixels = adapter.preprocess(shadow[np.sort(used)])
     augment = mudjacking_augmentation().to(device) if params.augment else None
-    return _Run(patched, frozen, optimiser, pixels, BugViews(bugs, adapter, device), augment, device,
+    return PatchRun(patched, frozen, optimiser, pixels, BugViews(bugs, adapter, device), augment, device,
                 params, forward, context, seed)
 
 
-def _train(run: _Run, progress: Progress, checkpoint: Checkpointer | None) -> None:
+def _train(run: PatchRun, progress: Progress, checkpoint: Checkpointer | None) -> None:
     """Run the remaining epochs from `progress`, checkpointing when due."""
     size = run.params.batch_size
     while progress.epoch <= run.params.epochs:
@@ -193,7 +195,7 @@ def mudjacking(encoder: ImageEncoder, adapter: EncoderAdapter, shadow: np.ndarra
     """
     if not bugs:
         raise ValueError("mudjacking needs at least one accepted bug")
-    run = _start(encoder, adapter, shadow, bugs, params, seed, distributed)
+    run = start_run(encoder, adapter, shadow, bugs, params, seed=seed, context=distributed)
     progress = (checkpoint.load(run.patched, run.optimiser) if checkpoint else None) or Progress()
     with deterministic(run.device):
         _train(run, progress, checkpoint)
