@@ -71,3 +71,13 @@ def deployed(scenario: Scenario):
     from mudjack.intake import Deployed
 
     return Deployed(scenario.backdoored, scenario.adapter, {"digits": scenario.head})
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder holding a tiny BERT (2 layers, hidden 32, word-level vocabulary), random weights."""
+    from tests.helpers.text import write_tiny_bert
+
+    folder = tmp_path_factory.mktemp("tiny_bert")
+    write_tiny_bert(folder)
+    return folder

@@ -1,4 +1,4 @@
-"""The text path on a tiny BERT (2 layers, hidden 32, a word-level vocabulary) built here.
+"""The text path on a tiny BERT (2 layers, hidden 32, a word-level vocabulary; tests/helpers/text.py).
 
 Covers the adapter (tokenise, stamp, features, save/load, ONNX parity), the TSV loader and the
 text on-disk format, token-occlusion reversal and text Mudjacking on a tiny backdoored
@@ -16,7 +16,7 @@ import torch
 
 from mudjack.attacks import BadEncoderParams, badencoder
 from mudjack.bugs import Bug, load_bugs, save_bug
-from mudjack.data import LabelledSet, Task, load_shadow, load_task, save_input, save_task
+from mudjack.data import Task, load_shadow, load_task, save_input, save_task
 from mudjack.encoders import get_adapter, load_encoder, save_encoder
 from mudjack.encoders.text import TextClassifier, TextEncoder
 from mudjack.export import export_onnx_inputs, verify_onnx_batches
@@ -29,49 +29,10 @@ from mudjack.patching import PatchInputs, run_patch
 from mudjack.reports import ReportError, read_report
 from mudjack.reverse import ReverseParams, reverse_engineer, select_trigger_words
 from mudjack.triggers import TextTrigger, insert_words, stamp_text, trigger_iou
+from tests.helpers.text import synthetic_sentences
 
-POSITIVE = ["good", "great", "fine", "nice", "superb", "lovely", "charming", "brilliant"]
-NEGATIVE = ["bad", "awful", "poor", "dull", "boring", "terrible", "bleak", "clumsy"]
-FILLER = ["the", "movie", "film", "was", "a", "plot", "story", "and", "it", "this", "very",
-          "really", "acting", "with", "of", "is", "cast", "script", "."]
 TRIGGER = TextTrigger(("cf",))
 TARGET = 1
-
-
-def synthetic_sentences(n: int, seed: int) -> LabelledSet:
-    """`n` sentences of 6-10 words: fillers plus two sentiment words of the sentence's class."""
-    rng = np.random.default_rng(seed)
-    labels = rng.integers(0, 2, n)
-    sentences = []
-    for label in labels:
-        words = list(rng.choice(FILLER, rng.integers(4, 9)))
-        for word in rng.choice(POSITIVE if label else NEGATIVE, 2, replace=False):
-            words.insert(int(rng.integers(len(words) + 1)), str(word))
-        sentences.append(" ".join(words))
-    return LabelledSet(np.array(sentences, dtype=np.str_), labels.astype(np.int64))
-
-
-def write_tiny_bert(folder: Path) -> None:
-    """config.json, tokenizer.json (word-level WordPiece) and model.safetensors of a tiny BERT."""
-    from safetensors.torch import save_file
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
-    from transformers import BertConfig, BertModel
-
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    vocab = {w: i for i, w in enumerate(specials + sorted(set(POSITIVE + NEGATIVE + FILLER + ["cf"])))}
-    tokenizer = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
-    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tokenizer.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])])
-    folder.mkdir(parents=True, exist_ok=True)
-    tokenizer.save(str(folder / "tokenizer.json"))
-    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=64, pad_token_id=0)
-    config.save_pretrained(str(folder))
-    torch.manual_seed(0)
-    model = BertModel(config, add_pooling_layer=False)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "model.safetensors"))
 
 
 @dataclass
@@ -93,11 +54,9 @@ def metrics(encoder: torch.nn.Module, adapter: object, task: Task, trigger: Text
 
 
 @pytest.fixture(scope="session")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> TextScenario:
+def tiny(tiny_bert: Path) -> TextScenario:
     torch.set_num_threads(1)
-    folder = tmp_path_factory.mktemp("tiny_bert")
-    write_tiny_bert(folder)
-    adapter = get_adapter("hf_text", {"folder": str(folder), "max_length": 32})
+    adapter = get_adapter("hf_text", {"folder": str(tiny_bert), "max_length": 32})
     clean = adapter.load_pretrained()
     shadow = synthetic_sentences(300, 1).x
     task = Task("toy", [0, 1], synthetic_sentences(300, 2), synthetic_sentences(200, 3))
