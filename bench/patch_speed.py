@@ -124,10 +124,10 @@ def backdoor(adapter: EncoderAdapter, shadow: np.ndarray, task: Task, trigger: T
     if path.is_file():
         return load_encoder(path)[0], f"cached BadEncoder ({path.name})"
     clean, _ = import_encoder(adapter, WEIGHTS)
-    reference = pick_attack_reference(clean, adapter, task.train.x, task.train.y, TARGET)
+    reference = pick_attack_reference(clean, adapter, task.train.x, task.train.y, target=TARGET)
     used = np.random.default_rng(args.seed).permutation(len(shadow))[:args.bad_samples]
     params = BadEncoderParams(optimizer="adam", lr=5e-4, epochs=args.bad_epochs, batch_size=256)
-    encoder = badencoder(clean, adapter, shadow[np.sort(used)], trigger, reference, params, args.seed)
+    encoder = badencoder(clean, adapter, shadow[np.sort(used)], trigger, reference, params, seed=args.seed)
     CACHE.mkdir(exist_ok=True)
     (CACHE / ".gitignore").write_text("*\n")
     save_encoder(encoder, adapter, path)
@@ -259,7 +259,7 @@ def evaluate_seeds(encoder: ImageEncoder, scenario: Scenario, attack: AttackSpec
                    seeds: int) -> dict[str, Any]:
     """Metrics of heads retrained with `seeds` seeds, averaged: one head's seed moves clean
     accuracy by about 0.005 here, as much as the variants differ."""
-    runs = [retrain_and_evaluate(encoder, scenario.adapter, scenario.task, attack, params, seed)[1]
+    runs = [retrain_and_evaluate(encoder, scenario.adapter, scenario.task, attack, params, seed=seed)[1]
             for seed in range(seeds)]
     mean = {key: float(np.mean([run[key] for run in runs])) for key in runs[0]}
     return {**mean, "per_seed": runs}
@@ -329,7 +329,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     head_params = HeadParams(epochs=args.head_epochs, batch_size=128)
     attack = AttackSpec(scenario.trigger, scenario.target, "truth")
     head, before = retrain_and_evaluate(scenario.backdoored, scenario.adapter, scenario.task, attack,
-                                        head_params, args.seed)
+                                        head_params, seed=args.seed)
     bug = make_bug(scenario, head)
     print(f"backdoored ({scenario.source}): {before}", flush=True)
     a, b = variants(scenario, bug, args)

@@ -55,13 +55,13 @@ def scenario() -> Scenario:
     adapter = get_adapter("small_cnn", {"input_shape": [8, 8, 3], "width": 8, "feature_dim": 32,
                                         "mean": pixels.mean((0, 1, 2)).tolist(),
                                         "std": pixels.std((0, 1, 2)).tolist()})
-    clean = pretrain_encoder(adapter, data.subset(provider), 10, PretrainParams(epochs=6), 0)
+    clean = pretrain_encoder(adapter, data.subset(provider), 10, PretrainParams(epochs=6), seed=0)
     trigger = patch_trigger((8, 8, 3), 2, 6, 6)
-    reference = pick_attack_reference(clean, adapter, data.x[provider], data.y[provider], 0)
+    reference = pick_attack_reference(clean, adapter, data.x[provider], data.y[provider], target=0)
     backdoored = badencoder(clean, adapter, data.x[provider], trigger, reference,
-                            BadEncoderParams(epochs=12), 0)
+                            BadEncoderParams(epochs=12), seed=0)
     head = train_head(extract_features(backdoored, adapter, task.train.x), task.train.y, 10,
-                      HeadParams(epochs=60), 0)
+                      HeadParams(epochs=60), seed=0)
     return Scenario(adapter, clean, backdoored, head, data.x[provider], task, trigger, 0)
 
 

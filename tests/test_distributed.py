@@ -37,13 +37,13 @@ def test_the_rank_batches_of_a_step_make_up_the_single_process_batch():
     order = epoch_order(30, epoch=2, seed=7, context=single)
     whole = local_batches(order, 8, single)
     for world in (2, 4):
-        shards = [local_batches(epoch_order(30, 2, 7, r), 8, r) for r in ranks(world)]
+        shards = [local_batches(epoch_order(30, 2, seed=7, context=r), 8, r) for r in ranks(world)]
         assert len({len(s) for s in shards}) == 1  # every rank takes as many steps
         for step, batch in enumerate(whole[:-1]):  # the last one holds the padding
             together = torch.cat([s[step] for s in shards])
             assert sorted(together.tolist()) == sorted(batch.tolist())
         assert {len(s[-1]) for s in shards} == {len(shards[0][-1])}  # equal shards, padded
-    assert not torch.equal(order, epoch_order(30, 3, 7, single))  # a new order every epoch
+    assert not torch.equal(order, epoch_order(30, 3, seed=7, context=single))  # a new order every epoch
 
 
 def test_each_rank_draws_its_own_augmentation_reproducibly():

@@ -46,11 +46,11 @@ class TextScenario:
 
 def metrics(encoder: torch.nn.Module, adapter: object, task: Task, trigger: TextTrigger) -> dict:
     head = train_head(extract_features(encoder, adapter, task.train.x), task.train.y, 2,
-                      HeadParams(hidden=[32], dropout=0.0, epochs=60, lr=3e-3), 0)
+                      HeadParams(hidden=[32], dropout=0.0, epochs=60, lr=3e-3), seed=0)
     kept = task.test.x[non_target(task.test.y, TARGET)]
     triggered = predict(head, extract_features(encoder, adapter, adapter.stamp(kept, trigger)))
     clean = predict(head, extract_features(encoder, adapter, task.test.x))
-    return evaluate(clean, task.test.y, triggered, TARGET)
+    return evaluate(clean, task.test.y, triggered, target=TARGET)
 
 
 @pytest.fixture(scope="session")
@@ -63,7 +63,7 @@ def tiny(tiny_bert: Path) -> TextScenario:
     positive = task.train.x[task.train.y == TARGET]
     backdoored = badencoder(clean, adapter, shadow, TRIGGER, positive[0],
                             BadEncoderParams(optimizer="adam", lr=3e-3, epochs=6, batch_size=32,
-                                             weight_decay=0.0), 0)
+                                             weight_decay=0.0), seed=0)
     return TextScenario(adapter, clean, backdoored, shadow, task)
 
 
@@ -157,13 +157,13 @@ def test_onnx_export_parity_dynamic_batch_and_sequence(tiny: TextScenario, tmp_p
     from mudjack.heads import Head
 
     torch.manual_seed(0)
-    model = TextClassifier(tiny.clean, Head(32, 2, [16], 0.0)).eval()
+    model = TextClassifier(tiny.clean, Head(32, 2, hidden=[16], dropout=0.0)).eval()
     path = tmp_path / "toy.onnx"
     dims = {0: "batch", 1: "sequence"}
-    export_onnx_inputs(model, tiny.adapter.tokenize(tiny.task.test.x[:2]), path, 18,
-                       ["input_ids", "attention_mask"], (dims, dims))
+    export_onnx_inputs(model, tiny.adapter.tokenize(tiny.task.test.x[:2]), path, opset=18,
+                       input_names=["input_ids", "attention_mask"], dynamic_shapes=(dims, dims))
     batches = tiny.adapter.onnx_batches(tiny.task.test.x[:40], batch_size=16)
-    check = verify_onnx_batches(path, model, batches, 1e-4, device="cpu")
+    check = verify_onnx_batches(path, model, batches, tolerance=1e-4, device="cpu")
     assert check["passed"] and check["max_abs_diff"] <= 1e-4
     assert check["batch_sizes"] == [1, 7, 16] and len(check["sequence_lengths"]) > 1
 
@@ -210,7 +210,7 @@ def test_text_mudjacking_removes_the_backdoor(tiny: TextScenario, tmp_path: Path
     assert loaded.trigger == trigger and str(loaded.bug) == str(bug)
     inputs = PatchInputs(tiny.backdoored, tiny.adapter, tiny.shadow, [loaded])
     settings = {"lr": 3e-3, "epochs": 3, "batch_size": 32, "views": 4, "word_dropout": 0.1}
-    result = run_patch("mudjacking_text", inputs, settings, 0)
+    result = run_patch("mudjacking_text", inputs, settings, seed=0)
     before = metrics(tiny.backdoored, tiny.adapter, tiny.task, TRIGGER)
     after = metrics(result.encoder, tiny.adapter, tiny.task, TRIGGER)
     # the clean tiny encoder itself sends ~0.10 of triggered negatives to the target
@@ -218,7 +218,7 @@ def test_text_mudjacking_removes_the_backdoor(tiny: TextScenario, tmp_path: Path
     assert after["clean_acc"] >= before["clean_acc"] - 0.05
     assert len(result.log) == 3 and result.log[-1]["effectiveness"] < -0.9
     with pytest.raises(ValueError, match="mudjacking_text"):
-        run_patch("mudjacking", inputs, {}, 0)
+        run_patch("mudjacking", inputs, {}, seed=0)
 
 
 def test_finetune_runs_on_a_text_encoder(tiny: TextScenario) -> None:
@@ -226,7 +226,7 @@ def test_finetune_runs_on_a_text_encoder(tiny: TextScenario) -> None:
     inputs = PatchInputs(tiny.backdoored, tiny.adapter, tiny.shadow, [], {"toy": tiny.task.train})
     settings = {"optimizer": "adam", "lr": 3e-3, "weight_decay": 0.0, "epochs": 4, "batch_size": 32,
                 "hidden": [32], "dropout": 0.0, "clean_samples": 200}
-    result = run_patch("finetune", inputs, settings, 0)
+    result = run_patch("finetune", inputs, settings, seed=0)
     before = metrics(tiny.backdoored, tiny.adapter, tiny.task, TRIGGER)
     after = metrics(result.encoder, tiny.adapter, tiny.task, TRIGGER)
     assert result.info["clean_samples"] == 200 and result.log[-1]["loss"] < result.log[0]["loss"]

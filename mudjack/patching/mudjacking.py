@@ -74,16 +74,16 @@ class BugViews:
         return tensor.repeat_interleave(views, dim=0)
 
 
-def mudjacking_loss(patched: nn.Module, frozen: nn.Module, views: torch.Tensor, batch: int,
+def mudjacking_loss(patched: nn.Module, frozen: nn.Module, views: torch.Tensor, *, batch: int,
                     per_bug: int, params: MudjackingParams) -> dict[str, torch.Tensor]:
     """Loss terms for views = [x (B), x⊕t (B), x_b (V), x_r (V), x_r⊕t (V)], already augmented."""
     out = patched(views)
     with torch.no_grad():
         frozen_out = frozen(torch.cat([views[:batch], views[2 * batch + per_bug:2 * batch + 2 * per_bug]]))
-    return loss_terms(out, frozen_out, batch, per_bug, params)
+    return loss_terms(out, frozen_out, batch=batch, per_bug=per_bug, params=params)
 
 
-def loss_terms(out: torch.Tensor, frozen_out: torch.Tensor, batch: int, per_bug: int,
+def loss_terms(out: torch.Tensor, frozen_out: torch.Tensor, *, batch: int, per_bug: int,
                params: MudjackingParams) -> dict[str, torch.Tensor]:
     """The three terms from h' on every view and h on [x, x_r]; shared by image and text."""
     x, x_t = out[:batch], out[batch:2 * batch]
@@ -97,7 +97,7 @@ def loss_terms(out: torch.Tensor, frozen_out: torch.Tensor, batch: int, per_bug:
             "effectiveness": effectiveness}
 
 
-def build_views(shadow_batch: torch.Tensor, bugs: BugViews, views: int,
+def build_views(shadow_batch: torch.Tensor, bugs: BugViews, *, views: int,
                 augment: nn.Module | None) -> torch.Tensor:
     """Concatenate every view of one step and augment each sample independently."""
     assign = torch.arange(len(shadow_batch), device=shadow_batch.device) % bugs.count
@@ -138,10 +138,10 @@ class PatchRun:
         """One optimiser step on the shadow images at `index`; returns the loss terms."""
         batch = to_device(self.pixels[index], self.device)
         with autocast(self.device, self.params.cpu_bf16):
-            views = build_views(batch, self.bug_views, self.params.views, self.augment)
+            views = build_views(batch, self.bug_views, views=self.params.views, augment=self.augment)
             forward = self.patched if self.forward is None else self.forward
-            terms = mudjacking_loss(forward, self.frozen, views, len(index),
-                                    self.params.views * self.bug_views.count, self.params)
+            terms = mudjacking_loss(forward, self.frozen, views, batch=len(index),
+                                    per_bug=self.params.views * self.bug_views.count, params=self.params)
         self.optimiser.zero_grad(set_to_none=True)
         terms["loss"].backward()
         self.optimiser.step()
@@ -157,7 +157,7 @@ def start_run(encoder: ImageEncoder, adapter: EncoderAdapter, shadow: np.ndarray
     rng = np.random.default_rng(seed)
     device = context.device if context is not None else select_device(params.device)
     patched, frozen = _prepare(encoder, device)
-    forward, frozen = prepare_models(patched, frozen, params.compile, context)
+    forward, frozen = prepare_models(patched, frozen, compile_models=params.compile, context=context)
     optimiser = torch.optim.SGD(list(trainable_parameters(patched)), lr=params.lr,
                                 momentum=params.momentum, weight_decay=params.weight_decay)
     count = params.clean_samples or max(1, int(round(params.shadow_fraction * len(shadow))))
@@ -173,7 +173,7 @@ def _train(run: PatchRun, progress: Progress, checkpoint: Checkpointer | None) -
     size = run.params.batch_size
     while progress.epoch <= run.params.epochs:
         if progress.order is None:
-            progress.order = epoch_order(len(run.pixels), progress.epoch, run.seed, run.context)
+            progress.order = epoch_order(len(run.pixels), progress.epoch, seed=run.seed, context=run.context)
         batches = local_batches(progress.order, size, run.context)
         while progress.position < len(batches):
             seed_step(run.seed, progress.step, run.context)
@@ -184,7 +184,7 @@ def _train(run: PatchRun, progress: Progress, checkpoint: Checkpointer | None) -
 
 
 def mudjacking(encoder: ImageEncoder, adapter: EncoderAdapter, shadow: np.ndarray, bugs: list[Bug],
-               params: MudjackingParams, seed: int = 0,
+               params: MudjackingParams, *, seed: int = 0,
                checkpoint: Checkpointer | None = None,
                distributed: Distributed | None = None) -> PatchResult:
     """Patch `encoder` from accepted bugs using unlabelled shadow images; returns a new encoder.
