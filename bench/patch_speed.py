@@ -226,14 +226,15 @@ def ours(run: PatchRun, batch_size: int) -> Callable[[], dict[str, float]]:
 def reference(encoder: ImageEncoder, run: PatchRun, args: argparse.Namespace) -> tuple[Callable, Callable]:
     """An epoch of the plain restatement over the same images and bug; its encoder."""
     patched, frozen = plain_models(encoder)
-    optimiser = plain_optimiser(patched, args.lr, 0.9, 5e-4)
+    optimiser = plain_optimiser(patched, lr=args.lr, momentum=0.9, weight_decay=5e-4)
     bugs = run.bug_views
     dataset = ReferenceViews(run.pixels, bugs.bug.cpu(), bugs.reference.cpu(), bugs.masks.cpu(),
                              bugs.patterns.cpu(), ViewAugmentation())
-    loader = reference_loader(dataset, args.batch, args.seed, args.workers)
+    loader = reference_loader(dataset, batch_size=args.batch, seed=args.seed, workers=args.workers)
 
     def epoch() -> dict[str, float]:
-        return mean_terms([plain_step(patched, frozen, optimiser, views, args.lambda_gen, args.lambda_eff)
+        return mean_terms([plain_step(patched, frozen, optimiser, views, lambda_gen=args.lambda_gen,
+                                      lambda_eff=args.lambda_eff)
                            for views in loader])
 
     return epoch, lambda: patched.eval()
