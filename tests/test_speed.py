@@ -27,10 +27,10 @@ from mudjack.patching.speed import FoldedConv, fold_frozen_batchnorm
 from mudjack.triggers import patch_trigger
 from tests.helpers import run_if
 from tests.helpers.reference_mudjacking import ReferenceViews, plain_loss, plain_models, reference_loader
+from tests.helpers.tiny import SMALL_CNN
 
 ADAPTERS = {
-    "small_cnn": ({"input_shape": [8, 8, 3], "width": 4, "feature_dim": 8,
-                   "mean": [0.5] * 3, "std": [0.25] * 3}, (2, 6, 6)),
+    "small_cnn": (SMALL_CNN, (2, 6, 6)),
     "resnet_cifar": ({"depth": 20}, (10, 21, 21)),
 }
 
