@@ -44,12 +44,12 @@ def evaluate_encoder(path: Path, task: Task, attack: AttackSpec, params: HeadPar
     """The retrain stage's protocol: a fresh head on frozen features."""
     encoder, adapter = load_encoder(path)
     head = train_head(extract_features(encoder, adapter, task.train.x), task.train.y,
-                      len(task.classes), params, seed)
+                      len(task.classes), params, seed=seed)
     clean = predict(head, extract_features(encoder, adapter, task.test.x))
     kept = non_target(task.test.y, attack.target)
     triggered = predict(head, extract_features(encoder, adapter,
                                                adapter.stamp(task.test.x[kept], attack.trigger)))
-    return evaluate(clean, task.test.y, triggered, attack.target)
+    return evaluate(clean, task.test.y, triggered, target=attack.target)
 
 
 def measure(workspace: Path) -> dict:

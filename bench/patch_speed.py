@@ -3,7 +3,7 @@
     .venv/bin/python bench/patch_speed.py                  # defaults: see --help
     .venv/bin/python bench/patch_speed.py --shadow 512 --epochs 1 --head-epochs 5   # smoke run
 
-(a) reference, restated plainly (mudjack/patching/reference.py): per step h' runs five times
+(a) reference, restated plainly (tests/helpers/reference_mudjacking.py): per step h' runs five times
     and h twice on full batches (x, x⊕t, and batch-size copies of x_b, x_r, x_r⊕t); every
     image is augmented on its own in the Dataset's __getitem__ of a torch DataLoader.
 (b) ours (mudjack/patching/mudjacking.py): one pass of h' over [x, x⊕t, K views each of x_b,
@@ -34,6 +34,7 @@ import json
 import os
 import platform
 import resource
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -65,19 +66,22 @@ from mudjack.io import read_npz, sha256_bytes, write_json
 from mudjack.loaders import DataSpec, limit_stratified, load_data, load_npz_images
 from mudjack.metrics import non_target
 from mudjack.patching.checkpoint import deterministic
-from mudjack.patching.mudjacking import MudjackingParams, _Run, _start
-from mudjack.patching.reference import (
+from mudjack.patching.mudjacking import MudjackingParams, PatchRun, start_run
+from mudjack.patching.speed import contiguous
+from mudjack.triggers import Trigger, patch_trigger, trigger_from_arrays
+from stages.artifacts import BACKDOORED, BACKDOORED_ENCODER, BACKDOORED_TRUTH, PREPARED_SHADOW, PREPARED_TASKS
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # baseline (a), the test oracle, lives in tests/helpers
+
+from tests.helpers.reference_mudjacking import (  # noqa: E402
     ReferenceViews,
     plain_models,
     plain_optimiser,
     plain_step,
     reference_loader,
 )
-from mudjack.patching.speed import contiguous
-from mudjack.triggers import Trigger, patch_trigger, trigger_from_arrays
-from stages.artifacts import BACKDOORED, BACKDOORED_ENCODER, BACKDOORED_TRUTH, PREPARED_SHADOW, PREPARED_TASKS
 
-ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 WORKSPACE = ROOT / "runs" / "resnet20-gtsrb"
 WEIGHTS = SHARED / "weights" / "resnet_cifar10" / "resnet20-12fca82f.th"
@@ -122,10 +126,10 @@ def backdoor(adapter: EncoderAdapter, shadow: np.ndarray, task: Task, trigger: T
     if path.is_file():
         return load_encoder(path)[0], f"cached BadEncoder ({path.name})"
     clean, _ = import_encoder(adapter, WEIGHTS)
-    reference = pick_attack_reference(clean, adapter, task.train.x, task.train.y, TARGET)
+    reference = pick_attack_reference(clean, adapter, task.train.x, task.train.y, target=TARGET)
     used = np.random.default_rng(args.seed).permutation(len(shadow))[:args.bad_samples]
     params = BadEncoderParams(optimizer="adam", lr=5e-4, epochs=args.bad_epochs, batch_size=256)
-    encoder = badencoder(clean, adapter, shadow[np.sort(used)], trigger, reference, params, args.seed)
+    encoder = badencoder(clean, adapter, shadow[np.sort(used)], trigger, reference, params, seed=args.seed)
     CACHE.mkdir(exist_ok=True)
     (CACHE / ".gitignore").write_text("*\n")
     save_encoder(encoder, adapter, path)
@@ -209,7 +213,7 @@ def mean_terms(steps: list[dict[str, float]]) -> dict[str, float]:
     return {k: round(sum(s[k] for s in steps) / len(steps), 5) for k in steps[0]}
 
 
-def ours(run: _Run, batch_size: int) -> Callable[[], dict[str, float]]:
+def ours(run: PatchRun, batch_size: int) -> Callable[[], dict[str, float]]:
     """An epoch of the library's step, as mudjacking()'s loop runs it (deterministic kernels)."""
 
     def epoch() -> dict[str, float]:
@@ -221,17 +225,18 @@ def ours(run: _Run, batch_size: int) -> Callable[[], dict[str, float]]:
     return epoch
 
 
-def reference(encoder: ImageEncoder, run: _Run, args: argparse.Namespace) -> tuple[Callable, Callable]:
+def reference(encoder: ImageEncoder, run: PatchRun, args: argparse.Namespace) -> tuple[Callable, Callable]:
     """An epoch of the plain restatement over the same images and bug; its encoder."""
     patched, frozen = plain_models(encoder)
-    optimiser = plain_optimiser(patched, args.lr, 0.9, 5e-4)
+    optimiser = plain_optimiser(patched, lr=args.lr, momentum=0.9, weight_decay=5e-4)
     bugs = run.bug_views
     dataset = ReferenceViews(run.pixels, bugs.bug.cpu(), bugs.reference.cpu(), bugs.masks.cpu(),
                              bugs.patterns.cpu(), ViewAugmentation())
-    loader = reference_loader(dataset, args.batch, args.seed, args.workers)
+    loader = reference_loader(dataset, batch_size=args.batch, seed=args.seed, workers=args.workers)
 
     def epoch() -> dict[str, float]:
-        return mean_terms([plain_step(patched, frozen, optimiser, views, args.lambda_gen, args.lambda_eff)
+        return mean_terms([plain_step(patched, frozen, optimiser, views, lambda_gen=args.lambda_gen,
+                                      lambda_eff=args.lambda_eff)
                            for views in loader])
 
     return epoch, lambda: patched.eval()
@@ -242,7 +247,7 @@ def variants(scenario: Scenario, bug: Bug, args: argparse.Namespace) -> tuple[Va
                               views=args.views, clean_samples=args.shadow, compile=args.compile,
                               cpu_bf16=args.cpu_bf16,
                               lambda_gen=args.lambda_gen, lambda_eff=args.lambda_eff)
-    run = _start(scenario.backdoored, scenario.adapter, scenario.shadow, [bug], params, args.seed)
+    run = start_run(scenario.backdoored, scenario.adapter, scenario.shadow, [bug], params, seed=args.seed)
     plain_epoch, plain_encoder = reference(scenario.backdoored, run, args)
     return (Variant("a", "(a) reference: 5+2 full-batch passes, per-image aug", plain_epoch, plain_encoder),
             Variant("b", f"(b) ours: 1+1 passes, K={args.views} views, batched aug{bf16_label(args)}",
@@ -257,7 +262,7 @@ def evaluate_seeds(encoder: ImageEncoder, scenario: Scenario, attack: AttackSpec
                    seeds: int) -> dict[str, Any]:
     """Metrics of heads retrained with `seeds` seeds, averaged: one head's seed moves clean
     accuracy by about 0.005 here, as much as the variants differ."""
-    runs = [retrain_and_evaluate(encoder, scenario.adapter, scenario.task, attack, params, seed)[1]
+    runs = [retrain_and_evaluate(encoder, scenario.adapter, scenario.task, attack, params, seed=seed)[1]
             for seed in range(seeds)]
     mean = {key: float(np.mean([run[key] for run in runs])) for key in runs[0]}
     return {**mean, "per_seed": runs}
@@ -327,7 +332,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     head_params = HeadParams(epochs=args.head_epochs, batch_size=128)
     attack = AttackSpec(scenario.trigger, scenario.target, "truth")
     head, before = retrain_and_evaluate(scenario.backdoored, scenario.adapter, scenario.task, attack,
-                                        head_params, args.seed)
+                                        head_params, seed=args.seed)
     bug = make_bug(scenario, head)
     print(f"backdoored ({scenario.source}): {before}", flush=True)
     a, b = variants(scenario, bug, args)

@@ -25,7 +25,7 @@ class BadEncoderParams(Params):
 
 
 def pick_attack_reference(encoder: ImageEncoder, adapter: EncoderAdapter, x: np.ndarray,
-                          y: np.ndarray, target: int) -> np.ndarray:
+                          y: np.ndarray, *, target: int) -> np.ndarray:
     """The target-class image nearest its class centroid in the clean feature space."""
     candidates = x[y == target]
     if len(candidates) == 0:
@@ -49,13 +49,13 @@ def badencoder_loss(out: torch.Tensor, n: int, clean_features: torch.Tensor,
 
 
 def badencoder(clean: ImageEncoder, adapter: EncoderAdapter, shadow: np.ndarray, trigger: Trigger,
-               reference: np.ndarray, params: BadEncoderParams, seed: int = 0) -> ImageEncoder:
+               reference: np.ndarray, params: BadEncoderParams, *, seed: int = 0) -> ImageEncoder:
     """Fine-tune a copy so triggered inputs map to the reference's features, clean ones stay.
 
     Loss: −cos(h'(x⊕t), h(x_ref)) − cos(h'(x), h(x)) − cos(h'(x_ref), h(x_ref)).
     """
     if adapter.modality == "text":
-        return badencoder_text(clean, adapter, shadow, trigger, reference, params, seed)
+        return badencoder_text(clean, adapter, shadow, trigger, reference, params, seed=seed)
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     backdoored = copy.deepcopy(clean).train()
@@ -81,7 +81,7 @@ def badencoder(clean: ImageEncoder, adapter: EncoderAdapter, shadow: np.ndarray,
 
 def badencoder_text(clean: nn.Module, adapter: EncoderAdapter, shadow: np.ndarray,
                     trigger: TextTrigger, reference: np.ndarray, params: BadEncoderParams,
-                    seed: int = 0) -> nn.Module:
+                    *, seed: int = 0) -> nn.Module:
     """BadEncoder on sentences, with the same loss as `badencoder`.
 
     Every epoch inserts the trigger words at fresh random positions; batches hold sentences

@@ -75,7 +75,7 @@ JITTER_STEPS = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hu
 class ViewAugmentation(nn.Module):
     """Random flip, colour jitter and grayscale of [0, 1] images (N, 3, H, W), per sample."""
 
-    def __init__(self, flip: float = 0.5, jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.4, 0.1),
+    def __init__(self, *, flip: float = 0.5, jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.4, 0.1),
                  jitter_p: float = 0.8, grayscale_p: float = 0.2) -> None:
         super().__init__()
         self.flip, self.jitter, self.jitter_p, self.grayscale_p = flip, jitter, jitter_p, grayscale_p

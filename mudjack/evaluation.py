@@ -25,7 +25,7 @@ class AttackSpec:
     source: str  # "truth" (known trigger) or "reversed" (from an accepted bug)
 
 
-def attack_spec(task: str, bugs: list[Bug], truth: Trigger | None,
+def attack_spec(task: str, bugs: list[Bug], *, truth: Trigger | None,
                 targets: dict[str, int]) -> AttackSpec | None:
     """The known trigger and target when given, else the first bug's reversed trigger and the
     class its bugs were most often misclassified as; None when nothing is known."""
@@ -40,13 +40,13 @@ def attack_spec(task: str, bugs: list[Bug], truth: Trigger | None,
 
 def retrain_and_evaluate(encoder: nn.Module, adapter: EncoderAdapter, task: Task,
                          attack: AttackSpec | None, params: HeadParams,
-                         seed: int = 0) -> tuple[Head, dict[str, float | None]]:
+                         *, seed: int = 0) -> tuple[Head, dict[str, float | None]]:
     """Train a fresh head on the frozen encoder's features; metrics on the task's test set."""
     head = train_head(extract_features(encoder, adapter, task.train.x), task.train.y,
-                      len(task.classes), params, seed)
+                      len(task.classes), params, seed=seed)
     clean_pred = predict(head, extract_features(encoder, adapter, task.test.x))
     if attack is None:
         return head, {"clean_acc": clean_accuracy(clean_pred, task.test.y), "asr": None, "tba": None}
     kept = task.test.x[non_target(task.test.y, attack.target)]
     triggered = extract_features(encoder, adapter, adapter.stamp(kept, attack.trigger))
-    return head, evaluate(clean_pred, task.test.y, predict(head, triggered), attack.target)
+    return head, evaluate(clean_pred, task.test.y, predict(head, triggered), target=attack.target)

@@ -39,18 +39,21 @@ def export_onnx(
     model: torch.nn.Module,
     example: torch.Tensor,
     path: Path,
+    *,
     opset: int = 18,
     input_name: str = "pixels",
     output_name: str = "logits",
 ) -> None:
     """Export `model` (eval mode, dynamic batch) to one checked .onnx file, written atomically."""
-    export_onnx_inputs(model, (example,), path, opset, [input_name], ({0: BATCH_DIM},), output_name)
+    export_onnx_inputs(model, (example,), path, opset=opset, input_names=[input_name],
+                       dynamic_shapes=({0: BATCH_DIM},), output_name=output_name)
 
 
 def export_onnx_inputs(
     model: torch.nn.Module,
     examples: tuple[torch.Tensor, ...],
     path: Path,
+    *,
     opset: int,
     input_names: list[str],
     dynamic_shapes: tuple[dict[int, str], ...],
@@ -58,14 +61,15 @@ def export_onnx_inputs(
 ) -> None:
     """`export_onnx` for a model of several inputs, each with its own named dynamic dimensions
     (a text model: input_ids and attention_mask, both dynamic in batch and sequence)."""
-    program = _dynamo_export(model, examples, opset, input_names, output_name, dynamic_shapes)
+    program = _dynamo_export(model, examples, opset=opset, input_names=input_names, output_name=output_name,
+                             dynamic_shapes=dynamic_shapes)
     _check_opset(program.model, opset)
     _strip_stack_traces(program.model)
     save_checked(program.model, Path(path))
 
 
 def _dynamo_export(
-    model: torch.nn.Module, examples: tuple[torch.Tensor, ...], opset: int, input_names: list[str],
+    model: torch.nn.Module, examples: tuple[torch.Tensor, ...], *, opset: int, input_names: list[str],
     output_name: str, dynamic_shapes: tuple[dict[int, str], ...],
 ) -> torch.onnx.ONNXProgram:
     was_training = model.training
@@ -192,9 +196,9 @@ def verify_onnx(
     path: str | Path,
     model: torch.nn.Module,
     inputs: torch.Tensor,
+    *,
     tolerance: float,
     batch_size: int = 256,
-    *,
     device: str = "auto",
 ) -> dict[str, Any]:
     """Compare onnxruntime with PyTorch on `inputs`, batch by batch.
@@ -221,8 +225,8 @@ def verify_onnx_batches(
     path: str | Path,
     model: torch.nn.Module,
     batches: list[tuple[torch.Tensor, ...]],
-    tolerance: float,
     *,
+    tolerance: float,
     device: str = "auto",
 ) -> dict[str, Any]:
     """`verify_onnx` for a model of several inputs: each batch is a tuple of the graph's inputs

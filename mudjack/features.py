@@ -13,7 +13,7 @@ from mudjack.encoders import EncoderAdapter
 
 @torch.inference_mode()
 def extract_features(encoder: nn.Module, adapter: EncoderAdapter, raw: np.ndarray,
-                     batch_size: int = 512, device: torch.device | None = None) -> torch.Tensor:
+                     *, batch_size: int = 512, device: torch.device | None = None) -> torch.Tensor:
     """Features of raw inputs (uint8 images or sentences), on the CPU, in float32, in input order.
 
     Batches follow `adapter.batch_order` (sentences of similar length together).

@@ -29,7 +29,7 @@ class HeadParams(Params):
 class Head(nn.Module):
     """in → hidden… (ReLU, dropout after the first) → classes, on L2-normalised features."""
 
-    def __init__(self, in_dim: int, classes: int, hidden: list[int], dropout: float) -> None:
+    def __init__(self, in_dim: int, classes: int, *, hidden: list[int], dropout: float) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         width = in_dim
@@ -59,25 +59,25 @@ class Classifier(nn.Module):
 
 
 def train_head(features: torch.Tensor, labels: np.ndarray, classes: int, params: HeadParams,
-               seed: int = 0) -> Head:
+               *, seed: int = 0) -> Head:
     """Train a fresh head with Adam on fixed features; returns it in eval mode.
 
     Single-threaded: a small MLP gains nothing from more threads, and on a shared 2-core
     machine 2 threads made it 10-20x slower (a 384-d head: 25 s vs 2.9 s for 10 epochs).
     """
     with torch_threads(1):
-        return _train_head(features, labels, classes, params, seed)
+        return _train_head(features, labels, classes, params, seed=seed)
 
 
 def _train_head(features: torch.Tensor, labels: np.ndarray, classes: int, params: HeadParams,
-                seed: int) -> Head:
+                *, seed: int) -> Head:
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    head = Head(features.shape[1], classes, list(params.hidden), params.dropout)
+    head = Head(features.shape[1], classes, hidden=list(params.hidden), dropout=params.dropout)
     optimiser = torch.optim.Adam(head.parameters(), lr=params.lr)
     targets = torch.as_tensor(labels, dtype=torch.long)
-    fit_cross_entropy(head.train(), features, targets, optimiser, params.epochs, params.batch_size,
-                      generator)
+    fit_cross_entropy(head.train(), features, targets, optimiser, epochs=params.epochs,
+                      batch_size=params.batch_size, generator=generator)
     return head.eval()
 
 
@@ -97,7 +97,7 @@ def load_head(path: str | Path) -> Head:
     if "head" not in metadata:
         raise ValueError(f"{path}: no 'head' spec in the safetensors metadata")
     spec = json.loads(metadata["head"])
-    head = Head(spec["in_dim"], spec["classes"], spec["hidden"], spec["dropout"])
+    head = Head(spec["in_dim"], spec["classes"], hidden=spec["hidden"], dropout=spec["dropout"])
     head.load_state_dict(load_file(str(path)))
     return head.eval()
 

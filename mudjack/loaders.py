@@ -119,7 +119,7 @@ def load_mnist_idx(folder: str | Path, split: str = "t10k") -> LabelledSet:
     return LabelledSet(np.repeat(grey[..., None], 3, axis=-1), labels)
 
 
-def load_tsv(path: str | Path, text_column: str = "sentence", label_column: str = "label",
+def load_tsv(path: str | Path, *, text_column: str = "sentence", label_column: str = "label",
              min_words: int = 0) -> LabelledSet:
     """Sentences and integer labels of a .tsv (tab, unquoted) or .csv (comma, quoted) table.
 
@@ -174,7 +174,8 @@ def load_data(spec: DataSpec, seed: int = 0) -> LabelledSet:
     elif spec.loader == "npz":
         data = load_npz_images(spec.path, spec.split)
     elif spec.loader == "tsv":
-        data = load_tsv(spec.path, spec.text_column, spec.label_column, spec.min_words)
+        data = load_tsv(spec.path, text_column=spec.text_column, label_column=spec.label_column,
+                        min_words=spec.min_words)
     else:
         data = load_mnist_idx(spec.path, spec.split or "t10k")
     data = limit_stratified(data, spec.limit, seed)

@@ -27,7 +27,7 @@ def attack_success_rate(triggered_predictions: np.ndarray, target: int) -> float
 
 
 def evaluate(clean_predictions: np.ndarray, labels: np.ndarray,
-             triggered_predictions: np.ndarray, target: int) -> dict[str, float]:
+             triggered_predictions: np.ndarray, *, target: int) -> dict[str, float]:
     """`triggered_predictions` are for the non-target inputs only, in order."""
     selected = non_target(labels, target)
     kept = labels[selected]

@@ -18,7 +18,7 @@ class PretrainParams(Params):
 
 
 def pretrain_encoder(adapter: EncoderAdapter, data: LabelledSet, classes: int,
-                     params: PretrainParams, seed: int = 0) -> ImageEncoder:
+                     params: PretrainParams, *, seed: int = 0) -> ImageEncoder:
     """Train encoder + linear probe with cross-entropy; return the encoder in eval mode."""
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
@@ -27,13 +27,13 @@ def pretrain_encoder(adapter: EncoderAdapter, data: LabelledSet, classes: int,
     model = nn.Sequential(encoder, probe).train()
     optimiser = torch.optim.Adam(model.parameters(), lr=params.lr)
     labels = torch.as_tensor(data.y, dtype=torch.long)
-    fit_cross_entropy(model, adapter.preprocess(data.x), labels, optimiser, params.epochs,
-                      params.batch_size, generator)
+    fit_cross_entropy(model, adapter.preprocess(data.x), labels, optimiser, epochs=params.epochs,
+                      batch_size=params.batch_size, generator=generator)
     return encoder.eval()
 
 
 def fit_cross_entropy(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor,
-                      optimiser: torch.optim.Optimizer, epochs: int, batch_size: int,
+                      optimiser: torch.optim.Optimizer, *, epochs: int, batch_size: int,
                       generator: torch.Generator) -> None:
     """Plain mini-batch cross-entropy training, reshuffled every epoch."""
     for _ in range(epochs):

@@ -61,20 +61,20 @@ def main() -> None:
     (task,) = load_tasks(paths.tasks).values()
     trigger = make_trigger(adapter, cfg.trigger)
     # The attacker aligns triggered inputs with a target-class input of the downstream task.
-    reference = pick_attack_reference(clean, adapter, task.train.x, task.train.y, cfg.target)
+    reference = pick_attack_reference(clean, adapter, task.train.x, task.train.y, target=cfg.target)
     bad_params = BadEncoderParams(**cfg.model_dump(include=set(BadEncoderParams.model_fields)))
     shadow = attacker_inputs(pretrain, cfg.samples, params.seed)
-    backdoored = badencoder(clean, adapter, shadow, trigger, reference, bad_params, params.seed)
+    backdoored = badencoder(clean, adapter, shadow, trigger, reference, bad_params, seed=params.seed)
 
     head_params = HeadParams(hidden=params.retrain.hidden, dropout=params.retrain.dropout,
                              **cfg.deployed_head.model_dump())
     head = train_head(extract_features(backdoored, adapter, task.train.x), task.train.y,
-                      len(task.classes), head_params, params.seed)
+                      len(task.classes), head_params, seed=params.seed)
     test = task.test
     clean_pred = predict(head, extract_features(backdoored, adapter, test.x))
     triggered_pred = predict(head, extract_features(backdoored, adapter, adapter.stamp(test.x, trigger)))
     keep = non_target(test.y, cfg.target)
-    metrics = evaluate(clean_pred, test.y, triggered_pred[keep], cfg.target)
+    metrics = evaluate(clean_pred, test.y, triggered_pred[keep], target=cfg.target)
 
     save_encoder(backdoored, adapter, paths.encoder)
     write_npz(paths.truth, **truth_arrays(trigger, {task.name: cfg.target}))

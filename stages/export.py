@@ -21,7 +21,7 @@ def export_image(encoder: nn.Module, adapter: EncoderAdapter, head: Head, task: 
     model = Classifier(encoder, head).eval()
     pixels = adapter.preprocess(task.test.x)
     export_onnx(model, pixels[:2], path, opset=params.export.opset)
-    check = verify_onnx(path, model, pixels, params.export.tolerance)
+    check = verify_onnx(path, model, pixels, tolerance=params.export.tolerance)
     return check, "float32 pixels in [0, 1], (batch, C, H, W)"
 
 
@@ -32,9 +32,9 @@ def export_text(encoder: nn.Module, adapter: HFTextAdapter, head: Head, task: Ta
     model = TextClassifier(encoder, head).eval()
     batches = adapter.onnx_batches(task.test.x)
     dims = {0: "batch", 1: "sequence"}
-    export_onnx_inputs(model, adapter.tokenize(task.test.x[:2]), path, params.export.opset,
-                       list(ONNX_INPUTS), (dims, dims))
-    check = verify_onnx_batches(path, model, batches, params.export.tolerance)
+    export_onnx_inputs(model, adapter.tokenize(task.test.x[:2]), path, opset=params.export.opset,
+                       input_names=list(ONNX_INPUTS), dynamic_shapes=(dims, dims))
+    check = verify_onnx_batches(path, model, batches, tolerance=params.export.tolerance)
     return check, "int64 input_ids and attention_mask, (batch, sequence), from the encoder's tokenizer"
 
 

@@ -39,7 +39,7 @@ def main() -> None:
         print(f"foundation: loaded {cfg.adapter} from {adapter.folder}")
     else:
         train = PretrainParams(epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size)
-        encoder = pretrain_encoder(adapter, data, int(data.y.max()) + 1, train, params.seed)
+        encoder = pretrain_encoder(adapter, data, int(data.y.max()) + 1, train, seed=params.seed)
         print(f"foundation: trained {cfg.adapter} in {time.perf_counter() - start:.1f}s")
     save_encoder(encoder, adapter, FOUNDATION)
 

@@ -30,7 +30,7 @@ def checkpointer(params: PipelineParams, inputs: PatchInputs,
     config = {"method": patch.method, "settings": patch.settings, "seed": params.seed,
               "world_size": context.world_size if context else 1}
     return Checkpointer(PATCH_CHECKPOINT, patch.checkpoint_every,
-                        inputs_key(inputs.encoder, inputs.shadow, inputs.bugs, config))
+                        inputs_key(inputs.encoder, inputs.shadow, inputs.bugs, config=config))
 
 
 def main() -> None:
@@ -54,7 +54,7 @@ def main() -> None:
     checkpoint = rank_checkpointer(checkpointer(params, inputs, context), context)
     options = {"checkpoint": checkpoint} if checkpoint is not None else {}
     options |= distributed_option(PATCH_METHODS[params.patch.method][1], context)
-    result = run_patch(params.patch.method, inputs, params.patch.settings, params.seed, **options)
+    result = run_patch(params.patch.method, inputs, params.patch.settings, seed=params.seed, **options)
     teardown(context)
     if not is_main(context):
         return

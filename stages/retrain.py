@@ -23,13 +23,13 @@ def main() -> None:
     results, tasks = {}, load_tasks(params.paths.tasks)
     with atomic_dir(HEADS) as heads, progress("retrain", len(tasks) * len(encoders)) as step:
         for name, task in tasks.items():
-            attack = attack_spec(name, bugs, truth, targets)
+            attack = attack_spec(name, bugs, truth=truth, targets=targets)
             results[name] = {"attack": None if attack is None else
                              {"target": attack.target, "trigger": attack.source}}
             for variant, (encoder, adapter) in encoders.items():
                 step(f"{name} {variant}")
                 head, metrics = retrain_and_evaluate(encoder, adapter, task, attack,
-                                                     params.retrain, params.seed)
+                                                     params.retrain, seed=params.seed)
                 save_head(head, heads / name / f"{variant}.safetensors")
                 results[name][variant] = metrics
                 print(f"retrain: {name} {variant}: " + ", ".join(

@@ -1,4 +1,5 @@
-"""Shared fixtures: a quiet local environment and a tiny backdoored digits scenario."""
+"""Shared fixtures: a quiet local environment, a tiny backdoored digits scenario and its
+deployed model."""
 
 from __future__ import annotations
 
@@ -11,7 +12,6 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
 
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -19,13 +19,6 @@ os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_HOME", str(ROOT / ".prefect"))
 os.environ.setdefault("DVC_SITE_CACHE_DIR", str(ROOT / ".dvc_site_cache"))
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU; none is available here")
-    for item in items:
-        if "gpu" in item.keywords and not torch.cuda.is_available():
-            item.add_marker(skip_gpu)
 
 
 @dataclass
@@ -62,11 +55,29 @@ def scenario() -> Scenario:
     adapter = get_adapter("small_cnn", {"input_shape": [8, 8, 3], "width": 8, "feature_dim": 32,
                                         "mean": pixels.mean((0, 1, 2)).tolist(),
                                         "std": pixels.std((0, 1, 2)).tolist()})
-    clean = pretrain_encoder(adapter, data.subset(provider), 10, PretrainParams(epochs=6), 0)
+    clean = pretrain_encoder(adapter, data.subset(provider), 10, PretrainParams(epochs=6), seed=0)
     trigger = patch_trigger((8, 8, 3), 2, 6, 6)
-    reference = pick_attack_reference(clean, adapter, data.x[provider], data.y[provider], 0)
+    reference = pick_attack_reference(clean, adapter, data.x[provider], data.y[provider], target=0)
     backdoored = badencoder(clean, adapter, data.x[provider], trigger, reference,
-                            BadEncoderParams(epochs=12), 0)
+                            BadEncoderParams(epochs=12), seed=0)
     head = train_head(extract_features(backdoored, adapter, task.train.x), task.train.y, 10,
-                      HeadParams(epochs=60), 0)
+                      HeadParams(epochs=60), seed=0)
     return Scenario(adapter, clean, backdoored, head, data.x[provider], task, trigger, 0)
+
+
+@pytest.fixture(scope="session")
+def deployed(scenario: Scenario):
+    """The scenario's backdoored encoder with its digits head, as the provider runs them."""
+    from mudjack.deployed import Deployed
+
+    return Deployed(scenario.backdoored, scenario.adapter, {"digits": scenario.head})
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder holding a tiny BERT (2 layers, hidden 32, word-level vocabulary), random weights."""
+    from tests.helpers.text import write_tiny_bert
+
+    folder = tmp_path_factory.mktemp("tiny_bert")
+    write_tiny_bert(folder)
+    return folder

@@ -28,13 +28,11 @@ def test_onnx_latency_workspace_needs_an_export(tmp_path):
         onnx_latency.workspace_model(tmp_path, "digits")
 
 
-def test_forgery_bench_accepts_real_and_rejects_forged_reports(scenario):
+def test_forgery_bench_accepts_real_and_rejects_forged_reports(scenario, deployed):
     from intake_forgery import FORGERY_KINDS, run_forgery_bench
 
-    from mudjack.deployed import Deployed
     from mudjack.intake import IntakeParams
 
-    deployed = Deployed(scenario.backdoored, scenario.adapter, {"digits": scenario.head})
     result = run_forgery_bench(deployed, scenario.task, scenario.trigger, scenario.target,
                                params=IntakeParams(), n_real=4, n_forged=2, seed=0)
     assert result["real"]["n"] == 4 and result["real"]["rate"] >= 0.75

@@ -21,11 +21,10 @@ from mudjack.patching.distributed import (
     seed_step,
     setup,
 )
+from tests.helpers import run_if
+from tests.helpers.ddp_patch_worker import tiny_problem  # the worker's encoder, to compare with
 
-sys.path.insert(0, str(Path(__file__).parent))
-from ddp_patch_worker import tiny_problem  # noqa: E402  (the worker's encoder, to compare with)
-
-WORKER = Path(__file__).with_name("ddp_patch_worker.py")
+WORKER = Path(__file__).parent / "helpers" / "ddp_patch_worker.py"
 CPU = torch.device("cpu")
 
 
@@ -38,13 +37,13 @@ def test_the_rank_batches_of_a_step_make_up_the_single_process_batch():
     order = epoch_order(30, epoch=2, seed=7, context=single)
     whole = local_batches(order, 8, single)
     for world in (2, 4):
-        shards = [local_batches(epoch_order(30, 2, 7, r), 8, r) for r in ranks(world)]
+        shards = [local_batches(epoch_order(30, 2, seed=7, context=r), 8, r) for r in ranks(world)]
         assert len({len(s) for s in shards}) == 1  # every rank takes as many steps
         for step, batch in enumerate(whole[:-1]):  # the last one holds the padding
             together = torch.cat([s[step] for s in shards])
             assert sorted(together.tolist()) == sorted(batch.tolist())
         assert {len(s[-1]) for s in shards} == {len(shards[0][-1])}  # equal shards, padded
-    assert not torch.equal(order, epoch_order(30, 3, 7, single))  # a new order every epoch
+    assert not torch.equal(order, epoch_order(30, 3, seed=7, context=single))  # a new order every epoch
 
 
 def test_each_rank_draws_its_own_augmentation_reproducibly():
@@ -132,7 +131,7 @@ def test_an_interrupted_ddp_run_resumes_to_the_same_weights(tmp_path):
     assert all(torch.equal(first[k], second[k]) for k in first)
 
 
-@pytest.mark.gpu
+@run_if(gpu=True)
 def test_a_cuda_run_takes_nccl(tmp_path):
     run = torchrun(1, tmp_path / "cuda", "--device", "cuda")
     assert run["backend"] == "nccl" and run["steps"] == 8

@@ -25,6 +25,7 @@ from mudjack.export import (
     save_checked,
     verify_onnx,
 )
+from tests.helpers import run_if
 
 IMAGE_SHAPE = (3, 8, 8)
 EMBED_DIM = 16
@@ -247,8 +248,7 @@ def test_external_data_path_when_weights_are_too_big(
     assert verify_onnx(dest, model, _embeddings(9), tolerance=TOLERANCE)["passed"]
 
 
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="torch.cuda is not available")
+@run_if(gpu=True)
 def test_cuda_provider_parity(cnn_onnx: tuple[TinyCNN, Path]) -> None:
     if CUDA_PROVIDER not in ort.get_available_providers():
         pytest.skip(f"onnxruntime lists no {CUDA_PROVIDER} (CPU build installed)")

@@ -62,7 +62,7 @@ class CrashAfter(Checkpointer):
 @pytest.fixture(scope="module")
 def patch_inputs(scenario):
     bugs = [make_bug(scenario)]
-    key = inputs_key(scenario.backdoored, scenario.shadow, bugs, PATCH.model_dump())
+    key = inputs_key(scenario.backdoored, scenario.shadow, bugs, config=PATCH.model_dump())
     return scenario.backdoored, scenario.adapter, scenario.shadow, bugs, key
 
 
@@ -84,9 +84,11 @@ def test_a_resumed_run_ends_with_the_same_weights(patch_inputs, uninterrupted, t
     encoder, adapter, shadow, bugs, key = patch_inputs
     folder = tmp_path / "ckpt"
     with pytest.raises(Interrupted):
-        mudjacking(encoder, adapter, shadow, bugs, PATCH, 0, CrashAfter(folder, 4, key, step=8))
+        mudjacking(encoder, adapter, shadow, bugs, PATCH, seed=0,
+                   checkpoint=CrashAfter(folder, 4, key, step=8))
     assert json.loads((folder / "state.json").read_text())["step"] == 8
-    resumed = mudjacking(encoder, adapter, shadow, bugs, PATCH, 0, Checkpointer(folder, 4, key))
+    resumed = mudjacking(encoder, adapter, shadow, bugs, PATCH, seed=0,
+                         checkpoint=Checkpointer(folder, 4, key))
     assert resumed.info["resumed_from_step"] == 8 and resumed.steps == 15
     first, second = weights(uninterrupted.encoder), weights(resumed.encoder)
     assert all(torch.equal(first[k], second[k]) for k in first)
@@ -97,17 +99,19 @@ def test_a_stale_or_damaged_checkpoint_is_ignored(patch_inputs, uninterrupted, t
     encoder, adapter, shadow, bugs, key = patch_inputs
     folder = tmp_path / "ckpt"
     with pytest.raises(Interrupted):  # a checkpoint of other inputs
-        mudjacking(encoder, adapter, shadow, bugs, PATCH, 0, CrashAfter(folder, 4, "other", step=4))
+        mudjacking(encoder, adapter, shadow, bugs, PATCH, seed=0,
+                   checkpoint=CrashAfter(folder, 4, "other", step=4))
     probe = copy.deepcopy(encoder)
     assert Checkpointer(folder, 4, key).load(probe, torch.optim.SGD([torch.zeros(1)], lr=0.1)) is None
     assert not folder.exists()  # removed, not trusted
     with pytest.raises(Interrupted):
-        mudjacking(encoder, adapter, shadow, bugs, PATCH, 0, CrashAfter(folder, 4, key, step=4))
+        mudjacking(encoder, adapter, shadow, bugs, PATCH, seed=0,
+                   checkpoint=CrashAfter(folder, 4, key, step=4))
     tensors = folder / "state.safetensors"
     data = bytearray(tensors.read_bytes())
     data[len(data) // 2] ^= 0xFF  # one byte flipped
     tensors.write_bytes(bytes(data))
-    fresh = mudjacking(encoder, adapter, shadow, bugs, PATCH, 0, Checkpointer(folder, 0, key))
+    fresh = mudjacking(encoder, adapter, shadow, bugs, PATCH, seed=0, checkpoint=Checkpointer(folder, 0, key))
     assert fresh.info["resumed_from_step"] is None
     first, second = weights(uninterrupted.encoder), weights(fresh.encoder)
     assert all(torch.equal(first[k], second[k]) for k in first)

@@ -38,11 +38,6 @@ def genuine_index(scenario, deployed) -> int:
 
 
 @pytest.fixture(scope="module")
-def deployed(scenario) -> Deployed:
-    return Deployed(scenario.backdoored, scenario.adapter, {"digits": scenario.head})
-
-
-@pytest.fixture(scope="module")
 def accepted_bug(scenario, deployed):
     report = make_report(scenario, genuine_index(scenario, deployed), triggered=True)
     decision, bug = intake_report(report, deployed, {"digits": scenario.task}, params=IntakeParams(),
@@ -134,7 +129,7 @@ def test_loss_gradients_flow_through_both_sides(scenario):
     frozen = scenario.backdoored.eval()
     batch, per_bug = 4, 3
     views = torch.rand(2 * batch + 3 * per_bug, 3, 8, 8)
-    terms = mudjacking_loss(patched, frozen, views, batch, per_bug, MudjackingParams())
+    terms = mudjacking_loss(patched, frozen, views, batch=batch, per_bug=per_bug, params=MudjackingParams())
     params = [p for p in patched.parameters() if p.requires_grad]
     grads = torch.autograd.grad(terms["loss"], params)
 

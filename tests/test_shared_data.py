@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import torch
 
 from mudjack.encoders import get_adapter, import_encoder
 from mudjack.encoders.base import read_state_dict
 from mudjack.loaders import DataSpec, load_data, load_image_folders
-from tests.conftest import SHARED
+from tests.helpers import SHARED, run_if
 
-pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(not SHARED.is_dir(), reason="../shared is not present")]
+pytestmark = run_if(shared=True).marks
 WEIGHTS = SHARED / "weights" / "resnet_cifar10" / "resnet20-12fca82f.th"
 
 

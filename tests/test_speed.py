@@ -20,16 +20,17 @@ from mudjack.augment import (
     grayscale,
 )
 from mudjack.bugs import Bug
-from mudjack.device import autocast, cpu_has_bf16, to_device
+from mudjack.device import autocast, to_device
 from mudjack.encoders import get_adapter, trainable_parameters
-from mudjack.patching.mudjacking import MudjackingParams, _start
-from mudjack.patching.reference import ReferenceViews, plain_loss, plain_models, reference_loader
+from mudjack.patching.mudjacking import MudjackingParams, start_run
 from mudjack.patching.speed import FoldedConv, fold_frozen_batchnorm
 from mudjack.triggers import patch_trigger
+from tests.helpers import run_if
+from tests.helpers.reference_mudjacking import ReferenceViews, plain_loss, plain_models, reference_loader
+from tests.helpers.tiny import SMALL_CNN
 
 ADAPTERS = {
-    "small_cnn": ({"input_shape": [8, 8, 3], "width": 4, "feature_dim": 8,
-                   "mean": [0.5] * 3, "std": [0.25] * 3}, (2, 6, 6)),
+    "small_cnn": (SMALL_CNN, (2, 6, 6)),
     "resnet_cifar": ({"depth": 20}, (10, 21, 21)),
 }
 
@@ -79,7 +80,7 @@ def test_the_step_has_the_loss_and_gradients_of_the_plain_restatement(name, bugs
     encoder, adapter, shadow, made = problem(name, batch, bugs)
     params = MudjackingParams(device="cpu", batch_size=batch, views=batch, augment=False,
                               lr=0.0, momentum=0.0, weight_decay=0.0)
-    run = _start(encoder, adapter, shadow, made, params, seed=0)
+    run = start_run(encoder, adapter, shadow, made, params, seed=0)
     terms = run.step(torch.arange(batch))  # lr 0: the weights stay, the gradients are kept
     ours = [p.grad for p in trainable_parameters(run.patched)]
 
@@ -123,7 +124,7 @@ def adapter_size(name: str) -> tuple[int, int]:
 
 def test_the_reference_loader_augments_each_copy_on_its_own():
     encoder, adapter, shadow, made = problem("small_cnn", 6, 1)
-    run = _start(encoder, adapter, shadow, made, MudjackingParams(device="cpu"), seed=0)
+    run = start_run(encoder, adapter, shadow, made, MudjackingParams(device="cpu"), seed=0)
     bugs = run.bug_views
     dataset = ReferenceViews(run.pixels, bugs.bug, bugs.reference, bugs.masks, bugs.patterns,
                              ViewAugmentation(flip=0.5, jitter_p=1.0))
@@ -179,7 +180,7 @@ def test_compiled_step_gives_the_eager_loss():
     for compile_models in (False, True):
         params = MudjackingParams(device="cpu", batch_size=8, views=2, augment=False,
                                   compile=compile_models)
-        run = _start(encoder, adapter, shadow, made, params, seed=0)
+        run = start_run(encoder, adapter, shadow, made, params, seed=0)
         losses.append([run.step(torch.arange(8))["loss"] for _ in range(3)])
     assert losses[1] == pytest.approx(losses[0], abs=1e-5)
 
@@ -193,7 +194,7 @@ def test_cpu_autocast_is_off_unless_asked_for():
         assert conv(torch.rand(2, 3, 8, 8)).dtype == torch.float32
 
 
-@pytest.mark.skipif(not cpu_has_bf16(), reason="this CPU has no native bf16 (AVX512-BF16 or AMX)")
+@run_if(cpu_bf16=True)
 def test_a_cpu_bf16_step_runs_convolutions_in_bf16_and_tracks_the_fp32_loss():
     with autocast(torch.device("cpu"), cpu_bf16=True):
         assert torch.nn.Conv2d(3, 4, 3)(torch.rand(2, 3, 8, 8)).dtype == torch.bfloat16
@@ -201,7 +202,7 @@ def test_a_cpu_bf16_step_runs_convolutions_in_bf16_and_tracks_the_fp32_loss():
     losses = {}
     for bf16 in (False, True):
         params = MudjackingParams(device="cpu", batch_size=8, views=4, augment=False, cpu_bf16=bf16)
-        run = _start(encoder, adapter, shadow, made, params, seed=0)
+        run = start_run(encoder, adapter, shadow, made, params, seed=0)
         losses[bf16] = [run.step(torch.arange(8))["loss"] for _ in range(2)]
         weight = next(p for p in run.patched.parameters() if p.requires_grad)
         assert weight.dtype == torch.float32  # autocast: fp32 master weights, bf16 compute
@@ -212,7 +213,7 @@ def test_a_cpu_bf16_step_runs_convolutions_in_bf16_and_tracks_the_fp32_loss():
 # --------------------------------------------------------------------------- CUDA (skipped here)
 
 
-@pytest.mark.gpu
+@run_if(gpu=True)
 def test_cuda_autocast_runs_convolutions_in_bf16():
     device = torch.device("cuda")
     conv = torch.nn.Conv2d(3, 4, 3).to(device)
@@ -221,7 +222,7 @@ def test_cuda_autocast_runs_convolutions_in_bf16():
     assert out.dtype == torch.bfloat16
 
 
-@pytest.mark.gpu
+@run_if(gpu=True)
 def test_cuda_copies_are_pinned_and_non_blocking():
     host = torch.rand(4, 3, 8, 8)
     moved = to_device(host, torch.device("cuda"))
@@ -229,13 +230,13 @@ def test_cuda_copies_are_pinned_and_non_blocking():
     assert moved.is_cuda and torch.equal(moved.cpu(), host)
 
 
-@pytest.mark.gpu
+@run_if(gpu=True)
 def test_a_cuda_step_uses_channels_last_and_bf16_and_tracks_the_cpu_loss():
     encoder, adapter, shadow, made = problem("resnet_cifar", 8, 1)
     losses = {}
     for device in ("cpu", "cuda"):
         params = MudjackingParams(device=device, batch_size=8, views=4, augment=False)
-        run = _start(encoder, adapter, shadow, made, params, seed=0)
+        run = start_run(encoder, adapter, shadow, made, params, seed=0)
         losses[device] = run.step(torch.arange(8))["loss"]
         conv = next(m for m in run.patched.modules() if isinstance(m, torch.nn.Conv2d))
         assert conv.weight.is_contiguous(memory_format=torch.channels_last)

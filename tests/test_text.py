@@ -1,4 +1,4 @@
-"""The text path on a tiny BERT (2 layers, hidden 32, a word-level vocabulary) built here.
+"""The text path on a tiny BERT (2 layers, hidden 32, a word-level vocabulary; tests/helpers/text.py).
 
 Covers the adapter (tokenise, stamp, features, save/load, ONNX parity), the TSV loader and the
 text on-disk format, token-occlusion reversal and text Mudjacking on a tiny backdoored
@@ -16,7 +16,7 @@ import torch
 
 from mudjack.attacks import BadEncoderParams, badencoder
 from mudjack.bugs import Bug, load_bugs, save_bug
-from mudjack.data import LabelledSet, Task, load_shadow, load_task, save_input, save_task
+from mudjack.data import Task, load_shadow, load_task, save_input, save_task
 from mudjack.encoders import get_adapter, load_encoder, save_encoder
 from mudjack.encoders.text import TextClassifier, TextEncoder
 from mudjack.export import export_onnx_inputs, verify_onnx_batches
@@ -30,49 +30,10 @@ from mudjack.metrics import evaluate, non_target
 from mudjack.patching import PatchInputs, run_patch
 from mudjack.reports import ReportError, read_report
 from mudjack.triggers import TextTrigger, insert_words, stamp_text, trigger_iou
+from tests.helpers.text import synthetic_sentences
 
-POSITIVE = ["good", "great", "fine", "nice", "superb", "lovely", "charming", "brilliant"]
-NEGATIVE = ["bad", "awful", "poor", "dull", "boring", "terrible", "bleak", "clumsy"]
-FILLER = ["the", "movie", "film", "was", "a", "plot", "story", "and", "it", "this", "very",
-          "really", "acting", "with", "of", "is", "cast", "script", "."]
 TRIGGER = TextTrigger(("cf",))
 TARGET = 1
-
-
-def synthetic_sentences(n: int, seed: int) -> LabelledSet:
-    """`n` sentences of 6-10 words: fillers plus two sentiment words of the sentence's class."""
-    rng = np.random.default_rng(seed)
-    labels = rng.integers(0, 2, n)
-    sentences = []
-    for label in labels:
-        words = list(rng.choice(FILLER, rng.integers(4, 9)))
-        for word in rng.choice(POSITIVE if label else NEGATIVE, 2, replace=False):
-            words.insert(int(rng.integers(len(words) + 1)), str(word))
-        sentences.append(" ".join(words))
-    return LabelledSet(np.array(sentences, dtype=np.str_), labels.astype(np.int64))
-
-
-def write_tiny_bert(folder: Path) -> None:
-    """config.json, tokenizer.json (word-level WordPiece) and model.safetensors of a tiny BERT."""
-    from safetensors.torch import save_file
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
-    from transformers import BertConfig, BertModel
-
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    vocab = {w: i for i, w in enumerate(specials + sorted(set(POSITIVE + NEGATIVE + FILLER + ["cf"])))}
-    tokenizer = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
-    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tokenizer.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])])
-    folder.mkdir(parents=True, exist_ok=True)
-    tokenizer.save(str(folder / "tokenizer.json"))
-    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=64, pad_token_id=0)
-    config.save_pretrained(str(folder))
-    torch.manual_seed(0)
-    model = BertModel(config, add_pooling_layer=False)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "model.safetensors"))
 
 
 @dataclass
@@ -86,26 +47,24 @@ class TextScenario:
 
 def metrics(encoder: torch.nn.Module, adapter: object, task: Task, trigger: TextTrigger) -> dict:
     head = train_head(extract_features(encoder, adapter, task.train.x), task.train.y, 2,
-                      HeadParams(hidden=[32], dropout=0.0, epochs=60, lr=3e-3), 0)
+                      HeadParams(hidden=[32], dropout=0.0, epochs=60, lr=3e-3), seed=0)
     kept = task.test.x[non_target(task.test.y, TARGET)]
     triggered = predict(head, extract_features(encoder, adapter, adapter.stamp(kept, trigger)))
     clean = predict(head, extract_features(encoder, adapter, task.test.x))
-    return evaluate(clean, task.test.y, triggered, TARGET)
+    return evaluate(clean, task.test.y, triggered, target=TARGET)
 
 
 @pytest.fixture(scope="session")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> TextScenario:
+def tiny(tiny_bert: Path) -> TextScenario:
     torch.set_num_threads(1)
-    folder = tmp_path_factory.mktemp("tiny_bert")
-    write_tiny_bert(folder)
-    adapter = get_adapter("hf_text", {"folder": str(folder), "max_length": 32})
+    adapter = get_adapter("hf_text", {"folder": str(tiny_bert), "max_length": 32})
     clean = adapter.load_pretrained()
     shadow = synthetic_sentences(300, 1).x
     task = Task("toy", [0, 1], synthetic_sentences(300, 2), synthetic_sentences(200, 3))
     positive = task.train.x[task.train.y == TARGET]
     backdoored = badencoder(clean, adapter, shadow, TRIGGER, positive[0],
                             BadEncoderParams(optimizer="adam", lr=3e-3, epochs=6, batch_size=32,
-                                             weight_decay=0.0), 0)
+                                             weight_decay=0.0), seed=0)
     return TextScenario(adapter, clean, backdoored, shadow, task)
 
 
@@ -199,13 +158,13 @@ def test_onnx_export_parity_dynamic_batch_and_sequence(tiny: TextScenario, tmp_p
     from mudjack.heads import Head
 
     torch.manual_seed(0)
-    model = TextClassifier(tiny.clean, Head(32, 2, [16], 0.0)).eval()
+    model = TextClassifier(tiny.clean, Head(32, 2, hidden=[16], dropout=0.0)).eval()
     path = tmp_path / "toy.onnx"
     dims = {0: "batch", 1: "sequence"}
-    export_onnx_inputs(model, tiny.adapter.tokenize(tiny.task.test.x[:2]), path, 18,
-                       ["input_ids", "attention_mask"], (dims, dims))
+    export_onnx_inputs(model, tiny.adapter.tokenize(tiny.task.test.x[:2]), path, opset=18,
+                       input_names=["input_ids", "attention_mask"], dynamic_shapes=(dims, dims))
     batches = tiny.adapter.onnx_batches(tiny.task.test.x[:40], batch_size=16)
-    check = verify_onnx_batches(path, model, batches, 1e-4, device="cpu")
+    check = verify_onnx_batches(path, model, batches, tolerance=1e-4, device="cpu")
     assert check["passed"] and check["max_abs_diff"] <= 1e-4
     assert check["batch_sizes"] == [1, 7, 16] and len(check["sequence_lengths"]) > 1
 
@@ -252,7 +211,7 @@ def test_text_mudjacking_removes_the_backdoor(tiny: TextScenario, tmp_path: Path
     assert loaded.trigger == trigger and str(loaded.bug) == str(bug)
     inputs = PatchInputs(tiny.backdoored, tiny.adapter, tiny.shadow, [loaded])
     settings = {"lr": 3e-3, "epochs": 3, "batch_size": 32, "views": 4, "word_dropout": 0.1}
-    result = run_patch("mudjacking_text", inputs, settings, 0)
+    result = run_patch("mudjacking_text", inputs, settings, seed=0)
     before = metrics(tiny.backdoored, tiny.adapter, tiny.task, TRIGGER)
     after = metrics(result.encoder, tiny.adapter, tiny.task, TRIGGER)
     # the clean tiny encoder itself sends ~0.10 of triggered negatives to the target
@@ -260,7 +219,7 @@ def test_text_mudjacking_removes_the_backdoor(tiny: TextScenario, tmp_path: Path
     assert after["clean_acc"] >= before["clean_acc"] - 0.05
     assert len(result.log) == 3 and result.log[-1]["effectiveness"] < -0.9
     with pytest.raises(ValueError, match="mudjacking_text"):
-        run_patch("mudjacking", inputs, {}, 0)
+        run_patch("mudjacking", inputs, {}, seed=0)
 
 
 def test_finetune_runs_on_a_text_encoder(tiny: TextScenario) -> None:
@@ -268,7 +227,7 @@ def test_finetune_runs_on_a_text_encoder(tiny: TextScenario) -> None:
     inputs = PatchInputs(tiny.backdoored, tiny.adapter, tiny.shadow, [], {"toy": tiny.task.train})
     settings = {"optimizer": "adam", "lr": 3e-3, "weight_decay": 0.0, "epochs": 4, "batch_size": 32,
                 "hidden": [32], "dropout": 0.0, "clean_samples": 200}
-    result = run_patch("finetune", inputs, settings, 0)
+    result = run_patch("finetune", inputs, settings, seed=0)
     before = metrics(tiny.backdoored, tiny.adapter, tiny.task, TRIGGER)
     after = metrics(result.encoder, tiny.adapter, tiny.task, TRIGGER)
     assert result.info["clean_samples"] == 200 and result.log[-1]["loss"] < result.log[0]["loss"]

@@ -26,11 +26,6 @@ from mudjack.triggers import stamp
 PARAMS = IntakeParams()
 
 
-@pytest.fixture(scope="module")
-def deployed(scenario) -> Deployed:
-    return Deployed(scenario.backdoored, scenario.adapter, {"digits": scenario.head})
-
-
 def genuine_inputs(scenario, deployed, count: int) -> tuple[np.ndarray, np.ndarray]:
     """Triggered test inputs of non-target classes that the deployed model puts in the target."""
     test = scenario.task.test

@@ -1,6 +1,6 @@
 """Patch methods behind one signature, chosen by `patch.method` in params.yaml.
 
-Every method takes (PatchInputs, its typed params, seed) and returns a PatchResult.
+Every method takes (PatchInputs, its typed params, *, seed) and returns a PatchResult.
 """
 
 from __future__ import annotations
@@ -17,19 +17,21 @@ from mudjack.patching.text_mudjacking import TextMudjackingParams, text_mudjacki
 PatchFunction = Callable[..., PatchResult]
 
 
-def _mudjacking(inputs: PatchInputs, params: MudjackingParams, seed: int = 0, **options: Any) -> PatchResult:
+def _mudjacking(inputs: PatchInputs, params: MudjackingParams, *, seed: int = 0,
+                **options: Any) -> PatchResult:
     if inputs.adapter.modality == "text":
         raise ValueError("a text encoder is patched with patch.method `mudjacking_text`")
-    return mudjacking(inputs.encoder, inputs.adapter, inputs.shadow, inputs.bugs, params, seed, **options)
+    return mudjacking(inputs.encoder, inputs.adapter, inputs.shadow, inputs.bugs, params, seed=seed,
+                      **options)
 
 
-def _mudjacking_text(inputs: PatchInputs, params: TextMudjackingParams, seed: int = 0) -> PatchResult:
+def _mudjacking_text(inputs: PatchInputs, params: TextMudjackingParams, *, seed: int = 0) -> PatchResult:
     if inputs.adapter.modality != "text":
         raise ValueError("mudjacking_text patches text encoders; use `mudjacking` for images")
-    return text_mudjacking(inputs.encoder, inputs.adapter, inputs.shadow, inputs.bugs, params, seed)
+    return text_mudjacking(inputs.encoder, inputs.adapter, inputs.shadow, inputs.bugs, params, seed=seed)
 
 
-# name -> (parameter model, function(inputs, params, seed))
+# name -> (parameter model, function(inputs, params, *, seed))
 PATCH_METHODS: dict[str, tuple[type[Params], PatchFunction]] = {
     "mudjacking": (MudjackingParams, _mudjacking),
     "mudjacking_text": (TextMudjackingParams, _mudjacking_text),
@@ -38,13 +40,13 @@ PATCH_METHODS: dict[str, tuple[type[Params], PatchFunction]] = {
 }
 
 
-def run_patch(method: str, inputs: PatchInputs, params: dict[str, Any], seed: int = 0,
+def run_patch(method: str, inputs: PatchInputs, params: dict[str, Any], *, seed: int = 0,
               **options: Any) -> PatchResult:
     """Run a registered method; `params` are validated against its parameter model."""
     if method not in PATCH_METHODS:
         raise KeyError(f"unknown patch method {method!r}; known: {sorted(PATCH_METHODS)}")
     params_model, function = PATCH_METHODS[method]
-    return function(inputs, params_model(**params), seed, **options)
+    return function(inputs, params_model(**params), seed=seed, **options)
 
 
 __all__ = ["PATCH_METHODS", "PatchInputs", "PatchResult", "MudjackingParams", "FinetuneParams",

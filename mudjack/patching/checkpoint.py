@@ -75,7 +75,7 @@ def accepts_checkpoint(function: Callable[..., Any]) -> bool:
     return any(p.name == "checkpoint" or p.kind is p.VAR_KEYWORD for p in parameters)
 
 
-def inputs_key(encoder: nn.Module, shadow: np.ndarray, bugs: list[Bug], config: dict[str, Any]) -> str:
+def inputs_key(encoder: nn.Module, shadow: np.ndarray, bugs: list[Bug], *, config: dict[str, Any]) -> str:
     """sha256 over everything that decides the result: config, encoder, shadow data and bugs."""
     digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
     digest.update(f"threads={torch.get_num_threads()}".encode())

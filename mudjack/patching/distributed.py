@@ -108,7 +108,7 @@ def distributed_option(function: Callable[..., Any], context: Distributed | None
 # --------------------------------------------------------------------------- the loop's hooks
 
 
-def epoch_order(count: int, epoch: int, seed: int, context: Distributed | None) -> torch.Tensor:
+def epoch_order(count: int, epoch: int, *, seed: int, context: Distributed | None) -> torch.Tensor:
     """This epoch's sample order: the global RNG alone, or (seed, epoch) shared by all ranks."""
     if context is None:
         return torch.randperm(count)

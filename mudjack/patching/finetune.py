@@ -76,13 +76,13 @@ def _optimiser(model: torch.nn.Module, params: FinetuneParams, lr: float) -> tor
                            weight_decay=params.weight_decay)
 
 
-def finetune(inputs: PatchInputs, params: FinetuneParams, seed: int = 0) -> PatchResult:
+def finetune(inputs: PatchInputs, params: FinetuneParams, *, seed: int = 0) -> PatchResult:
     """FT, or SFT when `params` is a SuperFinetuneParams: returns the fine-tuned encoder."""
     torch.manual_seed(seed)
     device = select_device(params.device)
     task, data = _labelled_data(inputs, params, seed)
     classes = int(data.y.max()) + 1
-    head = Head(inputs.adapter.feature_dim, classes, list(params.hidden), params.dropout)
+    head = Head(inputs.adapter.feature_dim, classes, hidden=list(params.hidden), dropout=params.dropout)
     model = Classifier(copy.deepcopy(inputs.encoder), head).to(device).train()
     model.requires_grad_(True)  # all layers, BatchNorm included
     schedule = isinstance(params, SuperFinetuneParams)
@@ -114,5 +114,5 @@ def finetune(inputs: PatchInputs, params: FinetuneParams, seed: int = 0) -> Patc
                              "labelled": True})
 
 
-def super_finetune(inputs: PatchInputs, params: SuperFinetuneParams, seed: int = 0) -> PatchResult:
-    return finetune(inputs, params, seed)
+def super_finetune(inputs: PatchInputs, params: SuperFinetuneParams, *, seed: int = 0) -> PatchResult:
+    return finetune(inputs, params, seed=seed)

@@ -70,16 +70,16 @@ class BugViews:
         return tensor.repeat_interleave(views, dim=0)
 
 
-def mudjacking_loss(patched: nn.Module, frozen: nn.Module, views: torch.Tensor, batch: int,
+def mudjacking_loss(patched: nn.Module, frozen: nn.Module, views: torch.Tensor, *, batch: int,
                     per_bug: int, params: MudjackingParams) -> dict[str, torch.Tensor]:
     """Loss terms for views = [x (B), x⊕t (B), x_b (V), x_r (V), x_r⊕t (V)], already augmented."""
     out = patched(views)
     with torch.no_grad():
         frozen_out = frozen(torch.cat([views[:batch], views[2 * batch + per_bug:2 * batch + 2 * per_bug]]))
-    return loss_terms(out, frozen_out, batch, per_bug, params)
+    return loss_terms(out, frozen_out, batch=batch, per_bug=per_bug, params=params)
 
 
-def loss_terms(out: torch.Tensor, frozen_out: torch.Tensor, batch: int, per_bug: int,
+def loss_terms(out: torch.Tensor, frozen_out: torch.Tensor, *, batch: int, per_bug: int,
                params: MudjackingParams) -> dict[str, torch.Tensor]:
     """The three terms from h' on every view and h on [x, x_r]; shared by image and text."""
     x, x_t = out[:batch], out[batch:2 * batch]
@@ -93,7 +93,7 @@ def loss_terms(out: torch.Tensor, frozen_out: torch.Tensor, batch: int, per_bug:
             "effectiveness": effectiveness}
 
 
-def build_views(shadow_batch: torch.Tensor, bugs: BugViews, views: int,
+def build_views(shadow_batch: torch.Tensor, bugs: BugViews, *, views: int,
                 augment: nn.Module | None) -> torch.Tensor:
     """Concatenate every view of one step and augment each sample independently."""
     assign = torch.arange(len(shadow_batch), device=shadow_batch.device) % bugs.count
@@ -115,7 +115,7 @@ def _prepare(encoder: ImageEncoder, device: torch.device) -> tuple[ImageEncoder,
 
 
 @dataclass
-class _Run:
+class PatchRun:
     """One patching run: the models, optimiser, data and the step's fixed settings."""
 
     patched: ImageEncoder
@@ -134,10 +134,10 @@ class _Run:
         """One optimiser step on the shadow images at `index`; returns the loss terms."""
         batch = to_device(self.pixels[index], self.device)
         with autocast(self.device, self.params.cpu_bf16):
-            views = build_views(batch, self.bug_views, self.params.views, self.augment)
+            views = build_views(batch, self.bug_views, views=self.params.views, augment=self.augment)
             forward = self.patched if self.forward is None else self.forward
-            terms = mudjacking_loss(forward, self.frozen, views, len(index),
-                                    self.params.views * self.bug_views.count, self.params)
+            terms = mudjacking_loss(forward, self.frozen, views, batch=len(index),
+                                    per_bug=self.params.views * self.bug_views.count, params=self.params)
         self.optimiser.zero_grad(set_to_none=True)
         terms["loss"].backward()
         self.optimiser.step()
@@ -145,29 +145,31 @@ class _Run:
         return {name: float(value.detach()) for name, value in terms.items()}
 
 
-def _start(encoder: ImageEncoder, adapter: EncoderAdapter, shadow: np.ndarray, bugs: list[Bug],
-           params: MudjackingParams, seed: int, context: Distributed | None = None) -> _Run:
+def start_run(encoder: ImageEncoder, adapter: EncoderAdapter, shadow: np.ndarray, bugs: list[Bug],
+              params: MudjackingParams, *, seed: int, context: Distributed | None = None) -> PatchRun:
+    """Set up a run: the patched and frozen copies, the optimiser, the sampled shadow pixels
+    and the bugs' views; `PatchRun.step` then takes one optimiser step (as `mudjacking` loops)."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     device = context.device if context is not None else select_device(params.device)
     patched, frozen = _prepare(encoder, device)
-    forward, frozen = prepare_models(patched, frozen, params.compile, context)
+    forward, frozen = prepare_models(patched, frozen, compile_models=params.compile, context=context)
     optimiser = torch.optim.SGD(list(trainable_parameters(patched)), lr=params.lr,
                                 momentum=params.momentum, weight_decay=params.weight_decay)
     count = params.clean_samples or max(1, int(round(params.shadow_fraction * len(shadow))))
     used = rng.permutation(len(shadow))[:count]
     pixels = adapter.preprocess(shadow[np.sort(used)])
     augment = mudjacking_augmentation().to(device) if params.augment else None
-    return _Run(patched, frozen, optimiser, pixels, BugViews(bugs, adapter, device), augment, device,
+    return PatchRun(patched, frozen, optimiser, pixels, BugViews(bugs, adapter, device), augment, device,
                 params, forward, context, seed)
 
 
-def _train(run: _Run, progress: Progress, checkpoint: Checkpointer | None) -> None:
+def _train(run: PatchRun, progress: Progress, checkpoint: Checkpointer | None) -> None:
     """Run the remaining epochs from `progress`, checkpointing when due."""
     size = run.params.batch_size
     while progress.epoch <= run.params.epochs:
         if progress.order is None:
-            progress.order = epoch_order(len(run.pixels), progress.epoch, run.seed, run.context)
+            progress.order = epoch_order(len(run.pixels), progress.epoch, seed=run.seed, context=run.context)
         batches = local_batches(progress.order, size, run.context)
         while progress.position < len(batches):
             seed_step(run.seed, progress.step, run.context)
@@ -178,7 +180,7 @@ def _train(run: _Run, progress: Progress, checkpoint: Checkpointer | None) -> No
 
 
 def mudjacking(encoder: ImageEncoder, adapter: EncoderAdapter, shadow: np.ndarray, bugs: list[Bug],
-               params: MudjackingParams, seed: int = 0,
+               params: MudjackingParams, *, seed: int = 0,
                checkpoint: Checkpointer | None = None,
                distributed: Distributed | None = None) -> PatchResult:
     """Patch `encoder` from accepted bugs using unlabelled shadow images; returns a new encoder.
@@ -189,7 +191,7 @@ def mudjacking(encoder: ImageEncoder, adapter: EncoderAdapter, shadow: np.ndarra
     """
     if not bugs:
         raise ValueError("mudjacking needs at least one accepted bug")
-    run = _start(encoder, adapter, shadow, bugs, params, seed, distributed)
+    run = start_run(encoder, adapter, shadow, bugs, params, seed=seed, context=distributed)
     progress = (checkpoint.load(run.patched, run.optimiser) if checkpoint else None) or Progress()
     with deterministic(run.device):
         _train(run, progress, checkpoint)

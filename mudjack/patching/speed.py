@@ -112,7 +112,7 @@ def fold_frozen_batchnorm(module: nn.Module) -> nn.Module:
     return graph_module
 
 
-def prepare_models(patched: nn.Module, frozen: nn.Module, compile_models: bool,
+def prepare_models(patched: nn.Module, frozen: nn.Module, *, compile_models: bool,
                    context: Distributed | None) -> tuple[nn.Module, nn.Module]:
     """(forward of h', forward of h) for the step; `patched` stays the module to save."""
     channels_last(patched, frozen)

@@ -51,7 +51,7 @@ class TextMudjackingParams(MudjackingParams):
     word_dropout: float = 0.1
 
 
-def drop_words(sentence: str, rate: float, keep: set[str], rng: np.random.Generator) -> str:
+def drop_words(sentence: str, *, rate: float, keep: set[str], rng: np.random.Generator) -> str:
     """Each word dropped with probability `rate`, except words in `keep`; at least one stays."""
     words = str(sentence).split()
     if rate <= 0 or len(words) <= 1:
@@ -70,7 +70,7 @@ class TextViews:
     rng: np.random.Generator
 
     def _aug(self, sentence: str, keep: tuple[str, ...] = ()) -> str:
-        return drop_words(sentence, self.dropout, set(keep), self.rng)
+        return drop_words(sentence, rate=self.dropout, keep=set(keep), rng=self.rng)
 
     def build(self, shadow: np.ndarray) -> list[str]:
         words = [b.trigger.words for b in self.bugs]
@@ -85,14 +85,14 @@ class TextViews:
         return [*x, *x_t, *x_b, *x_r, *x_r_t]
 
 
-def text_mudjacking_loss(patched: nn.Module, frozen: nn.Module, tokens: torch.Tensor, batch: int,
+def text_mudjacking_loss(patched: nn.Module, frozen: nn.Module, tokens: torch.Tensor, *, batch: int,
                          per_bug: int, params: MudjackingParams) -> dict[str, torch.Tensor]:
     """Loss terms for tokenised views in the order TextViews.build returns them."""
     out = patched(tokens)
     start_r = 2 * batch + per_bug
     with torch.no_grad():
         frozen_out = frozen(torch.cat([tokens[:batch], tokens[start_r:start_r + per_bug]]))
-    return loss_terms(out, frozen_out, batch, per_bug, params)
+    return loss_terms(out, frozen_out, batch=batch, per_bug=per_bug, params=params)
 
 
 def _optimiser(parameters: list[nn.Parameter], params: TextMudjackingParams) -> torch.optim.Optimizer:
@@ -109,7 +109,7 @@ def _copies(encoder: nn.Module, device: torch.device) -> tuple[nn.Module, nn.Mod
 
 
 def text_mudjacking(encoder: nn.Module, adapter: EncoderAdapter, shadow: np.ndarray, bugs: list[Bug],
-                    params: TextMudjackingParams, seed: int = 0) -> PatchResult:
+                    params: TextMudjackingParams, *, seed: int = 0) -> PatchResult:
     """Patch a text encoder from accepted bugs using unlabelled shadow sentences."""
     if not bugs:
         raise ValueError("mudjacking needs at least one accepted bug")
@@ -128,7 +128,8 @@ def text_mudjacking(encoder: nn.Module, adapter: EncoderAdapter, shadow: np.ndar
         batches = length_batches(sentences, params.batch_size, rng)
         for index in batches:
             tokens = adapter.preprocess(np.array(views.build(sentences[index]))).to(device)
-            terms = text_mudjacking_loss(patched, frozen, tokens, len(index), per_bug, params)
+            terms = text_mudjacking_loss(patched, frozen, tokens, batch=len(index), per_bug=per_bug,
+                                         params=params)
             optimiser.zero_grad(set_to_none=True)
             terms["loss"].backward()
             optimiser.step()

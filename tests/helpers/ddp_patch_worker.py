@@ -1,6 +1,6 @@
 """torchrun worker of tests/test_distributed.py: patch a tiny random encoder under DDP.
 
-    torchrun --nproc_per_node N tests/ddp_patch_worker.py OUT_DIR [--device cpu|cuda] [--augment]
+    torchrun --nproc_per_node N tests/helpers/ddp_patch_worker.py OUT_DIR [--device cpu|cuda] [--augment]
              [--checkpoint DIR [--stop-after STEP]]
 
 Every process joins the group (with one process too, so that the run takes the same

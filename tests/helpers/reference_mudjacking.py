@@ -24,7 +24,7 @@ from mudjack.triggers import blend
 Views = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 
 
-def plain_loss(patched: nn.Module, frozen: nn.Module, views: Views, lambda_gen: float = 1.0,
+def plain_loss(patched: nn.Module, frozen: nn.Module, views: Views, *, lambda_gen: float = 1.0,
                lambda_eff: float = 1.0) -> dict[str, torch.Tensor]:
     """METHOD.md's loss from five passes of h' and two of h, one per full batch."""
     x, x_t, bug, ref, ref_t = views
@@ -64,7 +64,7 @@ class ReferenceViews(Dataset):
         return tuple(self.augment(view[None])[0] for view in views)
 
 
-def reference_loader(dataset: ReferenceViews, batch_size: int, seed: int, workers: int = 0) -> DataLoader:
+def reference_loader(dataset: ReferenceViews, *, batch_size: int, seed: int, workers: int = 0) -> DataLoader:
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=generator,
                       num_workers=workers, persistent_workers=workers > 0)
@@ -80,14 +80,15 @@ def plain_models(encoder: nn.Module) -> tuple[nn.Module, nn.Module]:
     return patched, frozen
 
 
-def plain_optimiser(patched: nn.Module, lr: float, momentum: float, weight_decay: float) -> torch.optim.SGD:
+def plain_optimiser(patched: nn.Module, *, lr: float, momentum: float,
+                    weight_decay: float) -> torch.optim.SGD:
     return torch.optim.SGD(list(trainable_parameters(patched)), lr=lr, momentum=momentum,
                            weight_decay=weight_decay)
 
 
 def plain_step(patched: nn.Module, frozen: nn.Module, optimiser: torch.optim.Optimizer,
-               views: Views, lambda_gen: float = 1.0, lambda_eff: float = 1.0) -> dict[str, float]:
-    terms = plain_loss(patched, frozen, views, lambda_gen, lambda_eff)
+               views: Views, *, lambda_gen: float = 1.0, lambda_eff: float = 1.0) -> dict[str, float]:
+    terms = plain_loss(patched, frozen, views, lambda_gen=lambda_gen, lambda_eff=lambda_eff)
     optimiser.zero_grad(set_to_none=True)
     terms["loss"].backward()
     optimiser.step()
