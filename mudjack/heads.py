@@ -1,13 +1,22 @@
-"""Downstream heads: an MLP on L2-normalised frozen features (the authors' evaluation head)."""
+"""Downstream heads on frozen features: an MLP on L2-normalised features (the authors' evaluation
+head), or a linear probe (one Linear layer, e.g. exported logistic-regression weights).
+
+A head file is safetensors with its spec in the header (`head`): kind ("mlp" | "linear"; files
+without it are MLPs), in_dim, classes, hidden, dropout, and normalize (default true: the
+features are L2-normalised first). A linear probe's tensors are `mlp.0.weight` (classes, in_dim)
+and `mlp.0.bias` (classes,).
+"""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import model_validator
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -17,19 +26,33 @@ from mudjack.encoders.base import read_metadata
 from mudjack.io import atomic_path
 from mudjack.training import fit_cross_entropy
 
+HEAD_KINDS = ("mlp", "linear")
+
 
 class HeadParams(Params):
-    hidden: list[int] = [512, 256]
+    kind: Literal["mlp", "linear"] = "mlp"  # linear: a linear probe, no hidden layer
+    hidden: list[int] = [512, 256]          # [] is a linear probe too
     dropout: float = 0.5
     epochs: int = 200
     lr: float = 1e-3
     batch_size: int = 64
 
+    @model_validator(mode="before")
+    @classmethod
+    def _linear_has_no_hidden_layer(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("kind") == "linear":
+            if data.get("hidden"):
+                raise ValueError("a linear head has no hidden layers: leave `hidden` out or []")
+            return {**data, "hidden": []}
+        return data
+
 
 class Head(nn.Module):
-    """in → hidden… (ReLU, dropout after the first) → classes, on L2-normalised features."""
+    """in → hidden… (ReLU, dropout after the first) → classes, on L2-normalised features
+    (raw ones with normalize=False); with no hidden layer, a linear probe."""
 
-    def __init__(self, in_dim: int, classes: int, *, hidden: list[int], dropout: float) -> None:
+    def __init__(self, in_dim: int, classes: int, *, hidden: list[int], dropout: float,
+                 normalize: bool = True) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         width = in_dim
@@ -40,10 +63,24 @@ class Head(nn.Module):
             width = size
         layers.append(nn.Linear(width, classes))
         self.mlp = nn.Sequential(*layers)
-        self.spec = {"in_dim": in_dim, "classes": classes, "hidden": hidden, "dropout": dropout}
+        self.normalize = normalize
+        self.spec = {"kind": "mlp" if hidden else "linear", "in_dim": in_dim, "classes": classes,
+                     "hidden": hidden, "dropout": dropout, "normalize": normalize}
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.mlp(F.normalize(features, dim=-1))
+        return self.mlp(F.normalize(features, dim=-1) if self.normalize else features)
+
+
+def linear_probe(weight: np.ndarray, bias: np.ndarray, *, normalize: bool = False) -> Head:
+    """A linear head from exported weights, e.g. scikit-learn's LogisticRegression `coef_`
+    (classes, in_dim) and `intercept_` (classes,) of a multinomial fit on raw features."""
+    weight, bias = np.asarray(weight, dtype=np.float32), np.asarray(bias, dtype=np.float32)
+    if weight.ndim != 2 or weight.shape[0] < 2 or bias.shape != (weight.shape[0],):
+        raise ValueError(f"a linear probe needs weight (classes >= 2, in_dim) and bias (classes,), "
+                         f"got {weight.shape} and {bias.shape}")
+    head = Head(weight.shape[1], weight.shape[0], hidden=[], dropout=0.0, normalize=normalize)
+    head.mlp[0].load_state_dict({"weight": torch.from_numpy(weight), "bias": torch.from_numpy(bias)})
+    return head.eval()
 
 
 class Classifier(nn.Module):
@@ -97,7 +134,13 @@ def load_head(path: str | Path) -> Head:
     if "head" not in metadata:
         raise ValueError(f"{path}: no 'head' spec in the safetensors metadata")
     spec = json.loads(metadata["head"])
-    head = Head(spec["in_dim"], spec["classes"], hidden=spec["hidden"], dropout=spec["dropout"])
+    kind = spec.get("kind", "mlp")  # files from before the linear probe hold MLPs
+    if kind not in HEAD_KINDS or (kind == "linear" and spec.get("hidden")):
+        raise ValueError(f"{path}: head kind {kind!r} with hidden {spec.get('hidden')!r}; "
+                         f"kinds: {HEAD_KINDS}, a linear head has no hidden layers")
+    hidden = spec["hidden"] if kind == "mlp" else []
+    head = Head(spec["in_dim"], spec["classes"], hidden=hidden, dropout=spec.get("dropout", 0.0),
+                normalize=spec.get("normalize", True))
     head.load_state_dict(load_file(str(path)))
     return head.eval()
 

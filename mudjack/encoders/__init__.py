@@ -1,6 +1,6 @@
 """Encoder adapters, chosen by name; importing this package registers the built-in ones."""
 
-from mudjack.encoders import resnet_cifar, small_cnn, text  # noqa: F401  (register their adapters)
+from mudjack.encoders import hf_vision, resnet_cifar, small_cnn, text  # noqa: F401  (register their adapters)
 from mudjack.encoders.base import (
     EncoderAdapter,
     ImageEncoder,

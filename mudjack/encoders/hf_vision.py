@@ -1,0 +1,246 @@
+"""Hugging Face vision backbones from a local folder: ViT, DeiT, the CLIP and SigLIP image
+towers, DINOv2, ConvNeXt and ResNet (config.json, model.safetensors, preprocessor_config.json).
+
+config (params.yaml `foundation.config`):
+  folder    the model folder; a CLIP or SigLIP folder gives its image tower (vision_config)
+  root      optional allowed root: `folder` must resolve inside it (default: the folder itself);
+            every file read must resolve inside `folder` (no `..` or symlink escapes)
+  pooling   pooled | cls | mean (default: cls for ViT/DeiT, whose pooler is a pretraining
+            head often missing from a checkpoint; pooled for the others). `cls` needs a CLS
+            token (not SigLIP, ConvNeXt, ResNet); `mean` averages all output tokens (or the
+            last feature map's positions)
+
+From the folder the adapter takes the architecture (only the keys of `FAMILIES`, bounded by
+`LIMITS`, in mudjack/encoders/hf_schema.py) and the input space: the side from `crop_size`
+(when centre-cropping) or `size`, and `image_mean`/`image_std`. The stored config (the
+safetensors header) holds those, never the folder, so a saved encoder rebuilds without it; the
+header is checked against the same schema before anything is built. Model classes come from a
+fixed table keyed by `model_type`: no module is imported by a name read from a file, and
+nothing is fetched from a hub.
+
+Raw inputs are uint8 (N, H, W, C) of any size: images of another size are first resized to
+the encoder's input (bilinear, antialiased, in torch, rounded back to uint8), so triggers,
+reports and reversal all live in the model's input space. Non-square inputs are stretched.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mudjack.encoders.base import EncoderAdapter, ImageEncoder, register_adapter
+from mudjack.encoders.hf_schema import (
+    FAMILIES,
+    Family,
+    check_architecture,
+    check_stored,
+    family_of,
+    model_classes,
+)
+from mudjack.triggers import Trigger, stamp
+
+PARAM_KEYS = ("folder", "root", "pooling")
+INHERITED_KEYS = ("input_shape", "mean", "std")  # image defaults the foundation stage adds
+TOWERS = {"clip": "clip_vision_model", "siglip": "siglip_vision_model"}  # full folder -> image tower
+RESCALE = 1 / 255
+
+
+# --------------------------------------------------------------------------- the folder
+
+
+def inside(folder: Path, name: str) -> Path:
+    """`folder / name`, refused unless it resolves inside `folder` (no `..`, no symlink out)."""
+    path = (folder / name).resolve()
+    if not path.is_relative_to(folder.resolve()):
+        raise ValueError(f"hf_vision: {name!r} resolves outside the model folder {folder}")
+    return path
+
+
+def model_folder(config: dict[str, Any]) -> Path:
+    folder = Path(str(config["folder"])).resolve()
+    root = Path(str(config.get("root") or folder)).resolve()
+    if not folder.is_relative_to(root):
+        raise ValueError(f"hf_vision: folder {config['folder']!r} is outside the allowed root {root}")
+    if not folder.is_dir():
+        raise FileNotFoundError(f"hf_vision: no model folder at {folder}")
+    return folder
+
+
+def _read_json(folder: Path, name: str) -> dict[str, Any]:
+    data = json.loads(inside(folder, name).read_text())
+    if not isinstance(data, dict):
+        raise ValueError(f"hf_vision: {folder / name} is not a JSON object")
+    return data
+
+
+def architecture_from(config_json: dict[str, Any]) -> dict[str, Any]:
+    """The family's keys of a config.json; a CLIP or SigLIP folder gives its vision_config."""
+    model_type = config_json.get("model_type")
+    if model_type in TOWERS:
+        config_json, model_type = config_json.get("vision_config") or {}, TOWERS[model_type]
+    family = family_of({"model_type": model_type})
+    return {"model_type": model_type, **{k: config_json[k] for k in family.keys if k in config_json}}
+
+
+def input_space(processor: dict[str, Any], channels: int) -> dict[str, Any]:
+    """input_shape, mean and std from a preprocessor_config.json."""
+    if processor.get("do_rescale", True) and abs(processor.get("rescale_factor", RESCALE) - RESCALE) > 1e-9:
+        raise ValueError("hf_vision: only rescale_factor 1/255 (pixels to [0, 1]) is supported")
+    crop = processor.get("crop_size") if processor.get("do_center_crop") else None
+    height, width = _side(crop or processor.get("size"))
+    if processor.get("do_normalize", True):
+        mean, std = processor.get("image_mean"), processor.get("image_std")
+    else:
+        mean, std = [0.0] * channels, [1.0] * channels
+    return {"input_shape": [height, width, channels], "mean": mean, "std": std}
+
+
+def _side(size: Any) -> tuple[int, int]:
+    if isinstance(size, int):
+        return size, size
+    if isinstance(size, dict) and "height" in size and "width" in size:
+        return size["height"], size["width"]
+    if isinstance(size, dict) and "shortest_edge" in size:
+        return size["shortest_edge"], size["shortest_edge"]
+    raise ValueError(f"hf_vision: cannot read an input size from {size!r}")
+
+
+def read_folder(config: dict[str, Any]) -> dict[str, Any]:
+    """The stored config (checked) from a model folder and the params' pooling."""
+    folder = model_folder(config)
+    model = check_architecture(architecture_from(_read_json(folder, "config.json")))
+    space = input_space(_read_json(folder, "preprocessor_config.json"), model["num_channels"])
+    return check_stored({"model": model, **space, "pooling": config.get("pooling")})
+
+
+def weight_files(folder: Path) -> list[Path]:
+    """model.safetensors, or the shards a model.safetensors.index.json names, all inside `folder`."""
+    if not (folder / "model.safetensors.index.json").exists():
+        return [inside(folder, "model.safetensors")]
+    shards = _read_json(folder, "model.safetensors.index.json").get("weight_map", {}).values()
+    return [inside(folder, str(shard)) for shard in sorted(set(shards))]
+
+
+@contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """Keep transformers' loading report (the left-out text tower or classifier) off the console."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+
+
+# --------------------------------------------------------------------------- the module
+
+
+class HFVisionBackbone(nn.Module):
+    """Normalised pixels (N, C, H, W) → the transformers model → pooled features (N, D)."""
+
+    def __init__(self, model: nn.Module, pooling: str, tokens: bool) -> None:
+        super().__init__()
+        self.model = model
+        self.pooling = pooling
+        self.tokens = tokens
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        out = self.model(pixel_values=pixels)
+        if self.pooling == "pooled":
+            return out.pooler_output.flatten(1)
+        hidden = out.last_hidden_state
+        if self.pooling == "cls":
+            return hidden[:, 0]
+        return hidden.mean(1) if self.tokens else hidden.mean((2, 3))
+
+
+@register_adapter("hf_vision")
+class HFVisionAdapter(EncoderAdapter):
+    """A transformers vision backbone (see the module docstring for the config)."""
+
+    def __post_init__(self) -> None:
+        config = dict(self.config)
+        self.source: Path | None = None
+        if "folder" in config:
+            unexpected = sorted(set(config) - {*PARAM_KEYS, *INHERITED_KEYS})
+            if unexpected:
+                raise ValueError(f"hf_vision: unexpected config keys {unexpected}; "
+                                 f"allowed: {list(PARAM_KEYS)}")
+            self.source = model_folder(config)
+            self.config = read_folder(config)
+        else:
+            self.config = check_stored(config)
+
+    @cached_property
+    def family(self) -> Family:
+        return FAMILIES[self.config["model"]["model_type"]]
+
+    def _model(self) -> tuple[type, Any, dict[str, bool]]:
+        """The model class, its config object and the extra constructor arguments."""
+        model = dict(self.config["model"])
+        config_class, model_class = model_classes(model.pop("model_type"))
+        pooled = self.config["pooling"] == "pooled"  # ViT/DeiT build their pretraining pooler only if used
+        extra = {"add_pooling_layer": pooled} if self.family.optional_pooler else {}
+        return model_class, config_class(**model), extra
+
+    def build_backbone(self) -> HFVisionBackbone:
+        """The architecture, randomly initialised (the config was checked in __post_init__)."""
+        model_class, config, extra = self._model()
+        return self._wrap(model_class(config, **extra))
+
+    def _wrap(self, model: nn.Module) -> HFVisionBackbone:
+        return HFVisionBackbone(model, self.config["pooling"], self.family.tokens).eval()
+
+    def load_pretrained(self) -> ImageEncoder:
+        """The folder's own weights (safetensors only), read by transformers with the checked
+        config; a classifier's head or a CLIP text tower is left out, a missing weight is an error."""
+        if self.source is None:
+            raise ValueError("hf_vision: no model folder (this adapter was restored from a saved encoder)")
+        weight_files(self.source)  # every file it will read resolves inside the folder
+        model_class, config, extra = self._model()
+        with _quiet_transformers():
+            model, info = model_class.from_pretrained(
+                str(self.source), config=config, local_files_only=True, use_safetensors=True,
+                dtype=torch.float32, output_loading_info=True, **extra)
+        missing = sorted(k for k in info["missing_keys"] if not k.endswith("num_batches_tracked"))
+        if missing or info["mismatched_keys"]:
+            hint = " (pooling: pooled needs the pooler; try cls)" if "pooler" in str(missing) else ""
+            raise ValueError(f"hf_vision: {self.source} lacks weights {missing[:5]} or has "
+                             f"mismatched ones {sorted(info['mismatched_keys'])[:5]}{hint}")
+        encoder = ImageEncoder(self._wrap(model), self.config["mean"], self.config["std"])
+        return encoder.eval()
+
+    @property
+    def input_side(self) -> tuple[int, int]:
+        return int(self.input_shape[0]), int(self.input_shape[1])
+
+    def resize_raw(self, raw: np.ndarray) -> np.ndarray:
+        """uint8 images (N, H, W, C) or (H, W, C) at the encoder's input size."""
+        raw = np.asarray(raw)
+        if raw.shape[-3:-1] == self.input_side:
+            return raw
+        if raw.ndim not in (3, 4) or raw.shape[-1] != self.input_shape[2]:
+            raise ValueError(f"hf_vision: images must be (N, H, W, {self.input_shape[2]}), got {raw.shape}")
+        batch = torch.from_numpy(np.array(raw, dtype=np.uint8)).reshape(-1, *raw.shape[-3:])
+        pixels = batch.permute(0, 3, 1, 2).float()
+        resized = F.interpolate(pixels, size=self.input_side, mode="bilinear", align_corners=False,
+                                antialias=True)
+        out = resized.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        return out.reshape(*raw.shape[:-3], *out.shape[1:])
+
+    def preprocess(self, raw: np.ndarray) -> torch.Tensor:
+        return super().preprocess(self.resize_raw(raw))
+
+    def stamp(self, raw: np.ndarray, trigger: Trigger) -> np.ndarray:
+        return stamp(self.resize_raw(raw), trigger)

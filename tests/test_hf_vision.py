@@ -1,0 +1,307 @@
+"""The hf_vision adapter on tiny random configs of every family, saved with `save_pretrained`.
+
+Each folder holds config.json, model.safetensors and a preprocessor_config.json written by the
+family's own image processor. Covered per family: the weights load and give the transformers
+model's own features, resizing of raw inputs, trigger stamping, one Mudjacking step (BatchNorm
+statistics frozen for ResNet), the safetensors round trip and ONNX parity at batch 1 and 3;
+then the checks that refuse hostile headers and folders before anything is built.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mudjack.bugs import Bug
+from mudjack.encoders import get_adapter, load_encoder, save_encoder
+from mudjack.encoders.base import read_metadata
+from mudjack.encoders.hf_vision import HFVisionAdapter
+from mudjack.export import export_onnx, verify_onnx
+from mudjack.heads import Classifier, Head
+from mudjack.io import write_safetensors
+from mudjack.patching.mudjacking import MudjackingParams, mudjacking
+from mudjack.triggers import patch_trigger
+
+SIDE = 32
+TINY = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "image_size": SIDE,
+        "patch_size": 8}
+CONV = {"hidden_sizes": [8, 16], "depths": [1, 1]}
+MEAN, STD = [0.48, 0.45, 0.4], [0.27, 0.26, 0.28]
+
+
+def _vit(hf):
+    return hf.ViTModel(hf.ViTConfig(intermediate_size=37, **TINY)), hf.ViTImageProcessor(
+        size={"height": SIDE, "width": SIDE}, image_mean=MEAN, image_std=STD)
+
+
+def _deit(hf):
+    """A classifier checkpoint: its keys carry the `deit.` prefix and it has no pooler."""
+    processor = hf.DeiTImageProcessor(size={"height": 40, "width": 40},
+                                      crop_size={"height": SIDE, "width": SIDE})
+    return hf.DeiTForImageClassification(hf.DeiTConfig(intermediate_size=37, num_labels=3, **TINY)), processor
+
+
+def _clip(hf):
+    vision = {**TINY, "intermediate_size": 37}
+    text = {**vision, "vocab_size": 99, "bos_token_id": 0, "eos_token_id": 1, "pad_token_id": 1}
+    del text["image_size"], text["patch_size"]
+    model = hf.CLIPModel(hf.CLIPConfig(vision_config=vision, text_config=text, projection_dim=16))
+    crop = {"height": SIDE, "width": SIDE}
+    return model, hf.CLIPImageProcessor(size={"shortest_edge": SIDE}, crop_size=crop)
+
+
+def _dinov2(hf):
+    processor = hf.BitImageProcessor(size={"shortest_edge": SIDE}, crop_size={"height": SIDE, "width": SIDE},
+                                     image_mean=MEAN, image_std=STD)
+    return hf.Dinov2Model(hf.Dinov2Config(mlp_ratio=2, **TINY)), processor
+
+
+def _siglip(hf):
+    config = hf.SiglipVisionConfig(intermediate_size=37, **TINY)
+    return hf.SiglipVisionModel(config), hf.SiglipImageProcessor(size={"height": SIDE, "width": SIDE})
+
+
+def _convnext(hf):
+    config = hf.ConvNextConfig(num_stages=2, patch_size=4, image_size=SIDE, **CONV)
+    return hf.ConvNextModel(config), hf.ConvNextImageProcessor(size={"shortest_edge": SIDE})
+
+
+def _resnet(hf):
+    config = hf.ResNetConfig(embedding_size=8, layer_type="basic", **CONV)
+    return hf.ResNetModel(config), hf.ConvNextImageProcessor(size={"shortest_edge": SIDE}, do_normalize=False)
+
+
+FAMILIES: dict[str, Callable] = {"vit": _vit, "deit": _deit, "clip": _clip, "dinov2": _dinov2,
+                                 "siglip": _siglip, "convnext": _convnext, "resnet": _resnet}
+FEATURES = {"vit": 32, "deit": 32, "clip": 32, "dinov2": 32, "siglip": 32, "convnext": 16, "resnet": 16}
+
+
+def write_tiny_model(family: str, folder: Path) -> Path:
+    """A tiny random `family` model and its image processor, saved with save_pretrained."""
+    import transformers as hf
+
+    torch.manual_seed(0)
+    model, processor = FAMILIES[family](hf)
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
+def tiny_hf_vision(folder: Path, family: str = "vit", **config) -> HFVisionAdapter:
+    """The adapter for a tiny `family` model written to `folder` (the contract test's factory)."""
+    return get_adapter("hf_vision", {"folder": str(write_tiny_model(family, folder)), **config})
+
+
+@pytest.fixture(scope="module", params=sorted(FAMILIES))
+def tiny(request, tmp_path_factory) -> tuple[str, HFVisionAdapter, torch.nn.Module]:
+    torch.set_num_threads(1)
+    adapter = tiny_hf_vision(tmp_path_factory.mktemp(request.param), request.param)
+    return request.param, adapter, adapter.load_pretrained()
+
+
+def _images(n: int, side: int = SIDE, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (n, side, side, 3), dtype=np.uint8)
+
+
+def _reference_model(family: str, folder: Path) -> torch.nn.Module:
+    """The family's model as transformers itself loads it (CLIP: its image tower)."""
+    import transformers as hf
+
+    model_class = {"clip": hf.CLIPModel, "deit": hf.DeiTModel}.get(family, hf.AutoModel)
+    model = model_class.from_pretrained(folder, local_files_only=True).eval()
+    return model.vision_model if family == "clip" else model
+
+
+def test_features_match_the_folders_own_model(tiny):
+    family, adapter, encoder = tiny
+    pixels = adapter.preprocess(_images(2))
+    with torch.no_grad():
+        features = encoder(pixels)
+        out = _reference_model(family, adapter.source)(pixel_values=encoder.normalize(pixels))
+    expected = out.last_hidden_state[:, 0] if adapter.config["pooling"] == "cls" else out.pooler_output
+    assert features.shape == (2, FEATURES[family]) == (2, adapter.feature_dim)
+    assert torch.allclose(features, expected.flatten(1), atol=1e-5)
+
+
+def test_inputs_of_another_size_are_resized_before_anything_else(tiny):
+    _, adapter, _ = tiny
+    large = _images(3, side=48, seed=1)
+    resized = adapter.resize_raw(large)
+    assert resized.shape == (3, SIDE, SIDE, 3) and resized.dtype == np.uint8
+    assert torch.equal(adapter.preprocess(large), adapter.preprocess(resized))
+    assert np.array_equal(adapter.resize_raw(large[0]), resized[0])  # one image (H, W, C) too
+    flat = np.full((1, 48, 48, 3), 77, dtype=np.uint8)  # bilinear keeps a flat image flat
+    assert np.all(adapter.resize_raw(flat) == 77)
+
+
+def test_a_trigger_is_stamped_in_the_input_space(tiny):
+    _, adapter, _ = tiny
+    trigger = patch_trigger((SIDE, SIDE, 3), 4, 2, 3)
+    stamped = adapter.stamp(_images(2, side=40), trigger)
+    assert stamped.shape == (2, SIDE, SIDE, 3)
+    assert np.all(stamped[:, 2:6, 3:7] == 255)
+
+
+def test_one_mudjacking_step_changes_the_weights_and_keeps_batchnorm_frozen(tiny):
+    family, adapter, encoder = tiny
+    trigger = patch_trigger((SIDE, SIDE, 3), 4, 2, 3)
+    images = _images(5, side=40, seed=2)
+    bug = Bug("b", "t", 1, 0, adapter.stamp(images[:1], trigger)[0], adapter.resize_raw(images[1]), trigger)
+    params = MudjackingParams(epochs=1, batch_size=4, clean_samples=4, views=1, lr=0.05, device="cpu")
+    patched = mudjacking(encoder, adapter, images, [bug], params).encoder
+    before, after = encoder.state_dict(), patched.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    trainable = {k for k, v in before.items() if v.is_floating_point() and "running" not in k}
+    assert changed, "one step must change the encoder"
+    if family == "resnet":  # BatchNorm: weights change, running statistics and affine stay
+        assert not any("normalization" in k for k in changed)
+        assert any(k.endswith("convolution.weight") for k in changed)
+    else:  # LayerNorm models train every weight, LayerNorm included
+        assert any("norm" in k for k in changed)
+        assert len(changed) >= 0.8 * len(trainable - {"mean", "std"})
+
+
+def test_save_and_load_round_trip_rebuilds_from_the_header_alone(tiny, tmp_path):
+    family, adapter, encoder = tiny
+    path = tmp_path / "encoder.safetensors"
+    save_encoder(encoder, adapter, path)
+    header = json.loads(read_metadata(path)["config"])
+    assert "folder" not in header and header["model"]["model_type"] in (family, f"{family}_vision_model")
+    assert header["pooling"] == adapter.config["pooling"]
+    loaded, loaded_adapter = load_encoder(path)
+    pixels = adapter.preprocess(_images(2))
+    assert loaded_adapter.config == adapter.config and loaded_adapter.source is None
+    with torch.no_grad():
+        assert torch.equal(loaded(pixels), encoder(pixels))
+
+
+def test_onnx_export_matches_torch_at_batch_one_and_three(tiny, tmp_path):
+    _, adapter, encoder = tiny
+    model = Classifier(encoder, Head(adapter.feature_dim, 3, hidden=[], dropout=0.0)).eval()
+    pixels = adapter.preprocess(_images(4, seed=3))
+    path = tmp_path / "model.onnx"
+    export_onnx(model, pixels[:2], path)
+    report = verify_onnx(path, model, pixels, tolerance=1e-4, batch_size=3, device="cpu")
+    assert report["batch_sizes"] == [1, 3]
+    assert report["passed"], report
+
+
+# --------------------------------------------------------------------------- pooling choices
+
+
+@pytest.fixture(scope="module")
+def vit_folder(tmp_path_factory) -> Path:
+    return write_tiny_model("vit", tmp_path_factory.mktemp("vit"))
+
+
+@pytest.mark.parametrize("pooling", ["pooled", "cls", "mean"])
+def test_pooling_is_a_recorded_choice(vit_folder, pooling):
+    adapter = get_adapter("hf_vision", {"folder": str(vit_folder), "pooling": pooling})
+    encoder = adapter.load_pretrained()
+    pixels = adapter.preprocess(_images(2))
+    with torch.no_grad():
+        hidden = encoder.backbone.model(pixel_values=encoder.normalize(pixels)).last_hidden_state
+        features = encoder(pixels)
+    assert adapter.config["pooling"] == pooling
+    if pooling == "cls":
+        assert torch.allclose(features, hidden[:, 0])
+    elif pooling == "mean":
+        assert torch.allclose(features, hidden.mean(1))
+    else:
+        assert not torch.allclose(features, hidden[:, 0], atol=1e-3)
+
+
+def test_a_checkpoint_without_the_pooler_refuses_pooled(tmp_path):
+    adapter = tiny_hf_vision(tmp_path, "deit", pooling="pooled")
+    with pytest.raises(ValueError, match="try cls"):
+        adapter.load_pretrained()
+
+
+def test_cls_pooling_needs_a_cls_token(tmp_path):
+    with pytest.raises(ValueError, match="no CLS token"):
+        tiny_hf_vision(tmp_path, "convnext", pooling="cls")
+
+
+# --------------------------------------------------------------------------- refusals
+
+
+@pytest.fixture(scope="module")
+def stored(vit_folder) -> dict:
+    return get_adapter("hf_vision", {"folder": str(vit_folder)}).config
+
+
+def _hostile(stored: dict, **model) -> dict:
+    return {**stored, "model": {**stored["model"], **model}}
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"model_type": "gpt2"}, "unknown model_type"),
+    ({"model_type": "os.path"}, "unknown model_type"),
+    ({"hidden_size": 1_000_000}, "hidden_size"),
+    ({"num_hidden_layers": 10_000}, "num_hidden_layers"),
+    ({"image_size": 100_000}, "image_size"),
+    ({"hidden_act": "os.system"}, "hidden_act"),
+    ({"qkv_bias": "yes"}, "qkv_bias"),
+    ({"hidden_size": 4096, "num_hidden_layers": 64, "intermediate_size": 16384,
+      "num_attention_heads": 64}, "parameters exceed"),
+    ({"auto_map": {"AutoModel": "evil.Model"}}, "unexpected architecture keys"),
+])
+def test_a_hostile_architecture_is_refused(stored, change, message):
+    with pytest.raises(ValueError, match=message):
+        get_adapter("hf_vision", _hostile(stored, **change))
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"package": "os"}, "unexpected config keys"),
+    ({"input_shape": [64, 64, 3]}, "takes 32px inputs"),
+    ({"input_shape": [32, 32]}, "input_shape"),
+    ({"mean": [0.5]}, "mean must list 3"),
+    ({"std": [0.5, 0.5, 0.0]}, "std"),
+    ({"pooling": "max"}, "pooling must be one of"),
+    ({"feature_dim": 999}, "feature_dim"),
+])
+def test_a_hostile_header_is_refused(stored, change, message):
+    with pytest.raises(ValueError, match=message):
+        get_adapter("hf_vision", {**stored, **change})
+
+
+def test_load_encoder_refuses_a_hostile_header_in_a_file(stored, tmp_path):
+    path = tmp_path / "evil.safetensors"
+    config = _hostile(stored, hidden_size=1 << 20)
+    write_safetensors(path, {"w": torch.zeros(1)}, {"adapter": "hf_vision", "config": json.dumps(config)})
+    with pytest.raises(ValueError, match="hidden_size"):
+        load_encoder(path)
+
+
+def test_folders_outside_the_allowed_root_and_escaping_files_are_refused(vit_folder, tmp_path):
+    root = tmp_path / "models"
+    root.mkdir()
+    with pytest.raises(ValueError, match="outside the allowed root"):
+        get_adapter("hf_vision", {"folder": str(root / ".." / ".." / vit_folder.name), "root": str(root)})
+    with pytest.raises(ValueError, match="unexpected config keys"):
+        get_adapter("hf_vision", {"folder": str(vit_folder), "package": "os"})
+    escaping = tmp_path / "escaping"
+    escaping.mkdir()
+    (escaping / "config.json").symlink_to(vit_folder / "config.json")
+    with pytest.raises(ValueError, match="resolves outside the model folder"):
+        get_adapter("hf_vision", {"folder": str(escaping)})
+
+
+def test_a_folder_config_json_naming_remote_code_is_read_by_its_allowed_keys_only(vit_folder, tmp_path):
+    folder = tmp_path / "remote"
+    folder.mkdir()
+    config = json.loads((vit_folder / "config.json").read_text())
+    config["auto_map"] = {"AutoModel": "evil.Model"}
+    (folder / "config.json").write_text(json.dumps(config))
+    (folder / "preprocessor_config.json").write_text((vit_folder / "preprocessor_config.json").read_text())
+    adapter = get_adapter("hf_vision", {"folder": str(folder)})
+    assert "auto_map" not in adapter.config["model"]
+    config["model_type"] = "custom_remote"
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="unknown model_type 'custom_remote'"):
+        get_adapter("hf_vision", {"folder": str(folder)})
