@@ -133,7 +133,8 @@ def onnx_check(args: argparse.Namespace) -> dict[str, Any]:
     results = {}
     for name, adapter in encoders(args.dry_run).items():
         torch.manual_seed(0)
-        model = Classifier(adapter.build(), Head(adapter.feature_dim, 10, hidden=[512, 256], dropout=0.5)).eval()
+        head = Head(adapter.feature_dim, 10, hidden=[512, 256], dropout=0.5)
+        model = Classifier(adapter.build(), head).eval()
         pixels = torch.rand(9, *np.array(adapter.input_shape)[[2, 0, 1]])
         path = work / f"{name}.onnx"
         export_onnx(model, pixels[:2], path)

@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from mudjack.bugs import load_bugs, save_bug
-from mudjack.deployed import Deployed
 from mudjack.evaluation import AttackSpec, retrain_and_evaluate
 from mudjack.heads import HeadParams
 from mudjack.intake import IntakeParams, intake_report

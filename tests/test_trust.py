@@ -14,7 +14,6 @@ import yaml
 from PIL import Image
 
 from mudjack.data import save_task
-from mudjack.deployed import Deployed
 from mudjack.encoders import save_encoder
 from mudjack.heads import save_head
 from mudjack.intake import IntakeParams, intake_report
