@@ -175,7 +175,9 @@ def test_save_and_load_round_trip_rebuilds_from_the_header_alone(tiny, tmp_path)
     assert header["pooling"] == adapter.config["pooling"]
     loaded, loaded_adapter = load_encoder(path)
     pixels = adapter.preprocess(_images(2))
-    assert loaded_adapter.config == adapter.config and loaded_adapter.source is None
+    assert loaded_adapter.config == adapter.config
+    with pytest.raises(ValueError, match="no model folder"):
+        loaded_adapter.load_pretrained()
     with torch.no_grad():
         assert torch.equal(loaded(pixels), encoder(pixels))
 
@@ -285,6 +287,8 @@ def test_folders_outside_the_allowed_root_and_escaping_files_are_refused(vit_fol
         get_adapter("hf_vision", {"folder": str(root / ".." / ".." / vit_folder.name), "root": str(root)})
     with pytest.raises(ValueError, match="unexpected config keys"):
         get_adapter("hf_vision", {"folder": str(vit_folder), "package": "os"})
+    with pytest.raises(ValueError, match="needs `folder`"):
+        get_adapter("hf_vision", {"pooling": "cls"})
     escaping = tmp_path / "escaping"
     escaping.mkdir()
     (escaping / "config.json").symlink_to(vit_folder / "config.json")
