@@ -261,6 +261,7 @@ def test_a_hostile_architecture_is_refused(stored, change, message):
 @pytest.mark.parametrize(("change", "message"), [
     ({"package": "os"}, "unexpected config keys"),
     ({"input_shape": [64, 64, 3]}, "takes 32px inputs"),
+    ({"input_shape": [1024, 1024, 3]}, "more than 4096 patches"),
     ({"input_shape": [32, 32]}, "input_shape"),
     ({"mean": [0.5]}, "mean must list 3"),
     ({"std": [0.5, 0.5, 0.0]}, "std"),
