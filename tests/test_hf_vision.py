@@ -22,7 +22,8 @@ from mudjack.encoders import get_adapter, load_encoder, save_encoder
 from mudjack.encoders.base import read_metadata
 from mudjack.encoders.hf_vision import HFVisionAdapter
 from mudjack.export import export_onnx, verify_onnx
-from mudjack.heads import Classifier, Head
+from mudjack.features import extract_features
+from mudjack.heads import Classifier, Head, HeadParams, predict, train_head
 from mudjack.io import write_safetensors
 from mudjack.patching.mudjacking import MudjackingParams, mudjacking
 from mudjack.triggers import patch_trigger
@@ -137,6 +138,15 @@ def test_inputs_of_another_size_are_resized_before_anything_else(tiny):
     assert np.array_equal(adapter.resize_raw(large[0]), resized[0])  # one image (H, W, C) too
     flat = np.full((1, 48, 48, 3), 77, dtype=np.uint8)  # bilinear keeps a flat image flat
     assert np.all(adapter.resize_raw(flat) == 77)
+
+
+def test_features_of_a_task_at_another_size_train_a_linear_probe(tiny):
+    _, adapter, encoder = tiny
+    images, labels = _images(12, side=48, seed=4), np.arange(12) % 2
+    features = extract_features(encoder, adapter, images, batch_size=5)
+    assert torch.allclose(features, extract_features(encoder, adapter, adapter.resize_raw(images)))
+    head = train_head(features, labels, 2, HeadParams(kind="linear", epochs=2))
+    assert head.spec["kind"] == "linear" and predict(head, features).shape == (12,)
 
 
 def test_a_trigger_is_stamped_in_the_input_space(tiny):
