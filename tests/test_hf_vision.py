@@ -22,7 +22,8 @@ from mudjack.encoders import get_adapter, load_encoder, save_encoder
 from mudjack.encoders.base import read_metadata
 from mudjack.encoders.hf_vision import HFVisionAdapter
 from mudjack.export import export_onnx, verify_onnx
-from mudjack.heads import Classifier, Head
+from mudjack.features import extract_features
+from mudjack.heads import Classifier, Head, HeadParams, predict, train_head
 from mudjack.io import write_safetensors
 from mudjack.patching.mudjacking import MudjackingParams, mudjacking
 from mudjack.triggers import patch_trigger
@@ -139,6 +140,15 @@ def test_inputs_of_another_size_are_resized_before_anything_else(tiny):
     assert np.all(adapter.resize_raw(flat) == 77)
 
 
+def test_features_of_a_task_at_another_size_train_a_linear_probe(tiny):
+    _, adapter, encoder = tiny
+    images, labels = _images(12, side=48, seed=4), np.arange(12) % 2
+    features = extract_features(encoder, adapter, images, batch_size=5)
+    assert torch.allclose(features, extract_features(encoder, adapter, adapter.resize_raw(images)))
+    head = train_head(features, labels, 2, HeadParams(kind="linear", epochs=2))
+    assert head.spec["kind"] == "linear" and predict(head, features).shape == (12,)
+
+
 def test_a_trigger_is_stamped_in_the_input_space(tiny):
     _, adapter, _ = tiny
     trigger = patch_trigger((SIDE, SIDE, 3), 4, 2, 3)
@@ -175,7 +185,9 @@ def test_save_and_load_round_trip_rebuilds_from_the_header_alone(tiny, tmp_path)
     assert header["pooling"] == adapter.config["pooling"]
     loaded, loaded_adapter = load_encoder(path)
     pixels = adapter.preprocess(_images(2))
-    assert loaded_adapter.config == adapter.config and loaded_adapter.source is None
+    assert loaded_adapter.config == adapter.config
+    with pytest.raises(ValueError, match="no model folder"):
+        loaded_adapter.load_pretrained()
     with torch.no_grad():
         assert torch.equal(loaded(pixels), encoder(pixels))
 
@@ -259,6 +271,7 @@ def test_a_hostile_architecture_is_refused(stored, change, message):
 @pytest.mark.parametrize(("change", "message"), [
     ({"package": "os"}, "unexpected config keys"),
     ({"input_shape": [64, 64, 3]}, "takes 32px inputs"),
+    ({"input_shape": [1024, 1024, 3]}, "more than 4096 patches"),
     ({"input_shape": [32, 32]}, "input_shape"),
     ({"mean": [0.5]}, "mean must list 3"),
     ({"std": [0.5, 0.5, 0.0]}, "std"),
@@ -285,6 +298,8 @@ def test_folders_outside_the_allowed_root_and_escaping_files_are_refused(vit_fol
         get_adapter("hf_vision", {"folder": str(root / ".." / ".." / vit_folder.name), "root": str(root)})
     with pytest.raises(ValueError, match="unexpected config keys"):
         get_adapter("hf_vision", {"folder": str(vit_folder), "package": "os"})
+    with pytest.raises(ValueError, match="needs `folder`"):
+        get_adapter("hf_vision", {"pooling": "cls"})
     escaping = tmp_path / "escaping"
     escaping.mkdir()
     (escaping / "config.json").symlink_to(vit_folder / "config.json")

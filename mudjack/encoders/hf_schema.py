@@ -203,6 +203,8 @@ def check_stored(config: Any) -> dict[str, Any]:
         raise ValueError(f"hf_vision: input_shape must be [H, W, {channels}], got {shape!r}")
     side.check("input height", shape[0])
     side.check("input width", shape[1])
+    if family.tokens and (shape[0] // model["patch_size"]) * (shape[1] // model["patch_size"]) > MAX_TOKENS:
+        raise ValueError(f"hf_vision: {shape[:2]} inputs make more than {MAX_TOKENS} patches")
     if family.fixed_size and shape[:2] != [model["image_size"]] * 2:
         raise ValueError(f"hf_vision: a {model['model_type']} takes {model['image_size']}px inputs, "
                          f"the processor gives {shape[:2]}")

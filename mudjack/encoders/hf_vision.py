@@ -52,6 +52,7 @@ PARAM_KEYS = ("folder", "root", "pooling")
 INHERITED_KEYS = ("input_shape", "mean", "std")  # image defaults the foundation stage adds
 TOWERS = {"clip": "clip_vision_model", "siglip": "siglip_vision_model"}  # full folder -> image tower
 RESCALE = 1 / 255
+MAX_JSON_BYTES = 1 << 20  # config.json and preprocessor_config.json are a few KiB
 
 
 # --------------------------------------------------------------------------- the folder
@@ -76,7 +77,10 @@ def model_folder(config: dict[str, Any]) -> Path:
 
 
 def _read_json(folder: Path, name: str) -> dict[str, Any]:
-    data = json.loads(inside(folder, name).read_text())
+    path = inside(folder, name)
+    if path.stat().st_size > MAX_JSON_BYTES:
+        raise ValueError(f"hf_vision: {path} is over {MAX_JSON_BYTES} bytes; not a model config")
+    data = json.loads(path.read_text())
     if not isinstance(data, dict):
         raise ValueError(f"hf_vision: {folder / name} is not a JSON object")
     return data
@@ -179,6 +183,9 @@ class HFVisionAdapter(EncoderAdapter):
                                  f"allowed: {list(PARAM_KEYS)}")
             self.source = model_folder(config)
             self.config = read_folder(config)
+        elif "model" not in config:
+            raise ValueError("hf_vision: config needs `folder` (a model folder) or, as stored in a "
+                             "saved encoder, `model`")
         else:
             self.config = check_stored(config)
 
@@ -214,10 +221,12 @@ class HFVisionAdapter(EncoderAdapter):
                 str(self.source), config=config, local_files_only=True, use_safetensors=True,
                 dtype=torch.float32, output_loading_info=True, **extra)
         missing = sorted(k for k in info["missing_keys"] if not k.endswith("num_batches_tracked"))
-        if missing or info["mismatched_keys"]:
+        if missing:
             hint = " (pooling: pooled needs the pooler; try cls)" if "pooler" in str(missing) else ""
-            raise ValueError(f"hf_vision: {self.source} lacks weights {missing[:5]} or has "
-                             f"mismatched ones {sorted(info['mismatched_keys'])[:5]}{hint}")
+            raise ValueError(f"hf_vision: {self.source} lacks weights {missing[:5]}{hint}")
+        if info["mismatched_keys"]:
+            raise ValueError(f"hf_vision: {self.source} has weights of other shapes than its config "
+                             f"says: {sorted(map(str, info['mismatched_keys']))[:5]}")
         encoder = ImageEncoder(self._wrap(model), self.config["mean"], self.config["std"])
         return encoder.eval()
 
