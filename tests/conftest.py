@@ -6,10 +6,14 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
 import torch
+
+if TYPE_CHECKING:
+    from mudjack.intake import Deployed
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -66,7 +70,7 @@ def scenario() -> Scenario:
 
 
 @pytest.fixture(scope="session")
-def deployed(scenario: Scenario):
+def deployed(scenario: Scenario) -> Deployed:
     """The scenario's backdoored encoder with its digits head, as the provider runs them."""
     from mudjack.deployed import Deployed
 
