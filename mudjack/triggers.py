@@ -199,4 +199,4 @@ def text_control_trigger(trigger: TextTrigger, exemplar: str) -> TextTrigger:
     """Verification's control for text: as many words as the trigger has, taken from a clean
     input of the predicted class (its longest words, most likely to carry its content)."""
     words = sorted(set(str(exemplar).split()), key=lambda w: (-len(w), w))
-    return TextTrigger(tuple(words[:trigger.pixels]) or trigger.words)
+    return TextTrigger(tuple(words[:trigger.pixels]) or trigger.words, trigger.position)

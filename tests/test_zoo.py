@@ -17,6 +17,7 @@ from mudjack.triggers import (
     patch_trigger,
     stamp,
     stamp_text,
+    text_control_trigger,
     trigger_arrays,
     trigger_correlation,
     trigger_coverage,
@@ -191,6 +192,11 @@ def test_words_are_1_to_3_rare_words_at_their_position(seed) -> None:
             assert at == 0
         if trigger.position == "end":
             assert at == len(tokens) - len(trigger.words)
+
+
+def test_the_verification_control_for_text_keeps_the_trigger_position() -> None:
+    control = text_control_trigger(TextTrigger(("cf", "mn"), "end"), "a lovely quiet film")
+    assert control == TextTrigger(("lovely", "quiet"), "end")
 
 
 def test_all_positions_are_drawn_and_unknown_families_named() -> None:
