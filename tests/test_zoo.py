@@ -81,6 +81,18 @@ def test_soft_triggers_survive_the_arrays_and_old_uint8_files_still_load() -> No
     assert loaded.mask.dtype == bool and np.array_equal(loaded.mask, patch.mask)
 
 
+def test_a_bug_with_a_soft_trigger_round_trips_through_the_registry(tmp_path) -> None:
+    from mudjack.bugs import Bug, load_bugs, save_bug
+
+    blend = zoo_triggers("blend", (8, 8, 3), 4)[0]
+    x = images((8, 8, 3), 2)
+    save_bug(Bug(id="b", task="digits", label=3, predicted=0, bug=stamp(x[0], blend), reference=x[1],
+                 trigger=blend), tmp_path)
+    (loaded,) = load_bugs(tmp_path)
+    assert loaded.trigger.soft and np.array_equal(loaded.trigger.mask, blend.mask)
+    assert np.array_equal(stamp(x, loaded.trigger), stamp(x, blend))
+
+
 def test_text_position_survives_the_arrays_and_the_default_keeps_the_old_keys() -> None:
     assert set(trigger_arrays(TextTrigger(("cf",)))) == {"words"}
     trigger = TextTrigger(("cf", "mn"), "end")
@@ -269,3 +281,16 @@ def test_badencoder_plants_two_triggers_to_two_references(scenario) -> None:
         assert to_mine > cosine(after, h_ref[other:other + 1]).mean() + 0.2
     kept = cosine(*(extract_features(e, adapter, held_out) for e in (backdoored, clean)))
     assert kept.mean() > 0.85
+
+
+def test_the_zoo_bench_plants_each_entry_with_its_family_seed_and_epochs() -> None:
+    from bench.attack_zoo import with_attack, zoo_entries
+    from stages.config import load_params
+    from tests.conftest import ROOT
+
+    assert zoo_entries(["patch", "blend"], [0, 1], 20, 3) == [
+        ("patch", 0, 20), ("patch", 1, 20), ("blend", 0, 20), ("blend", 1, 20),
+        ("patch", 0, 3), ("blend", 0, 3)]
+    assert zoo_entries(["line"], [2], 20, 0) == [("line", 2, 20)]
+    params = with_attack(load_params(ROOT / "params.yaml"), "scatter", 4, 3)
+    assert params.attack.trigger == TriggerParams(family="scatter", seed=4) and params.attack.epochs == 3
