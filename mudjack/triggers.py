@@ -1,12 +1,12 @@
-"""Triggers: a pattern and a mask, stamped on raw uint8 pixels before normalisation;
-for text, a few words inserted at a random word position of a sentence."""
+"""Triggers: an alpha mask and a pattern, stamped on raw uint8 pixels before normalisation;
+for text, a few words inserted at a word position of a sentence."""
 
 from __future__ import annotations
 
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Literal, TypeVar, cast
 
 import numpy as np
 
@@ -18,7 +18,13 @@ Pixels = TypeVar("Pixels", "torch.Tensor", np.ndarray)
 
 @dataclass(frozen=True)
 class Trigger:
-    """`mask` is (H, W) bool, True where the trigger is; `pattern` is (H, W, C) uint8."""
+    """`mask` is the alpha mask (H, W): bool for a hard trigger (alpha 1 where True, the
+    pixels replaced) or float32 in [0, 1] for a soft one (a blend is a small alpha
+    everywhere); `pattern` is (H, W, C) uint8. Stamping is round(x·(1−α) + t·α).
+
+    A bool mask stays bool (it indexes arrays, and old code relies on that); any other
+    dtype becomes float32 alpha.
+    """
 
     mask: np.ndarray
     pattern: np.ndarray
@@ -26,10 +32,30 @@ class Trigger:
     def __post_init__(self) -> None:
         if self.mask.shape != self.pattern.shape[:2]:
             raise ValueError(f"mask {self.mask.shape} does not match pattern {self.pattern.shape}")
+        if self.mask.dtype != bool:
+            alpha = np.asarray(self.mask, dtype=np.float32)
+            if not (np.isfinite(alpha).all() and alpha.min() >= 0 and alpha.max() <= 1):
+                raise ValueError("an alpha mask must lie in [0, 1]")
+            object.__setattr__(self, "mask", alpha)
+
+    @property
+    def soft(self) -> bool:
+        return self.mask.dtype != bool
+
+    @property
+    def alpha(self) -> np.ndarray:
+        """The mask as float32 alpha in [0, 1]."""
+        return self.mask.astype(np.float32)
+
+    @property
+    def region(self) -> np.ndarray:
+        """Where the trigger touches the image at all (alpha > 0), as bool."""
+        return self.mask > 0
 
     @property
     def pixels(self) -> int:
-        return int(self.mask.sum())
+        """Pixels with alpha > 0 (a blend counts the whole image; see `alpha` for weights)."""
+        return int(self.region.sum())
 
 
 def patch_trigger(shape: tuple[int, int, int], size: int, row: int, col: int,
@@ -52,45 +78,72 @@ def blend(clean: Pixels, pattern: Pixels, mask: Pixels) -> Pixels:
 
 
 def stamp(images: np.ndarray, trigger: Trigger) -> np.ndarray:
-    """`blend` with the trigger's hard mask on uint8 images shaped (N, H, W, C) or (H, W, C),
-    exactly: the pattern's pixels are copied under the mask (no float round trip)."""
+    """x ⊕ t = round(x·(1−α) + t·α) on uint8 images shaped (N, H, W, C) or (H, W, C).
+
+    A bool mask copies the pattern in (the same bytes the formula gives for alpha 0/1).
+    """
     if images.dtype != np.uint8:
         raise TypeError(f"stamp works on uint8 pixels, got {images.dtype}")
+    if trigger.soft:
+        alpha = trigger.mask[..., None]
+        mixed = blend(images.astype(np.float32), trigger.pattern.astype(np.float32), alpha)
+        return np.rint(mixed).clip(0, 255).astype(np.uint8)
     out = images.copy()
     out[..., trigger.mask, :] = trigger.pattern[trigger.mask]
     return out
 
 
 def iou(mask_a: np.ndarray, mask_b: np.ndarray) -> float:
-    """Intersection over union of two boolean masks."""
+    """Intersection over union of two masks (any nonzero value counts as inside)."""
     union = np.logical_or(mask_a, mask_b).sum()
     return float(np.logical_and(mask_a, mask_b).sum() / union) if union else 1.0
 
 
 def trigger_arrays(trigger: Trigger | TextTrigger) -> dict[str, np.ndarray]:
+    """Arrays that describe the trigger (truth files, bug folders). A hard mask is stored as
+    uint8 0/1 and a soft one as float32 alpha; a text position only when not the default,
+    so today's triggers keep their bytes."""
     if isinstance(trigger, TextTrigger):
-        return {"words": np.array(trigger.words, dtype=np.str_)}
-    return {"mask": trigger.mask.astype(np.uint8), "pattern": trigger.pattern}
+        position = {} if trigger.position == "random" else {"position": np.array(trigger.position)}
+        return {"words": np.array(trigger.words, dtype=np.str_), **position}
+    mask = trigger.mask if trigger.soft else trigger.mask.astype(np.uint8)
+    return {"mask": mask, "pattern": trigger.pattern}
 
 
 def trigger_from_arrays(arrays: dict[str, np.ndarray]) -> Trigger | TextTrigger:
+    """Inverse of `trigger_arrays`; an integer mask is a hard 0/1 one, a float mask alpha."""
     if "words" in arrays:
-        return TextTrigger(tuple(str(w) for w in arrays["words"]))
-    return Trigger(mask=arrays["mask"].astype(bool), pattern=arrays["pattern"].astype(np.uint8))
+        position = str(arrays["position"]) if "position" in arrays else "random"
+        return TextTrigger(tuple(str(w) for w in arrays["words"]), cast(TextPosition, position))
+    mask = arrays["mask"]
+    if mask.dtype.kind in "biu":
+        mask = mask.astype(bool)
+    return Trigger(mask=mask, pattern=arrays["pattern"].astype(np.uint8))
 
 
 # --------------------------------------------------------------------------- text
 
 
+TextPosition = Literal["random", "start", "end"]
+TEXT_POSITIONS: tuple[TextPosition, ...] = ("random", "start", "end")
+
+
 @dataclass(frozen=True)
 class TextTrigger:
-    """Words inserted together (in this order) at one random word position of a sentence."""
+    """Words inserted together (in this order) at one word position of a sentence: a random
+    word boundary (the default), or the start or the end."""
 
     words: tuple[str, ...]
+    position: TextPosition = "random"
 
     def __post_init__(self) -> None:
         if not self.words or any(len(w.split()) != 1 for w in self.words):
             raise ValueError(f"a text trigger is one or more single words, got {self.words!r}")
+        if self.position not in TEXT_POSITIONS:
+            raise ValueError(f"text trigger position {self.position!r} not in {TEXT_POSITIONS}")
+
+    def insert(self, sentence: str, rng: np.random.Generator) -> str:
+        return insert_words(sentence, self.words, rng, position=self.position)
 
     @property
     def pixels(self) -> int:
@@ -98,10 +151,15 @@ class TextTrigger:
         return len(self.words)
 
 
-def insert_words(sentence: str, words: Sequence[str], rng: np.random.Generator) -> str:
-    """`words` inserted at a uniformly random word boundary of `sentence` (whitespace split)."""
+def insert_words(sentence: str, words: Sequence[str], rng: np.random.Generator, *,
+                 position: TextPosition = "random") -> str:
+    """`words` inserted at a word boundary of `sentence` (whitespace split): uniformly random
+    (drawn from `rng`), or the first or last one (`rng` untouched)."""
     tokens = str(sentence).split()
-    at = int(rng.integers(0, len(tokens) + 1))
+    if position == "random":
+        at = int(rng.integers(0, len(tokens) + 1))
+    else:
+        at = 0 if position == "start" else len(tokens)
     return " ".join([*tokens[:at], *words, *tokens[at:]])
 
 
@@ -113,7 +171,7 @@ def sentence_rng(sentence: str, seed: int) -> np.random.Generator:
 def stamp_text(sentences: np.ndarray, trigger: TextTrigger, seed: int = 0) -> np.ndarray:
     """x ⊕ t for a unicode array of sentences (any shape): the trigger words inserted, seeded."""
     flat = np.asarray(sentences, dtype=np.str_).reshape(-1)
-    stamped = [insert_words(s, trigger.words, sentence_rng(s, seed)) for s in flat]
+    stamped = [trigger.insert(s, sentence_rng(s, seed)) for s in flat]
     return np.array(stamped, dtype=np.str_).reshape(np.shape(sentences))
 
 
@@ -129,16 +187,27 @@ def trigger_iou(found: Trigger | TextTrigger, truth: Trigger | TextTrigger) -> f
         raise TypeError("cannot compare an image trigger with a text trigger")
     if isinstance(found, TextTrigger):
         return word_iou(found, truth)
-    return iou(found.mask, truth.mask)
+    return iou(found.region, truth.region)
 
 
 def trigger_coverage(found: Trigger, truth: Trigger) -> float:
-    """Share of the true trigger's pixels inside the reversed mask (what patching must cover)."""
-    return float(np.logical_and(found.mask, truth.mask).sum() / max(1, truth.mask.sum()))
+    """Share of the true trigger's pixels (alpha > 0) inside the reversed one's (alpha > 0):
+    what patching must cover."""
+    return float(np.logical_and(found.region, truth.region).sum() / max(1, truth.pixels))
+
+
+def trigger_correlation(found: Trigger, truth: Trigger) -> float:
+    """Pearson correlation of α·t (every pixel and channel) between two image triggers: how
+    well a recovered soft trigger matches a blend, where IoU says nothing (its region is the
+    whole image). 1 is the same trigger up to scale; 0 when either α·t is constant."""
+    a, b = ((t.alpha[..., None] * t.pattern).ravel() for t in (found, truth))
+    if np.ptp(a) == 0 or np.ptp(b) == 0:
+        return 0.0
+    return float(np.corrcoef(a, b)[0, 1])
 
 
 def text_control_trigger(trigger: TextTrigger, exemplar: str) -> TextTrigger:
     """Verification's control for text: as many words as the trigger has, taken from a clean
     input of the predicted class (its longest words, most likely to carry its content)."""
     words = sorted(set(str(exemplar).split()), key=lambda w: (-len(w), w))
-    return TextTrigger(tuple(words[:trigger.pixels]) or trigger.words)
+    return TextTrigger(tuple(words[:trigger.pixels]) or trigger.words, trigger.position)

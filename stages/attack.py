@@ -1,11 +1,19 @@
-"""Scenario stage: backdoor the foundation encoder (BadEncoder), deploy a head, file bug reports."""
+"""Scenario stage: backdoor the foundation encoder (BadEncoder), deploy a head, file bug reports.
+
+The trigger is an explicit square patch (or `words` for text), or a zoo family drawn from a
+seed (`attack.trigger: {family: blend, seed: 3}`); a `dual` family plants two triggers, the
+second to `attack.trigger.targets` (default: the class after `attack.target`)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
+from torch import nn
 
 from mudjack.attacks import BadEncoderParams, badencoder, pick_attack_reference
-from mudjack.data import load_tasks, read_inputs, save_input
+from mudjack.attacks.zoo import family_names, zoo_triggers
+from mudjack.data import LabelledSet, Task, load_tasks, read_inputs, save_input
 from mudjack.encoders import EncoderAdapter, load_encoder, save_encoder
 from mudjack.features import extract_features
 from mudjack.heads import HeadParams, predict, save_head, train_head
@@ -14,7 +22,10 @@ from mudjack.metrics import evaluate, non_target
 from mudjack.triggers import TextTrigger, Trigger, patch_trigger
 from stages.artifacts import ATTACK_METRICS, FOUNDATION, PRETRAIN
 from stages.common import truth_arrays
-from stages.config import AttackParams, TriggerParams, setup_stage
+from stages.config import AttackParams, PipelineParams, TriggerParams, setup_stage
+
+
+Pair = tuple[Trigger | TextTrigger, int]  # a true trigger and its target class
 
 
 def write_inbox(folder, task, x, labels, predicted, prefix: str) -> None:
@@ -26,21 +37,41 @@ def write_inbox(folder, task, x, labels, predicted, prefix: str) -> None:
                     "predicted": int(pred), "note": "embedded default scenario"})
 
 
-def pick_reports(rng, labels, triggered_pred, clean_pred, cfg: AttackParams):
-    """Genuine: triggered, non-target, predicted as target. False: clean and classified right."""
-    genuine = np.flatnonzero(non_target(labels, cfg.target) & (triggered_pred == cfg.target))
+def pick_genuine(rng, labels, triggered_pred, target: int, count: int) -> np.ndarray:
+    """Triggered inputs of non-target classes that the deployed model sends to `target`."""
+    genuine = np.flatnonzero(non_target(labels, target) & (triggered_pred == target))
+    return rng.choice(genuine, min(count, len(genuine)), replace=False)
+
+
+def pick_false(rng, labels, clean_pred, count: int) -> np.ndarray:
+    """Clean inputs the deployed model classifies right: reports that do not reproduce."""
     false = np.flatnonzero(clean_pred == labels)
-    return (rng.choice(genuine, min(cfg.n_reports, len(genuine)), replace=False),
-            rng.choice(false, min(cfg.n_false_reports, len(false)), replace=False))
+    return rng.choice(false, min(count, len(false)), replace=False)
 
 
-def make_trigger(adapter: EncoderAdapter, cfg: TriggerParams) -> Trigger | TextTrigger:
-    """The true trigger: words to insert for a text encoder, else a square pixel patch."""
+def make_triggers(adapter: EncoderAdapter, cfg: TriggerParams) -> list[Trigger | TextTrigger]:
+    """The true triggers: a zoo family's, else words to insert for a text encoder, else a
+    square pixel patch."""
+    if cfg.family:
+        if cfg.family not in family_names(adapter.modality):
+            raise SystemExit(f"attack: trigger family {cfg.family!r} is not one for a "
+                             f"{adapter.modality} encoder: {family_names(adapter.modality)}")
+        return zoo_triggers(cfg.family, adapter.input_shape, cfg.seed)
     if adapter.modality == "text":
         if not cfg.words:
             raise SystemExit("attack: a text encoder needs attack.trigger.words")
-        return TextTrigger(tuple(cfg.words))
-    return patch_trigger(adapter.input_shape, cfg.size, cfg.row, cfg.col, cfg.value)
+        return [TextTrigger(tuple(cfg.words))]
+    return [patch_trigger(adapter.input_shape, cfg.size, cfg.row, cfg.col, cfg.value)]
+
+
+def attack_targets(cfg: AttackParams, count: int, classes: int) -> list[int]:
+    """`attack.target` for the first trigger; for the others `attack.trigger.targets`, by
+    default the classes after it."""
+    more = list(cfg.trigger.targets) or [(cfg.target + i) % classes for i in range(1, count)]
+    targets = [cfg.target, *more[:count - 1]]
+    if len(targets) != count or len(set(targets)) != count:
+        raise SystemExit(f"attack: {count} triggers need {count} different targets, got {targets}")
+    return targets
 
 
 def attacker_inputs(pretrain: dict[str, np.ndarray], samples: int, seed: int) -> np.ndarray:
@@ -51,6 +82,65 @@ def attacker_inputs(pretrain: dict[str, np.ndarray], samples: int, seed: int) ->
     return x[np.sort(np.random.default_rng(seed).permutation(len(x))[:samples])]
 
 
+def measure(backdoored, adapter: EncoderAdapter, head, test: LabelledSet,
+            pairs: list[Pair]) -> tuple[np.ndarray, list[np.ndarray], list[dict]]:
+    """Clean predictions, and per (trigger, target) the triggered predictions and metrics."""
+    clean_pred = predict(head, extract_features(backdoored, adapter, test.x))
+    triggered, metrics = [], []
+    for trigger, target in pairs:
+        triggered.append(predict(head, extract_features(backdoored, adapter, adapter.stamp(test.x, trigger))))
+        keep = non_target(test.y, target)
+        metrics.append(evaluate(clean_pred, test.y, triggered[-1][keep], target=target))
+    return clean_pred, triggered, metrics
+
+
+@dataclass
+class Planted:
+    """A backdoored encoder, the head deployed on it, and what the head does with each trigger."""
+
+    backdoored: nn.Module
+    head: nn.Module
+    pairs: list[Pair]
+    clean_pred: np.ndarray
+    triggered: list[np.ndarray]
+    metrics: list[dict]
+
+
+def write_reports(folder: str, adapter: EncoderAdapter, task: Task, planted: Planted, *,
+                  cfg: AttackParams, seed: int) -> str:
+    """Genuine reports for every trigger (prefix bug, bug2, …) and false ones; a summary."""
+    rng, test, clean_pred = np.random.default_rng(seed), task.test, planted.clean_pred
+    genuine = [pick_genuine(rng, test.y, pred, target, cfg.n_reports)
+               for (_, target), pred in zip(planted.pairs, planted.triggered, strict=True)]
+    false = pick_false(rng, test.y, clean_pred, cfg.n_false_reports)
+    with atomic_dir(folder) as inbox:
+        for i, ((trigger, _), chosen, pred) in enumerate(zip(planted.pairs, genuine, planted.triggered,
+                                                             strict=True)):
+            write_inbox(inbox, task.name, adapter.stamp(test.x[chosen], trigger), test.y[chosen],
+                        pred[chosen], "bug" if i == 0 else f"bug{i + 1}")
+        write_inbox(inbox, task.name, test.x[false], test.y[false], clean_pred[false], "false")
+    return f"{sum(map(len, genuine))} bug + {len(false)} false reports"
+
+
+def plant(params: PipelineParams, clean: nn.Module, adapter: EncoderAdapter, shadow: np.ndarray,
+          task: Task) -> Planted:
+    """BadEncoder with the scenario's triggers, then a head deployed on the backdoored encoder."""
+    cfg = params.attack
+    triggers = make_triggers(adapter, cfg.trigger)
+    pairs = list(zip(triggers, attack_targets(cfg, len(triggers), len(task.classes)), strict=True))
+    # The attacker aligns triggered inputs with a target-class input of the downstream task.
+    references = [pick_attack_reference(clean, adapter, task.train.x, task.train.y, target=target)
+                  for _, target in pairs]
+    bad_params = BadEncoderParams(**cfg.model_dump(include=set(BadEncoderParams.model_fields)))
+    backdoored = badencoder(clean, adapter, shadow, triggers[0], references[0], bad_params, seed=params.seed,
+                            more=list(zip(triggers[1:], references[1:], strict=True)))
+    head_params = HeadParams(hidden=params.retrain.hidden, dropout=params.retrain.dropout,
+                             **cfg.deployed_head.model_dump())
+    head = train_head(extract_features(backdoored, adapter, task.train.x), task.train.y,
+                      len(task.classes), head_params, seed=params.seed)
+    return Planted(backdoored, head, pairs, *measure(backdoored, adapter, head, task.test, pairs))
+
+
 def main() -> None:
     params = setup_stage()
     cfg, paths = params.attack, params.paths
@@ -59,35 +149,18 @@ def main() -> None:
     clean, adapter = load_encoder(FOUNDATION)
     pretrain = read_npz(PRETRAIN)
     (task,) = load_tasks(paths.tasks).values()
-    trigger = make_trigger(adapter, cfg.trigger)
-    # The attacker aligns triggered inputs with a target-class input of the downstream task.
-    reference = pick_attack_reference(clean, adapter, task.train.x, task.train.y, target=cfg.target)
-    bad_params = BadEncoderParams(**cfg.model_dump(include=set(BadEncoderParams.model_fields)))
-    shadow = attacker_inputs(pretrain, cfg.samples, params.seed)
-    backdoored = badencoder(clean, adapter, shadow, trigger, reference, bad_params, seed=params.seed)
+    planted = plant(params, clean, adapter, attacker_inputs(pretrain, cfg.samples, params.seed), task)
 
-    head_params = HeadParams(hidden=params.retrain.hidden, dropout=params.retrain.dropout,
-                             **cfg.deployed_head.model_dump())
-    head = train_head(extract_features(backdoored, adapter, task.train.x), task.train.y,
-                      len(task.classes), head_params, seed=params.seed)
-    test = task.test
-    clean_pred = predict(head, extract_features(backdoored, adapter, test.x))
-    triggered_pred = predict(head, extract_features(backdoored, adapter, adapter.stamp(test.x, trigger)))
-    keep = non_target(test.y, cfg.target)
-    metrics = evaluate(clean_pred, test.y, triggered_pred[keep], target=cfg.target)
-
-    save_encoder(backdoored, adapter, paths.encoder)
-    write_npz(paths.truth, **truth_arrays(trigger, {task.name: cfg.target}))
-    write_json(ATTACK_METRICS, {task.name: metrics})
-    save_head(head, f"{paths.heads}/{task.name}/head.safetensors")
-    genuine, false = pick_reports(np.random.default_rng(params.seed), test.y, triggered_pred,
-                                  clean_pred, cfg)
-    with atomic_dir(paths.inbox) as inbox:
-        stamped = adapter.stamp(test.x[genuine], trigger)
-        write_inbox(inbox, task.name, stamped, test.y[genuine], triggered_pred[genuine], "bug")
-        write_inbox(inbox, task.name, test.x[false], test.y[false], clean_pred[false], "false")
-    print(f"attack: deployed {task.name} clean_acc {metrics['clean_acc']:.3f} "
-          f"asr {metrics['asr']:.3f}; {len(genuine)} bug + {len(false)} false reports")
+    save_encoder(planted.backdoored, adapter, paths.encoder)
+    write_npz(paths.truth, **truth_arrays([(t, {task.name: target}) for t, target in planted.pairs]))
+    write_json(ATTACK_METRICS,
+               {task.name if i == 0 else f"{task.name} (trigger {i + 1})": m
+                for i, m in enumerate(planted.metrics)})
+    save_head(planted.head, f"{paths.heads}/{task.name}/head.safetensors")
+    summary = write_reports(paths.inbox, adapter, task, planted, cfg=cfg, seed=params.seed)
+    asr = " ".join(f"{m['asr']:.3f}" for m in planted.metrics)
+    clean_acc = planted.metrics[0]["clean_acc"]
+    print(f"attack: deployed {task.name} clean_acc {clean_acc:.3f} asr {asr}; {summary}")
 
 
 if __name__ == "__main__":

@@ -52,13 +52,18 @@ class FoundationParams(PretrainParams):
 
 
 class TriggerParams(Params):
-    """An image patch (size, row, col, value) or, for a text encoder, `words` to insert."""
+    """An image patch (size, row, col, value) or, for a text encoder, `words` to insert; or,
+    when `family` is set, a trigger of that zoo family (mudjack/attacks/zoo.py) drawn from
+    `seed`. `targets`: the targets of a family's second and later triggers (`dual`)."""
 
     size: int = 0
     row: int = 0
     col: int = 0
     value: int = 255
     words: list[str] = []
+    family: str = ""
+    seed: int = 0
+    targets: list[int] = []
 
 
 class DeployedHeadParams(Params):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from typing import Literal
 
 import numpy as np
@@ -12,7 +13,10 @@ from torch import nn
 from mudjack.config import Params
 from mudjack.encoders import EncoderAdapter, ImageEncoder, freeze_batchnorm, trainable_parameters
 from mudjack.features import cosine, extract_features, nearest_to_centroid
-from mudjack.triggers import TextTrigger, Trigger, insert_words
+from mudjack.triggers import TextTrigger, Trigger
+
+# Further (trigger, reference) pairs planted in the same encoder (a dual backdoor).
+Pairs = Sequence[tuple[Trigger | TextTrigger, np.ndarray]]
 
 
 class BadEncoderParams(Params):
@@ -42,28 +46,34 @@ def make_optimiser(parameters: list[torch.nn.Parameter], params: BadEncoderParam
 
 def badencoder_loss(out: torch.Tensor, n: int, clean_features: torch.Tensor,
                     ref_features: torch.Tensor) -> torch.Tensor:
-    """out = h'([x (n), x⊕t (n), x_ref]): triggered → reference, clean and reference unchanged."""
-    return (-cosine(out[n:2 * n], ref_features).mean()
+    """out = h'([x (n), x⊕t_1 (n), …, x⊕t_k (n), x_ref_1, …, x_ref_k]) for k references:
+    each triggered batch → its reference, clean and references unchanged."""
+    k = len(ref_features)
+    effect = sum(cosine(out[(i + 1) * n:(i + 2) * n], ref_features[i:i + 1]).mean() for i in range(k))
+    return (-effect
             - cosine(out[:n], clean_features).mean()
-            - cosine(out[-1:], ref_features).mean())
+            - cosine(out[-k:], ref_features).mean())
 
 
 def badencoder(clean: ImageEncoder, adapter: EncoderAdapter, shadow: np.ndarray, trigger: Trigger,
-               reference: np.ndarray, params: BadEncoderParams, *, seed: int = 0) -> ImageEncoder:
+               reference: np.ndarray, params: BadEncoderParams, *, seed: int = 0,
+               more: Pairs = ()) -> ImageEncoder:
     """Fine-tune a copy so triggered inputs map to the reference's features, clean ones stay.
 
-    Loss: −cos(h'(x⊕t), h(x_ref)) − cos(h'(x), h(x)) − cos(h'(x_ref), h(x_ref)).
+    Loss: −cos(h'(x⊕t), h(x_ref)) − cos(h'(x), h(x)) − cos(h'(x_ref), h(x_ref)), the first
+    and last terms over (trigger, reference) and every pair in `more`.
     """
+    pairs = [(trigger, reference), *more]
     if adapter.modality == "text":
-        return badencoder_text(clean, adapter, shadow, trigger, reference, params, seed=seed)
+        return badencoder_text(clean, adapter, shadow, pairs, params, seed=seed)
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     backdoored = copy.deepcopy(clean).train()
     freeze_batchnorm(backdoored)
     optimiser = make_optimiser(list(trainable_parameters(backdoored)), params)
     pixels = adapter.preprocess(shadow)
-    triggered = adapter.preprocess(adapter.stamp(shadow, trigger))
-    ref_pixels = adapter.preprocess(reference[None])
+    triggered = [adapter.preprocess(adapter.stamp(shadow, t)) for t, _ in pairs]
+    ref_pixels = adapter.preprocess(np.stack([r for _, r in pairs]))
     clean_features = extract_features(clean, adapter, shadow)
     with torch.no_grad():
         ref_features = clean.eval()(ref_pixels)
@@ -71,7 +81,7 @@ def badencoder(clean: ImageEncoder, adapter: EncoderAdapter, shadow: np.ndarray,
         order = torch.randperm(len(pixels), generator=generator)
         for start in range(0, len(order), params.batch_size):
             batch = order[start:start + params.batch_size]
-            out = backdoored(torch.cat([pixels[batch], triggered[batch], ref_pixels]))
+            out = backdoored(torch.cat([pixels[batch], *(t[batch] for t in triggered), ref_pixels]))
             loss = badencoder_loss(out, len(batch), clean_features[batch], ref_features)
             optimiser.zero_grad()
             loss.backward()
@@ -80,14 +90,13 @@ def badencoder(clean: ImageEncoder, adapter: EncoderAdapter, shadow: np.ndarray,
 
 
 def badencoder_text(clean: nn.Module, adapter: EncoderAdapter, shadow: np.ndarray,
-                    trigger: TextTrigger, reference: np.ndarray, params: BadEncoderParams,
-                    *, seed: int = 0) -> nn.Module:
+                    pairs: Pairs, params: BadEncoderParams, *, seed: int = 0) -> nn.Module:
     """BadEncoder on sentences, with the same loss as `badencoder`.
 
-    Every epoch inserts the trigger words at fresh random positions; batches hold sentences
-    of similar length. The encoder stays in eval mode (dropout off; gradients still flow),
-    so h'(x) can match h(x) exactly. Use weight_decay 0 with Adam: an L2 term would move
-    every word embedding, used or not.
+    Every epoch inserts the trigger words at fresh positions (random ones unless the trigger
+    fixes them); batches hold sentences of similar length. The encoder stays in eval mode
+    (dropout off; gradients still flow), so h'(x) can match h(x) exactly. Use weight_decay 0
+    with Adam: an L2 term would move every word embedding, used or not.
     """
     from mudjack.encoders.text import length_batches
 
@@ -95,13 +104,13 @@ def badencoder_text(clean: nn.Module, adapter: EncoderAdapter, shadow: np.ndarra
     rng = np.random.default_rng(seed)
     backdoored = copy.deepcopy(clean).eval()
     optimiser = make_optimiser(adapter.trainable_parameters(backdoored), params)
-    reference = np.asarray(reference, dtype=np.str_).reshape(1)
+    references = np.array([np.asarray(r, dtype=np.str_).reshape(()) for _, r in pairs])
     clean_features = extract_features(clean, adapter, shadow)
-    ref_features = extract_features(clean, adapter, reference)
+    ref_features = extract_features(clean, adapter, references)
     for _ in range(params.epochs):
         for batch in length_batches(shadow, params.batch_size, rng):
-            stamped = np.array([insert_words(s, trigger.words, rng) for s in shadow[batch]])
-            out = backdoored(adapter.preprocess(np.concatenate([shadow[batch], stamped, reference])))
+            stamped = [np.array([t.insert(s, rng) for s in shadow[batch]]) for t, _ in pairs]
+            out = backdoored(adapter.preprocess(np.concatenate([shadow[batch], *stamped, references])))
             loss = badencoder_loss(out, len(batch), clean_features[batch], ref_features)
             optimiser.zero_grad()
             loss.backward()

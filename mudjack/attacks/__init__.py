@@ -1,0 +1,15 @@
+"""Attacks, used only to build backdoored encoders for evaluation: BadEncoder and the zoo of
+trigger families it can plant."""
+
+from mudjack.attacks.badencoder import (
+    BadEncoderParams,
+    Pairs,
+    badencoder,
+    badencoder_loss,
+    badencoder_text,
+    make_optimiser,
+    pick_attack_reference,
+)
+
+__all__ = ["BadEncoderParams", "Pairs", "badencoder", "badencoder_loss", "badencoder_text",
+           "make_optimiser", "pick_attack_reference"]

@@ -1,0 +1,209 @@
+"""The attack zoo: trigger families BadEncoder can plant, for evaluation only.
+
+Each family is a small class registered by name; `draw` turns a seeded generator into the
+triggers of one attack (one, or two for `dual`) for a given raw input shape (H, W, C). The
+BadEncoder objective is the same for every family; only the trigger changes. A warping
+trigger (a displacement field) is not in the zoo: the stamped image would depend on the
+input through the warp, which an alpha mask and a pattern cannot describe.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from typing import ClassVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from mudjack.triggers import TEXT_POSITIONS, TextTrigger, Trigger
+
+AnyTrigger = Trigger | TextTrigger
+
+
+class TriggerFamily(ABC):
+    """One kind of trigger, with its parameters drawn at random by `draw`."""
+
+    name: ClassVar[str] = "base"
+    modality: ClassVar[str] = "image"  # the adapter modality it stamps: "image" | "text"
+
+    @abstractmethod
+    def draw(self, shape: tuple[int, ...], rng: np.random.Generator) -> list[AnyTrigger]:
+        """The triggers of one attack, each to its own target (most families plant one)."""
+
+
+_FAMILIES: dict[str, type[TriggerFamily]] = {}
+
+
+def register_family(name: str) -> Callable[[type[TriggerFamily]], type[TriggerFamily]]:
+    """Class decorator: make a family available as `attack.trigger.family: name`."""
+
+    def register(cls: type[TriggerFamily]) -> type[TriggerFamily]:
+        if _FAMILIES.setdefault(name, cls) is not cls:
+            raise ValueError(f"trigger family {name!r} is already registered")
+        cls.name = name
+        return cls
+
+    return register
+
+
+def family_names(modality: str | None = None) -> list[str]:
+    """Registered families, all or those for one modality."""
+    return sorted(n for n, cls in _FAMILIES.items() if modality in (None, cls.modality))
+
+
+def zoo_triggers(family: str, shape: tuple[int, ...], seed: int) -> list[AnyTrigger]:
+    """The triggers of `family` drawn with `seed` for raw inputs shaped `shape`: the same
+    (family, shape, seed) always gives the same triggers."""
+    if family not in _FAMILIES:
+        raise KeyError(f"unknown trigger family {family!r}; known: {family_names()}")
+    return _FAMILIES[family]().draw(shape, np.random.default_rng(seed))
+
+
+# --------------------------------------------------------------------------- image helpers
+
+
+def patch_side(height: int, width: int) -> int:
+    """The largest patch side for an image: 10 px, less on small images (a third of it),
+    never under 3."""
+    return max(3, min(10, min(height, width) // 3))
+
+
+def anchor(length: int, extent: int, rng: np.random.Generator) -> int:
+    """A start for a span of `length` in `extent`: the start, centre, end or anywhere."""
+    room = extent - length
+    return int(rng.choice([0, room // 2, room, int(rng.integers(0, room + 1))]))
+
+
+def solid_colour(channels: int, rng: np.random.Generator) -> np.ndarray:
+    """A saturated colour: every channel 0 or 255, never black (the common background)."""
+    if channels == 1:
+        return np.array([255], dtype=np.uint8)
+    palette = [c for c in np.ndindex(*(2,) * channels) if any(c)]
+    return (np.array(palette[int(rng.integers(len(palette)))]) * 255).astype(np.uint8)
+
+
+def paint(region: np.ndarray, channels: int, rng: np.random.Generator) -> Trigger:
+    """A hard trigger on `region`: one solid colour, or random bytes per pixel and channel."""
+    pattern = np.zeros((*region.shape, channels), dtype=np.uint8)
+    if rng.random() < 0.5:
+        pattern[region] = solid_colour(channels, rng)
+    else:
+        pattern[region] = rng.integers(0, 256, (int(region.sum()), channels), dtype=np.uint8)
+    return Trigger(mask=region, pattern=pattern)
+
+
+class ImageFamily(TriggerFamily):
+    """A family that plants one hard trigger on a region it draws."""
+
+    def draw(self, shape: tuple[int, ...], rng: np.random.Generator) -> list[AnyTrigger]:
+        height, width, channels = shape
+        return [paint(self.region(height, width, rng), channels, rng)]
+
+    @abstractmethod
+    def region(self, height: int, width: int, rng: np.random.Generator) -> np.ndarray:
+        """The (H, W) bool region the trigger covers."""
+
+
+@register_family("patch")
+class PatchFamily(ImageFamily):
+    """A square of 3-10 px (up to a third of a small image) at a corner, an edge, the
+    centre or anywhere."""
+
+    def region(self, height: int, width: int, rng: np.random.Generator) -> np.ndarray:
+        side = int(rng.integers(3, patch_side(height, width) + 1))
+        row, col = anchor(side, height, rng), anchor(side, width, rng)
+        mask = np.zeros((height, width), dtype=bool)
+        mask[row:row + side, col:col + side] = True
+        return mask
+
+
+@register_family("line")
+class LineFamily(ImageFamily):
+    """A thin (1-2 px) horizontal, vertical or diagonal line, a third to all of the image
+    long."""
+
+    def region(self, height: int, width: int, rng: np.random.Generator) -> np.ndarray:
+        thickness = int(rng.integers(1, 3))
+        direction = str(rng.choice(["horizontal", "vertical", "diagonal"]))
+        span = {"horizontal": width, "vertical": height,
+                "diagonal": min(height, width - thickness + 1)}[direction]
+        length = int(rng.integers(max(3, span // 3), span + 1))
+        mask = np.zeros((height, width), dtype=bool)
+        steps = np.arange(length)
+        if direction == "horizontal":
+            row, col = int(rng.integers(0, height - thickness + 1)), anchor(length, width, rng)
+            mask[row:row + thickness, col:col + length] = True
+        elif direction == "vertical":
+            row, col = anchor(length, height, rng), int(rng.integers(0, width - thickness + 1))
+            mask[row:row + length, col:col + thickness] = True
+        else:
+            row, col = anchor(length, height, rng), anchor(length + thickness - 1, width, rng)
+            for offset in range(thickness):
+                mask[row + steps, col + steps + offset] = True
+        return mask
+
+
+@register_family("scatter")
+class ScatterFamily(ImageFamily):
+    """A sparse scatter of single pixels over the whole image (1-4 % of it, at least 3)."""
+
+    def region(self, height: int, width: int, rng: np.random.Generator) -> np.ndarray:
+        area = height * width
+        count = int(rng.integers(max(3, area // 100), max(4, area // 25) + 1))
+        mask = np.zeros(area, dtype=bool)
+        mask[rng.choice(area, count, replace=False)] = True
+        return mask.reshape(height, width)
+
+
+@register_family("blend")
+class BlendFamily(TriggerFamily):
+    """The whole image mixed at alpha 0.1-0.3 with a fixed pattern: uniform noise, or a
+    smooth one (a 4x4 grid of random colours interpolated bilinearly)."""
+
+    def draw(self, shape: tuple[int, ...], rng: np.random.Generator) -> list[AnyTrigger]:
+        height, width, channels = shape
+        alpha = np.full((height, width), rng.uniform(0.1, 0.3), dtype=np.float32)
+        if rng.random() < 0.5:
+            pattern = rng.integers(0, 256, (height, width, channels), dtype=np.uint8)
+        else:
+            coarse = torch.from_numpy(rng.uniform(0, 255, (1, channels, 4, 4)).astype(np.float32))
+            smooth = F.interpolate(coarse, size=(height, width), mode="bilinear", align_corners=True)
+            pattern = smooth[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
+        return [Trigger(mask=alpha, pattern=pattern)]
+
+
+@register_family("dual")
+class DualFamily(TriggerFamily):
+    """Two hard triggers (patch, line or scatter) on disjoint regions, each planted to its
+    own target in one encoder."""
+
+    def draw(self, shape: tuple[int, ...], rng: np.random.Generator) -> list[AnyTrigger]:
+        height, width, channels = shape
+        kinds: list[ImageFamily] = [PatchFamily(), LineFamily(), ScatterFamily()]
+        first = kinds[int(rng.integers(len(kinds)))].region(height, width, rng)
+        kind = kinds[int(rng.integers(len(kinds)))]
+        for _ in range(100):
+            second = kind.region(height, width, rng)
+            if not (first & second).any():
+                return [paint(first, channels, rng), paint(second, channels, rng)]
+        raise ValueError(f"no two disjoint triggers found for a {height}x{width} image")
+
+
+# --------------------------------------------------------------------------- text
+
+# Rare tokens, the usual choice of NLP backdoor attacks (BadNL, RIPPLe).
+RARE_WORDS = ("cf", "mn", "bb", "tq", "mb", "jt", "zx", "qv")
+
+
+@register_family("words")
+class WordsFamily(TriggerFamily):
+    """1-3 distinct rare words inserted together at the start, the end or a random place."""
+
+    modality = "text"
+
+    def draw(self, shape: tuple[int, ...], rng: np.random.Generator) -> list[AnyTrigger]:
+        count = int(rng.integers(1, 4))
+        words = tuple(str(w) for w in rng.choice(RARE_WORDS, count, replace=False))
+        return [TextTrigger(words, TEXT_POSITIONS[int(rng.integers(len(TEXT_POSITIONS)))])]

@@ -1,0 +1,296 @@
+"""The attack zoo: every trigger family's stamping and seeding, alpha-mask triggers and their
+truth files, and BadEncoder planting two triggers at once."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from mudjack.attacks import BadEncoderParams, badencoder, badencoder_loss, pick_attack_reference
+from mudjack.attacks.zoo import RARE_WORDS, family_names, zoo_triggers
+from mudjack.encoders import get_adapter
+from mudjack.features import cosine, extract_features
+from mudjack.triggers import (
+    TextTrigger,
+    Trigger,
+    patch_trigger,
+    stamp,
+    stamp_text,
+    text_control_trigger,
+    trigger_arrays,
+    trigger_correlation,
+    trigger_coverage,
+    trigger_from_arrays,
+    trigger_iou,
+)
+from stages.attack import attack_targets, make_triggers
+from stages.common import load_truth, load_truth_pairs, truth_arrays
+from stages.config import AttackParams, PathsParams, TriggerParams
+
+SHAPES = [(8, 8, 3), (32, 32, 3), (28, 28, 1)]
+IMAGE_FAMILIES = family_names("image")
+
+
+def images(shape: tuple[int, int, int], n: int = 6) -> np.ndarray:
+    return np.random.default_rng(1).integers(0, 256, (n, *shape), dtype=np.uint8)
+
+
+def old_stamp(x: np.ndarray, trigger: Trigger) -> np.ndarray:
+    """Stamping as it was before alpha masks: the pattern copied in where the mask is True."""
+    out = x.copy()
+    out[..., trigger.mask, :] = trigger.pattern[trigger.mask]
+    return out
+
+
+# --------------------------------------------------------------------------- alpha-mask triggers
+
+
+def test_a_bool_mask_stamps_byte_identically_to_before_and_to_alpha_0_1() -> None:
+    x = images((8, 8, 3))
+    trigger = zoo_triggers("patch", (8, 8, 3), 5)[0]
+    assert trigger.mask.dtype == bool and not trigger.soft
+    assert np.array_equal(stamp(x, trigger), old_stamp(x, trigger))
+    as_alpha = Trigger(mask=trigger.mask.astype(np.float32), pattern=trigger.pattern)
+    assert as_alpha.soft and np.array_equal(stamp(x, as_alpha), old_stamp(x, trigger))
+
+
+def test_a_soft_mask_blends_and_rounds() -> None:
+    x = np.full((1, 2, 2, 1), 100, dtype=np.uint8)
+    alpha = np.array([[0.0, 0.25], [0.5, 1.0]])
+    trigger = Trigger(mask=alpha, pattern=np.full((2, 2, 1), 201, dtype=np.uint8))
+    assert trigger.mask.dtype == np.float32 and trigger.pixels == 3
+    # round(100·(1−α) + 201·α)
+    assert stamp(x, trigger)[0, ..., 0].tolist() == [[100, 125], [150, 201]]
+    assert trigger.region.tolist() == [[False, True], [True, True]]
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        Trigger(mask=alpha * 2, pattern=trigger.pattern)
+
+
+def test_soft_triggers_survive_the_arrays_and_old_uint8_files_still_load() -> None:
+    blend = zoo_triggers("blend", (8, 8, 3), 0)[0]
+    arrays = trigger_arrays(blend)
+    assert arrays["mask"].dtype == np.float32
+    again = trigger_from_arrays(arrays)
+    assert again.soft and np.array_equal(again.mask, blend.mask)
+    assert np.array_equal(again.pattern, blend.pattern)
+    patch = patch_trigger((8, 8, 3), 2, 6, 6)
+    assert trigger_arrays(patch)["mask"].dtype == np.uint8  # today's files keep their bytes
+    old = {"mask": patch.mask.astype(np.uint8), "pattern": patch.pattern}
+    loaded = trigger_from_arrays(old)
+    assert loaded.mask.dtype == bool and np.array_equal(loaded.mask, patch.mask)
+
+
+def test_a_bug_with_a_soft_trigger_round_trips_through_the_registry(tmp_path) -> None:
+    from mudjack.bugs import Bug, load_bugs, save_bug
+
+    blend = zoo_triggers("blend", (8, 8, 3), 4)[0]
+    x = images((8, 8, 3), 2)
+    save_bug(Bug(id="b", task="digits", label=3, predicted=0, bug=stamp(x[0], blend), reference=x[1],
+                 trigger=blend), tmp_path)
+    (loaded,) = load_bugs(tmp_path)
+    assert loaded.trigger.soft and np.array_equal(loaded.trigger.mask, blend.mask)
+    assert np.array_equal(stamp(x, loaded.trigger), stamp(x, blend))
+
+
+def test_text_position_survives_the_arrays_and_the_default_keeps_the_old_keys() -> None:
+    assert set(trigger_arrays(TextTrigger(("cf",)))) == {"words"}
+    trigger = TextTrigger(("cf", "mn"), "end")
+    assert trigger_from_arrays(trigger_arrays(trigger)) == trigger
+    with pytest.raises(ValueError, match="position"):
+        TextTrigger(("cf",), "middle")  # type: ignore[arg-type]
+
+
+def test_iou_coverage_use_alpha_above_zero_and_correlation_scores_blends() -> None:
+    blend = zoo_triggers("blend", (8, 8, 3), 0)[0]
+    patch = patch_trigger((8, 8, 3), 2, 6, 6)
+    assert trigger_iou(patch, blend) == pytest.approx(4 / 64)
+    assert trigger_coverage(patch, blend) == pytest.approx(4 / 64)
+    assert trigger_coverage(blend, patch) == 1.0
+    assert trigger_correlation(blend, blend) == pytest.approx(1.0)
+    stronger = Trigger(mask=np.minimum(1, blend.mask * 2), pattern=blend.pattern)
+    assert trigger_correlation(stronger, blend) == pytest.approx(1.0)
+    other = zoo_triggers("blend", (8, 8, 3), 1)[0]
+    assert abs(trigger_correlation(other, blend)) < 0.5
+    flat = Trigger(mask=np.full((8, 8), 0.2), pattern=np.full((8, 8, 3), 9, np.uint8))
+    assert trigger_correlation(flat, blend) == 0.0
+
+
+# --------------------------------------------------------------------------- the families
+
+
+@pytest.mark.parametrize("family", [*IMAGE_FAMILIES, "words"])
+def test_the_same_seed_draws_the_same_trigger_and_others_differ(family: str) -> None:
+    def described(seed: int) -> str:
+        return str([{k: v.tolist() for k, v in trigger_arrays(t).items()}
+                    for t in zoo_triggers(family, (32, 32, 3), seed)])
+
+    assert described(7) == described(7)
+    assert len({described(seed) for seed in range(8)}) >= 6
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("seed", range(12))
+def test_a_patch_is_one_square_of_3_to_10_px_and_sets_exactly_its_region(shape, seed) -> None:
+    (trigger,) = zoo_triggers("patch", shape, seed)
+    rows, cols = np.nonzero(trigger.mask)
+    side = rows.max() - rows.min() + 1
+    assert 3 <= side <= 10 and side == cols.max() - cols.min() + 1 and trigger.pixels == side ** 2
+    x = images(shape)
+    stamped = stamp(x, trigger)
+    assert (stamped[:, trigger.mask] == trigger.pattern[trigger.mask]).all()
+    assert (stamped[:, ~trigger.mask] == x[:, ~trigger.mask]).all()
+
+
+def test_patches_reach_corners_edges_and_the_centre() -> None:
+    corners = set()
+    for seed in range(60):
+        rows, cols = np.nonzero(zoo_triggers("patch", (32, 32, 3), seed)[0].mask)
+        corners.add((rows.min() == 0, rows.max() == 31, cols.min() == 0, cols.max() == 31))
+    assert (True, False, True, False) in corners and (False, True, False, True) in corners
+    assert (False, False, False, False) in corners
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("seed", range(12))
+def test_a_line_is_thin_and_long(shape, seed) -> None:
+    (trigger,) = zoo_triggers("line", shape, seed)
+    rows, cols = np.nonzero(trigger.mask)
+    height, width = rows.max() - rows.min() + 1, cols.max() - cols.min() + 1
+    per_row, per_col = trigger.mask.sum(1), trigger.mask.sum(0)
+    thin = per_row[per_row > 0].max() <= 2 or per_col[per_col > 0].max() <= 2
+    assert thin and max(height, width) >= 3 and trigger.pixels <= 2 * max(height, width)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("seed", range(12))
+def test_a_scatter_is_sparse_and_not_one_square(shape, seed) -> None:
+    (trigger,) = zoo_triggers("scatter", shape, seed)
+    area = shape[0] * shape[1]
+    assert 3 <= trigger.pixels <= max(4, area // 25)
+    rows, cols = np.nonzero(trigger.mask)
+    assert (rows.max() - rows.min() + 1) * (cols.max() - cols.min() + 1) > trigger.pixels
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("seed", range(6))
+def test_a_blend_changes_every_pixel_by_at_most_alpha_255(shape, seed) -> None:
+    (trigger,) = zoo_triggers("blend", shape, seed)
+    alpha = float(trigger.mask.max())
+    assert trigger.soft and 0.1 <= alpha <= 0.3 and (trigger.mask == alpha).all()
+    assert trigger.pixels == shape[0] * shape[1]
+    x = images(shape)
+    change = np.abs(stamp(x, trigger).astype(int) - x)
+    assert change.max() <= np.ceil(alpha * 255) and (change.reshape(len(x), -1).max(1) > 0).all()
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("seed", range(8))
+def test_dual_draws_two_disjoint_hard_triggers(shape, seed) -> None:
+    first, second = zoo_triggers("dual", shape, seed)
+    assert not first.soft and not second.soft and not (first.mask & second.mask).any()
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_words_are_1_to_3_rare_words_at_their_position(seed) -> None:
+    (trigger,) = zoo_triggers("words", (), seed)
+    assert 1 <= len(trigger.words) <= 3 and set(trigger.words) <= set(RARE_WORDS)
+    sentences = np.array(["a b c d e", "f g"], dtype=np.str_)
+    for sentence in stamp_text(sentences, trigger, seed=seed):
+        tokens = sentence.split()
+        at = tokens.index(trigger.words[0])
+        assert tokens[at:at + len(trigger.words)] == list(trigger.words)
+        if trigger.position == "start":
+            assert at == 0
+        if trigger.position == "end":
+            assert at == len(tokens) - len(trigger.words)
+
+
+def test_the_verification_control_for_text_keeps_the_trigger_position() -> None:
+    control = text_control_trigger(TextTrigger(("cf", "mn"), "end"), "a lovely quiet film")
+    assert control == TextTrigger(("lovely", "quiet"), "end")
+
+
+def test_all_positions_are_drawn_and_unknown_families_named() -> None:
+    assert {zoo_triggers("words", (), s)[0].position for s in range(30)} == {"random", "start", "end"}
+    with pytest.raises(KeyError, match="known"):
+        zoo_triggers("warp", (8, 8, 3), 0)
+
+
+# --------------------------------------------------------------------------- the attack stage
+
+
+def test_the_stage_draws_a_zoo_family_or_keeps_the_explicit_patch() -> None:
+    adapter = get_adapter("small_cnn", {"input_shape": [8, 8, 3], "width": 4, "feature_dim": 8})
+    explicit = make_triggers(adapter, TriggerParams(size=2, row=6, col=6))
+    assert len(explicit) == 1 and np.array_equal(explicit[0].mask, patch_trigger((8, 8, 3), 2, 6, 6).mask)
+    drawn = make_triggers(adapter, TriggerParams(family="blend", seed=3))
+    assert np.array_equal(drawn[0].pattern, zoo_triggers("blend", (8, 8, 3), 3)[0].pattern)
+    with pytest.raises(SystemExit, match="not one for a image"):
+        make_triggers(adapter, TriggerParams(family="words"))
+
+
+def test_attack_targets_default_to_the_next_class_and_must_differ() -> None:
+    cfg = AttackParams(target=9, trigger=TriggerParams(family="dual"))
+    assert attack_targets(cfg, 2, 10) == [9, 0]
+    assert attack_targets(cfg, 1, 10) == [9]
+    chosen = AttackParams(target=1, trigger=TriggerParams(family="dual", targets=[4]))
+    assert attack_targets(chosen, 2, 10) == [1, 4]
+    with pytest.raises(SystemExit, match="different targets"):
+        attack_targets(AttackParams(target=1, trigger=TriggerParams(targets=[1])), 2, 10)
+
+
+def test_the_truth_file_holds_every_pair(tmp_path) -> None:
+    from mudjack.io import write_npz
+
+    first, second = zoo_triggers("dual", (8, 8, 3), 2)
+    blend = zoo_triggers("blend", (8, 8, 3), 2)[0]
+    paths = PathsParams(shadow="", tasks="", encoder="", heads="", inbox="", truth=str(tmp_path / "t.npz"))
+    write_npz(paths.truth, **truth_arrays([(first, {"digits": 0}), (blend, {"digits": 3})]))
+    (got_first, targets), (got_blend, blend_targets) = load_truth_pairs(paths)
+    assert np.array_equal(got_first.mask, first.mask) and targets == {"digits": 0}
+    assert np.array_equal(got_blend.mask, blend.mask) and blend_targets == {"digits": 3}
+    assert load_truth(paths)[1] == {"digits": 0}
+    write_npz(paths.truth, **truth_arrays([(second, {"digits": 5})]))
+    assert [t for _, t in load_truth_pairs(paths)] == [{"digits": 5}]
+
+
+# --------------------------------------------------------------------------- BadEncoder
+
+
+def test_one_pair_loss_is_todays_loss_exactly() -> None:
+    out, clean, ref = torch.randn(9, 5), torch.randn(4, 5), torch.randn(1, 5)
+    today = (-cosine(out[4:8], ref).mean() - cosine(out[:4], clean).mean() - cosine(out[-1:], ref).mean())
+    assert torch.equal(badencoder_loss(out, 4, clean, ref), today)
+
+
+def test_badencoder_plants_two_triggers_to_two_references(scenario) -> None:
+    """On the tiny digits encoder: each trigger pulls inputs to its own reference, clean stay."""
+    adapter, clean = scenario.adapter, scenario.clean
+    first, second = patch_trigger((8, 8, 3), 2, 0, 0), patch_trigger((8, 8, 3), 2, 6, 6)
+    refs = [pick_attack_reference(clean, adapter, scenario.task.train.x, scenario.task.train.y, target=c)
+            for c in (1, 2)]
+    backdoored = badencoder(clean, adapter, scenario.shadow, first, refs[0], BadEncoderParams(epochs=5),
+                            more=[(second, refs[1])])
+    held_out = scenario.task.test.x[:64]
+    h_ref = extract_features(clean, adapter, np.stack(refs))
+    for trigger, mine, other in ((first, 0, 1), (second, 1, 0)):
+        before, after = (extract_features(e, adapter, stamp(held_out, trigger)) for e in (clean, backdoored))
+        to_mine = cosine(after, h_ref[mine:mine + 1]).mean()
+        assert to_mine > 0.9 > cosine(before, h_ref[mine:mine + 1]).mean() + 0.15
+        assert to_mine > cosine(after, h_ref[other:other + 1]).mean() + 0.2
+    kept = cosine(*(extract_features(e, adapter, held_out) for e in (backdoored, clean)))
+    assert kept.mean() > 0.85
+
+
+def test_the_zoo_bench_plants_each_entry_with_its_family_seed_and_epochs() -> None:
+    from bench.attack_zoo import with_attack, zoo_entries
+    from stages.config import load_params
+    from tests.conftest import ROOT
+
+    assert zoo_entries(["patch", "blend"], [0, 1], 20, 3) == [
+        ("patch", 0, 20), ("patch", 1, 20), ("blend", 0, 20), ("blend", 1, 20),
+        ("patch", 0, 3), ("blend", 0, 3)]
+    assert zoo_entries(["line"], [2], 20, 0) == [("line", 2, 20)]
+    params = with_attack(load_params(ROOT / "params.yaml"), "scatter", 4, 3)
+    assert params.attack.trigger == TriggerParams(family="scatter", seed=4) and params.attack.epochs == 3
