@@ -24,7 +24,6 @@ from stages.artifacts import ATTACK_METRICS, FOUNDATION, PRETRAIN
 from stages.common import truth_arrays
 from stages.config import AttackParams, PipelineParams, TriggerParams, setup_stage
 
-
 Pair = tuple[Trigger | TextTrigger, int]  # a true trigger and its target class
 
 
