@@ -27,6 +27,9 @@ the highest ASR after the repair (what the gate must catch), ties broken by the 
 before. It is chosen among the exposing true triggers when any exposes the task (a
 reversed trigger is only an estimate of a true one; its numbers stay in the detail), else
 among the exposing reversed triggers, else (unexposed task) among all triggers.
+
+A trigger that does not fit a task's inputs (a mask of another image size, a text trigger on
+images) is not stamped there; `exposure.not_measured` names it with the reason.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ import numpy as np
 from scipy.stats import binomtest
 
 from mudjack.bugs import Bug
-from mudjack.data import LabelledSet
+from mudjack.data import LabelledSet, is_text
 from mudjack.metrics import clean_accuracy, evaluate, non_target
 from mudjack.triggers import TextTrigger, Trigger
 
@@ -161,12 +164,25 @@ def worst_trigger(records: dict[str, dict[str, Any]], true_names: set[str]) -> s
     return max(pool, key=lambda name: _severity(records[name]))  # first wins a tie
 
 
+def misfit(trigger: Trigger | TextTrigger, inputs: np.ndarray) -> str | None:
+    """Why `trigger` cannot be stamped on `inputs`, or None when it can."""
+    trigger_kind = "text" if isinstance(trigger, TextTrigger) else "image"
+    input_kind = "text" if is_text(inputs) else "image"
+    if trigger_kind != input_kind:
+        return f"a {trigger_kind} trigger on {input_kind} inputs"
+    if input_kind == "image" and trigger.mask.shape != inputs.shape[1:3]:
+        return f"trigger of {trigger.mask.shape} on inputs of {inputs.shape[1:3]}"
+    return None
+
+
 def task_exposure(task: str, models: TaskModels, triggers: Sequence[NamedTrigger],
                   *, level: float = LEVEL) -> dict[str, Any]:
     """Every trigger on one task; the headline numbers per model (clean accuracy and the worst
-    trigger's attack metrics; None when no trigger is known) and the exposure record."""
+    trigger's attack metrics; None when no trigger is measured) and the exposure record."""
     clean = models.clean_predictions()
-    records = {t.name: measure_trigger(task, models, t, clean, level=level) for t in triggers}
+    reasons = {t.name: misfit(t.trigger, models.test.x) for t in triggers}
+    records = {t.name: measure_trigger(task, models, t, clean, level=level)
+               for t in triggers if reasons[t.name] is None}
     worst = worst_trigger(records, {t.name for t in triggers if t.true})
     result: dict[str, Any] = {}
     for model in MODELS:
@@ -176,7 +192,8 @@ def task_exposure(task: str, models: TaskModels, triggers: Sequence[NamedTrigger
     result["exposure"] = {"exposed": exposed, "trigger": worst,
                           "target": records[worst]["target"] if worst else None,
                           "target_from": records[worst]["target_from"] if worst else None,
-                          "level": level, "triggers": records}
+                          "level": level, "triggers": records,
+                          "not_measured": {name: why for name, why in reasons.items() if why}}
     return result
 
 

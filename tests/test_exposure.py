@@ -18,7 +18,7 @@ from mudjack.exposure import (
     task_exposure,
     worst_trigger,
 )
-from mudjack.triggers import patch_trigger, stamp
+from mudjack.triggers import TextTrigger, patch_trigger, stamp
 
 CLASSES = 5
 TRIGGER = patch_trigger((4, 4, 3), 1, 0, 0)  # pixel (0, 0) at 255
@@ -171,3 +171,12 @@ def test_exposure_rows_one_per_task() -> None:
     rows = exposure_rows(metrics)
     assert [(r["task"], r["exposed"], r["trigger"], r["asr_before"], r["asr_after"]) for r in rows] == [
         ("a", True, "bug:x", 1.0, 0.0), ("b", False, "bug:x", 0.0, 0.0)]
+
+
+def test_a_trigger_that_does_not_fit_the_task_is_named_not_stamped() -> None:
+    triggers = [NamedTrigger("truth", patch_trigger((8, 8, 3), 2, 0, 0), {"t": 0}),
+                NamedTrigger("bug:w", TextTrigger(("cf",))), NamedTrigger("bug:b", TRIGGER)]
+    exposure = task_exposure("t", models(toy(3), toy(None)), triggers)["exposure"]
+    assert set(exposure["triggers"]) == {"bug:b"} and exposure["trigger"] == "bug:b"
+    assert set(exposure["not_measured"]) == {"truth", "bug:w"}
+    assert "(8, 8)" in exposure["not_measured"]["truth"]
