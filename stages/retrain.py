@@ -3,8 +3,11 @@ every known trigger on every task (mudjack.exposure)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
+
 from mudjack.bugs import load_bugs
-from mudjack.data import load_tasks
+from mudjack.data import Task, load_tasks
 from mudjack.encoders import load_encoder
 from mudjack.evaluation import predictor, retrain_head
 from mudjack.exposure import MODELS, TaskModels, named_triggers, task_exposure
@@ -12,7 +15,7 @@ from mudjack.heads import save_head
 from mudjack.io import atomic_dir, write_json
 from stages.artifacts import BUGS, HEADS, PATCHED_ENCODER, RETRAIN_SUMMARY
 from stages.common import load_truth_pairs
-from stages.config import setup_stage
+from stages.config import PipelineParams, setup_stage
 from stages.progress import progress
 
 
@@ -24,6 +27,19 @@ def describe(result: dict) -> str:
     return f"{models}; exposed {exposure['exposed']} (worst trigger {exposure['trigger']})"
 
 
+def retrain_task(task: Task, encoders: dict[str, tuple], params: PipelineParams, heads: Path,
+                 step: Callable[[str], None]) -> TaskModels:
+    """A fresh head on each encoder (saved under `heads`), as the task's two classifiers."""
+    predictors = {}
+    for variant in MODELS:
+        step(f"{task.name} {variant}")
+        encoder, adapter = encoders[variant]
+        head = retrain_head(encoder, adapter, task, params.retrain, seed=params.seed)
+        save_head(head, heads / task.name / f"{variant}.safetensors")
+        predictors[variant] = predictor(encoder, adapter, head)
+    return TaskModels(task.test, len(task.classes), predictors, encoders["backdoored"][1].stamp)
+
+
 def main() -> None:
     params = setup_stage()
     encoders = {"backdoored": load_encoder(params.paths.encoder),
@@ -32,15 +48,8 @@ def main() -> None:
     results, tasks = {}, load_tasks(params.paths.tasks)
     with atomic_dir(HEADS) as heads, progress("retrain", len(tasks) * (len(MODELS) + 1)) as step:
         for name, task in tasks.items():
-            predictors = {}
-            for variant in MODELS:
-                step(f"{name} {variant}")
-                encoder, adapter = encoders[variant]
-                head = retrain_head(encoder, adapter, task, params.retrain, seed=params.seed)
-                save_head(head, heads / name / f"{variant}.safetensors")
-                predictors[variant] = predictor(encoder, adapter, head)
+            models = retrain_task(task, encoders, params, heads, step)
             step(f"{name} exposure to {len(triggers)} triggers")
-            models = TaskModels(task.test, len(task.classes), predictors, encoders["backdoored"][1].stamp)
             results[name] = task_exposure(name, models, triggers)
             print(f"retrain: {name}: {describe(results[name])}")
     write_json(RETRAIN_SUMMARY, {"tasks": results})
