@@ -8,6 +8,7 @@ written as passed) on the tiny digits scenario of tests/conftest.py, with no tru
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
@@ -20,7 +21,11 @@ from mudjack.features import extract_features
 from mudjack.heads import predict, save_head
 from mudjack.io import read_json, write_json, write_npz
 from stages.artifacts import METRICS, RUN_HTML, VALIDATION
-from tests.conftest import ROOT, Scenario
+
+if TYPE_CHECKING:
+    from tests.conftest import Scenario
+
+ROOT = Path(__file__).resolve().parents[1]
 
 TINY = {"patch": {"epochs": 3, "shadow_fraction": 0.5}, "retrain": {"epochs": 40}}
 PATHS = {"shadow": "byo/shadow.npz", "tasks": "byo/tasks", "encoder": "byo/encoder.safetensors",
