@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 from torch import nn
 
-from mudjack.bugs import Bug
 from mudjack.data import Task
 from mudjack.encoders import EncoderAdapter
+from mudjack.exposure import Predictor
 from mudjack.features import extract_features
 from mudjack.heads import Head, HeadParams, predict, train_head
 from mudjack.metrics import clean_accuracy, evaluate, non_target
@@ -25,28 +24,28 @@ class AttackSpec:
     source: str  # "truth" (known trigger) or "reversed" (from an accepted bug)
 
 
-def attack_spec(task: str, bugs: list[Bug], *, truth: Trigger | None,
-                targets: dict[str, int]) -> AttackSpec | None:
-    """The known trigger and target when given, else the first bug's reversed trigger and the
-    class its bugs were most often misclassified as; None when nothing is known."""
-    if truth is not None and task in targets:
-        return AttackSpec(truth, targets[task], "truth")
-    task_bugs = [b for b in bugs if b.task == task]
-    if not task_bugs:
-        return None
-    predicted = np.bincount([b.predicted for b in task_bugs])
-    return AttackSpec(task_bugs[0].trigger, int(predicted.argmax()), "reversed")
+def retrain_head(encoder: nn.Module, adapter: EncoderAdapter, task: Task, params: HeadParams,
+                 *, seed: int = 0) -> Head:
+    """A fresh head trained on the frozen encoder's features of the task's train set."""
+    return train_head(extract_features(encoder, adapter, task.train.x), task.train.y,
+                      len(task.classes), params, seed=seed)
+
+
+def predictor(encoder: nn.Module, adapter: EncoderAdapter, head: Head) -> Predictor:
+    """The downstream classifier (encoder + head) as raw inputs -> predicted classes."""
+    return lambda raw: predict(head, extract_features(encoder, adapter, raw))
 
 
 def retrain_and_evaluate(encoder: nn.Module, adapter: EncoderAdapter, task: Task,
                          attack: AttackSpec | None, params: HeadParams,
                          *, seed: int = 0) -> tuple[Head, dict[str, float | None]]:
-    """Train a fresh head on the frozen encoder's features; metrics on the task's test set."""
-    head = train_head(extract_features(encoder, adapter, task.train.x), task.train.y,
-                      len(task.classes), params, seed=seed)
-    clean_pred = predict(head, extract_features(encoder, adapter, task.test.x))
+    """Train a fresh head on the frozen encoder's features; metrics on the task's test set
+    for one known attack (mudjack.exposure measures every trigger on every task)."""
+    head = retrain_head(encoder, adapter, task, params, seed=seed)
+    classify = predictor(encoder, adapter, head)
+    clean_pred = classify(task.test.x)
     if attack is None:
         return head, {"clean_acc": clean_accuracy(clean_pred, task.test.y), "asr": None, "tba": None}
     kept = task.test.x[non_target(task.test.y, attack.target)]
-    triggered = extract_features(encoder, adapter, adapter.stamp(kept, attack.trigger))
-    return head, evaluate(clean_pred, task.test.y, predict(head, triggered), target=attack.target)
+    triggered = classify(adapter.stamp(kept, attack.trigger))
+    return head, evaluate(clean_pred, task.test.y, triggered, target=attack.target)

@@ -1,8 +1,9 @@
 """One run as a single self-contained HTML page: figures are inline base64 PNGs (matplotlib).
 
 Sections (their `id`s are in SECTIONS): a summary, each accepted bug with its reversed trigger
-overlaid, clean accuracy and ASR before/after per task, the patch loss curves, and the intake
-decisions. Every string that comes from a report is HTML-escaped.
+overlaid, clean accuracy and ASR before/after per task, every task's exposure to every known
+trigger (mudjack.exposure), the patch loss curves, and the intake decisions. Every string
+that comes from a report is HTML-escaped.
 """
 
 from __future__ import annotations
@@ -18,12 +19,17 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from mudjack.bugs import Bug
+from mudjack.exposure import exposure_rows
 from mudjack.triggers import TextTrigger
 
-SECTIONS = ("summary", "bugs", "metrics", "patch-loss", "intake")
+SECTIONS = ("summary", "bugs", "metrics", "exposure", "patch-loss", "intake")
 BAR_METRICS = ("clean_acc", "asr", "tba")
 MODELS = ("backdoored", "patched")
 COLOURS = {"backdoored": "#c0392b", "patched": "#2471a3"}
+EXPOSURE_COLUMNS = ("task", "exposed", "worst trigger", "target", "target from", "ASR before",
+                    "ASR after")
+TRIGGER_COLUMNS = ("task", "trigger", "target", "target from", "share", "clean share", "p-value",
+                   "exposes", "ASR before", "ASR after", "flip ASR before", "flip ASR after")
 INTAKE_COLUMNS = ("report_id", "decision", "task", "label", "predicted", "iou", "mask_pixels",
                   "seconds", "reasons")
 STYLE = """
@@ -199,6 +205,31 @@ def metrics_section(metrics: dict[str, Any]) -> str:
     return _section("metrics", "Clean accuracy, ASR and TBA before / after", body)
 
 
+def trigger_rows(metrics: dict[str, Any]) -> list[list[Any]]:
+    """One row per (task, trigger): the target with its evidence and the ASR before / after."""
+    return [[name, trigger, r.get("target"), r.get("target_from"), r.get("share"),
+             r.get("clean_share"), r.get("p_value"), r.get("exposed"),
+             *(r.get(model, {}).get(m) for m in ("asr", "flip_asr") for model in MODELS)]
+            for name, result in sorted(metrics.get("tasks", {}).items())
+            for trigger, r in result.get("exposure", {}).get("triggers", {}).items()]
+
+
+def exposure_section(metrics: dict[str, Any]) -> str:
+    """Per task: exposed or not, the worst trigger and its ASR before / after; then every
+    trigger on every task with its evidence."""
+    rows = exposure_rows(metrics)
+    if not rows:
+        return _section("exposure", "Exposure", '<p class="muted">No task metrics.</p>')
+    headline = [[r["task"], r["exposed"], r["trigger"], r["target"], r["target_from"],
+                 r["asr_before"], r["asr_after"]] for r in rows]
+    body = (_table(EXPOSURE_COLUMNS, headline)
+            + '<p class="muted">Every known trigger stamped on every task\'s test inputs; a task '
+              "is exposed when a trigger moves its predictions to one class significantly more "
+              "than the clean inputs go there (paired test, see mudjack/exposure.py).</p>"
+            + _table(TRIGGER_COLUMNS, trigger_rows(metrics)))
+    return _section("exposure", "Exposure of every task, before / after", body)
+
+
 def loss_section(log: list[dict[str, Any]]) -> str:
     if not log:
         return _section("patch-loss", "Patch loss", '<p class="muted">No patch ran.</p>')
@@ -219,6 +250,7 @@ def render_report(data: RunData, step: Callable[[str], None] | None = None) -> s
     for name, render in (("summary", lambda: summary_section(data)),
                          ("bugs", lambda: bugs_section(data.bugs, step)),
                          ("metrics", lambda: metrics_section(data.metrics)),
+                         ("exposure", lambda: exposure_section(data.metrics)),
                          ("patch-loss", lambda: loss_section(data.patch_log)),
                          ("intake", lambda: intake_section(data.decisions))):
         step(name)

@@ -95,12 +95,12 @@ def _fmt(value: Any) -> str:
 def gates_table(records: list[dict[str, Any]]) -> Table:
     """A rich table of the promotion gates (pipeline.gates records)."""
     table = Table(title="Promotion gates (params.yaml `gates:`)")
-    for column in ("gate", "subject", "value", "limit", "result"):
+    for column in ("gate", "subject", "value", "limit", "result", "note"):
         table.add_column(column, justify="right" if column in ("value", "limit") else "left")
     for r in records:
         value = "missing" if r["value"] is None else f"{r['value']:.4g}"
         table.add_row(r["gate"], r["subject"], value, f"{r['limit']:g}",
-                      "pass" if r["passed"] else "[bold red]FAIL[/]")
+                      "pass" if r["passed"] else "[bold red]FAIL[/]", r.get("note", ""))
     return table
 
 
@@ -110,12 +110,14 @@ def metrics_table(rows: list[dict[str, Any]]) -> Table:
     table.add_column("task")
     for metric in ("clean_acc", "asr", "tba"):
         table.add_column(metric, justify="right")
+    table.add_column("asr from trigger")  # the task's worst trigger (mudjack.exposure)
+    table.add_column("exposed")
     for row in rows:
         cells = [
             f"{_fmt(row[f'{m}_before'])} -> {_fmt(row[f'{m}_after'])}"
             for m in ("clean_acc", "asr", "tba")
         ]
-        table.add_row(str(row["task"]), *cells)
+        table.add_row(str(row["task"]), *cells, _fmt(row.get("trigger")), _fmt(row.get("exposed")))
     return table
 
 

@@ -101,13 +101,16 @@ def read_metrics(root: Path) -> dict[str, Any] | None:
 
 
 def metrics_rows(metrics: dict[str, Any]) -> list[dict[str, Any]]:
-    """One row per downstream task: each metric before (backdoored) and after (patched)."""
+    """One row per downstream task: each metric before (backdoored) and after (patched), the
+    trigger the ASR comes from and whether any trigger exposes the task (mudjack.exposure)."""
     rows = []
     for name, result in sorted(metrics.get("tasks", {}).items()):
         row: dict[str, Any] = {"task": name}
         for metric in METRIC_NAMES:
             row[f"{metric}_before"] = result.get("backdoored", {}).get(metric)
             row[f"{metric}_after"] = result.get("patched", {}).get(metric)
+        exposure = result.get("exposure", {})
+        row["trigger"], row["exposed"] = exposure.get("trigger"), exposure.get("exposed")
         rows.append(row)
     return rows
 

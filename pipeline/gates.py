@@ -2,6 +2,9 @@
 
 `evaluate_gates` is a pure function of the metrics and the limits; each gate is checked per
 task where it is per task, and a metric that is missing fails its gate (never passes by default).
+The ASR gate applies to every task whose exposure was measured (mudjack.exposure): a task that
+no known trigger exposes (`exposure.exposed: false`) passes it with a note saying so; clean
+accuracy is gated on every task.
 """
 
 from __future__ import annotations
@@ -27,15 +30,29 @@ class GateResult:
     value: float | None
     limit: float
     passed: bool
+    note: str = ""
 
     def describe(self) -> str:
         shown = "missing" if self.value is None else f"{self.value:.4g}"
         verdict = "pass" if self.passed else "FAIL"
-        return f"{self.gate} [{self.subject}]: {shown} (limit {self.limit:g}) {verdict}"
+        note = f" ({self.note})" if self.note else ""
+        return f"{self.gate} [{self.subject}]: {shown} (limit {self.limit:g}) {verdict}{note}"
 
 
 def _check(gate: str, subject: str, value: float | None, limit: float) -> GateResult:
     return GateResult(gate, subject, value, limit, value is not None and value <= limit)
+
+
+def _asr_gate(name: str, result: dict[str, Any], limit: float) -> GateResult:
+    """max_patched_asr on one task; an unexposed task passes it, with the reason."""
+    asr = result.get("patched", {}).get("asr")
+    exposure = result.get("exposure", {})
+    if exposure.get("exposed") is False:
+        p_values = [t.get("p_value", 1.0) for t in exposure.get("triggers", {}).values()]
+        return GateResult("max_patched_asr", name, asr, limit, True,
+                          "unexposed: no trigger moves its predictions above chance "
+                          f"(smallest p-value {min(p_values, default=1.0):.2g})")
+    return _check("max_patched_asr", name, asr, limit)
 
 
 def _acc_drop(result: dict[str, Any]) -> float | None:
@@ -50,8 +67,7 @@ def evaluate_gates(metrics: dict[str, Any], gates: GatesParams) -> list[GateResu
     results = [_check("max_onnx_diff", "export", metrics.get("export", {}).get("max_abs_diff"),
                       gates.max_onnx_diff)]
     for name, result in sorted(tasks.items()):
-        results.append(_check("max_patched_asr", name, result.get("patched", {}).get("asr"),
-                              gates.max_patched_asr))
+        results.append(_asr_gate(name, result, gates.max_patched_asr))
         results.append(_check("max_clean_acc_drop", name, _acc_drop(result),
                               gates.max_clean_acc_drop))
     if not tasks:  # nothing measured cannot pass
@@ -71,12 +87,12 @@ def failures(results: list[GateResult]) -> str:
 def gates_markdown(results: list[GateResult]) -> str:
     """A markdown table of the gates (for the Prefect artifact and the failure report)."""
     verdict = "all gates pass" if all_passed(results) else "gates FAILED"
-    lines = [f"**Promotion gates: {verdict}**", "", "| gate | subject | value | limit | result |",
-             "|---|---|---|---|---|"]
+    lines = [f"**Promotion gates: {verdict}**", "",
+             "| gate | subject | value | limit | result | note |", "|---|---|---|---|---|---|"]
     for r in results:
         value = "missing" if r.value is None else f"{r.value:.4g}"
         lines.append(f"| {r.gate} | {r.subject} | {value} | {r.limit:g} | "
-                     f"{'pass' if r.passed else '**FAIL**'} |")
+                     f"{'pass' if r.passed else '**FAIL**'} | {r.note} |")
     return "\n".join(lines)
 
 

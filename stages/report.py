@@ -24,7 +24,9 @@ MODELS = ("backdoored", "patched")
 
 def gather_metrics() -> dict:
     retrain, patch, export = read_json(RETRAIN_SUMMARY), read_json(PATCH_SUMMARY), read_json(EXPORT_SUMMARY)
-    tasks = {name: {m: result[m] for m in MODELS} for name, result in retrain["tasks"].items()}
+    # every task's numbers, with the exposure of each (mudjack.exposure): `dvc metrics show` reads them
+    tasks = {name: {key: result[key] for key in (*MODELS, "exposure") if key in result}
+             for name, result in retrain["tasks"].items()}
     return {"tasks": tasks, "export": {"max_abs_diff": export["max_abs_diff"]},
             "patch": {"seconds": patch["seconds"], "method": patch["method"],
                       "bugs": patch["bugs"]}}

@@ -1,39 +1,57 @@
-"""Repair stage: per task, retrain the head on the backdoored and the patched encoder; measure."""
+"""Repair stage: per task, retrain the head on the backdoored and the patched encoder; measure
+every known trigger on every task (mudjack.exposure)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
+
 from mudjack.bugs import load_bugs
-from mudjack.data import load_tasks
+from mudjack.data import Task, load_tasks
 from mudjack.encoders import load_encoder
-from mudjack.evaluation import attack_spec, retrain_and_evaluate
+from mudjack.evaluation import predictor, retrain_head
+from mudjack.exposure import MODELS, TaskModels, named_triggers, task_exposure
 from mudjack.heads import save_head
 from mudjack.io import atomic_dir, write_json
 from stages.artifacts import BUGS, HEADS, PATCHED_ENCODER, RETRAIN_SUMMARY
-from stages.common import load_truth
-from stages.config import setup_stage
+from stages.common import load_truth_pairs
+from stages.config import PipelineParams, setup_stage
 from stages.progress import progress
+
+
+def describe(result: dict) -> str:
+    """One task's headline numbers and exposure, on one line."""
+    models = "; ".join(f"{variant} " + ", ".join(f"{k} {v:.3f}" for k, v in result[variant].items()
+                                                  if v is not None) for variant in MODELS)
+    exposure = result["exposure"]
+    return f"{models}; exposed {exposure['exposed']} (worst trigger {exposure['trigger']})"
+
+
+def retrain_task(task: Task, encoders: dict[str, tuple], params: PipelineParams, heads: Path,
+                 step: Callable[[str], None]) -> TaskModels:
+    """A fresh head on each encoder (saved under `heads`), as the task's two classifiers."""
+    predictors = {}
+    for variant in MODELS:
+        step(f"{task.name} {variant}")
+        encoder, adapter = encoders[variant]
+        head = retrain_head(encoder, adapter, task, params.retrain, seed=params.seed)
+        save_head(head, heads / task.name / f"{variant}.safetensors")
+        predictors[variant] = predictor(encoder, adapter, head)
+    return TaskModels(task.test, len(task.classes), predictors, encoders["backdoored"][1].stamp)
 
 
 def main() -> None:
     params = setup_stage()
     encoders = {"backdoored": load_encoder(params.paths.encoder),
                 "patched": load_encoder(PATCHED_ENCODER)}
-    bugs = load_bugs(BUGS)
-    truth, targets = load_truth(params.paths)
+    triggers = named_triggers(load_truth_pairs(params.paths), load_bugs(BUGS))
     results, tasks = {}, load_tasks(params.paths.tasks)
-    with atomic_dir(HEADS) as heads, progress("retrain", len(tasks) * len(encoders)) as step:
+    with atomic_dir(HEADS) as heads, progress("retrain", len(tasks) * (len(MODELS) + 1)) as step:
         for name, task in tasks.items():
-            attack = attack_spec(name, bugs, truth=truth, targets=targets)
-            results[name] = {"attack": None if attack is None else
-                             {"target": attack.target, "trigger": attack.source}}
-            for variant, (encoder, adapter) in encoders.items():
-                step(f"{name} {variant}")
-                head, metrics = retrain_and_evaluate(encoder, adapter, task, attack,
-                                                     params.retrain, seed=params.seed)
-                save_head(head, heads / name / f"{variant}.safetensors")
-                results[name][variant] = metrics
-                print(f"retrain: {name} {variant}: " + ", ".join(
-                    f"{k} {v:.3f}" for k, v in metrics.items() if v is not None))
+            models = retrain_task(task, encoders, params, heads, step)
+            step(f"{name} exposure to {len(triggers)} triggers")
+            results[name] = task_exposure(name, models, triggers)
+            print(f"retrain: {name}: {describe(results[name])}")
     write_json(RETRAIN_SUMMARY, {"tasks": results})
 
 

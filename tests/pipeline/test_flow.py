@@ -25,6 +25,7 @@ METRICS = {
         "svhn": {
             "backdoored": {"clean_acc": 0.8, "asr": 0.9, "tba": 0.1},
             "patched": {"clean_acc": 0.79, "asr": 0.02, "tba": 0.75},
+            "exposure": {"exposed": True, "trigger": "truth", "triggers": {}},
         },
         "digits": {"backdoored": {"clean_acc": 0.9}, "patched": {}},
     },
@@ -65,7 +66,10 @@ def test_metrics_rows_one_per_task() -> None:
         "asr_after": 0.02,
         "tba_before": 0.1,
         "tba_after": 0.75,
+        "trigger": "truth",
+        "exposed": True,
     }
+    assert rows[0]["trigger"] is None and rows[0]["exposed"] is None
     assert rows[0]["asr_before"] is None and rows[0]["clean_acc_after"] is None
 
 

@@ -89,3 +89,30 @@ def test_the_project_params_parse() -> None:
 
     root = Path(__file__).resolve().parents[2]
     assert load_params(root / "params.yaml").gates == load_gates(root / "params.yaml")
+
+
+def with_exposure(exposed: bool | None, asr: float = 0.5) -> dict:
+    data = metrics(asr=asr)
+    triggers = {"bug:r-1": {"p_value": 0.4}} if exposed is not None else {}
+    data["tasks"]["digits"]["exposure"] = {"exposed": exposed, "trigger": "bug:r-1",
+                                           "triggers": triggers}
+    return data
+
+
+def test_an_unexposed_task_passes_the_asr_gate_with_a_note() -> None:
+    results = by_gate(evaluate_gates(with_exposure(False), GATES))
+    gate = results["max_patched_asr", "digits"]
+    assert gate.passed and gate.value == 0.5 and "unexposed" in gate.note and "0.4" in gate.note
+    assert "unexposed" in gate.describe()
+    assert "| pass | unexposed" in gates_markdown(list(results.values()))
+    data = with_exposure(False)  # its clean accuracy is still gated
+    data["tasks"]["digits"]["patched"]["clean_acc"] = 0.5
+    assert [r.gate for r in evaluate_gates(data, GATES) if not r.passed] == ["max_clean_acc_drop"]
+
+
+@pytest.mark.parametrize("exposed", [True, None])
+def test_an_exposed_or_unmeasured_task_fails_above_max_patched_asr(exposed: bool | None) -> None:
+    gate = by_gate(evaluate_gates(with_exposure(exposed), GATES))["max_patched_asr", "digits"]
+    assert not gate.passed and gate.note == ""
+    assert by_gate(evaluate_gates(with_exposure(exposed, asr=0.05), GATES))[
+        "max_patched_asr", "digits"].passed

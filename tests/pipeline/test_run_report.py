@@ -20,6 +20,14 @@ from tests.helpers import CHROMIUM, run_if
 
 TASK = {"backdoored": {"clean_acc": 0.98, "asr": 0.97, "tba": 0.03},
         "patched": {"clean_acc": 0.97, "asr": 0.05, "tba": 0.9}}
+# A task that did not report, that no trigger exposes (mudjack.exposure's record, shortened).
+UNEXPOSED = {"backdoored": {"clean_acc": 0.9, "asr": 0.0625, "tba": 0.85},
+             "patched": {"clean_acc": 0.9, "asr": 0.0375, "tba": 0.86},
+             "exposure": {"exposed": False, "trigger": "bug:bug-0", "target": 3,
+                          "target_from": "inferred", "triggers": {"bug:bug-0": {
+                              "target": 3, "target_from": "inferred", "share": 0.0625,
+                              "clean_share": 0.05, "p_value": 0.42, "exposed": False,
+                              "backdoored": {"asr": 0.0625}, "patched": {"asr": 0.0375}}}}}
 
 
 class Page(HTMLParser):
@@ -53,7 +61,7 @@ def write_run(folder: Path, n_bugs: int, report_id: str = "r-1") -> None:
                   digits.x[i + 20], trigger, record={"iou": 1.0})
         save_bug(bug, folder / "bugs")
     (folder / "bugs").mkdir(exist_ok=True)
-    write_json(folder / "reports/retrain.json", {"tasks": {"digits": TASK}})
+    write_json(folder / "reports/retrain.json", {"tasks": {"digits": TASK, "svhn": UNEXPOSED}})
     write_json(folder / "reports/patch.json", {"method": "mudjacking", "bugs": n_bugs,
                                                "seconds": 1.5})
     write_json(folder / "reports/export.json", {"max_abs_diff": 2e-5})
@@ -91,6 +99,16 @@ def test_report_has_every_section_and_inline_images(run_html: Path) -> None:
     assert "bug-0: task digits" in text and "0.05" in text and "does not reproduce" in text
     metrics = json.loads((run_html.parent / "metrics.json").read_text())
     assert metrics["tasks"]["digits"] == TASK
+
+
+def test_report_shows_every_task_exposure(run_html: Path) -> None:
+    metrics = json.loads((run_html.parent / "metrics.json").read_text())
+    assert metrics["tasks"]["svhn"] == UNEXPOSED  # a DVC metric with its evidence
+    text = run_html.read_text()
+    panel = text[text.index('<section id="exposure">'):text.index('<section id="patch-loss">')]
+    assert "<td>svhn</td><td>False</td><td>bug:bug-0</td><td>3</td><td>inferred</td>" in panel
+    assert "<td>0.0625</td><td>0.0375</td>" in panel and "<td>0.42</td>" in panel
+    assert "<td>digits</td><td>-</td><td>-</td>" in panel  # no exposure record: shown, not hidden
 
 
 def test_report_escapes_what_clients_wrote(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):

@@ -1,0 +1,182 @@
+"""Exposure of every task (mudjack.exposure) on toy classifiers: target inference with its
+evidence, the paired test that tells an exposed task from an unexposed one, the worst trigger."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mudjack.bugs import Bug
+from mudjack.data import LabelledSet
+from mudjack.exposure import (
+    NamedTrigger,
+    TaskModels,
+    evidence,
+    exposure_rows,
+    infer_target,
+    named_triggers,
+    task_exposure,
+    worst_trigger,
+)
+from mudjack.triggers import TextTrigger, patch_trigger, stamp
+
+CLASSES = 5
+TRIGGER = patch_trigger((4, 4, 3), 1, 0, 0)  # pixel (0, 0) at 255
+OTHER = patch_trigger((4, 4, 3), 1, 3, 0)    # pixel (3, 0) at 255
+
+
+def toy_test(n: int = 200, seed: int = 0) -> LabelledSet:
+    """Images that carry their label in pixel (2, 2), with no trigger pixel set."""
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 200, (n, 4, 4, 3), dtype=np.uint8)
+    y = np.arange(n) % CLASSES
+    x[:, 2, 2, 0] = y
+    return LabelledSet(x, y)
+
+
+def toy(sends_to: int | None, *, moved: float = 1.0, pixel: tuple[int, int] = (0, 0)):
+    """A classifier that reads the label, except that a fraction `moved` of the inputs with
+    pixel `pixel` at 255 go to class `sends_to` (None: the trigger does nothing)."""
+    def classify(x: np.ndarray) -> np.ndarray:
+        predictions = x[:, 2, 2, 0].astype(np.int64)
+        if sends_to is not None:
+            hit = (x[:, pixel[0], pixel[1], 0] == 255) & (np.arange(len(x)) < moved * len(x))
+            predictions[hit] = sends_to
+        return predictions
+    return classify
+
+
+def models(before, after, test: LabelledSet | None = None) -> TaskModels:
+    return TaskModels(toy_test() if test is None else test, CLASSES,
+                      {"backdoored": before, "patched": after}, stamp)
+
+
+def test_a_trigger_that_sends_inputs_to_class_k_infers_target_k_with_its_share() -> None:
+    result = task_exposure("t", models(toy(3), toy(None)), [NamedTrigger("bug:b1", TRIGGER)])
+    record = result["exposure"]["triggers"]["bug:b1"]
+    assert (record["target"], record["target_from"]) == (3, "inferred")
+    assert record["share"] == 1.0 and record["clean_share"] == 0.0 and record["exposed"]
+    assert record["backdoored"]["asr"] == 1.0 and record["patched"]["asr"] == 0.0
+    assert result["exposure"]["exposed"] is True and result["exposure"]["trigger"] == "bug:b1"
+    assert result["backdoored"] == {"clean_acc": 1.0, "asr": 1.0, "tba": 0.0, "flip_asr": 1.0}
+
+
+def test_a_trigger_that_moves_nothing_leaves_the_task_unexposed() -> None:
+    result = task_exposure("t", models(toy(None), toy(None)), [NamedTrigger("bug:b1", TRIGGER)])
+    record = result["exposure"]["triggers"]["bug:b1"]
+    assert record["moved_in"] == 0 and record["p_value"] == 1.0 and not record["exposed"]
+    assert record["share"] == record["clean_share"] == 0.0
+    assert result["exposure"]["exposed"] is False
+    # measured, not missing: an unexposed task still has its numbers
+    assert result["patched"]["asr"] == 0.0
+
+
+def test_the_known_target_is_used_where_the_truth_names_one() -> None:
+    trigger = NamedTrigger("truth", TRIGGER, {"t": 1})
+    record = task_exposure("t", models(toy(3), toy(3)), [trigger])["exposure"]["triggers"]["truth"]
+    assert (record["target"], record["target_from"]) == (1, "known")
+    assert not record["exposed"] and record["backdoored"]["asr"] == 0.0
+    other = task_exposure("u", models(toy(3), toy(3)), [trigger])["exposure"]["triggers"]["truth"]
+    assert (other["target"], other["target_from"]) == (3, "inferred")
+
+
+@pytest.mark.parametrize(("moved", "n", "exposed"), [
+    (3 / 200, 200, False),   # 3 inputs into class 3: within chance (p 0.125)
+    (0.3, 200, True),        # a weak backdoor on a large enough test set
+    (0.3, 20, False),        # the same share of 20 inputs proves nothing
+])
+def test_exposure_is_a_significance_test_not_a_share_threshold(moved: float, n: int,
+                                                                 exposed: bool) -> None:
+    test = toy_test(n)
+    triggered = toy(3, moved=moved)(stamp(test.x, TRIGGER))
+    labels, clean = test.y, toy(None)(test.x)
+    assert infer_target(labels, triggered, CLASSES) == 3
+    proof = evidence(labels, clean, triggered, target=3, inferred=True, n_classes=CLASSES)
+    assert proof.exposed is exposed
+    assert proof.moved_in == (test.y[:round(moved * n)] != 3).sum() and proof.moved_out == 0
+
+
+def test_inputs_leaving_the_class_count_against_it() -> None:
+    labels = np.array([0, 0, 1, 1] * 10)
+    clean = np.where(np.arange(40) < 20, 2, labels)  # half predicted 2 without the trigger
+    triggered = np.where(np.arange(40) < 20, labels, 2)  # the trigger swaps which half
+    proof = evidence(labels, clean, triggered, target=2, inferred=False, n_classes=3)
+    assert (proof.moved_in, proof.moved_out) == (20, 20) and proof.share == proof.clean_share
+    assert not proof.exposed
+
+
+def record(*, exposed: bool, before: float, after: float) -> dict:
+    return {"exposed": exposed, "backdoored": {"asr": before}, "patched": {"asr": after}}
+
+
+def test_worst_trigger_is_the_highest_asr_after_then_before() -> None:
+    records = {"bug:a": record(exposed=True, before=0.9, after=0.2),
+               "bug:b": record(exposed=True, before=0.95, after=0.2),
+               "bug:c": record(exposed=True, before=1.0, after=0.1),
+               "bug:d": record(exposed=False, before=0.3, after=0.3)}
+    assert worst_trigger(records, set()) == "bug:b"
+
+
+def test_worst_trigger_prefers_exposing_true_triggers() -> None:
+    records = {"truth": record(exposed=True, before=1.0, after=0.02),
+               "truth:1": record(exposed=True, before=0.9, after=0.05),
+               "bug:a": record(exposed=True, before=1.0, after=0.4)}
+    assert worst_trigger(records, {"truth", "truth:1"}) == "truth:1"
+    records["truth"]["exposed"] = records["truth:1"]["exposed"] = False
+    assert worst_trigger(records, {"truth", "truth:1"}) == "bug:a"
+
+
+def test_worst_trigger_of_an_unexposed_task_and_of_none() -> None:
+    records = {"bug:a": record(exposed=False, before=0.1, after=0.0),
+               "bug:b": record(exposed=False, before=0.2, after=0.0)}
+    assert worst_trigger(records, set()) == "bug:b"
+    assert worst_trigger({}, set()) is None
+
+
+def test_the_headline_is_the_worst_of_several_triggers() -> None:
+    before = toy(3)
+
+    def after(x: np.ndarray) -> np.ndarray:  # the patch removed TRIGGER but not OTHER
+        return toy(4, pixel=(3, 0))(x)
+
+    def both(x: np.ndarray) -> np.ndarray:
+        return np.where(x[:, 3, 0, 0] == 255, toy(4, pixel=(3, 0))(x), before(x))
+
+    triggers = [NamedTrigger("bug:a", TRIGGER), NamedTrigger("bug:b", OTHER)]
+    result = task_exposure("t", models(both, after), triggers)
+    assert result["exposure"]["trigger"] == "bug:b" and result["exposure"]["target"] == 4
+    assert result["patched"]["asr"] == 1.0
+    assert result["exposure"]["triggers"]["bug:a"]["patched"]["asr"] == 0.0
+
+
+def test_no_trigger_measures_clean_accuracy_only() -> None:
+    result = task_exposure("t", models(toy(None), toy(None)), [])
+    assert result["backdoored"] == {"clean_acc": 1.0, "asr": None, "tba": None, "flip_asr": None}
+    assert result["exposure"]["exposed"] is None and result["exposure"]["triggers"] == {}
+
+
+def test_named_triggers_truth_first_then_bugs() -> None:
+    image = np.zeros((4, 4, 3), np.uint8)
+    bug = Bug("r-1", "t", 1, 3, image, image, OTHER)
+    named = named_triggers([(TRIGGER, {"t": 0}), (OTHER, {"u": 2})], [bug])
+    assert [(n.name, n.targets, n.true) for n in named] == [
+        ("truth", {"t": 0}, True), ("truth:1", {"u": 2}, True), ("bug:r-1", {}, False)]
+
+
+def test_exposure_rows_one_per_task() -> None:
+    metrics = {"tasks": {"b": task_exposure("b", models(toy(None), toy(None)),
+                                            [NamedTrigger("bug:x", TRIGGER)]),
+                         "a": task_exposure("a", models(toy(2), toy(None)),
+                                            [NamedTrigger("bug:x", TRIGGER)])}}
+    rows = exposure_rows(metrics)
+    assert [(r["task"], r["exposed"], r["trigger"], r["asr_before"], r["asr_after"]) for r in rows] == [
+        ("a", True, "bug:x", 1.0, 0.0), ("b", False, "bug:x", 0.0, 0.0)]
+
+
+def test_a_trigger_that_does_not_fit_the_task_is_named_not_stamped() -> None:
+    triggers = [NamedTrigger("truth", patch_trigger((8, 8, 3), 2, 0, 0), {"t": 0}),
+                NamedTrigger("bug:w", TextTrigger(("cf",))), NamedTrigger("bug:b", TRIGGER)]
+    exposure = task_exposure("t", models(toy(3), toy(None)), triggers)["exposure"]
+    assert set(exposure["triggers"]) == {"bug:b"} and exposure["trigger"] == "bug:b"
+    assert set(exposure["not_measured"]) == {"truth", "bug:w"}
+    assert "(8, 8)" in exposure["not_measured"]["truth"]
