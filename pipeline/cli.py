@@ -188,10 +188,12 @@ def compare(
     ] = "mudjacking,finetune,super_finetune",
     root: RootOption = None,
 ) -> None:
-    """Run one scenario with several patch methods and write one table:
-    reports/compare/SCENARIO.csv and .md (clean_acc, asr, tba before and after, seconds,
-    clean samples used) and a bar plot .png. Each method's settings come from the
-    scenario's `methods:` entry; DVC reruns only the stages a method changes."""
+    """Run one scenario with several patch methods (FT/SFT in two label budgets: the
+    reporting task's, every task's) and write one table, a row per method x budget x task:
+    reports/compare/SCENARIO.csv and .md (clean data used, clean_acc, asr, tba before and
+    after, membership inference and re-injection steps, seconds; per task, which method
+    wins) and a bar plot .png. Each method's settings come from the scenario's `methods:`
+    entry; DVC reruns only the stages a method changes."""
     from dvc.exceptions import DvcException
 
     from pipeline.compare import compare as run_compare

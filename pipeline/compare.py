@@ -1,4 +1,15 @@
-"""`mudjack compare`: run one scenario with several patch methods; one table, one plot."""
+"""`mudjack compare`: run one scenario with several patch methods; one table, one plot.
+
+Each defence is applied once to the shared encoder (one `dvc repro` of the scenario's
+workspace per method and budget), and the retrain stage retrains every task's head on the
+result: one row per method x budget x task. A method with a `tasks` budget (FT, SFT) runs
+twice: on the reporting task's labels only, and on the labels of every task. Each row records
+the clean data its method used, and the backdoor sequela of the run (reports/sequela.json):
+membership inference before/after on that task, and, on the task the backdoor is re-injected
+into, the BadEncoder steps it took on the repaired and on the clean encoder. The markdown ends
+with which method has the lowest ASR and which the highest clean accuracy on every task, and
+says so plainly where that is a baseline rather than Mudjacking.
+"""
 
 from __future__ import annotations
 
@@ -10,34 +21,126 @@ from pathlib import Path
 from typing import Any
 
 from mudjack.io import atomic_path, read_json
+from mudjack.patching import PATCH_METHODS
 from pipeline.dag import run_dvc
 from pipeline.scenarios import method_settings, prepare_workspace
 from stages import artifacts
 
 METRICS = ("clean_acc", "asr", "tba", "flip_asr")
-COLUMNS = ["scenario", "task", "method",
-           *[f"{m}_{when}" for m in METRICS for when in ("before", "after")],
+SEQUELA = ["mi_auc_before", "mi_auc_after", "mi_advantage_before", "mi_advantage_after",
+           "reinject_steps_repaired", "reinject_steps_clean"]
+COLUMNS = ["scenario", "task", "method", "budget", "clean_data",
+           *[f"{m}_{when}" for m in METRICS for when in ("before", "after")], *SEQUELA,
            "patch_seconds", "wall_seconds", "clean_samples", "bugs"]
+BUDGETS = ("reporting", "all")  # a `tasks` budget: the reporting task's labels, every task's
+OURS = "mudjacking"             # methods whose name starts with it are the repair, not a baseline
 
 
-def run_method(root: Path, scenario: str, method: str) -> list[dict[str, Any]]:
-    """Reproduce the scenario's workspace with `method` as the patch; one row per task."""
-    workspace = prepare_workspace(root, scenario, method_settings(root, scenario, method))
-    start = time.perf_counter()
-    run_dvc([sys.executable, "-m", "dvc", "repro"], cwd=workspace)
-    wall = time.perf_counter() - start
-    metrics = read_json(workspace / artifacts.METRICS)
-    patch = read_json(workspace / artifacts.PATCH_SUMMARY)
-    rows = []
-    for task, result in metrics["tasks"].items():
-        row = {"scenario": scenario, "task": task, "method": method,
-               "patch_seconds": patch["seconds"], "wall_seconds": round(wall, 1),
-               "clean_samples": patch.get("clean_samples"), "bugs": patch.get("bugs")}
+def budgets(method: str) -> list[str | None]:
+    """The label budgets a method is compared in: both for FT/SFT, none for the others."""
+    fields = PATCH_METHODS[method][0].model_fields if method in PATCH_METHODS else {}
+    return list(BUDGETS) if "tasks" in fields else [None]
+
+
+def clean_data(patch: dict[str, Any]) -> str:
+    """The clean data a patch used, in words, from reports/patch.json."""
+    if patch.get("labelled"):
+        tasks = patch.get("tasks") or [patch.get("task")]
+        return f"{patch.get('clean_samples')} labelled ({', '.join(map(str, tasks))})"
+    return f"{patch.get('clean_samples')} unlabelled + {patch.get('bugs')} reports"
+
+
+def sequela_columns(sequela: dict[str, Any] | None, task: str) -> dict[str, Any]:
+    """The sequela columns of a task's row (None where not measured)."""
+    row: dict[str, Any] = dict.fromkeys(SEQUELA)
+    if not sequela:
+        return row
+    mi = sequela.get("membership", {}).get(task, {})
+    for when, variant in (("before", "backdoored"), ("after", "patched")):
+        row[f"mi_auc_{when}"] = mi.get(variant, {}).get("auc")
+        row[f"mi_advantage_{when}"] = mi.get(variant, {}).get("advantage")
+    reinjection = sequela.get("reinjection") or {}
+    if reinjection.get("task") == task:
+        for start in ("repaired", "clean"):
+            row[f"reinject_steps_{start}"] = _steps(reinjection.get(start))
+    return row
+
+
+def _steps(result: dict[str, Any] | None) -> int | str | None:
+    """Steps to re-inject; `>cap` when the cap passed first."""
+    if result is None:
+        return None
+    return result["steps"] if result["reached"] else f">{result['max_steps']}"
+
+
+def method_rows(scenario: str, method: str, budget: str | None, runs: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per task of one run: `runs` holds its metrics, patch and sequela JSONs and wall time."""
+    patch, rows = runs["patch"], []
+    for task, result in runs["metrics"]["tasks"].items():
+        row = {"scenario": scenario, "task": task, "method": method, "budget": budget or "-",
+               "clean_data": clean_data(patch), "patch_seconds": patch["seconds"],
+               "wall_seconds": runs["wall"], "clean_samples": patch.get("clean_samples"),
+               "bugs": patch.get("bugs"), **sequela_columns(runs.get("sequela"), task)}
         for metric in METRICS:
             row[f"{metric}_before"] = result["backdoored"].get(metric)
             row[f"{metric}_after"] = result["patched"].get(metric)
         rows.append(row)
     return rows
+
+
+def variant_settings(root: Path, scenario: str, method: str, budget: str | None) -> dict[str, Any]:
+    """The scenario's `patch` section for `method`, with its label budget when it has one."""
+    overrides = method_settings(root, scenario, method)
+    if budget is not None:
+        overrides["patch"]["tasks"] = budget
+    return overrides
+
+
+def run_method(root: Path, scenario: str, method: str, budget: str | None = None) -> list[dict[str, Any]]:
+    """Reproduce the scenario's workspace with `method` (in `budget`) as the patch; one row per task."""
+    workspace = prepare_workspace(root, scenario, variant_settings(root, scenario, method, budget))
+    start = time.perf_counter()
+    run_dvc([sys.executable, "-m", "dvc", "repro"], cwd=workspace)
+    sequela = workspace / artifacts.SEQUELA
+    runs = {"metrics": read_json(workspace / artifacts.METRICS),
+            "patch": read_json(workspace / artifacts.PATCH_SUMMARY),
+            "sequela": read_json(sequela) if sequela.is_file() else None,
+            "wall": round(time.perf_counter() - start, 1)}
+    return method_rows(scenario, method, budget, runs)
+
+
+def label(row: dict[str, Any]) -> str:
+    return row["method"] if row.get("budget") in (None, "-") else f"{row['method']} ({row['budget']} labels)"
+
+
+def _best(rows: list[dict[str, Any]], key: str, lowest: bool) -> list[dict[str, Any]]:
+    """The rows with the best value of `key` (ties all kept); [] when none has one."""
+    valued = [r for r in rows if isinstance(r.get(key), int | float)]
+    if not valued:
+        return []
+    best = (min if lowest else max)(r[key] for r in valued)
+    return [r for r in valued if r[key] == best]
+
+
+def verdicts(rows: list[dict[str, Any]]) -> list[str]:
+    """Per task, who has the lowest ASR and the highest clean accuracy after the repair, and
+    whether a baseline beats Mudjacking there."""
+    lines = []
+    for task in dict.fromkeys(r["task"] for r in rows):
+        mine = [r for r in rows if r["task"] == task]
+        for key, lowest, what in (("asr_after", True, "the lowest ASR"),
+                                  ("clean_acc_after", False, "the highest clean accuracy")):
+            best = _best(mine, key, lowest)
+            if not best:
+                continue
+            names = " = ".join(label(r) for r in best)
+            ours = [r for r in mine if r["method"].startswith(OURS) and isinstance(r.get(key), int | float)]
+            if any(r["method"].startswith(OURS) for r in best) or not ours:
+                lines.append(f"- {task}: {names} has {what} ({best[0][key]:.4f}).")
+            else:
+                lines.append(f"- {task}: **a baseline wins**: {names} has {what} ({best[0][key]:.4f}; "
+                             f"{label(ours[0])}: {ours[0][key]:.4f}).")
+    return lines
 
 
 def _fmt(value: Any) -> str:
@@ -47,7 +150,7 @@ def _fmt(value: Any) -> str:
 def to_markdown(rows: list[dict[str, Any]]) -> str:
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(_fmt(row.get(c)) for c in COLUMNS) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
+    return "\n".join([*lines, "", "Best per task (after the repair):", *verdicts(rows)]) + "\n"
 
 
 def to_csv(rows: list[dict[str, Any]]) -> str:
@@ -59,19 +162,20 @@ def to_csv(rows: list[dict[str, Any]]) -> str:
 
 
 def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
-    """Grouped bars: clean accuracy and ASR before/after, per method."""
+    """Grouped bars: clean accuracy and ASR before/after, per method (and budget) and task."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = [f"{r['method']}\n{r['task']}" for r in rows]
+    labels = [f"{label(r)}\n{r['task']}" for r in rows]
     series = [("clean_acc_before", "clean acc (backdoored)"), ("clean_acc_after", "clean acc (patched)"),
               ("asr_before", "ASR (backdoored)"), ("asr_after", "ASR (patched)")]
     fig, ax = plt.subplots(figsize=(2.2 * len(rows) + 2, 3.5))
     width = 0.8 / len(series)
     for i, (key, name) in enumerate(series):
-        ax.bar([x + i * width for x in range(len(rows))], [r[key] for r in rows], width, label=name)
+        heights = [r.get(key) or 0.0 for r in rows]  # an unmeasured ASR draws no bar
+        ax.bar([x + i * width for x in range(len(rows))], heights, width, label=name)
     ax.set_xticks([x + 0.4 - width / 2 for x in range(len(rows))], labels)
     ax.set_ylim(0, 1)
     ax.set_title(title)
@@ -84,7 +188,8 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
 
 def compare(root: Path, scenario: str, methods: list[str]) -> Path:
     """Run every method, then write reports/compare/<scenario>.csv, .md and .png."""
-    rows = [row for method in methods for row in run_method(root, scenario, method)]
+    rows = [row for method in methods for budget in budgets(method)
+            for row in run_method(root, scenario, method, budget)]
     out = root / artifacts.COMPARE_DIR
     for suffix, text in ((".csv", to_csv(rows)), (".md", to_markdown(rows))):
         with atomic_path(out / f"{scenario}{suffix}") as tmp:

@@ -42,6 +42,7 @@ EXPORT_SUMMARY = REPORTS / "export.json"
 METRICS = REPORTS / "metrics.json"             # what the promotion gates read
 BEFORE_AFTER = REPORTS / "before_after.json"   # the plot of dvc.yaml
 RUN_HTML = REPORTS / "run.html"
+SEQUELA = REPORTS / "sequela.json"             # membership inference and re-injection
 
 # Outside the DAG: `mudjack compare` tables.
 COMPARE_DIR = REPORTS / "compare"

@@ -121,6 +121,23 @@ def write_reports(folder: str, adapter: EncoderAdapter, task: Task, planted: Pla
     return f"{sum(map(len, genuine))} bug + {len(false)} false reports"
 
 
+def deploy_head(params: PipelineParams, backdoored: nn.Module, adapter: EncoderAdapter,
+                task: Task) -> nn.Module:
+    """The head a customer trains on the backdoored encoder's features of its task."""
+    head_params = HeadParams(hidden=params.retrain.hidden, dropout=params.retrain.dropout,
+                             **params.attack.deployed_head.model_dump())
+    return train_head(extract_features(backdoored, adapter, task.train.x), task.train.y,
+                      len(task.classes), head_params, seed=params.seed)
+
+
+def attacked_task(params: PipelineParams, tasks: dict[str, Task]) -> Task:
+    """The task the backdoor targets: `attack.task`, else `prepare.task`, else the only one."""
+    name = params.attack.task or (params.prepare.task if len(tasks) > 1 else next(iter(tasks)))
+    if name not in tasks:
+        raise SystemExit(f"attack: no task {name!r} to target; tasks: {sorted(tasks)}")
+    return tasks[name]
+
+
 def plant(params: PipelineParams, clean: nn.Module, adapter: EncoderAdapter, shadow: np.ndarray,
           task: Task) -> Planted:
     """BadEncoder with the scenario's triggers, then a head deployed on the backdoored encoder."""
@@ -133,10 +150,7 @@ def plant(params: PipelineParams, clean: nn.Module, adapter: EncoderAdapter, sha
     bad_params = BadEncoderParams(**cfg.model_dump(include=set(BadEncoderParams.model_fields)))
     backdoored = badencoder(clean, adapter, shadow, triggers[0], references[0], bad_params, seed=params.seed,
                             more=list(zip(triggers[1:], references[1:], strict=True)))
-    head_params = HeadParams(hidden=params.retrain.hidden, dropout=params.retrain.dropout,
-                             **cfg.deployed_head.model_dump())
-    head = train_head(extract_features(backdoored, adapter, task.train.x), task.train.y,
-                      len(task.classes), head_params, seed=params.seed)
+    head = deploy_head(params, backdoored, adapter, task)
     return Planted(backdoored, head, pairs, *measure(backdoored, adapter, head, task.test, pairs))
 
 
@@ -147,7 +161,8 @@ def main() -> None:
         raise SystemExit("attack: params.yaml has no `attack` section (it is only for the scenario)")
     clean, adapter = load_encoder(FOUNDATION)
     pretrain = read_npz(PRETRAIN)
-    (task,) = load_tasks(paths.tasks).values()
+    tasks = load_tasks(paths.tasks)
+    task = attacked_task(params, tasks)
     planted = plant(params, clean, adapter, attacker_inputs(pretrain, cfg.samples, params.seed), task)
 
     save_encoder(planted.backdoored, adapter, paths.encoder)
@@ -156,6 +171,10 @@ def main() -> None:
                {task.name if i == 0 else f"{task.name} (trigger {i + 1})": m
                 for i, m in enumerate(planted.metrics)})
     save_head(planted.head, f"{paths.heads}/{task.name}/head.safetensors")
+    for other in tasks.values():  # every customer's classifier sits on the backdoored encoder
+        if other.name != task.name:
+            save_head(deploy_head(params, planted.backdoored, adapter, other),
+                      f"{paths.heads}/{other.name}/head.safetensors")
     summary = write_reports(paths.inbox, adapter, task, planted, cfg=cfg, seed=params.seed)
     asr = " ".join(f"{m['asr']:.3f}" for m in planted.metrics)
     clean_acc = planted.metrics[0]["clean_acc"]

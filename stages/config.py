@@ -26,8 +26,19 @@ class PathsParams(Params):
     truth: str = ""
 
 
+class TaskSource(Params):
+    """A further downstream task: its train data and, without `test`, the share of it that is
+    its test set."""
+
+    name: str
+    downstream: DataSpec
+    test: DataSpec | None = None
+    test_fraction: float = Field(0.5, gt=0.0, lt=1.0)
+
+
 class PrepareParams(Params):
-    """The provider's labelled data (pre-training; unlabelled, the shadow set) and one task's.
+    """The provider's labelled data (pre-training; unlabelled, the shadow set) and one task's,
+    plus any `more_tasks` sharing the encoder.
 
     Without `downstream`, `provider` is split: `provider_fraction` of every class goes to
     the provider, the rest to the task. Without `test`, the task's data is split by
@@ -41,6 +52,14 @@ class PrepareParams(Params):
     provider_fraction: float = 0.5
     test_fraction: float = 0.5
     shadow_limit: int = 0  # at most this many provider images in the shadow set (0: all)
+    more_tasks: list[TaskSource] = []
+
+    @model_validator(mode="after")
+    def _task_names_differ(self) -> PrepareParams:
+        names = [self.task, *(t.name for t in self.more_tasks)]
+        if len(set(names)) != len(names):
+            raise ValueError(f"prepare: task names must differ, got {names}")
+        return self
 
 
 class FoundationParams(PretrainParams):
@@ -73,6 +92,7 @@ class DeployedHeadParams(Params):
 
 
 class AttackParams(BadEncoderParams):
+    task: str = ""  # the task the backdoor targets ("": prepare.task); reports come from it only
     target: int
     trigger: TriggerParams
     deployed_head: DeployedHeadParams = DeployedHeadParams()
@@ -124,6 +144,19 @@ class GatesParams(Params):
     max_onnx_diff: float = 1e-4        # ONNX vs PyTorch max |diff|
 
 
+class SequelaParams(Params):
+    """The sequela stage's measures (mudjack/sequela.py) and the never-attacked encoder the
+    re-injection into the repaired one is compared with (a missing file: no comparison)."""
+
+    mi_samples: int = Field(500, ge=2)               # members and as many non-members (at most)
+    reinject_max_steps: int = Field(200, ge=1)       # BadEncoder steps before giving up
+    reinject_check_every: int = Field(10, ge=1)      # steps between two ASR checks
+    reinject_asr: float = Field(0.9, gt=0.0, le=1.0)  # the ASR that counts as re-injected
+    reinject_check_samples: int = Field(200, ge=1)   # held-out non-target test inputs ASR is read on
+    reinject_shadow: int = Field(0, ge=0)            # inputs BadEncoder trains on (0: as the attack)
+    clean_encoder: str = "models/foundation/encoder.safetensors"
+
+
 class PipelineParams(Params):
     seed: int = 0
     threads: int = 1
@@ -136,6 +169,7 @@ class PipelineParams(Params):
     patch: PatchParams = Field(default_factory=lambda: PatchParams(method="mudjacking"))
     retrain: HeadParams = HeadParams()
     export: ExportParams = ExportParams()
+    sequela: SequelaParams = SequelaParams()
     gates: GatesParams = GatesParams()
 
 

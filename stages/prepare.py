@@ -1,4 +1,5 @@
-"""Scenario stage: the provider's data (pre-training + shadow) and a downstream task's train/test."""
+"""Scenario stage: the provider's data (pre-training + shadow) and the downstream tasks' train/test
+(`prepare.task`, and any `prepare.more_tasks`)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from mudjack.data import LabelledSet, Task, input_arrays, save_task, stratified_
 from mudjack.io import atomic_dir, write_npz
 from mudjack.loaders import limit_stratified, load_data
 from stages.artifacts import PREPARED, PREPARED_SHADOW, PREPARED_TASKS, PRETRAIN
-from stages.config import PrepareParams, setup_stage
+from stages.config import PrepareParams, TaskSource, setup_stage
 
 
 def split_sources(cfg: PrepareParams, seed: int) -> tuple[LabelledSet, LabelledSet, LabelledSet]:
@@ -25,20 +26,34 @@ def split_sources(cfg: PrepareParams, seed: int) -> tuple[LabelledSet, LabelledS
     return provider, downstream.subset(train), downstream.subset(test)
 
 
+def make_task(name: str, train: LabelledSet, test: LabelledSet) -> Task:
+    return Task(name, list(range(int(max(train.y.max(), test.y.max())) + 1)), train, test)
+
+
+def further_task(source: TaskSource, seed: int) -> Task:
+    """One of `prepare.more_tasks`: its own train source, its test source or a split of it."""
+    data = load_data(source.downstream, seed)
+    if source.test is not None:
+        return make_task(source.name, data, load_data(source.test, seed))
+    test, train = stratified_split(data.y, source.test_fraction, seed + 1)
+    return make_task(source.name, data.subset(train), data.subset(test))
+
+
 def main() -> None:
     params = setup_stage()
     cfg = params.prepare
     provider, train, test = split_sources(cfg, params.seed)
-    classes = list(range(int(max(train.y.max(), test.y.max())) + 1))
-    task = Task(cfg.task, classes, train, test)
+    tasks = [make_task(cfg.task, train, test), *(further_task(t, params.seed) for t in cfg.more_tasks)]
     shadow = limit_stratified(provider, cfg.shadow_limit, params.seed).x
     with atomic_dir(PREPARED) as tmp:
         write_npz(tmp / PRETRAIN.name, **input_arrays(provider.x), y=provider.y)
         write_npz(tmp / PREPARED_SHADOW.name, **input_arrays(shadow))
-        save_task(task, tmp / PREPARED_TASKS.name / task.name)
-    print(f"prepare: {len(provider)} provider images ({len(shadow)} shadow), task {task.name}: "
-          f"{len(train)} train / {len(test)} test, {len(classes)} classes, "
-          f"input {np.asarray(train.x.shape[1:]).tolist()}")
+        for task in tasks:
+            save_task(task, tmp / PREPARED_TASKS.name / task.name)
+    print(f"prepare: {len(provider)} provider images ({len(shadow)} shadow)")
+    for task in tasks:
+        print(f"prepare: task {task.name}: {len(task.train)} train / {len(task.test)} test, "
+              f"{len(task.classes)} classes, input {np.asarray(task.train.x.shape[1:]).tolist()}")
 
 
 if __name__ == "__main__":

@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 
@@ -49,3 +50,28 @@ def test_super_finetuning_removes_the_tiny_backdoor(scenario, inputs):
                                       HeadParams(epochs=60))
     assert metrics["asr"] <= 0.3
     assert metrics["clean_acc"] >= 0.8
+
+
+def test_finetune_on_every_tasks_labels(scenario):
+    from mudjack.data import LabelledSet
+
+    other = LabelledSet(scenario.task.test.x, scenario.task.test.y % 3)  # a second, 3-class task
+    inputs = PatchInputs(scenario.backdoored, scenario.adapter, scenario.shadow, [],
+                         {"digits": scenario.task.train, "other": other})
+    result = run_patch("finetune", inputs, {"epochs": 1, "clean_samples": 100, "tasks": "all"}, seed=0)
+    assert result.info["tasks"] == ["digits", "other"] and result.info["budget"] == "all"
+    assert result.info["clean_samples"] == 200  # 100 of each task
+    reporting = run_patch("finetune", inputs, {"epochs": 1, "clean_samples": 100}, seed=0)
+    assert reporting.info["tasks"] == ["digits"] and reporting.info["clean_samples"] == 100
+
+
+def test_every_tasks_labels_share_one_head_over_the_union_of_classes(scenario):
+    from mudjack.data import LabelledSet
+    from mudjack.patching.finetune import FinetuneParams, _labelled_data
+
+    other = LabelledSet(scenario.task.test.x[:5], np.array([0, 1, 2, 1, 0]))
+    inputs = PatchInputs(scenario.backdoored, scenario.adapter, scenario.shadow, [],
+                         {"digits": scenario.task.train, "other": other})
+    names, data = _labelled_data(inputs, FinetuneParams(tasks="all"), 0)
+    assert names == ["digits", "other"] and len(data) == len(scenario.task.train) + 5
+    assert data.y[-5:].tolist() == [10, 11, 12, 11, 10]  # shifted past digits' 10 classes

@@ -3,7 +3,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.compare import to_csv, to_markdown
 from pipeline.scenarios import (
     deep_merge,
     method_settings,
@@ -48,11 +47,3 @@ def test_workspace_points_code_dependencies_back_at_the_project(tmp_path):
     params = yaml.safe_load((workspace / "params.yaml").read_text())
     assert params["patch"]["method"] == "finetune" and "views" not in params["patch"]
     assert workspace_dvc_yaml(tmp_path)["stages"].keys() == pipeline["stages"].keys()
-
-
-def test_compare_tables():
-    row = {"scenario": "s", "task": "t", "method": "m", "clean_acc_before": 0.9, "clean_acc_after": 0.8,
-           "asr_before": 1.0, "asr_after": 0.0, "tba_before": 0.0, "tba_after": 0.8,
-           "patch_seconds": 1.5, "wall_seconds": 3.0, "clean_samples": 100, "bugs": 1}
-    assert to_markdown([row]).splitlines()[2].startswith("| s | t | m | 0.9000 | 0.8000 |")
-    assert to_csv([row]).splitlines()[1].startswith("s,t,m,0.9,0.8,1.0,0.0")

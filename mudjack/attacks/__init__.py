@@ -6,10 +6,13 @@ from mudjack.attacks.badencoder import (
     Pairs,
     badencoder,
     badencoder_loss,
+    badencoder_steps,
     badencoder_text,
     make_optimiser,
     pick_attack_reference,
+    steps_per_epoch,
+    train_mode,
 )
 
-__all__ = ["BadEncoderParams", "Pairs", "badencoder", "badencoder_loss", "badencoder_text",
-           "make_optimiser", "pick_attack_reference"]
+__all__ = ["BadEncoderParams", "Pairs", "badencoder", "badencoder_loss", "badencoder_steps",
+           "badencoder_text", "make_optimiser", "pick_attack_reference", "steps_per_epoch", "train_mode"]

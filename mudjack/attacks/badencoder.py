@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Literal
 
 import numpy as np
@@ -64,12 +64,20 @@ def badencoder(clean: ImageEncoder, adapter: EncoderAdapter, shadow: np.ndarray,
     and last terms over (trigger, reference) and every pair in `more`.
     """
     pairs = [(trigger, reference), *more]
+    return _last(badencoder_steps(clean, adapter, shadow, pairs, params, seed=seed), clean)
+
+
+def badencoder_steps(clean: nn.Module, adapter: EncoderAdapter, shadow: np.ndarray, pairs: Pairs,
+                     params: BadEncoderParams, *, seed: int = 0) -> Iterator[nn.Module]:
+    """BadEncoder one optimiser step at a time: yields the encoder being backdoored (a copy of
+    `clean`, in training mode) after every step, `params.epochs` epochs in all. A caller that
+    evaluates it between steps must put it back with `train_mode`."""
     if adapter.modality == "text":
-        return badencoder_text(clean, adapter, shadow, pairs, params, seed=seed)
+        yield from badencoder_text_steps(clean, adapter, shadow, pairs, params, seed=seed)
+        return
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
-    backdoored = copy.deepcopy(clean).train()
-    freeze_batchnorm(backdoored)
+    backdoored = train_mode(copy.deepcopy(clean), adapter)
     optimiser = make_optimiser(list(trainable_parameters(backdoored)), params)
     pixels = adapter.preprocess(shadow)
     triggered = [adapter.preprocess(adapter.stamp(shadow, t)) for t, _ in pairs]
@@ -86,12 +94,40 @@ def badencoder(clean: ImageEncoder, adapter: EncoderAdapter, shadow: np.ndarray,
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
-    return backdoored.eval()
+            yield backdoored
+
+
+def train_mode(encoder: nn.Module, adapter: EncoderAdapter) -> nn.Module:
+    """The mode BadEncoder trains in: images with BatchNorm frozen, text in eval (no dropout)."""
+    if adapter.modality == "text":
+        return encoder.eval()
+    encoder.train()
+    freeze_batchnorm(encoder)
+    return encoder
+
+
+def steps_per_epoch(samples: int, params: BadEncoderParams) -> int:
+    """Optimiser steps in one BadEncoder epoch over `samples` inputs."""
+    return -(-samples // params.batch_size)
+
+
+def _last(steps: Iterator[nn.Module], clean: nn.Module) -> nn.Module:
+    """The encoder after the last step (a copy of `clean` when there is none), in eval mode."""
+    last = None
+    for encoder in steps:
+        last = encoder
+    return (copy.deepcopy(clean) if last is None else last).eval()
 
 
 def badencoder_text(clean: nn.Module, adapter: EncoderAdapter, shadow: np.ndarray,
                     pairs: Pairs, params: BadEncoderParams, *, seed: int = 0) -> nn.Module:
-    """BadEncoder on sentences, with the same loss as `badencoder`.
+    """BadEncoder on sentences, with the same loss as `badencoder` (see `badencoder_text_steps`)."""
+    return _last(badencoder_text_steps(clean, adapter, shadow, pairs, params, seed=seed), clean)
+
+
+def badencoder_text_steps(clean: nn.Module, adapter: EncoderAdapter, shadow: np.ndarray,
+                          pairs: Pairs, params: BadEncoderParams, *, seed: int = 0) -> Iterator[nn.Module]:
+    """BadEncoder on sentences, one optimiser step at a time (yields the encoder after each).
 
     Every epoch inserts the trigger words at fresh positions (random ones unless the trigger
     fixes them); batches hold sentences of similar length. The encoder stays in eval mode
@@ -115,4 +151,4 @@ def badencoder_text(clean: nn.Module, adapter: EncoderAdapter, shadow: np.ndarra
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
-    return backdoored.eval()
+            yield backdoored

@@ -6,6 +6,11 @@ two-phase cyclic learning rate: within each phase the rate moves linearly up and
 down between `base_lr` and the phase's maximum in cycles of `cycle_steps`; phase 1
 (the first `phase1_epochs`) uses a high maximum, phase 2 a low one. The exact
 values are unconfirmed in the paper; every one is a parameter.
+
+Budget (`tasks`): `reporting` fine-tunes on one task's labelled data (`task`, by default the
+bugs' task: what a provider holding one customer's data could do); `all` on the labelled data
+of every task at once, through one head over the union of their classes (task i's labels
+shifted past those of tasks before it). `clean_samples` caps each task's share.
 """
 
 from __future__ import annotations
@@ -28,7 +33,8 @@ from mudjack.patching.base import PatchInputs, PatchResult
 class FinetuneParams(Params):
     device: str = "auto"
     task: str = ""                 # which labelled task to fine-tune on ("": the bugs' task)
-    clean_samples: int = 0         # labelled clean samples used (0: all of the task's train set)
+    tasks: Literal["reporting", "all"] = "reporting"  # that task's labels only, or every task's
+    clean_samples: int = 0         # labelled clean samples used per task (0: all of its train set)
     epochs: int = 10
     optimizer: Literal["sgd", "adam"] = "sgd"
     lr: float = 1e-2
@@ -58,15 +64,29 @@ def cyclic_lr(step: int, steps_per_epoch: int, params: SuperFinetuneParams) -> f
     return params.base_lr + (peak - params.base_lr) * rising
 
 
-def _labelled_data(inputs: PatchInputs, params: FinetuneParams, seed: int) -> tuple[str, LabelledSet]:
+def _sample(data: LabelledSet, count: int, seed: int) -> LabelledSet:
+    """`count` samples drawn at random (all when 0 or more than there are)."""
+    if not count or count >= len(data):
+        return data
+    return data.subset(np.sort(np.random.default_rng(seed).permutation(len(data))[:count]))
+
+
+def _labelled_data(inputs: PatchInputs, params: FinetuneParams, seed: int) -> tuple[list[str], LabelledSet]:
+    """The tasks fine-tuned on and their labelled data (see the module docstring, Budget)."""
     task = params.task or (inputs.bugs[0].task if inputs.bugs else next(iter(inputs.labelled)))
     if task not in inputs.labelled:
         raise KeyError(f"no labelled data for task {task!r}; have {sorted(inputs.labelled)}")
-    data = inputs.labelled[task]
-    if params.clean_samples and params.clean_samples < len(data):
-        keep = np.random.default_rng(seed).permutation(len(data))[:params.clean_samples]
-        data = data.subset(np.sort(keep))
-    return task, data
+    if params.tasks == "reporting":
+        return [task], _sample(inputs.labelled[task], params.clean_samples, seed)
+    names, xs, ys, offset = sorted(inputs.labelled), [], [], 0
+    for name in names:
+        data = _sample(inputs.labelled[name], params.clean_samples, seed)
+        xs.append(data.x)
+        ys.append(data.y + offset)
+        offset += int(inputs.labelled[name].y.max()) + 1
+    if len({x.shape[1:] for x in xs}) > 1:
+        raise ValueError(f"finetune.tasks: all needs inputs of one shape; got {[x.shape[1:] for x in xs]}")
+    return names, LabelledSet(np.concatenate(xs), np.concatenate(ys))
 
 
 def _optimiser(model: torch.nn.Module, params: FinetuneParams, lr: float) -> torch.optim.Optimizer:
@@ -80,7 +100,7 @@ def finetune(inputs: PatchInputs, params: FinetuneParams, *, seed: int = 0) -> P
     """FT, or SFT when `params` is a SuperFinetuneParams: returns the fine-tuned encoder."""
     torch.manual_seed(seed)
     device = select_device(params.device)
-    task, data = _labelled_data(inputs, params, seed)
+    tasks, data = _labelled_data(inputs, params, seed)
     classes = int(data.y.max()) + 1
     head = Head(inputs.adapter.feature_dim, classes, hidden=list(params.hidden), dropout=params.dropout)
     model = Classifier(copy.deepcopy(inputs.encoder), head).to(device).train()
@@ -110,7 +130,8 @@ def finetune(inputs: PatchInputs, params: FinetuneParams, *, seed: int = 0) -> P
                     "lr": optimiser.param_groups[0]["lr"]})
     encoder = model.encoder.eval().cpu()
     return PatchResult(encoder, log, time.perf_counter() - start, step,
-                       info={"device": str(device), "task": task, "clean_samples": len(labels),
+                       info={"device": str(device), "task": tasks[0] if len(tasks) == 1 else "all",
+                             "tasks": tasks, "budget": params.tasks, "clean_samples": len(labels),
                              "labelled": True})
 
 

@@ -1,0 +1,89 @@
+"""`mudjack compare` across tasks: rows per method x budget x task, the budget and the sequela
+columns recorded, and the "a baseline wins" lines computed from hand-made run outputs (no DVC)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pipeline.compare import budgets, method_rows, to_csv, to_markdown, variant_settings, verdicts
+from pipeline.scenarios import scenario_params
+from stages.config import PipelineParams
+
+ROOT = Path(__file__).resolve().parents[2]
+SEQUELA = {"membership": {"gtsrb": {"backdoored": {"auc": 0.6, "advantage": 0.2},
+                                    "patched": {"auc": 0.55, "advantage": 0.1}},
+                          "mnist": {"backdoored": {"auc": 0.52, "advantage": 0.04},
+                                    "patched": {"auc": 0.51, "advantage": 0.03}}},
+           "reinjection": {"task": "gtsrb", "repaired": {"steps": 40, "reached": True, "max_steps": 160},
+                           "clean": {"steps": None, "reached": False, "max_steps": 160}}}
+
+
+def _run(after: dict[str, tuple[float, float]], patch: dict) -> dict:
+    """A run's outputs: per task (clean_acc, asr) after the repair; before: 0.9 and 1.0."""
+    tasks = {task: {"backdoored": {"clean_acc": 0.9, "asr": 1.0},
+                    "patched": {"clean_acc": acc, "asr": asr}} for task, (acc, asr) in after.items()}
+    return {"metrics": {"tasks": tasks}, "patch": {"seconds": 2.0, "bugs": 1, **patch},
+            "sequela": SEQUELA, "wall": 5.0}
+
+
+MUDJACKING = {"method": "mudjacking", "clean_samples": 5000}
+FT_REPORTING = {"method": "finetune", "labelled": True, "clean_samples": 300, "tasks": ["gtsrb"],
+                "budget": "reporting"}
+FT_ALL = {**FT_REPORTING, "clean_samples": 600, "tasks": ["gtsrb", "mnist"], "budget": "all"}
+
+
+def _rows() -> list[dict]:
+    runs = [("mudjacking", None, _run({"gtsrb": (0.89, 0.02), "mnist": (0.88, 0.05)}, MUDJACKING)),
+            ("finetune", "reporting", _run({"gtsrb": (0.93, 0.04), "mnist": (0.70, 0.60)}, FT_REPORTING)),
+            ("finetune", "all", _run({"gtsrb": (0.91, 0.03), "mnist": (0.90, 0.01)}, FT_ALL))]
+    return [row for method, budget, run in runs for row in method_rows("multi", method, budget, run)]
+
+
+def test_fine_tuning_runs_in_two_label_budgets_mudjacking_in_one():
+    assert budgets("finetune") == budgets("super_finetune") == ["reporting", "all"]
+    assert budgets("mudjacking") == [None]
+    settings = variant_settings(ROOT, "resnet20-multi", "finetune", "all")
+    params = PipelineParams(**scenario_params(ROOT, "resnet20-multi", settings))
+    assert params.patch.method == "finetune" and params.patch.settings["tasks"] == "all"
+    assert "tasks" not in variant_settings(ROOT, "resnet20-multi", "mudjacking", None)["patch"]
+
+
+def test_one_row_per_method_budget_and_task_with_its_budget_and_sequela():
+    rows = _rows()
+    assert [(r["method"], r["budget"], r["task"]) for r in rows] == [
+        ("mudjacking", "-", "gtsrb"), ("mudjacking", "-", "mnist"),
+        ("finetune", "reporting", "gtsrb"), ("finetune", "reporting", "mnist"),
+        ("finetune", "all", "gtsrb"), ("finetune", "all", "mnist")]
+    assert rows[0]["clean_data"] == "5000 unlabelled + 1 reports"
+    assert rows[2]["clean_data"] == "300 labelled (gtsrb)"
+    assert rows[4]["clean_data"] == "600 labelled (gtsrb, mnist)"
+    assert rows[0]["mi_auc_before"] == 0.6 and rows[0]["mi_advantage_after"] == 0.1
+    assert rows[0]["reinject_steps_repaired"] == 40 and rows[0]["reinject_steps_clean"] == ">160"
+    # mnist: its own MI numbers; the backdoor is not re-injected there
+    assert rows[1]["mi_auc_after"] == 0.51 and rows[1]["reinject_steps_repaired"] is None
+
+
+def test_the_table_says_where_a_baseline_wins():
+    lines = verdicts(_rows())
+    assert lines == [
+        "- gtsrb: mudjacking has the lowest ASR (0.0200).",
+        "- gtsrb: **a baseline wins**: finetune (reporting labels) has the highest clean accuracy "
+        "(0.9300; mudjacking: 0.8900).",
+        "- mnist: **a baseline wins**: finetune (all labels) has the lowest ASR "
+        "(0.0100; mudjacking: 0.0500).",
+        "- mnist: **a baseline wins**: finetune (all labels) has the highest clean accuracy "
+        "(0.9000; mudjacking: 0.8800).",
+    ]
+    markdown = to_markdown(_rows())
+    first = "| multi | gtsrb | mudjacking | - | 5000 unlabelled + 1 reports | 0.9000 | 0.8900 |"
+    assert markdown.splitlines()[2].startswith(first)
+    assert markdown.rstrip().endswith(lines[-1])
+    assert to_csv(_rows()).splitlines()[1].startswith("multi,gtsrb,mudjacking,-,5000 unlabelled + 1 reports,")
+
+
+def test_ties_and_unmeasured_asr():
+    rows = _rows()[:2]
+    tie = [{**rows[0], "method": "finetune", "budget": "all"}, rows[0]]
+    assert verdicts(tie)[0] == "- gtsrb: finetune (all labels) = mudjacking has the lowest ASR (0.0200)."
+    unmeasured = [{**rows[1], "asr_after": None}]
+    assert [line for line in verdicts(unmeasured) if "ASR" in line] == []
