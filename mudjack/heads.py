@@ -8,22 +8,32 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from pydantic import Field, ValidationError
+from safetensors.torch import save_file
 from torch import nn
 
-from mudjack.config import Params
+from mudjack.config import BatchSize, Dropout, Epochs, LearningRate, Params, Width, describe_errors
 from mudjack.device import torch_threads
-from mudjack.encoders.base import read_metadata
 from mudjack.io import atomic_path
+from mudjack.safeload import load_checked, metadata_json, read_header, weights_error
 from mudjack.training import fit_cross_entropy
 
 
 class HeadParams(Params):
-    hidden: list[int] = [512, 256]
-    dropout: float = 0.5
-    epochs: int = 200
-    lr: float = 1e-3
-    batch_size: int = 64
+    hidden: list[Width] = Field([512, 256], max_length=16)
+    dropout: Dropout = 0.5
+    epochs: Epochs = 200
+    lr: LearningRate = 1e-3
+    batch_size: BatchSize = 64
+
+
+class HeadSpec(Params):
+    """A saved head's architecture (its safetensors metadata), bounded before it is built."""
+
+    in_dim: Width
+    classes: Width
+    hidden: list[Width] = Field(max_length=16)
+    dropout: Dropout
 
 
 class Head(nn.Module):
@@ -93,11 +103,12 @@ def save_head(head: Head, path: str | Path) -> None:
 
 
 def load_head(path: str | Path) -> Head:
-    metadata = read_metadata(path)
-    if "head" not in metadata:
-        raise ValueError(f"{path}: no 'head' spec in the safetensors metadata")
-    spec = json.loads(metadata["head"])
-    head = Head(spec["in_dim"], spec["classes"], spec["hidden"], spec["dropout"])
-    head.load_state_dict(load_file(str(path)))
-    return head.eval()
+    """A saved head; its spec, names and shapes are checked before it is built (WeightsError)."""
+    header = read_header(path)
+    try:
+        spec = HeadSpec.model_validate(metadata_json(path, header, "head"))
+    except ValidationError as err:
+        raise weights_error(path, f"head spec: {describe_errors(err)}") from None
+    return load_checked(path, header,
+                        lambda: Head(spec.in_dim, spec.classes, list(spec.hidden), spec.dropout))
 

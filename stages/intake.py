@@ -19,7 +19,7 @@ from mudjack.io import atomic_dir, read_json, write_json, write_jsonl
 from mudjack.reports import BugReport, ReportError, read_report, report_paths
 from mudjack.triggers import Trigger
 from stages.common import load_deployed, load_truth
-from stages.config import PipelineParams, setup_stage
+from stages.config import PipelineParams, inbox_folder, setup_stage
 
 VALIDATION = "reports/validation.json"
 REGISTRY = "bugs"
@@ -95,10 +95,11 @@ def summary(decisions: list[Decision]) -> dict[str, Any]:
 def main() -> None:
     params = setup_stage()
     paths = params.paths
+    inbox = inbox_folder(paths)
     rejected = read_json(VALIDATION).get("reports", {}).get("rejected", {})
     truth, _ = load_truth(paths)
     intake = Intake(params, load_deployed(paths), load_tasks(paths.tasks), truth, rejected)
-    decisions = [intake.decide(path) for path in report_paths(paths.inbox)]
+    decisions = [intake.decide(path) for path in report_paths(inbox)]
     with atomic_dir(REGISTRY) as registry:
         for bug in intake.bugs.values():
             save_bug(bug, registry)

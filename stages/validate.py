@@ -11,7 +11,7 @@ from pathlib import Path
 
 from mudjack.io import write_json
 from pipeline.expectations import format_failures, format_rejections, validate_all
-from stages.config import setup_stage
+from stages.config import inbox_folder, setup_stage
 
 OUT = Path("reports/validation.json")
 
@@ -19,8 +19,9 @@ OUT = Path("reports/validation.json")
 def main() -> int:
     params = setup_stage()
     try:
+        inbox_folder(params.paths)  # a mistyped inbox is an error, not an empty run
         result = validate_all(params.paths.model_dump(), params.validation.model_dump())
-    except (OSError, KeyError, ValueError) as err:  # unreadable data: the stage fails
+    except (OSError, KeyError, ValueError) as err:  # unreadable data, no inbox: the stage fails
         write_json(OUT, {"passed": False, "error": f"{type(err).__name__}: {err}",
                          "tables": [], "reports": {"accepted": [], "rejected": {}}})
         print(f"validate: cannot read the data: {type(err).__name__}: {err}", file=sys.stderr)

@@ -7,6 +7,7 @@ encoder. The real all-MiniLM-L6-v2 is loaded only by the test marked slow.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from mudjack.attacks import BadEncoderParams, badencoder
 from mudjack.bugs import Bug, load_bugs, save_bug
 from mudjack.data import LabelledSet, Task, load_shadow, load_task, save_input, save_task
 from mudjack.encoders import get_adapter, load_encoder, save_encoder
-from mudjack.encoders.text import TextClassifier, TextEncoder
+from mudjack.encoders.text import MODEL_ROOTS_ENV, TextClassifier, TextEncoder
 from mudjack.export import export_onnx_inputs, verify_onnx_batches
 from mudjack.features import extract_features
 from mudjack.heads import HeadParams, predict, train_head
@@ -93,10 +94,16 @@ def metrics(encoder: torch.nn.Module, adapter: object, task: Task, trigger: Text
 
 
 @pytest.fixture(scope="session")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> TextScenario:
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TextScenario]:
     torch.set_num_threads(1)
     folder = tmp_path_factory.mktemp("tiny_bert")
     write_tiny_bert(folder)
+    with pytest.MonkeyPatch.context() as patch:  # a model folder must be inside a model root
+        patch.setenv(MODEL_ROOTS_ENV, str(folder))
+        yield _tiny_scenario(folder)
+
+
+def _tiny_scenario(folder: Path) -> TextScenario:
     adapter = get_adapter("hf_text", {"folder": str(folder), "max_length": 32})
     clean = adapter.load_pretrained()
     shadow = synthetic_sentences(300, 1).x
