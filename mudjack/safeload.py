@@ -7,13 +7,16 @@ meta device (no memory), so a file naming a huge model fails before anything is 
 
 .pt/.th: a pickle; unpickling an untrusted one can call any function (`os.system`, ...).
 `load_torch_checkpoint` only accepts tensors and plain containers (torch's weights-only
-unpickler), refuses an archive that unpacks to more than its own size (torch stores
-weights uncompressed), and turns a refusal into an `UnsafeCheckpointError` naming what the
-file tried to call. The pipeline's own weights are safetensors and never go through here.
+unpickler) and turns a refusal into an `UnsafeCheckpointError` naming what the file tried
+to call. Before that, the storage sizes a file declares must fit in the file: torch
+allocates them before reading, so a 50 KB file could claim gigabytes (an archive that
+unpacks to more than its size; a legacy, non-zip file whose pickle declares more elements
+than follow it). The pipeline's own weights are safetensors and never go through here.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -77,8 +80,10 @@ def regular_file_size(path: str | Path) -> int:
     """The size of `path`, which must be a regular file (a symlink to one is fine)."""
     try:
         info = os.stat(path)
-    except (OSError, ValueError) as err:  # ValueError: an embedded NUL
-        raise weights_error(path, f"cannot read it ({type(err).__name__}: {err})") from None
+    except FileNotFoundError:
+        raise weights_error(path, "no such file") from None
+    except (OSError, ValueError) as err:  # ValueError: an embedded NUL; OSError: a link loop...
+        raise weights_error(path, f"cannot read it ({getattr(err, 'strerror', None) or err})") from None
     if not stat.S_ISREG(info.st_mode):
         raise weights_error(path, "not a regular file")
     return info.st_size
@@ -230,6 +235,8 @@ def load_torch_checkpoint(path: str | Path) -> Any:
     size = regular_file_size(path)
     if zipfile.is_zipfile(path):
         _check_archive(path, size)
+    else:
+        _check_legacy(path, size)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
@@ -250,6 +257,60 @@ def _check_archive(path: Path, size: int) -> None:
     if unpacked > size:
         raise weights_error(path, f"its archive unpacks to {unpacked} bytes from {size} "
                                   f"(torch.save stores weights uncompressed)")
+
+
+class _Stub:
+    """Whatever a legacy pickle names: nothing is imported or called (see _check_legacy)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def __setstate__(self, state: Any) -> None:
+        pass
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        pass
+
+    def append(self, value: Any) -> None:
+        pass
+
+    def extend(self, values: Any) -> None:
+        pass
+
+
+class _StorageScan(pickle.Unpickler):
+    """Unpickles with stubs in place of every global, summing the storage bytes declared."""
+
+    def __init__(self, file: io.BytesIO) -> None:
+        super().__init__(file)
+        self.declared = 0
+
+    def find_class(self, module: str, name: str) -> type:
+        return type(name, (_Stub,), {})
+
+    def persistent_load(self, pid: Any) -> Any:
+        # legacy storage ids: ("storage", <type>Storage, key, location, numel, view)
+        if isinstance(pid, tuple) and len(pid) >= 5 and isinstance(pid[4], int):
+            size = _ELEMENT_BYTES.get(getattr(pid[1], "__name__", ""), 8)
+            self.declared += max(pid[4], 0) * size
+        return _Stub()
+
+
+_ELEMENT_BYTES = {"ByteStorage": 1, "CharStorage": 1, "BoolStorage": 1, "HalfStorage": 2,
+                  "BFloat16Storage": 2, "ShortStorage": 2, "IntStorage": 4, "FloatStorage": 4}
+
+
+def _check_legacy(path: Path, size: int) -> None:
+    """A legacy (pre-1.6, non-zip) checkpoint: magic, protocol, sys_info, then the object
+    pickle, whose storage ids declare sizes torch allocates before reading them."""
+    scan = _StorageScan(io.BytesIO(read_bounded(path, limit=size)))
+    try:
+        for _ in range(4):
+            scan.load()
+    except Exception:  # noqa: BLE001, S110 (not a legacy pickle: torch.load says what it is;
+        return         # the stubs accept every operation torch's weights-only unpickler does)
+    if scan.declared > size:
+        raise weights_error(path, f"declares {scan.declared} bytes of storage in a {size}-byte file")
 
 
 def _explain(path: Path, message: str) -> str:
