@@ -7,6 +7,7 @@ expand to billions of nodes before any check could run), one-line `ParamsError`s
 
 from __future__ import annotations
 
+import reprlib
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -46,8 +47,7 @@ def describe_errors(err: ValidationError) -> str:
                         for i, part in enumerate(error["loc"]))
         problem = error["msg"].removeprefix("Value error, ")
         if not isinstance(error.get("input"), dict):  # a whole section would say nothing
-            got = repr(error.get("input"))
-            problem += f" (got {got if len(got) <= 40 else got[:37] + '...'})"
+            problem += f" (got {reprlib.repr(error.get('input'))})"  # bounded, however big
         parts.append(where + problem)
     return one_line("; ".join(parts))
 
