@@ -202,6 +202,8 @@ def _adapter_of(path: str | Path, header: SafetensorsHeader) -> EncoderAdapter:
     if name not in _ADAPTERS:
         raise weights_error(path, f"unknown encoder adapter {name[:60]!r}; known: {adapter_names()}")
     config = metadata_json(path, header, "config") if "config" in header.metadata else {}
+    if not isinstance(config, dict):
+        raise weights_error(path, "its 'config' metadata is not a JSON object")
     try:
         return get_adapter(name, config)
     except WeightsError as err:

@@ -139,7 +139,7 @@ class HFTextAdapter(EncoderAdapter):
             return allowed_folder(self.config["folder"])
         if self.config["package"] not in KNOWN_PACKAGES:  # the schema refuses it already
             raise WeightsError(f"{self.name} config: package {self.config['package']!r} is not known")
-        return Path(importlib.import_module(self.config["package"]).get_model_path())
+        return Path(importlib.import_module(self.config["package"]).get_model_path()).resolve()
 
     def folder_file(self, name: str, limit: int) -> Path:
         """`name` in the model folder: a regular file of at most `limit` bytes, inside it."""
