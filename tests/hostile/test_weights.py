@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mudjack.encoders import get_adapter, import_encoder, load_encoder, save_encoder
+from mudjack.encoders import EncoderAdapter, get_adapter, import_encoder, load_encoder, save_encoder
 from mudjack.heads import Head, load_head, save_head
 from mudjack.safeload import WeightsError, one_line
 
@@ -227,7 +227,7 @@ def test_a_hostile_head_file_is_refused_in_one_line(case: str, head_file: tuple[
 # --------------------------------------------------------------------------- imported checkpoints
 
 
-def small_cnn(**config: object) -> object:
+def small_cnn(**config: object) -> EncoderAdapter:
     return get_adapter("small_cnn", {**CONFIG, **config})
 
 
