@@ -1,9 +1,85 @@
-"""Base for typed parameter sections: an unknown key or a wrong type is an error naming it."""
+"""Base for typed parameter sections: an unknown key, a wrong type or a value out of range is
+an error naming it; NaN and infinity are refused everywhere.
+
+Also the one reader of parameter YAML files: bounded in size, no aliases (an alias bomb would
+expand to billions of nodes before any check could run), one-line `ParamsError`s.
+"""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
+import reprlib
+from pathlib import Path
+from typing import Annotated, Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from mudjack.safeload import one_line, read_bounded
+
+MAX_PARAMS_BYTES = 1 << 20  # params.yaml is a few KiB; anything near this is not parameters
+
+# Range-checked numbers the parameter sections share.
+Epochs = Annotated[int, Field(ge=1, le=100_000)]
+BatchSize = Annotated[int, Field(ge=1, le=1 << 20)]
+Count = Annotated[int, Field(ge=0)]                          # 0 usually means "all" or "off"
+LearningRate = Annotated[float, Field(gt=0, le=100)]
+Fraction = Annotated[float, Field(ge=0, le=1)]
+Dropout = Annotated[float, Field(ge=0, lt=1)]
+Momentum = Annotated[float, Field(ge=0, lt=1)]
+NonNegative = Annotated[float, Field(ge=0)]
+Width = Annotated[int, Field(ge=1, le=65_536)]               # a layer's size
+Seed = Annotated[int, Field(ge=0, lt=1 << 32)]               # numpy seeds are 32-bit
 
 
 class Params(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+class ParamsError(ValueError):
+    """A parameter file that cannot be used; the message is one line naming the file and key."""
+
+
+def describe_errors(err: ValidationError) -> str:
+    """Pydantic's errors on one line: `key.path: problem (got value)`, separated by `; `."""
+    parts = []
+    for error in err.errors():
+        where = "".join(f"{part}: " if i == len(error["loc"]) - 1 else f"{part}."
+                        for i, part in enumerate(error["loc"]))
+        problem = error["msg"].removeprefix("Value error, ")
+        if not isinstance(error.get("input"), dict):  # a whole section would say nothing
+            problem += f" (got {reprlib.repr(error.get('input'))})"  # bounded, however big
+        parts.append(where + problem)
+    return one_line("; ".join(parts))
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """SafeLoader that stops at the first alias, before any node is built from it."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(
+                None, None, f"YAML aliases are not allowed (*{event.anchor})", event.start_mark)
+        return super().compose_node(parent, index)
+
+
+def _yaml_problem(err: Exception) -> str:
+    """One line: what is wrong and where (PyYAML's own message spans several lines)."""
+    mark = getattr(err, "problem_mark", None)
+    if isinstance(err, yaml.MarkedYAMLError) and mark is not None:
+        return f"{err.problem} (line {mark.line + 1}, column {mark.column + 1})"
+    return " ".join(str(err).split())
+
+
+def read_params_yaml(path: str | Path) -> dict[str, Any]:
+    """A parameter YAML file as a mapping (empty file: {}); any problem is a ParamsError."""
+    try:
+        text = read_bounded(path, limit=MAX_PARAMS_BYTES).decode("utf-8")
+        raw = yaml.load(text, Loader=_NoAliasLoader) or {}  # noqa: S506 (a SafeLoader subclass)
+    except (OSError, ValueError, yaml.YAMLError) as err:  # ValueError: not UTF-8, a NUL in the path
+        raise ParamsError(f"{one_line(path)}: {_yaml_problem(err)}") from None
+    except RecursionError:
+        raise ParamsError(f"{one_line(path)}: nested too deeply") from None
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{one_line(path)}: expected a mapping of sections, got {type(raw).__name__}")
+    return raw

@@ -16,14 +16,14 @@ from typing import Any, Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import model_validator
-from safetensors.torch import load_file, save_file
+from pydantic import Field, ValidationError, model_validator
+from safetensors.torch import save_file
 from torch import nn
 
-from mudjack.config import Params
+from mudjack.config import BatchSize, Dropout, Epochs, LearningRate, Params, Width, describe_errors
 from mudjack.device import torch_threads
-from mudjack.encoders.base import read_metadata
 from mudjack.io import atomic_path
+from mudjack.safeload import load_checked, metadata_json, read_header, weights_error
 from mudjack.training import fit_cross_entropy
 
 HEAD_KINDS = ("mlp", "linear")
@@ -31,11 +31,11 @@ HEAD_KINDS = ("mlp", "linear")
 
 class HeadParams(Params):
     kind: Literal["mlp", "linear"] = "mlp"  # linear: a linear probe, no hidden layer
-    hidden: list[int] = [512, 256]          # [] is a linear probe too
-    dropout: float = 0.5
-    epochs: int = 200
-    lr: float = 1e-3
-    batch_size: int = 64
+    hidden: list[Width] = Field([512, 256], max_length=16)  # [] is a linear probe too
+    dropout: Dropout = 0.5
+    epochs: Epochs = 200
+    lr: LearningRate = 1e-3
+    batch_size: BatchSize = 64
 
     @model_validator(mode="before")
     @classmethod
@@ -45,6 +45,24 @@ class HeadParams(Params):
                 raise ValueError("a linear head has no hidden layers: leave `hidden` out or []")
             return {**data, "hidden": []}
         return data
+
+
+class HeadSpec(Params):
+    """A saved head's architecture (its safetensors metadata), bounded before it is built; files
+    from before the linear probe have no `kind` and hold MLPs."""
+
+    kind: Literal["mlp", "linear"] = "mlp"
+    in_dim: Width
+    classes: Width
+    hidden: list[Width] = Field(max_length=16)
+    dropout: Dropout = 0.0
+    normalize: bool = True
+
+    @model_validator(mode="after")
+    def _linear_has_no_hidden_layer(self) -> HeadSpec:
+        if self.kind == "linear" and self.hidden:
+            raise ValueError("a linear head has no hidden layers")
+        return self
 
 
 class Head(nn.Module):
@@ -130,17 +148,12 @@ def save_head(head: Head, path: str | Path) -> None:
 
 
 def load_head(path: str | Path) -> Head:
-    metadata = read_metadata(path)
-    if "head" not in metadata:
-        raise ValueError(f"{path}: no 'head' spec in the safetensors metadata")
-    spec = json.loads(metadata["head"])
-    kind = spec.get("kind", "mlp")  # files from before the linear probe hold MLPs
-    if kind not in HEAD_KINDS or (kind == "linear" and spec.get("hidden")):
-        raise ValueError(f"{path}: head kind {kind!r} with hidden {spec.get('hidden')!r}; "
-                         f"kinds: {HEAD_KINDS}, a linear head has no hidden layers")
-    hidden = spec["hidden"] if kind == "mlp" else []
-    head = Head(spec["in_dim"], spec["classes"], hidden=hidden, dropout=spec.get("dropout", 0.0),
-                normalize=spec.get("normalize", True))
-    head.load_state_dict(load_file(str(path)))
-    return head.eval()
+    """A saved head's architecture (its safetensors metadata), bounded before it is built."""
+    header = read_header(path)
+    try:
+        spec = HeadSpec.model_validate(metadata_json(path, header, "head"))
+    except ValidationError as err:
+        raise weights_error(path, f"head spec: {describe_errors(err)}") from None
+    return load_checked(path, header, lambda: Head(spec.in_dim, spec.classes, hidden=list(spec.hidden),
+                                                   dropout=spec.dropout, normalize=spec.normalize))
 

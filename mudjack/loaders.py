@@ -21,8 +21,9 @@ from typing import Literal
 
 import numpy as np
 from PIL import Image
+from pydantic import Field
 
-from mudjack.config import Params
+from mudjack.config import Count, Params
 from mudjack.data import LabelledSet, load_digits_images, stratified_split
 from mudjack.io import read_npz
 
@@ -35,12 +36,12 @@ class DataSpec(Params):
     loader: Literal["digits", "image_folders", "npz", "mnist_idx", "tsv"]
     path: str = ""
     split: str = ""     # archive sub-folder, npz key suffix or MNIST file prefix (train/t10k)
-    limit: int = 0      # keep at most this many, stratified by label (0: all)
-    resize: int = 0     # square side in pixels (0: keep the size)
+    limit: Count = 0    # keep at most this many, stratified by label (0: all)
+    resize: int = Field(0, ge=0, le=4096)  # square side in pixels (0: keep the size)
     # text (tsv): column names and the shortest sentence kept, in whitespace-separated words
     text_column: str = "sentence"
     label_column: str = "label"
-    min_words: int = 0
+    min_words: Count = 0
 
 
 def _decode(data: bytes) -> np.ndarray:

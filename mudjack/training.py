@@ -6,15 +6,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mudjack.config import Params
+from mudjack.config import BatchSize, Epochs, LearningRate, Params
 from mudjack.data import LabelledSet
 from mudjack.encoders import EncoderAdapter, ImageEncoder
 
 
 class PretrainParams(Params):
-    epochs: int = 15
-    lr: float = 3e-3
-    batch_size: int = 64
+    epochs: Epochs = 15
+    lr: LearningRate = 3e-3
+    batch_size: BatchSize = 64
 
 
 def pretrain_encoder(adapter: EncoderAdapter, data: LabelledSet, classes: int,

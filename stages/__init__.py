@@ -1,0 +1,28 @@
+"""The DVC stages, one module each (`python -m stages.<name>`).
+
+An input the stage cannot use (bad weights, an encoder config or parameters) ends it with the
+error's one-line reason on stderr and exit code 1, not a traceback: these errors name the file
+and the problem, and a traceback would bury that line in the output `mudjack` shows.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from types import TracebackType
+
+from mudjack.config import ParamsError
+from mudjack.safeload import WeightsError
+
+INPUT_ERRORS = (WeightsError, ParamsError)
+
+
+def _report_input_errors(kind: type[BaseException], error: BaseException,
+                         traceback: TracebackType | None) -> None:
+    if issubclass(kind, INPUT_ERRORS):
+        print(f"{Path(sys.argv[0]).stem}: {error}", file=sys.stderr)
+    else:
+        sys.__excepthook__(kind, error, traceback)
+
+
+sys.excepthook = _report_input_errors

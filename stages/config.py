@@ -5,15 +5,27 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import Field, ValidationError, model_validator
 
 from mudjack.attacks import BadEncoderParams
-from mudjack.config import Params
+from mudjack.config import (
+    BatchSize,
+    Count,
+    Epochs,
+    Fraction,
+    LearningRate,
+    NonNegative,
+    Params,
+    ParamsError,
+    Seed,
+    describe_errors,
+    read_params_yaml,
+)
 from mudjack.heads import HeadParams
 from mudjack.intake import IntakeParams
 from mudjack.loaders import DataSpec
 from mudjack.patching import PATCH_METHODS
+from mudjack.safeload import one_line
 from mudjack.training import PretrainParams
 
 
@@ -49,9 +61,9 @@ class PrepareParams(Params):
     provider: DataSpec = DataSpec(loader="digits")
     downstream: DataSpec | None = None
     test: DataSpec | None = None
-    provider_fraction: float = 0.5
-    test_fraction: float = 0.5
-    shadow_limit: int = 0  # at most this many provider images in the shadow set (0: all)
+    provider_fraction: Fraction = 0.5
+    test_fraction: Fraction = 0.5
+    shadow_limit: Count = 0  # at most this many provider images in the shadow set (0: all)
     more_tasks: list[TaskSource] = []
 
     @model_validator(mode="after")
@@ -75,36 +87,36 @@ class TriggerParams(Params):
     when `family` is set, a trigger of that zoo family (mudjack/attacks/zoo.py) drawn from
     `seed`. `targets`: the targets of a family's second and later triggers (`dual`)."""
 
-    size: int = 0
-    row: int = 0
-    col: int = 0
-    value: int = 255
+    size: Count = 0
+    row: Count = 0
+    col: Count = 0
+    value: int = Field(255, ge=0, le=255)
     words: list[str] = []
     family: str = ""
-    seed: int = 0
-    targets: list[int] = []
+    seed: Seed = 0
+    targets: list[Count] = []
 
 
 class DeployedHeadParams(Params):
-    epochs: int = 200
-    lr: float = 1e-3
-    batch_size: int = 64
+    epochs: Epochs = 200
+    lr: LearningRate = 1e-3
+    batch_size: BatchSize = 64
 
 
 class AttackParams(BadEncoderParams):
     task: str = ""  # the task the backdoor targets ("": prepare.task); reports come from it only
-    target: int
+    target: Count
     trigger: TriggerParams
     deployed_head: DeployedHeadParams = DeployedHeadParams()
-    n_reports: int = 2
-    n_false_reports: int = 1
-    samples: int = 0  # provider inputs BadEncoder trains on, drawn at random (0: all)
+    n_reports: Count = 2
+    n_false_reports: Count = 1
+    samples: Count = 0  # provider inputs BadEncoder trains on, drawn at random (0: all)
 
 
 class ValidateParams(Params):
-    max_pixel: int = 255
-    min_rows: int = 10
-    max_chars: int = 2000  # text: the longest sentence accepted, in characters
+    max_pixel: int = Field(255, ge=0, le=255)
+    min_rows: Count = 10
+    max_chars: int = Field(2000, ge=1)  # text: the longest sentence accepted, in characters
 
 
 class PatchParams(Params):
@@ -132,16 +144,16 @@ class PatchParams(Params):
 
 
 class ExportParams(Params):
-    opset: int = 18
-    tolerance: float = 1e-4
+    opset: int = Field(18, ge=7)
+    tolerance: float = Field(1e-4, gt=0)
 
 
 class GatesParams(Params):
     """Promotion gates on reports/metrics.json, checked by pipeline/gates.py (not a DVC stage)."""
 
-    max_patched_asr: float = 0.1       # ASR of every task after the repair
-    max_clean_acc_drop: float = 0.03   # backdoored minus patched clean accuracy, every task
-    max_onnx_diff: float = 1e-4        # ONNX vs PyTorch max |diff|
+    max_patched_asr: Fraction = 0.1       # ASR of every task after the repair
+    max_clean_acc_drop: Fraction = 0.03   # backdoored minus patched clean accuracy, every task
+    max_onnx_diff: NonNegative = 1e-4     # ONNX vs PyTorch max |diff|
 
 
 class SequelaParams(Params):
@@ -158,8 +170,8 @@ class SequelaParams(Params):
 
 
 class PipelineParams(Params):
-    seed: int = 0
-    threads: int = 1
+    seed: Seed = 0
+    threads: int = Field(1, ge=0, le=4096)
     paths: PathsParams
     prepare: PrepareParams = PrepareParams()
     foundation: FoundationParams = FoundationParams()
@@ -174,11 +186,22 @@ class PipelineParams(Params):
 
 
 def load_params(path: str | Path = "params.yaml") -> PipelineParams:
-    raw = yaml.safe_load(Path(path).read_text()) or {}
+    """The typed parameters; any problem is a one-line ParamsError naming the key."""
+    raw = read_params_yaml(path)
     try:
         return PipelineParams(**raw)
     except ValidationError as err:
-        raise SystemExit(f"{path}: invalid parameters\n{err}") from None
+        raise ParamsError(f"{one_line(path)}: invalid parameters: {describe_errors(err)}") from None
+
+
+def inbox_folder(paths: PathsParams) -> Path:
+    """`paths.inbox`, which must be a folder: a mistyped name is an error, not an empty run
+    (an empty folder is a valid inbox with no reports)."""
+    inbox = Path(paths.inbox)
+    if not inbox.is_dir():
+        raise ParamsError(f"paths.inbox: no such folder {one_line(inbox)!r} "
+                          f"(an empty folder means no reports)")
+    return inbox
 
 
 def setup_stage(path: str | Path = "params.yaml") -> PipelineParams:

@@ -17,17 +17,18 @@ from stages.artifacts import INTAKE_LOG as LOG
 from stages.artifacts import INTAKE_SUMMARY as SUMMARY
 from stages.artifacts import VALIDATION
 from stages.common import load_deployed, load_truth
-from stages.config import setup_stage
+from stages.config import inbox_folder, setup_stage
 
 
 def main() -> None:
     params = setup_stage()
     paths = params.paths
+    inbox = inbox_folder(paths)
     rejected = read_json(VALIDATION).get("reports", {}).get("rejected", {})
     truth, _ = load_truth(paths)
     intake = Intake(load_deployed(paths), load_tasks(paths.tasks), params=params.intake, seed=params.seed,
                     truth=truth, rejected_by_validation=rejected)
-    decisions = [intake.decide(path) for path in report_paths(paths.inbox)]
+    decisions = [intake.decide(path) for path in report_paths(inbox)]
     with atomic_dir(REGISTRY) as registry:
         for bug in intake.bugs.values():
             save_bug(bug, registry)

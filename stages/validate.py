@@ -10,15 +10,16 @@ import sys
 
 from mudjack.io import write_json
 from stages.artifacts import VALIDATION
-from stages.config import setup_stage
+from stages.config import inbox_folder, setup_stage
 from stages.expectations import format_failures, format_rejections, validate_all
 
 
 def main() -> int:
     params = setup_stage()
     try:
+        inbox_folder(params.paths)  # a mistyped inbox is an error, not an empty run
         result = validate_all(params.paths.model_dump(), params.validation.model_dump())
-    except (OSError, KeyError, ValueError) as err:  # unreadable data: the stage fails
+    except (OSError, KeyError, ValueError) as err:  # unreadable data, no inbox: the stage fails
         write_json(VALIDATION, {"passed": False, "error": f"{type(err).__name__}: {err}",
                          "tables": [], "reports": {"accepted": [], "rejected": {}}})
         print(f"validate: cannot read the data: {type(err).__name__}: {err}", file=sys.stderr)

@@ -4,6 +4,7 @@ deployed model."""
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -78,10 +79,14 @@ def deployed(scenario: Scenario) -> Deployed:
 
 
 @pytest.fixture(scope="session")
-def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A folder holding a tiny BERT (2 layers, hidden 32, word-level vocabulary), random weights."""
+def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A folder holding a tiny BERT (2 layers, hidden 32, word-level vocabulary), random weights;
+    an allowed model root while the session runs (text adapters load only inside one)."""
+    from mudjack.encoders.text import MODEL_ROOTS_ENV
     from tests.helpers.text import write_tiny_bert
 
     folder = tmp_path_factory.mktemp("tiny_bert")
     write_tiny_bert(folder)
-    return folder
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(MODEL_ROOTS_ENV, str(folder))
+        yield folder

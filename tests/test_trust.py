@@ -19,7 +19,7 @@ from mudjack.heads import save_head
 from mudjack.intake import IntakeParams, intake_report
 from mudjack.io import read_json, read_jsonl, write_npz
 from mudjack.reports import BugReport, ReportError, read_report
-from mudjack.safeload import UnsafeCheckpointError, load_torch_checkpoint
+from mudjack.safeload import UnsafeCheckpointError, WeightsError, load_torch_checkpoint
 from mudjack.triggers import stamp
 
 PARAMS = IntakeParams()
@@ -265,5 +265,5 @@ def test_plain_checkpoints_load_and_garbage_is_named(tmp_path):
     (tmp_path / "odd.pt").write_bytes(pickle.dumps([1, 2])[:5])  # not even a plain pickle
     with pytest.raises(UnsafeCheckpointError, match="pickle instructions beyond plain weights"):
         load_torch_checkpoint(tmp_path / "odd.pt")
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(WeightsError, match="missing.pt: no such file"):
         load_torch_checkpoint(tmp_path / "missing.pt")

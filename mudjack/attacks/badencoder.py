@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from mudjack.config import Params
+from mudjack.config import BatchSize, Epochs, LearningRate, Momentum, NonNegative, Params
 from mudjack.encoders import EncoderAdapter, ImageEncoder, freeze_batchnorm, trainable_parameters
 from mudjack.features import cosine, extract_features, nearest_to_centroid
 from mudjack.triggers import TextTrigger, Trigger
@@ -21,11 +21,11 @@ Pairs = Sequence[tuple[Trigger | TextTrigger, np.ndarray]]
 
 class BadEncoderParams(Params):
     optimizer: Literal["sgd", "adam"] = "sgd"
-    epochs: int = 20
-    lr: float = 1e-2
-    batch_size: int = 64
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
+    epochs: Epochs = 20
+    lr: LearningRate = 1e-2
+    batch_size: BatchSize = 64
+    momentum: Momentum = 0.9
+    weight_decay: NonNegative = 5e-4
 
 
 def pick_attack_reference(encoder: ImageEncoder, adapter: EncoderAdapter, x: np.ndarray,

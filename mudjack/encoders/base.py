@@ -1,4 +1,8 @@
-"""The encoder adapter interface and the registry that chooses one by name."""
+"""The encoder adapter interface and the registry that chooses one by name.
+
+An adapter's config is checked against its pydantic `config_model` (bounded sizes) before
+anything is built; weights files are checked by mudjack/safeload.py before they are read.
+"""
 
 from __future__ import annotations
 
@@ -6,14 +10,29 @@ import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, ClassVar
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from torch import nn
 
+from mudjack.config import describe_errors
 from mudjack.io import write_safetensors
+from mudjack.safeload import (
+    SafetensorsHeader,
+    TensorInfo,
+    WeightsError,
+    check_finite,
+    check_tensors,
+    expected_tensors,
+    load_checked,
+    load_tensors,
+    load_torch_checkpoint,
+    metadata_json,
+    read_header,
+    weights_error,
+)
 from mudjack.triggers import Trigger, stamp
 
 _ADAPTERS: dict[str, type[EncoderAdapter]] = {}
@@ -40,6 +59,37 @@ def get_adapter(name: str, config: dict[str, Any]) -> EncoderAdapter:
 
 def adapter_names() -> list[str]:
     return sorted(_ADAPTERS)
+
+
+Side = Annotated[int, Field(ge=1, le=4096)]
+FeatureDim = Annotated[int, Field(ge=1, le=8192)]
+Statistic = Annotated[list[float], Field(min_length=1, max_length=16)]
+
+
+class AdapterConfig(BaseModel):
+    """Base of adapter config schemas: unknown keys (the image defaults a scenario's params
+    inherit) are dropped, NaN and infinity refused."""
+
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
+
+
+class ImageConfig(AdapterConfig):
+    """Raw input shape (H, W, C), feature size, and the normalisation the model applies."""
+
+    input_shape: tuple[Side, Side, Annotated[int, Field(ge=1, le=16)]]
+    feature_dim: FeatureDim
+    mean: Statistic | None = None
+    std: Statistic | None = None
+
+    @model_validator(mode="after")
+    def _statistics(self) -> ImageConfig:
+        for name in ("mean", "std"):
+            values = getattr(self, name)
+            if values is not None and len(values) not in (1, self.input_shape[2]):
+                raise ValueError(f"{name} needs 1 or {self.input_shape[2]} values (one per channel)")
+        if self.std is not None and min(self.std) <= 0:
+            raise ValueError("std must be positive")
+        return self
 
 
 class ImageEncoder(nn.Module):
@@ -69,14 +119,28 @@ class EncoderAdapter:
     config: dict[str, Any] = field(default_factory=dict)
     name = "base"
     modality = "image"  # "image" | "text": the raw inputs, triggers and reports it takes
+    config_model: ClassVar[type[AdapterConfig] | None] = None  # None: the config is not checked
 
     def __post_init__(self) -> None:
-        """Subclasses fill in config defaults and check it here."""
+        self.config = self.check_config(self.config)
+
+    def check_config(self, config: Any) -> dict[str, Any]:
+        """`config` validated by `config_model`, defaults filled in; a WeightsError if it is bad."""
+        if self.config_model is None:
+            return dict(config)
+        try:
+            checked = self.config_model.model_validate(config)
+        except ValidationError as err:
+            raise WeightsError(f"{self.name} config: {describe_errors(err)}") from None
+        return checked.model_dump(mode="json", exclude_none=True)
 
     def build_backbone(self) -> nn.Module:
         raise NotImplementedError
 
     def build(self) -> ImageEncoder:
+        if "mean" not in self.config or "std" not in self.config:
+            raise WeightsError(f"{self.name} config: no input normalisation (mean and std); give "
+                               f"them in the config or import a checkpoint that holds them")
         return ImageEncoder(self.build_backbone(), self.config["mean"], self.config["std"])
 
     @property
@@ -126,21 +190,44 @@ def save_encoder(encoder: nn.Module, adapter: EncoderAdapter, path: str | Path) 
 
 
 def read_metadata(path: str | Path) -> dict[str, str]:
-    from safetensors import safe_open
+    """The safetensors header metadata, after the header is checked (a WeightsError if not)."""
+    return read_header(path).metadata
 
-    with safe_open(str(path), framework="pt") as f:
-        return f.metadata() or {}
+
+def _adapter_of(path: str | Path, header: SafetensorsHeader) -> EncoderAdapter:
+    """The adapter the file's metadata names, with its config checked; nothing is built."""
+    name = header.metadata.get("adapter")
+    if name is None:
+        raise weights_error(path, "no 'adapter' in the safetensors metadata; not a mudjack encoder")
+    if name not in _ADAPTERS:
+        raise weights_error(path, f"unknown encoder adapter {name[:60]!r}; known: {adapter_names()}")
+    config = metadata_json(path, header, "config") if "config" in header.metadata else {}
+    if not isinstance(config, dict):
+        raise weights_error(path, "its 'config' metadata is not a JSON object")
+    try:
+        return get_adapter(name, config)
+    except WeightsError as err:
+        raise weights_error(path, str(err)) from None
+
+
+def _built(path: str | Path, build: Callable[[], nn.Module]) -> Callable[[], nn.Module]:
+    """`build` whose config errors name the weights file."""
+
+    def checked() -> nn.Module:
+        try:
+            return build()
+        except WeightsError as err:
+            raise weights_error(path, str(err)) from None
+
+    return checked
 
 
 def load_encoder(path: str | Path) -> tuple[ImageEncoder, EncoderAdapter]:
-    metadata = read_metadata(path)
-    if "adapter" not in metadata:
-        raise ValueError(f"{path}: no 'adapter' in the safetensors metadata; not a mudjack encoder")
-    adapter = get_adapter(metadata["adapter"], json.loads(metadata["config"]))
-    encoder = adapter.build()
-    encoder.load_state_dict(load_file(str(path)))
-    encoder.eval()
-    return encoder, adapter
+    """A mudjack encoder file: header, adapter config, then names and shapes are checked
+    before the model is built and its weights read (a WeightsError names the problem)."""
+    header = read_header(path)
+    adapter = _adapter_of(path, header)
+    return load_checked(path, header, _built(path, adapter.build)), adapter
 
 
 def _strip_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -152,28 +239,41 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Tensors of a safetensors file, or of a torch checkpoint loaded with weights_only=True."""
     path = Path(path)
     if path.suffix == ".safetensors":
-        return load_file(str(path))
-    from mudjack.safeload import load_torch_checkpoint
-
+        return load_tensors(path)
     checkpoint = load_torch_checkpoint(path)
     state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else None
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"{path}: no state_dict of tensors found")
+    if not isinstance(state, dict) or not state or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+        raise weights_error(path, "no state_dict of named tensors found")
+    check_finite(path, state)
     return state
+
+
+def _take_normalisation(adapter: EncoderAdapter, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A whole ImageEncoder's state dict (`mean`, `std`, `backbone.*`): its normalisation goes
+    into the adapter's config and the backbone's weights are returned; others pass as they are."""
+    if not ({"mean", "std"} <= set(state) and any(k.startswith("backbone.") for k in state)):
+        return state
+    stats = {name: state[name].flatten().tolist()[:64] for name in ("mean", "std")}
+    adapter.config = adapter.check_config({**adapter.config, **stats})
+    return {k.removeprefix("backbone."): v for k, v in state.items() if k not in stats}
 
 
 def import_encoder(adapter: EncoderAdapter, path: str | Path) -> tuple[ImageEncoder, list[str]]:
     """Build the adapter's encoder and load a foreign checkpoint into its backbone.
 
     Keys the backbone does not have (a classifier, say) are returned as `ignored`;
-    a backbone key missing from the file is an error.
+    a backbone key missing from the file, or of another shape, is a WeightsError, raised
+    before the encoder is built. A mudjack encoder's own state dict brings its normalisation.
     """
     state = _strip_prefixes(read_state_dict(path))
+    try:
+        state = _take_normalisation(adapter, state)
+    except WeightsError as err:
+        raise weights_error(path, str(err)) from None
+    wanted = expected_tensors(_built(path, lambda: adapter.build().backbone))
+    found = {k: TensorInfo.of(v) for k, v in state.items()}
+    check_tensors(path, found, wanted, what="backbone weights", extra_allowed=True)
     encoder = adapter.build()
-    wanted = set(encoder.backbone.state_dict())
-    # Older checkpoints predate BatchNorm's `num_batches_tracked` counter; it is not a weight.
-    missing = sorted(k for k in wanted - set(state) if not k.endswith("num_batches_tracked"))
-    if missing:
-        raise ValueError(f"{path}: missing backbone weights {missing[:5]}{'…' if len(missing) > 5 else ''}")
     encoder.backbone.load_state_dict({k: v for k, v in state.items() if k in wanted}, strict=False)
-    return encoder.eval(), sorted(set(state) - wanted)
+    return encoder.eval(), sorted(set(state) - set(wanted))

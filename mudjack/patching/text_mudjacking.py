@@ -27,9 +27,11 @@ from typing import Literal
 
 import numpy as np
 import torch
+from pydantic import Field
 from torch import nn
 
 from mudjack.bugs import Bug
+from mudjack.config import BatchSize, Dropout, Epochs, LearningRate, NonNegative
 from mudjack.device import select_device
 from mudjack.encoders import EncoderAdapter
 from mudjack.encoders.text import length_batches
@@ -43,12 +45,12 @@ class TextMudjackingParams(MudjackingParams):
     loop's speed switches (`compile`) and checkpointing are not used by this loop."""
 
     optimizer: Literal["sgd", "adam"] = "adam"
-    lr: float = 2e-5
-    weight_decay: float = 0.0
-    epochs: int = 2
-    batch_size: int = 32
-    views: int = 4
-    word_dropout: float = 0.1
+    lr: LearningRate = 2e-5
+    weight_decay: NonNegative = 0.0
+    epochs: Epochs = 2
+    batch_size: BatchSize = 32
+    views: int = Field(4, ge=1, le=1024)
+    word_dropout: Dropout = 0.1
 
 
 def drop_words(sentence: str, *, rate: float, keep: set[str], rng: np.random.Generator) -> str:

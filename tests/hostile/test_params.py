@@ -1,0 +1,177 @@
+"""Hostile parameter files: every one is refused with a one-line ParamsError naming the file and
+the key, quickly (an alias bomb never expands), and never silently turned into a run."""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from mudjack.config import ParamsError
+from stages.config import inbox_folder, load_params
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def params_with(path: Path, key: str, value: Any) -> Path:
+    """params.yaml with `key` (dotted) set to `value`, written to `path`."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    *sections, last = key.split(".")
+    node = params
+    for section in sections:
+        node = node.setdefault(section, {})
+    node[last] = value
+    path.write_text(yaml.safe_dump(params))
+    return path
+
+
+def run_stage(stage: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", f"stages.{stage}"], cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout, env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
+def refused(path: Path, *fragments: str) -> str:
+    with pytest.raises(ParamsError) as caught:
+        load_params(path)
+    message = str(caught.value)
+    assert "\n" not in message and message.startswith(str(path)), message
+    assert all(f in message for f in fragments), message
+    return message
+
+
+OUT_OF_RANGE = [
+    ("foundation.epochs", -1), ("foundation.epochs", 0), ("foundation.batch_size", 0),
+    ("foundation.lr", math.nan), ("foundation.lr", math.inf), ("foundation.lr", -0.1),
+    ("attack.lr", 0.0), ("attack.epochs", -5), ("attack.momentum", 1.5), ("attack.weight_decay", -1.0),
+    ("attack.target", -1), ("attack.n_reports", -1), ("attack.trigger.value", 300),
+    ("attack.trigger.size", -2), ("attack.deployed_head.batch_size", 0),
+    ("patch.lr", math.nan), ("patch.epochs", 0), ("patch.batch_size", 0), ("patch.views", 0),
+    ("patch.shadow_fraction", 0.0), ("patch.shadow_fraction", 1.5), ("patch.lambda_gen", -1.0),
+    ("patch.momentum", -0.1), ("patch.clean_samples", -3),
+    ("retrain.batch_size", 0), ("retrain.dropout", 1.0), ("retrain.hidden", [0]),
+    ("retrain.hidden", [10**9]), ("retrain.lr", math.inf),
+    ("prepare.test_fraction", 1.5), ("prepare.provider_fraction", -0.5), ("prepare.shadow_limit", -1),
+    ("prepare.provider.limit", -1), ("validate.min_rows", -1), ("validate.max_pixel", 256),
+    ("export.tolerance", 0.0), ("export.opset", 0), ("gates.max_patched_asr", 2.0),
+    ("gates.max_onnx_diff", math.nan), ("seed", -1), ("seed", 2**40), ("threads", -1),
+]
+
+
+@pytest.mark.parametrize(("key", "value"), OUT_OF_RANGE, ids=[f"{k}={v}" for k, v in OUT_OF_RANGE])
+def test_an_out_of_range_number_is_refused_naming_its_key(key: str, value: Any, tmp_path: Path) -> None:
+    refused(params_with(tmp_path / "params.yaml", key, value), key)  # `key: ...` or `key.0: ...`
+
+
+@pytest.mark.parametrize(("method", "key", "value"), [
+    ("finetune", "lr", 0.0), ("finetune", "dropout", -0.5), ("super_finetune", "cycle_steps", 0),
+    ("super_finetune", "max_lr_phase1", math.nan), ("mudjacking_text", "word_dropout", 1.0),
+])
+def test_a_patch_method_key_out_of_range_is_refused(method: str, key: str, value: Any,
+                                                    tmp_path: Path) -> None:
+    path = tmp_path / "params.yaml"
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["patch"] = {"method": method, key: value}
+    path.write_text(yaml.safe_dump(params))
+    refused(path, f"patch.{key}:")
+
+
+@pytest.mark.xfail(strict=True, reason="the intake params get their ranges after the intake package "
+                                       "refactor is merged (then drop this mark)")
+@pytest.mark.parametrize(("key", "value"), [("intake.min_flip_rate", 2.0), ("intake.window", 0)])
+def test_intake_thresholds_are_range_checked(key: str, value: Any, tmp_path: Path) -> None:
+    refused(params_with(tmp_path / "params.yaml", key, value), key.split(".")[-1])
+
+
+def test_the_shipped_params_and_scenarios_still_load() -> None:
+    assert load_params(ROOT / "params.yaml").patch.method == "mudjacking"
+
+
+# 10**9 x's from a few hundred bytes under an unknown key: the error message for the key walks them
+BOMB = "\n".join(["a: &a [x, x, x, x, x, x, x, x, x, x]"]
+                 + [f"{c}: &{c} [{', '.join([f'*{p}'] * 10)}]"
+                    for p, c in zip("abcdefgh", "bcdefghi", strict=True)]
+                 + ["seed: 0", "paths: {shadow: s, tasks: t, encoder: e, heads: h, inbox: i}", "unknown: *i"])
+
+
+def test_a_yaml_alias_bomb_is_refused_before_it_expands(tmp_path: Path) -> None:
+    """In a stage process, with a deadline: walking the bomb holds the GIL, so no in-process
+    timeout could stop it (measured: today's code still ran after minutes, 1.5 GB and growing)."""
+    (tmp_path / "params.yaml").write_text(BOMB)
+    done = run_stage("validate", tmp_path, timeout=120)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        "validate: params.yaml: YAML aliases are not allowed (*a) (line 2, column 8)"]
+
+
+def test_a_yaml_alias_is_refused_fast(tmp_path: Path) -> None:
+    (tmp_path / "params.yaml").write_text(BOMB)
+    start = time.perf_counter()
+    refused(tmp_path / "params.yaml", "aliases are not allowed")
+    assert time.perf_counter() - start < 2
+
+
+def test_even_a_harmless_alias_is_refused(tmp_path: Path) -> None:
+    text = (ROOT / "params.yaml").read_text().replace("seed: 0", "seed: &s 0\nthreads: *s", 1)
+    (tmp_path / "params.yaml").write_text(text.replace("threads: 1\n", "", 1))
+    refused(tmp_path / "params.yaml", "aliases are not allowed", "line")
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize(("kind", "fragment"), [
+    ("fifo", "not a regular file"), ("/dev/zero", "not a regular file"), ("2 MB", "larger than"),
+    ("nested 10,000 deep", "nested too deeply"), ("not UTF-8", "utf-8"), ("a list", "expected a mapping"),
+    ("bad syntax", "line 3"), ("missing", "No such file"),
+])
+def test_an_unusable_params_file_is_refused_in_one_line(kind: str, fragment: str, tmp_path: Path) -> None:
+    path = tmp_path / "params.yaml"
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "/dev/zero":
+        path.symlink_to("/dev/zero")
+    elif kind != "missing":
+        path.write_bytes({
+            "2 MB": (ROOT / "params.yaml").read_bytes() + b"#" * (2 << 20),
+            "nested 10,000 deep": b"seed: " + b"[" * 10_000 + b"]" * 10_000,
+            "not UTF-8": b"seed: \xff\xfe",
+            "a list": b"- 1\n- 2\n",
+            "bad syntax": b"seed: 0\npaths: {inbox: [\n",
+        }[kind])
+    refused(path, fragment)
+
+
+# --------------------------------------------------------------------------- the inbox
+
+
+def test_a_missing_inbox_is_an_error_and_an_empty_one_is_not(tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    paths = load_params(params_with(tmp_path / "params.yaml", "paths.inbox", "inbxo")).paths
+    with pytest.raises(ParamsError, match=r"paths.inbox: no such folder 'inbxo'"):
+        inbox_folder(paths)
+    (tmp_path / "inbxo").mkdir()
+    assert inbox_folder(paths) == Path("inbxo")
+
+
+def test_validate_fails_in_one_line_on_a_mistyped_inbox(tmp_path: Path) -> None:
+    params_with(tmp_path / "params.yaml", "paths.inbox", "inbxo")
+    done = run_stage("validate", tmp_path)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        "validate: cannot read the data: ParamsError: paths.inbox: no such folder 'inbxo' "
+        "(an empty folder means no reports)"]
+
+
+def test_a_stage_prints_a_bad_parameter_in_one_line(tmp_path: Path) -> None:
+    params_with(tmp_path / "params.yaml", "retrain.batch_size", 0)
+    done = run_stage("export", tmp_path)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        "export: params.yaml: invalid parameters: retrain.batch_size: Input should be greater than "
+        "or equal to 1 (got 0)"]
