@@ -14,9 +14,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import ValidationError
 
+from mudjack.config import read_params_yaml
 from stages.artifacts import METRICS
 from stages.config import GatesParams
 
@@ -102,7 +102,7 @@ def as_records(results: list[GateResult]) -> list[dict[str, Any]]:
 
 def load_gates(params_file: Path) -> GatesParams:
     """The `gates:` section of params.yaml (only it: the gates need no other section)."""
-    raw = yaml.safe_load(Path(params_file).read_text()) or {}
+    raw = read_params_yaml(params_file)  # bounded, alias-free: a params file is input
     try:
         return GatesParams(**(raw.get("gates") or {}))
     except ValidationError as err:

@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from mudjack.config import read_params_yaml
 from mudjack.io import atomic_path
 
 SCENARIOS = "scenarios"
@@ -43,7 +44,7 @@ def load_scenario(root: Path, name: str) -> dict[str, Any]:
     path = root / SCENARIOS / f"{name}.yaml"
     if not path.is_file():
         raise FileNotFoundError(f"no scenario {name!r}; known: {', '.join(scenario_names(root))}")
-    return yaml.safe_load(path.read_text()) or {}
+    return read_params_yaml(path)
 
 
 def scenario_params(root: Path, name: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -53,7 +54,7 @@ def scenario_params(root: Path, name: str, overrides: dict[str, Any] | None = No
     has its own keys.
     """
     scenario = {k: v for k, v in load_scenario(root, name).items() if k not in NON_PARAM_KEYS}
-    merged = deep_merge(yaml.safe_load((root / "params.yaml").read_text()), scenario)
+    merged = deep_merge(read_params_yaml(root / "params.yaml"), scenario)
     overrides = overrides or {}
     if overrides.get("patch", {}).get("method", merged["patch"]["method"]) != merged["patch"]["method"]:
         merged["patch"] = {}
