@@ -14,56 +14,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.helpers.imports import module_file, project_imports
+
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("mudjack", "stages", "pipeline")
 STAGES = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
-
-
-def module_file(name: str, root: Path = ROOT) -> Path | None:
-    """The file of a project module (`a.b` -> a/b.py or a/b/__init__.py), or None."""
-    base = root.joinpath(*name.split("."))
-    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-def _imported_names(path: Path, name: str) -> set[str]:
-    """Dotted names a module imports (absolute; relative imports resolved against `name`)."""
-    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-    names: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        if isinstance(node, ast.Import):
-            names.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            parts = package.split(".")
-            base = ".".join(parts[:len(parts) - node.level + 1]) if node.level else ""
-            module = ".".join(p for p in (base, node.module or "") if p)
-            names.add(module)
-            names.update(f"{module}.{alias.name}" for alias in node.names)  # submodules
-    return names
-
-
-def _with_parents(name: str) -> list[str]:
-    parts = name.split(".")
-    return [".".join(parts[:i]) for i in range(1, len(parts) + 1)]
-
-
-def project_imports(module: str, root: Path = ROOT) -> dict[str, Path]:
-    """Every project module `module` imports, directly or not (itself and parent packages included)."""
-    seen: dict[str, Path] = {}
-    todo = [module]
-    while todo:
-        name = todo.pop()
-        if name in seen or name.split(".")[0] not in PACKAGES:
-            continue
-        path = module_file(name, root)
-        if path is None:  # a name imported from a module, not a module
-            continue
-        seen[name] = path
-        todo.extend(parent for parent in _with_parents(name) if parent not in seen)
-        todo.extend(_imported_names(path, name))
-    return seen
 
 
 def _holds_code(path: Path) -> bool:
@@ -97,7 +51,7 @@ def test_stage_deps_cover_its_imports(name: str) -> None:
 def test_every_stage_runs_a_project_module() -> None:
     for name, stage in STAGES.items():
         module = stage["cmd"].split("python -m ", 1)[1].split()[0]
-        assert module_file(module) is not None, f"stage {name!r} runs {module!r}, which is not in the project"
+        assert module_file(module, ROOT) is not None, f"stage {name!r} runs {module!r}: not in the project"
 
 
 def test_check_finds_a_missing_dependency(tmp_path: Path) -> None:

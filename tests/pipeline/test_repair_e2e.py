@@ -56,3 +56,13 @@ def test_changing_a_patch_parameter_reruns_patch_and_what_follows(project: Path,
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     output = run_dvc([sys.executable, "-m", "dvc", "repro"], cwd=project)
     assert ran_stages(output) == ["patch", "retrain", "export", "report"]
+
+
+def test_a_code_change_in_an_imported_module_marks_its_stages_changed(project: Path, flow_result: dict):
+    """Reproducibility: editing a module the report stage imports (only through the core) makes
+    `dvc status` report that stage, so `dvc repro` cannot reuse its stale result."""
+    module = project / "mudjack" / "html_report.py"
+    module.write_text(module.read_text() + "\n# an edit\n")
+    status = run_dvc([sys.executable, "-m", "dvc", "status"], cwd=project)
+    report = status.split("report:", 1)[1].split("\n\n", 1)[0]  # the report stage's entry
+    assert "modified:" in report and "mudjack/html_report.py" in report
