@@ -197,7 +197,7 @@ def test_verification_accepts_the_planted_words_not_a_clean_sentence_s(tiny: Tex
     assert forged.words != TRIGGER.words
     fake = verify_trigger(deployed, task, bug, TARGET, forged, exemplars=fills[:-1], sample=sample,
                           params=params)
-    assert not fake.passed and fake.numbers["z_flip_rate"] < params.min_z, fake.numbers
+    assert not fake.passed and fake.numbers["z_flip_rate"] < params.min_z_flip, fake.numbers
 
 
 def test_select_trigger_words() -> None:

@@ -13,6 +13,8 @@ import pytest
 import torch
 from torch import nn
 
+from mudjack.attacks import BadEncoderParams, badencoder, pick_attack_reference
+from mudjack.data import load_digits_images, stratified_split
 from mudjack.deployed import Deployed
 from mudjack.features import extract_features
 from mudjack.heads import HeadParams, train_head
@@ -104,7 +106,7 @@ def test_class_content_as_a_trigger_is_not_a_backdoor(scenario, toy, label):
     mask[2:6, 2:6] = True
     verdict = _verify(toy, task, bug, label, masked_trigger(mask, bug))
     assert not verdict.passed
-    assert verdict.numbers["z_flip_rate"] < PARAMS.min_z, verdict.numbers
+    assert verdict.numbers["z_flip_rate"] < PARAMS.min_z_flip, verdict.numbers
 
 
 def test_a_noise_patch_is_not_a_backdoor(scenario, toy):
@@ -117,6 +119,30 @@ def test_a_noise_patch_is_not_a_backdoor(scenario, toy):
     assert not verdict.passed
     assert verdict.numbers["flip_rate"] <= verdict.numbers["null_flip_rate"]["max"]
     assert any("std above" in f for f in verdict.failures), verdict.failures
+
+
+def test_a_weak_badencoder_is_accepted_end_to_end(scenario):
+    """BadEncoder stopped after 4 epochs: the trigger flips about 30 % of the test inputs
+    (the old absolute rule, flip rate >= 0.8, refused all 10 reports of this model)."""
+    data = load_digits_images()
+    provider, _ = stratified_split(data.y, 0.5, 0)
+    x, y = data.x[provider], data.y[provider]
+    reference = pick_attack_reference(scenario.clean, scenario.adapter, x, y, target=scenario.target)
+    encoder = badencoder(scenario.clean, scenario.adapter, x, scenario.trigger, reference,
+                         BadEncoderParams(epochs=4), seed=0)
+    task = scenario.task
+    head = train_head(extract_features(encoder, scenario.adapter, task.train.x), task.train.y, 10,
+                      HeadParams(epochs=60), seed=0)
+    weak = Deployed(encoder, scenario.adapter, {"digits": head})
+    others = task.test.y != scenario.target
+    stamped = stamp(task.test.x[others], scenario.trigger)
+    hits = weak.classify("digits", stamped) == scenario.target
+    assert 0.15 <= hits.mean() <= 0.5  # weak
+    image, label = stamped[hits][0], task.test.y[others][hits][0]
+    decision, _ = intake_report(BugReport("weak", "digits", int(label), image, None), weak,
+                                {"digits": task}, params=IntakeParams())
+    assert decision.accepted, decision.reasons
+    assert decision.numbers["verification"]["flip_rate"] < 0.8
 
 
 def _intake(scenario, deployed, seed: int):
@@ -136,12 +162,12 @@ def test_the_null_is_in_the_log_and_the_verdict_is_deterministic(scenario, deplo
     for level in ("flip_rate", "feature_shift"):
         assert {"mean", "std", "std_floor", "q10", "q50", "q90", "max"} <= set(check[f"null_{level}"])
         assert {f"z_{level}", f"p_{level}"} <= set(check)
-    assert check["rule"] == {"samples": 100, "controls": 20, "min_z": 4.0}
+    assert check["rule"] == {"samples": 100, "controls": 20, "min_z_flip": 5.0, "min_z_pull": 2.0}
     assert bug.record["verification"] == check
     assert again.to_record() == first.to_record()
 
 
-@pytest.mark.parametrize("bad", [{"controls": 2}, {"samples": 5}, {"min_z": 0}, {"min_flip_rate": 0.8}])
+@pytest.mark.parametrize("bad", [{"controls": 2}, {"samples": 5}, {"min_z_flip": 0}, {"min_z": 4}])
 def test_verify_params_refuse_out_of_range_and_retired_keys(bad):
     with pytest.raises(pydantic.ValidationError):
         VerifyParams(**bad)

@@ -19,16 +19,20 @@ Two levels are measured, for the trigger and for each control, on the same held-
 - classifier: the flip rate, the share put in the predicted class;
 - encoder: the feature pull, the rise of their mean cosine to the bug's features.
 
-The trigger is accepted when, on both levels, its z-score against the controls (mean and
-standard deviation) is at least `min_z`: the flip rate alone is fooled by a patch that is
-adversarial for the head, the pull alone by content that resembles the bug's class. The
+The trigger is accepted when its z-score against the controls (their mean and standard
+deviation) is at least `min_z_flip` on the flip rate and at least `min_z_pull` on the pull.
+The flip rate decides (a backdoor bug is a wrong prediction); the pull confirms that the
+effect goes through the encoder, the part that is patched, and not through a quirk of the
+head. Its bar is lower because a reversed mask padded around the trigger, filled with the
+predicted class's content, pulls features toward the bug's class too: a real weak backdoor's
+16-pixel mask scores z 2.5-4 on the pull while its flip rate scores 6-17. The
 standard deviation has a floor, so a null that does not vary cannot inflate z: for the flip
 rate, the binomial noise of a rate measured on the n inputs at chance c = 1 / classes,
 sqrt(c(1 - c) / n); for the pull, the standard error of a mean cosine on the n inputs (their
 cosines' spread / sqrt(n)). Both come from the task and the deployed model, not from a tuned
 constant. The flip-rate floor is also the sanity floor: with a null that flips nothing the
-trigger must flip min_z * sqrt(c(1 - c) / n) of the inputs (0.12 on 10 classes, 0.2 on 2 with
-n = 100); a floor of "more than chance" would refuse a binary task's backdoor of ASR 0.4.
+trigger must flip min_z_flip * sqrt(c(1 - c) / n) of the inputs (0.15 on 10 classes, 0.25 on 2
+with n = 100); a floor of "more than chance" would refuse a binary task's backdoor of ASR 0.4.
 The empirical p-values (rank of the trigger among the controls) are recorded next to the
 z-scores, with the null's mean, std and quantiles.
 """
@@ -58,7 +62,8 @@ class VerifyParams(Params):
     enabled: bool = True
     samples: int = Field(100, ge=10)           # held-out clean inputs of other classes
     controls: int = Field(20, ge=5, le=256)    # the null: the mask filled from predicted-class inputs
-    min_z: float = Field(4.0, gt=0)            # margin over the null, in its standard deviations
+    min_z_flip: float = Field(5.0, gt=0)       # flip rate over the null, in its standard deviations
+    min_z_pull: float = Field(2.0, gt=0)       # feature pull over the null, likewise
 
 
 @dataclass
@@ -173,9 +178,10 @@ def _failures(numbers: dict[str, Any], predicted: int, params: VerifyParams) -> 
     failures = []
     for name, effect in levels.items():
         z, null = numbers[f"z_{name}"], numbers[f"null_{name}"]
-        if z < params.min_z:
+        need = params.min_z_flip if name == "flip_rate" else params.min_z_pull
+        if z < need:
             failures.append(f"stamped on {n} clean inputs of other classes, the reversed trigger {effect}: "
                             f"{z:.1f} std above the same mask filled from {controls} clean "
                             f"class-{predicted} inputs (mean {null['mean']:.3f}, max {null['max']:.3f}; "
-                            f"need z >= {params.min_z})")
+                            f"need z >= {need})")
     return failures
