@@ -20,7 +20,7 @@ from mudjack.features import extract_features
 from mudjack.heads import HeadParams, train_head
 from mudjack.intake import IntakeParams, intake_report, pick_reference
 from mudjack.intake.masks import masked_trigger
-from mudjack.intake.verify import VerifyParams, draw_controls, draw_sample, verify_trigger
+from mudjack.intake.verify import VerifyParams, control_trigger, draw_controls, draw_sample, verify_trigger
 from mudjack.reports import BugReport
 from mudjack.triggers import Trigger, stamp
 
@@ -171,3 +171,13 @@ def test_the_null_is_in_the_log_and_the_verdict_is_deterministic(scenario, deplo
 def test_verify_params_refuse_out_of_range_and_retired_keys(bad):
     with pytest.raises(pydantic.ValidationError):
         VerifyParams(**bad)
+
+
+def test_a_soft_trigger_s_controls_keep_its_alpha_and_take_the_exemplar_s_pixels():
+    rng = np.random.default_rng(0)
+    alpha = np.full((8, 8), 0.2, dtype=np.float32)  # a blend: a small alpha everywhere
+    trigger = Trigger(alpha, rng.integers(0, 256, (8, 8, 3), dtype=np.uint8))
+    exemplar = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    control = control_trigger(trigger, exemplar)
+    assert control.soft and np.array_equal(control.mask, alpha)
+    assert np.array_equal(control.pattern, exemplar)
