@@ -46,6 +46,9 @@ from mudjack.triggers import Trigger
 
 RESULTS_PATH = Path(__file__).resolve().parent / "results" / "intake.json"
 FORGERY_KINDS = ("wrong_label", "noise_patch", "other_pattern", "genuine_error")
+# the verification numbers a row keeps (summarised per kind as min / median / max)
+ROW_NUMBERS = ("flip_rate", "feature_shift", "z_flip_rate", "z_feature_shift", "null_flip_mean",
+               "null_flip_max", "mask_pixels")
 # a forgery kind's reports, and how many candidates it left out because they fired the backdoor
 Forged = tuple[list[BugReport], int]
 
@@ -201,18 +204,16 @@ def _decide(reports: list[BugReport], deployed: Deployed, task: Task, trigger: T
                                         truth=trigger, seed=seed)
         except Exception as err:  # as in the intake stage: a report that breaks intake is rejected
             rows.append({"id": report.id, "accepted": False, "error": f"intake failed: {err!r}",
-                         **dict.fromkeys(("iou", "flip_margin", "flip_rate", "feature_shift",
-                                          "control_flip_rate", "mask_pixels"))})
+                         **dict.fromkeys(("iou", *ROW_NUMBERS))})
             continue
         check = decision.numbers.get("verification") or {}
-        margin = (round(check["flip_rate"] - check["control_flip_rate"], 4)
-                  if check.get("control_flip_rate") is not None else None)
+        null = check.get("null_flip_rate") or {}
         rows.append({"id": report.id, "accepted": decision.accepted, "label": report.label,
                      "predicted": decision.numbers.get("predicted"),
                      "error": decision.numbers.get("error"), "iou": decision.numbers.get("iou"),
-                     "flip_margin": margin,
-                     **{k: check.get(k) for k in ("flip_rate", "feature_shift",
-                                                  "control_flip_rate", "mask_pixels")}})
+                     "null_flip_mean": null.get("mean"), "null_flip_max": null.get("max"),
+                     **{k: check.get(k) for k in ("flip_rate", "feature_shift", "z_flip_rate",
+                                                  "z_feature_shift", "mask_pixels")}})
     return rows
 
 
@@ -221,7 +222,7 @@ def _stats(rows: list[dict[str, Any]], accepted_is_good: bool) -> dict[str, Any]
     measured = [r for r in rows if r["flip_rate"] is not None]
     out: dict[str, Any] = {"n": len(rows), "rate": round(sum(good) / len(rows), 4) if rows else None,
                            "outcomes": dict(Counter(r["error"] or "accepted" for r in rows))}
-    for key in ("flip_rate", "feature_shift", "control_flip_rate", "flip_margin", "mask_pixels"):
+    for key in ROW_NUMBERS:
         values = [r[key] for r in measured if r[key] is not None]
         if values:
             out[key] = {"min": min(values), "median": float(np.median(values)), "max": max(values)}

@@ -17,6 +17,7 @@ import torch
 from mudjack.attacks import BadEncoderParams, badencoder
 from mudjack.bugs import Bug, load_bugs, save_bug
 from mudjack.data import Task, load_shadow, load_task, save_input, save_task
+from mudjack.deployed import Deployed
 from mudjack.encoders import get_adapter, load_encoder, save_encoder
 from mudjack.encoders.text import TextClassifier, TextEncoder
 from mudjack.export import export_onnx_inputs, verify_onnx_batches
@@ -24,12 +25,13 @@ from mudjack.features import extract_features
 from mudjack.heads import HeadParams, predict, train_head
 from mudjack.intake.reverse import ReverseParams, reverse_engineer
 from mudjack.intake.text import select_trigger_words
+from mudjack.intake.verify import VerifyParams, draw_controls, draw_sample, verify_trigger
 from mudjack.io import write_npz
 from mudjack.loaders import DataSpec, load_data, load_tsv
 from mudjack.metrics import evaluate, non_target
 from mudjack.patching import PatchInputs, run_patch
 from mudjack.reports import ReportError, read_report
-from mudjack.triggers import TextTrigger, insert_words, stamp_text, trigger_iou
+from mudjack.triggers import TextTrigger, insert_words, stamp_text, text_control_trigger, trigger_iou
 from tests.helpers.text import synthetic_sentences
 
 TRIGGER = TextTrigger(("cf",))
@@ -177,6 +179,25 @@ def test_badencoder_plants_the_text_backdoor(tiny: TextScenario) -> None:
     backdoored = metrics(tiny.backdoored, tiny.adapter, tiny.task, TRIGGER)
     assert backdoored["asr"] >= 0.9 > clean["asr"]
     assert backdoored["clean_acc"] >= 0.8
+
+
+def test_verification_accepts_the_planted_words_not_a_clean_sentence_s(tiny: TextScenario) -> None:
+    """The null for text: the trigger's word count, taken from clean target-class sentences."""
+    task = tiny.task
+    head = train_head(extract_features(tiny.backdoored, tiny.adapter, task.train.x), task.train.y, 2,
+                      HeadParams(hidden=[32], dropout=0.0, epochs=60, lr=3e-3), seed=0)
+    deployed = Deployed(tiny.backdoored, tiny.adapter, {"toy": head})
+    bug = tiny.adapter.stamp(task.test.x[task.test.y != TARGET][:1], TRIGGER)[0]
+    params = VerifyParams()
+    fills = task.train.x[draw_controls(deployed, task, TARGET, size=params.controls, seed=0, exclude_sha="")]
+    sample = draw_sample(task, TARGET, params.samples, 0)
+    real = verify_trigger(deployed, task, bug, TARGET, TRIGGER, exemplars=fills, sample=sample, params=params)
+    assert real.passed, real.failures
+    forged = text_control_trigger(TRIGGER, fills[-1])
+    assert forged.words != TRIGGER.words
+    fake = verify_trigger(deployed, task, bug, TARGET, forged, exemplars=fills[:-1], sample=sample,
+                          params=params)
+    assert not fake.passed and fake.numbers["z_flip_rate"] < params.min_z_flip, fake.numbers
 
 
 def test_select_trigger_words() -> None:

@@ -48,9 +48,9 @@ def test_a_real_backdoor_report_passes_verification(scenario, deployed):
     decision, bug = decide(scenario, deployed, image, label)
     assert decision.accepted and bug is not None, decision.reasons
     check = decision.numbers["verification"]
-    assert check["flip_rate"] >= PARAMS.verify.min_flip_rate
-    assert check["feature_shift"] >= PARAMS.verify.min_feature_shift
-    assert check["flip_rate"] - check["control_flip_rate"] >= PARAMS.verify.min_flip_margin
+    assert check["z_flip_rate"] >= PARAMS.verify.min_z_flip
+    assert check["z_feature_shift"] >= PARAMS.verify.min_z_pull
+    assert check["flip_rate"] > check["null_flip_rate"]["max"]
     assert check["verify_samples"] > 50 and bug.record["verification"] == check
 
 
@@ -79,7 +79,10 @@ def test_forged_reports_are_not_backdoors(scenario, deployed, kind):
     assert decision.numbers["error"] == "not_backdoor", decision.reasons
     assert decision.reasons[0].startswith("not a backdoor: ")
     check = decision.numbers["verification"]
-    assert {"flip_rate", "feature_shift", "control_flip_rate", "thresholds"} <= set(check)
+    assert {"flip_rate", "feature_shift", "null_flip_rate", "z_flip_rate", "p_flip_rate",
+            "rule"} <= set(check)
+    assert (check["z_flip_rate"] < PARAMS.verify.min_z_flip
+            or check["z_feature_shift"] < PARAMS.verify.min_z_pull)
 
 
 def test_a_claimed_prediction_the_model_does_not_make_does_not_reproduce(scenario, deployed):

@@ -20,7 +20,7 @@ from mudjack.data import Task
 from mudjack.deployed import Deployed
 from mudjack.features import extract_features, nearest_to_centroid
 from mudjack.intake.reverse import ReverseParams, reverse_engineer
-from mudjack.intake.verify import Verification, VerifyParams, draw_sample, verify_trigger
+from mudjack.intake.verify import Verification, VerifyParams, draw_controls, draw_sample, verify_trigger
 from mudjack.io import sha256_bytes
 from mudjack.reports import BugReport
 from mudjack.triggers import TextTrigger, Trigger, trigger_coverage, trigger_iou
@@ -120,7 +120,8 @@ def intake_report(report: BugReport, deployed: Deployed, tasks: dict[str, Task],
     numbers.update(reference_index=ref_index, mask_pixels=trigger.pixels, **_truth_numbers(trigger, truth))
     reasons = ["reproduced; trigger reverse-engineered"]
     if checks.enabled:
-        verdict = _verify(report, deployed, task, predicted, trigger, checks=checks, held_out=held_out)
+        verdict = _verify(report, deployed, task, predicted, trigger, checks=checks, held_out=held_out,
+                          seed=seed)
         numbers["verification"] = verdict.numbers
         if not verdict.passed:
             reason = "not a backdoor: " + "; ".join(verdict.failures)
@@ -153,8 +154,8 @@ def _split_clean(task: Task, predicted: int, checks: VerifyParams,
 
 
 def _verify(report: BugReport, deployed: Deployed, task: Task, predicted: int, trigger: Trigger, *,
-            checks: VerifyParams, held_out: np.ndarray) -> Verification:
-    exemplar_index = pick_reference(deployed, task, predicted, report.sha256)
-    exemplar = task.train.x[exemplar_index] if exemplar_index >= 0 else None
-    return verify_trigger(deployed, task, report.image, predicted, trigger, exemplar=exemplar,
+            checks: VerifyParams, held_out: np.ndarray, seed: int) -> Verification:
+    fills = draw_controls(deployed, task, predicted, size=checks.controls, seed=seed,
+                          exclude_sha=report.sha256)
+    return verify_trigger(deployed, task, report.image, predicted, trigger, exemplars=task.train.x[fills],
                           sample=held_out, params=checks)

@@ -1,18 +1,40 @@
 """Backdoor verification: does a report's reversed trigger behave like a backdoor trigger?
 
-A misclassified input is not yet a backdoor bug: it may be an ordinary error, an input
-with a wrong claimed label, or noise. A backdoor trigger transfers: stamped on clean
-inputs of OTHER classes (a sample of the task's train set that the deployed model
-classifies correctly), it must
+A misclassification is not yet a backdoor bug: the report may be an ordinary error, an input
+with a wrong claimed label, noise or a pasted pattern. A backdoor trigger transfers: stamped
+on clean inputs of OTHER classes that the deployed model gets right (`samples` of them, held
+out from the trigger's reversal), it moves them to the bug's predicted class. How far is
+"enough" differs by encoder and attack strength (a weak backdoor flips 30 %, resnet20's
+features of all classes sit at cosine 0.8-0.9 of each other), so the rule calibrates itself
+on the deployed model with a null distribution instead of absolute thresholds.
 
-(a) move their features toward the bug's: the mean cosine to the bug's features rises
-    by at least `min_feature_shift`;
-(b) flip at least `min_flip_rate` of their deployed predictions to the bug's predicted
-    class;
-(c) do so because of its pattern, not because it pastes the predicted class's content:
-    the same mask filled from a clean input of the predicted class (the control) must
-    flip at least `min_flip_margin` fewer of them. A "trigger" reversed from a clean
-    input copies stroke pixels of that class, and those flip inputs just as well.
+Controls (the null): the SAME trigger model (the same alpha mask; for text, as many words
+at the same position) filled from `controls` clean inputs of the predicted class instead of
+the bug. A trigger reversed from a forged report (a clean input with a wrong label, a
+genuine error, a noise patch or an unplanted pattern on an input of the predicted class) is
+made of such content, so it pulls and flips no more than the controls do; a backdoor
+trigger is a pattern that does what no class content under that mask does.
+
+Two levels are measured, for the trigger and for each control, on the same held-out inputs:
+- classifier: the flip rate, the share put in the predicted class;
+- encoder: the feature pull, the rise of their mean cosine to the bug's features.
+
+The trigger is accepted when its z-score against the controls (their mean and standard
+deviation) is at least `min_z_flip` on the flip rate and at least `min_z_pull` on the pull.
+The flip rate decides (a backdoor bug is a wrong prediction); the pull confirms that the
+effect goes through the encoder, the part that is patched, and not through a quirk of the
+head. Its bar is lower because a reversed mask padded around the trigger, filled with the
+predicted class's content, pulls features toward the bug's class too: a real weak backdoor's
+16-pixel mask scores z 2.5-4 on the pull while its flip rate scores 6-17. The
+standard deviation has a floor, so a null that does not vary cannot inflate z: for the flip
+rate, the binomial noise of a rate measured on the n inputs at chance c = 1 / classes,
+sqrt(c(1 - c) / n); for the pull, the standard error of a mean cosine on the n inputs (their
+cosines' spread / sqrt(n)). Both come from the task and the deployed model, not from a tuned
+constant. The flip-rate floor is also the sanity floor: with a null that flips nothing the
+trigger must flip min_z_flip * sqrt(c(1 - c) / n) of the inputs (0.15 on 10 classes, 0.25 on 2
+with n = 100); a floor of "more than chance" would refuse a binary task's backdoor of ASR 0.4.
+The empirical p-values (rank of the trigger among the controls) are recorded next to the
+z-scores, with the null's mean, std and quantiles.
 """
 
 from __future__ import annotations
@@ -21,23 +43,27 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import torch
+from pydantic import Field
 
 from mudjack.config import Params
 from mudjack.data import Task
 from mudjack.deployed import Deployed
 from mudjack.features import cosine, extract_features
+from mudjack.heads import predict
 from mudjack.intake.masks import masked_trigger
+from mudjack.io import sha256_bytes
 from mudjack.triggers import TextTrigger, Trigger, text_control_trigger
 
 
 class VerifyParams(Params):
-    """The `intake.verify` section: whether to verify, and the thresholds of checks (a)-(c)."""
+    """The `intake.verify` section: whether to verify, sample and null sizes, the z margin."""
 
     enabled: bool = True
-    samples: int = 100              # clean inputs of other classes the trigger is stamped on
-    min_flip_rate: float = 0.8      # (b) fraction flipped to the bug's predicted class
-    min_feature_shift: float = 0.3  # (a) rise of their mean cosine to the bug's features
-    min_flip_margin: float = 0.8    # (c) flip rate minus the control stamp's flip rate
+    samples: int = Field(100, ge=10)           # held-out clean inputs of other classes
+    controls: int = Field(20, ge=5, le=256)    # the null: the mask filled from predicted-class inputs
+    min_z_flip: float = Field(5.0, gt=0)       # flip rate over the null, in its standard deviations
+    min_z_pull: float = Field(2.0, gt=0)       # feature pull over the null, likewise
 
 
 @dataclass
@@ -61,67 +87,101 @@ def _correct(deployed: Deployed, task: Task, index: np.ndarray) -> np.ndarray:
     return index[deployed.classify(task.name, task.train.x[index]) == task.train.y[index]]
 
 
-def control_trigger(trigger: Trigger, exemplar: np.ndarray) -> Trigger:
-    """The reversed mask filled with a clean input's pixels instead of the bug's."""
+def draw_controls(deployed: Deployed, task: Task, predicted: int, *, size: int, seed: int,
+                  exclude_sha: str) -> np.ndarray:
+    """Up to `size` train indices of clean inputs of `predicted` that the deployed model gets
+    right (the report's own input left out): the fills of the null's controls."""
+    candidates = np.flatnonzero(task.train.y == predicted)
+    candidates = np.asarray([i for i in candidates
+                             if sha256_bytes(task.train.x[i].tobytes()) != exclude_sha], dtype=int)
+    correct = _correct(deployed, task, candidates)
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(correct, min(size, len(correct)), replace=False))
+
+
+def control_trigger(trigger: Trigger | TextTrigger, exemplar: np.ndarray) -> Trigger | TextTrigger:
+    """The reversed trigger model filled with a clean input's content instead of the bug's."""
     if isinstance(trigger, TextTrigger):
         return text_control_trigger(trigger, exemplar)
     return masked_trigger(trigger.mask, exemplar)
 
 
 def verify_trigger(deployed: Deployed, task: Task, bug: np.ndarray, predicted: int,
-                   trigger: Trigger | TextTrigger, *, exemplar: np.ndarray | None,
+                   trigger: Trigger | TextTrigger, *, exemplars: np.ndarray,
                    sample: np.ndarray, params: VerifyParams) -> Verification:
-    """Stamp the reversed trigger on the sample's correctly classified inputs; measure (a)-(c).
+    """Stamp the trigger and its controls on the sample's correctly classified inputs; accept
+    on the z margin (module docstring).
 
-    `sample` (train indices of other classes, from `draw_sample`) should be held out from
-    the trigger's reversal, so the trigger is judged on inputs it was not fitted to.
+    `sample` (train indices of other classes, from `draw_sample`) should be held out from the
+    trigger's reversal; `exemplars` are the controls' fills (from `draw_controls`).
     """
     index = _correct(deployed, task, sample)
     if len(index) == 0:
         return Verification(False, {"verify_samples": 0},
                             [f"no correctly classified input of a class other than {predicted}"])
+    if len(exemplars) == 0:
+        return Verification(False, {"verify_samples": len(index), "controls": 0},
+                            [f"no correctly classified clean input of class {predicted} for the controls"])
     clean = task.train.x[index]
-    numbers = _measure(deployed, task.name, bug, predicted, clean, trigger, exemplar=exemplar)
+    fills = [trigger, *(control_trigger(trigger, e) for e in exemplars)]
+    flips, shifts, cos_before = _effects(deployed, task.name, bug, predicted, clean, fills)
+    numbers = _statistics(flips, shifts, n=len(clean), chance=1 / len(task.classes),
+                          spread=float(cos_before.std()))
+    numbers = {"verify_samples": len(clean), "controls": len(exemplars), "mask_pixels": trigger.pixels,
+               "cos_before": round(float(cos_before.mean()), 4), **numbers,
+               "rule": params.model_dump(exclude={"enabled"})}
     failures = _failures(numbers, predicted, params)
-    thresholds = params.model_dump(exclude={"enabled"})
-    return Verification(not failures, {**numbers, "thresholds": thresholds}, failures)
+    return Verification(not failures, numbers, failures)
 
 
-def _measure(deployed: Deployed, task: str, bug: np.ndarray, predicted: int, clean: np.ndarray,
-             trigger: Trigger, *, exemplar: np.ndarray | None) -> dict[str, Any]:
-    stamped = deployed.adapter.stamp(clean, trigger)
+def _effects(deployed: Deployed, task: str, bug: np.ndarray, predicted: int, clean: np.ndarray,
+             fills: list[Trigger | TextTrigger]) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
+    """Per fill (the trigger first, then the controls): the flip rate to `predicted` and the
+    rise of the mean cosine to the bug's features; and the clean inputs' cosines to the bug."""
+    stamped = np.concatenate([deployed.adapter.stamp(clean, fill) for fill in fills])
     features = extract_features(deployed.encoder, deployed.adapter,
-                                np.concatenate([bug[None], clean, stamped]))
+                                np.concatenate([np.asarray(bug)[None], clean, stamped]))
     bug_features, before, after = features[:1], features[1:1 + len(clean)], features[1 + len(clean):]
-    cos_before = float(cosine(before, bug_features).mean())
-    cos_after = float(cosine(after, bug_features).mean())
-    numbers: dict[str, Any] = {
-        "verify_samples": len(clean), "mask_pixels": trigger.pixels,
-        "flip_rate": _flip_rate(deployed, task, stamped, predicted),
-        "cos_before": round(cos_before, 4), "cos_after": round(cos_after, 4),
-        "feature_shift": round(cos_after - cos_before, 4), "control_flip_rate": None,
-    }
-    if exemplar is not None:
-        control = deployed.adapter.stamp(clean, control_trigger(trigger, exemplar))
-        numbers["control_flip_rate"] = _flip_rate(deployed, task, control, predicted)
+    cos_before = cosine(before, bug_features)
+    cos_after = cosine(after, bug_features).reshape(len(fills), len(clean))
+    with torch.no_grad():
+        flipped = predict(deployed.heads[task], after).reshape(len(fills), len(clean)) == predicted
+    shifts = (cos_after.mean(1) - cos_before.mean()).numpy()
+    return flipped.mean(1), shifts, cos_before
+
+
+def _statistics(flips: np.ndarray, shifts: np.ndarray, *, n: int, chance: float,
+                spread: float) -> dict[str, Any]:
+    """The trigger's values (index 0), the null's summary, the floors, z and p on both levels."""
+    floors = {"flip_rate": float(np.sqrt(chance * (1 - chance) / n)),  # binomial noise at chance
+              "feature_shift": spread / float(np.sqrt(n))}            # standard error of a mean cosine
+    numbers: dict[str, Any] = {"chance": round(chance, 4)}
+    for name, values in (("flip_rate", flips), ("feature_shift", shifts)):
+        value, null = float(values[0]), values[1:].astype(float)
+        std = max(float(null.std()), floors[name])
+        numbers[name] = round(value, 4)
+        numbers[f"null_{name}"] = {
+            "mean": round(float(null.mean()), 4), "std": round(float(null.std()), 4),
+            "std_floor": round(floors[name], 4),
+            **{f"q{q}": round(float(np.quantile(null, q / 100)), 4) for q in (10, 50, 90)},
+            "max": round(float(null.max()), 4)}
+        numbers[f"z_{name}"] = round((value - float(null.mean())) / std, 2)
+        numbers[f"p_{name}"] = round((1 + int((null >= value).sum())) / (len(null) + 1), 4)
     return numbers
 
 
-def _flip_rate(deployed: Deployed, task: str, images: np.ndarray, predicted: int) -> float:
-    return round(float((deployed.classify(task, images) == predicted).mean()), 4)
-
-
 def _failures(numbers: dict[str, Any], predicted: int, params: VerifyParams) -> list[str]:
-    n, flip, shift = numbers["verify_samples"], numbers["flip_rate"], numbers["feature_shift"]
+    n, controls = numbers["verify_samples"], numbers["controls"]
+    shift = numbers["feature_shift"]
+    levels = {"flip_rate": f"flips {numbers['flip_rate']:.3f} of them to class {predicted}",
+              "feature_shift": f"raises their mean cosine to the bug's features by {shift:.3f}"}
     failures = []
-    if flip < params.min_flip_rate:
-        failures.append(f"stamped on {n} clean inputs of other classes, the reversed trigger flips "
-                        f"{flip:.2f} of them to class {predicted} (need >= {params.min_flip_rate})")
-    if shift < params.min_feature_shift:
-        failures.append(f"their mean cosine to the bug's features rises by {shift:.2f} "
-                        f"(need >= {params.min_feature_shift})")
-    control = numbers["control_flip_rate"]
-    if control is not None and flip - control < params.min_flip_margin:
-        failures.append(f"the same mask filled from a clean class-{predicted} input flips {control:.2f}: "
-                        f"the trigger adds only {flip - control:.2f} (need >= {params.min_flip_margin})")
+    for name, effect in levels.items():
+        z, null = numbers[f"z_{name}"], numbers[f"null_{name}"]
+        need = params.min_z_flip if name == "flip_rate" else params.min_z_pull
+        if z < need:
+            failures.append(f"stamped on {n} clean inputs of other classes, the reversed trigger {effect}: "
+                            f"{z:.1f} std above the same mask filled from {controls} clean "
+                            f"class-{predicted} inputs (mean {null['mean']:.3f}, max {null['max']:.3f}; "
+                            f"need z >= {need})")
     return failures
