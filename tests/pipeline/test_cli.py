@@ -137,7 +137,7 @@ def test_submit_copies_a_valid_report(tiny_repo: Path, tmp_path: Path, png: byte
     report = write_report(tmp_path / "mail", "r-9", png)
     result = runner.invoke(app, ["submit", str(report), "--root", str(tiny_repo)])
     assert result.exit_code == 0, result.output
-    assert "accepted: r-9" in result.output
+    assert "accepted: 'r-9' -> " in result.output
     assert (inbox / "r-9.png").read_bytes() == png
     assert json.loads((inbox / "r-9.json").read_text())["id"] == "r-9"
     again = runner.invoke(app, ["submit", str(report), "--root", str(tiny_repo)])
@@ -150,7 +150,7 @@ def test_submit_rejects_with_the_reason(tiny_repo: Path, tmp_path: Path) -> None
     result = runner.invoke(app, ["submit", str(report), "--root", str(tiny_repo)],
                            terminal_width=200)
     assert result.exit_code == 1
-    assert "rejected: r-10.json: " in result.output and "r-10.png" in result.output
+    assert "rejected: 'r-10.json' [bad_input]: " in result.output and "r-10.png" in result.output
     assert not inbox.exists()
 
 
@@ -169,11 +169,11 @@ def test_intake_is_a_deprecated_alias_of_submit(tiny_repo: Path, tmp_path: Path,
     result = runner.invoke(app, ["intake", str(report), "--root", str(tiny_repo)], terminal_width=200)
     assert result.exit_code == 0, result.output
     assert "deprecated" in result.stderr and "mudjack submit" in result.stderr
-    assert "accepted: r-12" in result.stdout
+    assert "accepted: 'r-12' -> " in result.stdout
     assert (inbox / "r-12.png").read_bytes() == png
     rejected = runner.invoke(app, ["intake", str(write_report(tmp_path / "mail", "r-13", None)),
                                    "--root", str(tiny_repo)], terminal_width=200)
-    assert rejected.exit_code == 1 and "rejected: r-13.json: " in rejected.stdout
+    assert rejected.exit_code == 1 and "rejected: 'r-13.json' [bad_input]: " in rejected.stdout
 
 
 def test_promote_status_and_rollback_commands(tiny_repo: Path, tmp_path: Path) -> None:
