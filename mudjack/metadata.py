@@ -221,15 +221,11 @@ def _report_row(path: Path, inbox: Path, limit: int | None) -> dict[str, Any]:
 
 def _fill_row(row: dict[str, Any], path: Path, inbox: Path, limit: int | None) -> None:
     report = load_report_json(path)
-    row.update(
-        report_id=report.get("id") if isinstance(report.get("id"), str) else None,
-        task=report.get("task") if isinstance(report.get("task"), str) else None,
-        label=_label(report.get("label")),
-        input=report.get("input") if isinstance(report.get("input"), str) else None,
-    )
+    row.update(report_id=_text(report.get("id")), task=_text(report.get("task")),
+               label=_label(report.get("label")), input=_text(report.get("input")))
     if row["report_id"] is not None:
         row["id_matches_file"] = row["report_id"] == report_stem(path.name)
-    img = _load_input(inbox, row["input"], limit)
+    img = _load_input(inbox, report.get("input") if row["input"] is not None else None, limit)
     row.update(_text_stats(img) if img.dtype.kind == "U" else _image_stats(img), readable=True)
 
 
@@ -245,6 +241,11 @@ def _claim(rows: list[dict[str, Any]], tasks: Mapping[str, Any]) -> None:
                 claims.claim(row["file"], row["report_id"], f"{row['task']}:{row['sha256']}", row["label"])
             except ReportError as err:
                 row.update(error=str(err), code=err.code)
+
+
+def _text(value: Any) -> str | None:
+    """A JSON string as UTF-8-safe text (a lone surrogate escaped), else None."""
+    return value.encode("utf-8", "backslashreplace").decode("utf-8") if isinstance(value, str) else None
 
 
 def _label(value: Any) -> Any:

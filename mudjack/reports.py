@@ -252,6 +252,8 @@ def _decode_image(data: bytes, name: str, shape: Sequence[int] | None, max_pixel
     # DecompressionBombError, SyntaxError, struct.error): each is this input's failure.
     try:
         image = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as err:  # a header declaring a gigantic image
+        raise ReportError("too_large", f"input {printable(name)} is too large: {err}") from err
     except Exception as err:
         raise ReportError("undecodable", f"input {printable(name)} is not a decodable image: "
                                          f"{type(err).__name__}: {err}") from err
@@ -314,8 +316,13 @@ def read_report(path: str | Path, tasks: Mapping[str, TaskSchema] | None = None)
 
 def report_paths(inbox: str | Path) -> list[Path]:
     """Every report file of `inbox` (`*.json`, any case), sorted by name: the file order in
-    which ids and inputs are claimed (`Claims`)."""
-    return entries(inbox, REPORT_SUFFIX)
+    which ids and inputs are claimed (`Claims`). Of files differing only in the suffix's case,
+    the canonical `<id>.json` comes first, so `X.JSON` cannot take the id of `X.json`."""
+    return sorted(entries(inbox, REPORT_SUFFIX), key=_claim_order)
+
+
+def _claim_order(path: Path) -> tuple[str, bool, str]:
+    return report_stem(path.name), not path.name.endswith(REPORT_SUFFIX), path.name
 
 
 class Claims:

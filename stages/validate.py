@@ -14,16 +14,17 @@ from mudjack.io import remove_stale_temporaries, write_json
 from mudjack.safepath import quarantine
 from stages.artifacts import QUARANTINE, VALIDATION
 from stages.config import setup_stage
-from stages.expectations import format_failures, format_rejections, validate_all
+from stages.expectations import GXRunner, format_failures, format_rejections, validate_all
 
 
-def main() -> int:
+def main(runner: GXRunner | None = None) -> int:
+    """Run the stage in the current folder; `runner` reuses a GX context (tests, benchmarks)."""
     params = setup_stage()
     remove_stale_temporaries(VALIDATION)
     for moved in quarantine(params.paths.inbox, QUARANTINE):
         print(moved.log_line(), file=sys.stderr)
     try:
-        result = validate_all(params.paths.model_dump(), params.validation.model_dump())
+        result = validate_all(params.paths.model_dump(), params.validation.model_dump(), runner)
     except (OSError, KeyError, ValueError) as err:  # unreadable data: the stage fails
         write_json(VALIDATION, {"passed": False, "error": f"{type(err).__name__}: {err}",
                          "tables": [], "reports": {"accepted": [], "rejected": {}, "codes": {}}})
