@@ -250,9 +250,10 @@ def server(
     os.execv(sys.executable, command)  # the server replaces this process: signals reach it
 
 
-# Checked by `submit` itself (mudjack.safepath), not by click: a name with NUL would crash it.
+# Text, checked by `submit` itself (mudjack.safepath): click's Path refuses a NUL with a usage
+# error instead of the report's rejection code.
 ReportArgument = Annotated[
-    Path, typer.Argument(help="A report JSON: {id, task, label, input} next to its input.")
+    str, typer.Argument(help="A report JSON: {id, task, label, input} next to its input.")
 ]
 
 
@@ -268,18 +269,19 @@ def submit(report: ReportArgument, root: RootOption = None) -> None:
     from mudjack.safepath import check_name, one_line
     from pipeline.inbox import InboxError, add_to_inbox, inbox_folder, stage_writing
 
+    report_file = Path(report)
     try:
-        check_name(str(report), what="report path")
-        parsed = read_report(report)
+        check_name(report, what="report path")
+        parsed = read_report(report_file)
         inbox = inbox_folder(path)
         writer = stage_writing(path, inbox)
         if writer:
             raise InboxError(f"the inbox {inbox} is an output of stage {writer!r}, which would "
                               "overwrite the report; set paths.inbox to a folder of your own")
-        copied = add_to_inbox(report, parsed, inbox)
+        copied = add_to_inbox(report_file, parsed, inbox)
     except (ReportError, InboxError, OSError) as exc:
         code = getattr(exc, "code", "refused")
-        console.print(f"rejected: {printable(report.name)} [{code}]: {one_line(exc)}",
+        console.print(f"rejected: {printable(report_file.name)} [{code}]: {one_line(exc)}",
                       style="bold red", markup=False, soft_wrap=True)
         raise typer.Exit(1) from exc
     console.print(f"accepted: {printable(parsed.id)} -> {printable(copied)}", markup=False,

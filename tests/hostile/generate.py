@@ -14,6 +14,8 @@ import io
 import json
 import os
 import struct
+import subprocess
+import sys
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -78,6 +80,12 @@ def build_workspace(folder: Path) -> Workspace:
     report(ws.inbox, "genuine-1", {"label": label, "input": "genuine-1.png"})
     png(outside / "secret.png", image)
     return ws
+
+
+def init_dvc(root: Path) -> None:
+    """Make `root` a DVC project (no git): `mudjack submit` asks DVC which stage writes the inbox."""
+    subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], cwd=root, check=True)
+    (root / "dvc.yaml").write_text("stages: {}\n")
 
 
 def _subset(data: LabelledSet, start: int, stop: int) -> LabelledSet:
@@ -328,3 +336,63 @@ KINDS = {"deep_json": 2, "huge_number": 2, "special_report": 6, "special_input":
 def cases(repeat: int = 1) -> list[tuple[str, int]]:
     """(class, variant) for every kind of every class, `repeat` times with other details."""
     return [(name, v) for name, kinds in KINDS.items() for v in range(kinds * repeat)]
+
+
+# --------------------------------------------------------------------------- `mudjack submit`
+
+SubmitCase = Callable[[Workspace, Path, int], tuple[str, str]]
+
+
+def submit_case(ws: Workspace, mail: Path, variant: int) -> tuple[str, str]:
+    """A client's report in `mail` (beside the workspace) for `mudjack submit`: returns
+    (the argument, the expected code or VALID). Kinds by `variant`."""
+    kind = variant % len(SUBMIT_KINDS)
+    name = f"c{variant}"
+    mail.mkdir(parents=True, exist_ok=True)
+    png(mail / f"{name}.png", np.roll(ws.image, variant + 1, axis=1))
+    return SUBMIT_KINDS[kind](ws, mail, name)
+
+
+def _mail_report(mail: Path, name: str, fields: dict[str, object], file: str | None = None) -> str:
+    return str(mail / report(mail, name, fields, file=file))
+
+
+SUBMIT_KINDS: list[Callable[[Workspace, Path, str], tuple[str, str]]] = [
+    lambda ws, mail, n: (_mail_report(mail, n, {}), VALID),
+    lambda ws, mail, n: (_mail_report(mail, n, {}, file=f"{n}.JSON"), VALID),
+    lambda ws, mail, n: (_mail_report(mail, n, {"input": "../outside/secret.png"}), "bad_input"),
+    lambda ws, mail, n: (_mail_report(mail, n, {"input": str(ws.outside / "secret.png")}), "bad_input"),
+    lambda ws, mail, n: (_mail_report(mail, n, {"input": f"nosuchdir-{n}/../{n}.png"}), "bad_input"),
+    lambda ws, mail, n: (_mail_report(mail, n, {"input": "../ws/params.yaml"}), "bad_input"),
+    lambda ws, mail, n: (_mail_report(mail, n, {"input": "a\x00.png"}), "bad_name"),
+    lambda ws, mail, n: (str(mail / ("x" * 5000 + ".json")), "bad_name"),
+    lambda ws, mail, n: (str(mail / f"{n}\x00.json"), "bad_name"),
+    lambda ws, mail, n: (_fifo(mail / f"{n}.json"), "not_regular"),
+    lambda ws, mail, n: (_mail_report(mail, "", {"input": f"{n}.png"}, file=".json"), "bad_id"),
+    lambda ws, mail, n: (_mail_report(mail, f"{n}\nrejected: forged", {"input": f"{n}.png"}), "bad_name"),
+    lambda ws, mail, n: (_linked_report(mail, n), VALID),
+    lambda ws, mail, n: (_mail_report(mail, n, {"input": _fifo(mail / f"{n}-fifo.png")}), "not_regular"),
+    lambda ws, mail, n: (_mail_report(mail, n, {"input": _link(mail / f"{n}-l.png", "/dev/zero")}),
+                         "bad_input"),
+    lambda ws, mail, n: (_mail_report(mail, n, {"input": _link(mail / f"{n}-o.png", mail / f"{n}-o.png")}),
+                         "symlink_loop"),
+]
+
+
+def _fifo(path: Path) -> str:
+    os.mkfifo(path)
+    return path.name if path.suffix == ".png" else str(path)
+
+
+def _link(path: Path, target: str | Path) -> str:
+    path.symlink_to(target)
+    return path.name
+
+
+def _linked_report(mail: Path, name: str) -> str:
+    """A report JSON that is a symlink to one in another folder; its input beside the link."""
+    real = mail / "real"
+    real.mkdir(exist_ok=True)
+    report(real, name, {})
+    (mail / f"{name}.json").symlink_to(real / f"{name}.json")
+    return str(mail / f"{name}.json")

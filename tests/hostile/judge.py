@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,11 +63,11 @@ def run_stages(ws: Workspace, runner: Any = None) -> Outcome:
     return outcome
 
 
-def tree(folder: Path, skip: Path) -> dict[str, tuple[int, int]]:
-    """Every entry under `folder` but `skip`: its kind and size (links not followed)."""
+def tree(folder: Path, *skip: Path) -> dict[str, tuple[int, int]]:
+    """Every entry under `folder` but the `skip` folders: its kind and size (links not followed)."""
     found = {}
     for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames[:] = [d for d in dirnames if Path(dirpath, d) != skip]
+        dirnames[:] = [d for d in dirnames if Path(dirpath, d) not in skip]
         for name in dirnames + filenames:
             info = os.lstat(Path(dirpath, name))
             found[str(Path(dirpath, name).relative_to(folder))] = (info.st_mode, info.st_size)
@@ -127,3 +129,36 @@ def _file_problems(file: str, want: str, record: dict[str, Any] | None,
     if file in outcome.accepted or outcome.codes.get(file) not in CODES:
         return [f"{name}: validation did not reject it with a code ({outcome.codes.get(file)})"]
     return []
+
+
+def run_submit(ws: Workspace, argument: str) -> tuple[int, str, str | None]:
+    """`mudjack submit ARGUMENT --root ws.root` in-process: (exit code, output, traceback)."""
+    import traceback
+
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+
+    dvc_logger = logging.getLogger("dvc")
+    handlers = list(dvc_logger.handlers)
+    try:
+        result = CliRunner().invoke(app, ["submit", argument, "--root", str(ws.root)], terminal_width=500)
+    finally:  # DVC binds a handler to the runner's stream, closed after the call
+        dvc_logger.handlers[:] = handlers
+    crash = result.exception if not isinstance(result.exception, SystemExit | type(None)) else None
+    trace = "".join(traceback.format_exception(crash)) if crash else None
+    return result.exit_code, result.output, trace
+
+
+def judge_submit(ws: Workspace, want: str, exit_code: int, output: str,
+                 trace: str | None) -> dict[str, list[str]]:
+    """Problems of one submission: a traceback, not one line, not the expected verdict."""
+    problems: dict[str, list[str]] = {"crashed": [trace] if trace else [], "code": []}
+    lines = output.splitlines()
+    if len(lines) != 1:
+        problems["code"].append(f"not one line: {output!r}")
+    elif want == VALID and (exit_code != 0 or not lines[0].startswith("accepted: ")):
+        problems["code"].append(f"a valid report refused: {output!r}")
+    elif want != VALID and (exit_code != 1 or not re.match(rf"rejected: .* \[{want}\]: ", lines[0])):
+        problems["code"].append(f"not rejected as {want}: {output!r}")
+    return problems
