@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from pipeline.cli import app
+from stages.artifacts import QUARANTINE
 
 runner = CliRunner()
 
@@ -174,6 +176,18 @@ def test_intake_is_a_deprecated_alias_of_submit(tiny_repo: Path, tmp_path: Path,
     rejected = runner.invoke(app, ["intake", str(write_report(tmp_path / "mail", "r-13", None)),
                                    "--root", str(tiny_repo)], terminal_width=200)
     assert rejected.exit_code == 1 and "rejected: 'r-13.json' [bad_input]: " in rejected.stdout
+
+
+@pytest.mark.timeout(300)
+def test_status_quarantines_a_fifo_in_the_inbox_before_dvc_hashes_it(tiny_repo: Path) -> None:
+    inbox = with_inbox(tiny_repo)
+    inbox.mkdir()
+    os.mkfifo(inbox / "x\n.json")  # DVC would block reading it; the name must not forge a line
+    (inbox / "r.json").write_text("{}")
+    result = runner.invoke(app, ["status", "--root", str(tiny_repo)], terminal_width=200)
+    assert "quarantine: 'x\\n.json' (fifo) moved to " in result.output, result.output
+    assert sorted(p.name for p in inbox.iterdir()) == ["r.json"]
+    assert len(list((tiny_repo / QUARANTINE).iterdir())) == 1
 
 
 def test_promote_status_and_rollback_commands(tiny_repo: Path, tmp_path: Path) -> None:
