@@ -42,7 +42,7 @@ from tests.hostile.generate import (
     init_dvc,
     submit_case,
 )
-from tests.hostile.judge import judge, judge_submit, run_stages, run_submit, tree
+from tests.hostile.judge import judge, judge_submit, outside_inbox, run_stages, run_submit, tree
 from tests.hostile.test_inbox import copy
 
 RESULTS = Path(__file__).parent / "results" / "hostile.json"
@@ -82,10 +82,9 @@ def stage_case(template: Workspace, folder: Path, name: str, variant: int, *, ru
 def submit_run(template: Workspace, folder: Path, variant: int) -> tuple[str, list[str]]:
     ws = copy(template, folder)
     argument, want = submit_case(ws, ws.root.parent / "mail", variant)
-    skip = (ws.inbox, ws.root / ".dvc")
-    before = tree(ws.root.parent, *skip)
+    before = outside_inbox(ws)
     problems = judge_submit(ws, want, *run_submit(ws, argument))
-    if tree(ws.root.parent, *skip) != before:
+    if outside_inbox(ws) != before:
         return "wrote outside", ["an entry outside the inbox changed"]
     return _verdict(problems)
 

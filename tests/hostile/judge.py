@@ -74,6 +74,12 @@ def tree(folder: Path, *skip: Path) -> dict[str, tuple[int, int]]:
     return found
 
 
+def outside_inbox(ws: Workspace) -> dict[str, tuple[int, int]]:
+    """What `mudjack submit` must leave alone: all but the inbox and DVC's own folders
+    (`.dvc`, and the site cache that pipeline.env puts in the project)."""
+    return tree(ws.root.parent, ws.inbox, ws.root / ".dvc", ws.root / ".dvc_site_cache")
+
+
 def temporaries(root: Path) -> list[str]:
     return [str(p.relative_to(root)) for p in root.rglob("*")
             if p.name.startswith(TEMPORARY_PREFIXES) or (p.name.startswith(".") and p.name.endswith(".tmp"))]

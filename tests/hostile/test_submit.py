@@ -8,7 +8,7 @@ import json
 import pytest
 
 from tests.hostile.generate import SUBMIT_KINDS, VALID, Workspace, build_workspace, init_dvc, submit_case
-from tests.hostile.judge import judge_submit, run_submit, tree
+from tests.hostile.judge import judge_submit, outside_inbox, run_submit
 from tests.hostile.test_inbox import copy
 
 
@@ -25,10 +25,10 @@ def test_submit_refuses_hostile_reports_with_their_code(project, tmp_path, varia
     ws = copy(project, tmp_path)
     sentinel = ws.root.parent
     argument, want = submit_case(ws, sentinel / "mail", variant)
-    before = tree(sentinel, ws.inbox, ws.root / ".dvc")
+    before = outside_inbox(ws)
     problems = judge_submit(ws, want, *run_submit(ws, argument))
     assert not any(problems.values()), problems
-    assert tree(sentinel, ws.inbox, ws.root / ".dvc") == before, "written outside the inbox"
+    assert outside_inbox(ws) == before, "written outside the inbox"
     added = sorted(p.name for p in ws.inbox.rglob("*")) != sorted(p.name for p in project.inbox.rglob("*"))
     assert added == (want == VALID)
 
