@@ -11,7 +11,7 @@ genuine report beside the hostile entries (tests/hostile/generate.py makes both)
 - rejected with a documented code: every hostile file got its expected code (or was
   quarantined, or, when well-formed, accepted);
 - crashed: a stage raised, validate exited non-zero, an `internal` code, a CLI traceback;
-- hung: it ran past --timeout seconds (SIGALRM interrupts a blocking open or read);
+- hung: it ran past --timeout seconds (SIGALRM to the main thread interrupts a blocking open);
 - wrote outside: an entry beside the workspace (or, for submit, outside the inbox) changed;
 - genuine lost: the genuine report's verdict differs from its verdict in a clean inbox.
 
@@ -25,6 +25,7 @@ import json
 import shutil
 import signal
 import tempfile
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -59,12 +60,15 @@ def deadline(seconds: int) -> Iterator[None]:
     def expire(_signum: int, _frame: Any) -> None:
         raise Hung(f"over {seconds} s")
 
+    # The alarm is sent to the main thread itself: a process-wide SIGALRM may land on a
+    # helper thread (torch, GX) and never interrupt the main thread's blocking open().
     previous = signal.signal(signal.SIGALRM, expire)
-    signal.alarm(seconds)
+    timer = threading.Timer(seconds, signal.pthread_kill, (threading.main_thread().ident, signal.SIGALRM))
+    timer.start()
     try:
         yield
     finally:
-        signal.alarm(0)
+        timer.cancel()
         signal.signal(signal.SIGALRM, previous)
 
 
