@@ -1,6 +1,7 @@
 """Hostile inbox entries, by class: the stages finish, each file gets one documented code,
 the genuine report keeps its verdict, nothing is written outside the workspace, no
-temporary is left behind."""
+temporary is left behind. A hang ends the run with a timeout report (pytest-timeout's thread
+method: a process-wide alarm may land on a helper thread and never wake a blocked open)."""
 
 from __future__ import annotations
 
@@ -48,7 +49,7 @@ def copy(template: Workspace, folder: Path) -> Workspace:
     return dataclasses.replace(template, root=base / "ws", outside=base / "outside")
 
 
-@pytest.mark.timeout(180)
+@pytest.mark.timeout(180, method="thread")
 @pytest.mark.parametrize(("name", "variant"), cases())
 def test_a_hostile_entry_gets_one_documented_code(name, variant, template, runner, baseline, tmp_path):
     ws = copy(template, tmp_path)
@@ -110,7 +111,7 @@ def test_printed_names_cannot_forge_lines(template, runner, baseline, tmp_path):
     assert printable(forged + ".json") in outcome.stdout
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(60, method="thread")
 def test_quarantine_moves_special_files_and_keeps_the_rest(tmp_path):
     import os
 

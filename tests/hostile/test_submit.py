@@ -19,7 +19,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
     return ws
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(120, method="thread")
 @pytest.mark.parametrize("variant", range(len(SUBMIT_KINDS)))
 def test_submit_refuses_hostile_reports_with_their_code(project, tmp_path, variant):
     ws = copy(project, tmp_path)
@@ -33,7 +33,7 @@ def test_submit_refuses_hostile_reports_with_their_code(project, tmp_path, varia
     assert added == (want == VALID)
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(120, method="thread")
 def test_submit_copies_a_report_under_its_id_with_a_lower_case_suffix(project, tmp_path):
     ws = copy(project, tmp_path)
     argument, _ = submit_case(ws, ws.root.parent / "mail", 1)  # c1.JSON
