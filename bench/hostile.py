@@ -51,8 +51,9 @@ ROWS = ("tried", "rejected with a documented code", "wrong or missing code", "cr
         "wrote outside", "genuine reports lost")
 
 
-class Hung(Exception):
-    pass
+class Hung(BaseException):
+    """Past the deadline: a BaseException, so the stages' per-report `except Exception` (which
+    turns a report's failure into its rejection) cannot swallow it."""
 
 
 @contextmanager
