@@ -106,8 +106,13 @@ def report(inbox: Path, name: str, fields: dict[str, object], *, file: str | Non
 
 def _valid_input(ws: Workspace, name: str, variant: int) -> str:
     """A PNG of another test image under `name`.png (so it is not the genuine's input)."""
-    png(ws.inbox / f"{name}.png", np.roll(ws.image, variant + 1, axis=1))
+    png(ws.inbox / f"{name}.png", np.roll(ws.image, shift(variant), axis=1))
     return f"{name}.png"
+
+
+def shift(variant: int) -> int:
+    """A roll of 1 to 7 pixels: never the whole width (8), which would give the genuine input."""
+    return variant % 7 + 1
 
 
 # --------------------------------------------------------------------------- classes
@@ -116,7 +121,7 @@ Case = Callable[[Workspace, str, int], dict[str, str]]
 
 
 def deep_json(ws: Workspace, tag: str, variant: int) -> dict[str, str]:
-    depth = 10_000 + 1000 * variant
+    depth = 10_000 + 50 * variant  # under the 64 KiB limit, so the depth is what is refused
     opener, closer = ("[", "]") if variant % 2 else ('{"a":', "}")
     (ws.inbox / f"deep-{tag}.json").write_text(opener * depth + "1" + closer * depth)
     return {f"deep-{tag}.json": "too_deep"}
@@ -286,7 +291,7 @@ def valid_variants(ws: Workspace, tag: str, variant: int) -> dict[str, str]:
     """Well-formed reports in unusual dress: a big-endian float .npy, a Fortran-order array,
     an upper-case `.JSON` suffix, an input in a sub-folder."""
     name = f"valid-{tag}"
-    image = np.roll(ws.image, variant + 1, axis=0)
+    image = np.roll(ws.image, shift(variant), axis=0)
     kind = variant % 4
     if kind in (0, 1):
         array = image.astype(">f4" if kind == 0 else ">u2")
@@ -349,7 +354,7 @@ def submit_case(ws: Workspace, mail: Path, variant: int) -> tuple[str, str]:
     kind = variant % len(SUBMIT_KINDS)
     name = f"c{variant}"
     mail.mkdir(parents=True, exist_ok=True)
-    png(mail / f"{name}.png", np.roll(ws.image, variant + 1, axis=1))
+    png(mail / f"{name}.png", np.roll(ws.image, shift(variant), axis=1))
     return SUBMIT_KINDS[kind](ws, mail, name)
 
 
