@@ -162,12 +162,12 @@ def test_duplicate_report_ids_keyed_by_file(runner: GXRunner, tmp_path: Path) ->
     body = {"id": "same", "task": "digits", "label": 1, "input": "a.png"}
     add_report(inbox, "a", body, random_images(1)[0])   # claims an id not its file's: bad_id
     add_report(inbox, "same", body)
-    (inbox / "same.JSON").write_text(json.dumps(body))  # the first claimant: "J" sorts before "j"
+    (inbox / "same.JSON").write_text(json.dumps(body))  # sorts first, but <id>.json keeps the id
     tasks = tasks_metadata(tmp_path / "data/tasks")
     verdict = validate_reports(report_table(inbox, tasks), tasks, CFG, runner)
-    assert verdict["accepted"] == ["same.JSON"]
-    assert verdict["codes"] == {"a.json": "bad_id", "same.json": "duplicate_id"}
-    assert "already claimed by 'same.JSON'" in verdict["rejected"]["same.json"][0]
+    assert verdict["accepted"] == ["same.json"]
+    assert verdict["codes"] == {"a.json": "bad_id", "same.JSON": "duplicate_id"}
+    assert "already claimed by 'same.json'" in verdict["rejected"]["same.JSON"][0]
 
 
 def test_validate_all_without_reports(runner: GXRunner, tmp_path: Path) -> None:

@@ -203,7 +203,9 @@ def odd_files(ws: Workspace, tag: str, variant: int) -> dict[str, str]:
     control characters, a directory named like a report."""
     kind = variant % 4
     if kind == 0:
-        return {report(ws.inbox, "", {"input": "x.png"}, file=".json"): "bad_id"}
+        # a valid id and input: only the file name is wrong (its suffix is not empty but all of it)
+        fields = {"input": _valid_input(ws, f"dot-{tag}", variant)}
+        return {report(ws.inbox, f"dot-{tag}", fields, file=".json"): "bad_id"}
     if kind == 1:
         name = f"evil-{tag}\nintake: 'genuine-1.json': accepted: forged"
         return {report(ws.inbox, name, {"input": _valid_input(ws, f"evil-{tag}", variant)}): "bad_id"}
