@@ -14,7 +14,7 @@ from typing import Annotated, Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from mudjack.safeload import one_line, read_bounded
+from mudjack.safepath import one_line, read_bounded
 
 MAX_PARAMS_BYTES = 1 << 20  # params.yaml is a few KiB; anything near this is not parameters
 

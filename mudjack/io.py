@@ -53,6 +53,21 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
             shutil.rmtree(tmp)
 
 
+def remove_stale_temporaries(path: str | Path) -> list[Path]:
+    """Remove what a killed `atomic_path` or `atomic_dir` left beside `path` (its `.<name>.*`
+    temporaries); only `path`'s own, so call it at the start of the stage that writes `path`."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        return []
+    stale = [p for p in path.parent.iterdir() if p.name.startswith(f".{path.name}.")]
+    for old in stale:
+        if old.is_dir() and not old.is_symlink():
+            shutil.rmtree(old)
+        else:
+            old.unlink(missing_ok=True)
+    return stale
+
+
 def write_json(path: str | Path, data: Any) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")

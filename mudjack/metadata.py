@@ -17,14 +17,15 @@ file name, relative to the inbox, of a PNG/JPEG image (RGB or L, decoded to uint
 a ``.npy`` array, or for a text task a ``.txt`` sentence; the format and its limits are defined
 in `mudjack.reports`, whose reader decodes the inputs here too, so both checks see the same array.
 
-Every report file yields one row, readable or not: reading never raises for one bad report;
-an unreadable report has ``readable=False`` and ``error`` says why.
+Every report file (``*.json`` in any case) yields one row, readable or not: reading never
+raises for one bad report; an unreadable report has ``readable=False``, ``error`` says why and
+``code`` names the rule (docs/reports.md). Ids and inputs are claimed in file order
+(`mudjack.reports.Claims`): a later claimant gets ``duplicate_id`` or ``conflicting_label``.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,14 +36,23 @@ import pandas as pd
 
 from mudjack.data import read_inputs
 from mudjack.io import read_json, read_npz
-from mudjack.reports import MAX_IMAGE_PIXELS, MAX_JSON_BYTES, decode_input, input_path
+from mudjack.reports import (
+    MAX_IMAGE_PIXELS,
+    Claims,
+    ReportError,
+    decode_input,
+    input_path,
+    load_report_json,
+    report_paths,
+    report_stem,
+)
 
 IMAGE_COLUMNS = [
     "index", "height", "width", "channels", "dtype", "min", "max", "has_nan", "label", "sha256",
 ]
 REPORT_COLUMNS = [
     "report_id", "file", "task", "label", "input", "readable", "height", "width", "channels",
-    "dtype", "min", "max", "has_nan", "sha256", "error", "id_matches_file", "length",
+    "dtype", "min", "max", "has_nan", "sha256", "error", "id_matches_file", "length", "code",
 ]
 TEXT_COLUMNS = ["index", "dtype", "length", "words", "blank", "label", "sha256"]
 TEXT_DTYPE = "str"  # the dtype column of sentences, whatever their numpy width (<U12, <U300)
@@ -182,9 +192,9 @@ def report_table(inbox: str | Path, tasks: Mapping[str, Any] | None = None) -> p
     MAX_PIXEL_FACTOR times the largest task input, so a hostile PNG cannot exhaust memory.
     """
     inbox = Path(inbox)
-    files = sorted(inbox.glob("*.json")) if inbox.is_dir() else []
     limit = _pixel_limit(tasks or {})
-    rows = [_report_row(path, inbox, limit) for path in files]
+    rows = [_report_row(path, inbox, limit) for path in report_paths(inbox)]
+    _claim(rows, tasks or {})
     frame = pd.DataFrame(rows, columns=REPORT_COLUMNS)
     # keep labels as given (ints, text, None): a float column would turn 3 into 3.0
     frame["label"] = pd.Series([r["label"] for r in rows], dtype=object)
@@ -201,32 +211,41 @@ def _report_row(path: Path, inbox: Path, limit: int | None) -> dict[str, Any]:
     row: dict[str, Any] = dict.fromkeys(REPORT_COLUMNS)
     row.update(file=path.name, readable=False)
     try:
-        if path.stat().st_size > MAX_JSON_BYTES:
-            raise OSError(f"larger than {MAX_JSON_BYTES} bytes")
-        report = json.loads(path.read_text())
-        if not isinstance(report, dict):
-            raise ValueError("report is not a JSON object")
-    except ValueError as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        row["error"] = f"invalid JSON: {err}"
-        return row
-    except OSError as err:
-        row["error"] = f"cannot read report: {err}"
-        return row
-    row.update(
-        report_id=report.get("id") if isinstance(report.get("id"), str) else None,
-        task=report.get("task") if isinstance(report.get("task"), str) else None,
-        label=_label(report.get("label")),
-        input=report.get("input") if isinstance(report.get("input"), str) else None,
-    )
-    if row["report_id"] is not None:
-        row["id_matches_file"] = row["report_id"] == path.stem
-    try:
-        img = _load_input(inbox, row["input"], limit)
-    except Exception as err:  # one bad image must not stop the run
-        row["error"] = str(err) or type(err).__name__
-        return row
-    row.update(_text_stats(img) if img.dtype.kind == "U" else _image_stats(img), readable=True)
+        _fill_row(row, path, inbox, limit)
+    except ReportError as err:
+        row.update(error=str(err), code=err.code)
+    except Exception as err:  # whatever else one report breaks is its rejection, not the stage's
+        row.update(error=f"{type(err).__name__}: {err}", code="internal")
     return row
+
+
+def _fill_row(row: dict[str, Any], path: Path, inbox: Path, limit: int | None) -> None:
+    report = load_report_json(path)
+    row.update(report_id=_text(report.get("id")), task=_text(report.get("task")),
+               label=_label(report.get("label")), input=_text(report.get("input")))
+    if row["report_id"] is not None:
+        row["id_matches_file"] = row["report_id"] == report_stem(path.name)
+    img = _load_input(inbox, report.get("input") if row["input"] is not None else None, limit)
+    row.update(_text_stats(img) if img.dtype.kind == "U" else _image_stats(img), readable=True)
+
+
+def _claim(rows: list[dict[str, Any]], tasks: Mapping[str, Any]) -> None:
+    """Rows (in file order) whose id or input an earlier row claimed get its error; only
+    rows with their own id and a label of their task claim (others are rejected anyway)."""
+    claims = Claims()
+    for row in rows:
+        task = tasks.get(row["task"])
+        if (row["readable"] and row["id_matches_file"] and task is not None
+                and row["label"] in task.classes):
+            try:
+                claims.claim(row["file"], row["report_id"], f"{row['task']}:{row['sha256']}", row["label"])
+            except ReportError as err:
+                row.update(error=str(err), code=err.code)
+
+
+def _text(value: Any) -> str | None:
+    """A JSON string as UTF-8-safe text (a lone surrogate escaped), else None."""
+    return value.encode("utf-8", "backslashreplace").decode("utf-8") if isinstance(value, str) else None
 
 
 def _label(value: Any) -> Any:
@@ -239,7 +258,7 @@ def _label(value: Any) -> Any:
 def _load_input(inbox: Path, name: str | None, limit: int | None) -> np.ndarray:
     """The raw input array, decoded by the report schema's own reader (mudjack.reports)."""
     if name is None:
-        raise ValueError("missing or non-string field 'input'")
+        raise ReportError("missing_fields", "missing or non-string field 'input'")
     path = input_path(inbox / "report.json", name)
     return decode_input(path, max_pixels=limit or MAX_IMAGE_PIXELS)
 

@@ -30,6 +30,7 @@ error code (`ReportError.code`), so the intake log says exactly what was wrong.
 
 from __future__ import annotations
 
+import io
 import json
 import re
 from collections.abc import Mapping, Sequence
@@ -41,11 +42,15 @@ import numpy as np
 from PIL import Image
 
 from mudjack.io import sha256_bytes
+from mudjack.safepath import InputError, entries, has_suffix, inside, printable, read_bounded
 
 MAX_JSON_BYTES = 64 << 10
 MAX_INPUT_BYTES = 4 << 20
 MAX_IMAGE_PIXELS = 1 << 22    # decoding cap when no task tells the expected size
 MAX_PIXEL = 255
+MAX_DIGITS = 18               # longest integer literal in a report JSON (fits int64)
+MAX_NPY_HEADER = 10_000       # bytes of a .npy header (numpy's own default cap)
+REPORT_SUFFIX = ".json"       # matched in any case
 REQUIRED_FIELDS: dict[str, type] = {"id": str, "task": str, "label": int, "input": str}
 OPTIONAL_FIELDS: dict[str, type] = {"predicted": int, "note": str}
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
@@ -60,12 +65,9 @@ ARRAY_DTYPES = tuple(f"{kind}{bits}" for kind, sizes in
 IMAGE_MODES = ("RGB", "L")
 
 
-class ReportError(ValueError):
-    """A report that cannot be used; `code` names the rule, the message says why."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
+# A report that cannot be used: `code` names the rule (docs/reports.md), the message says why.
+# The same class as the path rule's errors, so one `except` sees every refusal.
+ReportError = InputError
 
 
 class TaskSchema(Protocol):
@@ -93,6 +95,11 @@ class BugReport:
         return sha256_bytes(self.image.tobytes())
 
     @property
+    def input_hash(self) -> str:
+        """Hash of the input a report is about (task and pixels, not the label)."""
+        return sha256_bytes(json.dumps([self.task, list(self.image.shape)]).encode() + self.image.tobytes())
+
+    @property
     def content_hash(self) -> str:
         """Hash of what the report claims: task, label and input; equal hashes are one report."""
         head = json.dumps([self.task, self.label, list(self.image.shape)]).encode()
@@ -102,22 +109,47 @@ class BugReport:
 # --------------------------------------------------------------------------- metadata
 
 
+def report_stem(name: str) -> str:
+    """A report file's name without its `.json` suffix (any case): what its id must be."""
+    return name[:-len(REPORT_SUFFIX)] if has_suffix(name, REPORT_SUFFIX) else name
+
+
+def load_report_json(path: str | Path) -> dict[str, Any]:
+    """A report file's JSON object: bounded read (a regular file only), integers of at most
+    MAX_DIGITS digits, nesting within the parser's recursion limit."""
+    path = Path(path)
+    data = read_bounded(path, MAX_JSON_BYTES)
+    try:
+        meta = json.loads(data.decode("utf-8"), parse_int=_bounded_int)
+    except ReportError:
+        raise
+    except RecursionError as err:
+        raise ReportError("too_deep", f"report JSON {printable(path.name)} is nested too deep") from err
+    except ValueError as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise ReportError("unreadable", f"unreadable report JSON {printable(path.name)}: "
+                                        f"invalid JSON: {err}") from err
+    if not isinstance(meta, dict):
+        raise ReportError("unreadable", f"report JSON {printable(path.name)} is not an object")
+    return meta
+
+
+def _bounded_int(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_DIGITS:
+        raise ReportError("bad_field", f"a number of {len(text)} digits (at most {MAX_DIGITS})")
+    return int(text)
+
+
 def report_metadata(path: str | Path) -> dict[str, Any]:
     """The report JSON, with required fields present and every known field of its type."""
     path = Path(path)
-    _check_size(path, MAX_JSON_BYTES, "report JSON")
-    try:
-        meta = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ReportError("unreadable", f"unreadable report JSON {path.name}: invalid JSON: {err}") from err
-    if not isinstance(meta, dict):
-        raise ReportError("unreadable", f"report JSON {path.name} is not an object")
+    meta = load_report_json(path)
     missing = [key for key in REQUIRED_FIELDS if meta.get(key) is None]
     if missing:
         raise ReportError("missing_fields", f"missing fields: {', '.join(missing)}")
     for key, kind in {**REQUIRED_FIELDS, **OPTIONAL_FIELDS}.items():
         if meta.get(key) is not None and not _is_type(meta[key], kind):
-            raise ReportError("bad_field", f"field {key!r} must be {kind.__name__}, got {meta[key]!r}")
+            raise ReportError("bad_field", f"field {key!r} must be {kind.__name__}, "
+                                           f"got {printable(meta[key])}")
     _check_id(meta["id"], path)
     return meta
 
@@ -128,18 +160,20 @@ def _is_type(value: Any, kind: type) -> bool:
 
 def _check_id(report_id: str, path: Path) -> None:
     if not re.fullmatch(ID_PATTERN, report_id):
-        raise ReportError("bad_id", f"id {report_id!r} does not match {ID_PATTERN}")
-    if path.suffix == ".json" and report_id != path.stem:
-        raise ReportError("bad_id", f"id {report_id!r} differs from the file name {path.name!r}")
+        raise ReportError("bad_id", f"id {printable(report_id)} does not match {ID_PATTERN}")
+    if report_id != report_stem(path.name):
+        raise ReportError("bad_id", f"id {printable(report_id)} differs from the file name "
+                                    f"{printable(path.name)} (need <id>.json)")
 
 
 def check_task(meta: Mapping[str, Any], tasks: Mapping[str, TaskSchema]) -> TaskSchema:
     """The report's task, which must be known and hold its label."""
     if meta["task"] not in tasks:
-        raise ReportError("unknown_task", f"unknown task {meta['task']!r}; known: {sorted(tasks)}")
+        raise ReportError("unknown_task", f"unknown task {printable(meta['task'])}; known: {sorted(tasks)}")
     task = tasks[meta["task"]]
     if meta["label"] not in task.classes:
-        raise ReportError("bad_label", f"label {meta['label']} is not a class of task {meta['task']!r}")
+        raise ReportError("bad_label", f"label {meta['label']} is not a class of task "
+                                       f"{printable(meta['task'])}")
     return task
 
 
@@ -147,69 +181,91 @@ def check_task(meta: Mapping[str, Any], tasks: Mapping[str, TaskSchema]) -> Task
 
 
 def input_path(report_path: Path, name: str) -> Path:
-    """The input file a report names, which must lie inside the report's folder."""
-    inbox = report_path.parent.resolve()
-    path = (inbox / name).resolve()
-    if not path.is_relative_to(inbox) or path == inbox:
-        raise ReportError("bad_input", f"input {name!r} points outside the inbox")
-    if not path.is_file():
-        raise ReportError("bad_input", f"input file {name!r} not found")
-    return path
+    """The input file a report names, which must lie inside the report's folder (the path
+    rule of mudjack.safepath: no `..`, links only inside, a regular file when read)."""
+    return inside(report_path.parent, name)
 
 
 def decode_input(path: Path, shape: Sequence[int] | None = None,
                  max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
-    """The input's raw array (H, W, C): images decoded to uint8 RGB, arrays as stored.
+    """The input's raw array (H, W, C): images decoded to uint8 RGB, arrays as stored (in
+    native byte order).
 
-    With `shape`, an image of another size is refused from its header, before decoding.
+    The file is read once, bounded (mudjack.safepath); with `shape`, an image of another size
+    is refused from its header, before decoding.
     """
-    _check_size(path, MAX_INPUT_BYTES, "input file")
+    data = read_bounded(path, MAX_INPUT_BYTES)
     suffix = path.suffix.lower()
     if suffix == ARRAY_SUFFIX:
-        return _decode_array(path)
+        return _decode_array(data, path.name)
     if suffix == TEXT_SUFFIX:
-        return _decode_text(path)
-    return _decode_image(path, shape, max_pixels)  # any other name: a PNG, judged by content
+        return _decode_text(data, path.name)
+    return _decode_image(data, path.name, shape, max_pixels)  # any other name: a PNG, judged by content
 
 
-def _decode_text(path: Path) -> np.ndarray:
+def _decode_text(data: bytes, name: str) -> np.ndarray:
     """A UTF-8 sentence as a 0-d unicode array, surrounding whitespace stripped."""
-    _check_size(path, MAX_TEXT_BYTES, "text input")
+    if len(data) > MAX_TEXT_BYTES:
+        raise ReportError("too_large", f"text input {printable(name)} is {len(data)} bytes; "
+                                       f"the limit is {MAX_TEXT_BYTES}")
     try:
-        text = path.read_bytes().decode("utf-8")
+        text = data.decode("utf-8")
     except UnicodeDecodeError as err:
-        raise ReportError("undecodable", f"input {path.name!r} is not UTF-8 text: {err}") from err
+        raise ReportError("undecodable", f"input {printable(name)} is not UTF-8 text: {err}") from err
     return np.array(text.strip(), dtype=np.str_)
 
 
-def _decode_array(path: Path) -> np.ndarray:
-    try:
-        array = np.load(path, allow_pickle=False)
-    except ValueError as err:  # object arrays need pickle: refused
-        raise ReportError("undecodable", f"input {path.name!r} cannot be read without pickle: {err}") from err
-    except (OSError, EOFError) as err:
-        raise ReportError("undecodable", f"input {path.name!r} is not a decodable .npy array: {err}") from err
-    if not isinstance(array, np.ndarray) or array.dtype.kind not in ARRAY_KINDS:
-        dtype = getattr(array, "dtype", type(array).__name__)
-        raise ReportError("bad_dtype", f"input {path.name!r} has dtype {dtype}; need integers or floats")
-    if array.ndim != 3:
-        raise ReportError("bad_shape", f"input {path.name!r} has shape {array.shape}; need (H, W, C)")
-    return array
+NPY_HEADERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
 
 
-def _decode_image(path: Path, shape: Sequence[int] | None, max_pixels: int) -> np.ndarray:
+def _decode_array(data: bytes, name: str) -> np.ndarray:
+    """A .npy array: its header (shape x itemsize) checked against the size limit before
+    anything is allocated; object arrays refused (they need pickle); byte order made native."""
+    stream = io.BytesIO(data)
     try:
-        image = Image.open(path)
-    except (OSError, Image.DecompressionBombError) as err:
-        raise ReportError("undecodable", f"input {path.name!r} is not a decodable image: {err}") from err
+        version = np.lib.format.read_magic(stream)
+        shape, fortran, dtype = NPY_HEADERS[version](stream, max_header_size=MAX_NPY_HEADER)
+    except Exception as err:  # hostile bytes: any parser failure is this input's
+        raise ReportError("undecodable", f"input {printable(name)} is not a decodable .npy array: "
+                                         f"{type(err).__name__}: {err}") from err
+    if dtype.hasobject:
+        raise ReportError("undecodable", f"input {printable(name)} cannot be read without pickle "
+                                         "(an object array)")
+    native = dtype.newbyteorder("=")
+    if dtype.kind not in ARRAY_KINDS or native.name not in ARRAY_DTYPES:
+        raise ReportError("bad_dtype", f"input {printable(name)} has dtype {dtype}; need integers or floats")
+    if len(shape) != 3 or min(shape) < 0:
+        raise ReportError("bad_shape", f"input {printable(name)} has shape {shape}; need (H, W, C)")
+    count = int(np.prod(shape, dtype=object))
+    if count * dtype.itemsize > MAX_INPUT_BYTES:
+        raise ReportError("too_large", f"input {printable(name)} declares {shape} {dtype}: "
+                                       f"over {MAX_INPUT_BYTES} bytes")
+    if count * dtype.itemsize > len(data) - stream.tell():
+        raise ReportError("undecodable", f"input {printable(name)} is truncated: its header "
+                                         f"declares {shape} {dtype}")
+    array = np.frombuffer(data, dtype=dtype, count=count, offset=stream.tell())
+    return array.reshape(shape, order="F" if fortran else "C").astype(native)
+
+
+def _decode_image(data: bytes, name: str, shape: Sequence[int] | None, max_pixels: int) -> np.ndarray:
+    # Pillow raises many kinds for hostile bytes (OSError, ValueError for inflating chunks,
+    # DecompressionBombError, SyntaxError, struct.error): each is this input's failure.
+    try:
+        image = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as err:  # a header declaring a gigantic image
+        raise ReportError("too_large", f"input {printable(name)} is too large: {err}") from err
+    except Exception as err:
+        raise ReportError("undecodable", f"input {printable(name)} is not a decodable image: "
+                                         f"{type(err).__name__}: {err}") from err
     with image:
         if image.format != IMAGE_FORMAT:
-            raise ReportError("bad_format", f"input {path.name!r} is {image.format}, not {IMAGE_FORMAT}")
-        _check_image_header(image, path.name, shape, max_pixels)
+            raise ReportError("bad_format", f"input {printable(name)} is {image.format}, not {IMAGE_FORMAT}")
+        _check_image_header(image, name, shape, max_pixels)
         try:
             return np.asarray(image.convert("RGB"), dtype=np.uint8)
-        except (OSError, ValueError) as err:  # truncated or corrupt pixel data
-            raise ReportError("undecodable", f"input {path.name!r} is not a decodable image: {err}") from err
+        except Exception as err:  # truncated or corrupt pixel data, bombs in late chunks
+            raise ReportError("undecodable", f"input {printable(name)} is not a decodable image: "
+                                             f"{type(err).__name__}: {err}") from err
 
 
 def _check_image_header(image: Image.Image, name: str, shape: Sequence[int] | None,
@@ -227,7 +283,7 @@ def _check_image_header(image: Image.Image, name: str, shape: Sequence[int] | No
 
 def check_input(array: np.ndarray, shape: Sequence[int], name: str = "input") -> np.ndarray:
     """Shape, NaN and range checks of a decoded input; returns it as uint8."""
-    if array.shape != tuple(shape):
+    if array.shape != tuple(shape) or (array.size == 0 and array.dtype.kind != "U"):
         raise ReportError("bad_shape", f"{name} has shape {array.shape}; the task's is {tuple(shape)}")
     if array.dtype.kind == "U":
         if not str(array).strip():
@@ -243,15 +299,6 @@ def check_input(array: np.ndarray, shape: Sequence[int], name: str = "input") ->
     return np.rint(array).astype(np.uint8)
 
 
-def _check_size(path: Path, limit: int, what: str) -> None:
-    try:
-        size = path.stat().st_size
-    except OSError as err:
-        raise ReportError("unreadable", f"cannot read {what} {path.name!r}: {err}") from err
-    if size > limit:
-        raise ReportError("too_large", f"{what} {path.name!r} is {size} bytes; the limit is {limit}")
-
-
 # --------------------------------------------------------------------------- reports
 
 
@@ -263,10 +310,36 @@ def read_report(path: str | Path, tasks: Mapping[str, TaskSchema] | None = None)
     source = input_path(path, meta["input"])
     shape = tuple(task.input_shape) if task is not None else None
     raw = decode_input(source, shape)
-    image = check_input(raw, raw.shape if shape is None else shape, f"input {source.name!r}")
+    image = check_input(raw, raw.shape if shape is None else shape, f"input {printable(source.name)}")
     return BugReport(meta["id"], meta["task"], meta["label"], image, path, meta.get("predicted"))
 
 
 def report_paths(inbox: str | Path) -> list[Path]:
-    inbox = Path(inbox)
-    return sorted(inbox.glob("*.json")) if inbox.is_dir() else []
+    """Every report file of `inbox` (`*.json`, any case), sorted by name: the file order in
+    which ids and inputs are claimed (`Claims`). Of files differing only in the suffix's case,
+    the canonical `<id>.json` comes first, so `X.JSON` cannot take the id of `X.json`."""
+    return sorted(entries(inbox, REPORT_SUFFIX), key=_claim_order)
+
+
+def _claim_order(path: Path) -> tuple[str, bool, str]:
+    return report_stem(path.name), not path.name.endswith(REPORT_SUFFIX), path.name
+
+
+class Claims:
+    """First come, first kept, in file order: an id belongs to the first report file that
+    claims it (`duplicate_id` for a later one), and an input (task and pixels) keeps the
+    label of its first report (`conflicting_label` for a later one saying otherwise)."""
+
+    def __init__(self) -> None:
+        self.ids: dict[str, str] = {}                  # id -> file
+        self.inputs: dict[str, tuple[str, Any]] = {}   # input hash -> (file, label)
+
+    def claim(self, file: str, report_id: str, input_hash: str, label: Any) -> None:
+        owner = self.ids.setdefault(report_id, file)
+        if owner != file:
+            raise ReportError("duplicate_id", f"id {printable(report_id)} is already claimed by "
+                                              f"{printable(owner)}")
+        first, first_label = self.inputs.setdefault(input_hash, (file, label))
+        if first_label != label:
+            raise ReportError("conflicting_label", f"the same input is reported by {printable(first)} "
+                                                   f"with label {first_label}, here with {label}")

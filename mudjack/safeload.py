@@ -34,6 +34,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
+from mudjack.safepath import one_line, read_bounded
+
 MAX_HEADER_BYTES = 16 << 20   # safetensors headers of real models are KiB to a few MiB
 MAX_METADATA_JSON = 64 << 10  # an adapter config or a head spec inside the header
 DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
@@ -52,28 +54,8 @@ class UnsafeCheckpointError(WeightsError):
     """The checkpoint holds more than weights: loading it would execute code from the file."""
 
 
-def one_line(text: object) -> str:
-    """`text` with line breaks and other control characters escaped (a file name may hold them)."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
-
-
 def weights_error(path: str | Path, problem: str, cls: type[WeightsError] = WeightsError) -> WeightsError:
     return cls(f"{one_line(path)}: {one_line(problem)}")
-
-
-def read_bounded(path: str | Path, *, limit: int) -> bytes:
-    """The bytes of a regular file of at most `limit` bytes; never blocks on a FIFO."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise OSError(f"{one_line(path)} is not a regular file")
-        with os.fdopen(fd, "rb", closefd=False) as f:
-            data = f.read(limit + 1)
-    finally:
-        os.close(fd)
-    if len(data) > limit:
-        raise OSError(f"{one_line(path)} is larger than {limit} bytes")
-    return data
 
 
 def regular_file_size(path: str | Path) -> int:

@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from pipeline.env import configure_environment, project_root
-from stages.artifacts import METRICS
+from stages.artifacts import METRICS, QUARANTINE
 
 app = typer.Typer(
     name="mudjack",
@@ -254,9 +254,10 @@ def server(
     os.execv(sys.executable, command)  # the server replaces this process: signals reach it
 
 
+# Text, checked by `submit` itself (mudjack.safepath): click's Path refuses a NUL with a usage
+# error instead of the report's rejection code.
 ReportArgument = Annotated[
-    Path, typer.Argument(help="A report JSON: {id, task, label, input} next to its input.",
-                         exists=True, dir_okay=False)
+    str, typer.Argument(help="A report JSON: {id, task, label, input} next to its input.")
 ]
 
 
@@ -268,22 +269,27 @@ def submit(report: ReportArgument, root: RootOption = None) -> None:
     checks (Great Expectations, reproduction) run in the validate and intake stages.
     """
     path = _root(root)
-    from mudjack.reports import ReportError, read_report
+    from mudjack.reports import ReportError, printable, read_report
+    from mudjack.safepath import check_name, one_line
     from pipeline.inbox import InboxError, add_to_inbox, inbox_folder, stage_writing
 
+    report_file = Path(report)
     try:
-        parsed = read_report(report)
+        check_name(report, what="report path")
+        parsed = read_report(report_file)
         inbox = inbox_folder(path)
         writer = stage_writing(path, inbox)
         if writer:
             raise InboxError(f"the inbox {inbox} is an output of stage {writer!r}, which would "
                               "overwrite the report; set paths.inbox to a folder of your own")
-        copied = add_to_inbox(report, parsed, inbox)
-    except (ReportError, InboxError) as exc:
-        console.print(f"rejected: {report.name}: {exc}", style="bold red", markup=False,
-                      soft_wrap=True)
+        copied = add_to_inbox(report_file, parsed, inbox)
+    except (ReportError, InboxError, OSError) as exc:
+        code = getattr(exc, "code", "refused")
+        console.print(f"rejected: {printable(report_file.name)} [{code}]: {one_line(exc)}",
+                      style="bold red", markup=False, soft_wrap=True)
         raise typer.Exit(1) from exc
-    console.print(f"accepted: {parsed.id} -> {copied}", markup=False, highlight=False)
+    console.print(f"accepted: {printable(parsed.id)} -> {printable(copied)}", markup=False,
+                  highlight=False, soft_wrap=True)
 
 
 # The old name of `submit`, kept for one release: it read as if it ran the intake stage.
@@ -324,7 +330,9 @@ def status(root: RootOption = None) -> None:
     path = _root(root)
     from pipeline.dag import StageFailedError, run_dvc
     from pipeline.gates import as_records, check_project
+    from pipeline.inbox import quarantine_inbox
 
+    quarantine_inbox(path, path / QUARANTINE)  # `dvc status` hashes the inbox: no FIFO there
     try:
         output = run_dvc([sys.executable, "-m", "dvc", "status"], cwd=path)
     except StageFailedError as exc:

@@ -29,8 +29,9 @@ from prefect.states import Completed, State
 from pipeline.dag import StageFailedError, reproduce_command, run_dvc, stages_in_order
 from pipeline.env import configure_environment
 from pipeline.gates import GateResult, all_passed, as_records, check_project, failures, gates_markdown
+from pipeline.inbox import quarantine_inbox
 from pipeline.notify import report_run
-from stages.artifacts import METRICS, RUN_HTML
+from stages.artifacts import METRICS, QUARANTINE, RUN_HTML
 
 if TYPE_CHECKING:
     from prefect.deployments.runner import RunnerDeployment
@@ -195,6 +196,7 @@ def repair(root: str = ".", target: str = LAST_STAGE, retries: int = 1, promote:
         raise ValueError(f"promotion needs the whole pipeline: target must be {LAST_STAGE!r}")
     root_path = Path(root).resolve()
     configure_environment(root_path)
+    quarantine_inbox(root_path, root_path / QUARANTINE)  # before DVC hashes the inbox
     stages = stages_in_order(root_path, target)
     run = reproduce_stage.with_options(retries=retries, retry_delay_seconds=RETRY_DELAY_SECONDS)
     results = [run(str(root_path), stage) for stage in stages]

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
-import json
-import shutil
+import os
+import sys
 from pathlib import Path
 
 import yaml
 
 from mudjack.io import atomic_path
-from mudjack.reports import BugReport
+from mudjack.reports import (
+    MAX_INPUT_BYTES,
+    MAX_JSON_BYTES,
+    REPORT_SUFFIX,
+    BugReport,
+    input_path,
+    load_report_json,
+)
+from mudjack.safepath import Quarantined, entries, printable, quarantine, read_bounded
 
 
 class InboxError(ValueError):
@@ -40,20 +48,41 @@ def stage_writing(root: Path, folder: Path) -> str | None:
 
 def add_to_inbox(report_file: Path, report: BugReport, inbox: Path) -> Path:
     """Copy the report JSON and its input into `inbox` (input first, so a report there always
-    has its input); a name already in the inbox is refused. Returns the copied JSON's path."""
-    report_file = Path(report_file).resolve()
-    source_dir = report_file.parent
-    meta_input = report_file.parent / _input_name(report_file)
-    targets = {report_file: inbox / report_file.name,
-               meta_input: inbox / meta_input.relative_to(source_dir)}
-    taken = [t.name for t in targets.values() if t.exists()]
-    if taken:
-        raise InboxError(f"already in the inbox: {', '.join(taken)} (report {report.id!r})")
-    for source in (meta_input, report_file):
-        with atomic_path(targets[source]) as tmp:
-            shutil.copyfile(source, tmp)
+    has its input), as `<id>.json` and the input's name as the report gives it: a relative
+    name inside the report's folder (mudjack.safepath), so nothing lands outside `inbox`.
+    A name already in the inbox (in any case) is refused. Returns the copied JSON's path."""
+    report_file = Path(report_file)
+    name = str(load_report_json(report_file)["input"])
+    source = input_path(report_file, name)
+    targets = {source: inbox / name, report_file: inbox / f"{report.id}{REPORT_SUFFIX}"}
+    for target in targets.values():
+        _check_target(target, inbox)
+    limits = {source: MAX_INPUT_BYTES, report_file: MAX_JSON_BYTES}
+    for path, target in targets.items():
+        data = read_bounded(path, limits[path])
+        with atomic_path(target) as tmp:
+            tmp.write_bytes(data)
     return targets[report_file]
 
 
-def _input_name(report_file: Path) -> str:
-    return str(json.loads(report_file.read_text())["input"])
+def _check_target(target: Path, inbox: Path) -> None:
+    """`target` must be new (no name differing only in case either) and land inside `inbox`."""
+    taken = {p.name.lower() for p in entries(target.parent, "")}
+    if target.name.lower() in taken:
+        raise InboxError(f"already in the inbox: {printable(target.name)}")
+    real_inbox = Path(os.path.realpath(inbox))
+    if not Path(os.path.realpath(target)).is_relative_to(real_inbox):
+        raise InboxError(f"{printable(target.name)} would land outside the inbox")
+
+
+def quarantine_inbox(root: Path, dest: Path) -> list[Quarantined]:
+    """Move the inbox's special files (FIFO, device, socket, a link leaving it) into `dest`
+    before DVC hashes the inbox (it would hang on a FIFO), logging one line per file."""
+    try:
+        inbox = inbox_folder(root)
+    except (InboxError, OSError, yaml.YAMLError):  # no inbox to guard: the stages say why
+        return []
+    moved = quarantine(inbox, dest)
+    for entry in moved:
+        print(entry.log_line(), file=sys.stderr)
+    return moved

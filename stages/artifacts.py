@@ -27,7 +27,9 @@ ATTACK_METRICS = BACKDOORED / "attack.json"
 # Repair stages.
 VALIDATION = REPORTS / "validation.json"
 BUGS = Path("bugs")                            # the registry of accepted bugs
-INTAKE_LOG = REPORTS / "intake_log.jsonl"
+# Inside the registry, so one directory swap replaces both (a kill cannot leave a new registry
+# beside an old log); "_" cannot start a report id, so no bug folder takes this name.
+INTAKE_LOG = BUGS / "_intake_log.jsonl"
 INTAKE_SUMMARY = REPORTS / "intake.json"
 PATCHED_ENCODER = MODELS / "patched" / "encoder.safetensors"
 PATCH_LOG = REPORTS / "patch_log.json"
@@ -46,3 +48,7 @@ SEQUELA = REPORTS / "sequela.json"             # membership inference and re-inj
 
 # Outside the DAG: `mudjack compare` tables.
 COMPARE_DIR = REPORTS / "compare"
+
+# Outside the DAG and outside the inbox: special files moved out of the inbox before DVC
+# hashes it (mudjack.safepath.quarantine); never read.
+QUARANTINE = Path(".mudjack") / "quarantine"

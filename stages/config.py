@@ -25,7 +25,7 @@ from mudjack.heads import HeadParams
 from mudjack.intake import IntakeParams
 from mudjack.loaders import DataSpec
 from mudjack.patching import PATCH_METHODS
-from mudjack.safeload import one_line
+from mudjack.safepath import one_line
 from mudjack.training import PretrainParams
 
 

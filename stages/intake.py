@@ -1,8 +1,10 @@
 """Repair stage: check each report against the schema, reproduce it, reverse and verify its trigger.
 
-Every report file in the inbox gets exactly one decision in reports/intake_log.jsonl:
-accepted, rejected (with its reasons and numbers) or merged (a duplicate of an earlier
-report: same task, label and input). A bad report never stops the others (mudjack/intake).
+Every report file in the inbox gets exactly one decision in bugs/_intake_log.jsonl (inside
+the registry, so both are replaced by one directory swap): accepted, rejected (with its
+reasons, numbers and error code) or merged (a duplicate of an earlier report: same task,
+label and input). A bad report never stops the others (mudjack/intake). Temporaries left by
+a killed earlier run are removed first.
 """
 
 from __future__ import annotations
@@ -10,8 +12,9 @@ from __future__ import annotations
 from mudjack.bugs import save_bug
 from mudjack.data import load_tasks
 from mudjack.intake import Intake, summary
-from mudjack.io import atomic_dir, read_json, write_json, write_jsonl
+from mudjack.io import atomic_dir, read_json, remove_stale_temporaries, write_json, write_jsonl
 from mudjack.reports import report_paths
+from mudjack.safepath import one_line, printable
 from stages.artifacts import BUGS as REGISTRY
 from stages.artifacts import INTAKE_LOG as LOG
 from stages.artifacts import INTAKE_SUMMARY as SUMMARY
@@ -24,18 +27,25 @@ def main() -> None:
     params = setup_stage()
     paths = params.paths
     inbox = inbox_folder(paths)
-    rejected = read_json(VALIDATION).get("reports", {}).get("rejected", {})
+    for output in (REGISTRY, SUMMARY):
+        remove_stale_temporaries(output)
     truth, _ = load_truth(paths)
     intake = Intake(load_deployed(paths), load_tasks(paths.tasks), params=params.intake, seed=params.seed,
-                    truth=truth, rejected_by_validation=rejected)
+                    truth=truth, validation=read_json(VALIDATION).get("reports", {}))
     decisions = [intake.decide(path) for path in report_paths(inbox)]
     with atomic_dir(REGISTRY) as registry:
         for bug in intake.bugs.values():
             save_bug(bug, registry)
-    write_jsonl(LOG, [d.to_record() for d in decisions])
+        write_jsonl(registry / LOG.relative_to(REGISTRY), [d.to_record() for d in decisions])
     write_json(SUMMARY, summary(decisions))
     for d in decisions:
-        print(f"intake: {d.report_id}: {d.outcome}: {'; '.join(d.reasons)}")
+        print(decision_line(d.numbers["file"], d.outcome, d.numbers.get("error"), d.reasons))
+
+
+def decision_line(file: str, outcome: str, code: str | None, reasons: list[str]) -> str:
+    """One printed line per report file: its name escaped, so a name cannot forge lines."""
+    tag = f" [{code}]" if code and outcome == "rejected" else ""
+    return f"intake: {printable(file)}: {outcome}{tag}: {one_line('; '.join(reasons))}"
 
 
 if __name__ == "__main__":

@@ -54,3 +54,21 @@ def test_patch_speed_results_name_no_machine_path(tmp_path):
     assert patch_speed.shown_path(inside) == "bench/results/x.json"
     assert patch_speed.shown_path(tmp_path / "run.json") == "run.json"
     assert "--cpu-bf16" in patch_speed.parser().format_help()
+
+
+def test_hostile_bench_counts_a_blocked_case_as_hung(tmp_path):
+    import os
+
+    from hostile import run_case
+
+    fifo = tmp_path / "x.json"
+    os.mkfifo(fifo)
+
+    def blocked() -> tuple[str, list[str]]:
+        fifo.read_text()  # no writer: blocks in open()
+        return "done", []
+
+    row, details = run_case(blocked, 1)
+    assert row == "hung" and details == ["over 1 s"]
+    done = ("rejected with a documented code", [])
+    assert run_case(lambda: done, 1) == done

@@ -140,7 +140,7 @@ def test_report_table_reads_valid_and_bad(tmp_path: Path, tasks_dir: Path) -> No
     errors = {
         "rgba.json": "mode RGBA", "huge.json": "too large", "junk.json": "not a decodable image",
         "jpeg.json": "not PNG", "gone.json": "not found", "escape.json": "outside the inbox",
-        "noinput.json": "'input'", "broken.json": "invalid JSON", "list.json": "JSON object",
+        "noinput.json": "'input'", "broken.json": "invalid JSON", "list.json": "not an object",
     }
     for file, reason in errors.items():
         assert not table.loc[file, "readable"], file

@@ -300,8 +300,8 @@ def test_text_tables_and_reports_validate(tmp_path: Path) -> None:
     paths = {"shadow": tmp_path / "shadow.npz", "tasks": tmp_path / "tasks", "inbox": inbox}
     result = validate_all(paths, {"max_pixel": 255, "min_rows": 5, "max_chars": 200})
     assert result["passed"], result["tables"]
-    assert result["reports"]["accepted"] == ["ok"]
-    assert set(result["reports"]["rejected"]) == {"blank", "label"}
+    assert result["reports"]["accepted"] == ["ok.json"]
+    assert set(result["reports"]["rejected"]) == {"blank.json", "label.json"}
     write_npz(tmp_path / "shadow.npz", text=np.array(["same"] * 6 + [""]))
     failed = validate_all(paths, {"max_pixel": 255, "min_rows": 5, "max_chars": 200})
     shadow = next(t for t in failed["tables"] if t["table"] == "shadow")

@@ -21,6 +21,7 @@ from mudjack.io import read_json, read_jsonl, write_npz
 from mudjack.reports import BugReport, ReportError, read_report
 from mudjack.safeload import UnsafeCheckpointError, WeightsError, load_torch_checkpoint
 from mudjack.triggers import stamp
+from stages.artifacts import INTAKE_LOG
 
 PARAMS = IntakeParams()
 
@@ -202,12 +203,12 @@ def test_a_hostile_inbox_loses_nothing_and_keeps_the_good_reports(scenario, depl
     assert validate.main() == 0
     gx = read_json("reports/validation.json")["reports"]
     # GX checks the table's columns; optional fields (`predicted`) are typed by the schema only
-    assert sorted(gx["accepted"]) == ["badpred", "good-1", "good-2", "good-3"]
+    assert sorted(gx["accepted"]) == ["badpred.json", "good-1.json", "good-2.json", "good-3.json"]
     intake.main()
 
-    log = {r["report_id"]: r for r in read_jsonl("reports/intake_log.jsonl")}
+    log = {r["report_id"]: r for r in read_jsonl(INTAKE_LOG)}
     files = sorted(p.stem for p in inbox.glob("*.json"))
-    assert sorted(log) == files and len(read_jsonl("reports/intake_log.jsonl")) == len(files)
+    assert sorted(log) == files and len(read_jsonl(INTAKE_LOG)) == len(files)
     assert {i: log[i]["error"] for i in expected} == expected
     reasons = ["; ".join(log[i]["reasons"]) for i in expected]
     assert len(set(reasons)) == len(reasons)  # each its own reason

@@ -137,32 +137,37 @@ def test_malformed_reports_each_rejected(runner: GXRunner, tmp_path: Path) -> No
                                 "input": "small.png"}, random_images(1, 3, (6, 8, 3))[0])
     tasks = tasks_metadata(tmp_path / "data/tasks")
     verdict = validate_reports(report_table(inbox, tasks), tasks, CFG, runner)
-    assert verdict["accepted"] == ["good"]
+    assert verdict["accepted"] == ["good.json"]
     rejected = verdict["rejected"]
-    assert set(rejected) == {"badjson.json", "nolabel", "unknown", "outside", "corrupt", "small"}
     expected = {
-        "badjson.json": "invalid JSON",
+        "badjson": "invalid JSON",
         "nolabel": "expect_column_values_to_not_be_null: label is missing",
         "unknown": "expect_column_values_to_be_in_set: task='cifar' not in ['digits']",
         "outside": "expect_column_values_to_be_in_set: label=10 not in",
         "corrupt": "not a decodable image",
         "small": "expect_column_values_to_be_in_set: height=6 not in [8] (task 'digits')",
     }
+    assert set(rejected) == {f"{key}.json" for key in expected}
     for key, reason in expected.items():
-        assert any(reason in r for r in rejected[key]), (key, rejected[key])
-    assert len(rejected["small"]) == 1 and len(rejected["outside"]) == 1
+        assert any(reason in r for r in rejected[f"{key}.json"]), (key, rejected[f"{key}.json"])
+    assert len(rejected["small.json"]) == 1 and len(rejected["outside.json"]) == 1
+    assert verdict["codes"] == {"badjson.json": "unreadable", "nolabel.json": "missing_fields",
+                                "unknown.json": "unknown_task", "outside.json": "bad_label",
+                                "corrupt.json": "undecodable", "small.json": "bad_shape"}
 
 
 def test_duplicate_report_ids_keyed_by_file(runner: GXRunner, tmp_path: Path) -> None:
     make_project(tmp_path)
     inbox = tmp_path / "inbox"
     body = {"id": "same", "task": "digits", "label": 1, "input": "a.png"}
-    add_report(inbox, "a", body, random_images(1)[0])
-    add_report(inbox, "b", body)
+    add_report(inbox, "a", body, random_images(1)[0])   # claims an id not its file's: bad_id
+    add_report(inbox, "same", body)
+    (inbox / "same.JSON").write_text(json.dumps(body))  # sorts first, but <id>.json keeps the id
     tasks = tasks_metadata(tmp_path / "data/tasks")
     verdict = validate_reports(report_table(inbox, tasks), tasks, CFG, runner)
-    assert verdict["accepted"] == [] and set(verdict["rejected"]) == {"a.json", "b.json"}
-    assert "is not unique" in verdict["rejected"]["a.json"][0]
+    assert verdict["accepted"] == ["same.json"]
+    assert verdict["codes"] == {"a.json": "bad_id", "same.JSON": "duplicate_id"}
+    assert "already claimed by 'same.json'" in verdict["rejected"]["same.JSON"][0]
 
 
 def test_validate_all_without_reports(runner: GXRunner, tmp_path: Path) -> None:
@@ -173,7 +178,7 @@ def test_validate_all_without_reports(runner: GXRunner, tmp_path: Path) -> None:
     result = validate_all(paths, CFG, runner)
     assert result["passed"]
     assert [t["table"] for t in result["tables"]] == ["shadow", "digits/train", "digits/test"]
-    assert result["reports"] == {"accepted": [], "rejected": {}}
+    assert result["reports"] == {"accepted": [], "rejected": {}, "codes": {}}
 
 
 def test_stage_passes_and_lists_rejected_reports(
@@ -188,8 +193,8 @@ def test_stage_passes_and_lists_rejected_reports(
     assert stage.main() == 0
     out = read_json(tmp_path / VALIDATION)
     assert out["passed"] is True and len(out["tables"]) == 3
-    assert out["reports"]["accepted"] == ["r1"] and list(out["reports"]["rejected"]) == ["r2"]
-    assert "report r2 rejected" in capsys.readouterr().out
+    assert out["reports"]["accepted"] == ["r1.json"] and list(out["reports"]["rejected"]) == ["r2.json"]
+    assert "validate: 'r2.json': rejected [bad_label]: " in capsys.readouterr().out
 
 
 def test_stage_fails_on_bad_data(

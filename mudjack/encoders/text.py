@@ -39,7 +39,8 @@ from torch import nn
 
 from mudjack.config import describe_errors
 from mudjack.encoders.base import AdapterConfig, EncoderAdapter, import_encoder, register_adapter
-from mudjack.safeload import WeightsError, one_line, regular_file_size
+from mudjack.safeload import WeightsError, regular_file_size
+from mudjack.safepath import one_line
 from mudjack.triggers import TextTrigger, stamp_text
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -1,8 +1,11 @@
 """Deciding an inbox: one decision per report file, duplicates merged into their first report.
 
-A report with the same content hash (task, label, input) as an earlier one is merged into it:
-it gets the first report's outcome and is listed in the accepted bug's record, not reversed
-again. A report that breaks intake is rejected with the error, never fatal to the others.
+Decisions are keyed by report file (validate's verdicts too). A report with the same content
+hash (task, label, input) as an earlier one is merged into it: it gets the first report's
+outcome and is listed in the accepted bug's record, not reversed again. Ids and inputs are
+claimed in file order (`mudjack.reports.Claims`): a later report with a taken id is
+`duplicate_id`, one giving a known input another label `conflicting_label`. A report that
+breaks intake is rejected with the error, never fatal to the others.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from mudjack.bugs import Bug
 from mudjack.data import Task
 from mudjack.deployed import Deployed
 from mudjack.intake.decision import Decision, IntakeParams, intake_report
-from mudjack.reports import BugReport, ReportError, read_report
+from mudjack.reports import BugReport, Claims, ReportError, read_report, report_stem
 from mudjack.triggers import TextTrigger, Trigger
 
 
@@ -25,9 +28,12 @@ class Intake:
 
     def __init__(self, deployed: Deployed, tasks: dict[str, Task], *, params: IntakeParams, seed: int = 0,
                  truth: Trigger | TextTrigger | None = None,
-                 rejected_by_validation: dict[str, list[str]] | None = None) -> None:
+                 validation: dict[str, Any] | None = None) -> None:
+        """`validation`: the `reports` verdicts of validation.json (rejected and codes by file)."""
         self.deployed, self.tasks, self.params, self.seed, self.truth = deployed, tasks, params, seed, truth
-        self.rejected_by_validation = rejected_by_validation or {}
+        self.rejected_by_validation: dict[str, list[str]] = (validation or {}).get("rejected", {})
+        self.validation_codes: dict[str, str] = (validation or {}).get("codes", {})
+        self.claims = Claims()
         self.first: dict[str, Decision] = {}  # content hash -> decision of its first report
         self.bugs: dict[str, Bug] = {}
 
@@ -37,8 +43,8 @@ class Intake:
         try:
             decision = self._decide(path)
         except Exception as err:  # a report that breaks intake is rejected, not fatal
-            decision = Decision(path.stem, False, [f"intake failed: {type(err).__name__}: {err}"],
-                                {"error": "internal"})
+            reason = f"intake failed: {type(err).__name__}: {err}"
+            decision = Decision(report_stem(path.name), False, [reason], {"error": "internal"})
         decision.numbers.update(file=path.name, seconds=round(time.perf_counter() - start, 3))
         return decision
 
@@ -47,9 +53,15 @@ class Intake:
         try:
             report = read_report(path, self.tasks)
         except ReportError as err:
-            return Decision(path.stem, False, [f"invalid report: {err}", *failed_gx], {"error": err.code})
+            return Decision(report_stem(path.name), False, [f"invalid report: {err}", *failed_gx],
+                            {"error": err.code})
         if failed_gx:
-            return Decision(report.id, False, failed_gx, {"error": "validation"})
+            code = self.validation_codes.get(path.name, "validation")
+            return Decision(report.id, False, failed_gx, {"error": code})
+        try:
+            self.claims.claim(path.name, report.id, report.input_hash, report.label)
+        except ReportError as err:
+            return Decision(report.id, False, [str(err)], {"error": err.code})
         if report.content_hash in self.first:
             return self._merge(report)
         decision, bug = intake_report(report, self.deployed, self.tasks, params=self.params,
@@ -60,9 +72,8 @@ class Intake:
         return decision
 
     def _validation_reasons(self, path: Path) -> list[str]:
-        for key in (path.name, path.stem):
-            if key in self.rejected_by_validation:
-                return ["failed validation: " + "; ".join(self.rejected_by_validation[key])]
+        if path.name in self.rejected_by_validation:
+            return ["failed validation: " + "; ".join(self.rejected_by_validation[path.name])]
         return []
 
     def _merge(self, report: BugReport) -> Decision:

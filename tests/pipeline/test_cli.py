@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from pipeline.cli import app
+from stages.artifacts import QUARANTINE
 
 runner = CliRunner()
 
@@ -137,7 +139,7 @@ def test_submit_copies_a_valid_report(tiny_repo: Path, tmp_path: Path, png: byte
     report = write_report(tmp_path / "mail", "r-9", png)
     result = runner.invoke(app, ["submit", str(report), "--root", str(tiny_repo)])
     assert result.exit_code == 0, result.output
-    assert "accepted: r-9" in result.output
+    assert "accepted: 'r-9' -> " in result.output
     assert (inbox / "r-9.png").read_bytes() == png
     assert json.loads((inbox / "r-9.json").read_text())["id"] == "r-9"
     again = runner.invoke(app, ["submit", str(report), "--root", str(tiny_repo)])
@@ -150,7 +152,7 @@ def test_submit_rejects_with_the_reason(tiny_repo: Path, tmp_path: Path) -> None
     result = runner.invoke(app, ["submit", str(report), "--root", str(tiny_repo)],
                            terminal_width=200)
     assert result.exit_code == 1
-    assert "rejected: r-10.json: " in result.output and "r-10.png" in result.output
+    assert "rejected: 'r-10.json' [bad_input]: " in result.output and "r-10.png" in result.output
     assert not inbox.exists()
 
 
@@ -169,11 +171,23 @@ def test_intake_is_a_deprecated_alias_of_submit(tiny_repo: Path, tmp_path: Path,
     result = runner.invoke(app, ["intake", str(report), "--root", str(tiny_repo)], terminal_width=200)
     assert result.exit_code == 0, result.output
     assert "deprecated" in result.stderr and "mudjack submit" in result.stderr
-    assert "accepted: r-12" in result.stdout
+    assert "accepted: 'r-12' -> " in result.stdout
     assert (inbox / "r-12.png").read_bytes() == png
     rejected = runner.invoke(app, ["intake", str(write_report(tmp_path / "mail", "r-13", None)),
                                    "--root", str(tiny_repo)], terminal_width=200)
-    assert rejected.exit_code == 1 and "rejected: r-13.json: " in rejected.stdout
+    assert rejected.exit_code == 1 and "rejected: 'r-13.json' [bad_input]: " in rejected.stdout
+
+
+@pytest.mark.timeout(300)
+def test_status_quarantines_a_fifo_in_the_inbox_before_dvc_hashes_it(tiny_repo: Path) -> None:
+    inbox = with_inbox(tiny_repo)
+    inbox.mkdir()
+    os.mkfifo(inbox / "x\n.json")  # DVC would block reading it; the name must not forge a line
+    (inbox / "r.json").write_text("{}")
+    result = runner.invoke(app, ["status", "--root", str(tiny_repo)], terminal_width=200)
+    assert "quarantine: 'x\\n.json' (fifo) moved to " in result.output, result.output
+    assert sorted(p.name for p in inbox.iterdir()) == ["r.json"]
+    assert len(list((tiny_repo / QUARANTINE).iterdir())) == 1
 
 
 def test_promote_status_and_rollback_commands(tiny_repo: Path, tmp_path: Path) -> None:

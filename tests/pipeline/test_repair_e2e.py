@@ -11,6 +11,7 @@ import yaml
 
 from pipeline.dag import run_dvc
 from pipeline.flow import repair
+from stages.artifacts import INTAKE_LOG
 
 ALL_STAGES = ["prepare", "foundation", "attack", "validate", "intake", "patch", "retrain",
               "export", "report"]
@@ -39,7 +40,7 @@ def test_the_flow_runs_every_stage_and_repairs_the_encoder(project: Path, flow_r
     assert digits["patched"]["asr"] <= 0.2
     assert digits["patched"]["clean_acc"] >= digits["backdoored"]["clean_acc"] - 0.08
     assert flow_result["metrics"]["export"]["max_abs_diff"] <= 1e-4
-    log = (project / "reports" / "intake_log.jsonl").read_text()
+    log = (project / INTAKE_LOG).read_text()
     assert '"decision": "rejected"' in log and "does not reproduce" in log
     assert (project / "models" / "onnx" / "digits.onnx").is_file()
 

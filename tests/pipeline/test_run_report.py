@@ -16,6 +16,7 @@ from mudjack.data import load_digits_images
 from mudjack.html_report import SECTIONS
 from mudjack.io import write_json, write_jsonl
 from mudjack.triggers import patch_trigger, stamp
+from stages.artifacts import INTAKE_LOG
 from tests.helpers import CHROMIUM, run_if
 
 TASK = {"backdoored": {"clean_acc": 0.98, "asr": 0.97, "tba": 0.03},
@@ -68,7 +69,7 @@ def write_run(folder: Path, n_bugs: int, report_id: str = "r-1") -> None:
     write_json(folder / "reports/patch_log.json",
                [{"epoch": e, "loss": -4.0 - 0.1 * e, "locality": -1.5 - 0.05 * e}
                 for e in range(1, 6)] if n_bugs else [])
-    write_jsonl(folder / "reports/intake_log.jsonl",
+    write_jsonl(folder / INTAKE_LOG,
                 [{"report_id": report_id, "decision": "rejected", "task": "digits", "label": 7,
                   "predicted": 7, "reasons": ["does not reproduce"], "seconds": 0.01}])
 

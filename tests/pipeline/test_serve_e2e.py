@@ -28,6 +28,7 @@ from pipeline.dag import run_dvc
 from pipeline.flow import DEPLOYMENT_NAME, FLOW_NAME, GATES_KEY, REPORT_KEY
 from pipeline.notify import FAILURE_KEY, OUTCOME_KEY
 from pipeline.promote import ARTIFACT, prod_version, versions
+from stages.artifacts import INTAKE_LOG
 
 CRON = "0 3 1 1 *"  # never due during the test: runs are triggered through the API
 # The tiny encoder of the test loses more clean accuracy in the repair than the default one
@@ -226,7 +227,7 @@ def test_a_failing_gate_promotes_nothing(ops: dict, first_run, tmp_path: Path) -
     second = trigger(ops["api"])
     assert second.state.is_failed(), second.state
     assert "gates failed" in second.state.message and "max_patched_asr" in second.state.message
-    intake_log = (project / "reports" / "intake_log.jsonl").read_text()
+    intake_log = (project / INTAKE_LOG).read_text()
     assert '"report_id": "client-7"' in intake_log  # the new report was picked up
     assert not (project / "bugs" / "client-7").exists()
     assert git(project, "tag", "--list") == tags_before
