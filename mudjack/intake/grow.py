@@ -17,13 +17,13 @@ flip rate of the squares covering it. It costs ~one forward pass per position an
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 import torch
 from pydantic import Field
 
-from mudjack.config import Params
+from mudjack.config import Fraction, Params
 from mudjack.encoders import EncoderAdapter, ImageEncoder
 from mudjack.features import cosine
 from mudjack.intake.masks import best_squares, dilate, largest_component, masked_trigger, square_corners
@@ -32,15 +32,15 @@ from mudjack.triggers import Trigger, blend
 
 class GrowParams(Params):
     shape: Literal["square", "pixels"] = "square"  # grow a best-scoring square, or top-k pixels
-    samples: int = 64            # clean inputs the candidate masks are pasted on
-    min_pixels: int = 4
-    max_fraction: float = 0.35   # largest mask tried, as a fraction of the image
-    growth: float = 1.25         # ratio between consecutive mask sizes
-    fraction: float = 0.9        # share of the largest mask's pull a mask must reach
+    samples: int = Field(64, ge=1)              # clean inputs the candidate masks are pasted on
+    min_pixels: int = Field(4, ge=1)
+    max_fraction: float = Field(0.35, gt=0, le=1)  # largest mask tried, as a fraction of the image
+    growth: float = Field(1.25, gt=1, le=16)    # ratio between consecutive mask sizes (> 1, or no end)
+    fraction: Fraction = 0.9                    # share of the largest mask's pull a mask must reach
     # Pixels added around the chosen mask. The smallest mask that flips is often only part of
     # the trigger (a partial patch already fires the backdoor); patching then leaves the rest
     # working. On resnet20 the chosen 8x8 square sat 3 rows off the 10x10 patch.
-    pad: int = 0
+    pad: int = Field(0, ge=0)
     # Squares tried per side: the best-scoring one, then the next best that do not overlap it.
     # The occlusion map's top square sometimes sits on the object, not the trigger.
     windows: int = Field(1, ge=1)
@@ -48,7 +48,7 @@ class GrowParams(Params):
     # the deployed classifier's flip rate; empty: occlusion). Each pixel scores the mean flip
     # rate of the scanned squares covering it, summed over sides. On resnet20-gtsrb occlusion
     # sometimes peaks on the sign, not the trigger; the scan asks the classifier directly.
-    scan: list[int] = []
+    scan: list[Annotated[int, Field(ge=1)]] = []
     scan_stride: int = Field(2, ge=1)
     scan_samples: int = Field(16, ge=1)  # clean inputs each scanned square is pasted on
 

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from pydantic import Field
 
-from mudjack.config import Params
+from mudjack.config import Fraction, LearningRate, Params
 from mudjack.encoders import EncoderAdapter, ImageEncoder
 from mudjack.features import cosine
 from mudjack.intake.masks import largest_component, masked_trigger
@@ -25,11 +26,11 @@ from mudjack.triggers import Trigger, blend
 
 
 class InversionParams(Params):
-    steps: int = 200
-    lr: float = 0.1
-    samples: int = 64          # clean inputs the mask is optimised on
-    sparsity: float = 0.5      # λ: weight of the mask's mean size
-    threshold: float = 0.5
+    steps: int = Field(200, ge=1)
+    lr: LearningRate = 0.1
+    samples: int = Field(64, ge=1)    # clean inputs the mask is optimised on
+    sparsity: float = Field(0.5, ge=0)  # λ: weight of the mask's mean size
+    threshold: Fraction = 0.5
     largest_component: bool = True
 
 

@@ -16,9 +16,9 @@ from typing import Literal, Protocol
 
 import numpy as np
 import torch
-from pydantic import field_validator
+from pydantic import Field, field_validator
 
-from mudjack.config import Params
+from mudjack.config import BatchSize, Params
 from mudjack.encoders import EncoderAdapter, ImageEncoder
 from mudjack.intake.grow import GrowParams, grow_trigger
 from mudjack.intake.inversion import InversionParams, invert_trigger
@@ -34,9 +34,9 @@ class ReverseParams(Params):
     batch_size set the occlusion map (occlusion and grow)."""
 
     method: str = "grow"
-    window: int = 2
-    stride: int = 1
-    batch_size: int = 256
+    window: int = Field(2, ge=1)
+    stride: int = Field(1, ge=1)
+    batch_size: BatchSize = 256
     grow: GrowParams = GrowParams()
     inversion: InversionParams = InversionParams()
     text_select: Literal["kmeans", "top1"] = "kmeans"  # text: 2-means (higher cluster) or best word

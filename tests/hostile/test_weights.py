@@ -20,7 +20,8 @@ import torch
 
 from mudjack.encoders import EncoderAdapter, get_adapter, import_encoder, load_encoder, save_encoder
 from mudjack.heads import Head, load_head, save_head
-from mudjack.safeload import WeightsError, one_line
+from mudjack.safeload import WeightsError
+from mudjack.safepath import one_line
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = {"input_shape": [8, 8, 3], "width": 2, "feature_dim": 4, "mean": [0.5], "std": [0.25]}
