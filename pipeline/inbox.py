@@ -6,8 +6,7 @@ import os
 import sys
 from pathlib import Path
 
-import yaml
-
+from mudjack.config import ParamsError, read_params_yaml
 from mudjack.io import atomic_path
 from mudjack.reports import (
     MAX_INPUT_BYTES,
@@ -26,7 +25,7 @@ class InboxError(ValueError):
 
 def inbox_folder(root: Path) -> Path:
     """`paths.inbox` of `root`/params.yaml, relative to `root`."""
-    params = yaml.safe_load((Path(root) / "params.yaml").read_text()) or {}
+    params = read_params_yaml(Path(root) / "params.yaml")  # bounded, alias-free
     inbox = (params.get("paths") or {}).get("inbox")
     if not inbox:
         raise InboxError("params.yaml sets no paths.inbox")
@@ -80,7 +79,7 @@ def quarantine_inbox(root: Path, dest: Path) -> list[Quarantined]:
     before DVC hashes the inbox (it would hang on a FIFO), logging one line per file."""
     try:
         inbox = inbox_folder(root)
-    except (InboxError, OSError, yaml.YAMLError):  # no inbox to guard: the stages say why
+    except (InboxError, OSError, ParamsError):  # no inbox to guard: the stages say why
         return []
     moved = quarantine(inbox, dest)
     for entry in moved:
