@@ -64,7 +64,7 @@ def foundation(params: PipelineParams, provider: LabelledSet) -> tuple[torch.nn.
     cfg = params.foundation
     adapter = get_adapter(cfg.adapter, adapter_config(cfg, provider))
     train = PretrainParams(epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size)
-    return pretrain_encoder(adapter, provider, int(provider.y.max()) + 1, train, params.seed), adapter
+    return pretrain_encoder(adapter, provider, int(provider.y.max()) + 1, train, seed=params.seed), adapter
 
 
 def with_attack(params: PipelineParams, family: str, seed: int, epochs: int) -> PipelineParams:
