@@ -30,5 +30,14 @@ class Deployed:
 
         return rate
 
+    def log_prob(self, task: str, target: int) -> Callable[[torch.Tensor], torch.Tensor]:
+        """Per-input log-probability of `target` under the deployed classifier, differentiable
+        in a [0, 1] pixel batch (what a reversal can optimise; `flip_rate` is its hard count)."""
+
+        def score(pixels: torch.Tensor) -> torch.Tensor:
+            return torch.log_softmax(self.heads[task](self.encoder(pixels)), dim=1)[:, target]
+
+        return score
+
     def classify(self, task: str, images: np.ndarray) -> np.ndarray:
         return predict(self.heads[task], extract_features(self.encoder, self.adapter, images))

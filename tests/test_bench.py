@@ -72,3 +72,25 @@ def test_hostile_bench_counts_a_blocked_case_as_hung(tmp_path):
     assert row == "hung" and details == ["over 1 s"]
     done = ("rejected with a documented code", [])
     assert run_case(lambda: done, 1) == done
+
+
+def test_attack_zoo_repair_runs_intake_and_patching_per_trigger(scenario, deployed):
+    from attack_zoo import intake_rows, repair
+
+    from stages.attack import Planted, measure
+    from stages.config import load_params
+
+    params = load_params(Path(__file__).resolve().parent.parent / "params.yaml")
+    params = params.model_copy(update={"patch": params.patch.model_copy(update={"epochs": 1}),
+                                       "attack": params.attack.model_copy(update={"n_reports": 2})})
+    pairs = [(scenario.trigger, scenario.target)]
+    measured = measure(scenario.backdoored, scenario.adapter, scenario.head, scenario.task.test, pairs)
+    planted = Planted(scenario.backdoored, scenario.head, pairs, *measured)
+    bugs, rows = intake_rows(params, planted, scenario.adapter, scenario.task)
+    assert len(rows) == 2 and all(row["accepted"] and row["coverage"] == 1.0 for row in rows), rows
+    assert len(bugs) == 2 and rows[0]["why"] is None and rows[0]["chosen"] == params.intake.reverse.method
+    result = repair(params, planted, scenario.adapter, scenario.task, scenario.shadow, bugs)
+    (numbers,) = result["per_trigger"]
+    assert result["patched"] and numbers["asr_backdoored"] >= 0.5  # a fresh head on the tiny scenario: 0.87
+    assert 0 <= numbers["asr_patched"] <= 1 and abs(numbers["clean_drop"]) <= 1
+    assert repair(params, planted, scenario.adapter, scenario.task, scenario.shadow, []) == {"patched": False}

@@ -16,7 +16,7 @@ IMAGE_ADAPTER = SimpleNamespace(modality="image")
 
 
 def test_the_built_in_methods_are_registered():
-    assert {"occlusion", "grow", "inversion"} <= set(REVERSAL_METHODS)
+    assert {"occlusion", "grow", "inversion", "soft", "auto"} <= set(REVERSAL_METHODS)
     assert IntakeParams().reverse.method == "grow"
 
 
@@ -28,8 +28,9 @@ def test_an_unregistered_method_is_refused_with_the_known_ones():
 def test_reverse_engineer_dispatches_to_a_registered_method():
     seen = {}
 
-    def corner(encoder, adapter, bug, reference, *, params, seed, clean, flip_rate):
-        seen.update(params=params, seed=seed, clean=clean, flip_rate=flip_rate)
+    def corner(encoder, adapter, bug, reference, *, params, seed, clean, flip_rate, score, record):
+        seen.update(params=params, seed=seed, clean=clean, flip_rate=flip_rate, score=score)
+        record["corner"] = True
         mask = np.zeros(bug.shape[:2], bool)
         mask[-2:, -2:] = True
         return masked_trigger(mask, bug)
@@ -41,16 +42,21 @@ def test_reverse_engineer_dispatches_to_a_registered_method():
         params = ReverseParams(method="test_corner")
         bug = np.full((6, 6, 3), 200, np.uint8)
         clean = np.zeros((2, 6, 6, 3), np.uint8)
-        trigger = reverse_engineer(None, IMAGE_ADAPTER, bug, bug, params=params, seed=3, clean=clean)
+        record = {}
+        trigger = reverse_engineer(None, IMAGE_ADAPTER, bug, bug, params=params, seed=3, clean=clean,
+                                   record=record)
     finally:
         del REVERSAL_METHODS["test_corner"]
     assert trigger.pixels == 4 and (trigger.pattern[trigger.mask] == 200).all()
     assert (trigger.pattern[~trigger.mask] == 0).all()
-    assert seen["params"] is params and seen["seed"] == 3 and seen["clean"] is clean
-    assert seen["flip_rate"] is None
+    # the method gets the params with the auto settings resolved for 6x6 inputs
+    assert seen["params"].method == "test_corner" and seen["params"].window == 2
+    assert seen["seed"] == 3 and seen["clean"] is clean
+    assert seen["flip_rate"] is None and seen["score"] is None
+    assert record["corner"] and record["settings"]["input_side"] == 6
 
 
-@pytest.mark.parametrize("method", ["grow", "inversion"])
+@pytest.mark.parametrize("method", ["grow", "inversion", "soft", "auto"])
 def test_grow_and_inversion_need_clean_inputs(method):
     bug = np.zeros((6, 6, 3), np.uint8)
     with pytest.raises(ValueError, match=f"by {method} needs clean inputs"):

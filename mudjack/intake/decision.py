@@ -23,7 +23,7 @@ from mudjack.intake.reverse import ReverseParams, reverse_engineer
 from mudjack.intake.verify import Verification, VerifyParams, draw_controls, draw_sample, verify_trigger
 from mudjack.io import sha256_bytes
 from mudjack.reports import BugReport
-from mudjack.triggers import TextTrigger, Trigger, trigger_coverage, trigger_iou
+from mudjack.triggers import TextTrigger, Trigger, trigger_correlation, trigger_coverage, trigger_iou
 
 
 class IntakeParams(Params):
@@ -114,10 +114,13 @@ def intake_report(report: BugReport, deployed: Deployed, tasks: dict[str, Task],
     reference = task.train.x[ref_index]
     checks = params.verify
     held_out, pool = _split_clean(task, predicted, checks, seed)
+    reversal: dict[str, Any] = {}  # the settings used and what the method measured
     trigger = reverse_engineer(deployed.encoder, deployed.adapter, report.image, reference,
                                params=params.reverse, seed=seed, clean=task.train.x[pool],
-                               flip_rate=deployed.flip_rate(task.name, predicted))
-    numbers.update(reference_index=ref_index, mask_pixels=trigger.pixels, **_truth_numbers(trigger, truth))
+                               flip_rate=deployed.flip_rate(task.name, predicted),
+                               score=deployed.log_prob(task.name, predicted), record=reversal)
+    numbers.update(reference_index=ref_index, mask_pixels=trigger.pixels, reversal=reversal,
+                   **_truth_numbers(trigger, truth))
     reasons = ["reproduced; trigger reverse-engineered"]
     if checks.enabled:
         verdict = _verify(report, deployed, task, predicted, trigger, checks=checks, held_out=held_out,
@@ -139,6 +142,7 @@ def _truth_numbers(trigger: Trigger | TextTrigger, truth: Trigger | TextTrigger 
     numbers = {"iou": trigger_iou(trigger, truth)}
     if not isinstance(truth, TextTrigger):
         numbers["coverage"] = trigger_coverage(trigger, truth)
+        numbers["correlation"] = trigger_correlation(trigger, truth)  # what tells a blend
     return numbers
 
 

@@ -27,6 +27,7 @@ from mudjack.config import Fraction, Params
 from mudjack.encoders import EncoderAdapter, ImageEncoder
 from mudjack.features import cosine
 from mudjack.intake.masks import best_squares, dilate, largest_component, masked_trigger, square_corners
+from mudjack.intake.settings import scan_sides, scan_stride
 from mudjack.triggers import Trigger, blend
 
 
@@ -48,8 +49,9 @@ class GrowParams(Params):
     # the deployed classifier's flip rate; empty: occlusion). Each pixel scores the mean flip
     # rate of the scanned squares covering it, summed over sides. On resnet20-gtsrb occlusion
     # sometimes peaks on the sign, not the trigger; the scan asks the classifier directly.
-    scan: list[Annotated[int, Field(ge=1)]] = []
-    scan_stride: int = Field(2, ge=1)
+    # "auto": sides derived from the input size (mudjack/intake/settings.py).
+    scan: list[Annotated[int, Field(ge=1)]] | Literal["auto"] = []
+    scan_stride: int = Field(0, ge=0)  # 0: derived from the input size
     scan_samples: int = Field(16, ge=1)  # clean inputs each scanned square is pasted on
 
 
@@ -112,9 +114,11 @@ def ranking(scores: np.ndarray, clean: torch.Tensor, bug: torch.Tensor, *, param
     ties), else the occlusion scores."""
     if not params.scan or flip_rate is None:
         return scores
+    side = min(scores.shape)  # auto values, when not resolved by reverse_engineer already
+    sides = scan_sides(side) if params.scan == "auto" else params.scan
     scale = float(np.abs(scores).max()) or 1.0
-    return scan_map(flip_rate, clean[:params.scan_samples], bug, params.scan, stride=params.scan_stride) \
-        + 1e-3 * scores / scale
+    return scan_map(flip_rate, clean[:params.scan_samples], bug, sides,
+                    stride=params.scan_stride or scan_stride(side)) + 1e-3 * scores / scale
 
 
 def grow_trigger(encoder: ImageEncoder, adapter: EncoderAdapter, bug: np.ndarray, scores: np.ndarray,

@@ -22,6 +22,7 @@ from mudjack.config import Fraction, LearningRate, Params
 from mudjack.encoders import EncoderAdapter, ImageEncoder
 from mudjack.features import cosine
 from mudjack.intake.masks import largest_component, masked_trigger
+from mudjack.intake.soft import frozen, minimise
 from mudjack.triggers import Trigger, blend
 
 
@@ -45,24 +46,16 @@ def invert_trigger(encoder: ImageEncoder, adapter: EncoderAdapter, bug: np.ndarr
                    clean: np.ndarray, *, params: InversionParams, seed: int = 0) -> Trigger:
     """The mask of bug pixels that carries the backdoor; pattern = the bug's pixels under it."""
     generator = torch.Generator().manual_seed(seed)
-    encoder = encoder.eval()
-    flags = [param.requires_grad for param in encoder.parameters()]
-    encoder.requires_grad_(False)  # only the mask is optimised
     pick = torch.randperm(len(clean), generator=generator)[:params.samples].numpy()
     clean_pixels = adapter.preprocess(clean[np.sort(pick)])
     bug_pixels = adapter.preprocess(bug[None])
-    with torch.no_grad():
-        bug_features = encoder(bug_pixels)
     height, width = bug.shape[:2]
     logits = torch.zeros(1, 1, height, width, requires_grad=True)
-    optimiser = torch.optim.Adam([logits], lr=params.lr)
-    for _ in range(params.steps):
-        loss = _soft_mask_loss(encoder, clean_pixels, bug_pixels, bug_features, logits, params.sparsity)
-        optimiser.zero_grad()
-        loss.backward()
-        optimiser.step()
-    for param, flag in zip(encoder.parameters(), flags, strict=True):
-        param.requires_grad_(flag)
+    with frozen(encoder):  # only the mask is optimised
+        with torch.no_grad():
+            bug_features = encoder(bug_pixels)
+        minimise([logits], lambda: _soft_mask_loss(encoder, clean_pixels, bug_pixels, bug_features, logits,
+                                                   params.sparsity), steps=params.steps, lr=params.lr)
     mask = (torch.sigmoid(logits)[0, 0] > params.threshold).numpy()
     if params.largest_component:
         mask = largest_component(mask)

@@ -4,15 +4,21 @@
 - `occlusion` (the authors'): occlusion map + 2-means (mudjack/intake/occlusion.py);
 - `grow` (mudjack's default): the smallest top-k of the occlusion map (or of a flip-rate scan)
   that acts like the bug (mudjack/intake/grow.py);
-- `inversion`: optimise a soft mask of bug pixels (mudjack/intake/inversion.py).
+- `inversion`: optimise a soft mask of bug pixels (mudjack/intake/inversion.py);
+- `soft`: optimise an alpha mask and a pattern, so a blend can be expressed (mudjack/intake/soft.py);
+- `auto`: run the `select.candidates` methods (and the soft trigger binarised) and keep the one
+  that best reproduces the bug's effect on held-out clean inputs, less a mask-size penalty
+  (mudjack/intake/select.py).
 Text encoders always use token occlusion (mudjack/intake/text.py), with `text_select` and
-`text_score`. Every method returns the trigger whose pattern is the bug's pixels under its mask.
+`text_score`. Window, strides and scan sides left at 0 / "auto" derive from the input size
+(mudjack/intake/settings.py). A method may write what it measured into `record` (the
+decision's numbers keep it, with the settings used).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import torch
@@ -23,6 +29,9 @@ from mudjack.encoders import EncoderAdapter, ImageEncoder
 from mudjack.intake.grow import GrowParams, grow_trigger
 from mudjack.intake.inversion import InversionParams, invert_trigger
 from mudjack.intake.occlusion import occlusion_map, occlusion_trigger
+from mudjack.intake.select import SelectParams, select_trigger, split_clean, trigger_effect
+from mudjack.intake.settings import resolve
+from mudjack.intake.soft import Score, SoftParams, binarised, soft_trigger
 from mudjack.intake.text import reverse_text
 from mudjack.triggers import TextTrigger, Trigger
 
@@ -31,14 +40,17 @@ FlipRate = Callable[[torch.Tensor], float]
 
 class ReverseParams(Params):
     """The `intake.reverse` section: `method` is a name in REVERSAL_METHODS; window, stride and
-    batch_size set the occlusion map (occlusion and grow)."""
+    batch_size set the occlusion map (occlusion and grow); window and stride 0 derive from the
+    input size (mudjack/intake/settings.py)."""
 
     method: str = "grow"
-    window: int = Field(2, ge=1)
-    stride: int = Field(1, ge=1)
+    window: int = Field(0, ge=0)   # 0: derived from the input size
+    stride: int = Field(0, ge=0)
     batch_size: BatchSize = 256
     grow: GrowParams = GrowParams()
     inversion: InversionParams = InversionParams()
+    soft: SoftParams = SoftParams()
+    select: SelectParams = SelectParams()
     text_select: Literal["kmeans", "top1"] = "kmeans"  # text: 2-means (higher cluster) or best word
     text_score: Literal["self", "reference"] = "self"  # text: see mudjack/intake/text.py
 
@@ -49,11 +61,21 @@ class ReverseParams(Params):
             raise ValueError(f"unknown reversal method {method!r}; known: {sorted(REVERSAL_METHODS)}")
         return method
 
+    @field_validator("select")
+    @classmethod
+    def _candidates_registered(cls, select: SelectParams) -> SelectParams:
+        unknown = [name for name in select.candidates if name not in REVERSAL_METHODS or name == "auto"]
+        if unknown:
+            raise ValueError(f"select candidates {unknown} are not registered reversal methods "
+                             f"(auto cannot be its own candidate)")
+        return select
+
 
 class ReversalMethod(Protocol):
     def __call__(self, encoder: ImageEncoder, adapter: EncoderAdapter, bug: np.ndarray,
                  reference: np.ndarray, *, params: ReverseParams, seed: int,
-                 clean: np.ndarray | None, flip_rate: FlipRate | None) -> Trigger: ...
+                 clean: np.ndarray | None, flip_rate: FlipRate | None, score: Score | None,
+                 record: dict[str, Any]) -> Trigger: ...
 
 
 REVERSAL_METHODS: dict[str, ReversalMethod] = {}
@@ -73,19 +95,24 @@ def register_reversal(name: str) -> Callable[[ReversalMethod], ReversalMethod]:
 
 def reverse_engineer(encoder: ImageEncoder, adapter: EncoderAdapter, bug: np.ndarray,
                      reference: np.ndarray, *, params: ReverseParams, seed: int = 0,
-                     clean: np.ndarray | None = None,
-                     flip_rate: FlipRate | None = None) -> Trigger | TextTrigger:
+                     clean: np.ndarray | None = None, flip_rate: FlipRate | None = None,
+                     score: Score | None = None,
+                     record: dict[str, Any] | None = None) -> Trigger | TextTrigger:
     """The reversed trigger of one bug input, by `params.method` (text: token occlusion).
 
-    Grow and inversion need `clean` inputs (of classes other than the one the bug is pushed
-    to); grow measures a candidate by `flip_rate` (the deployed classifier's) when given.
+    Grow, inversion, soft and auto need `clean` inputs (of classes other than the one the bug
+    is pushed to); grow and auto measure a candidate by `flip_rate` (the deployed classifier's)
+    when given, soft also fits the classifier's differentiable `score` (log p of the bug's
+    class). `record` receives the settings used and what the method measured.
     """
     if adapter.modality == "text":
         return reverse_text(encoder, adapter, bug, reference, mode=params.text_select, seed=seed,
                             score=params.text_score)
+    record = {} if record is None else record
+    params, record["settings"] = resolve(params, bug.shape)
     method = REVERSAL_METHODS[params.method]
     return method(encoder, adapter, bug, reference, params=params, seed=seed, clean=clean,
-                  flip_rate=flip_rate)
+                  flip_rate=flip_rate, score=score, record=record)
 
 
 def _occlusion_scores(encoder: ImageEncoder, adapter: EncoderAdapter, bug: np.ndarray,
@@ -103,14 +130,14 @@ def _clean_inputs(clean: np.ndarray | None, method: str) -> np.ndarray:
 @register_reversal("occlusion")
 def _occlusion(encoder: ImageEncoder, adapter: EncoderAdapter, bug: np.ndarray, reference: np.ndarray,
                *, params: ReverseParams, seed: int, clean: np.ndarray | None,
-               flip_rate: FlipRate | None) -> Trigger:
+               flip_rate: FlipRate | None, score: Score | None, record: dict[str, Any]) -> Trigger:
     return occlusion_trigger(bug, _occlusion_scores(encoder, adapter, bug, reference, params), seed)
 
 
 @register_reversal("grow")
 def _grow(encoder: ImageEncoder, adapter: EncoderAdapter, bug: np.ndarray, reference: np.ndarray,
           *, params: ReverseParams, seed: int, clean: np.ndarray | None,
-          flip_rate: FlipRate | None) -> Trigger:
+          flip_rate: FlipRate | None, score: Score | None, record: dict[str, Any]) -> Trigger:
     clean = _clean_inputs(clean, "grow")
     scores = _occlusion_scores(encoder, adapter, bug, reference, params)
     return grow_trigger(encoder, adapter, bug, scores, clean, params=params.grow, seed=seed,
@@ -120,6 +147,32 @@ def _grow(encoder: ImageEncoder, adapter: EncoderAdapter, bug: np.ndarray, refer
 @register_reversal("inversion")
 def _inversion(encoder: ImageEncoder, adapter: EncoderAdapter, bug: np.ndarray, reference: np.ndarray,
                *, params: ReverseParams, seed: int, clean: np.ndarray | None,
-               flip_rate: FlipRate | None) -> Trigger:
+               flip_rate: FlipRate | None, score: Score | None, record: dict[str, Any]) -> Trigger:
     clean = _clean_inputs(clean, "inversion")
     return invert_trigger(encoder, adapter, bug, clean, params=params.inversion, seed=seed)
+
+
+@register_reversal("soft")
+def _soft(encoder: ImageEncoder, adapter: EncoderAdapter, bug: np.ndarray, reference: np.ndarray,
+          *, params: ReverseParams, seed: int, clean: np.ndarray | None,
+          flip_rate: FlipRate | None, score: Score | None, record: dict[str, Any]) -> Trigger:
+    clean = _clean_inputs(clean, "soft")
+    return soft_trigger(encoder, adapter, bug, clean, params=params.soft, seed=seed, score=score)
+
+
+@register_reversal("auto")
+def _auto(encoder: ImageEncoder, adapter: EncoderAdapter, bug: np.ndarray, reference: np.ndarray,
+          *, params: ReverseParams, seed: int, clean: np.ndarray | None,
+          flip_rate: FlipRate | None, score: Score | None, record: dict[str, Any]) -> Trigger:
+    """Each candidate method fitted on part of `clean`, scored on the rest; the best kept."""
+    fit, held = split_clean(_clean_inputs(clean, "auto"), params.select.samples, seed)
+    candidates = {name: REVERSAL_METHODS[name](encoder, adapter, bug, reference, params=params, seed=seed,
+                                               clean=fit, flip_rate=flip_rate, score=score, record={})
+                  for name in params.select.candidates}
+    if params.select.binarise and "soft" in candidates:
+        candidates["soft_binarised"] = binarised(candidates["soft"], bug, params.soft.threshold)
+    chosen, numbers = select_trigger(
+        candidates, lambda trigger: trigger_effect(encoder, adapter, bug, held, trigger, flip_rate),
+        size_penalty=params.select.size_penalty)
+    record.update(candidates=numbers, chosen=chosen, select_samples=len(held))
+    return candidates[chosen]

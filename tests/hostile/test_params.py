@@ -83,7 +83,7 @@ def test_a_patch_method_key_out_of_range_is_refused(method: str, key: str, value
 
 
 @pytest.mark.parametrize(("key", "value"), [
-    ("intake.verify.min_z_flip", -1.0), ("intake.verify.samples", 0), ("intake.reverse.window", 0),
+    ("intake.verify.min_z_flip", -1.0), ("intake.verify.samples", 0), ("intake.reverse.window", -1),
     ("intake.reverse.grow.growth", 1.0), ("intake.reverse.grow.min_pixels", 0),
     ("intake.reverse.inversion.lr", float("nan")), ("intake.reverse.grow.fraction", 2.0)])
 def test_intake_thresholds_are_range_checked(key: str, value: Any, tmp_path: Path) -> None:

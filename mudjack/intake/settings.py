@@ -1,0 +1,61 @@
+"""Reversal settings derived from the input size: the chosen-settings record.
+
+A value of 0 (or "auto" for the scan sides) in `intake.reverse` means "derive from the
+input side" s = min(H, W), so one default fits 8x8 digits, 32x32 CIFAR/GTSRB and larger
+inputs; a scenario may still set any of them. The formulas reproduce the values tuned by
+hand at 8 and 32 px (params.yaml's digits default; scenarios/resnet20-*.yaml):
+
+- occlusion `window` = max(2, round(5·s/32)): 2 at 8 px, 5 at 32, 10 at 64;
+- occlusion `stride` = max(1, s // 32): 1 up to 63 px, 2 at 64;
+- grow `scan` sides  = round(s·k/32) for k in (6, 10, 14), at least 2, deduplicated: a fifth to
+  a half of the side (6/10/14 at 32 px, 2/4 at 8, 12/20/28 at 64);
+- grow `scan_stride` = max(1, round(s/16)): 1 at 8 px, 2 at 32, 4 at 64.
+The smallest mask grow tries (`min_pixels`) is not scaled: triggers are drawn in pixels
+(3-10 px patches whatever the image size), so it stays a 2x2 square.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mudjack.intake.reverse import ReverseParams
+
+SCAN_AT_32 = (6, 10, 14)  # scan sides at 32 px (the resnet20-gtsrb tuning)
+
+
+def occlusion_window(side: int) -> int:
+    return max(2, round(5 * side / 32))
+
+
+def occlusion_stride(side: int) -> int:
+    return max(1, side // 32)
+
+
+def scan_sides(side: int) -> list[int]:
+    return sorted({max(2, round(side * k / 32)) for k in SCAN_AT_32})
+
+
+def scan_stride(side: int) -> int:
+    return max(1, round(side / 16))
+
+
+def resolve(params: ReverseParams, shape: tuple[int, ...]) -> tuple[ReverseParams, dict[str, Any]]:
+    """`params` with every auto value (0, "auto") replaced by its derived value for inputs
+    shaped (H, W, ...), and the record of the settings used (derived ones marked so)."""
+    side = int(min(shape[:2]))
+    grow = params.grow
+    chosen = {
+        "window": params.window or occlusion_window(side),
+        "stride": params.stride or occlusion_stride(side),
+    }
+    grown = {
+        "scan": scan_sides(side) if grow.scan == "auto" else list(grow.scan),
+        "scan_stride": grow.scan_stride or scan_stride(side),
+    }
+    derived = [name for name, value in [("window", params.window), ("stride", params.stride),
+                                        ("scan", grow.scan), ("scan_stride", grow.scan_stride)]
+               if value in (0, "auto")]
+    resolved = params.model_copy(update={**chosen, "grow": grow.model_copy(update=grown)})
+    record = {"input_side": side, **chosen, **grown, "derived": derived}
+    return resolved, record

@@ -1,0 +1,105 @@
+"""Soft trigger recovery: an alpha mask and a pattern, optimised so that blending them onto
+clean inputs of other classes acts like the bug.
+
+    min_{α, t}  −mean cos(h(x ⊕ t), h(x_b)) − c·mean log p(ŷ_b | x ⊕ t)
+                + λ·mean(α) + φ·mean(α·(t − x_b)²),        x ⊕ t = x·(1−α) + t·α
+
+α = sigmoid(logits) (H, W), t in [0, 1] (C, H, W) starts at the bug's pixels x_b. The cosine
+pull is the encoder-level evidence (as in inversion.py); the log-probability of the bug's
+predicted class under the deployed head (`score`, when intake passes it) the classifier-level
+one; λ keeps the mask small and φ keeps the pattern on the bug's pixels where α is large (the
+bug carries the trigger). A patch comes out as α ≈ 1 on a region, a whole-image blend as a
+small α everywhere with t free to move where the bug's pixels only carry a trace of it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+from pydantic import Field
+
+from mudjack.config import Params
+from mudjack.encoders import EncoderAdapter, ImageEncoder
+from mudjack.features import cosine
+from mudjack.intake.masks import masked_trigger
+from mudjack.triggers import Trigger, blend
+
+# The deployed classifier's per-input log-probability of the bug's class: differentiable.
+Score = Callable[[torch.Tensor], torch.Tensor]
+
+
+class SoftParams(Params):
+    steps: int = Field(200, ge=1)
+    lr: float = 0.1
+    samples: int = Field(64, ge=1)  # clean inputs the trigger is fitted on
+    sparsity: float = 0.2           # λ: weight of the mean alpha
+    fidelity: float = 1.0           # φ: weight of alpha·(pattern − bug)²
+    classifier: float = 0.1         # c: weight of the deployed head's −log p(bug's class)
+    init_alpha: float = Field(0.5, gt=0, lt=1)
+    floor: float = Field(0.02, ge=0, lt=1)  # alpha below it is 0: outside the trigger
+    threshold: float = Field(0.5, gt=0, lt=1)  # where the binarised candidate cuts alpha
+
+
+@contextmanager
+def frozen(encoder: ImageEncoder) -> Iterator[ImageEncoder]:
+    """The encoder in eval mode with its parameters frozen; their flags restored after."""
+    flags = [param.requires_grad for param in encoder.parameters()]
+    encoder.eval().requires_grad_(False)
+    try:
+        yield encoder
+    finally:
+        for param, flag in zip(encoder.parameters(), flags, strict=True):
+            param.requires_grad_(flag)
+
+
+def minimise(variables: list[torch.Tensor], loss: Callable[[], torch.Tensor], *, steps: int, lr: float,
+             project: Callable[[], None] | None = None) -> None:
+    """Adam on `variables` for `steps` steps; `project` (under no_grad) after each step."""
+    optimiser = torch.optim.Adam(variables, lr=lr)
+    for _ in range(steps):
+        value = loss()
+        optimiser.zero_grad()
+        value.backward()
+        optimiser.step()
+        if project is not None:
+            with torch.no_grad():
+                project()
+
+
+def _loss(encoder: ImageEncoder, clean: torch.Tensor, bug: torch.Tensor, bug_features: torch.Tensor,
+          alpha: torch.Tensor, pattern: torch.Tensor, *, params: SoftParams,
+          score: Score | None) -> torch.Tensor:
+    stamped = blend(clean, pattern, alpha)
+    loss = -cosine(encoder(stamped), bug_features).mean()
+    if score is not None and params.classifier > 0:
+        loss = loss - params.classifier * score(stamped).mean()
+    return loss + params.sparsity * alpha.mean() + params.fidelity * (alpha * (pattern - bug) ** 2).mean()
+
+
+def soft_trigger(encoder: ImageEncoder, adapter: EncoderAdapter, bug: np.ndarray, clean: np.ndarray,
+                 *, params: SoftParams, seed: int = 0, score: Score | None = None) -> Trigger:
+    """The soft trigger (float alpha, pattern) that makes clean inputs act like the bug."""
+    pick = np.random.default_rng(seed).permutation(len(clean))[:params.samples]
+    clean_pixels = adapter.preprocess(clean[np.sort(pick)])
+    bug_pixels = adapter.preprocess(bug[None])
+    start = float(np.log(params.init_alpha / (1 - params.init_alpha)))
+    logits = torch.full((1, 1, *bug_pixels.shape[-2:]), start, requires_grad=True)
+    pattern = bug_pixels.clone().requires_grad_(True)
+    with frozen(encoder):
+        with torch.no_grad():
+            bug_features = encoder(bug_pixels)
+        minimise([logits, pattern], lambda: _loss(encoder, clean_pixels, bug_pixels, bug_features,
+                                                  torch.sigmoid(logits), pattern, params=params, score=score),
+                 steps=params.steps, lr=params.lr, project=lambda: pattern.clamp_(0, 1))  # pixels
+    alpha = torch.sigmoid(logits).detach()[0, 0].numpy()
+    alpha = np.where(alpha >= params.floor, alpha, 0).astype(np.float32)
+    pixels = np.rint(pattern.detach()[0].permute(1, 2, 0).numpy() * 255).astype(np.uint8)
+    return Trigger(mask=alpha, pattern=np.where(alpha[..., None] > 0, pixels, 0).astype(np.uint8))
+
+
+def binarised(trigger: Trigger, bug: np.ndarray, threshold: float) -> Trigger:
+    """The soft trigger as a hard one: alpha >= threshold, the bug's pixels under it."""
+    return masked_trigger(trigger.alpha >= threshold, bug)

@@ -1,0 +1,137 @@
+"""Trigger recovery that can express what it finds: the soft trigger, the selection among
+candidates (method `auto`) and the settings derived from the input size.
+
+Every zoo image family is planted on a hand-built toy model (tests/helpers/toy.py) and
+recovered by `auto` from one bug input, its reference and clean inputs of other classes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from pydantic import ValidationError
+
+from mudjack.attacks.zoo import zoo_triggers
+from mudjack.intake.reverse import ReverseParams, reverse_engineer
+from mudjack.intake.select import mask_size, select_trigger
+from mudjack.intake.settings import resolve
+from mudjack.triggers import Trigger, stamp, trigger_correlation, trigger_coverage, trigger_iou
+from tests.helpers.toy import SHAPE, Toy, toy_backdoor
+
+AUTO = ReverseParams(method="auto")
+
+
+def recover(toy: Toy, params: ReverseParams = AUTO) -> tuple[Trigger, dict]:
+    record: dict = {}
+    deployed = toy.deployed
+    found = reverse_engineer(deployed.encoder, deployed.adapter, toy.bug, toy.reference, params=params,
+                             clean=toy.clean, flip_rate=deployed.flip_rate("toy", 0),
+                             score=deployed.log_prob("toy", 0), record=record)
+    return found, record
+
+
+def test_the_toy_model_fires_on_its_trigger_only():
+    toy = toy_backdoor(zoo_triggers("blend", SHAPE, 0))
+    assert len(toy.clean) > 200
+    assert (toy.deployed.classify("toy", stamp(toy.clean, toy.triggers[0])) == 0).mean() == 1.0
+    assert (toy.deployed.classify("toy", toy.clean) == 0).mean() == 0.0
+
+
+@pytest.mark.parametrize("family", ["patch", "line", "scatter", "dual"])
+def test_auto_recovers_a_hard_trigger_as_a_compact_mask(family):
+    triggers = zoo_triggers(family, SHAPE, 1)
+    toy = toy_backdoor(triggers, seed=1)
+    found, record = recover(toy)
+    truth = triggers[0]
+    assert record["chosen"] in ("grow", "soft_binarised") and not found.soft, record
+    assert trigger_coverage(found, truth) >= 0.9 and trigger_iou(found, truth) >= 0.4
+    assert found.pixels <= 3 * truth.pixels  # compact: not the whole image
+    if family == "dual":  # the bug carries the first trigger only: the second is not recovered
+        assert trigger_coverage(found, triggers[1]) <= 0.2
+
+
+def test_auto_recovers_a_blend_as_a_soft_trigger():
+    truth = zoo_triggers("blend", SHAPE, 1)[0]
+    found, record = recover(toy_backdoor([truth], seed=1))
+    assert record["chosen"] == "soft" and found.soft
+    chosen = record["candidates"]["soft"]
+    assert chosen["effect"] >= 0.9 and record["candidates"]["grow"]["effect"] <= 0.2
+    assert trigger_correlation(found, truth) >= 0.25
+    assert found.alpha.max() < 0.9 and found.pixels >= truth.pixels // 2  # small alpha, spread out
+
+
+def test_a_square_cannot_express_a_blend():
+    truth = zoo_triggers("blend", SHAPE, 2)[0]
+    toy = toy_backdoor([truth], seed=2)
+    found, _ = recover(toy, ReverseParams(method="grow"))
+    assert not found.soft and (toy.deployed.classify("toy", stamp(toy.clean, found)) == 0).mean() <= 0.3
+
+
+def test_soft_leaves_the_encoder_untouched():
+    toy = toy_backdoor(zoo_triggers("patch", SHAPE, 0))
+    encoder = toy.deployed.encoder.train()
+    before = {k: v.clone() for k, v in encoder.state_dict().items()}
+    recover(toy, ReverseParams(method="soft", soft={"steps": 3}))
+    assert all((before[k] == v).all() for k, v in encoder.state_dict().items())
+    assert not encoder.training  # intake evaluates in eval mode
+
+
+def test_selection_weighs_the_effect_against_the_mask_size():
+    small = Trigger(mask=np.eye(4, dtype=bool), pattern=np.zeros((4, 4, 1), np.uint8))
+    blend = Trigger(mask=np.full((4, 4), 0.5, np.float32), pattern=np.zeros((4, 4, 1), np.uint8))
+    assert mask_size(small) == 0.25 and mask_size(blend) == 0.5
+    effects = {id(small): 0.8, id(blend): 1.0}
+    candidates = {"small": small, "blend": blend}
+    chosen, numbers = select_trigger(candidates, lambda t: effects[id(t)], size_penalty=1.0)
+    assert chosen == "small" and numbers["small"]["score"] == 0.55 and numbers["blend"]["score"] == 0.5
+    assert numbers["blend"]["soft"] and numbers["small"]["pixels"] == 4
+    assert select_trigger(candidates, lambda t: effects[id(t)], size_penalty=0.0)[0] == "blend"
+    tie = select_trigger({"a": small, "b": small}, lambda t: 1.0, size_penalty=0.5)[0]
+    assert tie == "a"  # the first candidate wins ties
+
+
+def test_auto_cannot_be_its_own_candidate():
+    with pytest.raises(ValidationError, match="not registered reversal methods"):
+        ReverseParams(method="auto", select={"candidates": ["grow", "auto"]})
+    with pytest.raises(ValidationError, match="not registered"):
+        ReverseParams(select={"candidates": ["nope"]})
+
+
+@pytest.mark.parametrize(("side", "window", "stride", "scan", "scan_stride"), [
+    (8, 2, 1, [2, 4], 1),        # the digits default's hand-tuned window
+    (32, 5, 1, [6, 10, 14], 2),  # scenarios/resnet20-gtsrb.yaml's window, scan and stride
+    (64, 10, 2, [12, 20, 28], 4),
+])
+def test_auto_settings_derive_from_the_input_side(side, window, stride, scan, scan_stride):
+    params = ReverseParams(grow={"scan": "auto"})
+    resolved, record = resolve(params, (side, side, 3))
+    assert (resolved.window, resolved.stride, resolved.grow.scan, resolved.grow.scan_stride) == \
+        (window, stride, scan, scan_stride)
+    assert record == {"input_side": side, "window": window, "stride": stride, "scan": scan,
+                      "scan_stride": scan_stride, "derived": ["window", "stride", "scan", "scan_stride"]}
+
+
+def test_settings_a_scenario_sets_are_kept_and_not_marked_derived():
+    params = ReverseParams(window=3, grow={"scan": [4], "scan_stride": 3})
+    resolved, record = resolve(params, (32, 48, 3))
+    assert (resolved.window, resolved.grow.scan, resolved.grow.scan_stride) == (3, [4], 3)
+    assert record["derived"] == ["stride"] and record["input_side"] == 32
+
+
+def test_the_decision_records_the_settings_and_every_candidate(scenario, deployed):
+    from mudjack.intake import IntakeParams, intake_report
+    from mudjack.reports import BugReport
+    from tests.test_trust import genuine_inputs
+
+    (image,), (label,) = genuine_inputs(scenario, deployed, 1)
+    report = BugReport("r", "digits", int(label), image, None)
+    params = IntakeParams(reverse=AUTO)
+    torch.manual_seed(0)
+    decision, _ = intake_report(report, deployed, {"digits": scenario.task}, params=params,
+                                truth=scenario.trigger)
+    reversal = decision.numbers["reversal"]
+    assert reversal["settings"]["window"] == 2 and "window" in reversal["settings"]["derived"]
+    assert set(reversal["candidates"]) == {"grow", "soft", "soft_binarised"}
+    assert reversal["chosen"] in reversal["candidates"] and reversal["select_samples"] > 0
+    assert decision.numbers["coverage"] == 1.0
