@@ -69,6 +69,9 @@ class EncoderAdapter:
     config: dict[str, Any] = field(default_factory=dict)
     name = "base"
     modality = "image"  # "image" | "text": the raw inputs, triggers and reports it takes
+    # Whether raw images of any size are resized to `input_shape` (`resize_raw`) before anything
+    # else; fixed-size adapters take their own size only (another size is a `bad_shape` report).
+    resizes_inputs = False
 
     def __post_init__(self) -> None:
         """Subclasses fill in config defaults and check it here."""
@@ -93,6 +96,10 @@ class EncoderAdapter:
 
     def stamp(self, raw: np.ndarray, trigger: Trigger) -> np.ndarray:
         return stamp(raw, trigger)
+
+    def resize_raw(self, raw: np.ndarray) -> np.ndarray:
+        """Raw inputs in the model's input space: as they are, unless `resizes_inputs`."""
+        return raw
 
     def batch_order(self, raw: np.ndarray) -> np.ndarray:
         """The order to batch `raw` in for inference (text sorts by length: less padding)."""
@@ -130,6 +137,12 @@ def read_metadata(path: str | Path) -> dict[str, str]:
 
     with safe_open(str(path), framework="pt") as f:
         return f.metadata() or {}
+
+
+def encoder_resizes_inputs(path: str | Path) -> bool:
+    """Whether the encoder file's adapter resizes raw images of any size (from its header only)."""
+    adapter = _ADAPTERS.get(read_metadata(path).get("adapter", ""))
+    return bool(adapter is not None and adapter.resizes_inputs)
 
 
 def load_encoder(path: str | Path) -> tuple[ImageEncoder, EncoderAdapter]:

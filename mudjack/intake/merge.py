@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from mudjack.bugs import Bug
-from mudjack.data import Task
+from mudjack.data import Task, in_input_space
 from mudjack.deployed import Deployed
 from mudjack.intake.decision import Decision, IntakeParams, intake_report
 from mudjack.reports import BugReport, ReportError, read_report
@@ -26,6 +26,11 @@ class Intake:
     def __init__(self, deployed: Deployed, tasks: dict[str, Task], *, params: IntakeParams, seed: int = 0,
                  truth: Trigger | TextTrigger | None = None,
                  rejected_by_validation: dict[str, list[str]] | None = None) -> None:
+        adapter = deployed.adapter
+        self.resize = adapter.resize_raw if adapter.resizes_inputs else None
+        if self.resize is not None:  # tasks, reports and reversal all in the model's input space
+            tasks = {name: in_input_space(task, adapter.input_shape, self.resize)
+                     for name, task in tasks.items()}
         self.deployed, self.tasks, self.params, self.seed, self.truth = deployed, tasks, params, seed, truth
         self.rejected_by_validation = rejected_by_validation or {}
         self.first: dict[str, Decision] = {}  # content hash -> decision of its first report
@@ -45,7 +50,7 @@ class Intake:
     def _decide(self, path: Path) -> Decision:
         failed_gx = self._validation_reasons(path)
         try:
-            report = read_report(path, self.tasks)
+            report = read_report(path, self.tasks, resize=self.resize)
         except ReportError as err:
             return Decision(path.stem, False, [f"invalid report: {err}", *failed_gx], {"error": err.code})
         if failed_gx:

@@ -48,8 +48,8 @@ def tiny_text(name: str, request: pytest.FixtureRequest) -> TinyAdapter:
 
 
 # A 2-layer ViT (hidden 32, 32x32 inputs, patch 8) with random weights, from a stored config (no folder).
-HF_VISION = {"model": {"model_type": "vit", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
-                       "intermediate_size": 37, "image_size": 32, "patch_size": 8},
+HF_VISION = {"model": {"model_type": "vit", "hidden_size": 32, "num_hidden_layers": 2,
+                       "num_attention_heads": 4, "intermediate_size": 37, "image_size": 32, "patch_size": 8},
              "input_shape": [32, 32, 3], "mean": [0.5] * 3, "std": [0.5] * 3, "pooling": "cls"}
 SMALL_CNN = {"input_shape": [8, 8, 3], "width": 4, "feature_dim": 8, "mean": [0.5] * 3, "std": [0.25] * 3}
 
