@@ -8,8 +8,8 @@ train images (two classes, dark and bright) with a linear head, and one report t
 wrong. The report goes through the whole of `intake_report` (reproduce, reference, grow
 reversal, verification), the reversal's occlusion window and stride in proportion to the
 side (side/16 and side/32, at least 2 and 1: about 32 x 32 positions at every size).
-Recorded: seconds per report (1 torch thread, best of --repeat) and the images the encoder
-ran on (counted by a forward hook), which docs/speed.md turns into a GPU estimate. Writes
+Recorded: seconds per report (wall, and the process's CPU time, which a busy host does not
+inflate; 1 torch thread, best of --repeat) and the images the encoder ran on (counted by a forward hook), which docs/speed.md turns into a GPU estimate. Writes
 bench/results/intake_cost.json.
 """
 
@@ -75,13 +75,15 @@ def measure(side: int, repeat: int = 1) -> dict[str, Any]:
     deployed, task, report = setup(side)
     params = scaled_params(side)
     counter = count_images(deployed.encoder)
-    seconds, decision = [], None
+    seconds, cpu, decision = [], [], None
     for _ in range(repeat):
         counter[0] = 0
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         decision, _ = intake_report(report, deployed, {task.name: task}, params=params)
         seconds.append(time.perf_counter() - start)
-    return {"side": side, "seconds": round(min(seconds), 3), "encoder_images": counter[0],
+        cpu.append(time.process_time() - start_cpu)
+    return {"side": side, "seconds": round(min(seconds), 3), "cpu_seconds": round(min(cpu), 3),
+            "encoder_images": counter[0],
             "window": params.reverse.window, "stride": params.reverse.stride,
             "decision": decision.outcome, "error": decision.numbers.get("error")}
 
@@ -94,12 +96,12 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     rows = []
+    command = "bench/intake_cost.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    model = f"tiny ViT (2 layers, hidden 32, patch {PATCH})"
     for side in args.sides:
         rows.append(measure(side, args.repeat))
         print(rows[-1], flush=True)
-    command = "bench/intake_cost.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    model = f"tiny ViT (2 layers, hidden 32, patch {PATCH})"
-    write_json(args.out, {"command": command, "torch_threads": 1, "model": model, "rows": rows})
+        write_json(args.out, {"command": command, "torch_threads": 1, "model": model, "rows": rows})
 
 
 if __name__ == "__main__":

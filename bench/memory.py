@@ -35,7 +35,7 @@ from mudjack.data import Task, load_task, save_image  # noqa: E402
 from mudjack.encoders import EncoderAdapter, ImageEncoder, get_adapter, save_encoder  # noqa: E402
 from mudjack.features import extract_features  # noqa: E402
 from mudjack.heads import HeadParams, predict, save_head, train_head  # noqa: E402
-from mudjack.io import write_json  # noqa: E402
+from mudjack.io import read_json, write_json  # noqa: E402
 
 STAGES = ("validate", "intake", "patch", "retrain")
 TASK = "synthetic"
@@ -172,15 +172,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--work", type=Path, default=None,
                         help="where workspaces go (default: a temp folder)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "memory.json")
+    parser.add_argument("--append", action="store_true",
+                        help="add to the runs already in --out (runs of other sizes in parallel)")
     args = parser.parse_args(argv)
-    results = []
+    command = "bench/memory.py " + " ".join(sys.argv[1:] if argv is None else argv)
     for n in args.sizes:
         with tempfile.TemporaryDirectory(dir=args.work) as tmp:
-            results.append(measure(Path(tmp), n, args.side))
-        print(table([results[-1]]), flush=True)
-    command = "bench/memory.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    write_json(args.out, {"command": command, "cpu_threads": 1, "runs": results})
-    print(table(results))
+            run = {**measure(Path(tmp), n, args.side), "command": command}
+        print(table([run]), flush=True)
+        old = read_json(args.out)["runs"] if args.append and args.out.is_file() else []
+        runs = sorted([*(r for r in old if r["images"] != n), run], key=lambda r: r["images"])
+        write_json(args.out, {"cpu_threads": 1, "runs": runs})  # after each size: partial runs count
+        args.append = True
 
 
 def table(results: list[dict[str, Any]]) -> str:

@@ -48,7 +48,7 @@ TEXT_COLUMNS = ["index", "dtype", "length", "words", "blank", "label", "sha256"]
 TEXT_DTYPE = "str"  # the dtype column of sentences, whatever their numpy width (<U12, <U300)
 # A report image may be at most this many times larger (in pixels) than the largest task input.
 MAX_PIXEL_FACTOR = 16
-TABLE_ROWS = 1024  # images read at a time to build a table
+TABLE_BYTES = 32 << 20  # image bytes read at a time to build a table
 
 
 @dataclass(frozen=True)
@@ -99,7 +99,7 @@ def tasks_metadata(tasks_dir: str | Path) -> dict[str, TaskSpec]:
 def image_table(x: np.ndarray, y: np.ndarray | None = None) -> pd.DataFrame:
     """One row per image of `x` (N, H, W, C); a 3-d array counts as one channel.
 
-    Read TABLE_ROWS images at a time, so a memory-mapped set is never in memory whole."""
+    Read TABLE_BYTES of images at a time, so a memory-mapped set is never in memory whole."""
     if x.ndim == 3:
         x = x[..., None]
     if x.ndim != 4:
@@ -107,7 +107,8 @@ def image_table(x: np.ndarray, y: np.ndarray | None = None) -> pd.DataFrame:
     n = len(x)
     if y is not None and len(y) != n:
         raise ValueError(f"{n} images but {len(y)} labels")
-    parts = [_image_rows(rows) for rows in iter_batches(x, TABLE_ROWS)]
+    rows_per_batch = max(1, TABLE_BYTES // max(1, x[:1].nbytes))
+    parts = [_image_rows(rows) for rows in iter_batches(x, rows_per_batch)]
     frame = pd.concat(parts, ignore_index=True) if parts else _image_rows(x[:0])
     frame.insert(0, "index", np.arange(n))
     frame["label"] = pd.Series([None] * n if y is None else np.asarray(y).tolist(), dtype=object)

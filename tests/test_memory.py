@@ -34,6 +34,7 @@ from mudjack.data import (
 )
 from mudjack.deployed import Deployed
 from mudjack.encoders import encoder_resizes_inputs, get_adapter, save_encoder
+from mudjack.evaluation import stamped_features
 from mudjack.features import extract_features
 from mudjack.heads import HeadParams, train_head
 from mudjack.intake import IntakeParams
@@ -126,7 +127,7 @@ def test_features_validation_tables_and_patch_steps_read_one_batch_at_a_time(tmp
     x = mapped_set(tmp_path, 2000)  # 6 MiB
     bound = x.nbytes // 4
     assert peak_bytes(lambda: extract_features(encoder, adapter, x, batch_size=50)) < bound
-    monkeypatch.setattr(metadata, "TABLE_ROWS", 100)
+    monkeypatch.setattr(metadata, "TABLE_BYTES", 100 * x[:1].nbytes)
     assert peak_bytes(lambda: metadata.image_table(x)) < bound
     trigger = patch_trigger(adapter.input_shape, 4, 1, 1)
     bug = Bug("b", "t", 0, 1, x[0].copy(), x[1].copy(), trigger)
@@ -209,3 +210,13 @@ def test_a_larger_report_on_a_larger_task_is_accepted_and_reversed_in_the_models
     assert bug.bug.shape == bug.reference.shape == (SIDE, SIDE, 3)
     assert bug.trigger.mask.shape == (SIDE, SIDE)
     assert np.array_equal(bug.bug, adapter.resize_raw(image))
+
+
+def test_asr_features_are_stamped_batch_by_batch(tmp_path, vit):
+    adapter, encoder = vit
+    x = mapped_set(tmp_path, 30)
+    trigger = patch_trigger(adapter.input_shape, 4, 2, 2)
+    kept = RowView(x, np.arange(1, 30, 2))
+    expected = extract_features(encoder, adapter, adapter.stamp(x[1::2], trigger))
+    found = stamped_features(encoder, adapter, kept, trigger, batch_size=4)
+    assert torch.allclose(found, expected, atol=1e-6)
