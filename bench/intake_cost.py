@@ -9,7 +9,8 @@ wrong. The report goes through the whole of `intake_report` (reproduce, referenc
 reversal, verification), the reversal's occlusion window and stride in proportion to the
 side (side/16 and side/32, at least 2 and 1: about 32 x 32 positions at every size).
 Recorded: seconds per report (wall, and the process's CPU time, which a busy host does not
-inflate; 1 torch thread, best of --repeat) and the images the encoder ran on (counted by a forward hook), which docs/speed.md turns into a GPU estimate. Writes
+inflate; 1 torch thread, best of --repeat) and the images the encoder ran on (counted by a
+forward hook), which docs/speed.md turns into a GPU estimate. Writes
 bench/results/intake_cost.json.
 """
 
