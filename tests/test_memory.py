@@ -9,6 +9,7 @@ reports and tasks of another size into its own input space; a fixed-size one ref
 from __future__ import annotations
 
 import json
+import sys
 import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
@@ -44,6 +45,8 @@ from mudjack.patching.mudjacking import MudjackingParams, start_run
 from mudjack.reports import ReportError, read_report
 from mudjack.triggers import patch_trigger
 from tests.helpers.tiny import HF_VISION
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 
 SIDE, LARGE = 32, 48
 
@@ -220,3 +223,25 @@ def test_asr_features_are_stamped_batch_by_batch(tmp_path, vit):
     expected = extract_features(encoder, adapter, adapter.stamp(x[1::2], trigger))
     found = stamped_features(encoder, adapter, kept, trigger, batch_size=4)
     assert torch.allclose(found, expected, atol=1e-6)
+
+
+# --------------------------------------------------------------------------- the benches
+
+
+def test_memory_bench_runs_a_stage_on_a_mapped_workspace_and_reads_its_peak(tmp_path):
+    import memory
+
+    memory.make_workspace(tmp_path, 12, SIDE)
+    assert isinstance(load_shadow(tmp_path / "data" / "shadow.npz"), np.memmap)
+    assert len(load_task(tmp_path / "data" / "tasks" / memory.TASK).train) == 12
+    row = memory.run_stage(tmp_path, "stages.validate")
+    assert row["returncode"] == 0 and row["peak_rss_mib"] > 20
+    run = {"images": 12, "data_mib": 0.1, "stages": dict.fromkeys(["import", *memory.STAGES], row)}
+    assert memory.table([run]).splitlines()[2].startswith("| 12 |")
+
+
+def test_intake_cost_bench_counts_the_images_the_encoder_ran_on():
+    import intake_cost
+
+    row = intake_cost.measure(32)
+    assert row["encoder_images"] > 100 and row["window"] == 2 and row["decision"] in ("accepted", "rejected")
