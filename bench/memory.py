@@ -1,6 +1,8 @@
 """Benchmark (not a test): peak resident memory of the repair stages against the number of images.
 
-    .venv/bin/python bench/memory.py --sizes 1000 5000 --side 224
+    .venv/bin/python bench/memory.py --sizes 1000 3000 --side 224
+    # or one size per process, in parallel, adding to the same results file:
+    .venv/bin/python bench/memory.py --sizes 1000 --append & .venv/bin/python bench/memory.py --sizes 3000 --append
 
 For each N, a workspace is generated under --work (default: a temp folder): a tiny random
 `hf_vision` ViT at side x side, a shadow set of N synthetic images, one task of N train and
@@ -167,7 +169,7 @@ def measure(root: Path, n: int, side: int) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 5000])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 3000])
     parser.add_argument("--side", type=int, default=224)
     parser.add_argument("--work", type=Path, default=None,
                         help="where workspaces go (default: a temp folder)")
