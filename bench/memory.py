@@ -2,7 +2,8 @@
 
     .venv/bin/python bench/memory.py --sizes 1000 3000 --side 224
     # or one size per process, in parallel, adding to the same results file:
-    .venv/bin/python bench/memory.py --sizes 1000 --append & .venv/bin/python bench/memory.py --sizes 3000 --append
+    .venv/bin/python bench/memory.py --sizes 1000 --append &
+    .venv/bin/python bench/memory.py --sizes 3000 --append
 
 For each N, a workspace is generated under --work (default: a temp folder): a tiny random
 `hf_vision` ViT at side x side, a shadow set of N synthetic images, one task of N train and
