@@ -88,7 +88,9 @@ class RowView:
     them all at once. Offers what batch loops use: len, shape, dtype and indexing."""
 
     def __init__(self, x: np.ndarray, index: np.ndarray) -> None:
-        self.x, self.index = x, np.asarray(index, dtype=np.int64)
+        index = np.asarray(index)
+        self.x = x
+        self.index = np.flatnonzero(index) if index.dtype == bool else index.astype(np.int64)
 
     def __len__(self) -> int:
         return len(self.index)

@@ -111,6 +111,8 @@ def test_a_view_reads_its_rows_only_when_indexed(tmp_path):
     assert len(view) == 4 and view.shape == (4, 4, 4, 3) and view.dtype == np.uint8
     assert np.array_equal(view[1:3], x[index[1:3]]) and np.array_equal(np.asarray(view), x[index])
     assert np.array_equal(np.concatenate(list(iter_batches(view, 3))), x[index])
+    mask = np.arange(20) % 3 == 0  # a boolean mask selects as in x[mask]
+    assert np.array_equal(np.asarray(RowView(x, mask)), x[mask])
     text = RowView(np.array(["a", "bb", "ccc"]), np.array([2, 0]))
     assert [str(s) for s in text] == ["ccc", "a"]
 
