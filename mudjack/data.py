@@ -2,18 +2,23 @@
 splits, and report input files.
 
 On disk a set is an npz: images under `x`, sentences under `text` (a numpy unicode array,
-read without pickle), labels under `y`.
+read without pickle), labels under `y`. Image sets are stored uncompressed, so loading maps
+them (`np.memmap`, read from disk only where indexed) instead of reading them into memory;
+loops take them in batches through `batch_rows`, which copies one batch and lets the map's
+pages go, so memory stays one batch whatever the size of the set.
 """
 
 from __future__ import annotations
 
+import mmap
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from mudjack.io import atomic_path, read_json, read_npz, write_json, write_npz
+from mudjack.io import atomic_path, open_npz, read_json, write_json, write_npz
 
 
 @dataclass
@@ -63,8 +68,95 @@ def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np
     return np.sort(np.concatenate(first)), np.sort(np.concatenate(rest))
 
 
+def batch_rows(x: np.ndarray, index: np.ndarray | slice) -> np.ndarray:
+    """Rows `index` of a set, copied into memory. Of a memory map, the pages just read are
+    released: a mapped file's resident pages count in the process's memory until then."""
+    rows = np.array(x[index])
+    release_pages(x)
+    return rows
+
+
+def release_pages(x: np.ndarray) -> None:
+    """Drop the resident pages of a memory-mapped array (a no-op for in-memory arrays)."""
+    mapping = getattr(x, "_mmap", None)  # numpy's own handle on the map of an np.memmap
+    if isinstance(mapping, mmap.mmap) and not mapping.closed:
+        mapping.madvise(mmap.MADV_DONTNEED)
+
+
+class RowView:
+    """Rows `index` of a set, read only when indexed: fancy indexing (`x[index]`) would copy
+    them all at once. Offers what batch loops use: len, shape, dtype and indexing."""
+
+    def __init__(self, x: np.ndarray, index: np.ndarray) -> None:
+        index = np.asarray(index)
+        self.x = x
+        self.index = np.flatnonzero(index) if index.dtype == bool else index.astype(np.int64)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self.index), *self.x.shape[1:])
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.x.dtype
+
+    @property
+    def ndim(self) -> int:
+        return self.x.ndim
+
+    def __getitem__(self, key: int | slice | np.ndarray) -> np.ndarray:
+        return batch_rows(self.x, self.index[key])
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        for rows in iter_batches(self, 256):
+            yield from rows
+
+    def __array__(self, dtype: np.dtype | None = None, copy: bool | None = None) -> np.ndarray:
+        rows = self[:]
+        return rows if dtype is None else rows.astype(dtype)
+
+
+class ResizedView(RowView):
+    """Every row of an image set, resized by `resize` to (H, W, C) `item_shape` as it is read."""
+
+    def __init__(self, x: np.ndarray, resize: Callable[[np.ndarray], np.ndarray],
+                 item_shape: tuple[int, ...]) -> None:
+        super().__init__(x, np.arange(len(x)))
+        self.resize, self.item_shape = resize, tuple(item_shape)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self.index), *self.item_shape)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(np.uint8)
+
+    def __getitem__(self, key: int | slice | np.ndarray) -> np.ndarray:
+        return self.resize(super().__getitem__(key))
+
+
+def in_input_space(task: Task, shape: tuple[int, ...], resize: Callable[[np.ndarray], np.ndarray]) -> Task:
+    """The task with its images resized (as read, never all at once) to the model's input
+    `shape` (H, W, C) when they are of another size; text tasks and same-size tasks as they are."""
+    if is_text(task.train.x) or tuple(task.input_shape) == tuple(shape):
+        return task
+    train, test = (LabelledSet(ResizedView(s.x, resize, shape), s.y) for s in (task.train, task.test))
+    return Task(task.name, task.classes, train, test)
+
+
+def iter_batches(x: np.ndarray, size: int) -> Iterator[np.ndarray]:
+    """The set in consecutive in-memory batches of at most `size` rows."""
+    for start in range(0, len(x), size):
+        yield batch_rows(x, slice(start, start + size))
+
+
 def is_text(x: np.ndarray) -> bool:
-    return np.asarray(x).dtype.kind == "U"
+    dtype = x.dtype if hasattr(x, "dtype") else np.asarray(x).dtype  # a view is not read for this
+    return dtype.kind == "U"
 
 
 def input_arrays(x: np.ndarray) -> dict[str, np.ndarray]:
@@ -80,10 +172,16 @@ def read_inputs(arrays: dict[str, np.ndarray]) -> np.ndarray:
     raise KeyError(f"no inputs (`x` or `text`) among {sorted(arrays)}")
 
 
+def write_set(path: str | Path, x: np.ndarray, y: np.ndarray | None = None) -> None:
+    """A set as an npz: images uncompressed (loading maps them), sentences compressed."""
+    labels = {} if y is None else {"y": y}
+    write_npz(path, compress=is_text(x), **input_arrays(x), **labels)
+
+
 def save_task(task: Task, folder: str | Path) -> None:
     folder = Path(folder)
-    write_npz(folder / "train.npz", **input_arrays(task.train.x), y=task.train.y)
-    write_npz(folder / "test.npz", **input_arrays(task.test.x), y=task.test.y)
+    write_set(folder / "train.npz", task.train.x, task.train.y)
+    write_set(folder / "test.npz", task.test.x, task.test.y)
     modality = {"modality": "text"} if is_text(task.train.x) else {}
     write_json(folder / "task.json", {"name": task.name, "classes": task.classes,
                                       "input_shape": list(task.input_shape), **modality})
@@ -92,9 +190,10 @@ def save_task(task: Task, folder: str | Path) -> None:
 def load_task(folder: str | Path) -> Task:
     folder = Path(folder)
     meta = read_json(folder / "task.json")
-    train, test = read_npz(folder / "train.npz"), read_npz(folder / "test.npz")
+    train, test = open_npz(folder / "train.npz"), open_npz(folder / "test.npz")
     return Task(meta["name"], [int(c) for c in meta["classes"]],
-                LabelledSet(read_inputs(train), train["y"]), LabelledSet(read_inputs(test), test["y"]))
+                LabelledSet(read_inputs(train), np.array(train["y"])),
+                LabelledSet(read_inputs(test), np.array(test["y"])))
 
 
 def load_tasks(root: str | Path) -> dict[str, Task]:
@@ -105,7 +204,8 @@ def load_tasks(root: str | Path) -> dict[str, Task]:
 
 
 def load_shadow(path: str | Path) -> np.ndarray:
-    return read_inputs(read_npz(path))
+    """The shadow set's inputs; mapped, not read, when stored uncompressed (`write_set`)."""
+    return read_inputs(open_npz(path))
 
 
 def save_image(image: np.ndarray, path: str | Path) -> None:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+import torch
 from torch import nn
 
-from mudjack.data import Task
+from mudjack.data import RowView, Task, iter_batches
 from mudjack.encoders import EncoderAdapter
 from mudjack.exposure import Predictor
 from mudjack.features import extract_features
@@ -46,6 +48,14 @@ def retrain_and_evaluate(encoder: nn.Module, adapter: EncoderAdapter, task: Task
     clean_pred = classify(task.test.x)
     if attack is None:
         return head, {"clean_acc": clean_accuracy(clean_pred, task.test.y), "asr": None, "tba": None}
-    kept = task.test.x[non_target(task.test.y, attack.target)]
-    triggered = classify(adapter.stamp(kept, attack.trigger))
-    return head, evaluate(clean_pred, task.test.y, triggered, target=attack.target)
+    kept = RowView(task.test.x, non_target(task.test.y, attack.target))
+    triggered = stamped_features(encoder, adapter, kept, attack.trigger)
+    return head, evaluate(clean_pred, task.test.y, predict(head, triggered), target=attack.target)
+
+
+def stamped_features(encoder: nn.Module, adapter: EncoderAdapter, raw: np.ndarray, trigger: Trigger,
+                     *, batch_size: int = 512) -> torch.Tensor:
+    """Features of `raw` with the trigger stamped, stamped batch by batch (a set may be mapped)."""
+    chunks = [extract_features(encoder, adapter, adapter.stamp(rows, trigger), batch_size=batch_size)
+              for rows in iter_batches(raw, batch_size)]
+    return torch.cat(chunks) if chunks else torch.zeros(0, adapter.feature_dim)

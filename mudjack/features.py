@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mudjack.data import batch_rows
 from mudjack.device import autocast, to_device
 from mudjack.encoders import EncoderAdapter
 
@@ -16,14 +17,15 @@ def extract_features(encoder: nn.Module, adapter: EncoderAdapter, raw: np.ndarra
                      *, batch_size: int = 512, device: torch.device | None = None) -> torch.Tensor:
     """Features of raw inputs (uint8 images or sentences), on the CPU, in float32, in input order.
 
-    Batches follow `adapter.batch_order` (sentences of similar length together).
+    Batches follow `adapter.batch_order` (sentences of similar length together); only one
+    batch of a memory-mapped `raw` is in memory at a time.
     """
     device = device or torch.device("cpu")
     encoder = encoder.to(device).eval()
     order = adapter.batch_order(raw)
     chunks = []
     for start in range(0, len(raw), batch_size):
-        pixels = to_device(adapter.preprocess(raw[order[start:start + batch_size]]), device)
+        pixels = to_device(adapter.preprocess(batch_rows(raw, order[start:start + batch_size])), device)
         with autocast(device):
             chunks.append(encoder(pixels).float().cpu())
     if not chunks:

@@ -87,9 +87,10 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in lines if line.strip()]
 
 
-def write_npz(path: str | Path, **arrays: np.ndarray) -> None:
+def write_npz(path: str | Path, *, compress: bool = True, **arrays: np.ndarray) -> None:
+    """Arrays as an npz; `compress=False` stores them as is, so `open_npz` can map them."""
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        np.savez_compressed(f, **arrays)
+        (np.savez_compressed if compress else np.savez)(f, **arrays)
 
 
 def write_safetensors(path: str | Path, tensors: dict[str, Any], metadata: dict[str, str]) -> None:
@@ -120,6 +121,36 @@ def sorted_metadata(data: bytes) -> bytes:
 def read_npz(path: str | Path) -> dict[str, np.ndarray]:
     with np.load(path, allow_pickle=False) as data:
         return {key: data[key] for key in data.files}
+
+
+def open_npz(path: str | Path) -> dict[str, np.ndarray]:
+    """An npz's arrays; members stored uncompressed (`write_npz(compress=False)`) come back as
+    read-only memory maps, read from disk only where indexed. Others are read whole."""
+    import zipfile
+
+    arrays: dict[str, np.ndarray] = {}
+    with np.load(path, allow_pickle=False) as data, zipfile.ZipFile(path) as archive, open(path, "rb") as f:
+        stored = {info.filename.removesuffix(".npy"): info for info in archive.infolist()
+                  if info.compress_type == zipfile.ZIP_STORED}
+        for key in data.files:
+            mapped = _member_memmap(path, f, stored[key].header_offset) if key in stored else None
+            arrays[key] = mapped if mapped is not None else data[key]
+    return arrays
+
+
+def _member_memmap(path: str | Path, f: Any, header_offset: int) -> np.memmap | None:
+    """The memory map of one stored .npy member whose zip local header starts at `header_offset`;
+    None for what a map cannot hold (text, objects, empty arrays): read those whole."""
+    f.seek(header_offset + 26)  # the local header's name and extra-field lengths
+    name_len, extra_len = struct.unpack("<HH", f.read(4))
+    f.seek(header_offset + 30 + name_len + extra_len)
+    major, _ = np.lib.format.read_magic(f)
+    read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+    shape, fortran, dtype = read_header(f)
+    if dtype.kind in "UOV" or not np.prod(shape):
+        return None
+    return np.memmap(path, dtype=dtype, mode="r", offset=f.tell(), shape=shape,
+                     order="F" if fortran else "C")
 
 
 def sha256_file(path: str | Path) -> str:

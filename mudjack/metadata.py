@@ -34,8 +34,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mudjack.data import read_inputs
-from mudjack.io import read_json, read_npz
+from mudjack.data import iter_batches, read_inputs
+from mudjack.io import open_npz, read_json
 from mudjack.reports import (
     MAX_IMAGE_PIXELS,
     Claims,
@@ -58,6 +58,7 @@ TEXT_COLUMNS = ["index", "dtype", "length", "words", "blank", "label", "sha256"]
 TEXT_DTYPE = "str"  # the dtype column of sentences, whatever their numpy width (<U12, <U300)
 # A report image may be at most this many times larger (in pixels) than the largest task input.
 MAX_PIXEL_FACTOR = 16
+TABLE_BYTES = 32 << 20  # image bytes read at a time to build a table
 
 
 @dataclass(frozen=True)
@@ -106,28 +107,38 @@ def tasks_metadata(tasks_dir: str | Path) -> dict[str, TaskSpec]:
 
 
 def image_table(x: np.ndarray, y: np.ndarray | None = None) -> pd.DataFrame:
-    """One row per image of `x` (N, H, W, C); a 3-d array counts as one channel."""
+    """One row per image of `x` (N, H, W, C); a 3-d array counts as one channel.
+
+    Read TABLE_BYTES of images at a time, so a memory-mapped set is never in memory whole."""
     if x.ndim == 3:
         x = x[..., None]
     if x.ndim != 4:
         raise ValueError(f"images must be (N, H, W, C), got shape {x.shape}")
-    n, h, w, c = x.shape
+    n = len(x)
     if y is not None and len(y) != n:
         raise ValueError(f"{n} images but {len(y)} labels")
+    rows_per_batch = max(1, TABLE_BYTES // max(1, x[:1].nbytes))
+    parts = [_image_rows(rows) for rows in iter_batches(x, rows_per_batch)]
+    frame = pd.concat(parts, ignore_index=True) if parts else _image_rows(x[:0])
+    frame.insert(0, "index", np.arange(n))
+    frame["label"] = pd.Series([None] * n if y is None else np.asarray(y).tolist(), dtype=object)
+    return frame[IMAGE_COLUMNS]
+
+
+def _image_rows(x: np.ndarray) -> pd.DataFrame:
+    """Shape, dtype, range, NaN flag and hash of each image of an in-memory batch."""
+    n, h, w, c = x.shape
     flat = x.reshape(n, h * w * c)
     floating = np.issubdtype(x.dtype, np.floating)
     has_nan = np.isnan(flat).any(axis=1) if floating else np.zeros(n, dtype=bool)
     lo, hi = _row_range(flat, has_nan)
-    labels = pd.Series([None] * n if y is None else np.asarray(y).tolist(), dtype=object)
     return pd.DataFrame({
-        "index": np.arange(n),
         "height": h, "width": w, "channels": c,
         "dtype": str(x.dtype),
         "min": lo, "max": hi,
         "has_nan": has_nan,
-        "label": labels,
         "sha256": [_sha256(img) for img in x],
-    }, columns=IMAGE_COLUMNS)
+    }, index=pd.RangeIndex(n))
 
 
 def _row_range(flat: np.ndarray, has_nan: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -173,14 +184,14 @@ def _data_set(name: str, arrays: dict[str, np.ndarray], shape: tuple[int, ...],
 
 def image_sets(shadow: str | Path, tasks: Mapping[str, TaskSpec]) -> list[ImageSet]:
     """The shadow set (shape of the first task, else its own) and each task's train and test."""
-    arrays = read_npz(shadow)
+    arrays = open_npz(shadow)
     x = read_inputs(arrays)
     first = next(iter(tasks.values()), None)
     own = tuple(x.shape[1:]) if x.ndim == 4 else (*x.shape[1:], 1)
     sets = [_data_set("shadow", arrays, first.input_shape if first else own, None)]
     for name, task in tasks.items():
         for split in ("train", "test"):
-            data = read_npz(task.folder / f"{split}.npz")
+            data = open_npz(task.folder / f"{split}.npz")
             sets.append(_data_set(f"{name}/{split}", data, task.input_shape, task.classes))
     return sets
 

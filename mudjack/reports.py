@@ -22,10 +22,12 @@ note         str       optional: free text
 ===========  ========  ========================================================================
 
 The input, decoded, must have the task's input shape (H, W, C) (an L image counts as
-3 channels). An array may be of any integer or float dtype but every value must be
-finite and within [0, MAX_PIXEL]; floats are rounded to uint8. A text input decodes to a
-0-d unicode array (a text task's input shape is ()) and must not be blank. Each rule has its own
-error code (`ReportError.code`), so the intake log says exactly what was wrong.
+3 channels), except for an encoder that resizes its inputs (`resizes_inputs`, e.g. hf_vision):
+then any height and width is taken and resized to the model's input first. An array may be
+of any integer or float dtype but every value must be finite and within [0, MAX_PIXEL];
+floats are rounded to uint8. A text input decodes to a 0-d unicode array (a text task's
+input shape is ()) and must not be blank. Each rule has its own error code
+(`ReportError.code`), so the intake log says exactly what was wrong.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from __future__ import annotations
 import io
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -302,15 +304,23 @@ def check_input(array: np.ndarray, shape: Sequence[int], name: str = "input") ->
 # --------------------------------------------------------------------------- reports
 
 
-def read_report(path: str | Path, tasks: Mapping[str, TaskSchema] | None = None) -> BugReport:
-    """A report that passes the whole schema (task checks only when `tasks` is given)."""
+def read_report(path: str | Path, tasks: Mapping[str, TaskSchema] | None = None, *,
+                resize: Callable[[np.ndarray], np.ndarray] | None = None) -> BugReport:
+    """A report that passes the whole schema (task checks only when `tasks` is given).
+
+    With `resize` (the encoder's `resize_raw`), an image of any height and width is taken and
+    resized to the model's input before the shape check; without, it must have the task's size.
+    """
     path = Path(path)
     meta = report_metadata(path)
     task = check_task(meta, tasks) if tasks is not None else None
     source = input_path(path, meta["input"])
     shape = tuple(task.input_shape) if task is not None else None
-    raw = decode_input(source, shape)
-    image = check_input(raw, raw.shape if shape is None else shape, f"input {printable(source.name)}")
+    raw = decode_input(source, None if resize else shape)
+    name = f"input {printable(source.name)}"
+    if resize is not None and raw.dtype.kind != "U":
+        raw = resize(check_input(raw, (*raw.shape[:2], *(shape or raw.shape)[2:]), name))
+    image = check_input(raw, raw.shape if shape is None else shape, name)
     return BugReport(meta["id"], meta["task"], meta["label"], image, path, meta.get("predicted"))
 
 

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from mudjack.encoders import encoder_resizes_inputs
 from mudjack.metadata import TEXT_DTYPE, ImageSet, TaskSpec, image_sets, report_table, tasks_metadata
 from mudjack.reports import ARRAY_DTYPES, ID_PATTERN
 from mudjack.safepath import one_line, printable
@@ -92,7 +93,7 @@ def _image_expectations(
     cond = {"row_condition": row_condition} if row_condition is not None else {}
     dims = [
         gxe.ExpectColumnValuesToBeInSet(column=col, value_set=[int(v)], **cond)
-        for col, v in zip(("height", "width", "channels"), shape, strict=True)
+        for col, v in zip(("height", "width", "channels")[-len(shape):], shape, strict=True)
     ]
     return dims + [
         gxe.ExpectColumnValuesToBeInSet(column="dtype", value_set=list(dtypes), **cond),
@@ -116,8 +117,9 @@ def _text_expectations(max_chars: int, row_condition: Any = None, table: bool = 
 
 
 def report_suite(tasks: Mapping[str, TaskSpec], max_pixel: float,
-                 max_chars: int = MAX_CHARS) -> ExpectationSuite:
+                 max_chars: int = MAX_CHARS, *, any_size: bool = False) -> ExpectationSuite:
     """Row-wise checks of the reports table; task-specific ones are conditioned on the task.
+    With `any_size` (an encoder that resizes its inputs), images of any height and width pass.
 
     The same rules as the schema in `mudjack.reports` (which intake applies again): `.npy`
     inputs may be integer or float arrays, so their range and NaN checks are meaningful. Ids
@@ -146,7 +148,8 @@ def report_suite(tasks: Mapping[str, TaskSpec], max_pixel: float,
         if task.modality == "text":
             expectations += _text_expectations(max_chars, on_task)
         else:
-            expectations += _image_expectations(task.input_shape, max_pixel, on_task, ARRAY_DTYPES)
+            shape = task.input_shape[2:] if any_size else task.input_shape
+            expectations += _image_expectations(shape, max_pixel, on_task, ARRAY_DTYPES)
     for expectation in expectations:
         suite.add_expectation(expectation)
     return suite
@@ -194,13 +197,14 @@ def _raised(result: ExpectationValidationResult) -> str | None:
 
 
 def validate_reports(
-    frame: pd.DataFrame, tasks: Mapping[str, TaskSpec], cfg: Mapping[str, Any], runner: GXRunner
+    frame: pd.DataFrame, tasks: Mapping[str, TaskSpec], cfg: Mapping[str, Any], runner: GXRunner,
+    *, any_size: bool = False,
 ) -> dict[str, Any]:
     """Per-report verdicts keyed by report file name: {"accepted": [file...],
     "rejected": {file: [reasons...]}, "codes": {file: code}} (one code per rejected file)."""
     if frame.empty:
         return {"accepted": [], "rejected": {}, "codes": {}}
-    suite = report_suite(tasks, cfg["max_pixel"], cfg.get("max_chars", MAX_CHARS))
+    suite = report_suite(tasks, cfg["max_pixel"], cfg.get("max_chars", MAX_CHARS), any_size=any_size)
     outcome = runner.validate(frame, suite, COMPLETE)
     reasons: dict[Any, list[str]] = {
         i: [str(frame.at[i, "error"])] if isinstance(frame.at[i, "error"], str) else []
@@ -332,7 +336,10 @@ def validate_all(
     runner = runner or GXRunner()
     tasks = tasks_metadata(paths["tasks"])
     tables = validate_tables(image_sets(paths["shadow"], tasks), cfg, runner)
-    reports = validate_reports(report_table(Path(paths["inbox"]), tasks), tasks, cfg, runner)
+    encoder = Path(paths.get("encoder") or "")
+    any_size = encoder.is_file() and encoder_resizes_inputs(encoder)  # reports resized at intake
+    reports = validate_reports(report_table(Path(paths["inbox"]), tasks), tasks, cfg, runner,
+                               any_size=any_size)
     return {
         "passed": all(t["success"] for t in tables),
         "tables": tables,

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from mudjack.data import LabelledSet, Task, input_arrays, save_task, stratified_split
-from mudjack.io import atomic_dir, write_npz
+from mudjack.data import LabelledSet, Task, save_task, stratified_split, write_set
+from mudjack.io import atomic_dir
 from mudjack.loaders import limit_stratified, load_data
 from stages.artifacts import PREPARED, PREPARED_SHADOW, PREPARED_TASKS, PRETRAIN
 from stages.config import PrepareParams, TaskSource, setup_stage
@@ -46,8 +46,8 @@ def main() -> None:
     tasks = [make_task(cfg.task, train, test), *(further_task(t, params.seed) for t in cfg.more_tasks)]
     shadow = limit_stratified(provider, cfg.shadow_limit, params.seed).x
     with atomic_dir(PREPARED) as tmp:
-        write_npz(tmp / PRETRAIN.name, **input_arrays(provider.x), y=provider.y)
-        write_npz(tmp / PREPARED_SHADOW.name, **input_arrays(shadow))
+        write_set(tmp / PRETRAIN.name, provider.x, provider.y)
+        write_set(tmp / PREPARED_SHADOW.name, shadow)
         for task in tasks:
             save_task(task, tmp / PREPARED_TASKS.name / task.name)
     print(f"prepare: {len(provider)} provider images ({len(shadow)} shadow)")

@@ -120,6 +120,9 @@ class EncoderAdapter:
     name = "base"
     modality = "image"  # "image" | "text": the raw inputs, triggers and reports it takes
     config_model: ClassVar[type[AdapterConfig] | None] = None  # None: the config is not checked
+    # Whether raw images of any size are resized to `input_shape` (`resize_raw`) before anything
+    # else; fixed-size adapters take their own size only (another size is a `bad_shape` report).
+    resizes_inputs = False
 
     def __post_init__(self) -> None:
         self.config = self.check_config(self.config)
@@ -157,6 +160,10 @@ class EncoderAdapter:
 
     def stamp(self, raw: np.ndarray, trigger: Trigger) -> np.ndarray:
         return stamp(raw, trigger)
+
+    def resize_raw(self, raw: np.ndarray) -> np.ndarray:
+        """Raw inputs in the model's input space: as they are, unless `resizes_inputs`."""
+        return raw
 
     def batch_order(self, raw: np.ndarray) -> np.ndarray:
         """The order to batch `raw` in for inference (text sorts by length: less padding)."""
@@ -220,6 +227,12 @@ def _built(path: str | Path, build: Callable[[], nn.Module]) -> Callable[[], nn.
             raise weights_error(path, str(err)) from None
 
     return checked
+
+
+def encoder_resizes_inputs(path: str | Path) -> bool:
+    """Whether the encoder file's adapter resizes raw images of any size (from its header only)."""
+    adapter = _ADAPTERS.get(read_metadata(path).get("adapter", ""))
+    return bool(adapter is not None and adapter.resizes_inputs)
 
 
 def load_encoder(path: str | Path) -> tuple[ImageEncoder, EncoderAdapter]:

@@ -173,6 +173,8 @@ class HFVisionBackbone(nn.Module):
 class HFVisionAdapter(EncoderAdapter):
     """A transformers vision backbone (see the module docstring for the config)."""
 
+    resizes_inputs = True  # as its processor config does: images of any size, resized by resize_raw
+
     def __post_init__(self) -> None:
         config = dict(self.config)
         self.source: Path | None = None

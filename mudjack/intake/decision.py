@@ -16,7 +16,7 @@ import numpy as np
 
 from mudjack.bugs import Bug
 from mudjack.config import Params
-from mudjack.data import Task
+from mudjack.data import RowView, Task, iter_batches
 from mudjack.deployed import Deployed
 from mudjack.features import extract_features, nearest_to_centroid
 from mudjack.intake.reverse import ReverseParams, reverse_engineer
@@ -56,14 +56,15 @@ class Decision:
 def pick_reference(deployed: Deployed, task: Task, label: int, exclude_sha: str) -> int:
     """Index in task.train of a clean input of `label` the deployed model gets right."""
     candidates = np.flatnonzero(task.train.y == label)
-    candidates = [i for i in candidates if sha256_bytes(task.train.x[i].tobytes()) != exclude_sha]
-    candidates = np.asarray(candidates, dtype=int)
+    hashes = [sha256_bytes(row.tobytes()) for rows in iter_batches(RowView(task.train.x, candidates), 256)
+              for row in rows]
+    candidates = candidates[np.array([h != exclude_sha for h in hashes], dtype=bool)]
     if len(candidates) == 0:
         return -1
-    correct = candidates[deployed.classify(task.name, task.train.x[candidates]) == label]
+    correct = candidates[deployed.classify(task.name, RowView(task.train.x, candidates)) == label]
     if len(correct) == 0:
         return -1
-    features = extract_features(deployed.encoder, deployed.adapter, task.train.x[correct])
+    features = extract_features(deployed.encoder, deployed.adapter, RowView(task.train.x, correct))
     return int(correct[nearest_to_centroid(features)])
 
 
@@ -116,7 +117,7 @@ def intake_report(report: BugReport, deployed: Deployed, tasks: dict[str, Task],
     held_out, pool = _split_clean(task, predicted, checks, seed)
     reversal: dict[str, Any] = {}  # the settings used and what the method measured
     trigger = reverse_engineer(deployed.encoder, deployed.adapter, report.image, reference,
-                               params=params.reverse, seed=seed, clean=task.train.x[pool],
+                               params=params.reverse, seed=seed, clean=RowView(task.train.x, pool),
                                flip_rate=deployed.flip_rate(task.name, predicted),
                                score=deployed.log_prob(task.name, predicted), record=reversal)
     numbers.update(reference_index=ref_index, mask_pixels=trigger.pixels, reversal=reversal,

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from mudjack.bugs import Bug
-from mudjack.data import Task
+from mudjack.data import Task, in_input_space
 from mudjack.deployed import Deployed
 from mudjack.intake.decision import Decision, IntakeParams, intake_report
 from mudjack.reports import BugReport, Claims, ReportError, read_report, report_stem
@@ -30,6 +30,11 @@ class Intake:
                  truth: Trigger | TextTrigger | None = None,
                  validation: dict[str, Any] | None = None) -> None:
         """`validation`: the `reports` verdicts of validation.json (rejected and codes by file)."""
+        adapter = deployed.adapter
+        self.resize = adapter.resize_raw if adapter.resizes_inputs else None
+        if self.resize is not None:  # tasks, reports and reversal all in the model's input space
+            tasks = {name: in_input_space(task, adapter.input_shape, self.resize)
+                     for name, task in tasks.items()}
         self.deployed, self.tasks, self.params, self.seed, self.truth = deployed, tasks, params, seed, truth
         self.rejected_by_validation: dict[str, list[str]] = (validation or {}).get("rejected", {})
         self.validation_codes: dict[str, str] = (validation or {}).get("codes", {})
@@ -51,7 +56,7 @@ class Intake:
     def _decide(self, path: Path) -> Decision:
         failed_gx = self._validation_reasons(path)
         try:
-            report = read_report(path, self.tasks)
+            report = read_report(path, self.tasks, resize=self.resize)
         except ReportError as err:
             return Decision(report_stem(path.name), False, [f"invalid report: {err}", *failed_gx],
                             {"error": err.code})

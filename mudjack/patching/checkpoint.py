@@ -30,11 +30,13 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from mudjack.bugs import Bug
+from mudjack.data import iter_batches
 from mudjack.io import atomic_dir, sha256_file
 
 VERSION = 1
 TENSORS = "state.safetensors"
 META = "state.json"
+HASH_ROWS = 1024  # shadow rows hashed at a time
 
 
 @dataclass
@@ -81,7 +83,9 @@ def inputs_key(encoder: nn.Module, shadow: np.ndarray, bugs: list[Bug], *, confi
     digest.update(f"threads={torch.get_num_threads()}".encode())
     for name, tensor in encoder.state_dict().items():
         digest.update(name.encode() + tensor.detach().cpu().contiguous().numpy().tobytes())
-    digest.update(str(shadow.shape).encode() + np.ascontiguousarray(shadow).tobytes())
+    digest.update(str(shadow.shape).encode())
+    for rows in iter_batches(shadow, HASH_ROWS):  # a mapped set is hashed batch by batch
+        digest.update(np.ascontiguousarray(rows).tobytes())
     for bug in bugs:
         digest.update(json.dumps([bug.id, bug.task, bug.label, bug.predicted]).encode())
         for array in (bug.bug, bug.reference, bug.trigger.mask, bug.trigger.pattern):

@@ -28,6 +28,7 @@ from torch import nn
 from mudjack.augment import mudjacking_augmentation
 from mudjack.bugs import Bug
 from mudjack.config import BatchSize, Count, Epochs, LearningRate, Momentum, NonNegative, Params
+from mudjack.data import batch_rows
 from mudjack.device import autocast, select_device, to_device
 from mudjack.encoders import EncoderAdapter, ImageEncoder, freeze_batchnorm, trainable_parameters
 from mudjack.features import cosine
@@ -122,7 +123,9 @@ class PatchRun:
     patched: ImageEncoder
     frozen: ImageEncoder
     optimiser: torch.optim.Optimizer
-    pixels: torch.Tensor
+    shadow: np.ndarray                      # the shadow set, in memory or memory-mapped
+    used: np.ndarray                        # the sampled rows of it the run trains on (sorted)
+    adapter: EncoderAdapter
     bug_views: BugViews
     augment: nn.Module | None
     device: torch.device
@@ -131,9 +134,22 @@ class PatchRun:
     context: Distributed | None = None      # set under torchrun (mudjack/patching/distributed.py)
     seed: int = 0
 
+    @property
+    def pixels(self) -> torch.Tensor:
+        """Every sampled shadow image, preprocessed: for comparisons with a reference loop only
+        (the run itself preprocesses one batch at a time)."""
+        return self.batch(torch.arange(len(self.used)))
+
+    def batch(self, index: torch.Tensor) -> torch.Tensor:
+        """The preprocessed sampled shadow images at `index` (read from disk if mapped)."""
+        rows = self.used[index.cpu().numpy()]
+        order = np.argsort(rows, kind="stable")  # read a mapped set in file order
+        pixels = self.adapter.preprocess(batch_rows(self.shadow, rows[order]))
+        return pixels[torch.from_numpy(np.argsort(order, kind="stable"))]
+
     def step(self, index: torch.Tensor) -> dict[str, float]:
         """One optimiser step on the shadow images at `index`; returns the loss terms."""
-        batch = to_device(self.pixels[index], self.device)
+        batch = to_device(self.batch(index), self.device)
         with autocast(self.device, self.params.cpu_bf16):
             views = build_views(batch, self.bug_views, views=self.params.views, augment=self.augment)
             forward = self.patched if self.forward is None else self.forward
@@ -158,11 +174,10 @@ def start_run(encoder: ImageEncoder, adapter: EncoderAdapter, shadow: np.ndarray
     optimiser = torch.optim.SGD(list(trainable_parameters(patched)), lr=params.lr,
                                 momentum=params.momentum, weight_decay=params.weight_decay)
     count = params.clean_samples or max(1, int(round(params.shadow_fraction * len(shadow))))
-    used = rng.permutation(len(shadow))[:count]
-    pixels = adapter.preprocess(shadow[np.sort(used)])
+    used = np.sort(rng.permutation(len(shadow))[:count])
     augment = mudjacking_augmentation().to(device) if params.augment else None
-    return PatchRun(patched, frozen, optimiser, pixels, BugViews(bugs, adapter, device), augment, device,
-                params, forward, context, seed)
+    return PatchRun(patched, frozen, optimiser, shadow, used, adapter, BugViews(bugs, adapter, device),
+                    augment, device, params, forward, context, seed)
 
 
 def _train(run: PatchRun, progress: Progress, checkpoint: Checkpointer | None) -> None:
@@ -170,7 +185,7 @@ def _train(run: PatchRun, progress: Progress, checkpoint: Checkpointer | None) -
     size = run.params.batch_size
     while progress.epoch <= run.params.epochs:
         if progress.order is None:
-            progress.order = epoch_order(len(run.pixels), progress.epoch, seed=run.seed, context=run.context)
+            progress.order = epoch_order(len(run.used), progress.epoch, seed=run.seed, context=run.context)
         batches = local_batches(progress.order, size, run.context)
         while progress.position < len(batches):
             seed_step(run.seed, progress.step, run.context)
@@ -197,6 +212,6 @@ def mudjacking(encoder: ImageEncoder, adapter: EncoderAdapter, shadow: np.ndarra
     with deterministic(run.device):
         _train(run, progress, checkpoint)
     return PatchResult(contiguous(run.patched.eval().cpu()), progress.log, progress.elapsed(), progress.step,
-                       info={"device": str(run.device), "clean_samples": len(run.pixels),
+                       info={"device": str(run.device), "clean_samples": len(run.used),
                              "bug_ids": [b.id for b in bugs], "resumed_from_step": progress.resumed_from,
                              "world_size": distributed.world_size if distributed else 1})
