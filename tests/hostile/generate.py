@@ -137,24 +137,30 @@ def huge_number(ws: Workspace, tag: str, variant: int) -> dict[str, str]:
     return {f"{name}.json": "bad_field"}
 
 
-def special_report(ws: Workspace, tag: str, variant: int) -> dict[str, str]:
-    """A report file that is a FIFO, a link to /dev/zero, a link leaving the inbox, a loop,
-    a dangling link or a socket: moved out before anything opens it."""
-    path = ws.inbox / f"special-{tag}.json"
-    kind = variant % 6
+def _make_special(path: Path, kind: int, outside: Path) -> None:
+    """At `path`: a FIFO, a link to /dev/zero, a link leaving the inbox (to `outside`), a loop,
+    a dangling link or a socket (kinds 0-5)."""
     if kind == 0:
         os.mkfifo(path)
     elif kind == 1:
         path.symlink_to("/dev/zero")
     elif kind == 2:
-        (ws.outside / f"{tag}.json").write_text("{}")
-        path.symlink_to(ws.outside / f"{tag}.json")
+        if not outside.exists():
+            outside.write_text("{}")
+        path.symlink_to(outside)
     elif kind == 3:
         path.symlink_to(path.name)
     elif kind == 4:
-        path.symlink_to(ws.inbox / "nothing-here")
+        path.symlink_to(path.parent / "nothing-here")
     else:
         _bind_socket(path)
+
+
+def special_report(ws: Workspace, tag: str, variant: int) -> dict[str, str]:
+    """A report file that is a FIFO, a link to /dev/zero, a link leaving the inbox, a loop,
+    a dangling link or a socket: moved out before anything opens it."""
+    path = ws.inbox / f"special-{tag}.json"
+    _make_special(path, variant % 6, ws.outside / f"{tag}.json")
     return {path.name: QUARANTINED}
 
 
@@ -170,15 +176,7 @@ def special_input(ws: Workspace, tag: str, variant: int) -> dict[str, str]:
     the input is quarantined, so the report names a missing file."""
     name = f"sinput-{tag}"
     target = ws.inbox / f"{name}.png"
-    kind = variant % 4
-    if kind == 0:
-        os.mkfifo(target)
-    elif kind == 1:
-        target.symlink_to("/dev/zero")
-    elif kind == 2:
-        target.symlink_to(ws.outside / "secret.png")
-    else:
-        target.symlink_to(target.name)
+    _make_special(target, variant % 4, ws.outside / "secret.png")
     return {report(ws.inbox, name, {}): "bad_input", target.name: QUARANTINED}
 
 
