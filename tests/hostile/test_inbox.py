@@ -133,9 +133,13 @@ def test_quarantine_moves_special_files_and_keeps_the_rest(tmp_path):
 def test_intake_keys_validation_verdicts_by_file(template, tmp_path):
     """A verdict for `bug-000.json.json` (id `bug-000.json`) is not pinned on `bug-000.json`."""
     from mudjack.data import load_tasks
+    from mudjack.deployed import Deployed
+    from mudjack.encoders import load_encoder
 
     ws = copy(template, tmp_path)
-    intake = Intake(None, load_tasks(ws.root / "data" / "tasks"), params=IntakeParams(),  # type: ignore[arg-type]
+    encoder, adapter = load_encoder(ws.root / "models" / "deployed" / "encoder.safetensors")
+    tasks = load_tasks(ws.root / "data" / "tasks")
+    intake = Intake(Deployed(encoder, adapter, {}), tasks, params=IntakeParams(),
                     validation={"rejected": {"genuine-1.json.json": ["no"]},
                                 "codes": {"genuine-1.json.json": "bad_label"}})
     assert intake._validation_reasons(ws.inbox / "genuine-1.json.json")

@@ -196,7 +196,7 @@ def test_special_files_are_refused_without_reading_them(kind: str, tmp_path: Pat
 @pytest.fixture(scope="module")
 def head_file(tmp_path_factory: pytest.TempPathFactory) -> tuple[Header, bytes]:
     path = tmp_path_factory.mktemp("head") / "head.safetensors"
-    save_head(Head(4, 3, [5], 0.5), path)
+    save_head(Head(4, 3, hidden=[5], dropout=0.5), path)
     return split(path.read_bytes())
 
 
