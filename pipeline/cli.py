@@ -109,7 +109,7 @@ def metrics_table(rows: list[dict[str, Any]]) -> Table:
     table = Table(title="Repair metrics (before -> after)")
     table.add_column("task")
     for metric in ("clean_acc", "asr", "tba"):
-        table.add_column(metric, justify="right")
+        table.add_column(metric, justify="right", no_wrap=True)  # "before -> after" stays one line
     table.add_column("asr from trigger")  # the task's worst trigger (mudjack.exposure)
     table.add_column("exposed")
     for row in rows:
