@@ -63,7 +63,7 @@ part throughput+onnx timeout 240 "${CHECK[@]}" throughput onnx
 if [ ${#DRY[@]} -gt 0 ]; then GPUS=2; DEVICE=cpu
 else GPUS=$("$PY" -c "import torch; print(max(1, torch.cuda.device_count()))"); DEVICE=cuda; fi
 part ddp timeout 90 env GLOO_SOCKET_IFNAME=lo OMP_NUM_THREADS=1 "$PY" -m torch.distributed.run \
-  --standalone --nproc_per_node "$GPUS" tests/ddp_patch_worker.py "$WORK/ddp" --device "$DEVICE"
+  --standalone --nproc_per_node "$GPUS" tests/helpers/ddp_patch_worker.py "$WORK/ddp" --device "$DEVICE"
 part ddp-summary "${CHECK[@]}" ddp --run "$WORK/ddp" --world "$GPUS"
 
 echo "== gpu_check: done in $((SECONDS - started)) s; results in $OUT"

@@ -78,7 +78,7 @@ def byo_run(scenario: Scenario, tmp_path_factory: pytest.TempPathFactory) -> Pat
 def test_metrics_carry_asr_of_both_tasks(byo_run: Path) -> None:
     tasks = read_json(byo_run / METRICS)["tasks"]
     assert set(tasks) == {"digits", "parity"}
-    (bug,) = [folder.name for folder in (byo_run / "bugs").iterdir()]
+    (bug,) = [folder.name for folder in (byo_run / "bugs").iterdir() if folder.is_dir()]
     for name, result in tasks.items():
         exposure = result["exposure"]
         assert exposure["exposed"] is True and exposure["trigger"] == f"bug:{bug}", name

@@ -76,7 +76,7 @@ def test_an_unknown_head_kind_is_refused(tmp_path):
     path = tmp_path / "odd.safetensors"
     save_file({"mlp.0.weight": torch.zeros(CLASSES, IN_DIM)}, str(path),
               metadata={"head": json.dumps({"kind": "forest", "in_dim": IN_DIM, "classes": CLASSES})})
-    with pytest.raises(ValueError, match="head kind 'forest'"):
+    with pytest.raises(ValueError, match=r"kind: Input should be 'mlp' or 'linear' \(got 'forest'\)"):
         load_head(path)
 
 

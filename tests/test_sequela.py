@@ -78,7 +78,7 @@ def test_reinjection_counts_steps_to_the_goal(scenario, clean_setup) -> None:
 
 def test_reinjection_stops_at_the_cap(scenario, clean_setup) -> None:
     head, backdoor, check = clean_setup
-    frozen = BadEncoderParams(lr=0.0, momentum=0.0, weight_decay=0.0)  # the encoder never moves
+    frozen = BadEncoderParams(lr=1e-30, momentum=0.0, weight_decay=0.0)  # the encoder never moves
     result = reinjection(scenario.clean, scenario.adapter, head, backdoor, shadow=scenario.shadow[:64],
                          check=check, attack=frozen, goal=0.9, max_steps=7, check_every=3, seed=0)
     assert result["steps"] is None and not result["reached"] and result["max_steps"] == 7

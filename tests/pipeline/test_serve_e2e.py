@@ -219,7 +219,7 @@ def test_a_failing_gate_promotes_nothing(ops: dict, first_run, tmp_path: Path) -
     (tmp_path / "client-7.json").write_text(json.dumps(report))
     added = CliRunner().invoke(app, ["submit", str(tmp_path / "client-7.json"),
                                      "--root", str(project)])
-    assert added.exit_code == 0 and "accepted: client-7" in added.output, added.output
+    assert added.exit_code == 0 and "accepted: 'client-7'" in added.output, added.output
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["gates"]["max_patched_asr"] = 0.0  # no repair is that good
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
