@@ -81,7 +81,7 @@ def patch_throughput(adapter: EncoderAdapter, device: torch.device, batch: int, 
                      warmup: int) -> dict[str, Any]:
     """Timed Mudjacking steps on random images with one bug (augmentation on)."""
     from mudjack.bugs import Bug
-    from mudjack.patching.mudjacking import MudjackingParams, _start
+    from mudjack.patching.mudjacking import MudjackingParams, start_run
     from mudjack.triggers import patch_trigger
 
     torch.manual_seed(0)
@@ -91,7 +91,7 @@ def patch_throughput(adapter: EncoderAdapter, device: torch.device, batch: int, 
     trigger = patch_trigger(shape, max(2, shape[0] // 8), 0, 0)
     bug = Bug("gpu-check", "synthetic", 1, 0, shadow[0], shadow[1], trigger)
     params = MudjackingParams(device=device.type, batch_size=batch, views=views, clean_samples=batch)
-    run = _start(adapter.build(), adapter, shadow, [bug], params, seed=0)
+    run = start_run(adapter.build(), adapter, shadow, [bug], params, seed=0)
     index = torch.arange(batch)
     for _ in range(warmup):
         run.step(index)
