@@ -15,10 +15,7 @@ from mudjack.intake import Intake, summary
 from mudjack.io import atomic_dir, read_json, remove_stale_temporaries, write_json, write_jsonl
 from mudjack.reports import report_paths
 from mudjack.safepath import one_line, printable
-from stages.artifacts import BUGS as REGISTRY
-from stages.artifacts import INTAKE_LOG as LOG
-from stages.artifacts import INTAKE_SUMMARY as SUMMARY
-from stages.artifacts import VALIDATION
+from stages.artifacts import BUGS, INTAKE_LOG, INTAKE_SUMMARY, VALIDATION
 from stages.common import load_deployed, load_truth
 from stages.config import inbox_folder, setup_stage
 
@@ -27,17 +24,17 @@ def main() -> None:
     params = setup_stage()
     paths = params.paths
     inbox = inbox_folder(paths)
-    for output in (REGISTRY, SUMMARY):
+    for output in (BUGS, INTAKE_SUMMARY):
         remove_stale_temporaries(output)
     truth, _ = load_truth(paths)
     intake = Intake(load_deployed(paths), load_tasks(paths.tasks), params=params.intake, seed=params.seed,
                     truth=truth, validation=read_json(VALIDATION).get("reports", {}))
     decisions = [intake.decide(path) for path in report_paths(inbox)]
-    with atomic_dir(REGISTRY) as registry:
+    with atomic_dir(BUGS) as registry:
         for bug in intake.bugs.values():
             save_bug(bug, registry)
-        write_jsonl(registry / LOG.relative_to(REGISTRY), [d.to_record() for d in decisions])
-    write_json(SUMMARY, summary(decisions))
+        write_jsonl(registry / INTAKE_LOG.relative_to(BUGS), [d.to_record() for d in decisions])
+    write_json(INTAKE_SUMMARY, summary(decisions))
     for d in decisions:
         print(decision_line(d.numbers["file"], d.outcome, d.numbers.get("error"), d.reasons))
 
