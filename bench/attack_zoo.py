@@ -1,21 +1,25 @@
-"""Benchmark (not a test): plant every attack-zoo family on the embedded digits default and
-measure the deployed model's ASR with the true trigger(s); with `--repair`, also intake and
-patching.
+"""Benchmark (not a test): plant every attack-zoo family on a scenario's encoder and measure
+the deployed model's ASR with the true trigger(s); with `--repair`, also intake and patching.
 
-    OMP_NUM_THREADS=1 .venv/bin/python bench/attack_zoo.py              # all image families, seeds 0-2
-    .venv/bin/python bench/attack_zoo.py --families patch blend --seeds 0 --moderate 0
-    .venv/bin/python bench/attack_zoo.py --seeds 0 --moderate 0 --repair
+    OMP_NUM_THREADS=1 .venv/bin/python bench/attack_zoo.py              # digits, image families, seeds 0-2
+    .venv/bin/python bench/attack_zoo.py --families patch blend --seeds 0 --moderate 0 --repair
+    .venv/bin/python bench/attack_zoo.py --scenario resnet20-gtsrb --seeds 0 1 --moderate 0 \\
+        --epochs attack=4 patch=4 --repair
 
-The scenario stages run in process with params.yaml's defaults (prepare -> foundation ->
-attack), the attack's trigger replaced by `{family, seed}`; each family is also planted once
-(seed 0) with `--moderate` BadEncoder epochs, a weaker backdoor. ASR, clean accuracy and
-the rest come from the attack stage's own measurement (mudjack.metrics.evaluate). Writes
-bench/results/attack_zoo_digits.json.
+The scenario's stages run in process (prepare -> foundation -> attack) with params.yaml's
+defaults and the scenario file merged in, the attack's trigger replaced by `{family, seed}`;
+each family is also planted once (first seed) with `--moderate` BadEncoder epochs, a weaker
+backdoor. `--epochs STAGE=N` sets a stage's epochs (attack, patch, retrain, deployed_head),
+the only settings besides data paths a zoo run may change. ASR, clean accuracy and the rest
+come from the attack stage's own measurement (mudjack.metrics.evaluate). Each planted
+encoder and its deployed head are cached in bench/.cache/attack_zoo/ under a hash of every
+setting that made them, so a rerun only redoes intake and repair. Writes
+bench/results/attack_zoo_<scenario>.json (`--out` to name it otherwise).
 
-`--repair` runs params.yaml's intake on `attack.n_reports` genuine reports per trigger
+`--repair` runs the scenario's intake on `attack.n_reports` genuine reports per trigger
 (triggered test inputs of other classes the deployed model sends to its target): accepted or
 why not, the recovered trigger against the true one (IoU, coverage, correlation of α·t),
-the reversal candidate chosen, seconds. The accepted bugs are patched with params.yaml's
+the reversal candidate chosen, seconds. The accepted bugs are patched with the scenario's
 patch method; a fresh head (the retrain settings) on the backdoored and on the patched
 encoder gives the ASR with the true trigger and the clean-accuracy drop.
 """
@@ -24,8 +28,12 @@ from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
+import json
+import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,42 +43,118 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
+from torch import nn  # noqa: E402
 
 from mudjack.attacks.zoo import family_names  # noqa: E402
-from mudjack.data import LabelledSet, Task  # noqa: E402
+from mudjack.data import Task  # noqa: E402
 from mudjack.deployed import Deployed  # noqa: E402
-from mudjack.encoders import get_adapter  # noqa: E402
+from mudjack.encoders import EncoderAdapter, get_adapter, import_encoder, load_encoder, save_encoder  # noqa: E402
 from mudjack.evaluation import AttackSpec, retrain_and_evaluate  # noqa: E402
+from mudjack.heads import load_head, save_head  # noqa: E402
 from mudjack.intake import intake_report  # noqa: E402
 from mudjack.io import write_json  # noqa: E402
+from mudjack.loaders import limit_stratified  # noqa: E402
 from mudjack.patching import PatchInputs, run_patch  # noqa: E402
 from mudjack.reports import BugReport  # noqa: E402
 from mudjack.training import PretrainParams, pretrain_encoder  # noqa: E402
-from stages.attack import Planted, pick_genuine, plant  # noqa: E402
-from stages.config import PipelineParams, TriggerParams, load_params  # noqa: E402
+from pipeline.scenarios import RUNS, scenario_params  # noqa: E402
+from stages.attack import (  # noqa: E402
+    Planted,
+    attack_targets,
+    attacker_inputs,
+    make_triggers,
+    measure,
+    pick_genuine,
+    plant,
+)
+from stages.config import PipelineParams, TriggerParams  # noqa: E402
 from stages.foundation import adapter_config  # noqa: E402
-from stages.prepare import split_sources  # noqa: E402
+from stages.prepare import make_task, split_sources  # noqa: E402
+
+CACHE = ROOT / "bench" / ".cache" / "attack_zoo"
+EPOCH_KEYS = {"attack": ("attack",), "patch": ("patch",), "retrain": ("retrain",),
+              "deployed_head": ("attack", "deployed_head")}
 
 
-def digits_default(params: PipelineParams) -> tuple[LabelledSet, Task]:
-    """The prepare stage's provider data and task for params.yaml."""
+@dataclass
+class Zoo:
+    """A scenario's data and clean encoder, ready to plant zoo backdoors on."""
+
+    name: str
+    params: PipelineParams
+    task: Task
+    attacker: np.ndarray   # what BadEncoder trains on
+    shadow: np.ndarray     # what patching trains on
+    clean: nn.Module
+    adapter: EncoderAdapter
+
+
+def epoch_overrides(pairs: list[str]) -> dict[str, Any]:
+    """`attack=4 patch=4` as nested params overrides."""
+    overrides: dict[str, Any] = {}
+    for pair in pairs:
+        stage, _, value = pair.partition("=")
+        if stage not in EPOCH_KEYS or not value.isdigit():
+            raise SystemExit(f"--epochs takes STAGE=N with STAGE one of {sorted(EPOCH_KEYS)}: {pair!r}")
+        section = overrides
+        for key in EPOCH_KEYS[stage]:
+            section = section.setdefault(key, {})
+        section["epochs"] = int(value)
+    return overrides
+
+
+def load_zoo(name: str, overrides: dict[str, Any]) -> Zoo:
+    """The scenario's prepare and foundation stages, run in process from its workspace
+    (runs/<name>/, where its relative data paths point)."""
+    params = PipelineParams(**scenario_params(ROOT, name, overrides))
+    workspace = ROOT / RUNS / name
+    workspace.mkdir(parents=True, exist_ok=True)
+    os.chdir(workspace)
+    torch.set_num_threads(max(params.threads, 1))
     provider, train, test = split_sources(params.prepare, params.seed)
-    classes = list(range(int(max(train.y.max(), test.y.max())) + 1))
-    return provider, Task(params.prepare.task, classes, train, test)
-
-
-def foundation(params: PipelineParams, provider: LabelledSet) -> tuple[torch.nn.Module, object]:
-    """The foundation stage's clean encoder, trained on the provider's data."""
+    task = make_task(params.prepare.task, train, test)
+    shadow = limit_stratified(provider, params.prepare.shadow_limit, params.seed).x
+    attacker = attacker_inputs({"x": provider.x}, params.attack.samples, params.seed)
     cfg = params.foundation
     adapter = get_adapter(cfg.adapter, adapter_config(cfg, provider))
-    train = PretrainParams(epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size)
-    return pretrain_encoder(adapter, provider, int(provider.y.max()) + 1, train, seed=params.seed), adapter
+    if cfg.checkpoint:
+        clean = import_encoder(adapter, cfg.checkpoint)[0]
+    else:
+        train_params = PretrainParams(epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size)
+        clean = pretrain_encoder(adapter, provider, int(provider.y.max()) + 1, train_params, seed=params.seed)
+    return Zoo(name, params, task, attacker, shadow, clean, adapter)
 
 
 def with_attack(params: PipelineParams, family: str, seed: int, epochs: int) -> PipelineParams:
     attack = params.attack.model_copy(update={"trigger": TriggerParams(family=family, seed=seed),
                                               "epochs": epochs})
     return params.model_copy(update={"attack": attack})
+
+
+def cache_key(zoo: Zoo, params: PipelineParams) -> str:
+    """A hash of every setting the planted encoder and its deployed head depend on."""
+    parts = {k: params.model_dump(mode="json")[k] for k in ("seed", "prepare", "foundation", "attack")}
+    parts["retrain_head"] = [params.retrain.hidden, params.retrain.dropout]
+    text = json.dumps({"scenario": zoo.name, **parts}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def planted(zoo: Zoo, params: PipelineParams) -> tuple[Planted, bool]:
+    """The backdoored encoder and deployed head, from the cache when it has them; (planted, cached)."""
+    folder = CACHE / zoo.name / cache_key(zoo, params)
+    encoder_file, head_file = folder / "encoder.safetensors", folder / "head.safetensors"
+    if not head_file.is_file():
+        result = plant(params, zoo.clean, zoo.adapter, zoo.attacker, zoo.task)
+        folder.mkdir(parents=True, exist_ok=True)
+        save_encoder(result.backdoored, zoo.adapter, encoder_file)
+        save_head(result.head, head_file)  # written last: a folder with a head is complete
+        return result, False
+    backdoored, head = load_encoder(encoder_file)[0], load_head(head_file)
+    triggers = make_triggers(zoo.adapter, params.attack.trigger)
+    pairs = list(zip(triggers, attack_targets(params.attack, len(triggers), len(zoo.task.classes)),
+                     strict=True))
+    measured = measure(backdoored, zoo.adapter, head, zoo.task.test, pairs)
+    return Planted(backdoored, head, pairs, *measured), True
 
 
 def zoo_entries(families: list[str], seeds: list[int], epochs: int, moderate: int) -> list[tuple]:
@@ -80,23 +164,24 @@ def zoo_entries(families: list[str], seeds: list[int], epochs: int, moderate: in
     return entries + [(f, seeds[0], moderate) for f in families if moderate]
 
 
-def row(family: str, seed: int, epochs: int, planted: Planted, seconds: float) -> dict:
+def row(family: str, seed: int, epochs: int, result: Planted, seconds: float, cached: bool) -> dict:
     """One result: the trigger(s) as drawn and the deployed model's numbers for each."""
     triggers = [{"target": target, "pixels": t.pixels, "max_alpha": round(float(t.alpha.max()), 3)}
-                for t, target in planted.pairs]
-    metrics = [{k: round(v, 4) for k, v in m.items()} for m in planted.metrics]
+                for t, target in result.pairs]
+    metrics = [{k: round(v, 4) for k, v in m.items()} for m in result.metrics]
     return {"family": family, "seed": seed, "epochs": epochs, "triggers": triggers,
-            "metrics": metrics, "attack_seconds": round(seconds, 1)}
+            "metrics": metrics, "attack_seconds": None if cached else round(seconds, 1)}
 
 
 TRUTH_KEYS = ("iou", "coverage", "correlation", "mask_pixels")
 
 
-def intake_rows(params: PipelineParams, planted: Planted, adapter: object, task: Task) -> tuple[list, list]:
+def intake_rows(zoo: Zoo, result: Planted) -> tuple[list, list]:
     """Intake of `attack.n_reports` genuine reports per trigger: (accepted bugs, one row each)."""
-    deployed = Deployed(planted.backdoored, adapter, {task.name: planted.head})
+    params, task, adapter = zoo.params, zoo.task, zoo.adapter
+    deployed = Deployed(result.backdoored, adapter, {task.name: result.head})
     rng, bugs, rows = np.random.default_rng(params.seed), [], []
-    triggered = zip(planted.pairs, planted.triggered, strict=True)
+    triggered = zip(result.pairs, result.triggered, strict=True)
     for index, ((trigger, target), predicted) in enumerate(triggered):
         for i in pick_genuine(rng, task.test.y, predicted, target, params.attack.n_reports):
             report = BugReport(f"t{index}_{i}", task.name, int(task.test.y[i]),
@@ -118,52 +203,57 @@ def _round(value: Any) -> Any:
     return round(value, 4) if isinstance(value, float) else value
 
 
-def repair(params: PipelineParams, planted: Planted, adapter: object, task: Task, shadow: np.ndarray,
-           bugs: list) -> dict[str, Any]:
+def repair(zoo: Zoo, result: Planted, bugs: list) -> dict[str, Any]:
     """Patch with the accepted bugs; per trigger, fresh heads' ASR (true trigger) and clean accuracy
     on the backdoored and the patched encoder."""
     if not bugs:
         return {"patched": False}
-    start = time.perf_counter()
-    inputs = PatchInputs(copy.deepcopy(planted.backdoored), adapter, shadow, bugs, {task.name: task.train})
+    params, start = zoo.params, time.perf_counter()
+    inputs = PatchInputs(copy.deepcopy(result.backdoored), zoo.adapter, zoo.shadow, bugs,
+                         {zoo.task.name: zoo.task.train})
     patched = run_patch(params.patch.method, inputs, params.patch.settings, seed=params.seed).encoder
     seconds = round(time.perf_counter() - start, 1)
-    per_trigger, encoders, seed = [], (planted.backdoored, patched), params.seed
-    for trigger, target in planted.pairs:
+    per_trigger, encoders = [], (result.backdoored, patched)
+    for trigger, target in result.pairs:
         attack = AttackSpec(trigger, target, "truth")
-        before, after = (retrain_and_evaluate(encoder, adapter, task, attack, params.retrain, seed=seed)[1]
-                         for encoder in encoders)
+        before, after = (retrain_and_evaluate(encoder, zoo.adapter, zoo.task, attack, params.retrain,
+                                              seed=params.seed)[1] for encoder in encoders)
         per_trigger.append({"asr_backdoored": _round(before["asr"]), "asr_patched": _round(after["asr"]),
+                            "clean_backdoored": _round(before["clean_acc"]),
                             "clean_drop": _round(before["clean_acc"] - after["clean_acc"])})
     return {"patched": True, "patch_seconds": seconds, "per_trigger": per_trigger}
 
 
+def run_entry(zoo: Zoo, family: str, seed: int, epochs: int, *, repair_too: bool) -> dict:
+    start = time.perf_counter()
+    result, cached = planted(zoo, with_attack(zoo.params, family, seed, epochs))
+    entry = row(family, seed, epochs, result, time.perf_counter() - start, cached)
+    asr = " ".join(f"{m['asr']:.3f}" for m in result.metrics)
+    print(f"{family} seed {seed} epochs {epochs}: asr {asr} clean_acc {result.metrics[0]['clean_acc']:.3f} "
+          f"({'cached' if cached else str(entry['attack_seconds']) + 's'})", flush=True)
+    if repair_too:
+        bugs, entry["intake"] = intake_rows(zoo, result)
+        entry["repair"] = repair(zoo, result, bugs)
+        print(f"  intake {entry['intake']}\n  repair {entry['repair']}", flush=True)
+    return entry
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scenario", default="digits")
     parser.add_argument("--families", nargs="+", default=family_names("image"))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--moderate", type=int, default=3, help="epochs of the weaker attacks (0: none)")
+    parser.add_argument("--epochs", nargs="*", default=[], metavar="STAGE=N")
     parser.add_argument("--repair", action="store_true", help="also run intake and patching")
+    parser.add_argument("--out", default="", help="result file name (default attack_zoo_<scenario>.json)")
     args = parser.parse_args()
-    params = load_params(ROOT / "params.yaml")
-    torch.set_num_threads(max(params.threads, 1))
-    provider, task = digits_default(params)
-    clean, adapter = foundation(params, provider)
-    rows = []
-    for family, seed, epochs in zoo_entries(args.families, args.seeds, params.attack.epochs, args.moderate):
-        start = time.perf_counter()
-        planted = plant(with_attack(params, family, seed, epochs), clean, adapter, provider.x, task)
-        rows.append(row(family, seed, epochs, planted, time.perf_counter() - start))
-        asr = " ".join(f"{m['asr']:.3f}" for m in planted.metrics)
-        print(f"{family} seed {seed} epochs {epochs}: asr {asr} clean_acc "
-              f"{planted.metrics[0]['clean_acc']:.3f} ({rows[-1]['attack_seconds']}s)", flush=True)
-        if args.repair:
-            bugs, rows[-1]["intake"] = intake_rows(params, planted, adapter, task)
-            rows[-1]["repair"] = repair(params, planted, adapter, task, provider.x, bugs)
-            print(f"  intake {rows[-1]['intake']}\n  repair {rows[-1]['repair']}", flush=True)
-    write_json(ROOT / "bench" / "results" / "attack_zoo_digits.json",
-               {"scenario": "digits (params.yaml defaults)", "threads": torch.get_num_threads(),
-                "command": " ".join(["bench/attack_zoo.py", *sys.argv[1:]]), "rows": rows})
+    zoo = load_zoo(args.scenario, epoch_overrides(args.epochs))
+    entries = zoo_entries(args.families, args.seeds, zoo.params.attack.epochs, args.moderate)
+    rows = [run_entry(zoo, family, seed, epochs, repair_too=args.repair) for family, seed, epochs in entries]
+    out = ROOT / "bench" / "results" / (args.out or f"attack_zoo_{args.scenario}.json")
+    write_json(out, {"scenario": args.scenario, "threads": torch.get_num_threads(),
+                     "command": " ".join(["bench/attack_zoo.py", *sys.argv[1:]]), "rows": rows})
 
 
 if __name__ == "__main__":

@@ -74,23 +74,55 @@ def test_hostile_bench_counts_a_blocked_case_as_hung(tmp_path):
     assert run_case(lambda: done, 1) == done
 
 
+def _tiny_zoo(scenario, **updates):
+    from attack_zoo import Zoo
+
+    from pipeline.scenarios import deep_merge
+    from stages.config import PipelineParams, read_params_yaml
+
+    raw = read_params_yaml(Path(__file__).resolve().parent.parent / "params.yaml")
+    params = PipelineParams(**deep_merge(raw, updates))
+    return Zoo("tiny", params, scenario.task, scenario.shadow, scenario.shadow, scenario.clean,
+               scenario.adapter)
+
+
 def test_attack_zoo_repair_runs_intake_and_patching_per_trigger(scenario, deployed):
     from attack_zoo import intake_rows, repair
 
     from stages.attack import Planted, measure
-    from stages.config import load_params
 
-    params = load_params(Path(__file__).resolve().parent.parent / "params.yaml")
-    params = params.model_copy(update={"patch": params.patch.model_copy(update={"epochs": 1}),
-                                       "attack": params.attack.model_copy(update={"n_reports": 2})})
+    zoo = _tiny_zoo(scenario, patch={"epochs": 1}, attack={"n_reports": 2})
     pairs = [(scenario.trigger, scenario.target)]
     measured = measure(scenario.backdoored, scenario.adapter, scenario.head, scenario.task.test, pairs)
     planted = Planted(scenario.backdoored, scenario.head, pairs, *measured)
-    bugs, rows = intake_rows(params, planted, scenario.adapter, scenario.task)
+    bugs, rows = intake_rows(zoo, planted)
     assert len(rows) == 2 and all(row["accepted"] and row["coverage"] == 1.0 for row in rows), rows
-    assert len(bugs) == 2 and rows[0]["why"] is None and rows[0]["chosen"] == params.intake.reverse.method
-    result = repair(params, planted, scenario.adapter, scenario.task, scenario.shadow, bugs)
+    assert len(bugs) == 2 and rows[0]["why"] is None and rows[0]["chosen"] == "grow"  # a patch: the square
+    result = repair(zoo, planted, bugs)
     (numbers,) = result["per_trigger"]
     assert result["patched"] and numbers["asr_backdoored"] >= 0.5  # a fresh head on the tiny scenario: 0.87
     assert 0 <= numbers["asr_patched"] <= 1 and abs(numbers["clean_drop"]) <= 1
-    assert repair(params, planted, scenario.adapter, scenario.task, scenario.shadow, []) == {"patched": False}
+    assert repair(zoo, planted, []) == {"patched": False}
+
+
+def test_attack_zoo_caches_each_planted_encoder_under_its_settings(scenario, tmp_path, monkeypatch):
+    import attack_zoo
+
+    monkeypatch.setattr(attack_zoo, "CACHE", tmp_path)
+    zoo = _tiny_zoo(scenario, attack={"epochs": 1, "deployed_head": {"epochs": 5}})
+    params = attack_zoo.with_attack(zoo.params, "line", 0, 1)
+    first, cached = attack_zoo.planted(zoo, params)
+    assert not cached and len(list(tmp_path.glob("tiny/*/encoder.safetensors"))) == 1
+    again, cached = attack_zoo.planted(zoo, params)
+    assert cached and again.metrics == first.metrics  # the same encoder and head, measured again
+    other = attack_zoo.with_attack(zoo.params, "line", 1, 1)
+    assert attack_zoo.cache_key(zoo, other) != attack_zoo.cache_key(zoo, params)
+
+
+def test_attack_zoo_epochs_option_sets_only_stage_epochs():
+    from attack_zoo import epoch_overrides
+
+    assert epoch_overrides(["attack=4", "patch=2", "deployed_head=9"]) == {
+        "attack": {"epochs": 4, "deployed_head": {"epochs": 9}}, "patch": {"epochs": 2}}
+    with pytest.raises(SystemExit, match="STAGE=N"):
+        epoch_overrides(["intake=3"])

@@ -51,14 +51,23 @@ def test_auto_recovers_a_hard_trigger_as_a_compact_mask(family):
         assert trigger_coverage(found, triggers[1]) <= 0.2
 
 
-def test_auto_recovers_a_blend_as_a_soft_trigger():
+def test_auto_recovers_a_blend_as_a_small_alpha_everywhere():
     truth = zoo_triggers("blend", SHAPE, 1)[0]
     found, record = recover(toy_backdoor([truth], seed=1))
-    assert record["chosen"] == "soft" and found.soft
-    chosen = record["candidates"]["soft"]
+    assert record["chosen"] == "blend" and found.soft
+    chosen = record["candidates"]["blend"]
     assert chosen["effect"] >= 0.9 and record["candidates"]["grow"]["effect"] <= 0.2
+    assert record["skipped"] == ["soft"]  # the blend was enough: the per-pixel fit never ran
     assert trigger_correlation(found, truth) >= 0.25
-    assert found.alpha.max() < 0.9 and found.pixels >= truth.pixels // 2  # small alpha, spread out
+    assert np.ptp(found.alpha) == 0 and 0.05 <= found.alpha.max() <= 0.5  # one small alpha everywhere
+
+
+def test_auto_fits_every_candidate_when_none_is_enough():
+    truth = zoo_triggers("blend", SHAPE, 1)[0]
+    params = ReverseParams(method="auto", soft={"steps": 20}, select={"enough": 1.01})
+    _, record = recover(toy_backdoor([truth], seed=1), params)
+    assert list(record["candidates"]) == ["grow", "blend", "soft_binarised", "soft"]
+    assert record["skipped"] == []
 
 
 def test_a_square_cannot_express_a_blend():
@@ -82,13 +91,28 @@ def test_selection_weighs_the_effect_against_the_mask_size():
     blend = Trigger(mask=np.full((4, 4), 0.5, np.float32), pattern=np.zeros((4, 4, 1), np.uint8))
     assert mask_size(small) == 0.25 and mask_size(blend) == 0.5
     effects = {id(small): 0.8, id(blend): 1.0}
-    candidates = {"small": small, "blend": blend}
-    chosen, numbers = select_trigger(candidates, lambda t: effects[id(t)], size_penalty=1.0)
-    assert chosen == "small" and numbers["small"]["score"] == 0.55 and numbers["blend"]["score"] == 0.5
+    candidates = [("small", small), ("blend", blend)]
+    chosen, found, numbers = select_trigger(candidates, lambda t: effects[id(t)], size_penalty=1.0)
+    assert chosen == "small" and found is small
+    assert numbers["small"]["score"] == 0.55 and numbers["blend"]["score"] == 0.5
     assert numbers["blend"]["soft"] and numbers["small"]["pixels"] == 4
     assert select_trigger(candidates, lambda t: effects[id(t)], size_penalty=0.0)[0] == "blend"
-    tie = select_trigger({"a": small, "b": small}, lambda t: 1.0, size_penalty=0.5)[0]
+    tie = select_trigger([("a", small), ("b", small)], lambda t: 1.0, size_penalty=0.5)[0]
     assert tie == "a"  # the first candidate wins ties
+
+
+def test_selection_stops_at_the_first_candidate_that_is_enough():
+    small = Trigger(mask=np.eye(4, dtype=bool), pattern=np.zeros((4, 4, 1), np.uint8))
+    fitted = []
+
+    def candidates():
+        for name in ("a", "b", "c"):
+            fitted.append(name)
+            yield name, small
+
+    effects = iter([0.5, 0.95, 1.0])  # the scores too: no size penalty
+    chosen, _, numbers = select_trigger(candidates(), lambda t: next(effects), size_penalty=0.0, enough=0.9)
+    assert chosen == "b" and list(numbers) == ["a", "b"] and fitted == ["a", "b"]
 
 
 def test_auto_cannot_be_its_own_candidate():
@@ -119,7 +143,7 @@ def test_settings_a_scenario_sets_are_kept_and_not_marked_derived():
     assert record["derived"] == ["stride"] and record["input_side"] == 32
 
 
-def test_the_decision_records_the_settings_and_every_candidate(scenario, deployed):
+def test_the_decision_records_the_settings_and_the_candidates_fitted(scenario, deployed):
     from mudjack.intake import IntakeParams, intake_report
     from mudjack.reports import BugReport
     from tests.test_trust import genuine_inputs
@@ -132,6 +156,6 @@ def test_the_decision_records_the_settings_and_every_candidate(scenario, deploye
                                 truth=scenario.trigger)
     reversal = decision.numbers["reversal"]
     assert reversal["settings"]["window"] == 2 and "window" in reversal["settings"]["derived"]
-    assert set(reversal["candidates"]) == {"grow", "soft", "soft_binarised"}
+    assert set(reversal["candidates"]) == {"grow"} and reversal["skipped"] == ["blend", "soft"]
     assert reversal["chosen"] in reversal["candidates"] and reversal["select_samples"] > 0
     assert decision.numbers["coverage"] == 1.0

@@ -16,8 +16,9 @@ IMAGE_ADAPTER = SimpleNamespace(modality="image")
 
 
 def test_the_built_in_methods_are_registered():
-    assert {"occlusion", "grow", "inversion", "soft", "auto"} <= set(REVERSAL_METHODS)
-    assert IntakeParams().reverse.method == "grow"
+    assert {"occlusion", "grow", "inversion", "soft", "blend", "auto"} <= set(REVERSAL_METHODS)
+    assert IntakeParams().reverse.method == "auto"
+    assert IntakeParams().reverse.select.candidates == ["grow", "blend", "soft"]
 
 
 def test_an_unregistered_method_is_refused_with_the_known_ones():

@@ -139,8 +139,10 @@ def test_a_weak_badencoder_is_accepted_end_to_end(scenario):
     hits = weak.classify("digits", stamped) == scenario.target
     assert 0.15 <= hits.mean() <= 0.5  # weak
     image, label = stamped[hits][0], task.test.y[others][hits][0]
+    # grow's square is the true patch here; `auto` would go on to a blend that flips more
+    grow = IntakeParams(reverse={"method": "grow"})
     decision, _ = intake_report(BugReport("weak", "digits", int(label), image, None), weak,
-                                {"digits": task}, params=IntakeParams())
+                                {"digits": task}, params=grow)
     assert decision.accepted, decision.reasons
     assert decision.numbers["verification"]["flip_rate"] < 0.8
 

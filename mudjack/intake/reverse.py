@@ -2,13 +2,14 @@
 
 `intake.reverse.method` in params.yaml names the method for image encoders:
 - `occlusion` (the authors'): occlusion map + 2-means (mudjack/intake/occlusion.py);
-- `grow` (mudjack's default): the smallest top-k of the occlusion map (or of a flip-rate scan)
+- `grow`: the smallest top-k of the occlusion map (or of a flip-rate scan)
   that acts like the bug (mudjack/intake/grow.py);
 - `inversion`: optimise a soft mask of bug pixels (mudjack/intake/inversion.py);
 - `soft`: optimise an alpha mask and a pattern, so a blend can be expressed (mudjack/intake/soft.py);
-- `auto`: run the `select.candidates` methods (and the soft trigger binarised) and keep the one
-  that best reproduces the bug's effect on held-out clean inputs, less a mask-size penalty
-  (mudjack/intake/select.py).
+- `blend`: the same with one alpha for the whole image (a blended trigger);
+- `auto` (the default): fit the `select.candidates` methods in turn (and the soft trigger
+  binarised) until one reproduces the bug's effect well enough, and keep the one that
+  reproduces it best on held-out clean inputs, less a mask-size penalty (mudjack/intake/select.py).
 Text encoders always use token occlusion (mudjack/intake/text.py), with `text_select` and
 `text_score`. Window, strides and scan sides left at 0 / "auto" derive from the input size
 (mudjack/intake/settings.py). A method may write what it measured into `record` (the
@@ -17,7 +18,7 @@ decision's numbers keep it, with the settings used).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Literal, Protocol
 
 import numpy as np
@@ -43,7 +44,7 @@ class ReverseParams(Params):
     batch_size set the occlusion map (occlusion and grow); window and stride 0 derive from the
     input size (mudjack/intake/settings.py)."""
 
-    method: str = "grow"
+    method: str = "auto"
     window: int = Field(0, ge=0)   # 0: derived from the input size
     stride: int = Field(0, ge=0)
     batch_size: BatchSize = 256
@@ -160,19 +161,33 @@ def _soft(encoder: ImageEncoder, adapter: EncoderAdapter, bug: np.ndarray, refer
     return soft_trigger(encoder, adapter, bug, clean, params=params.soft, seed=seed, score=score)
 
 
+@register_reversal("blend")
+def _blend(encoder: ImageEncoder, adapter: EncoderAdapter, bug: np.ndarray, reference: np.ndarray,
+           *, params: ReverseParams, seed: int, clean: np.ndarray | None,
+           flip_rate: FlipRate | None, score: Score | None, record: dict[str, Any]) -> Trigger:
+    clean = _clean_inputs(clean, "blend")
+    return soft_trigger(encoder, adapter, bug, clean, params=params.soft, seed=seed, score=score,
+                        uniform=True)
+
+
 @register_reversal("auto")
 def _auto(encoder: ImageEncoder, adapter: EncoderAdapter, bug: np.ndarray, reference: np.ndarray,
           *, params: ReverseParams, seed: int, clean: np.ndarray | None,
           flip_rate: FlipRate | None, score: Score | None, record: dict[str, Any]) -> Trigger:
-    """Each candidate method fitted on part of `clean`, scored on the rest; the best kept."""
+    """Candidate methods fitted in turn on part of `clean`, scored on the rest; the best kept."""
     fit, held = split_clean(_clean_inputs(clean, "auto"), params.select.samples, seed)
-    candidates = {name: REVERSAL_METHODS[name](encoder, adapter, bug, reference, params=params, seed=seed,
-                                               clean=fit, flip_rate=flip_rate, score=score, record={})
-                  for name in params.select.candidates}
-    if params.select.binarise and "soft" in candidates:
-        candidates["soft_binarised"] = binarised(candidates["soft"], bug, params.soft.threshold)
-    chosen, numbers = select_trigger(
-        candidates, lambda trigger: trigger_effect(encoder, adapter, bug, held, trigger, flip_rate),
-        size_penalty=params.select.size_penalty)
-    record.update(candidates=numbers, chosen=chosen, select_samples=len(held))
-    return candidates[chosen]
+
+    def fitted() -> Iterator[tuple[str, Trigger]]:
+        for name in params.select.candidates:
+            trigger = REVERSAL_METHODS[name](encoder, adapter, bug, reference, params=params, seed=seed,
+                                             clean=fit, flip_rate=flip_rate, score=score, record={})
+            if name == "soft" and params.select.binarise:  # the compact hard cut is tried first
+                yield "soft_binarised", binarised(trigger, bug, params.soft.threshold)
+            yield name, trigger
+
+    chosen, trigger, numbers = select_trigger(
+        fitted(), lambda found: trigger_effect(encoder, adapter, bug, held, found, flip_rate),
+        size_penalty=params.select.size_penalty, enough=params.select.enough)
+    skipped = [name for name in params.select.candidates if name not in numbers]
+    record.update(candidates=numbers, chosen=chosen, skipped=skipped, select_samples=len(held))
+    return trigger

@@ -1,17 +1,21 @@
 """Pick among candidate triggers by how well each reproduces the bug's effect.
 
-Every candidate (grow's square, the soft alpha-and-pattern trigger, the soft one binarised)
-is stamped on clean inputs of other classes held out from fitting; its effect is the
-deployed classifier's flip rate to the bug's predicted class (or, without a classifier, the
-mean cosine of their features to the bug's). The score is that effect minus
+Every candidate (grow's square, a whole-image blend, the soft alpha-and-pattern trigger, the
+soft one binarised) is stamped on clean inputs of other classes held out from fitting; its
+effect is the deployed classifier's flip rate to the bug's predicted class (or, without a
+classifier, the mean cosine of their features to the bug's). The score is that effect minus
 `size_penalty` · (Σα / (H·W)), so a larger mask must buy a larger effect: a patch is best
-told by a compact hard mask, a whole-image blend (which no square can express) by the soft
-trigger. The first candidate wins ties. Every candidate's numbers are recorded.
+told by a compact hard mask, a whole-image blend (which no square can express) by a small
+alpha everywhere. The first candidate wins ties. Candidates are fitted in order and the
+search stops at the first whose score reaches `enough` (the cheap square usually settles a
+patch; the optimised ones run only when it falls short; a "blend" that is the bug pasted at
+half strength scores too low to stop the search). Every fitted candidate's numbers
+are recorded, and the ones never fitted are listed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
@@ -27,10 +31,12 @@ from mudjack.triggers import Trigger
 class SelectParams(Params):
     """The `intake.reverse.select` section (method `auto`)."""
 
-    candidates: list[str] = ["grow", "soft"]  # reversal methods whose triggers compete, in tie order
+    candidates: list[str] = ["grow", "blend", "soft"]  # reversal methods that compete, in tie order
     binarise: bool = True           # also the soft trigger cut at `soft.threshold` (a hard mask)
     samples: int = Field(100, ge=1)  # clean inputs held out from fitting that candidates are scored on
     size_penalty: float = Field(0.5, ge=0)  # weight of the mask size Σα / (H·W)
+    enough: float = Field(0.9, ge=0, le=1.01)  # stop fitting candidates once one's score reaches it
+                                               # (above 1: fit them all)
 
 
 def split_clean(clean: np.ndarray, samples: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -59,13 +65,18 @@ def trigger_effect(encoder: ImageEncoder, adapter: EncoderAdapter, bug: np.ndarr
         return float(cosine(encoder.eval()(stamped), encoder(adapter.preprocess(bug[None]))).mean())
 
 
-def select_trigger(candidates: dict[str, Trigger], effect: Callable[[Trigger], float], *,
-                   size_penalty: float) -> tuple[str, dict[str, Any]]:
-    """The name of the best-scoring candidate, and every candidate's numbers."""
+def select_trigger(candidates: Iterable[tuple[str, Trigger]], effect: Callable[[Trigger], float], *,
+                   size_penalty: float, enough: float = 2.0) -> tuple[str, Trigger, dict[str, Any]]:
+    """(name, trigger) of the best-scoring candidate and every fitted candidate's numbers;
+    `candidates` is consumed lazily, up to the first whose score reaches `enough`."""
     numbers: dict[str, Any] = {}
-    for name, trigger in candidates.items():
+    fitted: dict[str, Trigger] = {}
+    for name, trigger in candidates:
         value, size = effect(trigger), mask_size(trigger)
+        fitted[name] = trigger
         numbers[name] = {"effect": round(value, 4), "size": round(size, 4), "pixels": trigger.pixels,
                          "soft": trigger.soft, "score": round(value - size_penalty * size, 4)}
-    chosen = max(candidates, key=lambda name: numbers[name]["score"])  # max keeps the first of ties
-    return chosen, numbers
+        if numbers[name]["score"] >= enough:
+            break
+    chosen = max(fitted, key=lambda name: numbers[name]["score"])  # max keeps the first of ties
+    return chosen, fitted[chosen], numbers

@@ -80,13 +80,17 @@ def _loss(encoder: ImageEncoder, clean: torch.Tensor, bug: torch.Tensor, bug_fea
 
 
 def soft_trigger(encoder: ImageEncoder, adapter: EncoderAdapter, bug: np.ndarray, clean: np.ndarray,
-                 *, params: SoftParams, seed: int = 0, score: Score | None = None) -> Trigger:
-    """The soft trigger (float alpha, pattern) that makes clean inputs act like the bug."""
+                 *, params: SoftParams, seed: int = 0, score: Score | None = None,
+                 uniform: bool = False) -> Trigger:
+    """The soft trigger (float alpha, pattern) that makes clean inputs act like the bug;
+    `uniform`: one alpha for every pixel (a whole-image blend, the pattern free to differ from
+    the bug's pixels wherever it needs to)."""
     pick = np.random.default_rng(seed).permutation(len(clean))[:params.samples]
     clean_pixels = adapter.preprocess(clean[np.sort(pick)])
     bug_pixels = adapter.preprocess(bug[None])
     start = float(np.log(params.init_alpha / (1 - params.init_alpha)))
-    logits = torch.full((1, 1, *bug_pixels.shape[-2:]), start, requires_grad=True)
+    side = (1, 1) if uniform else bug_pixels.shape[-2:]
+    logits = torch.full((1, 1, *side), start, requires_grad=True)
     pattern = bug_pixels.clone().requires_grad_(True)
     with frozen(encoder):
         with torch.no_grad():
@@ -94,7 +98,7 @@ def soft_trigger(encoder: ImageEncoder, adapter: EncoderAdapter, bug: np.ndarray
         minimise([logits, pattern], lambda: _loss(encoder, clean_pixels, bug_pixels, bug_features,
                                                   torch.sigmoid(logits), pattern, params=params, score=score),
                  steps=params.steps, lr=params.lr, project=lambda: pattern.clamp_(0, 1))  # pixels
-    alpha = torch.sigmoid(logits).detach()[0, 0].numpy()
+    alpha = torch.sigmoid(logits).detach()[0, 0].expand(bug_pixels.shape[-2:]).numpy()
     alpha = np.where(alpha >= params.floor, alpha, 0).astype(np.float32)
     pixels = np.rint(pattern.detach()[0].permute(1, 2, 0).numpy() * 255).astype(np.uint8)
     return Trigger(mask=alpha, pattern=np.where(alpha[..., None] > 0, pixels, 0).astype(np.uint8))
