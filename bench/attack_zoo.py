@@ -10,7 +10,8 @@ The scenario's stages run in process (prepare -> foundation -> attack) with para
 defaults and the scenario file merged in, the attack's trigger replaced by `{family, seed}`;
 each family is also planted once (first seed) with `--moderate` BadEncoder epochs, a weaker
 backdoor. `--epochs STAGE=N` sets a stage's epochs (attack, patch, retrain, deployed_head),
-the only settings besides data paths a zoo run may change. ASR, clean accuracy and the rest
+the only settings besides data paths a zoo run may change; `--set KEY.PATH=VALUE` sets any
+other (a departure from the defaults, kept in the recorded command). ASR, clean accuracy and the rest
 come from the attack stage's own measurement (mudjack.metrics.evaluate). Each planted
 encoder and its deployed head are cached in bench/.cache/attack_zoo/ under a hash of every
 setting that made them, so a rerun only redoes intake and repair. Writes
@@ -38,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -57,7 +59,7 @@ from mudjack.loaders import limit_stratified  # noqa: E402
 from mudjack.patching import PatchInputs, run_patch  # noqa: E402
 from mudjack.reports import BugReport  # noqa: E402
 from mudjack.training import PretrainParams, pretrain_encoder  # noqa: E402
-from pipeline.scenarios import RUNS, scenario_params  # noqa: E402
+from pipeline.scenarios import RUNS, deep_merge, scenario_params  # noqa: E402
 from stages.attack import (  # noqa: E402
     Planted,
     attack_targets,
@@ -100,6 +102,21 @@ def epoch_overrides(pairs: list[str]) -> dict[str, Any]:
         for key in EPOCH_KEYS[stage]:
             section = section.setdefault(key, {})
         section["epochs"] = int(value)
+    return overrides
+
+
+def set_overrides(pairs: list[str]) -> dict[str, Any]:
+    """`intake.reverse.method=auto` (values read as YAML) as nested params overrides."""
+    overrides: dict[str, Any] = {}
+    for pair in pairs:
+        path, sep, value = pair.partition("=")
+        if not sep or not path:
+            raise SystemExit(f"--set takes KEY.PATH=VALUE: {pair!r}")
+        *parents, leaf = path.split(".")
+        section = overrides
+        for key in parents:
+            section = section.setdefault(key, {})
+        section[leaf] = yaml.safe_load(value)
     return overrides
 
 
@@ -238,6 +255,31 @@ def run_entry(zoo: Zoo, family: str, seed: int, epochs: int, *, repair_too: bool
     return entry
 
 
+def _fmt(values: list[Any]) -> str:
+    return ", ".join("-" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v) for v in values)
+
+
+def table_line(entry: dict) -> str:
+    """One markdown row: the attack, its intake (accepted, chosen, recovery), its repair."""
+    intake, repaired = entry.get("intake", []), entry.get("repair", {}).get("per_trigger", [])
+    accepted = f"{sum(r['accepted'] for r in intake)}/{len(intake)}" if intake else "-"
+    kept = [r for r in intake if r["accepted"]]
+    chosen = ", ".join(sorted({r["chosen"] for r in kept})) or "-"
+    cells = [entry["family"], str(entry["seed"]), str(entry["epochs"]),
+             _fmt([m["asr"] for m in entry["metrics"]]), accepted, chosen,
+             _fmt([r["coverage"] for r in kept]), _fmt([r["correlation"] for r in kept]),
+             _fmt([r["asr_patched"] for r in repaired]), _fmt([r["clean_drop"] for r in repaired]),
+             f"{np.median([r['seconds'] for r in intake]):.1f}" if intake else "-"]
+    return "| " + " | ".join(cells) + " |"
+
+
+def table(result: dict) -> str:
+    """The markdown table of a result file (for the results log)."""
+    head = ("| family | seed | epochs | asr (true trigger) | reports accepted | chosen | coverage "
+            "| correlation | patched asr | clean drop | intake s (median) |")
+    return "\n".join([head, "|" + "---|" * 11, *(table_line(entry) for entry in result["rows"])])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scenario", default="digits")
@@ -245,10 +287,16 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--moderate", type=int, default=3, help="epochs of the weaker attacks (0: none)")
     parser.add_argument("--epochs", nargs="*", default=[], metavar="STAGE=N")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY.PATH=VALUE",
+                        help="any other parameter (a departure from the defaults, kept in the command)")
     parser.add_argument("--repair", action="store_true", help="also run intake and patching")
     parser.add_argument("--out", default="", help="result file name (default attack_zoo_<scenario>.json)")
+    parser.add_argument("--table", type=Path, help="only print the markdown table of this result file")
     args = parser.parse_args()
-    zoo = load_zoo(args.scenario, epoch_overrides(args.epochs))
+    if args.table:
+        print(table(json.loads(args.table.read_text())))
+        return
+    zoo = load_zoo(args.scenario, deep_merge(set_overrides(args.set), epoch_overrides(args.epochs)))
     entries = zoo_entries(args.families, args.seeds, zoo.params.attack.epochs, args.moderate)
     rows = [run_entry(zoo, family, seed, epochs, repair_too=args.repair) for family, seed, epochs in entries]
     out = ROOT / "bench" / "results" / (args.out or f"attack_zoo_{args.scenario}.json")

@@ -120,9 +120,28 @@ def test_attack_zoo_caches_each_planted_encoder_under_its_settings(scenario, tmp
 
 
 def test_attack_zoo_epochs_option_sets_only_stage_epochs():
-    from attack_zoo import epoch_overrides
+    from attack_zoo import epoch_overrides, set_overrides
+
+    assert set_overrides(["intake.reverse.method=auto", "patch.augment=false"]) == {
+        "intake": {"reverse": {"method": "auto"}}, "patch": {"augment": False}}
+    with pytest.raises(SystemExit, match="KEY.PATH=VALUE"):
+        set_overrides(["nothing"])
 
     assert epoch_overrides(["attack=4", "patch=2", "deployed_head=9"]) == {
         "attack": {"epochs": 4, "deployed_head": {"epochs": 9}}, "patch": {"epochs": 2}}
     with pytest.raises(SystemExit, match="STAGE=N"):
         epoch_overrides(["intake=3"])
+
+
+def test_attack_zoo_table_has_a_row_per_attack_with_its_repair():
+    from attack_zoo import table
+
+    kept = {"accepted": True, "chosen": "blend", "coverage": 1.0, "correlation": 0.4, "seconds": 8.0}
+    refused = {"accepted": False, "chosen": "grow", "coverage": 0.1, "correlation": 0.0, "seconds": 2.0}
+    entry = {"family": "blend", "seed": 1, "epochs": 20, "metrics": [{"asr": 1.0}], "intake": [kept, refused],
+             "repair": {"patched": True, "per_trigger": [{"asr_patched": 0.03, "clean_drop": 0.007}]}}
+    lines = table({"rows": [entry, {"family": "line", "seed": 0, "epochs": 3, "metrics": [{"asr": 0.5}]}]})
+    head, rule, row, bare = lines.splitlines()
+    assert head.count("|") == rule.count("|") == row.count("|") == bare.count("|") == 12
+    assert row == "| blend | 1 | 20 | 1.000 | 1/2 | blend | 1.000 | 0.400 | 0.030 | 0.007 | 5.0 |"
+    assert bare == "| line | 0 | 3 | 0.500 | - | - |  |  |  |  | - |"
