@@ -298,10 +298,12 @@ def main() -> None:
         return
     zoo = load_zoo(args.scenario, deep_merge(set_overrides(args.set), epoch_overrides(args.epochs)))
     entries = zoo_entries(args.families, args.seeds, zoo.params.attack.epochs, args.moderate)
-    rows = [run_entry(zoo, family, seed, epochs, repair_too=args.repair) for family, seed, epochs in entries]
     out = ROOT / "bench" / "results" / (args.out or f"attack_zoo_{args.scenario}.json")
-    write_json(out, {"scenario": args.scenario, "threads": torch.get_num_threads(),
-                     "command": " ".join(["bench/attack_zoo.py", *sys.argv[1:]]), "rows": rows})
+    result = {"scenario": args.scenario, "threads": torch.get_num_threads(),
+              "command": " ".join(["bench/attack_zoo.py", *sys.argv[1:]]), "rows": []}
+    for family, seed, epochs in entries:  # written after each entry: a long run keeps what it did
+        result["rows"].append(run_entry(zoo, family, seed, epochs, repair_too=args.repair))
+        write_json(out, result)
 
 
 if __name__ == "__main__":
