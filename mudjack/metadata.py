@@ -185,8 +185,8 @@ def _data_set(name: str, arrays: dict[str, np.ndarray], shape: tuple[int, ...],
 def image_sets(shadow: str | Path, tasks: Mapping[str, TaskSpec], *,
                any_size: bool = False) -> list[ImageSet]:
     """The shadow set (shape of the first task, else its own) and each task's train and test.
-    With `any_size` (an encoder that resizes its inputs) the shadow set's height and width are
-    free, as the tasks' are relative to each other: only its channels are checked."""
+    With `any_size` (an encoder that resizes its inputs as it reads them) the shadow set's
+    height and width are free: only its channels are checked against the first task's."""
     arrays = open_npz(shadow)
     sets = [_data_set("shadow", arrays, _shadow_shape(read_inputs(arrays), tasks, any_size), None)]
     for name, task in tasks.items():
