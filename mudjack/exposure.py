@@ -126,6 +126,9 @@ class TaskModels:
     n_classes: int
     predictors: dict[str, Predictor]  # MODELS -> predictor
     stamp: Stamp
+    # the (H, W) `stamp` resizes inputs to before stamping (an adapter that resizes its
+    # inputs: its input side); None: inputs are stamped at their own size
+    side: tuple[int, int] | None = None
 
     def clean_predictions(self) -> dict[str, np.ndarray]:
         return {model: self.predictors[model](self.test.x) for model in MODELS}
@@ -164,14 +167,17 @@ def worst_trigger(records: dict[str, dict[str, Any]], true_names: set[str]) -> s
     return max(pool, key=lambda name: _severity(records[name]))  # first wins a tie
 
 
-def misfit(trigger: Trigger | TextTrigger, inputs: np.ndarray) -> str | None:
-    """Why `trigger` cannot be stamped on `inputs`, or None when it can."""
+def misfit(trigger: Trigger | TextTrigger, inputs: np.ndarray, *,
+           side: tuple[int, int] | None = None) -> str | None:
+    """Why `trigger` cannot be stamped on `inputs` (resized to `side` first when given), or
+    None when it can."""
     trigger_kind = "text" if isinstance(trigger, TextTrigger) else "image"
     input_kind = "text" if is_text(inputs) else "image"
     if trigger_kind != input_kind:
         return f"a {trigger_kind} trigger on {input_kind} inputs"
-    if input_kind == "image" and trigger.mask.shape != inputs.shape[1:3]:
-        return f"trigger of {trigger.mask.shape} on inputs of {inputs.shape[1:3]}"
+    shape = tuple(side or inputs.shape[1:3])
+    if input_kind == "image" and trigger.mask.shape != shape:
+        return f"trigger of {trigger.mask.shape} on inputs of {shape}"
     return None
 
 
@@ -180,7 +186,7 @@ def task_exposure(task: str, models: TaskModels, triggers: Sequence[NamedTrigger
     """Every trigger on one task; the headline numbers per model (clean accuracy and the worst
     trigger's attack metrics; None when no trigger is measured) and the exposure record."""
     clean = models.clean_predictions()
-    reasons = {t.name: misfit(t.trigger, models.test.x) for t in triggers}
+    reasons = {t.name: misfit(t.trigger, models.test.x, side=models.side) for t in triggers}
     records = {t.name: measure_trigger(task, models, t, clean, level=level)
                for t in triggers if reasons[t.name] is None}
     worst = worst_trigger(records, {t.name for t in triggers if t.true})

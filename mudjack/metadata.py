@@ -182,18 +182,25 @@ def _data_set(name: str, arrays: dict[str, np.ndarray], shape: tuple[int, ...],
     return ImageSet(name, image_table(x, y), shape, classes)
 
 
-def image_sets(shadow: str | Path, tasks: Mapping[str, TaskSpec]) -> list[ImageSet]:
-    """The shadow set (shape of the first task, else its own) and each task's train and test."""
+def image_sets(shadow: str | Path, tasks: Mapping[str, TaskSpec], *,
+               any_size: bool = False) -> list[ImageSet]:
+    """The shadow set (shape of the first task, else its own) and each task's train and test.
+    With `any_size` (an encoder that resizes its inputs as it reads them) the shadow set's
+    height and width are free: only its channels are checked against the first task's."""
     arrays = open_npz(shadow)
-    x = read_inputs(arrays)
-    first = next(iter(tasks.values()), None)
-    own = tuple(x.shape[1:]) if x.ndim == 4 else (*x.shape[1:], 1)
-    sets = [_data_set("shadow", arrays, first.input_shape if first else own, None)]
+    sets = [_data_set("shadow", arrays, _shadow_shape(read_inputs(arrays), tasks, any_size), None)]
     for name, task in tasks.items():
         for split in ("train", "test"):
             data = open_npz(task.folder / f"{split}.npz")
             sets.append(_data_set(f"{name}/{split}", data, task.input_shape, task.classes))
     return sets
+
+
+def _shadow_shape(x: np.ndarray, tasks: Mapping[str, TaskSpec], any_size: bool) -> tuple[int, ...]:
+    first = next(iter(tasks.values()), None)
+    if first is None:
+        return tuple(x.shape[1:]) if x.ndim == 4 else (*x.shape[1:], 1)
+    return tuple(first.input_shape[2:]) if any_size else tuple(first.input_shape)
 
 
 def report_table(inbox: str | Path, tasks: Mapping[str, Any] | None = None) -> pd.DataFrame:

@@ -335,9 +335,9 @@ def validate_all(
     """Validate the shadow set, every task's data and the inbox named by `paths`."""
     runner = runner or GXRunner()
     tasks = tasks_metadata(paths["tasks"])
-    tables = validate_tables(image_sets(paths["shadow"], tasks), cfg, runner)
     encoder = Path(paths.get("encoder") or "")
-    any_size = encoder.is_file() and encoder_resizes_inputs(encoder)  # reports resized at intake
+    any_size = encoder.is_file() and encoder_resizes_inputs(encoder)  # shadow, reports resized as read
+    tables = validate_tables(image_sets(paths["shadow"], tasks, any_size=any_size), cfg, runner)
     reports = validate_reports(report_table(Path(paths["inbox"]), tasks), tasks, cfg, runner,
                                any_size=any_size)
     return {

@@ -37,7 +37,9 @@ def retrain_task(task: Task, encoders: dict[str, tuple], params: PipelineParams,
         head = retrain_head(encoder, adapter, task, params.retrain, seed=params.seed)
         save_head(head, heads / task.name / f"{variant}.safetensors")
         predictors[variant] = predictor(encoder, adapter, head)
-    return TaskModels(task.test, len(task.classes), predictors, encoders["backdoored"][1].stamp)
+    deployed = encoders["backdoored"][1]
+    side = tuple(deployed.input_shape[:2]) if deployed.resizes_inputs else None  # stamp resizes first
+    return TaskModels(task.test, len(task.classes), predictors, deployed.stamp, side)
 
 
 def main() -> None:

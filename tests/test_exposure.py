@@ -180,3 +180,23 @@ def test_a_trigger_that_does_not_fit_the_task_is_named_not_stamped() -> None:
     assert set(exposure["triggers"]) == {"bug:b"} and exposure["trigger"] == "bug:b"
     assert set(exposure["not_measured"]) == {"truth", "bug:w"}
     assert "(8, 8)" in exposure["not_measured"]["truth"]
+
+
+def test_a_trigger_in_the_space_a_stamp_resizes_to_is_measured_on_inputs_of_another_size() -> None:
+    """8x8 test inputs that the stamp and the classifiers shrink to 4x4 first (as hf_vision
+    resizes a task of another size): the 4x4 trigger fits once the stamp's side is given."""
+    def shrink(x: np.ndarray) -> np.ndarray:
+        return x[:, ::2, ::2] if x.shape[1] == 8 else x
+
+    small = toy_test()
+    large = LabelledSet(np.kron(small.x, np.ones((1, 2, 2, 1), np.uint8)), small.y)
+    before, after = toy(3), toy(None)
+    predictors = {"backdoored": lambda x: before(shrink(x)), "patched": lambda x: after(shrink(x))}
+    trigger = [NamedTrigger("bug:b", TRIGGER)]
+    resized = TaskModels(large, CLASSES, predictors, lambda x, t: stamp(shrink(x), t), side=(4, 4))
+    result = task_exposure("t", resized, trigger)
+    assert result["exposure"]["exposed"] is True and result["exposure"]["not_measured"] == {}
+    assert result["backdoored"]["asr"] == 1.0 and result["patched"]["asr"] == 0.0
+    as_given = TaskModels(large, CLASSES, predictors, stamp)
+    assert task_exposure("t", as_given, trigger)["exposure"]["not_measured"] == {
+        "bug:b": "trigger of (4, 4) on inputs of (8, 8)"}

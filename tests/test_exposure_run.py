@@ -10,68 +10,24 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
 import pytest
-import yaml
 from rich.console import Console
 
-from mudjack.data import LabelledSet, Task, save_task
-from mudjack.encoders import save_encoder
-from mudjack.features import extract_features
-from mudjack.heads import predict, save_head
-from mudjack.io import read_json, write_json, write_npz
-from stages.artifacts import METRICS, RUN_HTML, VALIDATION
+from mudjack.io import read_json
+from stages.artifacts import METRICS, RUN_HTML
+from tests.helpers.byo import parity, run_repair, write_project
 
 if TYPE_CHECKING:
     from tests.conftest import Scenario
 
-ROOT = Path(__file__).resolve().parents[1]
-
 TINY = {"patch": {"epochs": 3, "shadow_fraction": 0.5}, "retrain": {"epochs": 40}}
-PATHS = {"shadow": "byo/shadow.npz", "tasks": "byo/tasks", "encoder": "byo/encoder.safetensors",
-         "heads": "byo/deployed", "inbox": "byo/inbox", "truth": ""}
-
-
-def parity(task: Task) -> Task:
-    """A second task on the same encoder: the digits' parity (0 even, 1 odd)."""
-    def relabel(part: LabelledSet) -> LabelledSet:
-        return LabelledSet(part.x, part.y % 2)
-    return Task("parity", [0, 1], relabel(task.train), relabel(task.test))
-
-
-def write_project(root: Path, scenario: Scenario) -> None:
-    """The user's files (encoder, digits head, two tasks, shadow set, one digits report)."""
-    from stages.attack import write_inbox
-
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["paths"] = PATHS
-    for section, values in TINY.items():
-        params[section].update(values)
-    (root / "params.yaml").write_text(yaml.safe_dump(params))
-    save_encoder(scenario.backdoored, scenario.adapter, root / PATHS["encoder"])
-    save_head(scenario.head, root / PATHS["heads"] / "digits" / "head.safetensors")
-    for task in (scenario.task, parity(scenario.task)):
-        save_task(task, root / PATHS["tasks"] / task.name)
-    write_npz(root / PATHS["shadow"], x=scenario.shadow)
-    test = scenario.task.test
-    stamped = scenario.adapter.stamp(test.x, scenario.trigger)
-    predicted = predict(scenario.head, extract_features(scenario.backdoored, scenario.adapter, stamped))
-    bug = np.flatnonzero((test.y != scenario.target) & (predicted == scenario.target))[:1]
-    (root / PATHS["inbox"]).mkdir(parents=True)
-    write_inbox(root / PATHS["inbox"], "digits", stamped[bug], test.y[bug], predicted[bug], "r")
-    write_json(root / VALIDATION, {"reports": {"rejected": {}}})
 
 
 @pytest.fixture(scope="module")
 def byo_run(scenario: Scenario, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from stages import export, intake, patch, report, retrain
-
     root = tmp_path_factory.mktemp("byo")
-    write_project(root, scenario)
-    with pytest.MonkeyPatch.context() as monkeypatch:
-        monkeypatch.chdir(root)
-        for stage in (intake, patch, retrain, export, report):
-            stage.main()
+    write_project(root, scenario, tasks=[scenario.task, parity(scenario.task)], overrides=TINY)
+    run_repair(root, validate=False)
     return root
 
 

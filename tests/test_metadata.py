@@ -97,6 +97,16 @@ def test_load_tasks_and_image_sets(tmp_path: Path, tasks_dir: Path, images: np.n
     assert len(sets[2].frame) == 12
 
 
+def test_shadow_of_another_size_is_checked_by_channels_only_for_a_resizing_encoder(
+        tmp_path: Path, tasks_dir: Path) -> None:
+    tasks = tasks_metadata(tasks_dir)
+    write_npz(tmp_path / "shadow.npz", x=np.zeros((4, 16, 16, 3), np.uint8))
+    fixed = image_sets(tmp_path / "shadow.npz", tasks)[0]
+    resized = image_sets(tmp_path / "shadow.npz", tasks, any_size=True)[0]
+    assert fixed.input_shape == (8, 8, 3)  # a fixed-size encoder: the task's shape, all three checked
+    assert resized.input_shape == (3,) and resized.frame["height"].tolist() == [16] * 4
+
+
 def test_load_tasks_rejects_misnamed(tmp_path: Path) -> None:
     write_json(tmp_path / "t" / "a" / "task.json",
                {"name": "b", "classes": [0], "input_shape": [2, 2, 3]})
