@@ -99,14 +99,15 @@ def _head_and_report(encoder: ImageEncoder, adapter: EncoderAdapter, task: Task,
 
 def bench_params(side: int) -> dict[str, Any]:
     """params.yaml of the workspace: the defaults, with the occlusion window and stride at
-    side/16 (intake at 224 px with window 2, stride 1 would take hours on a CPU), verification
+    side/16 (intake at 224 px with window 2, stride 1 would take hours on a CPU) and grow only
+    (`auto` would go on to fit blend and soft triggers on a model with no backdoor), verification
     off (a random model has no backdoor to verify), one patch epoch and a short retrain."""
     step = max(2, side // 16)
     return {
         "seed": 0, "threads": 1,
         "paths": {"shadow": "data/shadow.npz", "tasks": "data/tasks", "encoder": "models/encoder.safetensors",
                   "heads": "heads", "inbox": "inbox", "truth": ""},
-        "intake": {"reverse": {"window": step, "stride": step, "batch_size": 64,
+        "intake": {"reverse": {"method": "grow", "window": step, "stride": step, "batch_size": 64,
                                "grow": {"samples": 16}}, "verify": {"enabled": False}},
         "patch": {"method": "mudjacking", "checkpoint_every": 50, "device": "cpu", "epochs": 1,
                   "batch_size": 32, "views": 2},
