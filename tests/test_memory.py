@@ -240,7 +240,7 @@ def test_memory_bench_runs_a_stage_on_a_mapped_workspace_and_reads_its_peak(tmp_
     assert row["returncode"] == 0 and row["peak_rss_mib"] > 20
     run = {"images": 12, "data_mib": 0.1, "stages": dict.fromkeys(["import", *memory.STAGES], row)}
     assert memory.table([run]).splitlines()[2].startswith("| 12 |")
-    assert memory.bench_params(224)["intake"]["reverse"]["method"] == "grow"  # no backdoor: no blend/soft fits
+    assert memory.bench_params(224)["intake"]["reverse"]["method"] == "grow"  # no backdoor to fit
 
 
 def test_intake_cost_bench_counts_the_images_the_encoder_ran_on():
