@@ -50,7 +50,7 @@ from torch import nn  # noqa: E402
 from mudjack.attacks.zoo import family_names  # noqa: E402
 from mudjack.data import Task  # noqa: E402
 from mudjack.deployed import Deployed  # noqa: E402
-from mudjack.encoders import EncoderAdapter, get_adapter, import_encoder, load_encoder, save_encoder  # noqa: E402
+from mudjack.encoders import EncoderAdapter, get_adapter, load_encoder, save_encoder  # noqa: E402
 from mudjack.evaluation import AttackSpec, retrain_and_evaluate  # noqa: E402
 from mudjack.heads import load_head, save_head  # noqa: E402
 from mudjack.intake import intake_report  # noqa: E402
@@ -58,19 +58,10 @@ from mudjack.io import write_json  # noqa: E402
 from mudjack.loaders import limit_stratified  # noqa: E402
 from mudjack.patching import PatchInputs, run_patch  # noqa: E402
 from mudjack.reports import BugReport  # noqa: E402
-from mudjack.training import PretrainParams, pretrain_encoder  # noqa: E402
 from pipeline.scenarios import RUNS, deep_merge, scenario_params  # noqa: E402
-from stages.attack import (  # noqa: E402
-    Planted,
-    attack_targets,
-    attacker_inputs,
-    make_triggers,
-    measure,
-    pick_genuine,
-    plant,
-)
+from stages.attack import Planted, attacker_inputs, measure, pick_genuine, plant, trigger_pairs  # noqa: E402
 from stages.config import PipelineParams, TriggerParams  # noqa: E402
-from stages.foundation import adapter_config  # noqa: E402
+from stages.foundation import adapter_config, clean_encoder  # noqa: E402
 from stages.prepare import make_task, split_sources  # noqa: E402
 
 CACHE = ROOT / "bench" / ".cache" / "attack_zoo"
@@ -91,20 +82,6 @@ class Zoo:
     adapter: EncoderAdapter
 
 
-def epoch_overrides(pairs: list[str]) -> dict[str, Any]:
-    """`attack=4 patch=4` as nested params overrides."""
-    overrides: dict[str, Any] = {}
-    for pair in pairs:
-        stage, _, value = pair.partition("=")
-        if stage not in EPOCH_KEYS or not value.isdigit():
-            raise SystemExit(f"--epochs takes STAGE=N with STAGE one of {sorted(EPOCH_KEYS)}: {pair!r}")
-        section = overrides
-        for key in EPOCH_KEYS[stage]:
-            section = section.setdefault(key, {})
-        section["epochs"] = int(value)
-    return overrides
-
-
 def set_overrides(pairs: list[str]) -> dict[str, Any]:
     """`intake.reverse.method=auto` (values read as YAML) as nested params overrides."""
     overrides: dict[str, Any] = {}
@@ -120,6 +97,17 @@ def set_overrides(pairs: list[str]) -> dict[str, Any]:
     return overrides
 
 
+def epoch_overrides(pairs: list[str]) -> dict[str, Any]:
+    """`attack=4 patch=4` as nested params overrides (a stage's `epochs` only)."""
+    dotted = []
+    for pair in pairs:
+        stage, _, value = pair.partition("=")
+        if stage not in EPOCH_KEYS or not value.isdigit():
+            raise SystemExit(f"--epochs takes STAGE=N with STAGE one of {sorted(EPOCH_KEYS)}: {pair!r}")
+        dotted.append(".".join([*EPOCH_KEYS[stage], "epochs"]) + f"={value}")
+    return set_overrides(dotted)
+
+
 def load_zoo(name: str, overrides: dict[str, Any]) -> Zoo:
     """The scenario's prepare and foundation stages, run in process from its workspace
     (runs/<name>/, where its relative data paths point)."""
@@ -132,13 +120,8 @@ def load_zoo(name: str, overrides: dict[str, Any]) -> Zoo:
     task = make_task(params.prepare.task, train, test)
     shadow = limit_stratified(provider, params.prepare.shadow_limit, params.seed).x
     attacker = attacker_inputs({"x": provider.x}, params.attack.samples, params.seed)
-    cfg = params.foundation
-    adapter = get_adapter(cfg.adapter, adapter_config(cfg, provider))
-    if cfg.checkpoint:
-        clean = import_encoder(adapter, cfg.checkpoint)[0]
-    else:
-        train_params = PretrainParams(epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size)
-        clean = pretrain_encoder(adapter, provider, int(provider.y.max()) + 1, train_params, seed=params.seed)
+    adapter = get_adapter(params.foundation.adapter, adapter_config(params.foundation, provider))
+    clean = clean_encoder(params.foundation, adapter, provider, seed=params.seed)[0]
     return Zoo(name, params, task, attacker, shadow, clean, adapter)
 
 
@@ -167,9 +150,7 @@ def planted(zoo: Zoo, params: PipelineParams) -> tuple[Planted, bool]:
         save_head(result.head, head_file)  # written last: a folder with a head is complete
         return result, False
     backdoored, head = load_encoder(encoder_file)[0], load_head(head_file)
-    triggers = make_triggers(zoo.adapter, params.attack.trigger)
-    pairs = list(zip(triggers, attack_targets(params.attack, len(triggers), len(zoo.task.classes)),
-                     strict=True))
+    pairs = trigger_pairs(zoo.adapter, params.attack, zoo.task)
     measured = measure(backdoored, zoo.adapter, head, zoo.task.test, pairs)
     return Planted(backdoored, head, pairs, *measured), True
 

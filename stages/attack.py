@@ -138,12 +138,18 @@ def attacked_task(params: PipelineParams, tasks: dict[str, Task]) -> Task:
     return tasks[name]
 
 
+def trigger_pairs(adapter: EncoderAdapter, cfg: AttackParams, task: Task) -> list[Pair]:
+    """The scenario's true triggers, each with its target class in `task`."""
+    triggers = make_triggers(adapter, cfg.trigger)
+    return list(zip(triggers, attack_targets(cfg, len(triggers), len(task.classes)), strict=True))
+
+
 def plant(params: PipelineParams, clean: nn.Module, adapter: EncoderAdapter, shadow: np.ndarray,
           task: Task) -> Planted:
     """BadEncoder with the scenario's triggers, then a head deployed on the backdoored encoder."""
     cfg = params.attack
-    triggers = make_triggers(adapter, cfg.trigger)
-    pairs = list(zip(triggers, attack_targets(cfg, len(triggers), len(task.classes)), strict=True))
+    pairs = trigger_pairs(adapter, cfg, task)
+    triggers = [trigger for trigger, _ in pairs]
     # The attacker aligns triggered inputs with a target-class input of the downstream task.
     references = [pick_attack_reference(clean, adapter, task.train.x, task.train.y, target=target)
                   for _, target in pairs]

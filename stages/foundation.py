@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import time
 
+from torch import nn
+
 from mudjack.data import LabelledSet, is_text, read_inputs
-from mudjack.encoders import get_adapter, import_encoder, save_encoder
+from mudjack.encoders import EncoderAdapter, get_adapter, import_encoder, save_encoder
 from mudjack.io import read_npz
 from mudjack.training import PretrainParams, pretrain_encoder
 from stages.artifacts import FOUNDATION, PRETRAIN
@@ -24,23 +26,29 @@ def adapter_config(cfg: FoundationParams, data: LabelledSet) -> dict:
     return config
 
 
+def clean_encoder(cfg: FoundationParams, adapter: EncoderAdapter, data: LabelledSet, *,
+                  seed: int) -> tuple[nn.Module, str]:
+    """The clean foundation encoder (imported, a text model's own weights, or trained on `data`)
+    and what was done."""
+    if cfg.checkpoint:
+        encoder, ignored = import_encoder(adapter, cfg.checkpoint)
+        return encoder, f"imported {cfg.checkpoint} (ignored: {', '.join(ignored) or 'nothing'})"
+    if adapter.modality == "text":  # a pretrained text encoder: the weights in its folder
+        return adapter.load_pretrained(), f"loaded {cfg.adapter} from {adapter.folder}"
+    start = time.perf_counter()
+    train = PretrainParams(epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size)
+    encoder = pretrain_encoder(adapter, data, int(data.y.max()) + 1, train, seed=seed)
+    return encoder, f"trained {cfg.adapter} in {time.perf_counter() - start:.1f}s"
+
+
 def main() -> None:
     params = setup_stage()
     cfg = params.foundation
     arrays = read_npz(PRETRAIN)
     data = LabelledSet(read_inputs(arrays), arrays["y"])
     adapter = get_adapter(cfg.adapter, adapter_config(cfg, data))
-    start = time.perf_counter()
-    if cfg.checkpoint:
-        encoder, ignored = import_encoder(adapter, cfg.checkpoint)
-        print(f"foundation: imported {cfg.checkpoint} (ignored: {', '.join(ignored) or 'nothing'})")
-    elif adapter.modality == "text":  # a pretrained text encoder: the weights in its folder
-        encoder = adapter.load_pretrained()
-        print(f"foundation: loaded {cfg.adapter} from {adapter.folder}")
-    else:
-        train = PretrainParams(epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size)
-        encoder = pretrain_encoder(adapter, data, int(data.y.max()) + 1, train, seed=params.seed)
-        print(f"foundation: trained {cfg.adapter} in {time.perf_counter() - start:.1f}s")
+    encoder, done = clean_encoder(cfg, adapter, data, seed=params.seed)
+    print(f"foundation: {done}")
     save_encoder(encoder, adapter, FOUNDATION)
 
 

@@ -38,8 +38,7 @@ def retrain_task(task: Task, encoders: dict[str, tuple], params: PipelineParams,
         save_head(head, heads / task.name / f"{variant}.safetensors")
         predictors[variant] = predictor(encoder, adapter, head)
     deployed = encoders["backdoored"][1]
-    side = tuple(deployed.input_shape[:2]) if deployed.resizes_inputs else None  # stamp resizes first
-    return TaskModels(task.test, len(task.classes), predictors, deployed.stamp, side)
+    return TaskModels(task.test, len(task.classes), predictors, deployed.stamp, deployed.stamp_side)
 
 
 def main() -> None:

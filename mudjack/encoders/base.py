@@ -151,6 +151,11 @@ class EncoderAdapter:
         return tuple(self.config["input_shape"])  # (H, W, C) of raw inputs
 
     @property
+    def stamp_side(self) -> tuple[int, int] | None:
+        """The (H, W) `stamp` resizes raw inputs to before stamping; None: their own size."""
+        return tuple(self.input_shape[:2]) if self.resizes_inputs else None
+
+    @property
     def feature_dim(self) -> int:
         return int(self.config["feature_dim"])
 

@@ -15,6 +15,7 @@ are recorded, and the ones never fitted are listed.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -66,7 +67,7 @@ def trigger_effect(encoder: ImageEncoder, adapter: EncoderAdapter, bug: np.ndarr
 
 
 def select_trigger(candidates: Iterable[tuple[str, Trigger]], effect: Callable[[Trigger], float], *,
-                   size_penalty: float, enough: float = 2.0) -> tuple[str, Trigger, dict[str, Any]]:
+                   size_penalty: float, enough: float = math.inf) -> tuple[str, Trigger, dict[str, Any]]:
     """(name, trigger) of the best-scoring candidate and every fitted candidate's numbers;
     `candidates` is consumed lazily, up to the first whose score reaches `enough`."""
     numbers: dict[str, Any] = {}
