@@ -62,7 +62,8 @@ def scenario_params(root: Path, name: str, overrides: dict[str, Any] | None = No
 
 
 def _rebase(dep: Any, prefix: str) -> Any:
-    if isinstance(dep, str) and dep.startswith(CODE_DIRS):
+    # a code folder itself ("mudjack") as well as a file in one ("stages/patch.py")
+    if isinstance(dep, str) and (dep + "/").startswith(CODE_DIRS):
         return prefix + dep
     return dep
 

@@ -44,6 +44,14 @@ def test_workspace_points_code_dependencies_back_at_the_project(tmp_path):
     pipeline = yaml.safe_load((workspace / "dvc.yaml").read_text())
     assert "../../stages/patch.py" in pipeline["stages"]["patch"]["deps"]
     assert "${paths.encoder}" in pipeline["stages"]["patch"]["deps"]
+    # every code dependency, a whole folder too, resolves from runs/NAME/ (a bare "mudjack"
+    # left as it was broke every scenario's prepare)
+    for stage in pipeline["stages"].values():
+        for dep in stage["deps"]:
+            if dep.split("/")[0] in ("mudjack", "stages", "pipeline"):
+                raise AssertionError(f"{dep} not rebased")
+            if dep.startswith("../../"):
+                assert (workspace / dep).exists(), dep
     params = yaml.safe_load((workspace / "params.yaml").read_text())
     assert params["patch"]["method"] == "finetune" and "views" not in params["patch"]
     assert workspace_dvc_yaml(tmp_path)["stages"].keys() == pipeline["stages"].keys()
