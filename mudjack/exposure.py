@@ -42,11 +42,12 @@ import numpy as np
 from scipy.stats import binomtest
 
 from mudjack.bugs import Bug
-from mudjack.data import LabelledSet, is_text
+from mudjack.data import LabelledSet, is_text, iter_batches
 from mudjack.metrics import clean_accuracy, evaluate, non_target
 from mudjack.triggers import TextTrigger, Trigger
 
 LEVEL = 0.01
+STAMP_BATCH = 512  # images stamped and classified at a time
 MODELS = ("backdoored", "patched")  # before / after the repair
 ATTACK_METRICS = ("asr", "tba", "flip_asr")
 
@@ -134,13 +135,28 @@ class TaskModels:
         return {model: self.predictors[model](self.test.x) for model in MODELS}
 
 
+def triggered_predictions(models: TaskModels, trigger: Trigger | TextTrigger, *,
+                          batch_size: int = STAMP_BATCH) -> dict[str, np.ndarray]:
+    """Each model's predictions on the test inputs with `trigger` stamped, a batch of images
+    at a time (a test set of 224 px images is never stamped whole in memory). Sentences are
+    stamped in one go: the text stamp draws its insertion points from one seeded stream."""
+    x = models.test.x
+    size = len(x) if is_text(x) else batch_size
+    parts: dict[str, list[np.ndarray]] = {model: [] for model in MODELS}
+    for rows in iter_batches(x, max(1, size)):
+        stamped = models.stamp(rows, trigger)
+        for model in MODELS:
+            parts[model].append(np.asarray(models.predictors[model](stamped)))
+    return {model: np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int64)
+            for model, chunks in parts.items()}
+
+
 def measure_trigger(task: str, models: TaskModels, named: NamedTrigger,
                     clean: dict[str, np.ndarray], *, level: float = LEVEL) -> dict[str, Any]:
     """One trigger on one task: its target with the evidence, and the attack metrics of each
     model (backdoored, patched) on that target."""
     labels = models.test.y
-    stamped = models.stamp(models.test.x, named.trigger)
-    triggered = {model: models.predictors[model](stamped) for model in MODELS}
+    triggered = triggered_predictions(models, named.trigger)
     inferred = task not in named.targets
     target = (infer_target(labels, triggered["backdoored"], models.n_classes) if inferred
               else named.targets[task])

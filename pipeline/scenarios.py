@@ -51,10 +51,13 @@ def scenario_params(root: Path, name: str, overrides: dict[str, Any] | None = No
     """params.yaml with the scenario (minus its non-parameter keys) and `overrides` merged in.
 
     An override naming another patch method replaces the patch section: each method
-    has its own keys.
+    has its own keys. A scenario's `foundation.config` replaces the default's whole: it is
+    its adapter's, whose keys do not mix with another adapter's.
     """
     scenario = {k: v for k, v in load_scenario(root, name).items() if k not in NON_PARAM_KEYS}
     merged = deep_merge(read_params_yaml(root / "params.yaml"), scenario)
+    if "config" in scenario.get("foundation", {}):
+        merged["foundation"]["config"] = scenario["foundation"]["config"]
     overrides = overrides or {}
     if overrides.get("patch", {}).get("method", merged["patch"]["method"]) != merged["patch"]["method"]:
         merged["patch"] = {}

@@ -16,6 +16,7 @@ from mudjack.exposure import (
     infer_target,
     named_triggers,
     task_exposure,
+    triggered_predictions,
     worst_trigger,
 )
 from mudjack.triggers import TextTrigger, patch_trigger, stamp
@@ -200,3 +201,21 @@ def test_a_trigger_in_the_space_a_stamp_resizes_to_is_measured_on_inputs_of_anot
     as_given = TaskModels(large, CLASSES, predictors, stamp)
     assert task_exposure("t", as_given, trigger)["exposure"]["not_measured"] == {
         "bug:b": "trigger of (4, 4) on inputs of (8, 8)"}
+
+
+def test_images_are_stamped_and_classified_a_batch_at_a_time() -> None:
+    """A 224 px test set is never stamped whole: each stamp call gets at most a batch, and the
+    predictions are those of stamping everything at once."""
+    sizes: list[int] = []
+
+    def recording_stamp(x: np.ndarray, trigger) -> np.ndarray:
+        sizes.append(len(x))
+        return stamp(x, trigger)
+
+    test = toy_test(n=150)
+    batched = TaskModels(test, CLASSES, {"backdoored": toy(3), "patched": toy(None)}, recording_stamp)
+    got = triggered_predictions(batched, TRIGGER, batch_size=64)
+    assert sizes == [64, 64, 22]
+    whole = stamp(test.x, TRIGGER)
+    assert np.array_equal(got["backdoored"], toy(3)(whole))
+    assert np.array_equal(got["patched"], toy(None)(whole))

@@ -163,7 +163,10 @@ def test_one_mudjacking_step_changes_the_weights_and_keeps_batchnorm_frozen(tiny
     images = _images(5, side=40, seed=2)
     bug = Bug("b", "t", 1, 0, adapter.stamp(images[:1], trigger)[0], adapter.resize_raw(images[1]), trigger)
     params = MudjackingParams(epochs=1, batch_size=4, clean_samples=4, views=1, lr=0.05, device="cpu")
-    patched = mudjacking(encoder, adapter, images, [bug], params).encoder
+    result = mudjacking(encoder, adapter, images, [bug], params)
+    patched = result.encoder
+    # `auto` picks SGD where BatchNorm is (ResNet) and Adam for the LayerNorm transformers
+    assert result.info["optimizer"] == ("sgd" if family == "resnet" else "adam")
     before, after = encoder.state_dict(), patched.state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     trainable = {k for k, v in before.items() if v.is_floating_point() and "running" not in k}

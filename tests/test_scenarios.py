@@ -3,8 +3,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from mudjack.encoders import get_adapter
 from pipeline.scenarios import (
     deep_merge,
+    load_scenario,
     method_settings,
     prepare_workspace,
     scenario_names,
@@ -55,3 +57,15 @@ def test_workspace_points_code_dependencies_back_at_the_project(tmp_path):
     params = yaml.safe_load((workspace / "params.yaml").read_text())
     assert params["patch"]["method"] == "finetune" and "views" not in params["patch"]
     assert workspace_dvc_yaml(tmp_path)["stages"].keys() == pipeline["stages"].keys()
+
+
+def test_a_scenarios_encoder_config_replaces_the_default_adapters():
+    """vit-cifar's hf_vision config must not inherit small_cnn's keys (width, feature_dim):
+    hf_vision refuses keys it does not know, so a merged config failed the foundation stage."""
+    config = scenario_params(ROOT, "vit-cifar")["foundation"]["config"]
+    assert config == load_scenario(ROOT, "vit-cifar")["foundation"]["config"]
+    adapter = get_adapter("hf_vision", {"input_shape": [32, 32, 3], "mean": [0.5] * 3,
+                                        "std": [0.25] * 3, **config})
+    assert adapter.feature_dim == 128 and adapter.family.tokens
+    # a scenario without its own encoder config keeps the default's
+    assert scenario_params(ROOT, "digits")["foundation"]["config"] == {"width": 32, "feature_dim": 64}

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -42,7 +43,11 @@ from mudjack.triggers import blend
 class MudjackingParams(Params):
     device: str = "auto"
     epochs: Epochs = 10
+    # auto: SGD at `lr` for encoders with BatchNorm (CNNs), Adam at `adam_lr` for the others
+    # (LayerNorm transformers, as the authors patched CLIP); the choice is in the patch log
+    optimizer: Literal["auto", "sgd", "adam"] = "auto"
     lr: LearningRate = 1e-2
+    adam_lr: LearningRate = 1e-4
     momentum: Momentum = 0.9
     weight_decay: NonNegative = 5e-4
     batch_size: BatchSize = 64
@@ -162,6 +167,25 @@ class PatchRun:
         return {name: float(value.detach()) for name, value in terms.items()}
 
 
+def has_batchnorm(module: nn.Module) -> bool:
+    return any(isinstance(layer, nn.modules.batchnorm._BatchNorm) for layer in module.modules())
+
+
+def optimizer_name(encoder: nn.Module, params: MudjackingParams) -> str:
+    """The optimiser `auto` resolves to for this encoder."""
+    if params.optimizer != "auto":
+        return params.optimizer
+    return "sgd" if has_batchnorm(encoder) else "adam"
+
+
+def image_optimiser(patched: nn.Module, params: MudjackingParams) -> torch.optim.Optimizer:
+    trainable = list(trainable_parameters(patched))
+    if optimizer_name(patched, params) == "adam":  # no weight decay: it would pull every weight
+        return torch.optim.Adam(trainable, lr=params.adam_lr)
+    return torch.optim.SGD(trainable, lr=params.lr, momentum=params.momentum,
+                           weight_decay=params.weight_decay)
+
+
 def start_run(encoder: ImageEncoder, adapter: EncoderAdapter, shadow: np.ndarray, bugs: list[Bug],
               params: MudjackingParams, *, seed: int, context: Distributed | None = None) -> PatchRun:
     """Set up a run: the patched and frozen copies, the optimiser, the sampled shadow pixels
@@ -171,8 +195,7 @@ def start_run(encoder: ImageEncoder, adapter: EncoderAdapter, shadow: np.ndarray
     device = context.device if context is not None else select_device(params.device)
     patched, frozen = _prepare(encoder, device)
     forward, frozen = prepare_models(patched, frozen, compile_models=params.compile, context=context)
-    optimiser = torch.optim.SGD(list(trainable_parameters(patched)), lr=params.lr,
-                                momentum=params.momentum, weight_decay=params.weight_decay)
+    optimiser = image_optimiser(patched, params)
     count = params.clean_samples or max(1, int(round(params.shadow_fraction * len(shadow))))
     used = np.sort(rng.permutation(len(shadow))[:count])
     augment = mudjacking_augmentation().to(device) if params.augment else None
@@ -213,5 +236,6 @@ def mudjacking(encoder: ImageEncoder, adapter: EncoderAdapter, shadow: np.ndarra
         _train(run, progress, checkpoint)
     return PatchResult(contiguous(run.patched.eval().cpu()), progress.log, progress.elapsed(), progress.step,
                        info={"device": str(run.device), "clean_samples": len(run.used),
+                             "optimizer": optimizer_name(run.patched, run.params),
                              "bug_ids": [b.id for b in bugs], "resumed_from_step": progress.resumed_from,
                              "world_size": distributed.world_size if distributed else 1})
