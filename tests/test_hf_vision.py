@@ -162,7 +162,8 @@ def test_one_mudjacking_step_changes_the_weights_and_keeps_batchnorm_frozen(tiny
     trigger = patch_trigger((SIDE, SIDE, 3), 4, 2, 3)
     images = _images(5, side=40, seed=2)
     bug = Bug("b", "t", 1, 0, adapter.stamp(images[:1], trigger)[0], adapter.resize_raw(images[1]), trigger)
-    params = MudjackingParams(epochs=1, batch_size=4, clean_samples=4, views=1, lr=0.05, device="cpu")
+    params = MudjackingParams(epochs=1, batch_size=4, clean_samples=4, views=1, lr=0.05, device="cpu",
+                              optimizer="auto")
     result = mudjacking(encoder, adapter, images, [bug], params)
     patched = result.encoder
     # `auto` picks SGD where BatchNorm is (ResNet) and Adam for the LayerNorm transformers

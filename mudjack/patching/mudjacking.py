@@ -43,11 +43,11 @@ from mudjack.triggers import blend
 class MudjackingParams(Params):
     device: str = "auto"
     epochs: Epochs = 10
-    # auto: SGD at `lr` for encoders with BatchNorm (CNNs), Adam at `adam_lr` for the others
-    # (LayerNorm transformers, as the authors patched CLIP); the choice is in the patch log
-    optimizer: Literal["auto", "sgd", "adam"] = "auto"
+    # sgd (at `lr`) | adam (at `adam_lr`) | auto: SGD for encoders with BatchNorm (CNNs), Adam
+    # for the others (LayerNorm transformers, as the authors patched CLIP); the patch log says which
+    optimizer: Literal["auto", "sgd", "adam"] = "sgd"
     lr: LearningRate = 1e-2
-    adam_lr: LearningRate = 1e-4
+    adam_lr: LearningRate = 1e-3
     momentum: Momentum = 0.9
     weight_decay: NonNegative = 5e-4
     batch_size: BatchSize = 64
