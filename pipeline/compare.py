@@ -23,7 +23,7 @@ from typing import Any
 from mudjack.io import atomic_path, read_json
 from mudjack.patching import PATCH_METHODS
 from pipeline.dag import run_dvc
-from pipeline.scenarios import method_settings, prepare_workspace
+from pipeline.scenarios import method_settings, prepare_workspace, scenario_params
 from stages import artifacts
 
 METRICS = ("clean_acc", "asr", "tba", "flip_asr")
@@ -36,10 +36,18 @@ BUDGETS = ("reporting", "all")  # a `tasks` budget: the reporting task's labels,
 OURS = "mudjacking"             # methods whose name starts with it are the repair, not a baseline
 
 
-def budgets(method: str) -> list[str | None]:
-    """The label budgets a method is compared in: both for FT/SFT, none for the others."""
+def budgets(method: str, *, tasks: int = 2) -> list[str | None]:
+    """The label budgets a method is compared in: both for FT/SFT (one where the scenario has
+    a single task: every task's labels are the reporting task's), none for the others."""
     fields = PATCH_METHODS[method][0].model_fields if method in PATCH_METHODS else {}
-    return list(BUDGETS) if "tasks" in fields else [None]
+    if "tasks" not in fields:
+        return [None]
+    return list(BUDGETS) if tasks > 1 else list(BUDGETS[:1])
+
+
+def task_count(root: Path, scenario: str) -> int:
+    """The downstream tasks a scenario deploys: its task plus `prepare.more_tasks`."""
+    return 1 + len(scenario_params(root, scenario)["prepare"].get("more_tasks") or [])
 
 
 def clean_data(patch: dict[str, Any]) -> str:
@@ -188,7 +196,8 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
 
 def compare(root: Path, scenario: str, methods: list[str]) -> Path:
     """Run every method, then write reports/compare/<scenario>.csv, .md and .png."""
-    rows = [row for method in methods for budget in budgets(method)
+    tasks = task_count(root, scenario)
+    rows = [row for method in methods for budget in budgets(method, tasks=tasks)
             for row in run_method(root, scenario, method, budget)]
     out = root / artifacts.COMPARE_DIR
     for suffix, text in ((".csv", to_csv(rows)), (".md", to_markdown(rows))):

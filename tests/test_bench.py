@@ -5,6 +5,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
@@ -145,3 +146,38 @@ def test_attack_zoo_table_has_a_row_per_attack_with_its_repair():
     assert head.count("|") == rule.count("|") == row.count("|") == bare.count("|") == 12
     assert row == "| blend | 1 | 20 | 1.000 | 1/2 | blend | 1.000 | 0.400 | 0.030 | 0.007 | 5.0 |"
     assert bare == "| line | 0 | 3 | 0.500 | - | - |  |  |  |  | - |"
+
+
+def _digits_npz(path: Path, *, shuffle_train: bool = False) -> Path:
+    from mudjack.data import load_digits_images, stratified_split
+
+    data = load_digits_images()
+    test, train = stratified_split(data.y, 0.3, 0)
+    y_train = data.y[train]
+    if shuffle_train:  # labels that carry nothing: the probe must fall to chance
+        y_train = np.random.default_rng(0).permutation(y_train)
+    np.savez(path, x_train=data.x[train], y_train=y_train, x_test=data.x[test], y_test=data.y[test])
+    return path
+
+
+def test_probe_accuracy_scores_a_linear_probe_on_frozen_features(tmp_path):
+    import probe_accuracy
+
+    from mudjack.encoders import get_adapter, save_encoder
+
+    adapter = get_adapter("small_cnn", {"input_shape": [8, 8, 3], "mean": [0.3] * 3, "std": [0.4] * 3,
+                                        "width": 8, "feature_dim": 16})
+    save_encoder(adapter.build(), adapter, tmp_path / "encoder.safetensors")
+    runs = {}
+    for shuffle in (False, True):
+        npz = _digits_npz(tmp_path / f"digits_{shuffle}.npz", shuffle_train=shuffle)
+        out = tmp_path / f"probe_{shuffle}.json"
+        runs[shuffle] = probe_accuracy.main(["--encoder", str(tmp_path / "encoder.safetensors"),
+                                             "--train", f"npz:{npz}:train", "--test", f"npz:{npz}:test",
+                                             "--epochs", "60", "--out", str(out)])
+        assert json.loads(out.read_text()) == runs[shuffle]
+    # random conv features still separate digits linearly; shuffled labels teach nothing
+    assert runs[False]["test_acc"] >= 0.5 and runs[True]["test_acc"] <= 0.3
+    assert runs[False]["classes"] == 10 and runs[False]["adapter"] == "small_cnn"
+    with pytest.raises(SystemExit):
+        probe_accuracy.main(["--encoder", "e", "--train", "npz", "--test", "npz:x"])

@@ -5,7 +5,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.compare import budgets, method_rows, to_csv, to_markdown, variant_settings, verdicts
+from pipeline.compare import (
+    budgets,
+    method_rows,
+    task_count,
+    to_csv,
+    to_markdown,
+    variant_settings,
+    verdicts,
+)
 from pipeline.scenarios import scenario_params
 from stages.config import PipelineParams
 
@@ -42,6 +50,9 @@ def _rows() -> list[dict]:
 def test_fine_tuning_runs_in_two_label_budgets_mudjacking_in_one():
     assert budgets("finetune") == budgets("super_finetune") == ["reporting", "all"]
     assert budgets("mudjacking") == [None]
+    # one task: "every task's labels" are the reporting task's, so that run is not repeated
+    assert budgets("finetune", tasks=1) == ["reporting"] and budgets("mudjacking", tasks=1) == [None]
+    assert task_count(ROOT, "resnet20-multi") == 3 and task_count(ROOT, "resnet20-gtsrb") == 1
     settings = variant_settings(ROOT, "resnet20-multi", "finetune", "all")
     params = PipelineParams(**scenario_params(ROOT, "resnet20-multi", settings))
     assert params.patch.method == "finetune" and params.patch.settings["tasks"] == "all"
