@@ -9,6 +9,9 @@ config (params.yaml `foundation.config`):
             head often missing from a checkpoint; pooled for the others). `cls` needs a CLS
             token (not SigLIP, ConvNeXt, ResNet); `mean` averages all output tokens (or the
             last feature map's positions)
+  model     instead of a folder: the architecture itself (`model_type` and that family's keys,
+            as a saved encoder stores it), with input_shape, mean and std; the foundation stage
+            fills those from its data and trains the model from random weights (vit-cifar)
 
 From the folder the adapter takes the architecture (only the keys of `FAMILIES`, bounded by
 `LIMITS`, in mudjack/encoders/hf_schema.py) and the input space: the side from `crop_size`
