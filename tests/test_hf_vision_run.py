@@ -12,12 +12,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
-from mudjack.data import LabelledSet, Task, load_digits_images, stratified_split
-from mudjack.encoders import EncoderAdapter, ImageEncoder
+from mudjack.data import Task
 from mudjack.io import read_json
 from stages.artifacts import (
     EXPORT_SUMMARY,
@@ -31,7 +29,7 @@ from stages.artifacts import (
     VALIDATION,
 )
 from tests.conftest import Scenario
-from tests.helpers.byo import PATHS, parity, run_repair, write_project
+from tests.helpers.byo import PATHS, digits_backdoor, run_repair, write_project
 
 SIDE = 64
 VIT = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 64,
@@ -51,50 +49,15 @@ def write_tiny_vit(folder: Path) -> Path:
     return folder
 
 
-def upscale(part: LabelledSet, side: int) -> LabelledSet:
-    """8x8 digits at `side` (a multiple of 8), each pixel a block."""
-    block = np.ones((1, side // 8, side // 8, 1), dtype=np.uint8)
-    return LabelledSet(np.kron(part.x, block), part.y)
-
-
-def warm_up(encoder: ImageEncoder, adapter: EncoderAdapter, data: LabelledSet) -> ImageEncoder:
-    """A short supervised fit from the folder's random weights: a random ViT's CLS token barely
-    separates the digits, and BadEncoder keeps what the clean encoder gives."""
-    from mudjack.training import fit_cross_entropy
-
-    model = torch.nn.Sequential(encoder, torch.nn.Linear(adapter.feature_dim, 10)).train()
-    fit_cross_entropy(model, adapter.preprocess(data.x), torch.as_tensor(data.y),
-                      torch.optim.Adam(model.parameters(), lr=3e-3), epochs=30, batch_size=64,
-                      generator=torch.Generator().manual_seed(0))
-    return encoder.eval()
-
-
 @pytest.fixture(scope="module")
 def vit_scenario(tmp_path_factory: pytest.TempPathFactory) -> tuple[Scenario, Task]:
     """The backdoored ViT with its digits (48x48) deployed head, and the parity task at 64x64."""
-    from mudjack.attacks import BadEncoderParams, badencoder, pick_attack_reference
     from mudjack.encoders import get_adapter
-    from mudjack.features import extract_features
-    from mudjack.heads import HeadParams, train_head
     from mudjack.triggers import patch_trigger
 
     torch.set_num_threads(1)
     adapter = get_adapter("hf_vision", {"folder": str(write_tiny_vit(tmp_path_factory.mktemp("vit")))})
-    data = load_digits_images()
-    provider, rest = stratified_split(data.y, 0.5, 0)
-    downstream = data.subset(rest)
-    test, train = stratified_split(downstream.y, 0.5, 1)
-    shadow = upscale(data.subset(provider), SIDE)
-    clean = warm_up(adapter.load_pretrained(), adapter, shadow)
-    trigger = patch_trigger((SIDE, SIDE, 3), 8, 52, 52)
-    reference = pick_attack_reference(clean, adapter, shadow.x, shadow.y, target=TARGET)
-    backdoored = badencoder(clean, adapter, shadow.x, trigger, reference,
-                            BadEncoderParams(optimizer="adam", lr=1e-3, epochs=12), seed=0)
-    digits = Task("digits", list(range(10)), *(upscale(downstream.subset(i), 48) for i in (train, test)))
-    head = train_head(extract_features(backdoored, adapter, digits.train.x), digits.train.y, 10,
-                      HeadParams(epochs=60), seed=0)
-    at_64 = Task("digits", digits.classes, *(upscale(downstream.subset(i), SIDE) for i in (train, test)))
-    return Scenario(adapter, clean, backdoored, head, shadow.x, digits, trigger, TARGET), parity(at_64)
+    return digits_backdoor(adapter, trigger=patch_trigger((SIDE, SIDE, 3), 8, 52, 52), digits_side=48)
 
 
 @pytest.fixture(scope="module")

@@ -9,13 +9,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
-from mudjack.data import LabelledSet, Task, save_task
-from mudjack.encoders import save_encoder
+from mudjack.data import LabelledSet, Task, load_digits_images, save_task, stratified_split
+from mudjack.encoders import EncoderAdapter, ImageEncoder, save_encoder
 from mudjack.features import extract_features
 from mudjack.heads import predict, save_head
 from mudjack.io import write_npz
+from mudjack.triggers import Trigger
 
 if TYPE_CHECKING:
     from tests.conftest import Scenario
@@ -74,3 +76,48 @@ def run_repair(root: Path, *, validate: bool) -> None:
             write_json(VALIDATION, {"reports": {"rejected": {}}})
         for stage in (intake, patch, retrain, export, report):
             stage.main()
+
+
+def upscale(part: LabelledSet, side: int) -> LabelledSet:
+    """8x8 digits at `side` (a multiple of 8), each pixel a block."""
+    block = np.ones((1, side // 8, side // 8, 1), dtype=np.uint8)
+    return LabelledSet(np.kron(part.x, block), part.y)
+
+
+def warm_up(encoder: ImageEncoder, adapter: EncoderAdapter, data: LabelledSet) -> ImageEncoder:
+    """A short supervised fit from the folder's random weights: a random ViT's CLS token barely
+    separates the digits, and BadEncoder keeps what the clean encoder gives."""
+    from mudjack.training import fit_cross_entropy
+
+    model = torch.nn.Sequential(encoder, torch.nn.Linear(adapter.feature_dim, 10)).train()
+    fit_cross_entropy(model, adapter.preprocess(data.x), torch.as_tensor(data.y),
+                      torch.optim.Adam(model.parameters(), lr=3e-3), epochs=30, batch_size=64,
+                      generator=torch.Generator().manual_seed(0))
+    return encoder.eval()
+
+
+def digits_backdoor(adapter: EncoderAdapter, *, trigger: Trigger, digits_side: int,
+                    target: int = 0) -> tuple[Scenario, Task]:
+    """A tiny encoder warmed up on half the digits (at its input side), backdoored with
+    BadEncoder (`trigger` to `target`), its deployed head on the other half at `digits_side`,
+    and a second task on the same images at the encoder's side: the digits' parity."""
+    from mudjack.attacks import BadEncoderParams, badencoder, pick_attack_reference
+    from mudjack.heads import HeadParams, train_head
+    from tests.conftest import Scenario
+
+    side = adapter.input_side[0]
+    data = load_digits_images()
+    provider, rest = stratified_split(data.y, 0.5, 0)
+    downstream = data.subset(rest)
+    test, train = stratified_split(downstream.y, 0.5, 1)
+    shadow = upscale(data.subset(provider), side)
+    clean = warm_up(adapter.load_pretrained(), adapter, shadow)
+    reference = pick_attack_reference(clean, adapter, shadow.x, shadow.y, target=target)
+    backdoored = badencoder(clean, adapter, shadow.x, trigger, reference,
+                            BadEncoderParams(optimizer="adam", lr=1e-3, epochs=12), seed=0)
+    digits = Task("digits", list(range(10)),
+                  *(upscale(downstream.subset(i), digits_side) for i in (train, test)))
+    head = train_head(extract_features(backdoored, adapter, digits.train.x), digits.train.y, 10,
+                      HeadParams(epochs=60), seed=0)
+    at_side = Task("digits", digits.classes, *(upscale(downstream.subset(i), side) for i in (train, test)))
+    return Scenario(adapter, clean, backdoored, head, shadow.x, digits, trigger, target), parity(at_side)
