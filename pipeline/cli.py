@@ -187,6 +187,9 @@ def compare(
         str, typer.Option(help="Comma-separated patch methods to run on the same inputs.")
     ] = "mudjacking,finetune,super_finetune",
     root: RootOption = None,
+    sequela: Annotated[
+        bool, typer.Option(help="Also measure backdoor sequela (membership inference, re-injection).")
+    ] = True,
 ) -> None:
     """Run one scenario with several patch methods (FT/SFT in two label budgets: the
     reporting task's, every task's) and write one table, a row per method x budget x task:
@@ -201,7 +204,8 @@ def compare(
 
     path = _root(root)
     try:
-        table = run_compare(path, scenario, [m.strip() for m in methods.split(",") if m.strip()])
+        table = run_compare(path, scenario, [m.strip() for m in methods.split(",") if m.strip()],
+                            sequela=sequela)
     except (StageFailedError, DvcException, FileNotFoundError) as exc:
         raise _fail(exc) from exc
     console.print(table.read_text())

@@ -104,15 +104,18 @@ def variant_settings(root: Path, scenario: str, method: str, budget: str | None)
     return overrides
 
 
-def run_method(root: Path, scenario: str, method: str, budget: str | None = None) -> list[dict[str, Any]]:
-    """Reproduce the scenario's workspace with `method` (in `budget`) as the patch; one row per task."""
+def run_method(root: Path, scenario: str, method: str, budget: str | None = None, *,
+               sequela: bool = True) -> list[dict[str, Any]]:
+    """Reproduce the scenario's workspace with `method` (in `budget`) as the patch; one row per
+    task. Without `sequela`, only the stages up to the report run and its columns stay empty
+    (its re-injection runs BadEncoder twice per method: most of a compare's time)."""
     workspace = prepare_workspace(root, scenario, variant_settings(root, scenario, method, budget))
     start = time.perf_counter()
-    run_dvc([sys.executable, "-m", "dvc", "repro"], cwd=workspace)
-    sequela = workspace / artifacts.SEQUELA
+    run_dvc([sys.executable, "-m", "dvc", "repro", *([] if sequela else ["report"])], cwd=workspace)
+    sequela_file = workspace / artifacts.SEQUELA
     runs = {"metrics": read_json(workspace / artifacts.METRICS),
             "patch": read_json(workspace / artifacts.PATCH_SUMMARY),
-            "sequela": read_json(sequela) if sequela.is_file() else None,
+            "sequela": read_json(sequela_file) if sequela and sequela_file.is_file() else None,
             "wall": round(time.perf_counter() - start, 1)}
     return method_rows(scenario, method, budget, runs)
 
@@ -194,11 +197,11 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def compare(root: Path, scenario: str, methods: list[str]) -> Path:
+def compare(root: Path, scenario: str, methods: list[str], *, sequela: bool = True) -> Path:
     """Run every method, then write reports/compare/<scenario>.csv, .md and .png."""
     tasks = task_count(root, scenario)
     rows = [row for method in methods for budget in budgets(method, tasks=tasks)
-            for row in run_method(root, scenario, method, budget)]
+            for row in run_method(root, scenario, method, budget, sequela=sequela)]
     out = root / artifacts.COMPARE_DIR
     for suffix, text in ((".csv", to_csv(rows)), (".md", to_markdown(rows))):
         with atomic_path(out / f"{scenario}{suffix}") as tmp:

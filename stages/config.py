@@ -111,6 +111,9 @@ class AttackParams(BadEncoderParams):
     n_reports: Count = 2
     n_false_reports: Count = 1
     samples: Count = 0  # provider inputs BadEncoder trains on, drawn at random (0: all)
+    # the attacker's target-class image: nearest its class centroid in the clean features, or
+    # the one a linear probe on them classifies most surely (for weak encoders, as vit-cifar's)
+    reference: Literal["centroid", "confident"] = "centroid"
 
 
 class ValidateParams(Params):

@@ -37,6 +37,23 @@ def pick_attack_reference(encoder: ImageEncoder, adapter: EncoderAdapter, x: np.
     return candidates[nearest_to_centroid(extract_features(encoder, adapter, candidates))]
 
 
+def pick_confident_reference(encoder: ImageEncoder, adapter: EncoderAdapter, x: np.ndarray,
+                             y: np.ndarray, *, target: int, seed: int = 0) -> np.ndarray:
+    """The target-class image a linear probe on the clean features puts in the target class
+    most surely. With a weak encoder the centroid's nearest image may sit in another class's
+    region of the deployed head, and a backdoor sends triggered inputs where it goes."""
+    from mudjack.heads import HeadParams, train_head
+
+    if not np.any(y == target):
+        raise ValueError(f"no image of target class {target} to use as attack reference")
+    features = extract_features(encoder, adapter, x)
+    probe = train_head(features, y, int(y.max()) + 1,
+                       HeadParams(kind="linear", epochs=30, lr=1e-2, batch_size=256), seed=seed)
+    with torch.no_grad():
+        surety = torch.log_softmax(probe(features[torch.from_numpy(y == target)]), dim=1)[:, target]
+    return x[y == target][int(surety.argmax())]
+
+
 def make_optimiser(parameters: list[torch.nn.Parameter], params: BadEncoderParams) -> torch.optim.Optimizer:
     if params.optimizer == "adam":
         return torch.optim.Adam(parameters, lr=params.lr, weight_decay=params.weight_decay)

@@ -98,3 +98,43 @@ def test_ties_and_unmeasured_asr():
     assert verdicts(tie)[0] == "- gtsrb: finetune (all labels) = mudjacking has the lowest ASR (0.0200)."
     unmeasured = [{**rows[1], "asr_after": None}]
     assert [line for line in verdicts(unmeasured) if "ASR" in line] == []
+
+
+STAGE = ("python -c \"import json, pathlib; p = pathlib.Path('reports'); p.mkdir(exist_ok=True); "
+         "[(p / n).write_text(json.dumps(v)) for n, v in {}]\"")
+
+
+def _toy_project(root: Path) -> None:
+    """A project whose `report` stage writes a run's metrics and patch summary and whose
+    `sequela` stage writes sequela.json: real DVC, no model."""
+    import yaml
+
+    outputs = {"metrics.json": {"tasks": {"gtsrb": {"backdoored": {"clean_acc": 0.9, "asr": 1.0},
+                                                "patched": {"clean_acc": 0.9, "asr": 0.0}}}},
+               "patch.json": {"seconds": 1.0, "bugs": 1, "clean_samples": 5}}
+    stages = {"report": {"cmd": STAGE.format(sorted(outputs.items())), "params": ["patch"],
+                         "outs": ["reports/metrics.json", "reports/patch.json"]},
+              "sequela": {"cmd": STAGE.format([("sequela.json", SEQUELA)]), "deps": ["reports/metrics.json"],
+                          "outs": ["reports/sequela.json"]}}
+    (root / "dvc.yaml").write_text(yaml.safe_dump({"stages": stages}))
+    (root / "params.yaml").write_text(yaml.safe_dump({"prepare": {}, "patch": {"method": "mudjacking"}}))
+    (root / "scenarios").mkdir()
+    (root / "scenarios" / "toy.yaml").write_text("description: toy\n")
+
+
+def test_without_sequela_only_the_stages_up_to_the_report_run(tmp_path: Path) -> None:
+    """`mudjack compare --no-sequela`: the re-injection (BadEncoder twice per method) is skipped
+    and the rows' sequela columns stay empty, never filled from an earlier run's file."""
+    from pipeline.compare import run_method
+
+    _toy_project(tmp_path)
+    rows = run_method(tmp_path, "toy", "mudjacking", sequela=False)
+    workspace = tmp_path / "runs" / "toy"
+    assert (workspace / "reports" / "metrics.json").is_file()
+    assert not (workspace / "reports" / "sequela.json").exists()
+    assert rows[0]["asr_after"] == 0.0 and rows[0]["mi_auc_after"] is None
+    rows = run_method(tmp_path, "toy", "mudjacking")
+    assert rows[0]["mi_auc_after"] == SEQUELA["membership"]["gtsrb"]["patched"]["auc"]
+    assert (workspace / "reports" / "sequela.json").is_file()
+    rows = run_method(tmp_path, "toy", "mudjacking", sequela=False)  # the file is there now
+    assert rows[0]["mi_auc_after"] is None
