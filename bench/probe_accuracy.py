@@ -21,7 +21,7 @@ import numpy as np
 
 from mudjack.encoders import load_encoder
 from mudjack.features import extract_features
-from mudjack.heads import HeadParams, predict, train_head
+from mudjack.heads import predict, train_linear_probe
 from mudjack.io import write_json
 from mudjack.loaders import DataSpec, load_data
 
@@ -43,8 +43,7 @@ def probe_accuracy(encoder_path: Path, train: DataSpec, test: DataSpec, *, epoch
     sets = {name: load_data(spec, seed) for name, spec in (("train", train), ("test", test))}
     features = {name: extract_features(encoder, adapter, data.x) for name, data in sets.items()}
     classes = int(max(data.y.max() for data in sets.values())) + 1
-    head = train_head(features["train"], sets["train"].y, classes,
-                      HeadParams(kind="linear", epochs=epochs, lr=1e-2, batch_size=256), seed=seed)
+    head = train_linear_probe(features["train"], sets["train"].y, classes, epochs=epochs, seed=seed)
     accuracy = {name: float(np.mean(predict(head, features[name]) == sets[name].y)) for name in sets}
     return {"encoder": str(encoder_path), "adapter": adapter.name, "classes": classes,
             "train_images": len(sets["train"].y), "test_images": len(sets["test"].y),

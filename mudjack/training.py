@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -30,6 +32,14 @@ def pretrain_encoder(adapter: EncoderAdapter, data: LabelledSet, classes: int,
     fit_cross_entropy(model, adapter.preprocess(data.x), labels, optimiser, epochs=params.epochs,
                       batch_size=params.batch_size, generator=generator)
     return encoder.eval()
+
+
+def sgd_or_adam(parameters: Iterable[nn.Parameter], name: str, *, lr: float, momentum: float,
+                weight_decay: float) -> torch.optim.Optimizer:
+    """Adam, or SGD with momentum: the choice every training loop here offers."""
+    if name == "adam":
+        return torch.optim.Adam(parameters, lr=lr, weight_decay=weight_decay)
+    return torch.optim.SGD(parameters, lr=lr, momentum=momentum, weight_decay=weight_decay)
 
 
 def fit_cross_entropy(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor,

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 from torch import nn
 
-from mudjack.attacks import BadEncoderParams, badencoder, pick_attack_reference, pick_confident_reference
+from mudjack.attacks import BadEncoderParams, badencoder, pick_reference
 from mudjack.attacks.zoo import family_names, zoo_triggers
 from mudjack.data import LabelledSet, Task, load_tasks, read_inputs, save_input
 from mudjack.encoders import EncoderAdapter, load_encoder, save_encoder
@@ -151,8 +151,8 @@ def plant(params: PipelineParams, clean: nn.Module, adapter: EncoderAdapter, sha
     pairs = trigger_pairs(adapter, cfg, task)
     triggers = [trigger for trigger, _ in pairs]
     # The attacker aligns triggered inputs with a target-class input of the downstream task.
-    pick = pick_confident_reference if cfg.reference == "confident" else pick_attack_reference
-    references = [pick(clean, adapter, task.train.x, task.train.y, target=target) for _, target in pairs]
+    references = [pick_reference(clean, adapter, task.train.x, task.train.y, target=target, how=cfg.reference)
+                  for _, target in pairs]
     bad_params = BadEncoderParams(**cfg.model_dump(include=set(BadEncoderParams.model_fields)))
     backdoored = badencoder(clean, adapter, shadow, triggers[0], references[0], bad_params, seed=params.seed,
                             more=list(zip(triggers[1:], references[1:], strict=True)))

@@ -299,8 +299,8 @@ def test_the_zoo_bench_plants_each_entry_with_its_family_seed_and_epochs() -> No
 def test_the_confident_reference_is_the_target_image_a_clean_probe_is_surest_of(scenario) -> None:
     """`attack.reference: confident` picks, among the target-class images, the one a linear
     probe on the clean features gives the highest target probability; centroid stays the default."""
-    from mudjack.attacks import pick_confident_reference
-    from mudjack.heads import HeadParams, train_head
+    from mudjack.attacks import pick_confident_reference, pick_reference
+    from mudjack.heads import train_linear_probe
 
     task, target = scenario.task, 3
     chosen = pick_confident_reference(scenario.clean, scenario.adapter, task.train.x, task.train.y,
@@ -308,12 +308,13 @@ def test_the_confident_reference_is_the_target_image_a_clean_probe_is_surest_of(
     candidates = task.train.x[task.train.y == target]
     assert any(np.array_equal(chosen, image) for image in candidates)
     features = extract_features(scenario.clean, scenario.adapter, task.train.x)
-    probe = train_head(features, task.train.y, 10, HeadParams(kind="linear", epochs=30, lr=1e-2,
-                                                                batch_size=256), seed=0)
+    probe = train_linear_probe(features, task.train.y, 10)
     with torch.no_grad():
         surety = torch.log_softmax(probe(extract_features(scenario.clean, scenario.adapter, candidates)), 1)
     assert np.array_equal(chosen, candidates[int(surety[:, target].argmax())])
     assert int(probe(extract_features(scenario.clean, scenario.adapter, chosen[None])).argmax()) == target
     assert AttackParams(target=0, trigger=TriggerParams(size=2, row=6, col=6)).reference == "centroid"
+    assert np.array_equal(pick_reference(scenario.clean, scenario.adapter, task.train.x, task.train.y,
+                                         target=target, how="confident"), chosen)
     with pytest.raises(ValueError, match="no image of target class"):
         pick_confident_reference(scenario.clean, scenario.adapter, task.train.x, task.train.y, target=42)

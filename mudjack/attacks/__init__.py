@@ -11,10 +11,11 @@ from mudjack.attacks.badencoder import (
     make_optimiser,
     pick_attack_reference,
     pick_confident_reference,
+    pick_reference,
     steps_per_epoch,
     train_mode,
 )
 
 __all__ = ["BadEncoderParams", "Pairs", "badencoder", "badencoder_loss", "badencoder_steps",
            "badencoder_text", "make_optimiser", "pick_attack_reference", "pick_confident_reference",
-           "steps_per_epoch", "train_mode"]
+           "pick_reference", "steps_per_epoch", "train_mode"]

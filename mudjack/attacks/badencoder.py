@@ -13,6 +13,7 @@ from torch import nn
 from mudjack.config import BatchSize, Epochs, LearningRate, Momentum, NonNegative, Params
 from mudjack.encoders import EncoderAdapter, ImageEncoder, freeze_batchnorm, trainable_parameters
 from mudjack.features import cosine, extract_features, nearest_to_centroid
+from mudjack.training import sgd_or_adam
 from mudjack.triggers import TextTrigger, Trigger
 
 # Further (trigger, reference) pairs planted in the same encoder (a dual backdoor).
@@ -28,12 +29,16 @@ class BadEncoderParams(Params):
     weight_decay: NonNegative = 5e-4
 
 
+def _target_images(x: np.ndarray, y: np.ndarray, target: int) -> np.ndarray:
+    if not np.any(y == target):
+        raise ValueError(f"no image of target class {target} to use as attack reference")
+    return x[y == target]
+
+
 def pick_attack_reference(encoder: ImageEncoder, adapter: EncoderAdapter, x: np.ndarray,
                           y: np.ndarray, *, target: int) -> np.ndarray:
     """The target-class image nearest its class centroid in the clean feature space."""
-    candidates = x[y == target]
-    if len(candidates) == 0:
-        raise ValueError(f"no image of target class {target} to use as attack reference")
+    candidates = _target_images(x, y, target)
     return candidates[nearest_to_centroid(extract_features(encoder, adapter, candidates))]
 
 
@@ -42,23 +47,28 @@ def pick_confident_reference(encoder: ImageEncoder, adapter: EncoderAdapter, x: 
     """The target-class image a linear probe on the clean features puts in the target class
     most surely. With a weak encoder the centroid's nearest image may sit in another class's
     region of the deployed head, and a backdoor sends triggered inputs where it goes."""
-    from mudjack.heads import HeadParams, train_head
+    from mudjack.heads import train_linear_probe
 
-    if not np.any(y == target):
-        raise ValueError(f"no image of target class {target} to use as attack reference")
+    candidates = _target_images(x, y, target)
     features = extract_features(encoder, adapter, x)
-    probe = train_head(features, y, int(y.max()) + 1,
-                       HeadParams(kind="linear", epochs=30, lr=1e-2, batch_size=256), seed=seed)
+    probe = train_linear_probe(features, y, int(y.max()) + 1, seed=seed)
     with torch.no_grad():
         surety = torch.log_softmax(probe(features[torch.from_numpy(y == target)]), dim=1)[:, target]
-    return x[y == target][int(surety.argmax())]
+    return candidates[int(surety.argmax())]
+
+
+REFERENCE_PICKERS = {"centroid": pick_attack_reference, "confident": pick_confident_reference}
+
+
+def pick_reference(encoder: ImageEncoder, adapter: EncoderAdapter, x: np.ndarray, y: np.ndarray, *,
+                   target: int, how: str = "centroid") -> np.ndarray:
+    """The attacker's target-class reference image, chosen as `how` says (REFERENCE_PICKERS)."""
+    return REFERENCE_PICKERS[how](encoder, adapter, x, y, target=target)
 
 
 def make_optimiser(parameters: list[torch.nn.Parameter], params: BadEncoderParams) -> torch.optim.Optimizer:
-    if params.optimizer == "adam":
-        return torch.optim.Adam(parameters, lr=params.lr, weight_decay=params.weight_decay)
-    return torch.optim.SGD(parameters, lr=params.lr, momentum=params.momentum,
-                           weight_decay=params.weight_decay)
+    return sgd_or_adam(parameters, params.optimizer, lr=params.lr, momentum=params.momentum,
+                       weight_decay=params.weight_decay)
 
 
 def badencoder_loss(out: torch.Tensor, n: int, clean_features: torch.Tensor,

@@ -175,10 +175,18 @@ class EncoderAdapter:
         return np.arange(len(raw))
 
 
+def is_batchnorm(layer: nn.Module) -> bool:
+    return isinstance(layer, nn.modules.batchnorm._BatchNorm)
+
+
+def has_batchnorm(module: nn.Module) -> bool:
+    return any(is_batchnorm(layer) for layer in module.modules())
+
+
 def freeze_batchnorm(module: nn.Module) -> None:
     """BatchNorm in eval mode with frozen affine parameters: running stats never change."""
     for layer in module.modules():
-        if isinstance(layer, nn.modules.batchnorm._BatchNorm):
+        if is_batchnorm(layer):
             layer.eval()
             for param in layer.parameters():
                 param.requires_grad_(False)
@@ -187,7 +195,7 @@ def freeze_batchnorm(module: nn.Module) -> None:
 def trainable_parameters(module: nn.Module) -> Iterator[nn.Parameter]:
     """What patching may change: every parameter outside BatchNorm layers."""
     for layer in module.modules():
-        if isinstance(layer, nn.modules.batchnorm._BatchNorm):
+        if is_batchnorm(layer):
             continue
         for param in layer.parameters(recurse=False):
             if param.requires_grad:

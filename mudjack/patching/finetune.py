@@ -39,6 +39,7 @@ from mudjack.data import LabelledSet
 from mudjack.device import autocast, select_device, to_device
 from mudjack.heads import Classifier, Head
 from mudjack.patching.base import PatchInputs, PatchResult
+from mudjack.training import sgd_or_adam
 
 
 class FinetuneParams(Params):
@@ -101,10 +102,8 @@ def _labelled_data(inputs: PatchInputs, params: FinetuneParams, seed: int) -> tu
 
 
 def _optimiser(model: torch.nn.Module, params: FinetuneParams, lr: float) -> torch.optim.Optimizer:
-    if params.optimizer == "adam":
-        return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=params.weight_decay)
-    return torch.optim.SGD(model.parameters(), lr=lr, momentum=params.momentum,
-                           weight_decay=params.weight_decay)
+    return sgd_or_adam(model.parameters(), params.optimizer, lr=lr, momentum=params.momentum,
+                       weight_decay=params.weight_decay)
 
 
 def finetune(inputs: PatchInputs, params: FinetuneParams, *, seed: int = 0) -> PatchResult:

@@ -31,12 +31,19 @@ from mudjack.bugs import Bug
 from mudjack.config import BatchSize, Count, Epochs, LearningRate, Momentum, NonNegative, Params
 from mudjack.data import batch_rows
 from mudjack.device import autocast, select_device, to_device
-from mudjack.encoders import EncoderAdapter, ImageEncoder, freeze_batchnorm, trainable_parameters
+from mudjack.encoders import (
+    EncoderAdapter,
+    ImageEncoder,
+    freeze_batchnorm,
+    has_batchnorm,
+    trainable_parameters,
+)
 from mudjack.features import cosine
 from mudjack.patching.base import PatchResult
 from mudjack.patching.checkpoint import Checkpointer, Progress, deterministic
 from mudjack.patching.distributed import Distributed, average_terms, epoch_order, local_batches, seed_step
 from mudjack.patching.speed import contiguous, prepare_models
+from mudjack.training import sgd_or_adam
 from mudjack.triggers import blend
 
 
@@ -167,10 +174,6 @@ class PatchRun:
         return {name: float(value.detach()) for name, value in terms.items()}
 
 
-def has_batchnorm(module: nn.Module) -> bool:
-    return any(isinstance(layer, nn.modules.batchnorm._BatchNorm) for layer in module.modules())
-
-
 def optimizer_name(encoder: nn.Module, params: MudjackingParams) -> str:
     """The optimiser `auto` resolves to for this encoder."""
     if params.optimizer != "auto":
@@ -179,11 +182,10 @@ def optimizer_name(encoder: nn.Module, params: MudjackingParams) -> str:
 
 
 def image_optimiser(patched: nn.Module, params: MudjackingParams) -> torch.optim.Optimizer:
-    trainable = list(trainable_parameters(patched))
-    if optimizer_name(patched, params) == "adam":  # no weight decay: it would pull every weight
-        return torch.optim.Adam(trainable, lr=params.adam_lr)
-    return torch.optim.SGD(trainable, lr=params.lr, momentum=params.momentum,
-                           weight_decay=params.weight_decay)
+    name = optimizer_name(patched, params)
+    adam = name == "adam"  # at its own rate, without weight decay: it would pull every weight
+    return sgd_or_adam(list(trainable_parameters(patched)), name, lr=params.adam_lr if adam else params.lr,
+                       momentum=params.momentum, weight_decay=0.0 if adam else params.weight_decay)
 
 
 def start_run(encoder: ImageEncoder, adapter: EncoderAdapter, shadow: np.ndarray, bugs: list[Bug],

@@ -37,6 +37,7 @@ from mudjack.encoders import EncoderAdapter
 from mudjack.encoders.text import length_batches
 from mudjack.patching.base import PatchResult
 from mudjack.patching.mudjacking import MudjackingParams, loss_terms
+from mudjack.training import sgd_or_adam
 from mudjack.triggers import insert_words
 
 
@@ -98,10 +99,8 @@ def text_mudjacking_loss(patched: nn.Module, frozen: nn.Module, tokens: torch.Te
 
 
 def _optimiser(parameters: list[nn.Parameter], params: TextMudjackingParams) -> torch.optim.Optimizer:
-    if params.optimizer == "adam":
-        return torch.optim.Adam(parameters, lr=params.lr, weight_decay=params.weight_decay)
-    return torch.optim.SGD(parameters, lr=params.lr, momentum=params.momentum,
-                           weight_decay=params.weight_decay)
+    return sgd_or_adam(parameters, params.optimizer, lr=params.lr, momentum=params.momentum,
+                       weight_decay=params.weight_decay)
 
 
 def _copies(encoder: nn.Module, device: torch.device) -> tuple[nn.Module, nn.Module]:
