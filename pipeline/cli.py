@@ -190,6 +190,13 @@ def compare(
     sequela: Annotated[
         bool, typer.Option(help="Also measure backdoor sequela (membership inference, re-injection).")
     ] = True,
+    budgets: Annotated[
+        str, typer.Option(help="Comma-separated label budgets FT/SFT run in: reporting, all.")
+    ] = "reporting,all",
+    keep: Annotated[
+        bool, typer.Option(help="Keep the rows of this scenario's earlier table that this run "
+                                "does not redo (same method and budget are replaced).")
+    ] = False,
 ) -> None:
     """Run one scenario with several patch methods (FT/SFT in two label budgets: the
     reporting task's, every task's) and write one table, a row per method x budget x task:
@@ -199,13 +206,17 @@ def compare(
     entry; DVC reruns only the stages a method changes."""
     from dvc.exceptions import DvcException
 
+    from pipeline.compare import BUDGETS
     from pipeline.compare import compare as run_compare
     from pipeline.dag import StageFailedError
 
     path = _root(root)
+    only = tuple(b.strip() for b in budgets.split(",") if b.strip())
+    if unknown := sorted(set(only) - set(BUDGETS)):
+        raise _fail(ValueError(f"unknown budget(s) {', '.join(unknown)}: use {', '.join(BUDGETS)}"))
     try:
         table = run_compare(path, scenario, [m.strip() for m in methods.split(",") if m.strip()],
-                            sequela=sequela)
+                            sequela=sequela, only=only, keep=keep)
     except (StageFailedError, DvcException, FileNotFoundError) as exc:
         raise _fail(exc) from exc
     console.print(table.read_text())

@@ -36,13 +36,14 @@ BUDGETS = ("reporting", "all")  # a `tasks` budget: the reporting task's labels,
 OURS = "mudjacking"             # methods whose name starts with it are the repair, not a baseline
 
 
-def budgets(method: str, *, tasks: int = 2) -> list[str | None]:
+def budgets(method: str, *, tasks: int = 2, only: tuple[str, ...] = BUDGETS) -> list[str | None]:
     """The label budgets a method is compared in: both for FT/SFT (one where the scenario has
-    a single task: every task's labels are the reporting task's), none for the others."""
+    a single task: every task's labels are the reporting task's), none for the others; of
+    those, the ones in `only`."""
     fields = PATCH_METHODS[method][0].model_fields if method in PATCH_METHODS else {}
     if "tasks" not in fields:
         return [None]
-    return list(BUDGETS) if tasks > 1 else list(BUDGETS[:1])
+    return [b for b in (BUDGETS if tasks > 1 else BUDGETS[:1]) if b in only]
 
 
 def task_count(root: Path, scenario: str) -> int:
@@ -164,6 +165,32 @@ def to_markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join([*lines, "", "Best per task (after the repair):", *verdicts(rows)]) + "\n"
 
 
+def _parse(text: str) -> Any:
+    """A CSV cell back as what `to_csv` wrote: None, int, float or text."""
+    if text == "":
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    """The rows of an earlier compare's CSV ([] when there is none)."""
+    if not path.is_file():
+        return []
+    with path.open(newline="") as handle:
+        return [{key: _parse(value) for key, value in row.items()} for row in csv.DictReader(handle)]
+
+
+def merge_rows(kept: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """`kept` without the (method, budget) runs that `new` redid, then `new`."""
+    redone = {(r["method"], r["budget"]) for r in new}
+    return [r for r in kept if (r["method"], r["budget"]) not in redone] + new
+
+
 def to_csv(rows: list[dict[str, Any]]) -> str:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
@@ -197,12 +224,17 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def compare(root: Path, scenario: str, methods: list[str], *, sequela: bool = True) -> Path:
-    """Run every method, then write reports/compare/<scenario>.csv, .md and .png."""
+def compare(root: Path, scenario: str, methods: list[str], *, sequela: bool = True,
+            only: tuple[str, ...] = BUDGETS, keep: bool = False) -> Path:
+    """Run every method (FT/SFT in the budgets in `only`), then write
+    reports/compare/<scenario>.csv, .md and .png; with `keep`, the rows of the scenario's
+    earlier table that this call did not redo stay in it."""
     tasks = task_count(root, scenario)
-    rows = [row for method in methods for budget in budgets(method, tasks=tasks)
+    rows = [row for method in methods for budget in budgets(method, tasks=tasks, only=only)
             for row in run_method(root, scenario, method, budget, sequela=sequela)]
     out = root / artifacts.COMPARE_DIR
+    if keep:
+        rows = merge_rows(read_rows(out / f"{scenario}.csv"), rows)
     for suffix, text in ((".csv", to_csv(rows)), (".md", to_markdown(rows))):
         with atomic_path(out / f"{scenario}{suffix}") as tmp:
             tmp.write_text(text)

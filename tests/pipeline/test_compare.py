@@ -7,7 +7,9 @@ from pathlib import Path
 
 from pipeline.compare import (
     budgets,
+    merge_rows,
     method_rows,
+    read_rows,
     task_count,
     to_csv,
     to_markdown,
@@ -52,6 +54,8 @@ def test_fine_tuning_runs_in_two_label_budgets_mudjacking_in_one():
     assert budgets("mudjacking") == [None]
     # one task: "every task's labels" are the reporting task's, so that run is not repeated
     assert budgets("finetune", tasks=1) == ["reporting"] and budgets("mudjacking", tasks=1) == [None]
+    # `--budgets all`: only the every-task run of FT/SFT; Mudjacking has no budget to filter
+    assert budgets("finetune", only=("all",)) == ["all"] and budgets("mudjacking", only=("all",)) == [None]
     assert task_count(ROOT, "resnet20-multi") == 3 and task_count(ROOT, "resnet20-gtsrb") == 1
     settings = variant_settings(ROOT, "resnet20-multi", "finetune", "all")
     params = PipelineParams(**scenario_params(ROOT, "resnet20-multi", settings))
@@ -138,3 +142,33 @@ def test_without_sequela_only_the_stages_up_to_the_report_run(tmp_path: Path) ->
     assert (workspace / "reports" / "sequela.json").is_file()
     rows = run_method(tmp_path, "toy", "mudjacking", sequela=False)  # the file is there now
     assert rows[0]["mi_auc_after"] is None
+
+
+def test_a_table_read_back_merges_with_the_runs_redone(tmp_path: Path) -> None:
+    """`--keep`: an earlier table's rows come back with their types; a method and budget run
+    again replaces its rows, the others stay."""
+    path = tmp_path / "multi.csv"
+    path.write_text(to_csv(_rows()))
+    kept = read_rows(path)
+    assert kept == _rows() and read_rows(tmp_path / "none.csv") == []
+    redone = [{**row, "asr_after": 0.5} for row in _rows() if row["budget"] == "all"]
+    merged = merge_rows(kept, redone)
+    assert [(r["method"], r["budget"]) for r in merged] == [
+        ("mudjacking", "-"), ("mudjacking", "-"), ("finetune", "reporting"), ("finetune", "reporting"),
+        ("finetune", "all"), ("finetune", "all")]
+    assert [r["asr_after"] for r in merged[-2:]] == [0.5, 0.5]
+
+
+def test_compare_keeps_the_earlier_rows_only_when_asked(tmp_path: Path) -> None:
+    """Two `mudjack compare` calls on a real DVC toy project: the second, with `keep`, adds its
+    method's rows to the first's table; without it, the table holds only its own rows."""
+    from pipeline.compare import compare
+
+    _toy_project(tmp_path)
+    table = compare(tmp_path, "toy", ["mudjacking"], sequela=False)
+    compare(tmp_path, "toy", ["finetune"], sequela=False, keep=True)
+    rows = read_rows(table.with_suffix(".csv"))
+    assert [(r["method"], r["budget"]) for r in rows] == [("mudjacking", "-"), ("finetune", "reporting")]
+    assert sum(line.startswith("| toy |") for line in table.read_text().splitlines()) == 2
+    compare(tmp_path, "toy", ["finetune"], sequela=False)
+    assert [r["method"] for r in read_rows(table.with_suffix(".csv"))] == ["finetune"]
