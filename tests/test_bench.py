@@ -181,3 +181,49 @@ def test_probe_accuracy_scores_a_linear_probe_on_frozen_features(tmp_path):
     assert runs[False]["classes"] == 10 and runs[False]["adapter"] == "small_cnn"
     with pytest.raises(SystemExit):
         probe_accuracy.main(["--encoder", "e", "--train", "npz", "--test", "npz:x"])
+
+
+def test_patch_sweep_pads_a_reversed_trigger_with_the_bug_pixels():
+    from patch_sweep import padded
+
+    from mudjack.bugs import Bug
+    from mudjack.triggers import Trigger
+
+    alpha = np.zeros((6, 6), np.float32)
+    alpha[2:4, 2:4] = 0.5
+    pattern = np.full((6, 6, 3), 9, np.uint8)
+    bug_pixels = np.arange(108, dtype=np.uint8).reshape(6, 6, 3)
+    bug = Bug("b", "digits", 1, 0, bug_pixels, bug_pixels, Trigger(alpha, pattern))
+    grown = padded(bug, 1).trigger
+    assert grown.pixels == 16 and grown.region[1:5, 1:5].all()
+    assert (grown.alpha[2:4, 2:4] == 0.5).all() and grown.alpha[1, 1] == 1.0  # its own alpha kept
+    assert (grown.pattern[2, 2] == 9).all() and (grown.pattern[1, 1] == bug_pixels[1, 1]).all()
+
+
+def test_patch_sweep_measures_the_truth_every_few_epochs(scenario):
+    from patch_sweep import sweep
+
+    from mudjack.bugs import Bug
+    from mudjack.evaluation import AttackSpec
+    from mudjack.heads import HeadParams
+    from mudjack.patching.mudjacking import MudjackingParams
+    from mudjack.triggers import stamp
+
+    test = scenario.task.test
+    source = int(np.flatnonzero(test.y != scenario.target)[0])
+    bug = Bug("b", "digits", int(test.y[source]), scenario.target, stamp(test.x[source:source + 1],
+              scenario.trigger)[0], test.x[int(np.flatnonzero(test.y == scenario.target)[0])],
+              scenario.trigger)
+    rows = sweep(scenario.backdoored, scenario.adapter, scenario.shadow, [bug], scenario.task,
+                 AttackSpec(scenario.trigger, scenario.target, "truth"), MudjackingParams(epochs=3),
+                 every=2, head=HeadParams(epochs=30))
+    assert [r["epoch"] for r in rows] == [0, 2, 3]  # the backdoored encoder, every 2nd, the last
+    assert rows[0]["asr"] >= 0.5 and rows[-1]["asr"] < rows[0]["asr"]  # the true trigger patched
+    assert rows[-1]["steps"] == 3 * -(-len(scenario.shadow) // 64)
+
+
+def test_patch_sweep_names_a_workspace_without_truth_or_bugs(tmp_path):
+    from patch_sweep import main
+
+    with pytest.raises(SystemExit, match="needs a planted truth"):
+        main(["--workspace", str(tmp_path), "--task", "gtsrb"])
