@@ -32,7 +32,7 @@ from mudjack.evaluation import AttackSpec, retrain_and_evaluate
 from mudjack.heads import HeadParams
 from mudjack.intake.masks import dilate
 from mudjack.io import read_npz, write_json
-from mudjack.patching.distributed import epoch_order
+from mudjack.patching.distributed import epoch_order, local_batches
 from mudjack.patching.mudjacking import MudjackingParams, start_run
 from mudjack.triggers import Trigger, trigger_coverage
 from stages.common import truth_pair
@@ -61,9 +61,9 @@ def sweep(encoder: ImageEncoder, adapter: EncoderAdapter, shadow: np.ndarray, bu
     rows = [{"epoch": 0, "steps": 0, "seconds": 0.0, **_evaluate(encoder, adapter, task, attack, head)}]
     run, steps, start = start_run(encoder, adapter, shadow, bugs, params, seed=seed), 0, time.perf_counter()
     for epoch in range(1, params.epochs + 1):
-        order = epoch_order(len(run.used), epoch, seed=seed, context=None)
-        for first in range(0, len(order), params.batch_size):
-            run.step(order[first:first + params.batch_size])
+        for batch in local_batches(epoch_order(len(run.used), epoch, seed=seed, context=None),
+                                   params.batch_size, None):
+            run.step(batch)
             steps += 1
         if epoch % every == 0 or epoch == params.epochs:
             seconds = round(time.perf_counter() - start, 1)

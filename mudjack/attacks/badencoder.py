@@ -13,6 +13,7 @@ from torch import nn
 from mudjack.config import BatchSize, Epochs, LearningRate, Momentum, NonNegative, Params
 from mudjack.encoders import EncoderAdapter, ImageEncoder, freeze_batchnorm, trainable_parameters
 from mudjack.features import cosine, extract_features, nearest_to_centroid
+from mudjack.heads import train_linear_probe
 from mudjack.training import sgd_or_adam
 from mudjack.triggers import TextTrigger, Trigger
 
@@ -47,8 +48,6 @@ def pick_confident_reference(encoder: ImageEncoder, adapter: EncoderAdapter, x: 
     """The target-class image a linear probe on the clean features puts in the target class
     most surely. With a weak encoder the centroid's nearest image may sit in another class's
     region of the deployed head, and a backdoor sends triggered inputs where it goes."""
-    from mudjack.heads import train_linear_probe
-
     candidates = _target_images(x, y, target)
     features = extract_features(encoder, adapter, x)
     probe = train_linear_probe(features, y, int(y.max()) + 1, seed=seed)
