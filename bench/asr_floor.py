@@ -9,8 +9,9 @@ repair can go below. The clean encoder is the workspace's models/foundation; all
 fresh head with the workspace's `retrain` parameters and the scenario's true trigger, as the
 retrain stage does. Besides clean_acc, asr and tba it reports `flip_asr`: the same ASR over
 only the non-target inputs the model classifies correctly without the trigger, which leaves
-the natural errors out and isolates what the trigger does. Writes
-bench/results/asr_floor_<workspace>.json.
+the natural errors out and isolates what the trigger does. A task the attack did not aim at
+takes the target the retrain stage inferred (reports/metrics.json). `--models` picks among
+clean, backdoored and patched. Writes bench/results/asr_floor_<workspace>.json.
 """
 
 from __future__ import annotations
@@ -31,9 +32,9 @@ from mudjack.encoders import load_encoder  # noqa: E402
 from mudjack.evaluation import AttackSpec  # noqa: E402
 from mudjack.features import extract_features  # noqa: E402
 from mudjack.heads import HeadParams, predict, train_head  # noqa: E402
-from mudjack.io import write_json  # noqa: E402
+from mudjack.io import read_json, write_json  # noqa: E402
 from mudjack.metrics import evaluate, non_target  # noqa: E402
-from stages.artifacts import BACKDOORED_ENCODER, FOUNDATION, PATCHED_ENCODER  # noqa: E402
+from stages.artifacts import BACKDOORED_ENCODER, FOUNDATION, METRICS, PATCHED_ENCODER  # noqa: E402
 from stages.common import load_truth  # noqa: E402
 from stages.config import load_params  # noqa: E402
 
@@ -52,7 +53,17 @@ def evaluate_encoder(path: Path, task: Task, attack: AttackSpec, params: HeadPar
     return evaluate(clean, task.test.y, triggered, target=attack.target)
 
 
-def measure(workspace: Path) -> dict:
+def task_target(name: str, targets: dict[str, int]) -> int | None:
+    """The planted target on `name`, else the one the retrain stage inferred (metrics.json)."""
+    if name in targets:
+        return targets[name]
+    if not METRICS.is_file():
+        return None
+    exposure = read_json(METRICS).get("tasks", {}).get(name, {}).get("exposure", {})
+    return exposure.get("target")
+
+
+def measure(workspace: Path, models: list[str]) -> dict:
     os.chdir(workspace)  # the workspace's paths are relative to it
     params = load_params("params.yaml")
     torch.set_num_threads(max(params.threads, 1))
@@ -61,8 +72,12 @@ def measure(workspace: Path) -> dict:
         raise SystemExit(f"{workspace}: no true trigger ({params.paths.truth}); run the scenario first")
     results: dict = {}
     for name, task in load_tasks(params.paths.tasks).items():
-        attack = AttackSpec(truth, targets[name], "truth")
-        for model, path in MODELS.items():
+        target = task_target(name, targets)
+        if target is None:
+            print(f"{name}: no planted or inferred target; skipped", flush=True)
+            continue
+        attack = AttackSpec(truth, target, "truth")
+        for model, path in ((m, MODELS[m]) for m in models):
             start = time.perf_counter()
             metrics = evaluate_encoder(path, task, attack, params.retrain, params.seed)
             seconds = round(time.perf_counter() - start, 1)
@@ -74,8 +89,10 @@ def measure(workspace: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("workspace", type=Path)
-    workspace = parser.parse_args().workspace.resolve()
-    results = measure(workspace)
+    parser.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
+    args = parser.parse_args()
+    workspace = args.workspace.resolve()
+    results = measure(workspace, args.models)
     write_json(ROOT / "bench" / "results" / f"asr_floor_{workspace.name}.json", results)
 
 

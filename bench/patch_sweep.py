@@ -5,7 +5,7 @@ accuracy and ASR (true trigger) of a fresh head measured every few epochs.
         --set augment=false lambda_gen=0.5 lambda_eff=0.5 --epochs 6 --every 2 \
         --out bench/results/patch_sweep_vit-cifar_noaug.json
 
-Reads the workspace's backdoored encoder, shadow set, task, accepted bugs (bugs/) and the
+Reads the workspace's backdoored encoder, shadow set, task, accepted bugs (bugs/, of any task) and the
 planted truth (the scenario knows it); `--true-trigger` patches with the true trigger in place
 of the reversed one (what perfect recovery would give), `--pad N` grows each reversed
 trigger's region by N pixels filled from the bug input (the authors' t = x_b under m). The
@@ -91,6 +91,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--every", type=int, default=2)
     parser.add_argument("--true-trigger", action="store_true")
     parser.add_argument("--pad", type=int, default=0)
+    parser.add_argument("--target", type=int, default=None,
+                        help="the task's target class (default: the planted one; a task the attack did "
+                             "not aim at needs it, e.g. the exposure's inferred target in metrics.json)")
     parser.add_argument("--head-epochs", type=int, default=60)
     parser.add_argument("--head-batch", type=int, default=128)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
@@ -106,21 +109,27 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if not (ws / "models" / "backdoored" / "truth.npz").is_file() or not (ws / "bugs").is_dir():
         sys.exit(f"{ws}: needs a planted truth (models/backdoored/truth.npz) and accepted bugs (bugs/)")
     truth, targets = truth_pair(read_npz(ws / "models" / "backdoored" / "truth.npz"), "")
+    target = targets.get(args.task, args.target) if args.target is None else args.target
+    if target is None:
+        sys.exit(f"{args.task}: the attack planted no target there; pass --target")
     encoder, adapter = load_encoder(ws / "models" / "backdoored" / "encoder.safetensors")
-    bugs = [b for b in load_bugs(ws / "bugs") if b.task == args.task]
+    bugs = load_bugs(ws / "bugs")  # every accepted bug, as the patch stage takes them
     if args.true_trigger:
-        bugs = [dataclasses.replace(b, trigger=truth) for b in bugs]
+        bugs = [dataclasses.replace(b, trigger=truth, alternates=()) for b in bugs]
     elif args.pad:
         bugs = [padded(b, args.pad) for b in bugs]
     params = MudjackingParams(**{"epochs": args.epochs, **dict(args.set)})
     task = load_tasks(ws / "data" / "prepared" / "tasks")[args.task]
     rows = sweep(encoder, adapter, load_shadow(ws / "data" / "prepared" / "shadow.npz"), bugs, task,
-                 AttackSpec(truth, targets[args.task], "truth"), params, every=args.every,
+                 AttackSpec(truth, target, "truth"), params, every=args.every,
                  head=HeadParams(epochs=args.head_epochs, batch_size=args.head_batch))
     result = {"command": " ".join(["bench/patch_sweep.py", *(argv if argv is not None else sys.argv[1:])]),
               "settings": dict(args.set), "true_trigger": args.true_trigger, "pad": args.pad,
               "coverage": [round(trigger_coverage(b.trigger, truth), 3) for b in bugs],
-              "pixels": [b.trigger.pixels for b in bugs], "cpu_threads": torch.get_num_threads(),
+              "pixels": [b.trigger.pixels for b in bugs],
+              "alternates_coverage": [[round(trigger_coverage(t, truth), 3) for t in b.alternates]
+                                      for b in bugs],
+              "cpu_threads": torch.get_num_threads(),
               "rows": rows}
     if args.out is not None:
         write_json(args.out, result)

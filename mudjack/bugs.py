@@ -1,7 +1,9 @@
 """The bug registry: accepted bug reports with their reference input and reversed trigger.
 
 One folder per bug: `record.json` (who, what, numbers) and `arrays.npz`
-(`bug`, `reference`, `mask`, `pattern`).
+(`bug`, `reference`, `mask`, `pattern`, and `alt<i>_mask`, `alt<i>_pattern` for each
+alternate trigger: another candidate that reproduced the bug as well, which the patch also
+trains against because the chosen one may cover only part of the true trigger).
 """
 
 from __future__ import annotations
@@ -26,12 +28,20 @@ class Bug:
     reference: np.ndarray
     trigger: Trigger    # reverse-engineered
     record: dict[str, Any] = field(default_factory=dict)
+    alternates: tuple[Trigger, ...] = ()  # other reversed triggers that reproduce the bug
+
+    @property
+    def triggers(self) -> list[Trigger]:
+        """The chosen trigger first, then the alternates."""
+        return [self.trigger, *self.alternates]
 
 
 def save_bug(bug: Bug, registry: str | Path) -> None:
     folder = Path(registry) / bug.id
+    alternates = {f"alt{i}_{key}": array for i, trigger in enumerate(bug.alternates)
+                  for key, array in trigger_arrays(trigger).items()}
     write_npz(folder / "arrays.npz", bug=bug.bug, reference=bug.reference,
-              **trigger_arrays(bug.trigger))
+              **trigger_arrays(bug.trigger), **alternates)
     record = {"id": bug.id, "task": bug.task, "label": bug.label, "predicted": bug.predicted,
               **bug.record}
     write_json(folder / "record.json", record)
@@ -45,5 +55,17 @@ def load_bugs(registry: str | Path) -> list[Bug]:
         bugs.append(Bug(id=record["id"], task=record["task"], label=int(record["label"]),
                         predicted=int(record["predicted"]), bug=arrays["bug"],
                         reference=arrays["reference"], trigger=trigger_from_arrays(arrays),
-                        record=record))
+                        record=record, alternates=_alternates(arrays)))
     return bugs
+
+
+def _alternates(arrays: dict[str, np.ndarray]) -> tuple[Trigger, ...]:
+    found = []
+    while f"alt{len(found)}_mask" in arrays:
+        prefix = f"alt{len(found)}_"
+        trigger = trigger_from_arrays({key.removeprefix(prefix): array for key, array in arrays.items()
+                                       if key.startswith(prefix)})
+        if not isinstance(trigger, Trigger):
+            raise ValueError("an alternate trigger must be an image trigger")
+        found.append(trigger)
+    return tuple(found)

@@ -227,3 +227,31 @@ def test_patch_sweep_names_a_workspace_without_truth_or_bugs(tmp_path):
 
     with pytest.raises(SystemExit, match="needs a planted truth"):
         main(["--workspace", str(tmp_path), "--task", "gtsrb"])
+
+
+def test_patch_sweep_asks_for_the_target_of_a_task_the_attack_did_not_aim_at(tmp_path):
+    from patch_sweep import main
+
+    from mudjack.io import write_npz
+    from mudjack.triggers import patch_trigger
+    from stages.common import truth_arrays
+
+    write_npz(tmp_path / "models" / "backdoored" / "truth.npz",
+              **truth_arrays([(patch_trigger((8, 8, 3), 2, 6, 6), {"gtsrb": 12})]))
+    (tmp_path / "bugs").mkdir()
+    with pytest.raises(SystemExit, match="mnist: the attack planted no target there; pass --target"):
+        main(["--workspace", str(tmp_path), "--task", "mnist"])
+
+
+def test_asr_floor_takes_the_inferred_target_of_a_task_the_attack_did_not_aim_at(tmp_path, monkeypatch):
+    from asr_floor import task_target
+
+    from mudjack.io import write_json
+
+    monkeypatch.chdir(tmp_path)
+    assert task_target("gtsrb", {"gtsrb": 12}) == 12
+    assert task_target("cifar10", {"gtsrb": 12}) is None  # no metrics yet
+    write_json(tmp_path / "reports" / "metrics.json",
+               {"tasks": {"cifar10": {"exposure": {"target": 3}}, "mnist": {}}})
+    assert task_target("cifar10", {"gtsrb": 12}) == 3
+    assert task_target("mnist", {"gtsrb": 12}) is None

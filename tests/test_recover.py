@@ -14,6 +14,7 @@ from pydantic import ValidationError
 
 from mudjack.attacks.zoo import zoo_triggers
 from mudjack.intake.reverse import ReverseParams, reverse_engineer
+from mudjack.intake.reverse import recover as recover_trigger
 from mudjack.intake.select import mask_size, select_trigger
 from mudjack.intake.settings import resolve
 from mudjack.triggers import Trigger, stamp, trigger_correlation, trigger_coverage, trigger_iou
@@ -68,6 +69,27 @@ def test_auto_fits_every_candidate_when_none_is_enough():
     _, record = recover(toy_backdoor([truth], seed=1), params)
     assert list(record["candidates"]) == ["grow", "blend", "soft_binarised", "soft"]
     assert record["skipped"] == []
+
+
+def test_auto_keeps_the_candidates_that_reproduce_the_bug_nearly_as_well_as_alternates():
+    truth = zoo_triggers("patch", SHAPE, 1)[0]
+    toy = toy_backdoor([truth], seed=1)
+    deployed = toy.deployed
+    for keep in (0.0, 0.9, 1.5):
+        record: dict = {}
+        params = ReverseParams(method="auto", soft={"steps": 20}, select={"enough": 1.01, "keep": keep})
+        found = recover_trigger(deployed.encoder, deployed.adapter, toy.bug, toy.reference, params=params,
+                                clean=toy.clean, flip_rate=deployed.flip_rate("toy", 0),
+                                score=deployed.log_prob("toy", 0), record=record)
+        numbers, chosen = record["candidates"], record["chosen"]
+        floor = keep * numbers[chosen]["effect"]
+        close = [n for n in numbers if n != chosen and numbers[n]["effect"] >= floor]
+        assert record["alternates"] == close and len(found.alternates) == len(close)
+        assert "alternate_triggers" not in record  # the record stays numbers (JSON)
+        if keep == 0.0:  # every other candidate, and the chosen square grown (scored, never chosen)
+            assert len(close) == len(numbers) - 1 == 4 and f"{chosen}_padded" in close
+        if keep > 1:
+            assert found.alternates == ()
 
 
 def test_a_square_cannot_express_a_blend():
@@ -156,6 +178,11 @@ def test_the_decision_records_the_settings_and_the_candidates_fitted(scenario, d
                                 truth=scenario.trigger)
     reversal = decision.numbers["reversal"]
     assert reversal["settings"]["window"] == 2 and "window" in reversal["settings"]["derived"]
-    assert set(reversal["candidates"]) == {"grow"} and reversal["skipped"] == ["blend", "soft"]
-    assert reversal["chosen"] in reversal["candidates"] and reversal["select_samples"] > 0
+    assert set(reversal["candidates"]) == {"grow", "grow_padded"} and reversal["skipped"] == ["blend", "soft"]
+    assert reversal["chosen"] == "grow" and reversal["select_samples"] > 0
     assert decision.numbers["coverage"] == 1.0
+    grown = reversal["candidates"]["grow_padded"]  # the square grown by half its side, from the bug
+    assert grown["pixels"] > reversal["candidates"]["grow"]["pixels"] and not grown["soft"]
+    kept = grown["effect"] >= 0.9 * reversal["candidates"]["grow"]["effect"]
+    assert reversal["alternates"] == (["grow_padded"] if kept else [])
+    assert len(decision.numbers.get("alternates_truth", [])) == len(reversal["alternates"])

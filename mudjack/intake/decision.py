@@ -19,7 +19,7 @@ from mudjack.config import Params
 from mudjack.data import RowView, Task, iter_batches
 from mudjack.deployed import Deployed
 from mudjack.features import extract_features, nearest_to_centroid
-from mudjack.intake.reverse import ReverseParams, reverse_engineer
+from mudjack.intake.reverse import ReverseParams, recover
 from mudjack.intake.verify import Verification, VerifyParams, draw_controls, draw_sample, verify_trigger
 from mudjack.io import sha256_bytes
 from mudjack.reports import BugReport
@@ -116,12 +116,15 @@ def intake_report(report: BugReport, deployed: Deployed, tasks: dict[str, Task],
     checks = params.verify
     held_out, pool = _split_clean(task, predicted, checks, seed)
     reversal: dict[str, Any] = {}  # the settings used and what the method measured
-    trigger = reverse_engineer(deployed.encoder, deployed.adapter, report.image, reference,
-                               params=params.reverse, seed=seed, clean=RowView(task.train.x, pool),
-                               flip_rate=deployed.flip_rate(task.name, predicted),
-                               score=deployed.log_prob(task.name, predicted), record=reversal)
+    recovery = recover(deployed.encoder, deployed.adapter, report.image, reference,
+                       params=params.reverse, seed=seed, clean=RowView(task.train.x, pool),
+                       flip_rate=deployed.flip_rate(task.name, predicted),
+                       score=deployed.log_prob(task.name, predicted), record=reversal)
+    trigger = recovery.trigger
     numbers.update(reference_index=ref_index, mask_pixels=trigger.pixels, reversal=reversal,
                    **_truth_numbers(trigger, truth))
+    if recovery.alternates:
+        numbers["alternates_truth"] = [_truth_numbers(t, truth) for t in recovery.alternates]
     reasons = ["reproduced; trigger reverse-engineered"]
     if checks.enabled:
         verdict = _verify(report, deployed, task, predicted, trigger, checks=checks, held_out=held_out,
@@ -132,7 +135,8 @@ def intake_report(report: BugReport, deployed: Deployed, tasks: dict[str, Task],
             return _reject(report, "not_backdoor", reason, numbers), None
         reasons.append("verified: the trigger flips and pulls other classes' inputs")
     bug = Bug(report.id, task.name, report.label, predicted, report.image, reference, trigger,
-              record={k: v for k, v in numbers.items() if k not in ("task", "label", "predicted")})
+              record={k: v for k, v in numbers.items() if k not in ("task", "label", "predicted")},
+              alternates=recovery.alternates)
     return Decision(report.id, True, reasons, numbers), bug
 
 

@@ -9,7 +9,8 @@
 - `blend`: the same with one alpha for the whole image (a blended trigger);
 - `auto` (the default): fit the `select.candidates` methods in turn (and the soft trigger
   binarised) until one reproduces the bug's effect well enough, and keep the one that
-  reproduces it best on held-out clean inputs, less a mask-size penalty (mudjack/intake/select.py).
+  reproduces it best on held-out clean inputs, less a mask-size penalty (mudjack/intake/select.py);
+  the other candidates that reproduce it nearly as well are kept as alternates (`recover`).
 Text encoders always use token occlusion (mudjack/intake/text.py), with `text_select` and
 `text_score`. Window, strides and scan sides left at 0 / "auto" derive from the input size
 (mudjack/intake/settings.py). A method may write what it measured into `record` (the
@@ -19,6 +20,7 @@ decision's numbers keep it, with the settings used).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 import numpy as np
@@ -30,13 +32,22 @@ from mudjack.encoders import EncoderAdapter, ImageEncoder
 from mudjack.intake.grow import GrowParams, grow_trigger
 from mudjack.intake.inversion import InversionParams, invert_trigger
 from mudjack.intake.occlusion import occlusion_map, occlusion_trigger
-from mudjack.intake.select import SelectParams, select_trigger, split_clean, trigger_effect
+from mudjack.intake.select import (
+    SelectParams,
+    alternates,
+    candidate_numbers,
+    padded,
+    select_trigger,
+    split_clean,
+    trigger_effect,
+)
 from mudjack.intake.settings import resolve
 from mudjack.intake.soft import Score, SoftParams, binarised, soft_trigger
 from mudjack.intake.text import reverse_text
 from mudjack.triggers import TextTrigger, Trigger
 
 FlipRate = Callable[[torch.Tensor], float]
+ALTERNATE_TRIGGERS = "alternate_triggers"  # a method's record key for triggers, not numbers
 
 
 class ReverseParams(Params):
@@ -94,12 +105,20 @@ def register_reversal(name: str) -> Callable[[ReversalMethod], ReversalMethod]:
     return register
 
 
-def reverse_engineer(encoder: ImageEncoder, adapter: EncoderAdapter, bug: np.ndarray,
-                     reference: np.ndarray, *, params: ReverseParams, seed: int = 0,
-                     clean: np.ndarray | None = None, flip_rate: FlipRate | None = None,
-                     score: Score | None = None,
-                     record: dict[str, Any] | None = None) -> Trigger | TextTrigger:
-    """The reversed trigger of one bug input, by `params.method` (text: token occlusion).
+@dataclass(frozen=True)
+class Recovery:
+    """A reversed trigger and the alternates that reproduce the bug as well (`auto` only)."""
+
+    trigger: Trigger | TextTrigger
+    alternates: tuple[Trigger, ...] = ()
+
+
+def recover(encoder: ImageEncoder, adapter: EncoderAdapter, bug: np.ndarray, reference: np.ndarray, *,
+            params: ReverseParams, seed: int = 0, clean: np.ndarray | None = None,
+            flip_rate: FlipRate | None = None, score: Score | None = None,
+            record: dict[str, Any] | None = None) -> Recovery:
+    """The reversed trigger of one bug input, by `params.method` (text: token occlusion), with
+    any alternates the method kept.
 
     Grow, inversion, soft and auto need `clean` inputs (of classes other than the one the bug
     is pushed to); grow and auto measure a candidate by `flip_rate` (the deployed classifier's)
@@ -107,13 +126,24 @@ def reverse_engineer(encoder: ImageEncoder, adapter: EncoderAdapter, bug: np.nda
     class). `record` receives the settings used and what the method measured.
     """
     if adapter.modality == "text":
-        return reverse_text(encoder, adapter, bug, reference, mode=params.text_select, seed=seed,
-                            score=params.text_score)
+        return Recovery(reverse_text(encoder, adapter, bug, reference, mode=params.text_select, seed=seed,
+                                     score=params.text_score))
     record = {} if record is None else record
     params, record["settings"] = resolve(params, bug.shape)
     method = REVERSAL_METHODS[params.method]
-    return method(encoder, adapter, bug, reference, params=params, seed=seed, clean=clean,
-                  flip_rate=flip_rate, score=score, record=record)
+    trigger = method(encoder, adapter, bug, reference, params=params, seed=seed, clean=clean,
+                     flip_rate=flip_rate, score=score, record=record)
+    return Recovery(trigger, tuple(record.pop(ALTERNATE_TRIGGERS, ())))
+
+
+def reverse_engineer(encoder: ImageEncoder, adapter: EncoderAdapter, bug: np.ndarray,
+                     reference: np.ndarray, *, params: ReverseParams, seed: int = 0,
+                     clean: np.ndarray | None = None, flip_rate: FlipRate | None = None,
+                     score: Score | None = None,
+                     record: dict[str, Any] | None = None) -> Trigger | TextTrigger:
+    """The reversed trigger alone (see `recover`)."""
+    return recover(encoder, adapter, bug, reference, params=params, seed=seed, clean=clean,
+                   flip_rate=flip_rate, score=score, record=record).trigger
 
 
 def _occlusion_scores(encoder: ImageEncoder, adapter: EncoderAdapter, bug: np.ndarray,
@@ -176,18 +206,29 @@ def _auto(encoder: ImageEncoder, adapter: EncoderAdapter, bug: np.ndarray, refer
           flip_rate: FlipRate | None, score: Score | None, record: dict[str, Any]) -> Trigger:
     """Candidate methods fitted in turn on part of `clean`, scored on the rest; the best kept."""
     fit, held = split_clean(_clean_inputs(clean, "auto"), params.select.samples, seed)
+    triggers: dict[str, Trigger] = {}
 
     def fitted() -> Iterator[tuple[str, Trigger]]:
         for name in params.select.candidates:
             trigger = REVERSAL_METHODS[name](encoder, adapter, bug, reference, params=params, seed=seed,
                                              clean=fit, flip_rate=flip_rate, score=score, record={})
             if name == "soft" and params.select.binarise:  # the compact hard cut is tried first
-                yield "soft_binarised", binarised(trigger, bug, params.soft.threshold)
+                triggers["soft_binarised"] = binarised(trigger, bug, params.soft.threshold)
+                yield "soft_binarised", triggers["soft_binarised"]
+            triggers[name] = trigger
             yield name, trigger
 
-    chosen, trigger, numbers = select_trigger(
-        fitted(), lambda found: trigger_effect(encoder, adapter, bug, held, found, flip_rate),
-        size_penalty=params.select.size_penalty, enough=params.select.enough)
-    skipped = [name for name in params.select.candidates if name not in numbers]
-    record.update(candidates=numbers, chosen=chosen, skipped=skipped, select_samples=len(held))
+    def effect(found: Trigger) -> float:
+        return trigger_effect(encoder, adapter, bug, held, found, flip_rate)
+
+    select, penalty = params.select, params.select.size_penalty
+    chosen, trigger, numbers = select_trigger(fitted(), effect, size_penalty=penalty, enough=select.enough)
+    skipped = [name for name in select.candidates if name not in numbers]
+    if (grown := padded(trigger, bug, ratio=select.pad)) is not None:  # scored, never chosen
+        triggers[f"{chosen}_padded"] = grown
+        numbers[f"{chosen}_padded"] = candidate_numbers(grown, effect(grown), size_penalty=penalty)
+    kept = alternates(numbers, chosen, keep=select.keep)
+    record.update(candidates=numbers, chosen=chosen, skipped=skipped, select_samples=len(held),
+                  alternates=kept)
+    record[ALTERNATE_TRIGGERS] = [triggers[name] for name in kept]  # taken out by `recover`
     return trigger

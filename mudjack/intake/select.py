@@ -11,6 +11,15 @@ search stops at the first whose score reaches `enough` (the cheap square usually
 patch; the optimised ones run only when it falls short; a "blend" that is the bug pasted at
 half strength scores too low to stop the search). Every fitted candidate's numbers
 are recorded, and the ones never fitted are listed.
+
+The other fitted candidates whose effect comes close to the chosen one's (`keep`) are kept as
+alternates: each reproduces the bug, and each may cover a different part of the true trigger
+(a soft trigger that found one edge of a patch, a square around its middle), so the patch
+trains against all of them (vit-cifar: the chosen trigger alone covered 27 % of the patch and
+left ASR 0.10). A hard chosen trigger is also grown by `pad` x its side, the new pixels from
+the bug, and kept as an alternate when it reproduces the bug as well: the smallest square that
+flips is often part of a larger patch (resnet20: 56 % of it, ASR 0.108 left; grown by 3 px,
+0.014).
 """
 
 from __future__ import annotations
@@ -26,6 +35,7 @@ from pydantic import Field
 from mudjack.config import Params
 from mudjack.encoders import EncoderAdapter, ImageEncoder
 from mudjack.features import cosine
+from mudjack.intake.masks import dilate, masked_trigger
 from mudjack.triggers import Trigger
 
 
@@ -38,6 +48,11 @@ class SelectParams(Params):
     size_penalty: float = Field(0.5, ge=0)  # weight of the mask size Σα / (H·W)
     enough: float = Field(0.9, ge=0, le=1.01)  # stop fitting candidates once one's score reaches it
                                                # (above 1: fit them all)
+    keep: float = Field(0.9, ge=0)  # other fitted candidates whose effect reaches keep x the chosen
+                                    # one's are kept as alternates the patch also trains against
+                                    # (above 1: none)
+    pad: float = Field(0.5, ge=0)   # a hard chosen trigger grown by pad x its side is one more
+                                    # candidate alternate (0: none)
 
 
 def split_clean(clean: np.ndarray, samples: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -66,6 +81,22 @@ def trigger_effect(encoder: ImageEncoder, adapter: EncoderAdapter, bug: np.ndarr
         return float(cosine(encoder.eval()(stamped), encoder(adapter.preprocess(bug[None]))).mean())
 
 
+def candidate_numbers(trigger: Trigger, effect: float, *, size_penalty: float) -> dict[str, Any]:
+    """What the record keeps of a candidate: its effect, size and score."""
+    size = mask_size(trigger)
+    return {"effect": round(effect, 4), "size": round(size, 4), "pixels": trigger.pixels,
+            "soft": trigger.soft, "score": round(effect - size_penalty * size, 4)}
+
+
+def padded(trigger: Trigger, bug: np.ndarray, *, ratio: float) -> Trigger | None:
+    """A hard trigger's region grown by `ratio` x its side (√pixels, at least 1 px) on every
+    side, the new pixels taken from the bug input; None for a soft trigger or ratio 0."""
+    if trigger.soft or ratio <= 0:
+        return None
+    pad = max(1, round(ratio * math.sqrt(trigger.pixels)))
+    return masked_trigger(dilate(trigger.region, pad), bug)
+
+
 def select_trigger(candidates: Iterable[tuple[str, Trigger]], effect: Callable[[Trigger], float], *,
                    size_penalty: float, enough: float = math.inf) -> tuple[str, Trigger, dict[str, Any]]:
     """(name, trigger) of the best-scoring candidate and every fitted candidate's numbers;
@@ -73,11 +104,15 @@ def select_trigger(candidates: Iterable[tuple[str, Trigger]], effect: Callable[[
     numbers: dict[str, Any] = {}
     fitted: dict[str, Trigger] = {}
     for name, trigger in candidates:
-        value, size = effect(trigger), mask_size(trigger)
         fitted[name] = trigger
-        numbers[name] = {"effect": round(value, 4), "size": round(size, 4), "pixels": trigger.pixels,
-                         "soft": trigger.soft, "score": round(value - size_penalty * size, 4)}
+        numbers[name] = candidate_numbers(trigger, effect(trigger), size_penalty=size_penalty)
         if numbers[name]["score"] >= enough:
             break
     chosen = max(fitted, key=lambda name: numbers[name]["score"])  # max keeps the first of ties
     return chosen, fitted[chosen], numbers
+
+
+def alternates(numbers: dict[str, Any], chosen: str, *, keep: float) -> list[str]:
+    """Names of the fitted candidates other than `chosen` whose effect reaches `keep` x its."""
+    floor = keep * numbers[chosen]["effect"]
+    return [name for name, found in numbers.items() if name != chosen and found["effect"] >= floor]

@@ -10,7 +10,8 @@ features and cos(a, b) their dot product, for a batch of shadow images x:
 
 Nothing of h' is detached; only h runs without gradients. Every view gets its own
 random augmentation. With several bugs, shadow image j is stamped with the
-trigger of bug j mod n, and each bug contributes K views of x_b, x_r and x_r⊕t.
+trigger of bug j mod n, and each bug contributes K views of x_b, x_r and x_r⊕t. A bug with
+alternate triggers (intake kept other candidates that reproduce it) counts once per trigger.
 One forward of h' runs over all views concatenated; h runs once on the views it needs.
 BatchNorm stays in eval mode with frozen affine parameters.
 """
@@ -64,21 +65,25 @@ class MudjackingParams(Params):
     shadow_fraction: float = Field(1.0, gt=0, le=1)
     clean_samples: Count = 0         # shadow images used, overriding shadow_fraction when > 0
     augment: bool = True
+    alternates: bool = True        # also train against each bug's alternate triggers (intake `auto`)
     compile: bool = False          # torch.compile the encoders (mudjack/patching/speed.py)
     cpu_bf16: bool = False         # bf16 autocast on a CPU with native bf16 (mudjack/device.py)
 
 
 class BugViews:
-    """The bugs' inputs, references and reversed triggers as [0, 1] tensors on the device."""
+    """The bugs' inputs, references and reversed triggers as [0, 1] tensors on the device: one
+    entry per (bug, trigger), a bug's alternate triggers (intake's other candidates that
+    reproduce it) after its chosen one when `alternates` is on."""
 
-    def __init__(self, bugs: list[Bug], adapter: EncoderAdapter, device: torch.device) -> None:
-        self.count = len(bugs)
-        self.bug = to_device(adapter.preprocess(np.stack([b.bug for b in bugs])), device)
-        self.reference = to_device(adapter.preprocess(np.stack([b.reference for b in bugs])), device)
-        masks = np.stack([b.trigger.mask for b in bugs]).astype(np.float32)[:, None]
+    def __init__(self, bugs: list[Bug], adapter: EncoderAdapter, device: torch.device, *,
+                 alternates: bool = True) -> None:
+        entries = [(b, t) for b in bugs for t in (b.triggers if alternates else [b.trigger])]
+        self.count = len(entries)
+        self.bug = to_device(adapter.preprocess(np.stack([b.bug for b, _ in entries])), device)
+        self.reference = to_device(adapter.preprocess(np.stack([b.reference for b, _ in entries])), device)
+        masks = np.stack([t.mask for _, t in entries]).astype(np.float32)[:, None]
         self.masks = torch.from_numpy(masks).to(device)
-        self.patterns = to_device(adapter.preprocess(np.stack([b.trigger.pattern for b in bugs])),
-                                  device)
+        self.patterns = to_device(adapter.preprocess(np.stack([t.pattern for _, t in entries])), device)
 
     def repeat(self, tensor: torch.Tensor, views: int) -> torch.Tensor:
         return tensor.repeat_interleave(views, dim=0)
@@ -201,8 +206,9 @@ def start_run(encoder: ImageEncoder, adapter: EncoderAdapter, shadow: np.ndarray
     count = params.clean_samples or max(1, int(round(params.shadow_fraction * len(shadow))))
     used = np.sort(rng.permutation(len(shadow))[:count])
     augment = mudjacking_augmentation().to(device) if params.augment else None
-    return PatchRun(patched, frozen, optimiser, shadow, used, adapter, BugViews(bugs, adapter, device),
-                    augment, device, params, forward, context, seed)
+    views = BugViews(bugs, adapter, device, alternates=params.alternates)
+    return PatchRun(patched, frozen, optimiser, shadow, used, adapter, views, augment, device, params,
+                    forward, context, seed)
 
 
 def _train(run: PatchRun, progress: Progress, checkpoint: Checkpointer | None) -> None:
@@ -239,5 +245,6 @@ def mudjacking(encoder: ImageEncoder, adapter: EncoderAdapter, shadow: np.ndarra
     return PatchResult(contiguous(run.patched.eval().cpu()), progress.log, progress.elapsed(), progress.step,
                        info={"device": str(run.device), "clean_samples": len(run.used),
                              "optimizer": optimizer_name(run.patched, run.params),
-                             "bug_ids": [b.id for b in bugs], "resumed_from_step": progress.resumed_from,
+                             "bug_ids": [b.id for b in bugs], "triggers": run.bug_views.count,
+                             "resumed_from_step": progress.resumed_from,
                              "world_size": distributed.world_size if distributed else 1})

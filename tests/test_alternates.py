@@ -1,0 +1,99 @@
+"""Alternate triggers: intake keeps every candidate that reproduces the bug nearly as well as
+the chosen one, the registry stores them, and the patch trains against each of them."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from mudjack.bugs import Bug, load_bugs, save_bug
+from mudjack.evaluation import AttackSpec, retrain_and_evaluate
+from mudjack.heads import HeadParams
+from mudjack.intake.select import alternates, padded
+from mudjack.patching import PatchInputs, run_patch
+from mudjack.patching.mudjacking import BugViews, MudjackingParams, build_views
+from mudjack.triggers import Trigger, patch_trigger
+
+SHAPE = (8, 8, 3)
+
+
+def half(trigger: Trigger, column: int) -> Trigger:
+    """One column of a 2x2 patch trigger at (6, 6)."""
+    mask = np.zeros_like(trigger.mask)
+    mask[6:8, 6 + column] = True
+    return Trigger(mask=mask, pattern=trigger.pattern)
+
+
+def test_alternates_are_the_candidates_close_to_the_chosen_one():
+    numbers = {"grow": {"effect": 0.92}, "blend": {"effect": 0.5}, "soft": {"effect": 1.0},
+               "soft_binarised": {"effect": 0.9}}
+    assert alternates(numbers, "soft", keep=0.9) == ["grow", "soft_binarised"]
+    assert alternates(numbers, "soft", keep=0.0) == ["grow", "blend", "soft_binarised"]
+    assert alternates(numbers, "soft", keep=1.01) == []
+
+
+def test_a_hard_trigger_grows_by_half_its_side_with_the_bug_pixels():
+    image = np.arange(192, dtype=np.uint8).reshape(SHAPE)
+    square = patch_trigger(SHAPE, 2, 3, 3)
+    grown = padded(square, image, ratio=0.5)
+    assert grown.pixels == 16 and grown.region[2:6, 2:6].all() and not grown.soft
+    assert (grown.pattern[2, 2] == image[2, 2]).all()  # filled from the bug input
+    assert padded(patch_trigger(SHAPE, 4, 2, 2), image, ratio=0.5).pixels == 64  # 4 px side: 2 px more
+    assert padded(square, image, ratio=0.0) is None
+    assert padded(Trigger(mask=np.full(SHAPE[:2], 0.2, np.float32), pattern=image), image, ratio=0.5) is None
+
+
+def test_the_registry_keeps_hard_and_soft_alternates(tmp_path):
+    image = np.random.default_rng(0).integers(0, 256, SHAPE, dtype=np.uint8)
+    square = patch_trigger(SHAPE, 2, 6, 6)
+    blend = Trigger(mask=np.full(SHAPE[:2], 0.2, np.float32), pattern=image)
+    bug = Bug("b1", "digits", 3, 0, image, image, square, alternates=(half(square, 0), blend))
+    save_bug(bug, tmp_path)
+    (loaded,) = load_bugs(tmp_path)
+    assert len(loaded.alternates) == 2 and loaded.triggers[0].mask.dtype == bool
+    assert (loaded.alternates[0].mask == half(square, 0).mask).all()
+    assert loaded.alternates[1].soft and np.allclose(loaded.alternates[1].alpha, 0.2)
+    save_bug(dataclasses.replace(bug, id="b2", alternates=()), tmp_path)
+    assert load_bugs(tmp_path)[1].alternates == ()
+
+
+def test_each_alternate_is_an_entry_of_the_patch_views(scenario):
+    image = scenario.task.test.x[0]
+    square = scenario.trigger
+    bug = Bug("b", "digits", 3, 0, image, scenario.task.test.x[1], half(square, 0),
+              alternates=(half(square, 1),))
+    views = BugViews([bug], scenario.adapter, torch.device("cpu"))
+    assert views.count == 2
+    assert views.masks[0, 0, 6:8, 6].all() and not views.masks[0, 0, 6:8, 7].any()
+    assert views.masks[1, 0, 6:8, 7].all() and not views.masks[1, 0, 6:8, 6].any()
+    assert BugViews([bug], scenario.adapter, torch.device("cpu"), alternates=False).count == 1
+    shadow = scenario.adapter.preprocess(scenario.shadow[:4])
+    stacked = build_views(shadow, views, views=3, augment=None)
+    assert len(stacked) == 2 * 4 + 3 * 2 * 3  # x, x⊕t, and K views of x_b, x_r, x_r⊕t per entry
+
+
+@pytest.fixture(scope="module")
+def split_bug(scenario, deployed):
+    """A genuine bug whose chosen trigger is one column of the true 2x2 patch, the other its alternate."""
+    from tests.test_method import genuine_index, make_report
+
+    report = make_report(scenario, genuine_index(scenario, deployed), triggered=True)
+    reference = scenario.task.test.x[int(np.flatnonzero(scenario.task.test.y == report.label)[0])]
+    return Bug("split", "digits", report.label, scenario.target, report.image, reference,
+               half(scenario.trigger, 0), alternates=(half(scenario.trigger, 1),))
+
+
+def test_patching_against_the_alternates_too_removes_what_the_chosen_half_leaves(scenario, split_bug):
+    attack = AttackSpec(scenario.trigger, scenario.target, "truth")
+    asr = {}
+    for use in (False, True):
+        params = MudjackingParams(epochs=20, alternates=use).model_dump()
+        inputs = PatchInputs(scenario.backdoored, scenario.adapter, scenario.shadow, [split_bug])
+        patched = run_patch("mudjacking", inputs, params, seed=0)
+        assert patched.info["triggers"] == (2 if use else 1)
+        asr[use] = retrain_and_evaluate(patched.encoder, scenario.adapter, scenario.task, attack,
+                                        HeadParams(epochs=60))[1]["asr"]
+    assert asr[True] <= 0.2 and asr[True] <= asr[False] - 0.05, asr  # measured: 0.14 against 0.23
