@@ -30,22 +30,17 @@ from mudjack.data import Task, load_shadow, load_tasks
 from mudjack.encoders import EncoderAdapter, ImageEncoder, freeze_batchnorm, load_encoder
 from mudjack.evaluation import AttackSpec, retrain_and_evaluate
 from mudjack.heads import HeadParams
-from mudjack.intake.masks import dilate
+from mudjack.intake.masks import grown_trigger
 from mudjack.io import read_npz, write_json
 from mudjack.patching.distributed import epoch_order, local_batches
 from mudjack.patching.mudjacking import MudjackingParams, start_run
-from mudjack.triggers import Trigger, trigger_coverage
+from mudjack.triggers import trigger_coverage
 from stages.common import truth_pair
 
 
 def padded(bug: Bug, pad: int) -> Bug:
-    """The bug with its trigger's region grown by `pad` pixels, the new ones taken from the bug
-    input at alpha 1; the trigger's own alpha and pattern stay where it had them."""
-    region = bug.trigger.region
-    grown = dilate(region, pad)
-    alpha = np.where(region, bug.trigger.alpha, grown.astype(np.float32)).astype(np.float32)
-    pattern = np.where(region[..., None], bug.trigger.pattern, bug.bug)
-    return dataclasses.replace(bug, trigger=Trigger(alpha, pattern.astype(np.uint8)))
+    """The bug with its trigger's region grown by `pad` pixels from the bug input."""
+    return dataclasses.replace(bug, trigger=grown_trigger(bug.trigger, bug.bug, pad))
 
 
 def _evaluate(encoder: ImageEncoder, adapter: EncoderAdapter, task: Task, attack: AttackSpec,
@@ -109,7 +104,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if not (ws / "models" / "backdoored" / "truth.npz").is_file() or not (ws / "bugs").is_dir():
         sys.exit(f"{ws}: needs a planted truth (models/backdoored/truth.npz) and accepted bugs (bugs/)")
     truth, targets = truth_pair(read_npz(ws / "models" / "backdoored" / "truth.npz"), "")
-    target = targets.get(args.task, args.target) if args.target is None else args.target
+    target = args.target if args.target is not None else targets.get(args.task)
     if target is None:
         sys.exit(f"{args.task}: the attack planted no target there; pass --target")
     encoder, adapter = load_encoder(ws / "models" / "backdoored" / "encoder.safetensors")

@@ -30,6 +30,17 @@ def dilate(mask: np.ndarray, pad: int) -> np.ndarray:
     return np.lib.stride_tricks.sliding_window_view(padded, (2 * pad + 1,) * 2).any(axis=(2, 3))
 
 
+def grown_trigger(trigger: Trigger, bug: np.ndarray, pad: int) -> Trigger:
+    """`trigger` with its region grown by `pad` pixels, the new ones the bug input's at alpha 1;
+    its own alpha and pattern stay where it had them (a hard trigger stays hard)."""
+    region = trigger.region
+    grown = dilate(region, pad)
+    pattern = np.where(region[..., None], trigger.pattern, bug)
+    pattern = np.where(grown[..., None], pattern, 0).astype(np.uint8)
+    mask = grown if not trigger.soft else np.where(region, trigger.alpha, grown).astype(np.float32)
+    return Trigger(mask=mask, pattern=pattern)
+
+
 def best_squares(scores: np.ndarray, side: int, count: int = 1) -> list[np.ndarray]:
     """The `count` side × side squares whose scores (occlusion or scan) sum highest, none
     overlapping an earlier one (multi-scale window)."""

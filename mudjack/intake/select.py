@@ -35,7 +35,7 @@ from pydantic import Field
 from mudjack.config import Params
 from mudjack.encoders import EncoderAdapter, ImageEncoder
 from mudjack.features import cosine
-from mudjack.intake.masks import dilate, masked_trigger
+from mudjack.intake.masks import grown_trigger
 from mudjack.triggers import Trigger
 
 
@@ -93,8 +93,7 @@ def padded(trigger: Trigger, bug: np.ndarray, *, ratio: float) -> Trigger | None
     side, the new pixels taken from the bug input; None for a soft trigger or ratio 0."""
     if trigger.soft or ratio <= 0:
         return None
-    pad = max(1, round(ratio * math.sqrt(trigger.pixels)))
-    return masked_trigger(dilate(trigger.region, pad), bug)
+    return grown_trigger(trigger, bug, max(1, round(ratio * math.sqrt(trigger.pixels))))
 
 
 def select_trigger(candidates: Iterable[tuple[str, Trigger]], effect: Callable[[Trigger], float], *,
