@@ -32,6 +32,7 @@ import copy
 import hashlib
 import json
 import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -145,9 +146,16 @@ def planted(zoo: Zoo, params: PipelineParams) -> tuple[Planted, bool]:
     encoder_file, head_file = folder / "encoder.safetensors", folder / "head.safetensors"
     if not head_file.is_file():
         result = plant(params, zoo.clean, zoo.adapter, zoo.attacker, zoo.task)
-        folder.mkdir(parents=True, exist_ok=True)
-        save_encoder(result.backdoored, zoo.adapter, encoder_file)
-        save_head(result.head, head_file)  # written last: a folder with a head is complete
+        # Written beside and renamed into place: two zoo runs sharing the cache never read a
+        # half-written folder (the later rename loses to the earlier one; both are the same).
+        partial = folder.with_name(f"{folder.name}.{os.getpid()}.partial")
+        partial.mkdir(parents=True, exist_ok=True)
+        save_encoder(result.backdoored, zoo.adapter, partial / encoder_file.name)
+        save_head(result.head, partial / head_file.name)
+        try:
+            partial.rename(folder)
+        except OSError:
+            shutil.rmtree(partial)
         return result, False
     backdoored, head = load_encoder(encoder_file)[0], load_head(head_file)
     pairs = trigger_pairs(zoo.adapter, params.attack, zoo.task)

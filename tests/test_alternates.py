@@ -33,6 +33,8 @@ def test_alternates_are_the_candidates_close_to_the_chosen_one():
     assert alternates(numbers, "soft", keep=0.9) == ["grow", "soft_binarised"]
     assert alternates(numbers, "soft", keep=0.0) == ["grow", "blend", "soft_binarised"]
     assert alternates(numbers, "soft", keep=1.01) == []
+    padded_too = {**numbers, "soft_padded": {"effect": 1.0}, "grow_padded": {"effect": 1.0}}
+    assert alternates(padded_too, "soft", keep=0.9) == ["grow", "soft_binarised", "soft_padded"]
 
 
 def test_a_hard_trigger_grows_by_half_its_side_with_the_bug_pixels():

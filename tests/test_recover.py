@@ -67,7 +67,8 @@ def test_auto_fits_every_candidate_when_none_is_enough():
     truth = zoo_triggers("blend", SHAPE, 1)[0]
     params = ReverseParams(method="auto", soft={"steps": 20}, select={"enough": 1.01})
     _, record = recover(toy_backdoor([truth], seed=1), params)
-    assert list(record["candidates"]) == ["grow", "blend", "soft_binarised", "soft"]
+    assert list(record["candidates"]) == ["grow", "grow_padded", "blend", "soft_binarised",
+                                          "soft_binarised_padded", "soft"]  # hard ones padded too
     assert record["skipped"] == []
 
 
@@ -83,11 +84,13 @@ def test_auto_keeps_the_candidates_that_reproduce_the_bug_nearly_as_well_as_alte
                                 score=deployed.log_prob("toy", 0), record=record)
         numbers, chosen = record["candidates"], record["chosen"]
         floor = keep * numbers[chosen]["effect"]
-        close = [n for n in numbers if n != chosen and numbers[n]["effect"] >= floor]
+        others = [n for n in numbers if n != chosen and not n.endswith("_padded")] + [f"{chosen}_padded"]
+        close = [n for n in numbers if n in others and numbers[n]["effect"] >= floor]
         assert record["alternates"] == close and len(found.alternates) == len(close)
         assert "alternate_triggers" not in record  # the record stays numbers (JSON)
-        if keep == 0.0:  # every other candidate, and the chosen square grown (scored, never chosen)
-            assert len(close) == len(numbers) - 1 == 4 and f"{chosen}_padded" in close
+        if keep == 0.0:  # every other candidate, and the chosen square grown (scored, never chosen),
+            assert len(close) == 4 and f"{chosen}_padded" in close  # not the others grown
+            assert len(numbers) == 6
         if keep > 1:
             assert found.alternates == ()
 
@@ -135,6 +138,28 @@ def test_selection_stops_at_the_first_candidate_that_is_enough():
     effects = iter([0.5, 0.95, 1.0])  # the scores too: no size penalty
     chosen, _, numbers = select_trigger(candidates(), lambda t: next(effects), size_penalty=0.0, enough=0.9)
     assert chosen == "b" and list(numbers) == ["a", "b"] and fitted == ["a", "b"]
+
+
+def test_a_companion_that_is_enough_ends_the_search_but_is_never_chosen():
+    small = Trigger(mask=np.eye(4, dtype=bool), pattern=np.zeros((4, 4, 1), np.uint8))
+    grown = Trigger(mask=np.ones((4, 4), dtype=bool), pattern=np.zeros((4, 4, 1), np.uint8))
+    fitted = []
+
+    def candidates():
+        for name in ("grow", "blend"):
+            fitted.append(name)
+            yield name, small
+
+    effects = {id(small): 0.85, id(grown): 1.0}  # no size penalty: scores are the effects
+    chosen, found, numbers = select_trigger(candidates(), lambda t: effects[id(t)], size_penalty=0.0,
+                                            enough=0.9, companion=lambda t: grown)
+    assert fitted == ["grow"] and chosen == "grow" and found is small
+    assert numbers["grow_padded"]["score"] == 1.0
+    effects[id(grown)] = 0.8  # short of enough: the search goes on
+    fitted.clear()
+    select_trigger(candidates(), lambda t: effects[id(t)], size_penalty=0.0, enough=0.9,
+                   companion=lambda t: grown)
+    assert fitted == ["grow", "blend"]
 
 
 def test_auto_cannot_be_its_own_candidate():

@@ -33,9 +33,9 @@ from mudjack.intake.grow import GrowParams, grow_trigger
 from mudjack.intake.inversion import InversionParams, invert_trigger
 from mudjack.intake.occlusion import occlusion_map, occlusion_trigger
 from mudjack.intake.select import (
+    PADDED,
     SelectParams,
     alternates,
-    candidate_numbers,
     padded,
     select_trigger,
     split_clean,
@@ -222,11 +222,14 @@ def _auto(encoder: ImageEncoder, adapter: EncoderAdapter, bug: np.ndarray, refer
         return trigger_effect(encoder, adapter, bug, held, found, flip_rate)
 
     select, penalty = params.select, params.select.size_penalty
-    chosen, trigger, numbers = select_trigger(fitted(), effect, size_penalty=penalty, enough=select.enough)
+    def companion(found: Trigger) -> Trigger | None:
+        return padded(found, bug, ratio=select.pad)
+
+    chosen, trigger, numbers = select_trigger(fitted(), effect, size_penalty=penalty, enough=select.enough,
+                                              companion=companion)
     skipped = [name for name in select.candidates if name not in numbers]
-    if (grown := padded(trigger, bug, ratio=select.pad)) is not None:  # scored, never chosen
-        triggers[f"{chosen}_padded"] = grown
-        numbers[f"{chosen}_padded"] = candidate_numbers(grown, effect(grown), size_penalty=penalty)
+    if (grown := companion(trigger)) is not None:  # scored, never chosen
+        triggers[chosen + PADDED] = grown
     kept = alternates(numbers, chosen, keep=select.keep)
     record.update(candidates=numbers, chosen=chosen, skipped=skipped, select_samples=len(held),
                   alternates=kept)

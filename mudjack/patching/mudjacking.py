@@ -60,11 +60,13 @@ class MudjackingParams(Params):
     weight_decay: NonNegative = 5e-4
     batch_size: BatchSize = 64
     views: int = Field(8, ge=1, le=1024)
-    lambda_gen: NonNegative = 1.0
-    lambda_eff: NonNegative = 1.0
+    # The authors used augmented views with lambda 1; off and 0.5 repaired more of the attack
+    # zoo (params.yaml says by how much)
+    lambda_gen: NonNegative = 0.5
+    lambda_eff: NonNegative = 0.5
     shadow_fraction: float = Field(1.0, gt=0, le=1)
     clean_samples: Count = 0         # shadow images used, overriding shadow_fraction when > 0
-    augment: bool = True
+    augment: bool = False
     alternates: bool = True        # also train against each bug's alternate triggers (intake `auto`)
     compile: bool = False          # torch.compile the encoders (mudjack/patching/speed.py)
     cpu_bf16: bool = False         # bf16 autocast on a CPU with native bf16 (mudjack/device.py)

@@ -6,10 +6,11 @@ x_b, x_r and x_r⊕t (the trigger at a fresh random position in every view). All
 tokenised together and run through h' in one forward; h runs once, without gradients,
 on the x and x_r views. Nothing of h' is detached.
 
-Augmentation (`augment`, `word_dropout`): every word of a view is dropped with probability
-`word_dropout`, except the trigger words, and a view keeps at least one word. Image
+Augmentation (`word_dropout`; the image loop's `augment` does not apply): every word of a
+view is dropped with probability `word_dropout`, except the trigger words, and a view keeps
+at least one word. Image
 augmentations (flip, colour jitter) have no text counterpart; word dropout plays their
-part of making the K views of x_b and x_r differ. With it off the K views differ only in
+part of making the K views of x_b and x_r differ. At 0 the K views differ only in
 where x_r⊕t carries the trigger.
 
 The encoder stays in eval mode (transformer dropout off; gradients still flow): L_loc
@@ -121,7 +122,7 @@ def text_mudjacking(encoder: nn.Module, adapter: EncoderAdapter, shadow: np.ndar
     optimiser = _optimiser(adapter.trainable_parameters(patched), params)
     count = params.clean_samples or max(1, int(round(params.shadow_fraction * len(shadow))))
     sentences = shadow[np.sort(rng.permutation(len(shadow))[:count])]
-    views = TextViews(bugs, params.views, params.word_dropout if params.augment else 0.0, rng)
+    views = TextViews(bugs, params.views, params.word_dropout, rng)
     per_bug = params.views * len(bugs)
     log, steps, start = [], 0, time.perf_counter()
     for epoch in range(1, params.epochs + 1):
