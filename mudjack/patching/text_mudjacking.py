@@ -8,10 +8,9 @@ on the x and x_r views. Nothing of h' is detached.
 
 Augmentation (`word_dropout`; the image loop's `augment` does not apply): every word of a
 view is dropped with probability `word_dropout`, except the trigger words, and a view keeps
-at least one word. Image
-augmentations (flip, colour jitter) have no text counterpart; word dropout plays their
-part of making the K views of x_b and x_r differ. At 0 the K views differ only in
-where x_r⊕t carries the trigger.
+at least one word. Image augmentations (flip, colour jitter) have no text counterpart; word
+dropout plays their part of making the K views of x_b and x_r differ. At 0 the K views differ
+only in where x_r⊕t carries the trigger.
 
 The encoder stays in eval mode (transformer dropout off; gradients still flow): L_loc
 compares h' with the frozen h, and dropout noise would keep it from its optimum. There is
