@@ -128,9 +128,10 @@ def test_loss_gradients_flow_through_both_sides(scenario):
     frozen = scenario.backdoored.eval()
     batch, per_bug = 4, 3
     views = torch.rand(2 * batch + 3 * per_bug, 3, 8, 8)
-    terms = mudjacking_loss(patched, frozen, views, batch=batch, per_bug=per_bug, params=MudjackingParams())
-    params = [p for p in patched.parameters() if p.requires_grad]
-    grads = torch.autograd.grad(terms["loss"], params)
+    settings = MudjackingParams()
+    terms = mudjacking_loss(patched, frozen, views, batch=batch, per_bug=per_bug, params=settings)
+    weights = [p for p in patched.parameters() if p.requires_grad]
+    grads = torch.autograd.grad(terms["loss"], weights)
 
     def cos(a, b):
         return torch.nn.functional.cosine_similarity(a, b, dim=-1).mean()
@@ -139,9 +140,9 @@ def test_loss_gradients_flow_through_both_sides(scenario):
     with torch.no_grad():
         h_x, h_r = frozen(x), frozen(x_r)
     plain = (-cos(patched(x), h_x) - cos(patched(x_r), h_r)
-             - cos(patched(x_t), patched(x)) - cos(patched(x_r_t), patched(x_r))
-             - cos(patched(x_b), patched(x_r)))
-    plain_grads = torch.autograd.grad(plain, params)
+             - settings.lambda_gen * (cos(patched(x_t), patched(x)) + cos(patched(x_r_t), patched(x_r)))
+             - settings.lambda_eff * cos(patched(x_b), patched(x_r)))
+    plain_grads = torch.autograd.grad(plain, weights)
     assert float(terms["loss"]) == pytest.approx(float(plain), abs=1e-5)
     for got, want in zip(grads, plain_grads, strict=True):
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
