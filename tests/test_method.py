@@ -128,7 +128,7 @@ def test_loss_gradients_flow_through_both_sides(scenario):
     frozen = scenario.backdoored.eval()
     batch, per_bug = 4, 3
     views = torch.rand(2 * batch + 3 * per_bug, 3, 8, 8)
-    settings = MudjackingParams()
+    settings = MudjackingParams(lambda_gen=0.25, lambda_eff=2.0)  # unequal: each weight is read
     terms = mudjacking_loss(patched, frozen, views, batch=batch, per_bug=per_bug, params=settings)
     weights = [p for p in patched.parameters() if p.requires_grad]
     grads = torch.autograd.grad(terms["loss"], weights)
