@@ -200,9 +200,19 @@ def intake_rows(zoo: Zoo, result: Planted) -> tuple[list, list]:
                          "why": None if decision.accepted else decision.reasons[0],
                          **{k: _round(numbers.get(k)) for k in TRUTH_KEYS},
                          "chosen": numbers.get("reversal", {}).get("chosen", params.intake.reverse.method),
+                         **candidate_scores(numbers.get("reversal", {})),
                          "seconds": round(time.perf_counter() - start, 1)})
             bugs += [bug] if bug is not None else []
     return bugs, rows
+
+
+def candidate_scores(reversal: dict[str, Any]) -> dict[str, Any]:
+    """`auto`'s fitted candidates as {name: [effect, score]} and the alternates it kept (why a
+    candidate won is in these numbers); empty for the other methods."""
+    if "candidates" not in reversal:
+        return {}
+    scores = {name: [found["effect"], found["score"]] for name, found in reversal["candidates"].items()}
+    return {"candidates": scores, "alternates": reversal.get("alternates", [])}
 
 
 def _round(value: Any) -> Any:
