@@ -196,11 +196,12 @@ def intake_rows(zoo: Zoo, result: Planted) -> tuple[list, list]:
             decision, bug = intake_report(report, deployed, {task.name: task}, params=params.intake,
                                           truth=trigger, seed=params.seed)
             numbers = decision.numbers
+            reversal = numbers.get("reversal", {})
             rows.append({"trigger": index, "accepted": decision.accepted,
                          "why": None if decision.accepted else decision.reasons[0],
                          **{k: _round(numbers.get(k)) for k in TRUTH_KEYS},
-                         "chosen": numbers.get("reversal", {}).get("chosen", params.intake.reverse.method),
-                         **candidate_scores(numbers.get("reversal", {})),
+                         "chosen": reversal.get("chosen", params.intake.reverse.method),
+                         **candidate_scores(reversal),
                          "seconds": round(time.perf_counter() - start, 1)})
             bugs += [bug] if bug is not None else []
     return bugs, rows
