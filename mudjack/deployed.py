@@ -32,10 +32,11 @@ class Deployed:
 
     def log_prob(self, task: str, target: int) -> Callable[[torch.Tensor], torch.Tensor]:
         """Per-input log-probability of `target` under the deployed classifier, differentiable
-        in a [0, 1] pixel batch (what a reversal can optimise; `flip_rate` is its hard count)."""
+        in a batch of encoder features (what a reversal can optimise, on the features it has
+        already computed for its cosine pull; `flip_rate` is its hard count on pixels)."""
 
-        def score(pixels: torch.Tensor) -> torch.Tensor:
-            return torch.log_softmax(self.heads[task](self.encoder(pixels)), dim=1)[:, target]
+        def score(features: torch.Tensor) -> torch.Tensor:
+            return torch.log_softmax(self.heads[task](features), dim=1)[:, target]
 
         return score
 

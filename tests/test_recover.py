@@ -54,7 +54,8 @@ def test_auto_recovers_a_hard_trigger_as_a_compact_mask(family):
 
 def test_auto_recovers_a_blend_as_a_small_alpha_everywhere():
     truth = zoo_triggers("blend", SHAPE, 1)[0]
-    found, record = recover(toy_backdoor([truth], seed=1))
+    blend_first = ReverseParams(method="auto", select={"candidates": ["grow", "blend", "soft"]})
+    found, record = recover(toy_backdoor([truth], seed=1), blend_first)
     assert record["chosen"] == "blend" and found.soft
     chosen = record["candidates"]["blend"]
     assert chosen["effect"] >= 0.9 and record["candidates"]["grow"]["effect"] <= 0.2
@@ -67,8 +68,8 @@ def test_auto_fits_every_candidate_when_none_is_enough():
     truth = zoo_triggers("blend", SHAPE, 1)[0]
     params = ReverseParams(method="auto", soft={"steps": 20}, select={"enough": 1.01})
     _, record = recover(toy_backdoor([truth], seed=1), params)
-    assert list(record["candidates"]) == ["grow", "grow_padded", "blend", "soft_binarised",
-                                          "soft_binarised_padded", "soft"]  # hard ones padded too
+    assert list(record["candidates"]) == ["grow", "grow_padded", "soft_binarised",
+                                          "soft_binarised_padded", "soft", "blend"]  # hard ones padded too
     assert record["skipped"] == []
 
 
@@ -100,6 +101,17 @@ def test_a_square_cannot_express_a_blend():
     toy = toy_backdoor([truth], seed=2)
     found, _ = recover(toy, ReverseParams(method="grow"))
     assert not found.soft and (toy.deployed.classify("toy", stamp(toy.clean, found)) == 0).mean() <= 0.3
+
+
+def test_the_classifier_score_reads_features_and_agrees_with_the_flip_rate():
+    toy = toy_backdoor(zoo_triggers("patch", SHAPE, 0))
+    deployed = toy.deployed
+    pixels = deployed.adapter.preprocess(stamp(toy.clean[:32], toy.triggers[0]))
+    with torch.no_grad():
+        log_p = deployed.log_prob("toy", 0)(deployed.encoder.eval()(pixels))
+        full = torch.log_softmax(deployed.heads["toy"](deployed.encoder(pixels)), dim=1)
+    assert log_p.shape == (32,) and torch.allclose(log_p, full[:, 0])
+    assert deployed.flip_rate("toy", 0)(pixels) == float((full.argmax(1) == 0).float().mean())
 
 
 def test_soft_leaves_the_encoder_untouched():
@@ -138,6 +150,28 @@ def test_selection_stops_at_the_first_candidate_that_is_enough():
     effects = iter([0.5, 0.95, 1.0])  # the scores too: no size penalty
     chosen, _, numbers = select_trigger(candidates(), lambda t: next(effects), size_penalty=0.0, enough=0.9)
     assert chosen == "b" and list(numbers) == ["a", "b"] and fitted == ["a", "b"]
+
+
+def test_only_a_verified_candidate_ends_the_search_or_is_chosen():
+    small = Trigger(mask=np.eye(4, dtype=bool), pattern=np.zeros((4, 4, 1), np.uint8))
+    triggers = {name: Trigger(mask=small.mask.copy(), pattern=small.pattern) for name in "abc"}
+    effects = {id(triggers["a"]): 1.0, id(triggers["b"]): 0.95, id(triggers["c"]): 0.5}
+    asked = []
+
+    def accept(trigger: Trigger) -> bool:
+        asked.append(trigger)
+        return trigger is not triggers["a"]  # "a" reproduces the bug best but is no backdoor
+
+    chosen, found, numbers = select_trigger(triggers.items(), lambda t: effects[id(t)], size_penalty=0.0,
+                                            enough=0.9, accept=accept)
+    assert chosen == "b" and found is triggers["b"] and list(numbers) == ["a", "b"]  # "c" never fitted
+    assert numbers["a"]["verified"] is False and numbers["b"]["verified"] is True
+    assert asked == [triggers["a"], triggers["b"]]  # each verified once
+    # none verified: the best-scoring one comes back (and the verification rejects the report)
+    chosen, _, numbers = select_trigger(triggers.items(), lambda t: effects[id(t)], size_penalty=0.0,
+                                        enough=0.9, accept=lambda t: False)
+    assert chosen == "a" and list(numbers) == ["a", "b", "c"]
+    assert all(found["verified"] is False for found in numbers.values())
 
 
 def test_a_companion_that_is_enough_ends_the_search_but_is_never_chosen():
@@ -203,7 +237,7 @@ def test_the_decision_records_the_settings_and_the_candidates_fitted(scenario, d
                                 truth=scenario.trigger)
     reversal = decision.numbers["reversal"]
     assert reversal["settings"]["window"] == 2 and "window" in reversal["settings"]["derived"]
-    assert set(reversal["candidates"]) == {"grow", "grow_padded"} and reversal["skipped"] == ["blend", "soft"]
+    assert set(reversal["candidates"]) == {"grow", "grow_padded"} and reversal["skipped"] == ["soft", "blend"]
     assert reversal["chosen"] == "grow" and reversal["select_samples"] > 0
     assert decision.numbers["coverage"] == 1.0
     grown = reversal["candidates"]["grow_padded"]  # the square grown by half its side, from the bug

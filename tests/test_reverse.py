@@ -18,7 +18,7 @@ IMAGE_ADAPTER = SimpleNamespace(modality="image")
 def test_the_built_in_methods_are_registered():
     assert {"occlusion", "grow", "inversion", "soft", "blend", "auto"} <= set(REVERSAL_METHODS)
     assert IntakeParams().reverse.method == "auto"
-    assert IntakeParams().reverse.select.candidates == ["grow", "blend", "soft"]
+    assert IntakeParams().reverse.select.candidates == ["grow", "soft", "blend"]
 
 
 def test_an_unregistered_method_is_refused_with_the_known_ones():
@@ -29,8 +29,8 @@ def test_an_unregistered_method_is_refused_with_the_known_ones():
 def test_reverse_engineer_dispatches_to_a_registered_method():
     seen = {}
 
-    def corner(encoder, adapter, bug, reference, *, params, seed, clean, flip_rate, score, record):
-        seen.update(params=params, seed=seed, clean=clean, flip_rate=flip_rate, score=score)
+    def corner(encoder, adapter, bug, reference, *, params, seed, clean, flip_rate, score, accept, record):
+        seen.update(params=params, seed=seed, clean=clean, flip_rate=flip_rate, score=score, accept=accept)
         record["corner"] = True
         mask = np.zeros(bug.shape[:2], bool)
         mask[-2:, -2:] = True

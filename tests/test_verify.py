@@ -164,9 +164,12 @@ def test_the_null_is_in_the_log_and_the_verdict_is_deterministic(scenario, deplo
     for level in ("flip_rate", "feature_shift"):
         assert {"mean", "std", "std_floor", "q10", "q50", "q90", "max"} <= set(check[f"null_{level}"])
         assert {f"z_{level}", f"p_{level}"} <= set(check)
-    assert check["rule"] == {"samples": 100, "controls": 20, "min_z_flip": 5.0, "min_z_pull": 2.0}
+    assert check["rule"] == {"samples": 100, "controls": 20, "min_z_flip": 5.0, "min_z_pull": 2.0,
+                             "keep_departure": False}
     assert bug.record["verification"] == check
     assert again.to_record() == first.to_record()
+    reversal = first.numbers["reversal"]  # auto chose a candidate the verification accepted
+    assert reversal["candidates"][reversal["chosen"]]["verified"] is True
 
 
 @pytest.mark.parametrize("bad", [{"controls": 2}, {"samples": 5}, {"min_z_flip": 0}, {"min_z": 4}])
@@ -183,3 +186,41 @@ def test_a_soft_trigger_s_controls_keep_its_alpha_and_take_the_exemplar_s_pixels
     control = control_trigger(trigger, exemplar)
     assert control.soft and np.array_equal(control.mask, alpha)
     assert np.array_equal(control.pattern, exemplar)
+
+
+def test_a_control_keeps_what_the_trigger_adds_to_the_bug_and_swaps_the_bug_for_the_exemplar():
+    rng = np.random.default_rng(1)
+    bug = rng.integers(40, 200, (8, 8, 3), dtype=np.uint8)
+    exemplar = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    alpha = np.full((8, 8), 0.2, dtype=np.float32)
+    optimised = Trigger(alpha, (bug.astype(np.int16) + 30).astype(np.uint8))  # the bug plus a free pattern
+    control = control_trigger(optimised, exemplar, bug)
+    assert np.array_equal(control.mask, alpha)
+    assert np.array_equal(control.pattern, np.clip(exemplar.astype(np.int16) + 30, 0, 255))
+    square = np.zeros((8, 8), dtype=bool)
+    square[2:5, 2:5] = True
+    cut = Trigger(square, np.where(square[..., None], bug, 0).astype(np.uint8))  # cut from the bug
+    hard = control_trigger(cut, exemplar, bug)
+    assert np.array_equal(hard.pattern[square], exemplar[square]) and (hard.pattern[~square] == 0).all()
+
+
+def test_keep_departure_refuses_a_trigger_that_adds_what_the_bug_lacks(scenario, toy):
+    """A pattern optimised onto a bug that does not carry the trigger (the free part of a
+    blend or soft fit): the plain null credits it, the departure-keeping one does not."""
+    task = scenario.task
+    clean = task.test.x[(task.test.y != TARGET) & (toy.deployed.classify("digits", task.test.x) != TARGET)]
+    bug = clean[0]  # no white square on it
+    assert (bug[toy.trigger.mask] < 250).any()
+    sample = draw_sample(task, TARGET, PARAMS.samples, 0)
+    fills = task.train.x[draw_controls(toy.deployed, task, TARGET, size=PARAMS.controls, seed=0,
+                                       exclude_sha="")]
+
+    def verdict(keep: bool):
+        return verify_trigger(toy.deployed, task, bug, TARGET, toy.trigger, exemplars=fills, sample=sample,
+                              params=VerifyParams(keep_departure=keep))
+
+    plain, kept = verdict(False), verdict(True)
+    assert plain.numbers["z_flip_rate"] >= PARAMS.min_z_flip  # the white square credited to the bug
+    assert plain.numbers["flip_rate"] == kept.numbers["flip_rate"] > 0.2
+    assert kept.numbers["z_flip_rate"] < PARAMS.min_z_flip and not kept.passed
+    assert kept.numbers["null_flip_rate"]["mean"] > 0.5 * kept.numbers["flip_rate"]

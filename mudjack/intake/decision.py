@@ -4,7 +4,8 @@ For each report: reproduce the misclassification with the deployed encoder and
 head, pick a reference input (same true label, classified correctly, nearest its
 class centroid), reverse-engineer the trigger, and verify that the trigger behaves
 like a backdoor's (mudjack.intake.verify); otherwise reject it as "not a backdoor" with
-the measured numbers.
+the measured numbers. The `auto` reversal asks the same verification of its candidates, so
+that it settles on one that is a backdoor's trigger rather than one that merely flips.
 """
 
 from __future__ import annotations
@@ -116,10 +117,12 @@ def intake_report(report: BugReport, deployed: Deployed, tasks: dict[str, Task],
     checks = params.verify
     held_out, pool = _split_clean(task, predicted, checks, seed)
     reversal: dict[str, Any] = {}  # the settings used and what the method measured
+    verdict = _Verifier(report, deployed, task, predicted, checks=checks, held_out=held_out, seed=seed)
     recovery = recover(deployed.encoder, deployed.adapter, report.image, reference,
                        params=params.reverse, seed=seed, clean=RowView(task.train.x, pool),
                        flip_rate=deployed.flip_rate(task.name, predicted),
-                       score=deployed.log_prob(task.name, predicted), record=reversal)
+                       score=deployed.log_prob(task.name, predicted),
+                       accept=verdict.passes if checks.enabled else None, record=reversal)
     trigger = recovery.trigger
     numbers.update(reference_index=ref_index, mask_pixels=trigger.pixels, reversal=reversal,
                    **_truth_numbers(trigger, truth))
@@ -127,11 +130,10 @@ def intake_report(report: BugReport, deployed: Deployed, tasks: dict[str, Task],
         numbers["alternates_truth"] = [_truth_numbers(t, truth) for t in recovery.alternates]
     reasons = ["reproduced; trigger reverse-engineered"]
     if checks.enabled:
-        verdict = _verify(report, deployed, task, predicted, trigger, checks=checks, held_out=held_out,
-                          seed=seed)
-        numbers["verification"] = verdict.numbers
-        if not verdict.passed:
-            reason = "not a backdoor: " + "; ".join(verdict.failures)
+        verification = verdict(trigger)
+        numbers["verification"] = verification.numbers
+        if not verification.passed:
+            reason = "not a backdoor: " + "; ".join(verification.failures)
             return _reject(report, "not_backdoor", reason, numbers), None
         reasons.append("verified: the trigger flips and pulls other classes' inputs")
     bug = Bug(report.id, task.name, report.label, predicted, report.image, reference, trigger,
@@ -162,9 +164,29 @@ def _split_clean(task: Task, predicted: int, checks: VerifyParams,
     return held_out, rest if len(rest) else others
 
 
-def _verify(report: BugReport, deployed: Deployed, task: Task, predicted: int, trigger: Trigger, *,
-            checks: VerifyParams, held_out: np.ndarray, seed: int) -> Verification:
-    fills = draw_controls(deployed, task, predicted, size=checks.controls, seed=seed,
-                          exclude_sha=report.sha256)
-    return verify_trigger(deployed, task, report.image, predicted, trigger, exemplars=task.train.x[fills],
-                          sample=held_out, params=checks)
+class _Verifier:
+    """The backdoor verification of one report's candidate triggers, each measured once (auto
+    reversal asks while it searches; the decision asks again for the chosen trigger)."""
+
+    def __init__(self, report: BugReport, deployed: Deployed, task: Task, predicted: int, *,
+                 checks: VerifyParams, held_out: np.ndarray, seed: int) -> None:
+        self.report, self.deployed, self.task, self.predicted = report, deployed, task, predicted
+        self.checks, self.held_out, self.seed = checks, held_out, seed
+        self.exemplars: np.ndarray | None = None  # the controls' fills, drawn on first use
+        self.seen: list[tuple[Trigger | TextTrigger, Verification]] = []  # by identity
+
+    def __call__(self, trigger: Trigger | TextTrigger) -> Verification:
+        for seen, verification in self.seen:
+            if seen is trigger:
+                return verification
+        if self.exemplars is None:
+            fills = draw_controls(self.deployed, self.task, self.predicted, size=self.checks.controls,
+                                  seed=self.seed, exclude_sha=self.report.sha256)
+            self.exemplars = self.task.train.x[fills]
+        verification = verify_trigger(self.deployed, self.task, self.report.image, self.predicted, trigger,
+                                      exemplars=self.exemplars, sample=self.held_out, params=self.checks)
+        self.seen.append((trigger, verification))
+        return verification
+
+    def passes(self, trigger: Trigger) -> bool:
+        return self(trigger).passed

@@ -8,8 +8,9 @@
 - `soft`: optimise an alpha mask and a pattern, so a blend can be expressed (mudjack/intake/soft.py);
 - `blend`: the same with one alpha for the whole image (a blended trigger);
 - `auto` (the default): fit the `select.candidates` methods in turn (and the soft trigger
-  binarised) until one reproduces the bug's effect well enough, and keep the one that
-  reproduces it best on held-out clean inputs, less a mask-size penalty (mudjack/intake/select.py);
+  binarised) until one reproduces the bug's effect well enough and passes the backdoor
+  verification (`accept`), and keep the accepted one that reproduces it best on held-out
+  clean inputs, less a mask-size penalty (mudjack/intake/select.py);
   the other candidates that reproduce it nearly as well are kept as alternates (`recover`).
 Text encoders always use token occlusion (mudjack/intake/text.py), with `text_select` and
 `text_score`. Window, strides and scan sides left at 0 / "auto" derive from the input size
@@ -47,6 +48,7 @@ from mudjack.intake.text import reverse_text
 from mudjack.triggers import TextTrigger, Trigger
 
 FlipRate = Callable[[torch.Tensor], float]
+Accept = Callable[[Trigger], bool]  # the backdoor verification of a candidate trigger
 ALTERNATE_TRIGGERS = "alternate_triggers"  # a method's record key for triggers, not numbers
 
 
@@ -87,7 +89,7 @@ class ReversalMethod(Protocol):
     def __call__(self, encoder: ImageEncoder, adapter: EncoderAdapter, bug: np.ndarray,
                  reference: np.ndarray, *, params: ReverseParams, seed: int,
                  clean: np.ndarray | None, flip_rate: FlipRate | None, score: Score | None,
-                 record: dict[str, Any]) -> Trigger: ...
+                 accept: Accept | None, record: dict[str, Any]) -> Trigger: ...
 
 
 REVERSAL_METHODS: dict[str, ReversalMethod] = {}
@@ -116,14 +118,15 @@ class Recovery:
 def recover(encoder: ImageEncoder, adapter: EncoderAdapter, bug: np.ndarray, reference: np.ndarray, *,
             params: ReverseParams, seed: int = 0, clean: np.ndarray | None = None,
             flip_rate: FlipRate | None = None, score: Score | None = None,
-            record: dict[str, Any] | None = None) -> Recovery:
+            accept: Accept | None = None, record: dict[str, Any] | None = None) -> Recovery:
     """The reversed trigger of one bug input, by `params.method` (text: token occlusion), with
     any alternates the method kept.
 
     Grow, inversion, soft and auto need `clean` inputs (of classes other than the one the bug
     is pushed to); grow and auto measure a candidate by `flip_rate` (the deployed classifier's)
     when given, soft also fits the classifier's differentiable `score` (log p of the bug's
-    class). `record` receives the settings used and what the method measured.
+    class); auto chooses only a candidate `accept` (the backdoor verification) accepts, when
+    one is. `record` receives the settings used and what the method measured.
     """
     if adapter.modality == "text":
         return Recovery(reverse_text(encoder, adapter, bug, reference, mode=params.text_select, seed=seed,
@@ -132,7 +135,7 @@ def recover(encoder: ImageEncoder, adapter: EncoderAdapter, bug: np.ndarray, ref
     params, record["settings"] = resolve(params, bug.shape)
     method = REVERSAL_METHODS[params.method]
     trigger = method(encoder, adapter, bug, reference, params=params, seed=seed, clean=clean,
-                     flip_rate=flip_rate, score=score, record=record)
+                     flip_rate=flip_rate, score=score, accept=accept, record=record)
     return Recovery(trigger, tuple(record.pop(ALTERNATE_TRIGGERS, ())))
 
 
@@ -161,14 +164,16 @@ def _clean_inputs(clean: np.ndarray | None, method: str) -> np.ndarray:
 @register_reversal("occlusion")
 def _occlusion(encoder: ImageEncoder, adapter: EncoderAdapter, bug: np.ndarray, reference: np.ndarray,
                *, params: ReverseParams, seed: int, clean: np.ndarray | None,
-               flip_rate: FlipRate | None, score: Score | None, record: dict[str, Any]) -> Trigger:
+               flip_rate: FlipRate | None, score: Score | None, accept: Accept | None,
+          record: dict[str, Any]) -> Trigger:
     return occlusion_trigger(bug, _occlusion_scores(encoder, adapter, bug, reference, params), seed)
 
 
 @register_reversal("grow")
 def _grow(encoder: ImageEncoder, adapter: EncoderAdapter, bug: np.ndarray, reference: np.ndarray,
           *, params: ReverseParams, seed: int, clean: np.ndarray | None,
-          flip_rate: FlipRate | None, score: Score | None, record: dict[str, Any]) -> Trigger:
+          flip_rate: FlipRate | None, score: Score | None, accept: Accept | None,
+          record: dict[str, Any]) -> Trigger:
     clean = _clean_inputs(clean, "grow")
     scores = _occlusion_scores(encoder, adapter, bug, reference, params)
     return grow_trigger(encoder, adapter, bug, scores, clean, params=params.grow, seed=seed,
@@ -178,7 +183,8 @@ def _grow(encoder: ImageEncoder, adapter: EncoderAdapter, bug: np.ndarray, refer
 @register_reversal("inversion")
 def _inversion(encoder: ImageEncoder, adapter: EncoderAdapter, bug: np.ndarray, reference: np.ndarray,
                *, params: ReverseParams, seed: int, clean: np.ndarray | None,
-               flip_rate: FlipRate | None, score: Score | None, record: dict[str, Any]) -> Trigger:
+               flip_rate: FlipRate | None, score: Score | None, accept: Accept | None,
+          record: dict[str, Any]) -> Trigger:
     clean = _clean_inputs(clean, "inversion")
     return invert_trigger(encoder, adapter, bug, clean, params=params.inversion, seed=seed)
 
@@ -186,7 +192,8 @@ def _inversion(encoder: ImageEncoder, adapter: EncoderAdapter, bug: np.ndarray, 
 @register_reversal("soft")
 def _soft(encoder: ImageEncoder, adapter: EncoderAdapter, bug: np.ndarray, reference: np.ndarray,
           *, params: ReverseParams, seed: int, clean: np.ndarray | None,
-          flip_rate: FlipRate | None, score: Score | None, record: dict[str, Any]) -> Trigger:
+          flip_rate: FlipRate | None, score: Score | None, accept: Accept | None,
+          record: dict[str, Any]) -> Trigger:
     clean = _clean_inputs(clean, "soft")
     return soft_trigger(encoder, adapter, bug, clean, params=params.soft, seed=seed, score=score)
 
@@ -194,7 +201,8 @@ def _soft(encoder: ImageEncoder, adapter: EncoderAdapter, bug: np.ndarray, refer
 @register_reversal("blend")
 def _blend(encoder: ImageEncoder, adapter: EncoderAdapter, bug: np.ndarray, reference: np.ndarray,
            *, params: ReverseParams, seed: int, clean: np.ndarray | None,
-           flip_rate: FlipRate | None, score: Score | None, record: dict[str, Any]) -> Trigger:
+           flip_rate: FlipRate | None, score: Score | None, accept: Accept | None,
+          record: dict[str, Any]) -> Trigger:
     clean = _clean_inputs(clean, "blend")
     return soft_trigger(encoder, adapter, bug, clean, params=params.soft, seed=seed, score=score,
                         uniform=True)
@@ -203,7 +211,8 @@ def _blend(encoder: ImageEncoder, adapter: EncoderAdapter, bug: np.ndarray, refe
 @register_reversal("auto")
 def _auto(encoder: ImageEncoder, adapter: EncoderAdapter, bug: np.ndarray, reference: np.ndarray,
           *, params: ReverseParams, seed: int, clean: np.ndarray | None,
-          flip_rate: FlipRate | None, score: Score | None, record: dict[str, Any]) -> Trigger:
+          flip_rate: FlipRate | None, score: Score | None, accept: Accept | None,
+          record: dict[str, Any]) -> Trigger:
     """Candidate methods fitted in turn on part of `clean`, scored on the rest; the best kept."""
     fit, held = split_clean(_clean_inputs(clean, "auto"), params.select.samples, seed)
     triggers: dict[str, Trigger] = {}
@@ -211,7 +220,8 @@ def _auto(encoder: ImageEncoder, adapter: EncoderAdapter, bug: np.ndarray, refer
     def fitted() -> Iterator[tuple[str, Trigger]]:
         for name in params.select.candidates:
             trigger = REVERSAL_METHODS[name](encoder, adapter, bug, reference, params=params, seed=seed,
-                                             clean=fit, flip_rate=flip_rate, score=score, record={})
+                                             clean=fit, flip_rate=flip_rate, score=score, accept=None,
+                                             record={})
             if name == "soft" and params.select.binarise:  # the compact hard cut is tried first
                 triggers["soft_binarised"] = binarised(trigger, bug, params.soft.threshold)
                 yield "soft_binarised", triggers["soft_binarised"]
@@ -226,7 +236,7 @@ def _auto(encoder: ImageEncoder, adapter: EncoderAdapter, bug: np.ndarray, refer
         return padded(found, bug, ratio=select.pad)
 
     chosen, trigger, numbers = select_trigger(fitted(), effect, size_penalty=penalty, enough=select.enough,
-                                              companion=companion)
+                                              companion=companion, accept=accept)
     skipped = [name for name in select.candidates if name not in numbers]
     if (grown := companion(trigger)) is not None:  # scored, never chosen
         triggers[chosen + PADDED] = grown

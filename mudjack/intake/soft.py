@@ -27,7 +27,8 @@ from mudjack.features import cosine
 from mudjack.intake.masks import masked_trigger
 from mudjack.triggers import Trigger, blend
 
-# The deployed classifier's per-input log-probability of the bug's class: differentiable.
+# The deployed classifier's per-input log-probability of the bug's class, differentiable in
+# the encoder's features (so one encoder pass serves both terms of the loss).
 Score = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -72,10 +73,10 @@ def minimise(variables: list[torch.Tensor], loss: Callable[[], torch.Tensor], *,
 def _loss(encoder: ImageEncoder, clean: torch.Tensor, bug: torch.Tensor, bug_features: torch.Tensor,
           alpha: torch.Tensor, pattern: torch.Tensor, *, params: SoftParams,
           score: Score | None) -> torch.Tensor:
-    stamped = blend(clean, pattern, alpha)
-    loss = -cosine(encoder(stamped), bug_features).mean()
+    features = encoder(blend(clean, pattern, alpha))
+    loss = -cosine(features, bug_features).mean()
     if score is not None and params.classifier > 0:
-        loss = loss - params.classifier * score(stamped).mean()
+        loss = loss - params.classifier * score(features).mean()
     return loss + params.sparsity * alpha.mean() + params.fidelity * (alpha * (pattern - bug) ** 2).mean()
 
 

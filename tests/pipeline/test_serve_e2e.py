@@ -221,12 +221,14 @@ def test_a_failing_gate_promotes_nothing(ops: dict, first_run, tmp_path: Path) -
                                      "--root", str(project)])
     assert added.exit_code == 0 and "accepted: 'client-7'" in added.output, added.output
     params = yaml.safe_load((project / "params.yaml").read_text())
-    params["gates"]["max_patched_asr"] = 0.0  # no repair is that good
+    # the repair itself can reach ASR 0 here; a float32 export never matches PyTorch to the
+    # last bit (1e-5 on this model), so this gate fails for sure
+    params["gates"]["max_onnx_diff"] = 0.0
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
     second = trigger(ops["api"])
     assert second.state.is_failed(), second.state
-    assert "gates failed" in second.state.message and "max_patched_asr" in second.state.message
+    assert "gates failed" in second.state.message and "max_onnx_diff" in second.state.message
     intake_log = (project / INTAKE_LOG).read_text()
     assert '"report_id": "client-7"' in intake_log  # the new report was picked up
     assert not (project / "bugs" / "client-7").exists()
@@ -234,4 +236,4 @@ def test_a_failing_gate_promotes_nothing(ops: dict, first_run, tmp_path: Path) -
     assert prod_version(project) == "v1.0.0" and len(versions(project)) == 1
     assert FAILURE_KEY in artifacts(ops["api"], second.id)
     (hook,) = [h["json"] for h in ops["hooks"] if h["json"]["flow_run_id"] == str(second.id)]
-    assert hook["failed"] and hook["state"] == "Failed" and "max_patched_asr" in hook["message"]
+    assert hook["failed"] and hook["state"] == "Failed" and "max_onnx_diff" in hook["message"]
