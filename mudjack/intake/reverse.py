@@ -35,6 +35,7 @@ from mudjack.intake.inversion import InversionParams, invert_trigger
 from mudjack.intake.occlusion import occlusion_map, occlusion_trigger
 from mudjack.intake.select import (
     PADDED,
+    Accept,
     SelectParams,
     alternates,
     padded,
@@ -48,7 +49,6 @@ from mudjack.intake.text import reverse_text
 from mudjack.triggers import TextTrigger, Trigger
 
 FlipRate = Callable[[torch.Tensor], float]
-Accept = Callable[[Trigger], bool]  # the backdoor verification of a candidate trigger
 ALTERNATE_TRIGGERS = "alternate_triggers"  # a method's record key for triggers, not numbers
 
 
@@ -165,7 +165,7 @@ def _clean_inputs(clean: np.ndarray | None, method: str) -> np.ndarray:
 def _occlusion(encoder: ImageEncoder, adapter: EncoderAdapter, bug: np.ndarray, reference: np.ndarray,
                *, params: ReverseParams, seed: int, clean: np.ndarray | None,
                flip_rate: FlipRate | None, score: Score | None, accept: Accept | None,
-          record: dict[str, Any]) -> Trigger:
+               record: dict[str, Any]) -> Trigger:
     return occlusion_trigger(bug, _occlusion_scores(encoder, adapter, bug, reference, params), seed)
 
 
@@ -184,7 +184,7 @@ def _grow(encoder: ImageEncoder, adapter: EncoderAdapter, bug: np.ndarray, refer
 def _inversion(encoder: ImageEncoder, adapter: EncoderAdapter, bug: np.ndarray, reference: np.ndarray,
                *, params: ReverseParams, seed: int, clean: np.ndarray | None,
                flip_rate: FlipRate | None, score: Score | None, accept: Accept | None,
-          record: dict[str, Any]) -> Trigger:
+               record: dict[str, Any]) -> Trigger:
     clean = _clean_inputs(clean, "inversion")
     return invert_trigger(encoder, adapter, bug, clean, params=params.inversion, seed=seed)
 
@@ -202,7 +202,7 @@ def _soft(encoder: ImageEncoder, adapter: EncoderAdapter, bug: np.ndarray, refer
 def _blend(encoder: ImageEncoder, adapter: EncoderAdapter, bug: np.ndarray, reference: np.ndarray,
            *, params: ReverseParams, seed: int, clean: np.ndarray | None,
            flip_rate: FlipRate | None, score: Score | None, accept: Accept | None,
-          record: dict[str, Any]) -> Trigger:
+           record: dict[str, Any]) -> Trigger:
     clean = _clean_inputs(clean, "blend")
     return soft_trigger(encoder, adapter, bug, clean, params=params.soft, seed=seed, score=score,
                         uniform=True)

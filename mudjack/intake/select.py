@@ -39,6 +39,8 @@ from mudjack.features import cosine
 from mudjack.intake.masks import grown_trigger
 from mudjack.triggers import Trigger
 
+Accept = Callable[[Trigger], bool]  # the backdoor verification of a candidate trigger
+
 
 class SelectParams(Params):
     """The `intake.reverse.select` section (method `auto`)."""
@@ -103,7 +105,7 @@ PADDED = "_padded"  # a companion's name: its candidate's name with this suffix
 def select_trigger(candidates: Iterable[tuple[str, Trigger]], effect: Callable[[Trigger], float], *,
                    size_penalty: float, enough: float = math.inf,
                    companion: Callable[[Trigger], Trigger | None] | None = None,
-                   accept: Callable[[Trigger], bool] | None = None,
+                   accept: Accept | None = None,
                    ) -> tuple[str, Trigger, dict[str, Any]]:
     """(name, trigger) of the best-scoring candidate and every fitted candidate's numbers;
     `candidates` is consumed lazily, up to the first whose score reaches `enough`. A

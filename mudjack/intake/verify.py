@@ -10,17 +10,19 @@ on the deployed model with a null distribution instead of absolute thresholds.
 
 Controls (the null): the SAME trigger model (the same alpha mask; for text, as many words
 at the same position) filled from `controls` clean inputs of the predicted class instead of
-the bug. With `keep_departure`, what an optimised pattern adds to the bug's pixels (its
-departure from them) stays in the controls, so the evidence must be the bug's content: a free
-pattern alone is an adversarial perturbation on a weak encoder (resnet20 -> GTSRB: a
-whole-image blend fitted to a forged report flips 0.9 of other classes' inputs to any class,
-z 6-60 against controls without it, and 20 of 20 forged reports were accepted; with it 7 of
-8 were refused). It is off by default because it also refuses genuine blended triggers,
-whose fitted pattern departs from the bug toward the trigger (digits: 5 of 6 blend reports
-refused, 0 before). A trigger reversed from a forged report (a clean input with a wrong label, a
+the bug. A trigger reversed from a forged report (a clean input with a wrong label, a
 genuine error, a noise patch or an unplanted pattern on an input of the predicted class) is
 made of such content, so it pulls and flips no more than the controls do; a backdoor
 trigger is a pattern that does what no class content under that mask does.
+
+With `keep_departure`, what an optimised pattern adds to the bug's pixels (its departure
+from them) stays in the controls, so the evidence must be the bug's content: a free pattern
+alone is an adversarial perturbation on a weak encoder (resnet20 -> GTSRB: a whole-image
+blend fitted to a forged report flips 0.9 of other classes' inputs to any class, z 6-60
+against controls without it, and 20 of 20 forged reports were accepted; with it 7 of 8 were
+refused). It is off by default because it also refuses genuine blended triggers, whose
+fitted pattern departs from the bug toward the trigger (digits: 5 of 6 blend reports
+refused, 0 before).
 
 Two levels are measured, for the trigger and for each control, on the same held-out inputs:
 - classifier: the flip rate, the share put in the predicted class;
