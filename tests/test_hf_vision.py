@@ -18,15 +18,20 @@ import pytest
 import torch
 
 from mudjack.bugs import Bug
+from mudjack.data import LabelledSet, Task
+from mudjack.deployed import Deployed
 from mudjack.encoders import get_adapter, load_encoder, save_encoder
 from mudjack.encoders.base import read_metadata
 from mudjack.encoders.hf_vision import HFVisionAdapter
 from mudjack.export import export_onnx, verify_onnx
 from mudjack.features import extract_features
 from mudjack.heads import Classifier, Head, HeadParams, predict, train_head
+from mudjack.intake import IntakeParams, intake_report
+from mudjack.intake.verify import VerifyParams, departs, verify_trigger
 from mudjack.io import write_safetensors
 from mudjack.patching.mudjacking import MudjackingParams, mudjacking
-from mudjack.triggers import patch_trigger
+from mudjack.reports import BugReport
+from mudjack.triggers import Trigger, patch_trigger
 
 SIDE = 32
 TINY = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "image_size": SIDE,
@@ -155,6 +160,48 @@ def test_a_trigger_is_stamped_in_the_input_space(tiny):
     stamped = adapter.stamp(_images(2, side=40), trigger)
     assert stamped.shape == (2, SIDE, SIDE, 3)
     assert np.all(stamped[:, 2:6, 3:7] == 255)
+
+
+def test_verification_of_an_optimised_trigger_works_in_the_input_space(tiny):
+    """Reports, controls and references at 40 px, the trigger at the encoder's 32: the
+    departure-keeping controls and the trigger taken off the bug are resized first."""
+    _, adapter, encoder = tiny
+    images, labels = _images(60, side=40, seed=5), np.arange(60) % 3
+    features = extract_features(encoder, adapter, images)
+    head = train_head(features, labels, 3, HeadParams(kind="linear", epochs=40))
+    deployed = Deployed(encoder, adapter, {"t": head})
+    task = Task("t", [0, 1, 2], LabelledSet(images, labels), LabelledSet(images[:6], labels[:6]))
+    predicted = int(deployed.classify("t", images[:1])[0])
+    trigger = Trigger(np.full((SIDE, SIDE), 0.3, dtype=np.float32), np.full((SIDE, SIDE, 3), 200, np.uint8))
+    assert departs(trigger, adapter.resize_raw(images[0]))
+    exemplars = images[labels == predicted][:5]
+    for departure in ("null", "restore"):
+        verdict = verify_trigger(deployed, task, images[0], predicted, trigger, label=(predicted + 1) % 3,
+                                 reference=images[1], exemplars=exemplars,
+                                 sample=np.flatnonzero(labels != predicted)[:20],
+                                 params=VerifyParams(samples=10, controls=5, departure=departure))
+        assert verdict.numbers["verify_samples"] > 0 and verdict.numbers["controls"] == 5
+
+
+def test_intake_of_a_report_at_another_size_reverses_in_the_input_space(tiny):
+    """A 40 px report on a 32 px encoder: every candidate is fitted at 32 px and the
+    verification decides (it used to stop on a 32 px mask cut from the 40 px bug)."""
+    _, adapter, encoder = tiny
+    images, labels = _images(120, side=40, seed=5), np.arange(120) % 3
+    head = train_head(extract_features(encoder, adapter, images), labels, 3,
+                      HeadParams(kind="linear", epochs=40))
+    deployed = Deployed(encoder, adapter, {"t": head})
+    task = Task("t", [0, 1, 2], LabelledSet(images, labels), LabelledSet(images[:6], labels[:6]))
+    predicted = deployed.classify("t", images)
+    referable = np.isin(labels, labels[predicted == labels])
+    i = int(np.flatnonzero((predicted != labels) & referable)[0])
+    params = IntakeParams(reverse={"soft": {"steps": 3}, "select": {"enough": 1.01}},
+                          verify={"samples": 10, "controls": 5})
+    decision, _ = intake_report(BugReport("r", "t", int(labels[i]), images[i], None), deployed, {"t": task},
+                                params=params)
+    assert set(decision.numbers["reversal"]["candidates"]) >= {"grow", "soft", "blend"}
+    assert decision.numbers["reversal"]["settings"]["input_side"] == SIDE
+    assert "verification" in decision.numbers, decision.reasons
 
 
 def test_one_mudjacking_step_changes_the_weights_and_keeps_batchnorm_frozen(tiny):

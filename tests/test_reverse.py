@@ -12,7 +12,7 @@ from mudjack.intake import IntakeParams
 from mudjack.intake.masks import masked_trigger
 from mudjack.intake.reverse import REVERSAL_METHODS, ReverseParams, register_reversal, reverse_engineer
 
-IMAGE_ADAPTER = SimpleNamespace(modality="image")
+IMAGE_ADAPTER = SimpleNamespace(modality="image", resize_raw=lambda raw: raw)  # inputs at its size
 
 
 def test_the_built_in_methods_are_registered():

@@ -187,16 +187,19 @@ def test_verification_accepts_the_planted_words_not_a_clean_sentence_s(tiny: Tex
     head = train_head(extract_features(tiny.backdoored, tiny.adapter, task.train.x), task.train.y, 2,
                       HeadParams(hidden=[32], dropout=0.0, epochs=60, lr=3e-3), seed=0)
     deployed = Deployed(tiny.backdoored, tiny.adapter, {"toy": head})
-    bug = tiny.adapter.stamp(task.test.x[task.test.y != TARGET][:1], TRIGGER)[0]
+    others = np.flatnonzero(task.test.y != TARGET)[:1]
+    bug = tiny.adapter.stamp(task.test.x[others], TRIGGER)[0]
+    claim = {"label": int(task.test.y[others][0]), "reference": task.train.x[task.train.y != TARGET][0]}
     params = VerifyParams()
     fills = task.train.x[draw_controls(deployed, task, TARGET, size=params.controls, seed=0, exclude_sha="")]
     sample = draw_sample(task, TARGET, params.samples, 0)
-    real = verify_trigger(deployed, task, bug, TARGET, TRIGGER, exemplars=fills, sample=sample, params=params)
+    real = verify_trigger(deployed, task, bug, TARGET, TRIGGER, **claim, exemplars=fills, sample=sample,
+                          params=params)
     assert real.passed, real.failures
     forged = text_control_trigger(TRIGGER, fills[-1])
     assert forged.words != TRIGGER.words
-    fake = verify_trigger(deployed, task, bug, TARGET, forged, exemplars=fills[:-1], sample=sample,
-                          params=params)
+    fake = verify_trigger(deployed, task, bug, TARGET, forged, **claim, exemplars=fills[:-1],
+                          sample=sample, params=params)
     assert not fake.passed and fake.numbers["z_flip_rate"] < params.min_z_flip, fake.numbers
 
 

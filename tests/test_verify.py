@@ -20,9 +20,16 @@ from mudjack.features import extract_features
 from mudjack.heads import HeadParams, train_head
 from mudjack.intake import IntakeParams, intake_report, pick_reference
 from mudjack.intake.masks import masked_trigger
-from mudjack.intake.verify import VerifyParams, control_trigger, draw_controls, draw_sample, verify_trigger
+from mudjack.intake.verify import (
+    VerifyParams,
+    control_trigger,
+    departs,
+    draw_controls,
+    draw_sample,
+    verify_trigger,
+)
 from mudjack.reports import BugReport
-from mudjack.triggers import Trigger, stamp
+from mudjack.triggers import Trigger, stamp, unstamp
 
 PARAMS = VerifyParams()
 TARGET = 0
@@ -64,24 +71,28 @@ def toy(scenario) -> Toy:
     return Toy(Deployed(encoder, adapter, {"digits": head}), trigger)
 
 
-def _bug(toy: Toy, task, trigger: Trigger) -> tuple[np.ndarray, int]:
-    """A test input of another class that the toy puts in the target once `trigger` is on it."""
+def _bug(toy: Toy, task, trigger: Trigger) -> tuple[np.ndarray, int, int]:
+    """A test input of another class that the toy puts in the target once `trigger` is on it:
+    (the stamped input, the target, its true label)."""
     stamped = stamp(task.test.x, trigger)
     hit = np.flatnonzero((task.test.y != TARGET)
                          & (toy.deployed.classify("digits", stamped) == TARGET))
-    return stamped[hit[0]], TARGET
+    return stamped[hit[0]], TARGET, int(task.test.y[hit[0]])
 
 
-def _verify(toy: Toy, task, bug: np.ndarray, predicted: int, trigger: Trigger, seed: int = 0):
-    sample = draw_sample(task, predicted, PARAMS.samples, seed)
-    fills = draw_controls(toy.deployed, task, predicted, size=PARAMS.controls, seed=seed, exclude_sha="")
-    return verify_trigger(toy.deployed, task, bug, predicted, trigger, exemplars=task.train.x[fills],
-                          sample=sample, params=PARAMS)
+def _verify(deployed: Deployed, task, bug: np.ndarray, predicted: int, trigger: Trigger, *, label: int,
+            params: VerifyParams = PARAMS):
+    """The verification as intake runs it, the client having reported `label`."""
+    sample = draw_sample(task, predicted, params.samples, 0)
+    fills = draw_controls(deployed, task, predicted, size=params.controls, seed=0, exclude_sha="")
+    reference = task.train.x[pick_reference(deployed, task, label, "")]
+    return verify_trigger(deployed, task, bug, predicted, trigger, label=label, reference=reference,
+                          exemplars=task.train.x[fills], sample=sample, params=params)
 
 
 def test_a_weak_backdoor_is_accepted_against_a_null_that_does_not_vary(scenario, toy):
-    bug, predicted = _bug(toy, scenario.task, toy.trigger)
-    verdict = _verify(toy, scenario.task, bug, predicted, toy.trigger)
+    bug, predicted, label = _bug(toy, scenario.task, toy.trigger)
+    verdict = _verify(toy.deployed, scenario.task, bug, predicted, toy.trigger, label=label)
     numbers = verdict.numbers
     assert verdict.passed, verdict.failures
     assert 0.2 <= numbers["flip_rate"] <= 0.6  # weak: the old rule needed 0.8
@@ -104,7 +115,7 @@ def test_class_content_as_a_trigger_is_not_a_backdoor(scenario, toy, label):
     bug = task.test.x[np.flatnonzero(correct)[0]]
     mask = np.zeros(bug.shape[:2], dtype=bool)
     mask[2:6, 2:6] = True
-    verdict = _verify(toy, task, bug, label, masked_trigger(mask, bug))
+    verdict = _verify(toy.deployed, task, bug, label, masked_trigger(mask, bug), label=(label + 1) % 10)
     assert not verdict.passed
     assert verdict.numbers["z_flip_rate"] < PARAMS.min_z_flip, verdict.numbers
 
@@ -113,9 +124,10 @@ def test_a_noise_patch_is_not_a_backdoor(scenario, toy):
     task = scenario.task
     noise = np.random.default_rng(0).integers(0, 256, toy.trigger.pattern.shape, dtype=np.uint8)
     patch = masked_trigger(toy.trigger.mask, noise)
-    bug = stamp(task.test.x[np.flatnonzero(task.test.y != TARGET)[0]], patch)
+    index = np.flatnonzero(task.test.y != TARGET)[0]
+    bug = stamp(task.test.x[index], patch)
     predicted = int(toy.deployed.classify("digits", bug[None])[0])
-    verdict = _verify(toy, task, bug, predicted, patch)
+    verdict = _verify(toy.deployed, task, bug, predicted, patch, label=int(task.test.y[index]))
     assert not verdict.passed
     assert verdict.numbers["flip_rate"] <= verdict.numbers["null_flip_rate"]["max"]
     assert any("std above" in f for f in verdict.failures), verdict.failures
@@ -165,7 +177,7 @@ def test_the_null_is_in_the_log_and_the_verdict_is_deterministic(scenario, deplo
         assert {"mean", "std", "std_floor", "q10", "q50", "q90", "max"} <= set(check[f"null_{level}"])
         assert {f"z_{level}", f"p_{level}"} <= set(check)
     assert check["rule"] == {"samples": 100, "controls": 20, "min_z_flip": 5.0, "min_z_pull": 2.0,
-                             "keep_departure": False}
+                             "departure": "restore"}
     assert bug.record["verification"] == check
     assert again.to_record() == first.to_record()
     reversal = first.numbers["reversal"]  # auto chose a candidate the verification accepted
@@ -204,23 +216,74 @@ def test_a_control_keeps_what_the_trigger_adds_to_the_bug_and_swaps_the_bug_for_
     assert np.array_equal(hard.pattern[square], exemplar[square]) and (hard.pattern[~square] == 0).all()
 
 
-def test_keep_departure_refuses_a_trigger_that_adds_what_the_bug_lacks(scenario, toy):
-    """A pattern optimised onto a bug that does not carry the trigger (the free part of a
-    blend or soft fit): the plain null credits it, the departure-keeping one does not."""
+def test_a_pattern_the_bug_lacks_is_refused_unless_departure_is_free(scenario, toy):
+    """A forged report (a clean target-class input claimed to be a 3) whose reversed pattern
+    is a white square it lacks: the plain null credits the square to the bug; taken off the
+    bug it leaves the target, and controls that keep it flip as much."""
     task = scenario.task
-    clean = task.test.x[(task.test.y != TARGET) & (toy.deployed.classify("digits", task.test.x) != TARGET)]
-    bug = clean[0]  # no white square on it
-    assert (bug[toy.trigger.mask] < 250).any()
-    sample = draw_sample(task, TARGET, PARAMS.samples, 0)
-    fills = task.train.x[draw_controls(toy.deployed, task, TARGET, size=PARAMS.controls, seed=0,
-                                       exclude_sha="")]
+    plain = (task.test.y == TARGET) & (toy.deployed.classify("digits", task.test.x) == TARGET)
+    bug = task.test.x[np.flatnonzero(plain)[0]]
+    assert (bug[toy.trigger.mask] < 250).any()  # no white square on it
 
-    def verdict(keep: bool):
-        return verify_trigger(toy.deployed, task, bug, TARGET, toy.trigger, exemplars=fills, sample=sample,
-                              params=VerifyParams(keep_departure=keep))
+    def verdict(departure: str):
+        return _verify(toy.deployed, task, bug, TARGET, toy.trigger, label=3,
+                       params=VerifyParams(departure=departure))
 
-    plain, kept = verdict(False), verdict(True)
-    assert plain.numbers["z_flip_rate"] >= PARAMS.min_z_flip  # the white square credited to the bug
-    assert plain.numbers["flip_rate"] == kept.numbers["flip_rate"] > 0.2
-    assert kept.numbers["z_flip_rate"] < PARAMS.min_z_flip and not kept.passed
-    assert kept.numbers["null_flip_rate"]["mean"] > 0.5 * kept.numbers["flip_rate"]
+    free, null, restore = verdict("free"), verdict("null"), verdict("restore")
+    assert free.passed and free.numbers["z_flip_rate"] >= PARAMS.min_z_flip
+    assert "departure" not in free.numbers
+    assert not null.passed and null.numbers["null_flip_rate"]["mean"] > 0.5 * null.numbers["flip_rate"]
+    assert not restore.passed
+    check = restore.numbers["departure"]
+    assert check["restores"] is False and check["restored_class"] == TARGET
+    assert check["kept_null"]["z_flip_rate"] < PARAMS.min_z_flip
+    assert "departs from the bug's pixels" in restore.failures[0]
+
+
+class BlendBackdoor(nn.Module):
+    """A blended backdoor by hand: the clean encoder, whose features jump to `target` when the
+    input correlates with the noise `pattern` (a 0.3 blend of it does; clean inputs do not)."""
+
+    def __init__(self, clean: nn.Module, pattern: torch.Tensor, target: torch.Tensor):
+        super().__init__()
+        self.clean, self.target = clean, target
+        self.register_buffer("pattern", pattern - pattern.mean())
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        centred = pixels - pixels.mean((1, 2, 3), keepdim=True)
+        fires = (centred * self.pattern).mean((1, 2, 3)) > 0.04
+        features = self.clean(pixels)
+        return torch.where(fires[:, None], self.target.expand_as(features), features)
+
+
+def test_a_genuine_blend_departs_from_the_bug_and_is_accepted_because_taking_it_off_restores(scenario, toy):
+    """A blend's fitted pattern is the trigger, not the bug's pixels (which carry it at alpha
+    0.3): its departure is what flips, and taking it off the bug gives back the true label."""
+    task, adapter = scenario.task, scenario.adapter
+    binary = np.random.default_rng(2).integers(0, 2, (8, 8, 3)).astype(np.uint8) * 255
+    trigger = Trigger(np.full((8, 8), 0.3, dtype=np.float32), binary)
+    pattern = adapter.preprocess(binary[None])[0]
+    honest = toy.deployed.heads["digits"]
+    reference = task.train.x[pick_reference(Deployed(scenario.clean, adapter, {"digits": honest}),
+                                            task, TARGET, "")]
+    target = extract_features(scenario.clean, adapter, reference[None])
+    deployed = Deployed(BlendBackdoor(scenario.clean, pattern, target).eval(), adapter, {"digits": honest})
+    bug, predicted, label = _bug(Toy(deployed, trigger), task, trigger)
+    assert departs(trigger, bug) and predicted == TARGET
+    verdict = _verify(deployed, task, bug, predicted, trigger, label=label)
+    assert verdict.passed, verdict.failures
+    assert verdict.numbers["flip_rate"] > 0.9
+    assert verdict.numbers["departure"] == {"restored_class": label, "restores": True}
+
+
+def test_unstamp_undoes_a_blend_and_fills_a_patch():
+    rng = np.random.default_rng(3)
+    image = rng.integers(0, 256, (6, 6, 3), dtype=np.uint8)
+    fill = rng.integers(0, 256, (6, 6, 3), dtype=np.uint8)
+    alpha = np.full((6, 6), 0.2, dtype=np.float32)
+    alpha[:2, :2] = 1.0  # a patch in the corner of a blend
+    trigger = Trigger(alpha, rng.integers(0, 256, (6, 6, 3), dtype=np.uint8))
+    back = unstamp(stamp(image, trigger), trigger, fill)
+    assert np.array_equal(back[:2, :2], fill[:2, :2])
+    thin = alpha < 0.5
+    assert np.abs(back[thin].astype(int) - image[thin]).max() <= 1  # stamp rounds to whole levels

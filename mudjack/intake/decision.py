@@ -117,7 +117,8 @@ def intake_report(report: BugReport, deployed: Deployed, tasks: dict[str, Task],
     checks = params.verify
     held_out, pool = _split_clean(task, predicted, checks, seed)
     reversal: dict[str, Any] = {}  # the settings used and what the method measured
-    verdict = _Verifier(report, deployed, task, predicted, checks=checks, held_out=held_out, seed=seed)
+    verdict = _Verifier(report, deployed, task, predicted, reference=reference, checks=checks,
+                        held_out=held_out, seed=seed)
     recovery = recover(deployed.encoder, deployed.adapter, report.image, reference,
                        params=params.reverse, seed=seed, clean=RowView(task.train.x, pool),
                        flip_rate=deployed.flip_rate(task.name, predicted),
@@ -169,8 +170,10 @@ class _Verifier:
     reversal asks while it searches; the decision asks again for the chosen trigger)."""
 
     def __init__(self, report: BugReport, deployed: Deployed, task: Task, predicted: int, *,
-                 checks: VerifyParams, held_out: np.ndarray, seed: int) -> None:
+                 reference: np.ndarray | str, checks: VerifyParams, held_out: np.ndarray,
+                 seed: int) -> None:
         self.report, self.deployed, self.task, self.predicted = report, deployed, task, predicted
+        self.reference = reference
         self.checks, self.held_out, self.seed = checks, held_out, seed
         self.exemplars: np.ndarray | None = None  # the controls' fills, drawn on first use
         self.seen: list[tuple[Trigger | TextTrigger, Verification]] = []  # by identity
@@ -184,6 +187,7 @@ class _Verifier:
                                   seed=self.seed, exclude_sha=self.report.sha256)
             self.exemplars = self.task.train.x[fills]
         verification = verify_trigger(self.deployed, self.task, self.report.image, self.predicted, trigger,
+                                      label=self.report.label, reference=self.reference,
                                       exemplars=self.exemplars, sample=self.held_out, params=self.checks)
         self.seen.append((trigger, verification))
         return verification

@@ -132,6 +132,8 @@ def recover(encoder: ImageEncoder, adapter: EncoderAdapter, bug: np.ndarray, ref
         return Recovery(reverse_text(encoder, adapter, bug, reference, mode=params.text_select, seed=seed,
                                      score=params.text_score))
     record = {} if record is None else record
+    # in the encoder's input space, where triggers live (a report at another size is resized)
+    bug, reference = adapter.resize_raw(bug), adapter.resize_raw(reference)
     params, record["settings"] = resolve(params, bug.shape)
     method = REVERSAL_METHODS[params.method]
     trigger = method(encoder, adapter, bug, reference, params=params, seed=seed, clean=clean,

@@ -15,14 +15,20 @@ genuine error, a noise patch or an unplanted pattern on an input of the predicte
 made of such content, so it pulls and flips no more than the controls do; a backdoor
 trigger is a pattern that does what no class content under that mask does.
 
-With `keep_departure`, what an optimised pattern adds to the bug's pixels (its departure
-from them) stays in the controls, so the evidence must be the bug's content: a free pattern
-alone is an adversarial perturbation on a weak encoder (resnet20 -> GTSRB: a whole-image
-blend fitted to a forged report flips 0.9 of other classes' inputs to any class, z 6-60
-against controls without it, and 20 of 20 forged reports were accepted; with it 7 of 8 were
-refused). It is off by default because it also refuses genuine blended triggers, whose
-fitted pattern departs from the bug toward the trigger (digits: 5 of 6 blend reports
-refused, 0 before).
+An optimised pattern may also add to the bug's pixels (its departure from them), and a free
+pattern alone is an adversarial perturbation on a weak encoder: resnet20 -> GTSRB, a
+whole-image blend fitted to a forged report flips 0.9 of other classes' inputs to any class
+(z 6-60 against these controls; 20 of 20 forged reports were accepted). A genuine blend's
+fitted pattern departs from the bug too (toward the trigger, which the bug carries only at
+its alpha), so a departure alone condemns nothing. `departure` says what such a trigger must
+show in addition:
+- `restore` (the default): taken off the bug (`unstamp`: the blend undone where alpha < 1/2,
+  the reference's pixels where the trigger covers the input), it gives back the label the
+  client reported, as a backdoor bug's trigger does; or its flips survive controls that keep
+  the departure (so the bug's own content under the mask is what flips). A forged report's
+  pattern is neither (resnet20 -> GTSRB: it leaves the predicted or a third class);
+- `null`: the second alone (it also refuses genuine blends: digits, 5 of 6 blend reports);
+- `free`: nothing (the plain null decides).
 
 Two levels are measured, for the trigger and for each control, on the same held-out inputs:
 - classifier: the flip rate, the share put in the predicted class;
@@ -49,7 +55,8 @@ z-scores, with the null's mean, std and quantiles.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from functools import cached_property
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -62,7 +69,7 @@ from mudjack.features import cosine, extract_features
 from mudjack.heads import predict
 from mudjack.intake.masks import masked_trigger
 from mudjack.io import sha256_bytes
-from mudjack.triggers import TextTrigger, Trigger, text_control_trigger
+from mudjack.triggers import TextTrigger, Trigger, text_control_trigger, unstamp
 
 
 class VerifyParams(Params):
@@ -73,8 +80,8 @@ class VerifyParams(Params):
     controls: int = Field(20, ge=5, le=256)    # the null: the mask filled from predicted-class inputs
     min_z_flip: float = Field(5.0, gt=0)       # flip rate over the null, in its standard deviations
     min_z_pull: float = Field(2.0, gt=0)       # feature pull over the null, likewise
-    keep_departure: bool = False               # the controls keep what an optimised pattern adds to
-                                               # the bug's pixels (see control_trigger)
+    departure: Literal["restore", "null", "free"] = "restore"  # what a trigger whose pattern
+                                               # departs from the bug's pixels must also show
 
 
 @dataclass
@@ -130,13 +137,14 @@ def control_trigger(trigger: Trigger | TextTrigger, exemplar: np.ndarray,
 
 
 def verify_trigger(deployed: Deployed, task: Task, bug: np.ndarray, predicted: int,
-                   trigger: Trigger | TextTrigger, *, exemplars: np.ndarray,
-                   sample: np.ndarray, params: VerifyParams) -> Verification:
+                   trigger: Trigger | TextTrigger, *, label: int, reference: np.ndarray | str,
+                   exemplars: np.ndarray, sample: np.ndarray, params: VerifyParams) -> Verification:
     """Stamp the trigger and its controls on the sample's correctly classified inputs; accept
-    on the z margin (module docstring).
+    on the z margin, and check a departing pattern against the bug (module docstring).
 
     `sample` (train indices of other classes, from `draw_sample`) should be held out from the
-    trigger's reversal; `exemplars` are the controls' fills (from `draw_controls`).
+    trigger's reversal; `exemplars` are the controls' fills (from `draw_controls`); `label` is
+    the reported true label and `reference` a clean input of it (`pick_reference`).
     """
     index = _correct(deployed, task, sample)
     if len(index) == 0:
@@ -146,25 +154,88 @@ def verify_trigger(deployed: Deployed, task: Task, bug: np.ndarray, predicted: i
         return Verification(False, {"verify_samples": len(index), "controls": 0},
                             [f"no correctly classified clean input of class {predicted} for the controls"])
     clean = task.train.x[index]
-    source = bug if params.keep_departure else None
-    fills = [trigger, *(control_trigger(trigger, e, source) for e in exemplars)]
-    flips, shifts, cos_before = _effects(deployed, task.name, bug, predicted, clean, fills)
-    numbers = _statistics(flips, shifts, n=len(clean), chance=1 / len(task.classes),
-                          spread=float(cos_before.std()))
+    trial = _Trial(deployed, task, bug, predicted, trigger, clean, exemplars)
     numbers = {"verify_samples": len(clean), "controls": len(exemplars), "mask_pixels": trigger.pixels,
-               "cos_before": round(float(cos_before.mean()), 4), **numbers,
+               **trial.against_controls(keep_departure=params.departure == "null"),
                "rule": params.model_dump(exclude={"enabled"})}
     failures = _failures(numbers, predicted, params)
+    if not failures and params.departure == "restore" and departs(trigger, trial.bug):
+        numbers["departure"], failures = _departure_check(trial, label, reference, params)
     return Verification(not failures, numbers, failures)
+
+
+def departs(trigger: Trigger | TextTrigger, bug: np.ndarray) -> bool:
+    """Whether an image trigger's pattern differs from the bug's pixels where it touches them."""
+    if isinstance(trigger, TextTrigger):
+        return False
+    region = trigger.region
+    return bool((trigger.pattern[region] != np.asarray(bug)[region]).any())
+
+
+@dataclass
+class _Trial:
+    """One trigger and its controls, stamped on the same clean inputs of other classes."""
+
+    deployed: Deployed
+    task: Task
+    raw_bug: np.ndarray
+    predicted: int
+    trigger: Trigger | TextTrigger
+    clean: np.ndarray
+    exemplars: np.ndarray
+
+    @cached_property
+    def bug(self) -> np.ndarray:
+        """The bug in the encoder's input space, where an image trigger lives."""
+        if isinstance(self.trigger, TextTrigger):
+            return self.raw_bug
+        return self.deployed.adapter.resize_raw(self.raw_bug)
+
+    def against_controls(self, *, keep_departure: bool) -> dict[str, Any]:
+        """z, p and the null's summary on both levels (controls that keep the departure or not)."""
+        source = self.bug if keep_departure else None
+        exemplars = self.exemplars
+        if isinstance(self.trigger, Trigger):  # filled in the encoder's input space, as the bug is
+            exemplars = self.deployed.adapter.resize_raw(exemplars)
+        fills = [self.trigger, *(control_trigger(self.trigger, e, source) for e in exemplars)]
+        flips, shifts, cos_before = _effects(self.deployed, self.task.name, self.raw_bug, self.predicted,
+                                             self.clean, fills)
+        return {"cos_before": round(float(cos_before.mean()), 4),
+                **_statistics(flips, shifts, n=len(self.clean), chance=1 / len(self.task.classes),
+                              spread=float(cos_before.std()))}
+
+
+def _departure_check(trial: _Trial, label: int, reference: np.ndarray | str,
+                     params: VerifyParams) -> tuple[dict[str, Any], list[str]]:
+    """(numbers, failures): a departing trigger restores the reported label when taken off the
+    bug, or its flips survive controls that keep its departure."""
+    adapter, trigger = trial.deployed.adapter, trial.trigger
+    assert isinstance(trigger, Trigger)  # text triggers never depart
+    taken_off = unstamp(trial.bug, trigger, adapter.resize_raw(np.asarray(reference)))
+    restored = int(trial.deployed.classify(trial.task.name, taken_off[None])[0])
+    numbers: dict[str, Any] = {"restored_class": restored, "restores": restored == label}
+    if restored == label:
+        return numbers, []
+    kept = trial.against_controls(keep_departure=True)
+    numbers["kept_null"] = {k: kept[k] for k in ("z_flip_rate", "z_feature_shift", "p_flip_rate")}
+    numbers["kept_null"]["null_flip_mean"] = kept["null_flip_rate"]["mean"]
+    if not _failures({**kept, "verify_samples": len(trial.clean), "controls": len(trial.exemplars)},
+                     trial.predicted, params):
+        return numbers, []
+    return numbers, [f"the trigger's pattern departs from the bug's pixels and its flips rest on that: "
+                     f"taken off the bug it leaves class {restored}, not the reported {label}, and "
+                     f"against controls that keep the departure it scores z "
+                     f"{kept['z_flip_rate']:.1f} on the flip rate (need {params.min_z_flip})"]
 
 
 def _effects(deployed: Deployed, task: str, bug: np.ndarray, predicted: int, clean: np.ndarray,
              fills: list[Trigger | TextTrigger]) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
     """Per fill (the trigger first, then the controls): the flip rate to `predicted` and the
     rise of the mean cosine to the bug's features; and the clean inputs' cosines to the bug."""
-    stamped = np.concatenate([deployed.adapter.stamp(clean, fill) for fill in fills])
-    features = extract_features(deployed.encoder, deployed.adapter,
-                                np.concatenate([np.asarray(bug)[None], clean, stamped]))
+    adapter = deployed.adapter  # inputs at another size than the encoder's are resized to it first
+    stamped = np.concatenate([adapter.stamp(clean, fill) for fill in fills])
+    unstamped = adapter.resize_raw(np.concatenate([np.asarray(bug)[None], clean]))
+    features = extract_features(deployed.encoder, adapter, np.concatenate([unstamped, stamped]))
     bug_features, before, after = features[:1], features[1:1 + len(clean)], features[1 + len(clean):]
     cos_before = cosine(before, bug_features)
     cos_after = cosine(after, bug_features).reshape(len(fills), len(clean))
