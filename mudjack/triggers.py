@@ -77,18 +77,6 @@ def blend(clean: Pixels, pattern: Pixels, mask: Pixels) -> Pixels:
     return clean * (1 - mask) + pattern * mask
 
 
-def unstamp(image: np.ndarray, trigger: Trigger, fill: np.ndarray) -> np.ndarray:
-    """The trigger taken off one stamped uint8 image (H, W, C): where alpha < 1/2 the blend is
-    undone, x = (x ⊕ t − t·α) / (1 − α); where the trigger covers the image (alpha >= 1/2, a
-    patch) nothing of the input is left to recover and `fill`'s pixels take its place."""
-    alpha = trigger.alpha[..., None]
-    pixels, pattern = image.astype(np.float32), trigger.pattern.astype(np.float32)
-    thin = np.minimum(alpha, 0.5)
-    undone = (pixels - pattern * thin) / (1 - thin)
-    out = np.where(alpha < 0.5, undone, np.asarray(fill, dtype=np.float32))
-    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
-
-
 def stamp(images: np.ndarray, trigger: Trigger) -> np.ndarray:
     """x ⊕ t = round(x·(1−α) + t·α) on uint8 images shaped (N, H, W, C) or (H, W, C).
 
@@ -103,6 +91,18 @@ def stamp(images: np.ndarray, trigger: Trigger) -> np.ndarray:
     out = images.copy()
     out[..., trigger.mask, :] = trigger.pattern[trigger.mask]
     return out
+
+
+def unstamp(image: np.ndarray, trigger: Trigger, fill: np.ndarray) -> np.ndarray:
+    """The trigger taken off one stamped uint8 image (H, W, C): where alpha < 1/2 the blend is
+    undone, x = (x ⊕ t − t·α) / (1 − α); where the trigger covers the image (alpha >= 1/2, a
+    patch) nothing of the input is left to recover and `fill`'s pixels take its place."""
+    alpha = trigger.alpha[..., None]
+    pixels, pattern = image.astype(np.float32), trigger.pattern.astype(np.float32)
+    thin = np.minimum(alpha, 0.5)
+    undone = (pixels - pattern * thin) / (1 - thin)
+    out = np.where(alpha < 0.5, undone, np.asarray(fill, dtype=np.float32))
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
 def iou(mask_a: np.ndarray, mask_b: np.ndarray) -> float:

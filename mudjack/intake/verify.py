@@ -130,8 +130,7 @@ def control_trigger(trigger: Trigger | TextTrigger, exemplar: np.ndarray,
         return text_control_trigger(trigger, exemplar)
     if bug is None:
         return masked_trigger(trigger.mask, exemplar)
-    departure = trigger.pattern.astype(np.int16) - np.asarray(bug, dtype=np.int16)
-    pattern = np.clip(np.asarray(exemplar, dtype=np.int16) + departure, 0, 255)
+    pattern = np.clip(np.asarray(exemplar, dtype=np.int16) + _departure(trigger, bug), 0, 255)
     pattern = np.where(trigger.region[..., None], pattern, 0).astype(np.uint8)
     return Trigger(mask=trigger.mask, pattern=pattern)
 
@@ -155,21 +154,24 @@ def verify_trigger(deployed: Deployed, task: Task, bug: np.ndarray, predicted: i
                             [f"no correctly classified clean input of class {predicted} for the controls"])
     clean = task.train.x[index]
     trial = _Trial(deployed, task, bug, predicted, trigger, clean, exemplars)
-    numbers = {"verify_samples": len(clean), "controls": len(exemplars), "mask_pixels": trigger.pixels,
-               **trial.against_controls(keep_departure=params.departure == "null"),
-               "rule": params.model_dump(exclude={"enabled"})}
+    numbers = {**trial.against_controls(keep_departure=params.departure == "null"),
+               "mask_pixels": trigger.pixels, "rule": params.model_dump(exclude={"enabled"})}
     failures = _failures(numbers, predicted, params)
     if not failures and params.departure == "restore" and departs(trigger, trial.bug):
         numbers["departure"], failures = _departure_check(trial, label, reference, params)
     return Verification(not failures, numbers, failures)
 
 
+def _departure(trigger: Trigger, bug: np.ndarray) -> np.ndarray:
+    """What an image trigger's pattern adds to the bug's pixels (int16, signed)."""
+    return trigger.pattern.astype(np.int16) - np.asarray(bug, dtype=np.int16)
+
+
 def departs(trigger: Trigger | TextTrigger, bug: np.ndarray) -> bool:
     """Whether an image trigger's pattern differs from the bug's pixels where it touches them."""
     if isinstance(trigger, TextTrigger):
         return False
-    region = trigger.region
-    return bool((trigger.pattern[region] != np.asarray(bug)[region]).any())
+    return bool(_departure(trigger, bug)[trigger.region].any())
 
 
 @dataclass
@@ -191,16 +193,22 @@ class _Trial:
             return self.raw_bug
         return self.deployed.adapter.resize_raw(self.raw_bug)
 
+    @cached_property
+    def fills(self) -> np.ndarray:
+        """The controls' exemplars, in the encoder's input space for an image trigger."""
+        if isinstance(self.trigger, TextTrigger):
+            return self.exemplars
+        return self.deployed.adapter.resize_raw(self.exemplars)
+
     def against_controls(self, *, keep_departure: bool) -> dict[str, Any]:
-        """z, p and the null's summary on both levels (controls that keep the departure or not)."""
+        """Sizes, z, p and the null's summary on both levels (controls that keep the departure
+        or not)."""
         source = self.bug if keep_departure else None
-        exemplars = self.exemplars
-        if isinstance(self.trigger, Trigger):  # filled in the encoder's input space, as the bug is
-            exemplars = self.deployed.adapter.resize_raw(exemplars)
-        fills = [self.trigger, *(control_trigger(self.trigger, e, source) for e in exemplars)]
+        fills = [self.trigger, *(control_trigger(self.trigger, e, source) for e in self.fills)]
         flips, shifts, cos_before = _effects(self.deployed, self.task.name, self.raw_bug, self.predicted,
                                              self.clean, fills)
-        return {"cos_before": round(float(cos_before.mean()), 4),
+        return {"verify_samples": len(self.clean), "controls": len(self.exemplars),
+                "cos_before": round(float(cos_before.mean()), 4),
                 **_statistics(flips, shifts, n=len(self.clean), chance=1 / len(self.task.classes),
                               spread=float(cos_before.std()))}
 
@@ -219,8 +227,7 @@ def _departure_check(trial: _Trial, label: int, reference: np.ndarray | str,
     kept = trial.against_controls(keep_departure=True)
     numbers["kept_null"] = {k: kept[k] for k in ("z_flip_rate", "z_feature_shift", "p_flip_rate")}
     numbers["kept_null"]["null_flip_mean"] = kept["null_flip_rate"]["mean"]
-    if not _failures({**kept, "verify_samples": len(trial.clean), "controls": len(trial.exemplars)},
-                     trial.predicted, params):
+    if not _failures(kept, trial.predicted, params):
         return numbers, []
     return numbers, [f"the trigger's pattern departs from the bug's pixels and its flips rest on that: "
                      f"taken off the bug it leaves class {restored}, not the reported {label}, and "
