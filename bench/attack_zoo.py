@@ -22,7 +22,8 @@ bench/results/attack_zoo_<scenario>.json (`--out` to name it otherwise).
 why not, the recovered trigger against the true one (IoU, coverage, correlation of α·t),
 the reversal candidate chosen, seconds. The accepted bugs are patched with the scenario's
 patch method; a fresh head (the retrain settings) on the backdoored and on the patched
-encoder gives the ASR with the true trigger and the clean-accuracy drop.
+encoder gives the ASR with the true trigger and the clean-accuracy drop. `--intake` runs the
+intake alone (no patch: a check of acceptance, recovery and intake seconds).
 """
 
 from __future__ import annotations
@@ -241,17 +242,19 @@ def repair(zoo: Zoo, result: Planted, bugs: list) -> dict[str, Any]:
     return {"patched": True, "patch_seconds": seconds, "per_trigger": per_trigger}
 
 
-def run_entry(zoo: Zoo, family: str, seed: int, epochs: int, *, repair_too: bool) -> dict:
+def run_entry(zoo: Zoo, family: str, seed: int, epochs: int, *, intake_too: bool, repair_too: bool) -> dict:
     start = time.perf_counter()
     result, cached = planted(zoo, with_attack(zoo.params, family, seed, epochs))
     entry = row(family, seed, epochs, result, time.perf_counter() - start, cached)
     asr = " ".join(f"{m['asr']:.3f}" for m in result.metrics)
     print(f"{family} seed {seed} epochs {epochs}: asr {asr} clean_acc {result.metrics[0]['clean_acc']:.3f} "
           f"({'cached' if cached else str(entry['attack_seconds']) + 's'})", flush=True)
-    if repair_too:
+    if intake_too or repair_too:
         bugs, entry["intake"] = intake_rows(zoo, result)
+        print(f"  intake {entry['intake']}", flush=True)
+    if repair_too:
         entry["repair"] = repair(zoo, result, bugs)
-        print(f"  intake {entry['intake']}\n  repair {entry['repair']}", flush=True)
+        print(f"  repair {entry['repair']}", flush=True)
     return entry
 
 
@@ -290,6 +293,7 @@ def main() -> None:
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY.PATH=VALUE",
                         help="any other parameter (a departure from the defaults, kept in the command)")
     parser.add_argument("--repair", action="store_true", help="also run intake and patching")
+    parser.add_argument("--intake", action="store_true", help="also run intake (no patching)")
     parser.add_argument("--out", default="", help="result file name (default attack_zoo_<scenario>.json)")
     parser.add_argument("--table", type=Path, help="only print the markdown table of this result file")
     args = parser.parse_args()
@@ -302,7 +306,8 @@ def main() -> None:
     result = {"scenario": args.scenario, "threads": torch.get_num_threads(),
               "command": " ".join(["bench/attack_zoo.py", *sys.argv[1:]]), "rows": []}
     for family, seed, epochs in entries:  # written after each entry: a long run keeps what it did
-        result["rows"].append(run_entry(zoo, family, seed, epochs, repair_too=args.repair))
+        result["rows"].append(run_entry(zoo, family, seed, epochs, intake_too=args.intake,
+                                         repair_too=args.repair))
         write_json(out, result)
 
 

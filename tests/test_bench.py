@@ -120,6 +120,9 @@ def test_attack_zoo_caches_each_planted_encoder_under_its_settings(scenario, tmp
     assert cached and again.metrics == first.metrics  # the same encoder and head, measured again
     other = attack_zoo.with_attack(zoo.params, "line", 1, 1)
     assert attack_zoo.cache_key(zoo, other) != attack_zoo.cache_key(zoo, params)
+    entry = attack_zoo.run_entry(zoo, "line", 0, 1, intake_too=True, repair_too=False)
+    assert entry["attack_seconds"] is None and "repair" not in entry  # cached; --intake: no patch
+    assert [row["trigger"] for row in entry["intake"]] == [0] * zoo.params.attack.n_reports
 
 
 def test_attack_zoo_epochs_option_sets_only_stage_epochs():
@@ -257,3 +260,15 @@ def test_asr_floor_takes_the_inferred_target_of_a_task_the_attack_did_not_aim_at
                {"tasks": {"cifar10": {"exposure": {"target": 3}}, "mnist": {}}})
     assert task_target("cifar10", {"gtsrb": 12}) == 3
     assert task_target("mnist", {"gtsrb": 12}) is None
+
+
+def test_feature_batch_bench_times_every_batch_size_against_the_default(tmp_path, monkeypatch):
+    import feature_batch
+
+    out = tmp_path / "feature_batch.json"
+    monkeypatch.setattr("sys.argv", ["feature_batch.py", "--images", "24", "--batches", "8", "128",
+                                     "--repeats", "1", "--threads", "1", "--out", str(out)])
+    feature_batch.main()
+    result = json.loads(out.read_text())
+    assert [row["batch_size"] for row in result["rows"]] == [8, 128] and result["images"] == 24
+    assert result["rows"][1]["ratio_to_default"] == 1.0 and result["rows"][0]["median_s"] > 0
