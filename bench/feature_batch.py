@@ -8,8 +8,8 @@ its default batch size is what this measures. The encoder is a randomly initiali
 resnet_cifar (speed does not depend on the weights) on random 32x32 uint8 images, the same
 2,100 images a backdoor verification stamps (100 inputs x (1 trigger + 20 controls)).
 The batch sizes alternate within each repeat, so load drifts on a shared host hit all of
-them; the medians and their ratios to the default's are written to
-bench/results/feature_batch.json (`--out`).
+them (the default is always among them); the medians and their ratios to the default's are
+written to bench/results/feature_batch.json (`--out`).
 """
 
 from __future__ import annotations
@@ -56,15 +56,13 @@ def main() -> None:
     encoder = adapter.build().eval()
     raw = np.random.default_rng(0).integers(0, 256, (args.images, 32, 32, 3), dtype=np.uint8)
     extract_features(encoder, adapter, raw[:64])  # warm-up
-    times: dict[int, list[float]] = {size: [] for size in args.batches}
+    times: dict[int, list[float]] = {size: [] for size in sorted({*args.batches, DEFAULT})}
     for _ in range(args.repeats):
-        for size in args.batches:
+        for size in times:
             times[size].append(seconds(lambda s=size: extract_features(encoder, adapter, raw, batch_size=s)))
     medians = {size: statistics.median(values) for size, values in times.items()}
-    base = medians.get(DEFAULT, medians[args.batches[0]])
-    rows = [{"batch_size": size, "median_s": round(medians[size], 3),
-             "images_per_s": round(args.images / medians[size], 1),
-             "ratio_to_default": round(medians[size] / base, 3)} for size in args.batches]
+    rows = [{"batch_size": size, "median_s": round(median, 3), "images_per_s": round(args.images / median, 1),
+             "ratio_to_default": round(median / medians[DEFAULT], 3)} for size, median in medians.items()]
     result = {"command": " ".join(["bench/feature_batch.py", *sys.argv[1:]]), "depth": args.depth,
               "images": args.images, "threads": args.threads, "repeats": args.repeats, "rows": rows}
     write_json(args.out, result)

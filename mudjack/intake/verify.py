@@ -186,19 +186,20 @@ class _Trial:
     clean: np.ndarray
     exemplars: np.ndarray
 
+    def _input_space(self, raw: np.ndarray) -> np.ndarray:
+        """Images in the encoder's input space, where an image trigger lives (text as it is)."""
+        if isinstance(self.trigger, TextTrigger):
+            return raw
+        return self.deployed.adapter.resize_raw(raw)
+
     @cached_property
     def bug(self) -> np.ndarray:
-        """The bug in the encoder's input space, where an image trigger lives."""
-        if isinstance(self.trigger, TextTrigger):
-            return self.raw_bug
-        return self.deployed.adapter.resize_raw(self.raw_bug)
+        return self._input_space(self.raw_bug)
 
     @cached_property
     def fills(self) -> np.ndarray:
-        """The controls' exemplars, in the encoder's input space for an image trigger."""
-        if isinstance(self.trigger, TextTrigger):
-            return self.exemplars
-        return self.deployed.adapter.resize_raw(self.exemplars)
+        """The controls' exemplars."""
+        return self._input_space(self.exemplars)
 
     def against_controls(self, *, keep_departure: bool) -> dict[str, Any]:
         """Sizes, z, p and the null's summary on both levels (controls that keep the departure
