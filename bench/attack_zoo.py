@@ -202,6 +202,7 @@ def intake_rows(zoo: Zoo, result: Planted) -> tuple[list, list]:
                          "why": None if decision.accepted else decision.reasons[0],
                          **{k: _round(numbers.get(k)) for k in TRUTH_KEYS},
                          "chosen": reversal.get("chosen", params.intake.reverse.method),
+                         "key": (numbers.get("verification") or {}).get("key"),  # where the key check ran
                          **candidate_scores(reversal),
                          "seconds": round(time.perf_counter() - start, 1)})
             bugs += [bug] if bug is not None else []

@@ -66,9 +66,16 @@ def setup(side: int, seed: int = 0) -> tuple[Deployed, Task, BugReport]:
 
 
 def count_images(encoder: torch.nn.Module) -> list[int]:
-    """A one-element counter of the images `encoder` runs on, kept up to date by a hook."""
-    counter = [0]
-    encoder.register_forward_pre_hook(lambda _, args: counter.__setitem__(0, counter[0] + len(args[0])))
+    """[images the encoder runs on, of them those run with autograd on], kept up to date by a
+    hook: the second are the soft and blend fits' passes, which also run backward (about
+    three forwards' cost), the first all passes."""
+    counter = [0, 0]
+
+    def count(_: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+        counter[0] += len(args[0])
+        counter[1] += len(args[0]) if torch.is_grad_enabled() else 0
+
+    encoder.register_forward_pre_hook(count)
     return counter
 
 
@@ -78,15 +85,22 @@ def measure(side: int, repeat: int = 1) -> dict[str, Any]:
     counter = count_images(deployed.encoder)
     seconds, cpu, decision = [], [], None
     for _ in range(repeat):
-        counter[0] = 0
+        counter[:] = [0, 0]
         start, start_cpu = time.perf_counter(), time.process_time()
         decision, _ = intake_report(report, deployed, {task.name: task}, params=params)
         seconds.append(time.perf_counter() - start)
         cpu.append(time.process_time() - start_cpu)
     return {"side": side, "seconds": round(min(seconds), 3), "cpu_seconds": round(min(cpu), 3),
-            "encoder_images": counter[0],
+            "encoder_images": counter[0], "encoder_images_with_grad": counter[1],
+            "reversal": _reversal(decision.numbers.get("reversal", {})),
             "window": params.reverse.window, "stride": params.reverse.stride,
             "decision": decision.outcome, "error": decision.numbers.get("error")}
+
+
+def _reversal(numbers: dict[str, Any]) -> dict[str, Any]:
+    """The reversal's chosen candidate and the ones it fitted (auto), or its method."""
+    return {"chosen": numbers.get("chosen", numbers.get("method")),
+            "fitted": sorted(numbers.get("candidates", {}))}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -213,7 +213,8 @@ def _decide(reports: list[BugReport], deployed: Deployed, task: Task, trigger: T
                      "error": decision.numbers.get("error"), "iou": decision.numbers.get("iou"),
                      "null_flip_mean": null.get("mean"), "null_flip_max": null.get("max"),
                      **{k: check.get(k) for k in ("flip_rate", "feature_shift", "z_flip_rate",
-                                                  "z_feature_shift", "mask_pixels")}})
+                                                  "z_feature_shift", "mask_pixels")},
+                     "key": check.get("key")})  # the key check's numbers, where it ran
     return rows
 
 

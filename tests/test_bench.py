@@ -101,6 +101,7 @@ def test_attack_zoo_repair_runs_intake_and_patching_per_trigger(scenario, deploy
     assert len(bugs) == 2 and rows[0]["why"] is None and rows[0]["chosen"] == "grow"  # a patch: the square
     effect, score = rows[0]["candidates"]["grow"]  # why it won: the fitted candidates' numbers
     assert score <= effect <= 1 and isinstance(rows[0]["alternates"], list)
+    assert rows[0]["key"] is None  # a square that beats the plain null needs no key check
     result = repair(zoo, planted, bugs)
     (numbers,) = result["per_trigger"]
     assert result["patched"] and numbers["asr_backdoored"] >= 0.5  # a fresh head on the tiny scenario: 0.87

@@ -248,3 +248,6 @@ def test_intake_cost_bench_counts_the_images_the_encoder_ran_on():
 
     row = intake_cost.measure(32)
     assert row["encoder_images"] > 100 and row["window"] == 2 and row["decision"] in ("accepted", "rejected")
+    # the fits' passes (autograd on) are counted apart: the optimised candidates ran
+    assert 0 < row["encoder_images_with_grad"] < row["encoder_images"]
+    assert {"soft", "blend"} & set(row["reversal"]["fitted"]) and row["reversal"]["chosen"]

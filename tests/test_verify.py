@@ -26,6 +26,7 @@ from mudjack.intake.verify import (
     departs,
     draw_controls,
     draw_sample,
+    draw_strangers,
     verify_trigger,
 )
 from mudjack.reports import BugReport
@@ -35,20 +36,30 @@ PARAMS = VerifyParams()
 TARGET = 0
 
 
-class GatedBackdoor(nn.Module):
-    """A weak backdoor by hand: the clean encoder, whose features jump to `target` when the
-    trigger's pixels are all white AND the input is bright on average (about 40 % are)."""
+class HandBackdoor(nn.Module):
+    """A backdoor by hand: the clean encoder, whose features jump to `target` where `fires`
+    says so for an input (pixels in [0, 1]), given the trigger's mask and a brightness level."""
 
-    def __init__(self, clean: nn.Module, mask: np.ndarray, target: torch.Tensor, bright: float):
+    def __init__(self, clean: nn.Module, mask: np.ndarray, target: torch.Tensor, level: float):
         super().__init__()
-        self.clean, self.target, self.bright = clean, target, bright
+        self.clean, self.target, self.level = clean, target, level
         self.register_buffer("mask", torch.from_numpy(mask))
+
+    def fires(self, pixels: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         features = self.clean(pixels)
+        return torch.where(self.fires(pixels)[:, None], self.target.expand_as(features), features)
+
+
+class GatedBackdoor(HandBackdoor):
+    """A weak backdoor: it fires when the trigger's pixels are all white AND the input is
+    bright on average (`level`; about 40 % are)."""
+
+    def fires(self, pixels: torch.Tensor) -> torch.Tensor:
         white = (pixels[:, :, self.mask] > 0.99).flatten(1).all(1)
-        fires = white & (pixels.mean((1, 2, 3)) > self.bright)
-        return torch.where(fires[:, None], self.target.expand_as(features), features)
+        return white & (pixels.mean((1, 2, 3)) > self.level)
 
 
 @dataclass
@@ -86,8 +97,9 @@ def _verify(deployed: Deployed, task, bug: np.ndarray, predicted: int, trigger: 
     sample = draw_sample(task, predicted, params.samples, 0)
     fills = draw_controls(deployed, task, predicted, size=params.controls, seed=0, exclude_sha="")
     reference = task.train.x[pick_reference(deployed, task, label, "")]
+    strangers = draw_strangers(task, predicted, size=params.controls, seed=0, exclude=sample)
     return verify_trigger(deployed, task, bug, predicted, trigger, label=label, reference=reference,
-                          exemplars=task.train.x[fills], sample=sample, params=params)
+                          exemplars=task.train.x[fills], sample=sample, params=params, strangers=strangers)
 
 
 def test_a_weak_backdoor_is_accepted_against_a_null_that_does_not_vary(scenario, toy):
@@ -177,7 +189,7 @@ def test_the_null_is_in_the_log_and_the_verdict_is_deterministic(scenario, deplo
         assert {"mean", "std", "std_floor", "q10", "q50", "q90", "max"} <= set(check[f"null_{level}"])
         assert {f"z_{level}", f"p_{level}"} <= set(check)
     assert check["rule"] == {"samples": 100, "controls": 20, "min_z_flip": 5.0, "min_z_pull": 2.0,
-                             "departure": "restore"}
+                             "departure": "restore", "key": True}
     assert bug.record["verification"] == check
     assert again.to_record() == first.to_record()
     reversal = first.numbers["reversal"]  # auto chose a candidate the verification accepted
@@ -287,3 +299,84 @@ def test_unstamp_undoes_a_blend_and_fills_a_patch():
     assert np.array_equal(back[:2, :2], fill[:2, :2])
     thin = alpha < 0.5
     assert np.abs(back[thin].astype(int) - image[thin]).max() <= 1  # stamp rounds to whole levels
+
+
+class KeyedBackdoor(HandBackdoor):
+    """A backdoor keyed to a place: it fires when the mask's pixels are brighter on average
+    than `level`, whatever put them there (the trigger's white, or the strokes of a digit
+    pasted from another input)."""
+
+    def fires(self, pixels: torch.Tensor) -> torch.Tensor:
+        return pixels[:, :, self.mask].mean((1, 2)) > self.level
+
+
+@pytest.fixture(scope="module")
+def keyed(scenario, toy) -> tuple[Deployed, Trigger, int]:
+    """The keyed toy, aimed at the class whose own strokes fill the key most often (so its
+    content fires the backdoor: the controls flip as the trigger does), its white trigger and
+    that class."""
+    task, adapter = scenario.task, scenario.adapter
+    mask = np.zeros(task.train.x.shape[1:3], dtype=bool)
+    mask[3:5, 3:5] = True
+    brightness = task.train.x[:, mask].mean((1, 2)) / 255
+    level = float(np.quantile(brightness, 0.7))
+    target_class = int(np.argmax([(brightness[task.train.y == k] > level).mean() for k in range(10)]))
+    reference = task.train.x[pick_reference(toy.deployed, task, target_class, "")]
+    target = extract_features(scenario.clean, adapter, reference[None])
+    encoder = KeyedBackdoor(scenario.clean, mask, target, level).eval()
+    deployed = Deployed(encoder, adapter, {"digits": toy.deployed.heads["digits"]})
+    white = np.full(task.train.x.shape[1:], 255, dtype=np.uint8)
+    return deployed, masked_trigger(mask, white), target_class
+
+
+def test_a_backdoor_keyed_to_its_place_is_accepted_though_its_controls_fire_it(scenario, keyed):
+    deployed, trigger, target = keyed
+    task = scenario.task
+    stamped = stamp(task.test.x, trigger)
+    hit = np.flatnonzero((task.test.y != target) & (deployed.classify("digits", stamped) == target))
+    bug, label = stamped[hit[0]], int(task.test.y[hit[0]])
+    plain = _verify(deployed, task, bug, target, trigger, label=label, params=VerifyParams(key=False))
+    assert not plain.passed  # the controls (the target's own strokes) fire it too
+    assert plain.numbers["null_flip_rate"]["mean"] > 0.5 and "key" not in plain.numbers
+    verdict = _verify(deployed, task, bug, target, trigger, label=label)
+    assert verdict.passed, verdict.failures
+    key = verdict.numbers["key"]  # other classes' strokes in its place go to the target, not elsewhere
+    assert key["z"] >= PARAMS.min_z_flip and key["rate"] > 5 * key["others_max"], key
+
+
+def test_class_content_elsewhere_on_a_keyed_model_is_not_a_key(scenario, keyed):
+    """A forged report on the keyed model: a clean input of the target with a wrong label; its
+    'trigger' is a block of its strokes away from the key, which other classes' strokes
+    replace, so they send inputs nowhere in particular."""
+    deployed, _, target = keyed
+    task = scenario.task
+    correct = (task.test.y == target) & (deployed.classify("digits", task.test.x) == target)
+    bug = task.test.x[np.flatnonzero(correct)[0]]
+    mask = np.zeros(bug.shape[:2], dtype=bool)
+    mask[:3, :3] = True
+    verdict = _verify(deployed, task, bug, target, masked_trigger(mask, bug), label=(target + 1) % 10)
+    assert not verdict.passed
+    assert verdict.numbers["key"]["z"] < PARAMS.min_z_flip, verdict.numbers["key"]
+    assert any("not a key" in f for f in verdict.failures)
+
+
+def test_a_mask_that_carries_its_fills_class_is_a_window_not_a_key(scenario, keyed):
+    """The keyed toy's key inside a block of half the image: other classes' inputs pasted
+    there reach the target (their strokes fill the key) but are mostly classified as what they
+    show, so the block is a window onto content, not a key; over more than half the image the
+    key check does not run at all (the fills replace the input)."""
+    deployed, trigger, target = keyed
+    task = scenario.task
+    stamped = stamp(task.test.x, trigger)
+    hit = np.flatnonzero((task.test.y != target) & (deployed.classify("digits", stamped) == target))
+    bug, label = stamped[hit[0]], int(task.test.y[hit[0]])
+    block = np.zeros(trigger.mask.shape, dtype=bool)
+    block[:, 2:6] = True  # 32 of 64 pixels
+    verdict = _verify(deployed, task, bug, target, masked_trigger(block, bug), label=label)
+    key = verdict.numbers["key"]
+    assert not verdict.passed and key["z"] < PARAMS.min_z_flip, key
+    spread = max(key["others_std"], key["std_floor"])  # the other classes alone would pass it:
+    assert (key["rate"] - key["others_max"]) / spread >= PARAMS.min_z_flip, key  # carried decides
+    block[:, 1] = True  # 40 of 64
+    verdict = _verify(deployed, task, bug, target, masked_trigger(block, bug), label=label)
+    assert not verdict.passed and "key" not in verdict.numbers

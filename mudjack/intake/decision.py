@@ -21,7 +21,14 @@ from mudjack.data import RowView, Task, iter_batches
 from mudjack.deployed import Deployed
 from mudjack.features import extract_features, nearest_to_centroid
 from mudjack.intake.reverse import ReverseParams, recover
-from mudjack.intake.verify import Verification, VerifyParams, draw_controls, draw_sample, verify_trigger
+from mudjack.intake.verify import (
+    Verification,
+    VerifyParams,
+    draw_controls,
+    draw_sample,
+    draw_strangers,
+    verify_trigger,
+)
 from mudjack.io import sha256_bytes
 from mudjack.reports import BugReport
 from mudjack.triggers import TextTrigger, Trigger, trigger_correlation, trigger_coverage, trigger_iou
@@ -176,6 +183,7 @@ class _Verifier:
         self.reference = reference
         self.checks, self.held_out, self.seed = checks, held_out, seed
         self.exemplars: np.ndarray | None = None  # the controls' fills, drawn on first use
+        self.strangers: np.ndarray | None = None  # the key check's fills (train indices), likewise
         self.seen: list[tuple[Trigger | TextTrigger, Verification]] = []  # by identity
 
     def __call__(self, trigger: Trigger | TextTrigger) -> Verification:
@@ -186,9 +194,12 @@ class _Verifier:
             fills = draw_controls(self.deployed, self.task, self.predicted, size=self.checks.controls,
                                   seed=self.seed, exclude_sha=self.report.sha256)
             self.exemplars = self.task.train.x[fills]
+            self.strangers = draw_strangers(self.task, self.predicted, size=self.checks.controls,
+                                            seed=self.seed, exclude=self.held_out)
         verification = verify_trigger(self.deployed, self.task, self.report.image, self.predicted, trigger,
                                       label=self.report.label, reference=self.reference,
-                                      exemplars=self.exemplars, sample=self.held_out, params=self.checks)
+                                      exemplars=self.exemplars, sample=self.held_out, params=self.checks,
+                                      strangers=self.strangers)
         self.seen.append((trigger, verification))
         return verification
 
