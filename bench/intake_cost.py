@@ -98,9 +98,8 @@ def measure(side: int, repeat: int = 1) -> dict[str, Any]:
 
 
 def _reversal(numbers: dict[str, Any]) -> dict[str, Any]:
-    """The reversal's chosen candidate and the ones it fitted (auto), or its method."""
-    return {"chosen": numbers.get("chosen", numbers.get("method")),
-            "fitted": sorted(numbers.get("candidates", {}))}
+    """The `auto` reversal's chosen candidate and the ones it fitted."""
+    return {"chosen": numbers.get("chosen"), "fitted": sorted(numbers.get("candidates", {}))}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -275,7 +275,7 @@ def _key_check(trial: _Trial, strangers: np.ndarray, numbers: dict[str, Any], pa
     docstring); the plain null's failures stand, with the key's, when it is not."""
     rates, carried = trial.key_rates(strangers)
     rate, others = float(rates[trial.predicted]), np.delete(rates, trial.predicted)
-    floor = float(np.sqrt(numbers["chance"] * (1 - numbers["chance"]) / numbers["verify_samples"]))
+    floor = _rate_noise(numbers["chance"], numbers["verify_samples"])
     # it must beat every other class (resnet20: a 43-pixel mask of a forged report sent 0.22 of
     # inputs to the target, 0.19 to another class) and the content its fills carry (a mask large
     # enough to carry its fill's class is a window onto content, not a key: on digits, 39 of 64
@@ -289,8 +289,8 @@ def _key_check(trial: _Trial, strangers: np.ndarray, numbers: dict[str, Any], pa
         return key, []
     verdict = "flips more" if stronger else "does not flip more"
     return key, [*failures, f"filled from {len(strangers)} clean inputs of other classes, the trigger's mask "
-                            f"sends {rate:.3f} of the inputs to class {trial.predicted} (other classes "
-                            f"{float(others.mean()):.3f} on average): z {z:.1f} (need "
+                            f"sends {rate:.3f} of the inputs to class {trial.predicted} (another class at "
+                            f"most {float(others.max()):.3f}, the fills' own {carried:.3f}): z {z:.1f} (need "
                             f"{params.min_z_flip}), and the trigger {verdict}: not a key"]
 
 
@@ -333,10 +333,15 @@ def _effects(deployed: Deployed, task: str, bug: np.ndarray, predicted: int, cle
     return flipped.mean(1), shifts, cos_before
 
 
+def _rate_noise(chance: float, n: int) -> float:
+    """The binomial noise of a rate measured on n inputs at `chance`: the floor of a rate's std."""
+    return float(np.sqrt(chance * (1 - chance) / n))
+
+
 def _statistics(flips: np.ndarray, shifts: np.ndarray, *, n: int, chance: float,
                 spread: float) -> dict[str, Any]:
     """The trigger's values (index 0), the null's summary, the floors, z and p on both levels."""
-    floors = {"flip_rate": float(np.sqrt(chance * (1 - chance) / n)),  # binomial noise at chance
+    floors = {"flip_rate": _rate_noise(chance, n),                     # binomial noise at chance
               "feature_shift": spread / float(np.sqrt(n))}            # standard error of a mean cosine
     numbers: dict[str, Any] = {"chance": round(chance, 4)}
     for name, values in (("flip_rate", flips), ("feature_shift", shifts)):
