@@ -23,13 +23,16 @@ why not, the recovered trigger against the true one (IoU, coverage, correlation 
 the reversal candidate chosen, seconds. The accepted bugs are patched with the scenario's
 patch method; a fresh head (the retrain settings) on the backdoored and on the patched
 encoder gives the ASR with the true trigger and the clean-accuracy drop. `--intake` runs the
-intake alone (no patch: a check of acceptance, recovery and intake seconds).
+intake alone (no patch: a check of acceptance, recovery and intake seconds). `--oracle` patches
+the accepted reports with their true triggers instead: what the patch reaches when recovery is
+perfect, to tell a recovery miss from a patch that cannot remove the backdoor.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import hashlib
 import json
 import os
@@ -204,6 +207,8 @@ def intake_rows(zoo: Zoo, result: Planted) -> tuple[list, list]:
                          "chosen": reversal.get("chosen", params.intake.reverse.method),
                          "key": (numbers.get("verification") or {}).get("key"),  # where the key check ran
                          **candidate_scores(reversal),
+                         "alternates_coverage": [_round(t.get("coverage")) for t in
+                                                 numbers.get("alternates_truth", [])],
                          "seconds": round(time.perf_counter() - start, 1)})
             bugs += [bug] if bug is not None else []
     return bugs, rows
@@ -243,7 +248,16 @@ def repair(zoo: Zoo, result: Planted, bugs: list) -> dict[str, Any]:
     return {"patched": True, "patch_seconds": seconds, "per_trigger": per_trigger}
 
 
-def run_entry(zoo: Zoo, family: str, seed: int, epochs: int, *, intake_too: bool, repair_too: bool) -> dict:
+def with_truth(bugs: list, pairs: list) -> list:
+    """The accepted bugs with their report's true trigger in place of the reversed one and no
+    alternates (`--oracle`: what patching reaches when recovery is perfect). A report's id is
+    t<trigger index>_<test index>."""
+    return [dataclasses.replace(bug, trigger=pairs[int(bug.id.split("_")[0][1:])][0], alternates=())
+            for bug in bugs]
+
+
+def run_entry(zoo: Zoo, family: str, seed: int, epochs: int, *, intake_too: bool, repair_too: bool,
+              oracle: bool = False) -> dict:
     start = time.perf_counter()
     result, cached = planted(zoo, with_attack(zoo.params, family, seed, epochs))
     entry = row(family, seed, epochs, result, time.perf_counter() - start, cached)
@@ -254,7 +268,7 @@ def run_entry(zoo: Zoo, family: str, seed: int, epochs: int, *, intake_too: bool
         bugs, entry["intake"] = intake_rows(zoo, result)
         print(f"  intake {entry['intake']}", flush=True)
     if repair_too:
-        entry["repair"] = repair(zoo, result, bugs)
+        entry["repair"] = repair(zoo, result, with_truth(bugs, result.pairs) if oracle else bugs)
         print(f"  repair {entry['repair']}", flush=True)
     return entry
 
@@ -295,6 +309,8 @@ def main() -> None:
                         help="any other parameter (a departure from the defaults, kept in the command)")
     parser.add_argument("--repair", action="store_true", help="also run intake and patching")
     parser.add_argument("--intake", action="store_true", help="also run intake (no patching)")
+    parser.add_argument("--oracle", action="store_true",
+                        help="with --repair: patch the accepted reports with their true triggers")
     parser.add_argument("--out", default="", help="result file name (default attack_zoo_<scenario>.json)")
     parser.add_argument("--table", type=Path, help="only print the markdown table of this result file")
     args = parser.parse_args()
@@ -304,11 +320,11 @@ def main() -> None:
     zoo = load_zoo(args.scenario, deep_merge(set_overrides(args.set), epoch_overrides(args.epochs)))
     entries = zoo_entries(args.families, args.seeds, zoo.params.attack.epochs, args.moderate)
     out = ROOT / "bench" / "results" / (args.out or f"attack_zoo_{args.scenario}.json")
-    result = {"scenario": args.scenario, "threads": torch.get_num_threads(),
+    result = {"scenario": args.scenario, "threads": torch.get_num_threads(), "oracle": args.oracle,
               "command": " ".join(["bench/attack_zoo.py", *sys.argv[1:]]), "rows": []}
     for family, seed, epochs in entries:  # written after each entry: a long run keeps what it did
         result["rows"].append(run_entry(zoo, family, seed, epochs, intake_too=args.intake,
-                                         repair_too=args.repair))
+                                         repair_too=args.repair, oracle=args.oracle))
         write_json(out, result)
 
 

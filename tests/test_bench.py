@@ -88,7 +88,7 @@ def _tiny_zoo(scenario, **updates):
 
 
 def test_attack_zoo_repair_runs_intake_and_patching_per_trigger(scenario, deployed):
-    from attack_zoo import intake_rows, repair
+    from attack_zoo import intake_rows, repair, with_truth
 
     from stages.attack import Planted, measure
 
@@ -101,7 +101,11 @@ def test_attack_zoo_repair_runs_intake_and_patching_per_trigger(scenario, deploy
     assert len(bugs) == 2 and rows[0]["why"] is None and rows[0]["chosen"] == "grow"  # a patch: the square
     effect, score = rows[0]["candidates"]["grow"]  # why it won: the fitted candidates' numbers
     assert score <= effect <= 1 and isinstance(rows[0]["alternates"], list)
+    assert len(rows[0]["alternates_coverage"]) == len(rows[0]["alternates"])  # each against the truth
     assert rows[0]["key"] is None  # a square that beats the plain null needs no key check
+    truthful = with_truth(bugs, pairs)  # --oracle: the true trigger in place of the reversed one
+    assert all(b.trigger is scenario.trigger and b.alternates == () and b.bug is a.bug
+               for a, b in zip(bugs, truthful, strict=True))
     result = repair(zoo, planted, bugs)
     (numbers,) = result["per_trigger"]
     assert result["patched"] and numbers["asr_backdoored"] >= 0.5  # a fresh head on the tiny scenario: 0.87

@@ -33,11 +33,13 @@ from mudjack.encoders import EncoderAdapter, ImageEncoder
 from mudjack.intake.grow import GrowParams, grow_trigger
 from mudjack.intake.inversion import InversionParams, invert_trigger
 from mudjack.intake.occlusion import occlusion_map, occlusion_trigger
+from mudjack.intake.odd_pixels import odd_alternate
 from mudjack.intake.select import (
     PADDED,
     Accept,
     SelectParams,
     alternates,
+    candidate_numbers,
     padded,
     select_trigger,
     split_clean,
@@ -243,6 +245,11 @@ def _auto(encoder: ImageEncoder, adapter: EncoderAdapter, bug: np.ndarray, refer
     if (grown := companion(trigger)) is not None:  # scored, never chosen
         triggers[chosen + PADDED] = grown
     kept = alternates(numbers, chosen, keep=select.keep)
+    for window in select.odd_windows:  # the bug's odd pixels, when they reproduce it as well
+        if (odd := odd_alternate(bug, window, effect, select.keep * numbers[chosen]["effect"])):
+            name = f"odd{window}"
+            triggers[name], numbers[name] = odd[0], candidate_numbers(*odd, size_penalty=penalty)
+            kept.append(name)
     record.update(candidates=numbers, chosen=chosen, skipped=skipped, select_samples=len(held),
                   alternates=kept)
     record[ALTERNATE_TRIGGERS] = [triggers[name] for name in kept]  # taken out by `recover`

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import torch
@@ -56,6 +56,9 @@ class SelectParams(Params):
                                     # (above 1: none)
     pad: float = Field(0.5, ge=0)   # a hard chosen trigger grown by pad x its side is one more
                                     # candidate alternate (0: none)
+    # the bug's most odd pixels against a median over each window (mudjack/intake/odd_pixels.py):
+    # an alternate when they reproduce the bug as well as `keep` asks (empty: none)
+    odd_windows: list[Annotated[int, Field(ge=3, le=15)]] = [3, 5]
 
 
 def split_clean(clean: np.ndarray, samples: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
