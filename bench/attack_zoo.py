@@ -186,6 +186,16 @@ def row(family: str, seed: int, epochs: int, result: Planted, seconds: float, ca
 TRUTH_KEYS = ("iou", "coverage", "correlation", "mask_pixels")
 
 
+def report_id(trigger: int, test_index: int) -> str:
+    """A zoo report's id: which planted trigger it carries and which test input it is."""
+    return f"t{trigger}_{test_index}"
+
+
+def trigger_index(report: str) -> int:
+    """The planted trigger a report_id names."""
+    return int(report.split("_")[0][1:])
+
+
 def intake_rows(zoo: Zoo, result: Planted) -> tuple[list, list]:
     """Intake of `attack.n_reports` genuine reports per trigger: (accepted bugs, one row each)."""
     params, task, adapter = zoo.params, zoo.task, zoo.adapter
@@ -194,7 +204,7 @@ def intake_rows(zoo: Zoo, result: Planted) -> tuple[list, list]:
     triggered = zip(result.pairs, result.triggered, strict=True)
     for index, ((trigger, target), predicted) in enumerate(triggered):
         for i in pick_genuine(rng, task.test.y, predicted, target, params.attack.n_reports):
-            report = BugReport(f"t{index}_{i}", task.name, int(task.test.y[i]),
+            report = BugReport(report_id(index, i), task.name, int(task.test.y[i]),
                                adapter.stamp(task.test.x[i], trigger), None)
             start = time.perf_counter()
             decision, bug = intake_report(report, deployed, {task.name: task}, params=params.intake,
@@ -250,9 +260,8 @@ def repair(zoo: Zoo, result: Planted, bugs: list) -> dict[str, Any]:
 
 def with_truth(bugs: list, pairs: list) -> list:
     """The accepted bugs with their report's true trigger in place of the reversed one and no
-    alternates (`--oracle`: what patching reaches when recovery is perfect). A report's id is
-    t<trigger index>_<test index>."""
-    return [dataclasses.replace(bug, trigger=pairs[int(bug.id.split("_")[0][1:])][0], alternates=())
+    alternates (`--oracle`: what patching reaches when recovery is perfect)."""
+    return [dataclasses.replace(bug, trigger=pairs[trigger_index(bug.id)][0], alternates=())
             for bug in bugs]
 
 

@@ -31,18 +31,28 @@ def oddness(bug: np.ndarray, window: int) -> np.ndarray:
     return np.abs(image - median).sum(axis=2)
 
 
-def odd_pixels(bug: np.ndarray, window: int, count: int) -> Trigger:
-    """The bug's `count` most odd pixels under `window`, with their own values."""
-    scores = oddness(bug, window).ravel()
-    mask = np.zeros(scores.size, dtype=bool)
-    mask[np.argsort(-scores, kind="stable")[:count]] = True
+def _most_odd(bug: np.ndarray, order: np.ndarray, count: int) -> Trigger:
+    """The first `count` pixels of `order` (flat indices, most odd first), with the bug's values."""
+    mask = np.zeros(order.size, dtype=bool)
+    mask[order[:count]] = True
     return masked_trigger(mask.reshape(bug.shape[:2]), bug)
 
 
+def _oddness_order(bug: np.ndarray, window: int) -> np.ndarray:
+    return np.argsort(-oddness(bug, window).ravel(), kind="stable")
+
+
+def odd_pixels(bug: np.ndarray, window: int, count: int) -> Trigger:
+    """The bug's `count` most odd pixels under `window`, with their own values."""
+    return _most_odd(bug, _oddness_order(bug, window), count)
+
+
 def odd_ladder(bug: np.ndarray, window: int) -> list[Trigger]:
-    """odd_pixels at each of SHARES of the image (at least one pixel; repeats dropped)."""
-    counts = sorted({max(1, round(share * bug.shape[0] * bug.shape[1])) for share in SHARES})
-    return [odd_pixels(bug, window, count) for count in counts]
+    """odd_pixels at each of SHARES of the image (at least one pixel; repeats dropped), from one
+    median filter."""
+    order = _oddness_order(bug, window)
+    counts = sorted({max(1, round(share * order.size)) for share in SHARES})
+    return [_most_odd(bug, order, count) for count in counts]
 
 
 def odd_alternate(bug: np.ndarray, window: int, effect: Callable[[Trigger], float],
