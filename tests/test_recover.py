@@ -68,8 +68,8 @@ def test_auto_fits_every_candidate_when_none_is_enough():
     truth = zoo_triggers("blend", SHAPE, 1)[0]
     params = ReverseParams(method="auto", soft={"steps": 20}, select={"enough": 1.01})
     _, record = recover(toy_backdoor([truth], seed=1), params)
-    assert list(record["candidates"]) == ["grow", "grow_padded", "soft_binarised",
-                                          "soft_binarised_padded", "soft", "blend"]  # hard ones padded too
+    assert list(record["candidates"]) == ["grow", "grow_padded", "soft_binarised",  # hard ones padded too
+                                          "soft_binarised_padded", "soft", "residual", "blend"]
     assert record["skipped"] == []
 
 
@@ -90,8 +90,8 @@ def test_auto_keeps_the_candidates_that_reproduce_the_bug_nearly_as_well_as_alte
         assert record["alternates"] == close and len(found.alternates) == len(close)
         assert "alternate_triggers" not in record  # the record stays numbers (JSON)
         if keep == 0.0:  # every other candidate, and the chosen square grown (scored, never chosen),
-            assert len(close) == 4 and f"{chosen}_padded" in close  # not the others grown
-            assert len(numbers) == 6
+            assert len(close) == 5 and f"{chosen}_padded" in close  # not the others grown
+            assert len(numbers) == 7
         if keep > 1:
             assert found.alternates == ()
 
@@ -239,7 +239,7 @@ def test_the_decision_records_the_settings_and_the_candidates_fitted(scenario, d
     assert reversal["settings"]["window"] == 2 and "window" in reversal["settings"]["derived"]
     odd = {name for name in reversal["candidates"] if name.startswith("odd")}  # recorded when kept
     assert set(reversal["candidates"]) - odd == {"grow", "grow_padded"}
-    assert reversal["skipped"] == ["soft", "blend"]
+    assert reversal["skipped"] == ["soft", "residual", "blend"]
     assert odd <= set(reversal["alternates"])
     assert reversal["chosen"] == "grow" and reversal["select_samples"] > 0
     assert decision.numbers["coverage"] == 1.0

@@ -7,6 +7,8 @@
 - `inversion`: optimise a soft mask of bug pixels (mudjack/intake/inversion.py);
 - `soft`: optimise an alpha mask and a pattern, so a blend can be expressed (mudjack/intake/soft.py);
 - `blend`: the same with one alpha for the whole image (a blended trigger);
+- `residual`: the bug's fine detail (less a median) blended over the whole image, no fit
+  (mudjack/intake/residual.py);
 - `auto` (the default): fit the `select.candidates` methods in turn (and the soft trigger
   binarised) until one reproduces the bug's effect well enough and passes the backdoor
   verification (`accept`), and keep the accepted one that reproduces it best on held-out
@@ -34,6 +36,7 @@ from mudjack.intake.grow import GrowParams, grow_trigger
 from mudjack.intake.inversion import InversionParams, invert_trigger
 from mudjack.intake.occlusion import occlusion_map, occlusion_trigger
 from mudjack.intake.odd_pixels import odd_alternate
+from mudjack.intake.residual import ResidualParams, residual_trigger
 from mudjack.intake.select import (
     PADDED,
     Accept,
@@ -66,6 +69,7 @@ class ReverseParams(Params):
     grow: GrowParams = GrowParams()
     inversion: InversionParams = InversionParams()
     soft: SoftParams = SoftParams()
+    residual: ResidualParams = ResidualParams()
     select: SelectParams = SelectParams()
     text_select: Literal["kmeans", "top1"] = "kmeans"  # text: 2-means (higher cluster) or best word
     text_score: Literal["self", "reference"] = "self"  # text: see mudjack/intake/text.py
@@ -210,6 +214,22 @@ def _blend(encoder: ImageEncoder, adapter: EncoderAdapter, bug: np.ndarray, refe
     clean = _clean_inputs(clean, "blend")
     return soft_trigger(encoder, adapter, bug, clean, params=params.soft, seed=seed, score=score,
                         uniform=True)
+
+
+@register_reversal("residual")
+def _residual(encoder: ImageEncoder, adapter: EncoderAdapter, bug: np.ndarray, reference: np.ndarray,
+              *, params: ReverseParams, seed: int, clean: np.ndarray | None,
+              flip_rate: FlipRate | None, score: Score | None, accept: Accept | None,
+              record: dict[str, Any]) -> Trigger:
+    scored = _clean_inputs(clean, "residual")[:params.residual.samples]
+
+    def effect(found: Trigger) -> float:
+        return trigger_effect(encoder, adapter, bug, scored, found, flip_rate)
+
+    trigger, record["residual_effects"] = residual_trigger(
+        bug, effect, window=params.residual.window, alphas=params.residual.alphas,
+        size_penalty=params.select.size_penalty)
+    return trigger
 
 
 @register_reversal("auto")

@@ -1,17 +1,18 @@
 """Pick among candidate triggers by how well each reproduces the bug's effect.
 
 Every candidate (grow's square, a whole-image blend, the soft alpha-and-pattern trigger, the
-soft one binarised) is stamped on clean inputs of other classes held out from fitting; its
-effect is the deployed classifier's flip rate to the bug's predicted class (or, without a
-classifier, the mean cosine of their features to the bug's). The score is that effect minus
-`size_penalty` · (Σα / (H·W)), so a larger mask must buy a larger effect: a patch is best
-told by a compact hard mask, a whole-image blend (which no square can express) by a small
-alpha everywhere. The first candidate wins ties. Candidates are fitted in order and the
-search stops at the first whose score reaches `enough` and that the backdoor verification
-accepts (the cheap square usually settles a patch; the optimised ones run only when it falls
-short, and an optimised one that is an adversarial pattern rather than the trigger is refused
-by the verification's null). Every fitted candidate's numbers (and verdict, where asked) are
-recorded, and the ones never fitted are listed.
+soft one binarised, the bug's fine detail blended everywhere) is stamped on clean inputs of
+other classes held out from fitting; its effect is the deployed classifier's flip rate to
+the bug's predicted class (or, without a classifier, the mean cosine of their features to
+the bug's). The score is that effect minus `size_penalty` · (Σα / (H·W)), so a larger mask
+must buy a larger effect: a patch is best told by a compact hard mask, a whole-image blend
+(which no square can express) by a small alpha everywhere. The first candidate wins ties.
+Candidates are fitted in order and the search stops at the first whose score reaches
+`enough` and that the backdoor verification accepts (the cheap square usually settles a
+patch; the optimised ones run only when it falls short, and an optimised one that is an
+adversarial pattern rather than the trigger is refused by the verification's null). Every
+fitted candidate's numbers (and verdict, where asked) are recorded, and the ones never
+fitted are listed.
 
 The other fitted candidates whose effect comes close to the chosen one's (`keep`) are kept as
 alternates: each reproduces the bug, and each may cover a different part of the true trigger
@@ -45,7 +46,8 @@ Accept = Callable[[Trigger], bool]  # the backdoor verification of a candidate t
 class SelectParams(Params):
     """The `intake.reverse.select` section (method `auto`)."""
 
-    candidates: list[str] = ["grow", "soft", "blend"]  # reversal methods that compete, in tie order
+    # reversal methods that compete, in this (tie) order
+    candidates: list[str] = ["grow", "soft", "residual", "blend"]
     binarise: bool = True           # also the soft trigger cut at `soft.threshold` (a hard mask)
     samples: int = Field(100, ge=1)  # clean inputs held out from fitting that candidates are scored on
     size_penalty: float = Field(0.5, ge=0)  # weight of the mask size Σα / (H·W)
