@@ -15,9 +15,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
-from scipy import ndimage
 
 from mudjack.intake.masks import masked_trigger
+from mudjack.intake.residual import bug_residual
 from mudjack.triggers import Trigger
 
 SHARES = (1 / 64, 1 / 32, 1 / 16, 1 / 8)  # mask sizes tried, as shares of the image, smallest first
@@ -25,10 +25,8 @@ SHARES = (1 / 64, 1 / 32, 1 / 16, 1 / 8)  # mask sizes tried, as shares of the i
 
 def oddness(bug: np.ndarray, window: int) -> np.ndarray:
     """(H, W): the summed absolute difference of each pixel's channels from their median over
-    the window x window neighbourhood (edges repeated)."""
-    image = bug.astype(np.int16)
-    median = ndimage.median_filter(image, size=(window, window, 1), mode="nearest")
-    return np.abs(image - median).sum(axis=2)
+    the window x window neighbourhood (edges repeated): the bug's residual, per pixel."""
+    return np.abs(bug_residual(bug, window)).sum(axis=2)
 
 
 def _most_odd(bug: np.ndarray, order: np.ndarray, count: int) -> Trigger:
