@@ -29,11 +29,9 @@ sys.path.insert(0, str(ROOT))
 
 from mudjack.data import Task, load_tasks  # noqa: E402
 from mudjack.encoders import load_encoder  # noqa: E402
-from mudjack.evaluation import AttackSpec  # noqa: E402
-from mudjack.features import extract_features  # noqa: E402
-from mudjack.heads import HeadParams, predict, train_head  # noqa: E402
+from mudjack.evaluation import AttackSpec, retrain_and_evaluate  # noqa: E402
+from mudjack.heads import HeadParams  # noqa: E402
 from mudjack.io import read_json, write_json  # noqa: E402
-from mudjack.metrics import evaluate, non_target  # noqa: E402
 from stages.artifacts import BACKDOORED_ENCODER, FOUNDATION, METRICS, PATCHED_ENCODER  # noqa: E402
 from stages.common import load_truth  # noqa: E402
 from stages.config import load_params  # noqa: E402
@@ -44,13 +42,7 @@ MODELS = {"clean": FOUNDATION, "backdoored": BACKDOORED_ENCODER, "patched": PATC
 def evaluate_encoder(path: Path, task: Task, attack: AttackSpec, params: HeadParams, seed: int) -> dict:
     """The retrain stage's protocol: a fresh head on frozen features."""
     encoder, adapter = load_encoder(path)
-    head = train_head(extract_features(encoder, adapter, task.train.x), task.train.y,
-                      len(task.classes), params, seed=seed)
-    clean = predict(head, extract_features(encoder, adapter, task.test.x))
-    kept = non_target(task.test.y, attack.target)
-    triggered = predict(head, extract_features(encoder, adapter,
-                                               adapter.stamp(task.test.x[kept], attack.trigger)))
-    return evaluate(clean, task.test.y, triggered, target=attack.target)
+    return retrain_and_evaluate(encoder, adapter, task, attack, params, seed=seed)[1]
 
 
 def task_target(name: str, targets: dict[str, int]) -> int | None:

@@ -246,7 +246,8 @@ def variants(scenario: Scenario, bug: Bug, args: argparse.Namespace) -> tuple[Va
     params = MudjackingParams(device="cpu", epochs=args.epochs, lr=args.lr, batch_size=args.batch,
                               views=args.views, clean_samples=args.shadow, compile=args.compile,
                               cpu_bf16=args.cpu_bf16,
-                              lambda_gen=args.lambda_gen, lambda_eff=args.lambda_eff)
+                              lambda_gen=args.lambda_gen, lambda_eff=args.lambda_eff,
+                              generality="patched")  # the authors' loss, as the reference restates it
     run = start_run(scenario.backdoored, scenario.adapter, scenario.shadow, [bug], params, seed=args.seed)
     plain_epoch, plain_encoder = reference(scenario.backdoored, run, args)
     return (Variant("a", "(a) reference: 5+2 full-batch passes, per-image aug", plain_epoch, plain_encoder),

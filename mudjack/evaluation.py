@@ -44,13 +44,18 @@ def retrain_and_evaluate(encoder: nn.Module, adapter: EncoderAdapter, task: Task
     """Train a fresh head on the frozen encoder's features; metrics on the task's test set
     for one known attack (mudjack.exposure measures every trigger on every task)."""
     head = retrain_head(encoder, adapter, task, params, seed=seed)
-    classify = predictor(encoder, adapter, head)
-    clean_pred = classify(task.test.x)
+    return head, evaluate_head(encoder, adapter, head, task, attack)
+
+
+def evaluate_head(encoder: nn.Module, adapter: EncoderAdapter, head: Head, task: Task,
+                  attack: AttackSpec | None) -> dict[str, float | None]:
+    """Clean accuracy, and with an attack its ASR and TBA, of encoder + head on the test set."""
+    clean_pred = predictor(encoder, adapter, head)(task.test.x)
     if attack is None:
-        return head, {"clean_acc": clean_accuracy(clean_pred, task.test.y), "asr": None, "tba": None}
+        return {"clean_acc": clean_accuracy(clean_pred, task.test.y), "asr": None, "tba": None}
     kept = RowView(task.test.x, non_target(task.test.y, attack.target))
     triggered = stamped_features(encoder, adapter, kept, attack.trigger)
-    return head, evaluate(clean_pred, task.test.y, predict(head, triggered), target=attack.target)
+    return evaluate(clean_pred, task.test.y, predict(head, triggered), target=attack.target)
 
 
 def stamped_features(encoder: nn.Module, adapter: EncoderAdapter, raw: np.ndarray, trigger: Trigger,

@@ -130,6 +130,26 @@ def test_attack_zoo_caches_each_planted_encoder_under_its_settings(scenario, tmp
     assert [row["trigger"] for row in entry["intake"]] == [0] * zoo.params.attack.n_reports
 
 
+def test_attack_zoo_measures_the_never_attacked_encoders_asr_with_each_trigger(scenario):
+    from attack_zoo import never_attacked
+
+    from mudjack.evaluation import AttackSpec, retrain_and_evaluate
+
+    zoo = _tiny_zoo(scenario)
+    floor = never_attacked(zoo, scenario.trigger, scenario.target)
+    attack = AttackSpec(scenario.trigger, scenario.target, "truth")
+    _, clean = retrain_and_evaluate(scenario.clean, scenario.adapter, scenario.task, attack,
+                                    zoo.params.retrain, seed=zoo.params.seed)
+    assert floor["asr_never_attacked"] == round(clean["asr"], 4)  # the repair's protocol, clean encoder
+    assert floor["flip_asr_never_attacked"] == round(clean["flip_asr"], 4)
+    _, backdoored = retrain_and_evaluate(scenario.backdoored, scenario.adapter, scenario.task, attack,
+                                         zoo.params.retrain, seed=zoo.params.seed)
+    assert floor["asr_never_attacked"] < backdoored["asr"] - 0.3  # the trigger alone does little
+    head = zoo.clean_head
+    again = never_attacked(zoo, scenario.trigger, scenario.target)
+    assert again == floor and zoo.clean_head is head  # one head for every trigger
+
+
 def test_attack_zoo_epochs_option_sets_only_stage_epochs():
     from attack_zoo import epoch_overrides, set_overrides
 
@@ -150,12 +170,13 @@ def test_attack_zoo_table_has_a_row_per_attack_with_its_repair():
     kept = {"accepted": True, "chosen": "blend", "coverage": 1.0, "correlation": 0.4, "seconds": 8.0}
     refused = {"accepted": False, "chosen": "grow", "coverage": 0.1, "correlation": 0.0, "seconds": 2.0}
     entry = {"family": "blend", "seed": 1, "epochs": 20, "metrics": [{"asr": 1.0}], "intake": [kept, refused],
+             "triggers": [{"asr_never_attacked": 0.0123}],  # the floor, beside the deployed ASR
              "repair": {"patched": True, "per_trigger": [{"asr_patched": 0.03, "clean_drop": 0.007}]}}
     lines = table({"rows": [entry, {"family": "line", "seed": 0, "epochs": 3, "metrics": [{"asr": 0.5}]}]})
     head, rule, row, bare = lines.splitlines()
-    assert head.count("|") == rule.count("|") == row.count("|") == bare.count("|") == 12
-    assert row == "| blend | 1 | 20 | 1.000 | 1/2 | blend | 1.000 | 0.400 | 0.030 | 0.007 | 5.0 |"
-    assert bare == "| line | 0 | 3 | 0.500 | - | - |  |  |  |  | - |"
+    assert head.count("|") == rule.count("|") == row.count("|") == bare.count("|") == 13
+    assert row == "| blend | 1 | 20 | 1.000 | 0.012 | 1/2 | blend | 1.000 | 0.400 | 0.030 | 0.007 | 5.0 |"
+    assert bare == "| line | 0 | 3 | 0.500 | - | - | - |  |  |  |  | - |"  # measured before the floor
 
 
 def _digits_npz(path: Path, *, shuffle_train: bool = False) -> Path:

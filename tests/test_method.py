@@ -10,11 +10,12 @@ import torch
 
 from mudjack.bugs import load_bugs, save_bug
 from mudjack.evaluation import AttackSpec, retrain_and_evaluate
+from mudjack.features import cosine
 from mudjack.heads import HeadParams
 from mudjack.intake import IntakeParams, intake_report
 from mudjack.intake.occlusion import two_means_mask
 from mudjack.patching import PatchInputs, run_patch
-from mudjack.patching.mudjacking import MudjackingParams, mudjacking_loss
+from mudjack.patching.mudjacking import MudjackingParams, loss_terms, mudjacking_loss
 from mudjack.reports import BugReport
 from mudjack.triggers import stamp
 from tests.helpers.reference_mudjacking import plain_loss
@@ -122,22 +123,45 @@ def test_mudjacking_refuses_an_empty_bug_list(scenario):
         run_patch("mudjacking", PatchInputs(scenario.backdoored, scenario.adapter, scenario.shadow, []), {})
 
 
-def test_loss_gradients_flow_through_both_sides(scenario):
+@pytest.mark.parametrize("generality", ["patched", "frozen"])
+def test_loss_gradients_flow_through_both_sides(scenario, generality):
     """The batched loss equals the plain restatement of METHOD.md, gradients included."""
     torch.manual_seed(0)
     patched = copy.deepcopy(scenario.backdoored).eval()
     frozen = scenario.backdoored.eval()
     batch, per_bug = 4, 3
     views = torch.rand(2 * batch + 3 * per_bug, 3, 8, 8)
-    settings = MudjackingParams(lambda_gen=0.25, lambda_eff=2.0)  # unequal: each weight is read
+    settings = MudjackingParams(lambda_gen=0.25, lambda_eff=2.0,  # unequal: each weight is read
+                                generality=generality)
     terms = mudjacking_loss(patched, frozen, views, batch=batch, per_bug=per_bug, params=settings)
     weights = [p for p in patched.parameters() if p.requires_grad]
     grads = torch.autograd.grad(terms["loss"], weights)
 
     split = tuple(views.split([batch, batch, per_bug, per_bug, per_bug]))
     plain = plain_loss(patched, frozen, split, lambda_gen=settings.lambda_gen,
-                       lambda_eff=settings.lambda_eff)["loss"]
+                       lambda_eff=settings.lambda_eff, generality=settings.generality)["loss"]
     plain_grads = torch.autograd.grad(plain, weights)
     assert float(terms["loss"]) == pytest.approx(float(plain), abs=1e-5)
     for got, want in zip(grads, plain_grads, strict=True):
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("generality", ["patched", "frozen"])
+def test_generality_pulls_stamped_views_to_the_chosen_anchor(generality):
+    """patched (the paper's): x⊕t and x are pulled together, both moving; frozen: x⊕t is pulled
+    to the backdoored encoder's h(x), and the clean views get no gradient from the term."""
+    batch, per_bug, dim = 3, 2, 5
+    torch.manual_seed(0)
+    out = torch.randn(2 * batch + 3 * per_bug, dim, requires_grad=True)
+    frozen_out = torch.randn(batch + per_bug, dim)
+    terms = loss_terms(out, frozen_out, batch=batch, per_bug=per_bug,
+                       params=MudjackingParams(generality=generality))
+    (grad,) = torch.autograd.grad(terms["generalisability"], out)
+    x, x_t = out[:batch], out[batch:2 * batch]
+    x_r, x_r_t = out[2 * batch + per_bug:2 * batch + 2 * per_bug], out[2 * batch + 2 * per_bug:]
+    anchor, anchor_r = (frozen_out[:batch], frozen_out[batch:]) if generality == "frozen" else (x, x_r)
+    want = -cosine(x_t, anchor).mean() - cosine(x_r_t, anchor_r).mean()
+    assert float(terms["generalisability"]) == pytest.approx(float(want), abs=1e-6)
+    clean_rows = torch.cat([grad[:batch], grad[2 * batch + per_bug:2 * batch + 2 * per_bug]])
+    assert bool(clean_rows.abs().sum() == 0) == (generality == "frozen")
+    assert grad[batch:2 * batch].abs().sum() > 0 and grad[2 * batch + 2 * per_bug:].abs().sum() > 0
