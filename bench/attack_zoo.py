@@ -63,6 +63,7 @@ from mudjack.io import write_json  # noqa: E402
 from mudjack.loaders import limit_stratified  # noqa: E402
 from mudjack.patching import PatchInputs, run_patch  # noqa: E402
 from mudjack.reports import BugReport  # noqa: E402
+from mudjack.triggers import Trigger  # noqa: E402
 from pipeline.scenarios import RUNS, deep_merge, scenario_params  # noqa: E402
 from stages.attack import Planted, attacker_inputs, measure, pick_genuine, plant, trigger_pairs  # noqa: E402
 from stages.config import PipelineParams, TriggerParams  # noqa: E402
@@ -175,7 +176,7 @@ def zoo_entries(families: list[str], seeds: list[int], epochs: int, moderate: in
     return entries + [(f, seeds[0], moderate) for f in families if moderate]
 
 
-def never_attacked(zoo: Zoo, trigger: Any, target: int) -> dict[str, float]:
+def never_attacked(zoo: Zoo, trigger: Trigger, target: int) -> dict[str, float]:
     """The never-attacked encoder's ASR (and flip ASR) with a true trigger, under a fresh head
     trained as the repair's are: the floor a repair can reach, since a trigger can move a clean
     model's predictions to the target by itself (a scatter of bright pixels on GTSRB does)."""

@@ -11,6 +11,7 @@ features and cos(a, b) their dot product, for a batch of shadow images x:
 With `generality: frozen`, L_gen pulls x⊕t to h(x) and x_r⊕t to h(x_r) instead: the stamped
 views move to the clean features locality already holds, and the clean views are not pulled
 towards the stamped ones (which is where the paper's form loses clean accuracy).
+
 Nothing of h' is detached; only h runs without gradients. Every view gets its own
 random augmentation. With several bugs, shadow image j is stamped with the
 trigger of bug j mod n, and each bug contributes K views of x_b, x_r and x_r⊕t. A bug with
@@ -50,6 +51,10 @@ from mudjack.patching.speed import contiguous, prepare_models
 from mudjack.training import sgd_or_adam
 from mudjack.triggers import blend
 
+# What L_gen pulls a stamped view to: h(x), the backdoored encoder's clean features (frozen), or
+# h'(x), the patched encoder's (patched: the paper's form)
+Generality = Literal["frozen", "patched"]
+
 
 class MudjackingParams(Params):
     device: str = "auto"
@@ -67,9 +72,7 @@ class MudjackingParams(Params):
     # attack zoo, and with the frozen anchor lambda_gen 1 costs no clean accuracy (params.yaml)
     lambda_gen: NonNegative = 1.0
     lambda_eff: NonNegative = 0.5
-    # what a stamped view is pulled to: h(x) (frozen: the backdoored encoder's clean features,
-    # so the clean features are not pulled to the trigger) | h'(x) (patched: the paper's)
-    generality: Literal["frozen", "patched"] = "frozen"
+    generality: Generality = "frozen"  # frozen: the clean features are not pulled to the trigger
     shadow_fraction: float = Field(1.0, gt=0, le=1)
     clean_samples: Count = 0         # shadow images used, overriding shadow_fraction when > 0
     augment: bool = False

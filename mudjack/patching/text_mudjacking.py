@@ -36,7 +36,7 @@ from mudjack.device import select_device
 from mudjack.encoders import EncoderAdapter
 from mudjack.encoders.text import length_batches
 from mudjack.patching.base import PatchResult
-from mudjack.patching.mudjacking import MudjackingParams, loss_terms
+from mudjack.patching.mudjacking import Generality, MudjackingParams, loss_terms
 from mudjack.training import sgd_or_adam
 from mudjack.triggers import insert_words
 
@@ -54,7 +54,7 @@ class TextMudjackingParams(MudjackingParams):
     word_dropout: Dropout = 0.1
     # the recipe measured on minilm-sst2 (the image default moved to frozen and 1 in stop 30)
     lambda_gen: NonNegative = 0.5
-    generality: Literal["frozen", "patched"] = "patched"
+    generality: Generality = "patched"
 
 
 def drop_words(sentence: str, *, rate: float, keep: set[str], rng: np.random.Generator) -> str:
