@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from mudjack.encoders import EncoderAdapter, ImageEncoder
+from mudjack.encoders.folding import folded
 from mudjack.features import extract_features
 from mudjack.heads import Head, predict
 
@@ -20,6 +21,12 @@ class Deployed:
     encoder: ImageEncoder
     adapter: EncoderAdapter
     heads: dict[str, Head]
+
+    def for_inference(self) -> Deployed:
+        """The same model with the encoder's BatchNorms folded into its convolutions (a frozen
+        copy, mudjack/encoders/folding.py): for intake, which runs it often and never trains it."""
+        encoder = folded(self.encoder)
+        return self if encoder is self.encoder else Deployed(encoder, self.adapter, self.heads)
 
     def flip_rate(self, task: str, target: int) -> Callable[[torch.Tensor], float]:
         """Share of a [0, 1] pixel batch the deployed classifier puts in `target`."""

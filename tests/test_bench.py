@@ -298,3 +298,16 @@ def test_feature_batch_bench_times_every_batch_size_against_the_default(tmp_path
     result = json.loads(out.read_text())
     assert [row["batch_size"] for row in result["rows"]] == [8, 128] and result["images"] == 24
     assert result["rows"][1]["ratio_to_default"] == 1.0 and result["rows"][0]["median_s"] > 0
+
+
+def test_fold_speed_bench_times_both_workloads_on_both_encoders(tmp_path, monkeypatch):
+    import fold_speed
+
+    out = tmp_path / "fold_speed.json"
+    monkeypatch.setattr("sys.argv", ["fold_speed.py", "--images", "80", "--steps", "2", "--repeats", "1",
+                                     "--threads", "1", "--out", str(out)])
+    fold_speed.main()
+    result = json.loads(out.read_text())
+    assert [row["workload"] for row in result["rows"]] == ["soft_fit", "features"]
+    assert all(row["deployed_s"] > 0 and row["folded_s"] > 0 and row["ratio"] > 0 for row in result["rows"])
+    assert result["max_feature_difference"] < 1e-4  # the same features

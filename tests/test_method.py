@@ -55,6 +55,21 @@ def test_intake_reproduces_a_genuine_report_and_recovers_the_trigger(accepted_bu
     assert bug.reference.shape == bug.bug.shape
 
 
+def test_intake_runs_a_copy_with_batchnorms_folded_and_never_the_deployed_encoder(scenario, deployed):
+    report = make_report(scenario, genuine_index(scenario, deployed), triggered=True)
+    calls = []
+    hooks = [layer.register_forward_hook(lambda *_: calls.append(1))
+             for layer in deployed.encoder.modules() if isinstance(layer, torch.nn.BatchNorm2d)]
+    assert hooks  # small_cnn has BatchNorms to fold
+    try:
+        decision, _ = intake_report(report, deployed, {"digits": scenario.task}, params=IntakeParams())
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert decision.accepted, decision.reasons
+    assert not calls
+
+
 def test_intake_rejects_a_report_that_does_not_reproduce(scenario, deployed):
     clean_pred = deployed.classify("digits", scenario.task.test.x)
     index = int(np.flatnonzero(clean_pred == scenario.task.test.y)[0])
