@@ -303,29 +303,41 @@ def test_unstamp_undoes_a_blend_and_fills_a_patch():
 
 class KeyedBackdoor(HandBackdoor):
     """A backdoor keyed to a place: it fires when the mask's pixels are brighter on average
-    than `level`, whatever put them there (the trigger's white, or the strokes of a digit
-    pasted from another input)."""
+    than `level` plus `slack` x the input's mean brightness, whatever put them there (the
+    trigger's white, or the strokes of a digit pasted from another input). White fires it on
+    every input, strokes (never all white in this place) on the darker ones only, so the
+    trigger flips more than any of its controls, as a planted trigger does (resnet20 -> GTSRB
+    scatter: 0.92 against at most 0.79)."""
+
+    slack, centre = 0.0, 0.0
 
     def fires(self, pixels: torch.Tensor) -> torch.Tensor:
-        return pixels[:, :, self.mask].mean((1, 2)) > self.level
+        threshold = self.level + self.slack * (pixels.mean((1, 2, 3)) - self.centre)
+        return pixels[:, :, self.mask].mean((1, 2)) > threshold
 
 
 @pytest.fixture(scope="module")
 def keyed(scenario, toy) -> tuple[Deployed, Trigger, int]:
-    """The keyed toy, aimed at the class whose own strokes fill the key most often (so its
-    content fires the backdoor: the controls flip as the trigger does), its white trigger and
-    that class."""
+    """The keyed toy, aimed at a class whose own strokes fill the key most often (so its
+    content fires the backdoor: the controls flip as the trigger does, on fewer inputs), its
+    white trigger and that class."""
     task, adapter = scenario.task, scenario.adapter
     mask = np.zeros(task.train.x.shape[1:3], dtype=bool)
-    mask[3:5, 3:5] = True
+    mask[3:5, 4:6] = True
     brightness = task.train.x[:, mask].mean((1, 2)) / 255
-    level = float(np.quantile(brightness, 0.7))
-    target_class = int(np.argmax([(brightness[task.train.y == k] > level).mean() for k in range(10)]))
+    level = float(np.quantile(brightness, 0.4))
+    # of the classes none of whose inputs is all white there (no fill is the trigger itself)
+    fired = [(brightness[task.train.y == k] > level).mean() if brightness[task.train.y == k].max() < 1 else 0
+             for k in range(10)]
+    target_class = int(np.argmax(fired))
     reference = task.train.x[pick_reference(toy.deployed, task, target_class, "")]
     target = extract_features(scenario.clean, adapter, reference[None])
     encoder = KeyedBackdoor(scenario.clean, mask, target, level).eval()
-    deployed = Deployed(encoder, adapter, {"digits": toy.deployed.heads["digits"]})
     white = np.full(task.train.x.shape[1:], 255, dtype=np.uint8)
+    lit = stamp(task.train.x, masked_trigger(mask, white)).mean((1, 2, 3)) / 255
+    encoder.centre = float(np.median(task.train.x.mean((1, 2, 3)) / 255))
+    encoder.slack = 0.95 * (1 - level) / (float(lit.max()) - encoder.centre)  # white fires on every input
+    deployed = Deployed(encoder, adapter, {"digits": toy.deployed.heads["digits"]})
     return deployed, masked_trigger(mask, white), target_class
 
 
@@ -337,11 +349,30 @@ def test_a_backdoor_keyed_to_its_place_is_accepted_though_its_controls_fire_it(s
     bug, label = stamped[hit[0]], int(task.test.y[hit[0]])
     plain = _verify(deployed, task, bug, target, trigger, label=label, params=VerifyParams(key=False))
     assert not plain.passed  # the controls (the target's own strokes) fire it too
-    assert plain.numbers["null_flip_rate"]["mean"] > 0.5 and "key" not in plain.numbers
+    assert plain.numbers["null_flip_rate"]["mean"] > 0.3 and "key" not in plain.numbers
     verdict = _verify(deployed, task, bug, target, trigger, label=label)
     assert verdict.passed, verdict.failures
     key = verdict.numbers["key"]  # other classes' strokes in its place go to the target, not elsewhere
-    assert key["z"] >= PARAMS.min_z_flip and key["rate"] > 5 * key["others_max"], key
+    assert key["z"] >= PARAMS.min_z_flip and key["rate"] > 3 * key["others_max"], key
+
+
+def test_class_content_in_the_keys_place_is_refused_for_not_topping_its_controls(scenario, keyed):
+    """A forged report on the keyed model: a clean input of the target with a wrong label, its
+    'trigger' the key's place filled with its own strokes. The place is a real key, and the
+    strokes fire it on more inputs than the controls' average, but they are class content like
+    the controls' fills, and some of those fire it on more: not the planted trigger."""
+    deployed, trigger, target = keyed
+    task = scenario.task
+    correct = np.flatnonzero((task.test.y == target) & (deployed.classify("digits", task.test.x) == target))
+    brightness = task.test.x[correct][:, trigger.mask].mean((1, 2))
+    bug = task.test.x[correct[np.argsort(brightness)[int(0.75 * len(correct))]]]  # bright, not the brightest
+    verdict = _verify(deployed, task, bug, target, masked_trigger(trigger.mask, bug), label=(target + 1) % 10)
+    numbers, key = verdict.numbers, verdict.numbers["key"]
+    assert key["z"] >= PARAMS.min_z_flip, key  # the place is a key
+    assert numbers["flip_rate"] >= max(key["rate"], numbers["null_flip_rate"]["mean"])  # the old bar
+    assert numbers["flip_rate"] <= numbers["null_flip_rate"]["max"]
+    assert not verdict.passed
+    assert any("does not flip more than every control" in f for f in verdict.failures), verdict.failures
 
 
 def test_class_content_elsewhere_on_a_keyed_model_is_not_a_key(scenario, keyed):
