@@ -28,10 +28,10 @@ def folded(encoder: ImageEncoder) -> ImageEncoder:
     convolutions; `encoder` itself when there is nothing to fold or its backbone cannot be traced."""
     if not isinstance(encoder, ImageEncoder) or not has_batchnorm(encoder.backbone):
         return encoder
-    inference = copy.deepcopy(encoder).eval()
     try:
-        traced = fx.symbolic_trace(inference.backbone)
+        traced = fx.symbolic_trace(encoder.backbone)  # reads the backbone, changes nothing
     except Exception:  # noqa: BLE001  (any tracing failure: the backbone stays as it is)
         return encoder
-    inference.backbone = fuse(traced, inplace=True, no_trace=True)
-    return inference.eval().requires_grad_(False)
+    backbone = fuse(copy.deepcopy(traced).eval(), inplace=True, no_trace=True)  # folds need eval mode
+    inference = ImageEncoder(backbone, encoder.mean.flatten().tolist(), encoder.std.flatten().tolist())
+    return inference.to(encoder.mean.device).eval().requires_grad_(False)
