@@ -30,6 +30,7 @@ class Intake:
                  truth: Trigger | TextTrigger | None = None,
                  validation: dict[str, Any] | None = None) -> None:
         """`validation`: the `reports` verdicts of validation.json (rejected and codes by file)."""
+        deployed = deployed.for_inference()  # folded once per inbox; intake_report's call is then a no-op
         adapter = deployed.adapter
         self.resize = adapter.resize_raw if adapter.resizes_inputs else None
         if self.resize is not None:  # tasks, reports and reversal all in the model's input space

@@ -294,8 +294,7 @@ def _key_check(trial: _Trial, strangers: np.ndarray, numbers: dict[str, Any], pa
     stronger = numbers["flip_rate"] >= rate and numbers["flip_rate"] > numbers["null_flip_rate"]["max"]
     if z >= params.min_z_flip and stronger:
         return key, []
-    verdict = "flips more than every control and the fills" if stronger else \
-        "does not flip more than every control and the fills"
+    verdict = ("flips" if stronger else "does not flip") + " more than every control and the fills"
     return key, [*failures, f"filled from {len(strangers)} clean inputs of other classes, the trigger's mask "
                             f"sends {rate:.3f} of the inputs to class {trial.predicted} (another class at "
                             f"most {float(others.max()):.3f}, the fills' own {carried:.3f}): z {z:.1f} (need "
