@@ -234,14 +234,16 @@ def test_text_mudjacking_removes_the_backdoor(tiny: TextScenario, tmp_path: Path
     (loaded,) = load_bugs(tmp_path)
     assert loaded.trigger == trigger and str(loaded.bug) == str(bug)
     inputs = PatchInputs(tiny.backdoored, tiny.adapter, tiny.shadow, [loaded])
-    settings = {"lr": 3e-3, "epochs": 3, "batch_size": 32, "views": 4, "word_dropout": 0.1}
+    # 4 epochs: with the default L_gen (frozen anchor, 1) 3 left ASR 0.165 here, the paper's form
+    # at 0.5 0.103; both 0.124 at 4 (on minilm-sst2 the frozen anchor removes more: results.md)
+    settings = {"lr": 3e-3, "epochs": 4, "batch_size": 32, "views": 4, "word_dropout": 0.1}
     result = run_patch("mudjacking_text", inputs, settings, seed=0)
     before = metrics(tiny.backdoored, tiny.adapter, tiny.task, TRIGGER)
     after = metrics(result.encoder, tiny.adapter, tiny.task, TRIGGER)
     # the clean tiny encoder itself sends ~0.10 of triggered negatives to the target
     assert after["asr"] <= 0.15 and before["asr"] >= 0.9
     assert after["clean_acc"] >= before["clean_acc"] - 0.05
-    assert len(result.log) == 3 and result.log[-1]["effectiveness"] < -0.9
+    assert len(result.log) == 4 and result.log[-1]["effectiveness"] < -0.9
     with pytest.raises(ValueError, match="mudjacking_text"):
         run_patch("mudjacking", inputs, {}, seed=0)
 

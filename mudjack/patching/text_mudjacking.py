@@ -36,7 +36,7 @@ from mudjack.device import select_device
 from mudjack.encoders import EncoderAdapter
 from mudjack.encoders.text import length_batches
 from mudjack.patching.base import PatchResult
-from mudjack.patching.mudjacking import Generality, MudjackingParams, loss_terms
+from mudjack.patching.mudjacking import MudjackingParams, loss_terms
 from mudjack.training import sgd_or_adam
 from mudjack.triggers import insert_words
 
@@ -52,9 +52,8 @@ class TextMudjackingParams(MudjackingParams):
     batch_size: BatchSize = 32
     views: int = Field(4, ge=1, le=1024)
     word_dropout: Dropout = 0.1
-    # the recipe measured on minilm-sst2 (the image default moved to frozen and 1 in stop 30)
-    lambda_gen: NonNegative = 0.5
-    generality: Generality = "patched"
+    # L_gen as for images (frozen anchor, weight 1): on minilm-sst2's backdoored MiniLM it left
+    # ASR 0.159 and clean accuracy 0.789 where the paper's form at 0.5 left 0.273 and 0.775
 
 
 def drop_words(sentence: str, *, rate: float, keep: set[str], rng: np.random.Generator) -> str:
