@@ -43,7 +43,9 @@ from mudjack.triggers import insert_words
 
 class TextMudjackingParams(MudjackingParams):
     """Mudjacking's keys with text defaults, plus the optimiser and word dropout. The image
-    loop's speed switches (`compile`) and checkpointing are not used by this loop."""
+    loop's speed switches (`compile`) and checkpointing are not used by this loop. L_gen is
+    the image default (frozen anchor, weight 1): on minilm-sst2's backdoored MiniLM it left ASR
+    0.159 and clean accuracy 0.789, the paper's form at 0.5 0.273 and 0.775."""
 
     optimizer: Literal["sgd", "adam"] = "adam"
     lr: LearningRate = 2e-5
@@ -52,8 +54,6 @@ class TextMudjackingParams(MudjackingParams):
     batch_size: BatchSize = 32
     views: int = Field(4, ge=1, le=1024)
     word_dropout: Dropout = 0.1
-    # L_gen as for images (frozen anchor, weight 1): on minilm-sst2's backdoored MiniLM it left
-    # ASR 0.159 and clean accuracy 0.789 where the paper's form at 0.5 left 0.273 and 0.775
 
 
 def drop_words(sentence: str, *, rate: float, keep: set[str], rng: np.random.Generator) -> str:
