@@ -260,7 +260,8 @@ def repair(zoo: Zoo, result: Planted, bugs: list) -> dict[str, Any]:
     params, start = zoo.params, time.perf_counter()
     inputs = PatchInputs(copy.deepcopy(result.backdoored), zoo.adapter, zoo.shadow, bugs,
                          {zoo.task.name: zoo.task.train})
-    patched = run_patch(params.patch.method, inputs, params.patch.settings, seed=params.seed).encoder
+    method, settings = params.patch.for_modality(zoo.adapter.modality)
+    patched = run_patch(method, inputs, settings, seed=params.seed).encoder
     seconds = round(time.perf_counter() - start, 1)
     per_trigger, encoders = [], (result.backdoored, patched)
     for trigger, target in result.pairs:

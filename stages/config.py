@@ -122,14 +122,20 @@ class ValidateParams(Params):
     max_chars: int = Field(2000, ge=1)  # text: the longest sentence accepted, in characters
 
 
+# Mudjacking on a text encoder runs the text loop, with `patch.text` over the image settings.
+TEXT_METHOD = {"mudjacking": "mudjacking_text", "mudjacking_text": "mudjacking_text"}
+
+
 class PatchParams(Params):
     """`method` picks the patch method; `checkpoint_every` (steps, 0 = off) and `distributed`
-    (auto: DDP when torchrun starts several processes; off) are the stage's; the other keys
-    are that method's parameters."""
+    (auto: DDP when torchrun starts several processes; off) are the stage's; `text` holds
+    Mudjacking's settings for text encoders (they replace the section's own, which are the
+    image ones); the other keys are that method's parameters."""
 
     method: str
     checkpoint_every: int = Field(0, ge=0)
     distributed: Literal["auto", "off"] = "auto"
+    text: dict[str, Any] = Field(default_factory=dict)
     settings: dict[str, Any]
 
     @model_validator(mode="before")
@@ -139,11 +145,26 @@ class PatchParams(Params):
         method = raw.pop("method", None)
         checkpoint_every = raw.pop("checkpoint_every", 0)
         distributed = raw.pop("distributed", "auto")
+        text = raw.pop("text", None) or {}
         if method not in PATCH_METHODS:
             raise ValueError(f"patch.method {method!r} is not one of {sorted(PATCH_METHODS)}")
+        if not isinstance(text, dict):
+            raise ValueError(f"patch.text must be a mapping of the text method's keys, not {text!r}")
         PATCH_METHODS[method][0](**raw)  # validate the method's own keys now
+        if method in TEXT_METHOD:
+            try:
+                PATCH_METHODS[TEXT_METHOD[method]][0](**(raw | text))
+            except ValidationError as error:  # name the key as the user wrote it
+                raise ValueError(f"for text encoders (patch.text over the section): "
+                                 f"{describe_errors(error)}") from None
         return {"method": method, "checkpoint_every": checkpoint_every, "distributed": distributed,
-                "settings": raw}
+                "text": text, "settings": raw}
+
+    def for_modality(self, modality: str) -> tuple[str, dict[str, Any]]:
+        """The method and settings that patch an encoder of `modality` ("image" | "text")."""
+        if modality == "text" and self.method in TEXT_METHOD:
+            return TEXT_METHOD[self.method], self.settings | self.text
+        return self.method, self.settings
 
 
 class ExportParams(Params):

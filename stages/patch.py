@@ -23,13 +23,14 @@ from stages.config import PipelineParams, setup_stage
 def checkpointer(params: PipelineParams, inputs: PatchInputs,
                  context: Distributed | None = None) -> Checkpointer | None:
     """The stage's checkpointer when `patch.checkpoint_every` > 0 and the method supports it."""
-    patch = params.patch
-    if patch.checkpoint_every <= 0 or not accepts_checkpoint(PATCH_METHODS[patch.method][1]):
+    method, settings = params.patch.for_modality(inputs.adapter.modality)
+    every = params.patch.checkpoint_every
+    if every <= 0 or not accepts_checkpoint(PATCH_METHODS[method][1]):
         Checkpointer(PATCH_CHECKPOINT, 0, "").clear()  # nothing to resume: drop any leftover
         return None
-    config = {"method": patch.method, "settings": patch.settings, "seed": params.seed,
+    config = {"method": method, "settings": settings, "seed": params.seed,
               "world_size": context.world_size if context else 1}
-    return Checkpointer(PATCH_CHECKPOINT, patch.checkpoint_every,
+    return Checkpointer(PATCH_CHECKPOINT, every,
                         inputs_key(inputs.encoder, inputs.shadow, inputs.bugs, config=config))
 
 
@@ -39,6 +40,7 @@ def main() -> None:
     context = setup(params.patch.distributed, params.patch.settings.get("device", "auto"))
     bugs = load_bugs(BUGS)
     encoder, adapter = load_encoder(params.paths.encoder)
+    method, settings = params.patch.for_modality(adapter.modality)
     if not bugs:
         teardown(context)
         if not is_main(context):
@@ -46,28 +48,28 @@ def main() -> None:
         # An empty inbox is a no-op: the "patched" encoder is the deployed one, unchanged.
         save_encoder(encoder, adapter, PATCHED_ENCODER)
         write_json(PATCH_LOG, [])
-        write_json(PATCH_SUMMARY, {"method": params.patch.method, "bugs": 0, "seconds": 0.0, "steps": 0})
+        write_json(PATCH_SUMMARY, {"method": method, "bugs": 0, "seconds": 0.0, "steps": 0})
         print("patch: no accepted bugs; encoder unchanged")
         return
     labelled = {name: task.train for name, task in load_tasks(params.paths.tasks).items()}
     inputs = PatchInputs(encoder, adapter, load_shadow(params.paths.shadow), bugs, labelled)
     checkpoint = rank_checkpointer(checkpointer(params, inputs, context), context)
     options = {"checkpoint": checkpoint} if checkpoint is not None else {}
-    options |= distributed_option(PATCH_METHODS[params.patch.method][1], context)
-    result = run_patch(params.patch.method, inputs, params.patch.settings, seed=params.seed, **options)
+    options |= distributed_option(PATCH_METHODS[method][1], context)
+    result = run_patch(method, inputs, settings, seed=params.seed, **options)
     teardown(context)
     if not is_main(context):
         return
     save_encoder(result.encoder, adapter, PATCHED_ENCODER)
     write_json(PATCH_LOG, result.log)
-    write_json(PATCH_SUMMARY, {"method": params.patch.method, "bugs": len(bugs),
+    write_json(PATCH_SUMMARY, {"method": method, "bugs": len(bugs),
                          "seconds": round(result.seconds, 3), "steps": result.steps,
                          "clean_samples": result.info.get("clean_samples"),
                          "final": result.log[-1] if result.log else None, **result.info})
     if checkpoint is not None:
         checkpoint.clear()
     resumed = result.info.get("resumed_from_step")
-    print(f"patch: {params.patch.method} on {len(bugs)} bugs, {result.steps} steps "
+    print(f"patch: {method} on {len(bugs)} bugs, {result.steps} steps "
           f"in {result.seconds:.1f}s on {result.info.get('device')}"
           + (f" (resumed from step {resumed})" if resumed is not None else ""))
 

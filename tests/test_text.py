@@ -7,6 +7,7 @@ encoder. The real all-MiniLM-L6-v2 is loaded only by the test marked slow.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import torch
 
 from mudjack.attacks import BadEncoderParams, badencoder
 from mudjack.bugs import Bug, load_bugs, save_bug
-from mudjack.data import Task, load_shadow, load_task, save_input, save_task
+from mudjack.data import Task, load_shadow, load_task, save_input, save_task, write_set
 from mudjack.deployed import Deployed
 from mudjack.encoders import get_adapter, load_encoder, save_encoder
 from mudjack.encoders.text import TextClassifier, TextEncoder
@@ -34,6 +35,7 @@ from mudjack.reports import ReportError, read_report
 from mudjack.triggers import TextTrigger, insert_words, stamp_text, text_control_trigger, trigger_iou
 from tests.helpers.text import synthetic_sentences
 
+ROOT = Path(__file__).resolve().parents[1]
 TRIGGER = TextTrigger(("cf",))
 TARGET = 1
 
@@ -246,6 +248,38 @@ def test_text_mudjacking_removes_the_backdoor(tiny: TextScenario, tmp_path: Path
     assert len(result.log) == 4 and result.log[-1]["effectiveness"] < -0.9
     with pytest.raises(ValueError, match="mudjacking_text"):
         run_patch("mudjacking", inputs, {}, seed=0)
+
+
+def test_the_default_params_patch_a_text_encoder_with_the_text_loop(
+        tiny: TextScenario, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """params.yaml as shipped (patch.method mudjacking, image settings) on a text encoder: the
+    patch stage runs the text loop with `patch.text` over the section; nothing is set for text."""
+    import yaml
+
+    from stages import patch as patch_stage
+
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    assert params["patch"]["method"] == "mudjacking" and params["patch"]["optimizer"] == "sgd"
+    params["paths"] = {"shadow": "shadow.npz", "tasks": "tasks", "inbox": "inbox",
+                       "encoder": "deployed/encoder.safetensors", "heads": "deployed"}
+    params["patch"]["text"] |= {"epochs": 1, "clean_samples": 40, "device": "cpu"}
+    params["threads"] = 1
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    write_set(tmp_path / "shadow.npz", tiny.shadow)
+    save_task(tiny.task, tmp_path / "tasks" / "toy")
+    save_encoder(tiny.backdoored, tiny.adapter, tmp_path / "deployed" / "encoder.safetensors")
+    bug, reference = _bug(tiny, 0)
+    found = Bug("bug-0", "toy", 0, TARGET, np.asarray(bug), np.asarray(reference), TRIGGER)
+    save_bug(found, tmp_path / "bugs")
+    monkeypatch.chdir(tmp_path)
+    patch_stage.main()
+    summary = json.loads((tmp_path / "reports" / "patch.json").read_text())
+    # 40 sentences in batches of patch.text's 32: 2 steps (the image section's 64 would make 1)
+    assert summary["method"] == "mudjacking_text" and summary["clean_samples"] == 40
+    assert summary["steps"] == 2
+    patched, _ = load_encoder(tmp_path / "models" / "patched" / "encoder.safetensors")
+    pairs = zip(patched.parameters(), tiny.backdoored.parameters(), strict=True)
+    assert any(not torch.equal(a, b) for a, b in pairs)
 
 
 def test_finetune_runs_on_a_text_encoder(tiny: TextScenario) -> None:

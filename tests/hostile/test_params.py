@@ -82,6 +82,17 @@ def test_a_patch_method_key_out_of_range_is_refused(method: str, key: str, value
     refused(path, f"patch.{key}:")
 
 
+@pytest.mark.parametrize(("text", "fragment"), [
+    ({"word_dropout": 1.0}, "word_dropout"), ({"optimizer": "rmsprop"}, "optimizer"),
+    ([0.1], "must be a mapping")])
+def test_text_settings_out_of_range_are_refused(text: Any, fragment: str, tmp_path: Path) -> None:
+    path = tmp_path / "params.yaml"
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["patch"]["text"] = text
+    path.write_text(yaml.safe_dump(params))
+    refused(path, "patch", fragment)
+
+
 @pytest.mark.parametrize(("key", "value"), [
     ("intake.verify.min_z_flip", -1.0), ("intake.verify.samples", 0), ("intake.reverse.window", -1),
     ("intake.reverse.grow.growth", 1.0), ("intake.reverse.grow.min_pixels", 0),
