@@ -12,6 +12,7 @@ import torch
 from mudjack.bugs import Bug, load_bugs, save_bug
 from mudjack.evaluation import AttackSpec, retrain_and_evaluate
 from mudjack.heads import HeadParams
+from mudjack.intake.fill import colour_patches, filled_alternate
 from mudjack.intake.select import alternates, padded
 from mudjack.patching import PatchInputs, run_patch
 from mudjack.patching.mudjacking import BugViews, MudjackingParams, build_views
@@ -99,3 +100,32 @@ def test_patching_against_the_alternates_too_removes_what_the_chosen_half_leaves
         asr[use] = retrain_and_evaluate(patched.encoder, scenario.adapter, scenario.task, attack,
                                         HeadParams(epochs=60))[1]["asr"]
     assert asr[True] <= 0.2 and asr[True] <= asr[False] - 0.05, asr  # measured: 0.14 against 0.23
+
+
+def test_a_part_of_a_solid_patch_is_filled_to_the_whole_patch():
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 200, (32, 32, 3), dtype=np.uint8)  # no pixel is near-white
+    image[10:16, 12:18] = 250                                    # a 6x6 white patch
+    part = patch_trigger((32, 32, 3), 3, 9, 11, value=250)      # 3x3 over its corner: 4 px white
+    patches = list(colour_patches(part, image, tolerance=0.1, max_fraction=0.35))
+    white = [p for p in patches if (p.pattern[p.region] == 250).all()]
+    assert len(white) == 1 and white[0].pixels == 36 and white[0].region[10:16, 12:18].all()
+
+    def effect(found: Trigger) -> float:  # a stand-in for the flip rate: the white share
+        return float((found.pattern[found.region] >= 240).all(axis=-1).mean())
+
+    best = filled_alternate(part, image, effect, tolerance=0.1, max_fraction=0.35)
+    assert best is not None and best[0].pixels == 36 and best[1] == 1.0
+    assert filled_alternate(part, image, effect, tolerance=0.0, max_fraction=0.35) is None
+
+
+def test_no_colour_patch_from_a_soft_trigger_or_the_image_background():
+    rng = np.random.default_rng(1)
+    image = rng.integers(0, 200, (32, 32, 3), dtype=np.uint8)
+    image[:, :20] = 255                                           # a white background
+    square = patch_trigger((32, 32, 3), 4, 4, 4)
+    soft = Trigger(mask=np.full((32, 32), 0.2, np.float32), pattern=image)
+    assert list(colour_patches(soft, image, tolerance=0.1, max_fraction=0.35)) == []
+    assert list(colour_patches(square, image, tolerance=0.1, max_fraction=0.35)) == []  # 62 % > 35 %
+    (whole,) = colour_patches(square, image, tolerance=0.1, max_fraction=0.7)
+    assert whole.pixels == 32 * 20

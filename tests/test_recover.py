@@ -7,6 +7,8 @@ recovered by `auto` from one bug input, its reference and clean inputs of other 
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -17,7 +19,14 @@ from mudjack.intake.reverse import ReverseParams, reverse_engineer
 from mudjack.intake.reverse import recover as recover_trigger
 from mudjack.intake.select import mask_size, select_trigger
 from mudjack.intake.settings import resolve
-from mudjack.triggers import Trigger, stamp, trigger_correlation, trigger_coverage, trigger_iou
+from mudjack.triggers import (
+    Trigger,
+    patch_trigger,
+    stamp,
+    trigger_correlation,
+    trigger_coverage,
+    trigger_iou,
+)
 from tests.helpers.toy import SHAPE, Toy, toy_backdoor
 
 AUTO = ReverseParams(method="auto")
@@ -248,3 +257,20 @@ def test_the_decision_records_the_settings_and_the_candidates_fitted(scenario, d
     kept = grown["effect"] >= 0.9 * reversal["candidates"]["grow"]["effect"]
     assert reversal["alternates"] == (["grow_padded"] if kept else []) + sorted(odd)
     assert len(decision.numbers.get("alternates_truth", [])) == len(reversal["alternates"])
+
+
+def test_auto_keeps_the_whole_solid_patch_when_the_backdoor_fires_on_a_part():
+    """The toy fires on a 3x3 white square; the bug carries the 6x6 white patch around it. The
+    chosen mask holds part of the patch; the colour patch read off the bug is all of it."""
+    part, whole = patch_trigger(SHAPE, 3, 6, 6, value=255), patch_trigger(SHAPE, 6, 5, 4, value=255)
+    toy = toy_backdoor([part], seed=1)
+    toy = dataclasses.replace(toy, bug=stamp(toy.bug, whole))
+    found, record = recover(toy)
+    assert trigger_coverage(found, whole) < 1.0 and "filled" in record["alternates"], record
+    recovered = recover_trigger(toy.deployed.encoder, toy.deployed.adapter, toy.bug, toy.reference,
+                                params=AUTO, clean=toy.clean, flip_rate=toy.deployed.flip_rate("toy", 0),
+                                score=toy.deployed.log_prob("toy", 0), record={})
+    filled = recovered.alternates[record["alternates"].index("filled")]
+    assert trigger_iou(filled, whole) == 1.0 and record["candidates"]["filled"]["effect"] >= 0.9
+    off = ReverseParams(method="auto", select={"fill": 0.0})
+    assert "filled" not in recover(toy, off)[1]["candidates"]

@@ -32,6 +32,7 @@ from pydantic import Field, field_validator
 
 from mudjack.config import BatchSize, Params
 from mudjack.encoders import EncoderAdapter, ImageEncoder
+from mudjack.intake.fill import filled_alternate
 from mudjack.intake.grow import GrowParams, grow_trigger
 from mudjack.intake.inversion import InversionParams, invert_trigger
 from mudjack.intake.occlusion import occlusion_map, occlusion_trigger
@@ -264,12 +265,17 @@ def _auto(encoder: ImageEncoder, adapter: EncoderAdapter, bug: np.ndarray, refer
     skipped = [name for name in select.candidates if name not in numbers]
     if (grown := companion(trigger)) is not None:  # scored, never chosen
         triggers[chosen + PADDED] = grown
-    kept = alternates(numbers, chosen, keep=select.keep)
+    kept, floor = alternates(numbers, chosen, keep=select.keep), select.keep * numbers[chosen]["effect"]
     for window in select.odd_windows:  # the bug's odd pixels, when they reproduce it as well
-        if (odd := odd_alternate(bug, window, effect, select.keep * numbers[chosen]["effect"])):
+        if (odd := odd_alternate(bug, window, effect, floor)):
             name = f"odd{window}"
             triggers[name], numbers[name] = odd[0], candidate_numbers(*odd, size_penalty=penalty)
             kept.append(name)
+    if (whole := filled_alternate(trigger, bug, effect, tolerance=select.fill,
+                                  max_fraction=params.grow.max_fraction)):
+        triggers["filled"], numbers["filled"] = whole[0], candidate_numbers(*whole, size_penalty=penalty)
+        if whole[1] >= floor and floor > 0:
+            kept.append("filled")
     record.update(candidates=numbers, chosen=chosen, skipped=skipped, select_samples=len(held),
                   alternates=kept)
     record[ALTERNATE_TRIGGERS] = [triggers[name] for name in kept]  # taken out by `recover`
