@@ -149,7 +149,8 @@ class PatchParams(Params):
         if method not in PATCH_METHODS:
             raise ValueError(f"patch.method {method!r} is not one of {sorted(PATCH_METHODS)}")
         if not isinstance(text, dict):
-            raise ValueError(f"patch.text must be a mapping of the text method's keys, not {text!r}")
+            raise ValueError(f"patch.text must be a mapping of the text method's keys, "
+                             f"not a {type(text).__name__}")
         PATCH_METHODS[method][0](**raw)  # validate the method's own keys now
         if method in TEXT_METHOD:
             try:
