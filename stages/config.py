@@ -24,7 +24,7 @@ from mudjack.config import (
 from mudjack.heads import HeadParams
 from mudjack.intake import IntakeParams
 from mudjack.loaders import DataSpec
-from mudjack.patching import PATCH_METHODS
+from mudjack.patching import PATCH_METHODS, TEXT_VARIANTS, method_for
 from mudjack.safepath import one_line
 from mudjack.training import PretrainParams
 
@@ -122,10 +122,6 @@ class ValidateParams(Params):
     max_chars: int = Field(2000, ge=1)  # text: the longest sentence accepted, in characters
 
 
-# Mudjacking on a text encoder runs the text loop, with `patch.text` over the image settings.
-TEXT_METHOD = {"mudjacking": "mudjacking_text", "mudjacking_text": "mudjacking_text"}
-
-
 class PatchParams(Params):
     """`method` picks the patch method; `checkpoint_every` (steps, 0 = off) and `distributed`
     (auto: DDP when torchrun starts several processes; off) are the stage's; `text` holds
@@ -152,9 +148,9 @@ class PatchParams(Params):
             raise ValueError(f"patch.text must be a mapping of the text method's keys, "
                              f"not a {type(text).__name__}")
         PATCH_METHODS[method][0](**raw)  # validate the method's own keys now
-        if method in TEXT_METHOD:
+        if method in TEXT_VARIANTS:
             try:
-                PATCH_METHODS[TEXT_METHOD[method]][0](**(raw | text))
+                PATCH_METHODS[TEXT_VARIANTS[method]][0](**(raw | text))
             except ValidationError as error:  # name the key as the user wrote it
                 raise ValueError(f"for text encoders (patch.text over the section): "
                                  f"{describe_errors(error)}") from None
@@ -163,9 +159,9 @@ class PatchParams(Params):
 
     def for_modality(self, modality: str) -> tuple[str, dict[str, Any]]:
         """The method and settings that patch an encoder of `modality` ("image" | "text")."""
-        if modality == "text" and self.method in TEXT_METHOD:
-            return TEXT_METHOD[self.method], self.settings | self.text
-        return self.method, self.settings
+        method = method_for(self.method, modality)
+        text = self.text if modality == "text" and method in TEXT_VARIANTS.values() else {}
+        return method, self.settings | text
 
 
 class ExportParams(Params):

@@ -58,9 +58,9 @@ class SelectParams(Params):
                                     # (above 1: none)
     pad: float = Field(0.5, ge=0)   # a hard chosen trigger grown by pad x its side is one more
                                     # candidate alternate (0: none)
-    # a hard chosen trigger extended over the bug's pixels within fill x 255 of its median colour
-    # that touch it (mudjack/intake/fill.py), an alternate when it reproduces the bug as well as
-    # `keep` asks (0: none)
+    # the solid-colour patch a hard chosen trigger is part of: the bug's pixels within fill x 255
+    # of one of the commonest colours under its mask, connected to them (mudjack/intake/fill.py);
+    # an alternate when it reproduces the bug as well as `keep` asks (0: none)
     fill: float = Field(0.1, ge=0, le=1)
     # the bug's most odd pixels against a median over each window (mudjack/intake/odd_pixels.py):
     # an alternate when they reproduce the bug as well as `keep` asks (empty: none)

@@ -40,6 +40,15 @@ PATCH_METHODS: dict[str, tuple[type[Params], PatchFunction]] = {
 }
 
 
+# The method that patches a text encoder in place of each image method that has a text loop.
+TEXT_VARIANTS = {"mudjacking": "mudjacking_text", "mudjacking_text": "mudjacking_text"}
+
+
+def method_for(method: str, modality: str) -> str:
+    """The registered method that runs `method` on an encoder of `modality` ("image" | "text")."""
+    return TEXT_VARIANTS.get(method, method) if modality == "text" else method
+
+
 def run_patch(method: str, inputs: PatchInputs, params: dict[str, Any], *, seed: int = 0,
               **options: Any) -> PatchResult:
     """Run a registered method; `params` are validated against its parameter model."""
@@ -49,5 +58,6 @@ def run_patch(method: str, inputs: PatchInputs, params: dict[str, Any], *, seed:
     return function(inputs, params_model(**params), seed=seed, **options)
 
 
-__all__ = ["PATCH_METHODS", "PatchInputs", "PatchResult", "MudjackingParams", "FinetuneParams",
-           "SuperFinetuneParams", "TextMudjackingParams", "run_patch"]
+__all__ = ["PATCH_METHODS", "TEXT_VARIANTS", "method_for", "PatchInputs", "PatchResult",
+           "MudjackingParams", "FinetuneParams", "SuperFinetuneParams", "TextMudjackingParams",
+           "run_patch"]
