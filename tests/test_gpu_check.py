@@ -58,3 +58,20 @@ def test_a_real_run_without_cuda_fails_with_the_reason_recorded(tmp_path):
     with pytest.raises(SystemExit, match="throughput failed"):
         gpu_check.main(["throughput", "--out", str(tmp_path)])
     assert "no CUDA device" in _read(tmp_path, "throughput")["error"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="asks for CUDA where torch has none")
+def test_an_onnxruntime_without_cuda_fails_the_row_but_still_measures_the_cpu(tmp_path):
+    """A CPU-only onnxruntime on a GPU host (as the lent machine's image has): the row says why
+    it failed and still holds the CPU provider's parity, not a silent CPU pass."""
+    import gpu_check
+
+    from mudjack.export import export_onnx
+
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3)).eval()
+    pixels = torch.rand(9, 3, 2, 2)
+    export_onnx(model, pixels[:2], tmp_path / "m.onnx")
+    row = gpu_check.onnx_row(tmp_path / "m.onnx", model, pixels, torch.device("cuda"))
+    assert not row["passed"] and row["error"].startswith("ProviderError")
+    assert row["providers"] == ["CPUExecutionProvider"] and not row["cuda_provider_used"]
+    assert row["max_abs_diff"] < 1e-5 and row["batch64_ms"] > 0
