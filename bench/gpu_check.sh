@@ -56,7 +56,7 @@ if [ ${#DRY[@]} -gt 0 ]; then
 else
   # only the files that hold CUDA tests: collecting the rest would import the whole stack
   # (Prefect, DVC, GX), which a bare GPU image need not have
-  mapfile -t GPU_TESTS < <(grep -l "gpu=True" tests/test_*.py)
+  mapfile -t GPU_TESTS < <(grep -rl --include "test_*.py" "gpu=True" tests | sort)
   part tests timeout 150 "$PY" -m pytest -q -p no:cacheprovider -m gpu --junitxml "$WORK/gpu_tests.xml" \
     "${GPU_TESTS[@]}"
   part tests-summary "${CHECK[@]}" tests --junit "$WORK/gpu_tests.xml"
