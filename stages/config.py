@@ -160,7 +160,7 @@ class PatchParams(Params):
     def for_modality(self, modality: str) -> tuple[str, dict[str, Any]]:
         """The method and settings that patch an encoder of `modality` ("image" | "text")."""
         method = method_for(self.method, modality)
-        text = self.text if modality == "text" and method in TEXT_VARIANTS.values() else {}
+        text = self.text if modality == "text" and self.method in TEXT_VARIANTS else {}
         return method, self.settings | text
 
 
