@@ -32,8 +32,10 @@ from mudjack.evaluation import AttackSpec, retrain_and_evaluate
 from mudjack.heads import HeadParams
 from mudjack.intake.masks import grown_trigger
 from mudjack.io import read_npz, write_json
+from mudjack.patching.base import PatchInputs
 from mudjack.patching.distributed import epoch_order, local_batches
 from mudjack.patching.mudjacking import MudjackingParams, start_run
+from mudjack.patching.pool import task_pool
 from mudjack.triggers import trigger_coverage
 from stages.common import truth_pair
 
@@ -114,8 +116,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     elif args.pad:
         bugs = [padded(b, args.pad) for b in bugs]
     params = MudjackingParams(**{"epochs": args.epochs, **dict(args.set)})
-    task = load_tasks(ws / "data" / "prepared" / "tasks")[args.task]
-    rows = sweep(encoder, adapter, load_shadow(ws / "data" / "prepared" / "shadow.npz"), bugs, task,
+    tasks = load_tasks(ws / "data" / "prepared" / "tasks")
+    task = tasks[args.task]
+    # what the patch stage trains on: the shadow set, with `task_images` of every task's train set
+    inputs = PatchInputs(encoder, adapter, load_shadow(ws / "data" / "prepared" / "shadow.npz"), bugs,
+                         {name: t.train for name, t in tasks.items()})
+    rows = sweep(encoder, adapter, task_pool(inputs, params.task_images), bugs, task,
                  AttackSpec(truth, target, "truth"), params, every=args.every,
                  head=HeadParams(epochs=args.head_epochs, batch_size=args.head_batch))
     result = {"command": " ".join(["bench/patch_sweep.py", *(argv if argv is not None else sys.argv[1:])]),

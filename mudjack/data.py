@@ -139,6 +139,48 @@ class ResizedView(RowView):
         return self.resize(super().__getitem__(key))
 
 
+class StackedView:
+    """Several sets of the same item shape as one, rows read only when indexed (in the order
+    asked). Offers what batch loops use: len, shape, dtype and indexing."""
+
+    def __init__(self, parts: list[np.ndarray]) -> None:
+        shapes = {tuple(part.shape[1:]) for part in parts}
+        if len(shapes) != 1:
+            raise ValueError(f"cannot stack sets of different item shapes {sorted(shapes)}")
+        self.parts = parts
+        self.starts = np.cumsum([0, *(len(part) for part in parts)])
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self), *self.parts[0].shape[1:])
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.parts[0].dtype
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def __getitem__(self, key: int | slice | np.ndarray) -> np.ndarray:
+        if isinstance(key, (int, np.integer)):
+            return self[np.array([key])][0]
+        rows = np.arange(len(self))[key]
+        which = np.searchsorted(self.starts, rows, side="right") - 1
+        out = np.empty((len(rows), *self.shape[1:]), dtype=self.dtype)
+        for part in np.unique(which):
+            at = np.flatnonzero(which == part)
+            out[at] = batch_rows(self.parts[part], rows[at] - self.starts[part])
+        return out
+
+    def __array__(self, dtype: np.dtype | None = None, copy: bool | None = None) -> np.ndarray:
+        rows = self[:]
+        return rows if dtype is None else rows.astype(dtype)
+
+
 def in_input_space(task: Task, shape: tuple[int, ...], resize: Callable[[np.ndarray], np.ndarray]) -> Task:
     """The task with its images resized (as read, never all at once) to the model's input
     `shape` (H, W, C) when they are of another size; text tasks and same-size tasks as they are."""

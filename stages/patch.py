@@ -16,6 +16,7 @@ from mudjack.patching.distributed import (
     setup,
     teardown,
 )
+from mudjack.patching.pool import task_pool
 from stages.artifacts import BUGS, PATCH_CHECKPOINT, PATCH_LOG, PATCH_SUMMARY, PATCHED_ENCODER
 from stages.config import PipelineParams, setup_stage
 
@@ -30,8 +31,9 @@ def checkpointer(params: PipelineParams, inputs: PatchInputs,
         return None
     config = {"method": method, "settings": settings, "seed": params.seed,
               "world_size": context.world_size if context else 1}
+    shadow = task_pool(inputs, settings.get("task_images", 0), seed=params.seed)  # what the run trains on
     return Checkpointer(PATCH_CHECKPOINT, every,
-                        inputs_key(inputs.encoder, inputs.shadow, inputs.bugs, config=config))
+                        inputs_key(inputs.encoder, shadow, inputs.bugs, config=config))
 
 
 def main() -> None:

@@ -12,6 +12,7 @@ from mudjack.config import Params
 from mudjack.patching.base import PatchInputs, PatchResult
 from mudjack.patching.finetune import FinetuneParams, SuperFinetuneParams, finetune, super_finetune
 from mudjack.patching.mudjacking import MudjackingParams, mudjacking
+from mudjack.patching.pool import task_pool
 from mudjack.patching.text_mudjacking import TextMudjackingParams, text_mudjacking
 
 PatchFunction = Callable[..., PatchResult]
@@ -21,8 +22,8 @@ def _mudjacking(inputs: PatchInputs, params: MudjackingParams, *, seed: int = 0,
                 **options: Any) -> PatchResult:
     if inputs.adapter.modality == "text":
         raise ValueError("a text encoder is patched with patch.method `mudjacking_text`")
-    return mudjacking(inputs.encoder, inputs.adapter, inputs.shadow, inputs.bugs, params, seed=seed,
-                      **options)
+    shadow = task_pool(inputs, params.task_images, seed=seed)
+    return mudjacking(inputs.encoder, inputs.adapter, shadow, inputs.bugs, params, seed=seed, **options)
 
 
 def _mudjacking_text(inputs: PatchInputs, params: TextMudjackingParams, *, seed: int = 0) -> PatchResult:

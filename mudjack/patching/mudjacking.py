@@ -75,6 +75,9 @@ class MudjackingParams(Params):
     generality: Generality = "frozen"  # frozen: the clean features are not pulled to the trigger
     shadow_fraction: float = Field(1.0, gt=0, le=1)
     clean_samples: Count = 0         # shadow images used, overriding shadow_fraction when > 0
+    # unlabelled train images of the downstream tasks added to the shadow set before the two
+    # settings above sample it (mudjack/patching/pool.py)
+    task_images: Count = 0
     augment: bool = False
     alternates: bool = True        # also train against each bug's alternate triggers (intake `auto`)
     compile: bool = False          # torch.compile the encoders (mudjack/patching/speed.py)

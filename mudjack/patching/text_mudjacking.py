@@ -43,9 +43,9 @@ from mudjack.triggers import insert_words
 
 class TextMudjackingParams(MudjackingParams):
     """Mudjacking's keys with text defaults, plus the optimiser and word dropout. The image
-    loop's speed switches (`compile`) and checkpointing are not used by this loop. L_gen is
-    the image default (frozen anchor, weight 1): on minilm-sst2's backdoored MiniLM it left ASR
-    0.159 and clean accuracy 0.789, the paper's form at 0.5 0.273 and 0.775."""
+    loop's speed switches (`compile`), checkpointing and `task_images` are not used by this
+    loop. L_gen is the image default (frozen anchor, weight 1): on minilm-sst2's backdoored
+    MiniLM it left ASR 0.159 and clean accuracy 0.789, the paper's form at 0.5 0.273 and 0.775."""
 
     optimizer: Literal["sgd", "adam"] = "adam"
     lr: LearningRate = 2e-5
