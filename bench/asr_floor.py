@@ -11,7 +11,10 @@ retrain stage does. Besides clean_acc, asr and tba it reports `flip_asr`: the sa
 only the non-target inputs the model classifies correctly without the trigger, which leaves
 the natural errors out and isolates what the trigger does. A task the attack did not aim at
 takes the target the retrain stage inferred (reports/metrics.json). `--models` picks among
-clean, backdoored and patched. Writes bench/results/asr_floor_<workspace>.json.
+clean, backdoored and patched. `--shift ROWS COLS` moves the true trigger (rolled, wrapping at
+the edges) as a control: a backdoor keyed to a place fires less elsewhere, while a pattern
+the task reads as the target's content fires wherever it is. Writes
+bench/results/asr_floor_<workspace>.json (`--out` names it otherwise).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,6 +36,7 @@ from mudjack.encoders import load_encoder  # noqa: E402
 from mudjack.evaluation import AttackSpec, retrain_and_evaluate  # noqa: E402
 from mudjack.heads import HeadParams  # noqa: E402
 from mudjack.io import read_json, write_json  # noqa: E402
+from mudjack.triggers import Trigger  # noqa: E402
 from stages.artifacts import BACKDOORED_ENCODER, FOUNDATION, METRICS, PATCHED_ENCODER  # noqa: E402
 from stages.common import load_truth  # noqa: E402
 from stages.config import load_params  # noqa: E402
@@ -55,13 +60,23 @@ def task_target(name: str, targets: dict[str, int]) -> int | None:
     return exposure.get("target")
 
 
-def measure(workspace: Path, models: list[str]) -> dict:
+def shifted(trigger: Trigger, rows: int, cols: int) -> Trigger:
+    """The trigger moved by (rows, cols), its mask and pattern rolled together."""
+    return Trigger(np.roll(trigger.mask, (rows, cols), axis=(0, 1)),
+                   np.roll(trigger.pattern, (rows, cols), axis=(0, 1)))
+
+
+def measure(workspace: Path, models: list[str], *, shift: tuple[int, int] = (0, 0)) -> dict:
     os.chdir(workspace)  # the workspace's paths are relative to it
     params = load_params("params.yaml")
     torch.set_num_threads(max(params.threads, 1))
     truth, targets = load_truth(params.paths)
     if truth is None:
         raise SystemExit(f"{workspace}: no true trigger ({params.paths.truth}); run the scenario first")
+    if any(shift):
+        if not isinstance(truth, Trigger):
+            raise SystemExit("--shift moves an image trigger; this workspace's is text")
+        truth = shifted(truth, *shift)
     results: dict = {}
     for name, task in load_tasks(params.paths.tasks).items():
         target = task_target(name, targets)
@@ -82,10 +97,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("workspace", type=Path)
     parser.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
+    parser.add_argument("--shift", nargs=2, type=int, default=[0, 0], metavar=("ROWS", "COLS"),
+                        help="move the true trigger by this many rows and columns (a control)")
+    parser.add_argument("--out", default="", help="result file name in bench/results/")
     args = parser.parse_args()
     workspace = args.workspace.resolve()
-    results = measure(workspace, args.models)
-    write_json(ROOT / "bench" / "results" / f"asr_floor_{workspace.name}.json", results)
+    results = measure(workspace, args.models, shift=tuple(args.shift))
+    if any(args.shift):
+        results["shift"] = args.shift
+    write_json(ROOT / "bench" / "results" / (args.out or f"asr_floor_{workspace.name}.json"), results)
 
 
 if __name__ == "__main__":

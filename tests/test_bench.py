@@ -288,6 +288,18 @@ def test_asr_floor_takes_the_inferred_target_of_a_task_the_attack_did_not_aim_at
     assert task_target("mnist", {"gtsrb": 12}) is None
 
 
+def test_asr_floor_moves_the_true_trigger_for_the_position_control():
+    from asr_floor import shifted
+
+    from mudjack.triggers import patch_trigger
+
+    trigger = patch_trigger((8, 8, 3), 2, 5, 6)  # a 2x2 patch at rows 5-6, columns 6-7
+    moved = shifted(trigger, -5, -6)
+    assert moved.mask.dtype == bool and moved.mask.sum() == 4 and moved.mask[:2, :2].all()
+    assert np.array_equal(moved.pattern[:2, :2], trigger.pattern[5:7, 6:8])
+    assert np.array_equal(shifted(moved, 5, 6).mask, trigger.mask)
+
+
 def test_feature_batch_bench_times_every_batch_size_against_the_default(tmp_path, monkeypatch):
     import feature_batch
 
