@@ -181,12 +181,17 @@ class StackedView:
         return rows if dtype is None else rows.astype(dtype)
 
 
+def in_shape(x: np.ndarray, shape: tuple[int, ...], resize: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """The image set as it is when its items have `shape` (H, W, C), else resized to it as read."""
+    return x if tuple(x.shape[1:]) == tuple(shape) else ResizedView(x, resize, shape)
+
+
 def in_input_space(task: Task, shape: tuple[int, ...], resize: Callable[[np.ndarray], np.ndarray]) -> Task:
     """The task with its images resized (as read, never all at once) to the model's input
     `shape` (H, W, C) when they are of another size; text tasks and same-size tasks as they are."""
     if is_text(task.train.x) or tuple(task.input_shape) == tuple(shape):
         return task
-    train, test = (LabelledSet(ResizedView(s.x, resize, shape), s.y) for s in (task.train, task.test))
+    train, test = (LabelledSet(in_shape(s.x, shape, resize), s.y) for s in (task.train, task.test))
     return Task(task.name, task.classes, train, test)
 
 

@@ -11,18 +11,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from mudjack.data import ResizedView, RowView, StackedView, is_text
+from mudjack.data import RowView, StackedView, in_shape, is_text
 from mudjack.encoders import EncoderAdapter
 from mudjack.patching.base import PatchInputs
 
 
 def _in_input_space(x: np.ndarray, adapter: EncoderAdapter, name: str) -> np.ndarray:
     shape = tuple(adapter.input_shape)
-    if tuple(x.shape[1:]) == shape:
-        return x
-    if not adapter.resizes_inputs:
+    if not adapter.resizes_inputs and tuple(x.shape[1:]) != shape:
         raise ValueError(f"{name}: images of shape {tuple(x.shape[1:])}, the encoder takes {shape}")
-    return ResizedView(x, adapter.resize_raw, shape)
+    return in_shape(x, shape, adapter.resize_raw)
 
 
 def _shares(count: int, parts: int) -> list[int]:
