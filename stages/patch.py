@@ -6,7 +6,7 @@ from mudjack.bugs import load_bugs
 from mudjack.data import load_shadow, load_tasks
 from mudjack.encoders import load_encoder, save_encoder
 from mudjack.io import write_json
-from mudjack.patching import PATCH_METHODS, PatchInputs, run_patch
+from mudjack.patching import PATCH_METHODS, PatchInputs, run_patch, training_pool
 from mudjack.patching.checkpoint import Checkpointer, accepts_checkpoint, inputs_key
 from mudjack.patching.distributed import (
     Distributed,
@@ -16,7 +16,6 @@ from mudjack.patching.distributed import (
     setup,
     teardown,
 )
-from mudjack.patching.pool import task_pool
 from stages.artifacts import BUGS, PATCH_CHECKPOINT, PATCH_LOG, PATCH_SUMMARY, PATCHED_ENCODER
 from stages.config import PipelineParams, setup_stage
 
@@ -31,7 +30,7 @@ def checkpointer(params: PipelineParams, inputs: PatchInputs,
         return None
     config = {"method": method, "settings": settings, "seed": params.seed,
               "world_size": context.world_size if context else 1}
-    shadow = task_pool(inputs, settings.get("task_images", 0), seed=params.seed)  # what the run trains on
+    shadow = training_pool(method, inputs, settings, seed=params.seed)
     return Checkpointer(PATCH_CHECKPOINT, every,
                         inputs_key(inputs.encoder, shadow, inputs.bugs, config=config))
 

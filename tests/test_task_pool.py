@@ -9,7 +9,7 @@ import pytest
 from mudjack.bugs import Bug
 from mudjack.data import LabelledSet, StackedView, iter_batches
 from mudjack.encoders import get_adapter
-from mudjack.patching import PatchInputs, run_patch
+from mudjack.patching import PatchInputs, run_patch, training_pool
 from mudjack.patching.pool import task_pool
 from mudjack.triggers import patch_trigger
 from tests.helpers.tiny import HF_VISION, SMALL_CNN, TINY_PATCH_PARAMS
@@ -78,3 +78,11 @@ def test_mudjacking_trains_on_the_shadow_set_and_the_task_images():
     assert run_patch("mudjacking", inputs, params).info["clean_samples"] == 6
     result = run_patch("mudjacking", inputs, {**params, "task_images": 4})
     assert result.info["clean_samples"] == 10 and result.steps == 2  # 10 images at batch 6
+
+
+def test_the_checkpointed_pool_is_the_one_each_method_trains_on():
+    adapter = get_adapter("small_cnn", SMALL_CNN)
+    inputs = inputs_with_tasks(adapter, tagged(6, 1), a=tagged(10, 2))
+    assert len(training_pool("mudjacking", inputs, {"task_images": 4})) == 10
+    assert training_pool("mudjacking", inputs, {}) is inputs.shadow  # the default adds none
+    assert training_pool("finetune", inputs, {}) is inputs.shadow  # no task_images setting

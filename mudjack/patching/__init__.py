@@ -8,6 +8,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
+
 from mudjack.config import Params
 from mudjack.patching.base import PatchInputs, PatchResult
 from mudjack.patching.finetune import FinetuneParams, SuperFinetuneParams, finetune, super_finetune
@@ -50,6 +52,14 @@ def method_for(method: str, modality: str) -> str:
     return TEXT_VARIANTS.get(method, method) if modality == "text" else method
 
 
+def training_pool(method: str, inputs: PatchInputs, params: dict[str, Any], *,
+                  seed: int = 0) -> np.ndarray:
+    """The unlabelled set `method` trains on with `params`: the shadow set, and for Mudjacking
+    the tasks' images its `task_images` adds (what a checkpoint of the run must be keyed on)."""
+    count = getattr(PATCH_METHODS[method][0](**params), "task_images", 0)
+    return task_pool(inputs, count, seed=seed)
+
+
 def run_patch(method: str, inputs: PatchInputs, params: dict[str, Any], *, seed: int = 0,
               **options: Any) -> PatchResult:
     """Run a registered method; `params` are validated against its parameter model."""
@@ -59,6 +69,6 @@ def run_patch(method: str, inputs: PatchInputs, params: dict[str, Any], *, seed:
     return function(inputs, params_model(**params), seed=seed, **options)
 
 
-__all__ = ["PATCH_METHODS", "TEXT_VARIANTS", "method_for", "PatchInputs", "PatchResult",
+__all__ = ["PATCH_METHODS", "TEXT_VARIANTS", "method_for", "training_pool", "PatchInputs", "PatchResult",
            "MudjackingParams", "FinetuneParams", "SuperFinetuneParams", "TextMudjackingParams",
            "run_patch"]
