@@ -7,10 +7,11 @@ import copy
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from mudjack.bugs import load_bugs, save_bug
 from mudjack.evaluation import AttackSpec, retrain_and_evaluate
-from mudjack.features import cosine
+from mudjack.features import chord, cosine
 from mudjack.heads import HeadParams
 from mudjack.intake import IntakeParams, intake_report
 from mudjack.intake.occlusion import two_means_mask
@@ -138,8 +139,9 @@ def test_mudjacking_refuses_an_empty_bug_list(scenario):
         run_patch("mudjacking", PatchInputs(scenario.backdoored, scenario.adapter, scenario.shadow, []), {})
 
 
-@pytest.mark.parametrize("generality", ["patched", "frozen"])
-def test_loss_gradients_flow_through_both_sides(scenario, generality):
+@pytest.mark.parametrize(("generality", "distance"),
+                         [("patched", "cosine"), ("frozen", "cosine"), ("frozen", "chord")])
+def test_loss_gradients_flow_through_both_sides(scenario, generality, distance):
     """The batched loss equals the plain restatement of METHOD.md, gradients included."""
     torch.manual_seed(0)
     patched = copy.deepcopy(scenario.backdoored).eval()
@@ -147,22 +149,24 @@ def test_loss_gradients_flow_through_both_sides(scenario, generality):
     batch, per_bug = 4, 3
     views = torch.rand(2 * batch + 3 * per_bug, 3, 8, 8)
     settings = MudjackingParams(lambda_gen=0.25, lambda_eff=2.0,  # unequal: each weight is read
-                                generality=generality)
+                                generality=generality, generality_distance=distance)
     terms = mudjacking_loss(patched, frozen, views, batch=batch, per_bug=per_bug, params=settings)
     weights = [p for p in patched.parameters() if p.requires_grad]
     grads = torch.autograd.grad(terms["loss"], weights)
 
     split = tuple(views.split([batch, batch, per_bug, per_bug, per_bug]))
     plain = plain_loss(patched, frozen, split, lambda_gen=settings.lambda_gen,
-                       lambda_eff=settings.lambda_eff, generality=settings.generality)["loss"]
+                       lambda_eff=settings.lambda_eff, generality=settings.generality,
+                       distance=distance)["loss"]
     plain_grads = torch.autograd.grad(plain, weights)
     assert float(terms["loss"]) == pytest.approx(float(plain), abs=1e-5)
     for got, want in zip(grads, plain_grads, strict=True):
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("distance", ["cosine", "chord"])
 @pytest.mark.parametrize("generality", ["patched", "frozen"])
-def test_generality_pulls_stamped_views_to_the_chosen_anchor(generality):
+def test_generality_pulls_stamped_views_to_the_chosen_anchor(generality, distance):
     """patched (the paper's): x⊕t and x are pulled together, both moving; frozen: x⊕t is pulled
     to the backdoored encoder's h(x), and the clean views get no gradient from the term."""
     batch, per_bug, dim = 3, 2, 5
@@ -170,13 +174,39 @@ def test_generality_pulls_stamped_views_to_the_chosen_anchor(generality):
     out = torch.randn(2 * batch + 3 * per_bug, dim, requires_grad=True)
     frozen_out = torch.randn(batch + per_bug, dim)
     terms = loss_terms(out, frozen_out, batch=batch, per_bug=per_bug,
-                       params=MudjackingParams(generality=generality))
+                       params=MudjackingParams(generality=generality, generality_distance=distance))
     (grad,) = torch.autograd.grad(terms["generalisability"], out)
     x, x_t = out[:batch], out[batch:2 * batch]
     x_r, x_r_t = out[2 * batch + per_bug:2 * batch + 2 * per_bug], out[2 * batch + 2 * per_bug:]
     anchor, anchor_r = (frozen_out[:batch], frozen_out[batch:]) if generality == "frozen" else (x, x_r)
-    want = -cosine(x_t, anchor).mean() - cosine(x_r_t, anchor_r).mean()
+    apart = chord if distance == "chord" else (lambda a, b: -cosine(a, b))
+    want = apart(x_t, anchor).mean() + apart(x_r_t, anchor_r).mean()
     assert float(terms["generalisability"]) == pytest.approx(float(want), abs=1e-6)
     clean_rows = torch.cat([grad[:batch], grad[2 * batch + per_bug:2 * batch + 2 * per_bug]])
     assert bool(clean_rows.abs().sum() == 0) == (generality == "frozen")
     assert grad[batch:2 * batch].abs().sum() > 0 and grad[2 * batch + 2 * per_bug:].abs().sum() > 0
+
+
+def test_chord_distance_keeps_pulling_stamped_views_that_near_their_anchors():
+    """-cos pulls with a force that fades as x⊕t reaches h(x); the chord distance keeps its
+    pull, and its value is the distance of the normalised rows. L_loc and L_eff stay -cos."""
+    batch, per_bug, dim = 2, 1, 8
+    torch.manual_seed(0)
+    anchors = torch.randn(batch + per_bug, dim)  # h(x) of the batch, then h(x_r)
+    out = torch.randn(2 * batch + 3 * per_bug, dim)
+    stamped = torch.cat([torch.arange(batch, 2 * batch), torch.arange(2 * batch + 2 * per_bug, len(out))])
+    out[stamped] = anchors + 0.01 * torch.randn_like(anchors)  # x⊕t a hair away from its anchor
+    pulls, terms = {}, {}
+    for distance in ("cosine", "chord"):
+        leaf = out.clone().requires_grad_(True)
+        terms[distance] = loss_terms(leaf, anchors, batch=batch, per_bug=per_bug,
+                                     params=MudjackingParams(generality_distance=distance))
+        (grad,) = torch.autograd.grad(terms[distance]["generalisability"], leaf)
+        pulls[distance] = float(grad[stamped].norm())
+    gaps = (F.normalize(out[stamped], dim=-1) - F.normalize(anchors, dim=-1)).norm(dim=-1)
+    want = float(gaps[:batch].mean() + gaps[batch:].mean())
+    assert float(terms["chord"]["generalisability"]) == pytest.approx(want, rel=1e-4)
+    assert float(terms["cosine"]["generalisability"]) == pytest.approx(-2.0, abs=1e-3)
+    for other in ("locality", "effectiveness"):
+        assert float(terms["chord"][other]) == float(terms["cosine"][other]), other
+    assert pulls["chord"] > 20 * pulls["cosine"] > 0

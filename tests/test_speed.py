@@ -86,7 +86,8 @@ def test_the_step_has_the_loss_and_gradients_of_the_plain_restatement(name, bugs
 
     patched, frozen = plain_models(encoder)
     plain = plain_loss(patched, frozen, reference_views(run), lambda_gen=params.lambda_gen,
-                       lambda_eff=params.lambda_eff, generality=params.generality)
+                       lambda_eff=params.lambda_eff, generality=params.generality,
+                       distance=params.generality_distance)
     wanted = torch.autograd.grad(plain["loss"], list(trainable_parameters(patched)))
     for key, value in plain.items():
         assert terms[key] == pytest.approx(float(value.detach()), abs=1e-5), key

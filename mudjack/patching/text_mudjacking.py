@@ -36,7 +36,7 @@ from mudjack.device import select_device
 from mudjack.encoders import EncoderAdapter
 from mudjack.encoders.text import length_batches
 from mudjack.patching.base import PatchResult
-from mudjack.patching.mudjacking import MudjackingParams, loss_terms
+from mudjack.patching.mudjacking import GeneralityDistance, MudjackingParams, loss_terms
 from mudjack.training import sgd_or_adam
 from mudjack.triggers import insert_words
 
@@ -45,7 +45,9 @@ class TextMudjackingParams(MudjackingParams):
     """Mudjacking's keys with text defaults, plus the optimiser and word dropout. The image
     loop's speed switches (`compile`), checkpointing and `task_images` are not used by this
     loop. L_gen is the image default (frozen anchor, weight 1): on minilm-sst2's backdoored
-    MiniLM it left ASR 0.159 and clean accuracy 0.789, the paper's form at 0.5 0.273 and 0.775."""
+    MiniLM it left ASR 0.159 and clean accuracy 0.789, the paper's form at 0.5 0.273 and 0.775.
+    It keeps the paper's -cos, not the image default's chord distance, until that is measured
+    on text."""
 
     optimizer: Literal["sgd", "adam"] = "adam"
     lr: LearningRate = 2e-5
@@ -54,6 +56,7 @@ class TextMudjackingParams(MudjackingParams):
     batch_size: BatchSize = 32
     views: int = Field(4, ge=1, le=1024)
     word_dropout: Dropout = 0.1
+    generality_distance: GeneralityDistance = "cosine"
 
 
 def drop_words(sentence: str, *, rate: float, keep: set[str], rng: np.random.Generator) -> str:

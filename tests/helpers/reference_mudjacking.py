@@ -14,6 +14,7 @@ import copy
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
@@ -25,20 +26,30 @@ Views = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tens
 
 
 def plain_loss(patched: nn.Module, frozen: nn.Module, views: Views, *, lambda_gen: float = 1.0,
-               lambda_eff: float = 1.0, generality: str = "patched") -> dict[str, torch.Tensor]:
+               lambda_eff: float = 1.0, generality: str = "patched",
+               distance: str = "cosine") -> dict[str, torch.Tensor]:
     """METHOD.md's loss from five passes of h' and two of h, one per full batch; `generality:
-    frozen` pulls the stamped views to h's clean features instead of h''s."""
+    frozen` pulls the stamped views to h's clean features instead of h''s; `distance: chord`
+    scores L_gen's pairs by the Euclidean distance of the normalised features."""
     x, x_t, bug, ref, ref_t = views
     h_x, h_x_t, h_bug, h_ref, h_ref_t = (patched(v) for v in views)
     with torch.no_grad():
         frozen_x, frozen_ref = frozen(x), frozen(ref)
     locality = -cosine(h_x, frozen_x).mean() - cosine(h_ref, frozen_ref).mean()
     anchor, anchor_ref = (frozen_x, frozen_ref) if generality == "frozen" else (h_x, h_ref)
-    generalisability = -cosine(h_x_t, anchor).mean() - cosine(h_ref_t, anchor_ref).mean()
+    if distance == "chord":
+        generalisability = (_unit_distance(h_x_t, anchor).mean()
+                            + _unit_distance(h_ref_t, anchor_ref).mean())
+    else:
+        generalisability = -cosine(h_x_t, anchor).mean() - cosine(h_ref_t, anchor_ref).mean()
     effectiveness = -cosine(h_bug, h_ref).mean()
     loss = locality + lambda_gen * generalisability + lambda_eff * effectiveness
     return {"loss": loss, "locality": locality, "generalisability": generalisability,
             "effectiveness": effectiveness}
+
+
+def _unit_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return (F.normalize(a, dim=-1) - F.normalize(b, dim=-1)).norm(dim=-1)
 
 
 class ReferenceViews(Dataset):
