@@ -46,8 +46,8 @@ class TextMudjackingParams(MudjackingParams):
     loop's speed switches (`compile`), checkpointing and `task_images` are not used by this
     loop. L_gen is the image default (frozen anchor, weight 1): on minilm-sst2's backdoored
     MiniLM it left ASR 0.159 and clean accuracy 0.789, the paper's form at 0.5 0.273 and 0.775.
-    It keeps the paper's -cos, not the image default's chord distance, until that is measured
-    on text."""
+    It keeps the paper's -cos, not the image default's chord distance: on the same backdoored
+    MiniLM the distance left ASR 0.236 and clean accuracy 0.776, -cos 0.159 and 0.789."""
 
     optimizer: Literal["sgd", "adam"] = "adam"
     lr: LearningRate = 2e-5
