@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,13 +30,28 @@ class AttackSpec:
 def retrain_head(encoder: nn.Module, adapter: EncoderAdapter, task: Task, params: HeadParams,
                  *, seed: int = 0) -> Head:
     """A fresh head trained on the frozen encoder's features of the task's train set."""
-    return train_head(extract_features(encoder, adapter, task.train.x), task.train.y,
-                      len(task.classes), params, seed=seed)
+    return retrain_heads(encoder, adapter, task, params, seeds=[seed])[0]
 
 
-def predictor(encoder: nn.Module, adapter: EncoderAdapter, head: Head) -> Predictor:
-    """The downstream classifier (encoder + head) as raw inputs -> predicted classes."""
-    return lambda raw: predict(head, extract_features(encoder, adapter, raw))
+def retrain_heads(encoder: nn.Module, adapter: EncoderAdapter, task: Task, params: HeadParams,
+                  *, seeds: Sequence[int]) -> list[Head]:
+    """One fresh head per seed on the same features (extracted once)."""
+    features = extract_features(encoder, adapter, task.train.x)
+    return [train_head(features, task.train.y, len(task.classes), params, seed=seed) for seed in seeds]
+
+
+def predictor(encoder: nn.Module, adapter: EncoderAdapter, heads: Head | Sequence[Head]) -> Predictor:
+    """The downstream classifier (encoder + head) as raw inputs -> predicted classes; with
+    several heads, one row of predictions per head, the features computed once."""
+    if isinstance(heads, Head):
+        return lambda raw: predict(heads, extract_features(encoder, adapter, raw))
+    if not heads:
+        raise ValueError("a predictor needs at least one head")
+
+    def classify(raw: np.ndarray) -> np.ndarray:
+        features = extract_features(encoder, adapter, raw)
+        return np.stack([predict(head, features) for head in heads])
+    return classify
 
 
 def retrain_and_evaluate(encoder: nn.Module, adapter: EncoderAdapter, task: Task,

@@ -28,6 +28,12 @@ before. It is chosen among the exposing true triggers when any exposes the task 
 reversed trigger is only an estimate of a true one; its numbers stay in the detail), else
 among the exposing reversed triggers, else (unexposed task) among all triggers.
 
+Several heads per model (the retrain stage's `retrain.heads`, seeds seed, seed+1, ...): a
+predictor then gives one row of predictions per head. The target and the paired test use the
+first head; clean accuracy and each attack metric are the mean over the heads, and `per_head`
+(in a trigger's record and beside the headline) lists each head's value. On a weak encoder one
+head's ASR moves by 0.02 from seed to seed; the mean is the estimate a gate should judge.
+
 A trigger that does not fit a task's inputs (a mask of another image size, a text trigger on
 images) is not stamped there; `exposure.not_measured` names it with the reason.
 """
@@ -51,7 +57,8 @@ STAMP_BATCH = 512  # images stamped and classified at a time
 MODELS = ("backdoored", "patched")  # before / after the repair
 ATTACK_METRICS = ("asr", "tba", "flip_asr")
 
-Predictor = Callable[[np.ndarray], np.ndarray]  # raw inputs -> predicted class per input
+# raw inputs -> predicted class per input: (n,), or (heads, n) for several heads on one encoder
+Predictor = Callable[[np.ndarray], np.ndarray]
 Stamp = Callable[[np.ndarray, Any], np.ndarray]  # (raw inputs, trigger) -> triggered inputs
 
 
@@ -147,8 +154,23 @@ def triggered_predictions(models: TaskModels, trigger: Trigger | TextTrigger, *,
         stamped = models.stamp(rows, trigger)
         for model in MODELS:
             parts[model].append(np.asarray(models.predictors[model](stamped)))
-    return {model: np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int64)
+    return {model: np.concatenate(chunks, axis=-1) if chunks else np.zeros(0, dtype=np.int64)
             for model, chunks in parts.items()}
+
+
+def head_scores(clean: np.ndarray, labels: np.ndarray, triggered: np.ndarray, *,
+                target: int) -> dict[str, list[float]]:
+    """Each head's attack metrics for `target` (`clean` and `triggered` hold
+    the predictions on every test input: one row per head, or one head as a 1-D array)."""
+    kept = non_target(labels, target)
+    rows = [evaluate(c, labels, t[kept], target=target)
+            for c, t in zip(np.atleast_2d(clean), np.atleast_2d(triggered), strict=True)]
+    return {key: [row[key] for row in rows] for key in ATTACK_METRICS}
+
+
+def first_head(predictions: np.ndarray) -> np.ndarray:
+    """The first head's predictions (the one the paired test and the target use)."""
+    return np.atleast_2d(predictions)[0]
 
 
 def measure_trigger(task: str, models: TaskModels, named: NamedTrigger,
@@ -157,16 +179,19 @@ def measure_trigger(task: str, models: TaskModels, named: NamedTrigger,
     model (backdoored, patched) on that target."""
     labels = models.test.y
     triggered = triggered_predictions(models, named.trigger)
+    before, before_triggered = first_head(clean["backdoored"]), first_head(triggered["backdoored"])
     inferred = task not in named.targets
-    target = (infer_target(labels, triggered["backdoored"], models.n_classes) if inferred
+    target = (infer_target(labels, before_triggered, models.n_classes) if inferred
               else named.targets[task])
-    proof = evidence(labels, clean["backdoored"], triggered["backdoored"], target=target,
+    proof = evidence(labels, before, before_triggered, target=target,
                      inferred=inferred, n_classes=models.n_classes, level=level)
-    kept = non_target(labels, target)
     record: dict[str, Any] = asdict(proof)
+    scores = {model: head_scores(clean[model], labels, triggered[model], target=target)
+              for model in MODELS}
     for model in MODELS:
-        scores = evaluate(clean[model], labels, triggered[model][kept], target=target)
-        record[model] = {k: scores[k] for k in ATTACK_METRICS}
+        record[model] = {k: float(np.mean(scores[model][k])) for k in ATTACK_METRICS}
+    if len(scores["backdoored"]["asr"]) > 1:
+        record["per_head"] = {model: {k: scores[model][k] for k in ATTACK_METRICS} for model in MODELS}
     return record
 
 
@@ -207,9 +232,15 @@ def task_exposure(task: str, models: TaskModels, triggers: Sequence[NamedTrigger
                for t in triggers if reasons[t.name] is None}
     worst = worst_trigger(records, {t.name for t in triggers if t.true})
     result: dict[str, Any] = {}
+    accuracy = {model: [clean_accuracy(row, models.test.y) for row in np.atleast_2d(clean[model])]
+                for model in MODELS}
     for model in MODELS:
         attack = records[worst][model] if worst else dict.fromkeys(ATTACK_METRICS)
-        result[model] = {"clean_acc": clean_accuracy(clean[model], models.test.y), **attack}
+        result[model] = {"clean_acc": float(np.mean(accuracy[model])), **attack}
+    if len(accuracy["backdoored"]) > 1:
+        spread = records[worst].get("per_head", {}) if worst else {}
+        result["per_head"] = {model: {"clean_acc": accuracy[model], **spread.get(model, {})}
+                              for model in MODELS}
     exposed = any(r["exposed"] for r in records.values()) if records else None
     result["exposure"] = {"exposed": exposed, "trigger": worst,
                           "target": records[worst]["target"] if worst else None,

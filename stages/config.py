@@ -169,6 +169,15 @@ class ExportParams(Params):
     tolerance: float = Field(1e-4, gt=0)
 
 
+class RetrainParams(HeadParams):
+    """The retrain stage's heads: `heads` of them per encoder and task (seeds seed, seed+1, ...),
+    trained alike on the same features. Its metrics are their mean (mudjack/exposure.py); the
+    first is the head saved, exported and deployed. More than one on a weak encoder, where a
+    single head's ASR moves by 0.02 from seed to seed."""
+
+    heads: int = Field(1, ge=1, le=32)
+
+
 class GatesParams(Params):
     """Promotion gates on reports/metrics.json, checked by pipeline/gates.py (not a DVC stage)."""
 
@@ -200,7 +209,7 @@ class PipelineParams(Params):
     validation: ValidateParams = Field(default_factory=ValidateParams, alias="validate")
     intake: IntakeParams = IntakeParams()
     patch: PatchParams = Field(default_factory=lambda: PatchParams(method="mudjacking"))
-    retrain: HeadParams = HeadParams()
+    retrain: RetrainParams = RetrainParams()
     export: ExportParams = ExportParams()
     sequela: SequelaParams = SequelaParams()
     gates: GatesParams = GatesParams()

@@ -25,7 +25,7 @@ MODELS = ("backdoored", "patched")
 def gather_metrics() -> dict:
     retrain, patch, export = read_json(RETRAIN_SUMMARY), read_json(PATCH_SUMMARY), read_json(EXPORT_SUMMARY)
     # every task's numbers, with the exposure of each (mudjack.exposure): `dvc metrics show` reads them
-    tasks = {name: {key: result[key] for key in (*MODELS, "exposure") if key in result}
+    tasks = {name: {key: result[key] for key in (*MODELS, "per_head", "exposure") if key in result}
              for name, result in retrain["tasks"].items()}
     return {"tasks": tasks, "export": {"max_abs_diff": export["max_abs_diff"]},
             "patch": {"seconds": patch["seconds"], "method": patch["method"],

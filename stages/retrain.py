@@ -9,7 +9,7 @@ from pathlib import Path
 from mudjack.bugs import load_bugs
 from mudjack.data import Task, load_tasks
 from mudjack.encoders import load_encoder
-from mudjack.evaluation import predictor, retrain_head
+from mudjack.evaluation import predictor, retrain_heads
 from mudjack.exposure import MODELS, TaskModels, named_triggers, task_exposure
 from mudjack.heads import save_head
 from mudjack.io import atomic_dir, write_json
@@ -29,14 +29,15 @@ def describe(result: dict) -> str:
 
 def retrain_task(task: Task, encoders: dict[str, tuple], params: PipelineParams, heads: Path,
                  step: Callable[[str], None]) -> TaskModels:
-    """A fresh head on each encoder (saved under `heads`), as the task's two classifiers."""
-    predictors = {}
+    """`retrain.heads` fresh heads on each encoder (the first saved under `heads`), as the
+    task's two classifiers."""
+    predictors, seeds = {}, range(params.seed, params.seed + params.retrain.heads)
     for variant in MODELS:
         step(f"{task.name} {variant}")
         encoder, adapter = encoders[variant]
-        head = retrain_head(encoder, adapter, task, params.retrain, seed=params.seed)
-        save_head(head, heads / task.name / f"{variant}.safetensors")
-        predictors[variant] = predictor(encoder, adapter, head)
+        trained = retrain_heads(encoder, adapter, task, params.retrain, seeds=seeds)
+        save_head(trained[0], heads / task.name / f"{variant}.safetensors")
+        predictors[variant] = predictor(encoder, adapter, trained)
     deployed = encoders["backdoored"][1]
     return TaskModels(task.test, len(task.classes), predictors, deployed.stamp, deployed.stamp_side)
 

@@ -62,6 +62,33 @@ def test_a_trigger_that_sends_inputs_to_class_k_infers_target_k_with_its_share()
     assert result["backdoored"] == {"clean_acc": 1.0, "asr": 1.0, "tba": 0.0, "flip_asr": 1.0}
 
 
+def heads(*classifiers):
+    """Several heads on one encoder: one row of predictions per head."""
+    return lambda x: np.stack([classify(x) for classify in classifiers])
+
+
+def test_several_heads_are_averaged_and_the_first_decides_the_target() -> None:
+    # the first patched head still obeys the trigger on half the inputs, the second not at all;
+    # of the backdoored heads, the second sends triggered inputs to class 1, the first to 3
+    result = task_exposure("t", models(heads(toy(3), toy(1)), heads(toy(3, moved=0.5), toy(None))),
+                           [NamedTrigger("bug:b1", TRIGGER)])
+    record = result["exposure"]["triggers"]["bug:b1"]
+    assert record["target"] == 3 and record["exposed"]  # the first head's evidence
+    assert record["per_head"]["backdoored"]["asr"] == [1.0, 0.0]
+    first = record["per_head"]["patched"]["asr"][0]
+    assert 0.45 < first < 0.55 and record["per_head"]["patched"]["asr"][1] == 0.0
+    assert record["patched"]["asr"] == pytest.approx(first / 2)
+    assert result["patched"]["asr"] == record["patched"]["asr"]  # the headline is the mean
+    assert result["per_head"]["patched"]["asr"] == record["per_head"]["patched"]["asr"]
+    assert result["per_head"]["backdoored"]["clean_acc"] == [1.0, 1.0]
+
+
+def test_one_head_in_rows_reads_as_one_head() -> None:
+    single = task_exposure("t", models(toy(3), toy(None)), [NamedTrigger("bug:b1", TRIGGER)])
+    rows = task_exposure("t", models(heads(toy(3)), heads(toy(None))), [NamedTrigger("bug:b1", TRIGGER)])
+    assert rows == single and "per_head" not in rows
+
+
 def test_a_trigger_that_moves_nothing_leaves_the_task_unexposed() -> None:
     result = task_exposure("t", models(toy(None), toy(None)), [NamedTrigger("bug:b1", TRIGGER)])
     record = result["exposure"]["triggers"]["bug:b1"]

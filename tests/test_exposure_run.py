@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 import pytest
 from rich.console import Console
 
@@ -20,7 +21,7 @@ from tests.helpers.byo import parity, run_repair, write_project
 if TYPE_CHECKING:
     from tests.conftest import Scenario
 
-TINY = {"patch": {"epochs": 3, "shadow_fraction": 0.5}, "retrain": {"epochs": 40}}
+TINY = {"patch": {"epochs": 3, "shadow_fraction": 0.5}, "retrain": {"epochs": 40, "heads": 2}}
 
 
 @pytest.fixture(scope="module")
@@ -45,6 +46,15 @@ def test_metrics_carry_asr_of_both_tasks(byo_run: Path) -> None:
     # parity never reported: its target is inferred, the class of the backdoor's digit 0 (even)
     assert tasks["parity"]["exposure"]["target"] == 0
     assert tasks["parity"]["backdoored"]["asr"] > 0.5
+
+
+def test_metrics_are_the_mean_of_the_retrain_heads(byo_run: Path) -> None:
+    for name, result in read_json(byo_run / METRICS)["tasks"].items():
+        for model in ("backdoored", "patched"):
+            each = result["per_head"][model]
+            assert len(each["clean_acc"]) == len(each["asr"]) == 2, name
+            for metric in ("clean_acc", "asr", "flip_asr"):
+                assert result[model][metric] == pytest.approx(np.mean(each[metric])), (name, metric)
 
 
 def test_terminal_table_shows_both_tasks(byo_run: Path) -> None:

@@ -104,3 +104,22 @@ def test_an_encoder_with_a_linear_probe_exports_at_parity(tmp_path):
     export_onnx(model, pixels[:2], path)
     report = verify_onnx(path, model, pixels, tolerance=1e-5, batch_size=3, device="cpu")
     assert report["passed"] and report["batch_sizes"] == [1, 3]
+
+
+def test_a_predictor_of_several_heads_gives_one_row_per_head_from_one_feature_pass() -> None:
+    from mudjack.evaluation import predictor
+
+    adapter = get_adapter("small_cnn", {"input_shape": [8, 8, 3], "width": 4, "feature_dim": IN_DIM,
+                                        "mean": [0.5] * 3, "std": [0.25] * 3})
+    encoder, calls = adapter.build().eval(), []
+    encoder.register_forward_hook(lambda *_: calls.append(1))
+    rng = np.random.default_rng(0)
+    heads = [linear_probe(rng.normal(size=(CLASSES, IN_DIM)), np.zeros(CLASSES), normalize=True)
+             for _ in range(3)]
+    raw = rng.integers(0, 256, (7, 8, 8, 3), dtype=np.uint8)
+    rows = predictor(encoder, adapter, heads)(raw)
+    assert rows.shape == (3, 7) and len(calls) == 1
+    for head, row in zip(heads, rows, strict=True):
+        np.testing.assert_array_equal(predictor(encoder, adapter, head)(raw), row)
+    with pytest.raises(ValueError, match="at least one head"):
+        predictor(encoder, adapter, [])

@@ -56,7 +56,7 @@ OUT_OF_RANGE = [
     ("patch.shadow_fraction", 0.0), ("patch.shadow_fraction", 1.5), ("patch.lambda_gen", -1.0),
     ("patch.momentum", -0.1), ("patch.clean_samples", -3),
     ("retrain.batch_size", 0), ("retrain.dropout", 1.0), ("retrain.hidden", [0]),
-    ("retrain.hidden", [10**9]), ("retrain.lr", math.inf),
+    ("retrain.hidden", [10**9]), ("retrain.lr", math.inf), ("retrain.heads", 0), ("retrain.heads", 10**6),
     ("prepare.test_fraction", 1.5), ("prepare.provider_fraction", -0.5), ("prepare.shadow_limit", -1),
     ("prepare.provider.limit", -1), ("validate.min_rows", -1), ("validate.max_pixel", 256),
     ("export.tolerance", 0.0), ("export.opset", 0), ("gates.max_patched_asr", 2.0),
