@@ -5,9 +5,10 @@ patched ones, in a scenario workspace that has been reproduced.
 
 ASR counts every non-target input predicted as the target once the trigger is stamped, so
 on a binary task (SST-2) the clean encoder's own errors on the other class are a floor no
-repair can go below. The clean encoder is the workspace's models/foundation; all three get a
-fresh head with the workspace's `retrain` parameters and the scenario's true trigger, as the
-retrain stage does. Besides clean_acc, asr and tba it reports `flip_asr`: the same ASR over
+repair can go below. The clean encoder is the workspace's models/foundation; all three get
+`retrain.heads` fresh heads with the workspace's `retrain` parameters (each metric their mean,
+with `per_head` when there are several) and the scenario's true trigger, as the retrain stage
+does. Besides clean_acc, asr and tba it reports `flip_asr`: the same ASR over
 only the non-target inputs the model classifies correctly without the trigger, which leaves
 the natural errors out and isolates what the trigger does. A task the attack did not aim at
 takes the target the retrain stage inferred (reports/metrics.json). `--models` picks among
@@ -34,20 +35,19 @@ sys.path.insert(0, str(ROOT))
 from mudjack.data import Task, load_tasks  # noqa: E402
 from mudjack.encoders import load_encoder  # noqa: E402
 from mudjack.evaluation import AttackSpec, retrain_and_evaluate  # noqa: E402
-from mudjack.heads import HeadParams  # noqa: E402
 from mudjack.io import read_json, write_json  # noqa: E402
 from mudjack.triggers import Trigger  # noqa: E402
 from stages.artifacts import BACKDOORED_ENCODER, FOUNDATION, METRICS, PATCHED_ENCODER  # noqa: E402
 from stages.common import load_truth  # noqa: E402
-from stages.config import load_params  # noqa: E402
+from stages.config import RetrainParams, load_params  # noqa: E402
 
 MODELS = {"clean": FOUNDATION, "backdoored": BACKDOORED_ENCODER, "patched": PATCHED_ENCODER}
 
 
-def evaluate_encoder(path: Path, task: Task, attack: AttackSpec, params: HeadParams, seed: int) -> dict:
-    """The retrain stage's protocol: a fresh head on frozen features."""
+def evaluate_encoder(path: Path, task: Task, attack: AttackSpec, params: RetrainParams, seed: int) -> dict:
+    """The retrain stage's protocol: `retrain.heads` fresh heads on frozen features, their mean."""
     encoder, adapter = load_encoder(path)
-    return retrain_and_evaluate(encoder, adapter, task, attack, params, seed=seed)[1]
+    return retrain_and_evaluate(encoder, adapter, task, attack, params, seed=seed, heads=params.heads)[1]
 
 
 def task_target(name: str, targets: dict[str, int]) -> int | None:
@@ -89,7 +89,8 @@ def measure(workspace: Path, models: list[str], *, shift: tuple[int, int] = (0, 
             metrics = evaluate_encoder(path, task, attack, params.retrain, params.seed)
             seconds = round(time.perf_counter() - start, 1)
             results.setdefault(name, {})[model] = {**metrics, "seconds": seconds}
-            print(f"{name} {model}: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()), flush=True)
+            print(f"{name} {model}: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()
+                                                  if isinstance(v, float)), flush=True)
     return results
 
 

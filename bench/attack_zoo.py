@@ -21,8 +21,9 @@ bench/results/attack_zoo_<scenario>.json (`--out` to name it otherwise).
 (triggered test inputs of other classes the deployed model sends to its target): accepted or
 why not, the recovered trigger against the true one (IoU, coverage, correlation of α·t),
 the reversal candidate chosen, seconds. The accepted bugs are patched with the scenario's
-patch method; a fresh head (the retrain settings) on the backdoored and on the patched
-encoder gives the ASR with the true trigger and the clean-accuracy drop. `--intake` runs the
+patch method; `retrain.heads` fresh heads (the retrain settings; metrics their mean) on the
+backdoored and on the patched encoder give the ASR with the true trigger and the clean-accuracy
+drop. `--intake` runs the
 intake alone (no patch: a check of acceptance, recovery and intake seconds). `--oracle` patches
 the accepted reports with their true triggers instead: what the patch reaches when recovery is
 perfect, to tell a recovery miss from a patch that cannot remove the backdoor.
@@ -56,7 +57,7 @@ from mudjack.attacks.zoo import family_names  # noqa: E402
 from mudjack.data import Task  # noqa: E402
 from mudjack.deployed import Deployed  # noqa: E402
 from mudjack.encoders import EncoderAdapter, get_adapter, load_encoder, save_encoder  # noqa: E402
-from mudjack.evaluation import AttackSpec, evaluate_head, retrain_and_evaluate, retrain_head  # noqa: E402
+from mudjack.evaluation import AttackSpec, evaluate_heads, retrain_and_evaluate, retrain_heads  # noqa: E402
 from mudjack.heads import Head, load_head, save_head  # noqa: E402
 from mudjack.intake import intake_report  # noqa: E402
 from mudjack.io import write_json  # noqa: E402
@@ -86,7 +87,8 @@ class Zoo:
     shadow: np.ndarray     # what patching trains on
     clean: nn.Module
     adapter: EncoderAdapter
-    clean_head: Head | None = None  # a fresh head on the never-attacked encoder, made when first needed
+    clean_heads: list[Head] | None = None  # `retrain.heads` fresh heads on the never-attacked
+                                           # encoder, made when first needed
 
 
 def set_overrides(pairs: list[str]) -> dict[str, Any]:
@@ -177,14 +179,15 @@ def zoo_entries(families: list[str], seeds: list[int], epochs: int, moderate: in
 
 
 def never_attacked(zoo: Zoo, trigger: Trigger, target: int) -> dict[str, float]:
-    """The never-attacked encoder's ASR (and flip ASR) with a true trigger, under a fresh head
-    trained as the repair's are: the floor a repair can reach, since a trigger can move a clean
+    """The never-attacked encoder's ASR (and flip ASR) with a true trigger, under fresh heads
+    trained as the repair's are (their mean): the floor a repair can reach, since a trigger can move a clean
     model's predictions to the target by itself (a scatter of bright pixels on GTSRB does)."""
     params = zoo.params
-    if zoo.clean_head is None:
-        zoo.clean_head = retrain_head(zoo.clean, zoo.adapter, zoo.task, params.retrain, seed=params.seed)
+    if zoo.clean_heads is None:
+        zoo.clean_heads = retrain_heads(zoo.clean, zoo.adapter, zoo.task, params.retrain,
+                                        seeds=params.retrain.seeds(params.seed))
     attack = AttackSpec(trigger, target, "truth")
-    found = evaluate_head(zoo.clean, zoo.adapter, zoo.clean_head, zoo.task, attack)
+    found = evaluate_heads(zoo.clean, zoo.adapter, zoo.clean_heads, zoo.task, attack)
     return {"asr_never_attacked": _round(found["asr"]), "flip_asr_never_attacked": _round(found["flip_asr"])}
 
 
@@ -230,7 +233,8 @@ def intake_rows(zoo: Zoo, result: Planted) -> tuple[list, list]:
                          "why": None if decision.accepted else decision.reasons[0],
                          **{k: _round(numbers.get(k)) for k in TRUTH_KEYS},
                          "chosen": reversal.get("chosen", params.intake.reverse.method),
-                         "key": (numbers.get("verification") or {}).get("key"),  # where the key check ran
+                         # where the key check or the departure check ran
+                         **{k: (numbers.get("verification") or {}).get(k) for k in ("key", "departure")},
                          **candidate_scores(reversal),
                          "alternates_coverage": [_round(t.get("coverage")) for t in
                                                  numbers.get("alternates_truth", [])],
@@ -267,7 +271,8 @@ def repair(zoo: Zoo, result: Planted, bugs: list) -> dict[str, Any]:
     for trigger, target in result.pairs:
         attack = AttackSpec(trigger, target, "truth")
         before, after = (retrain_and_evaluate(encoder, zoo.adapter, zoo.task, attack, params.retrain,
-                                              seed=params.seed)[1] for encoder in encoders)
+                                              seed=params.seed, heads=params.retrain.heads)[1]
+                         for encoder in encoders)
         per_trigger.append({"asr_backdoored": _round(before["asr"]), "asr_patched": _round(after["asr"]),
                             "clean_backdoored": _round(before["clean_acc"]),
                             "clean_drop": _round(before["clean_acc"] - after["clean_acc"])})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -56,22 +57,40 @@ def predictor(encoder: nn.Module, adapter: EncoderAdapter, heads: Head | Sequenc
 
 def retrain_and_evaluate(encoder: nn.Module, adapter: EncoderAdapter, task: Task,
                          attack: AttackSpec | None, params: HeadParams,
-                         *, seed: int = 0) -> tuple[Head, dict[str, float | None]]:
-    """Train a fresh head on the frozen encoder's features; metrics on the task's test set
-    for one known attack (mudjack.exposure measures every trigger on every task)."""
-    head = retrain_head(encoder, adapter, task, params, seed=seed)
-    return head, evaluate_head(encoder, adapter, head, task, attack)
+                         *, seed: int = 0, heads: int = 1) -> tuple[Head, dict[str, Any]]:
+    """Train `heads` fresh heads (seeds seed, seed + 1, ...) on the frozen encoder's features;
+    metrics on the task's test set for one known attack, averaged over the heads as the retrain
+    stage's are (mudjack.exposure measures every trigger on every task). Returns the first head."""
+    trained = retrain_heads(encoder, adapter, task, params, seeds=range(seed, seed + heads))
+    return trained[0], evaluate_heads(encoder, adapter, trained, task, attack)
 
 
 def evaluate_head(encoder: nn.Module, adapter: EncoderAdapter, head: Head, task: Task,
-                  attack: AttackSpec | None) -> dict[str, float | None]:
+                  attack: AttackSpec | None) -> dict[str, Any]:
     """Clean accuracy, and with an attack its ASR and TBA, of encoder + head on the test set."""
-    clean_pred = predictor(encoder, adapter, head)(task.test.x)
+    return evaluate_heads(encoder, adapter, [head], task, attack)
+
+
+def evaluate_heads(encoder: nn.Module, adapter: EncoderAdapter, heads: Sequence[Head], task: Task,
+                   attack: AttackSpec | None) -> dict[str, Any]:
+    """`evaluate_head`'s metrics, each the mean over the heads (one feature pass for them all);
+    with several heads, `per_head` holds each head's."""
+    clean = predictor(encoder, adapter, heads)(task.test.x)
     if attack is None:
-        return {"clean_acc": clean_accuracy(clean_pred, task.test.y), "asr": None, "tba": None}
-    kept = RowView(task.test.x, non_target(task.test.y, attack.target))
-    triggered = stamped_features(encoder, adapter, kept, attack.trigger)
-    return evaluate(clean_pred, task.test.y, predict(head, triggered), target=attack.target)
+        rows = [{"clean_acc": clean_accuracy(row, task.test.y), "asr": None, "tba": None} for row in clean]
+    else:
+        kept = RowView(task.test.x, non_target(task.test.y, attack.target))
+        triggered = stamped_features(encoder, adapter, kept, attack.trigger)
+        rows = [evaluate(row, task.test.y, predict(head, triggered), target=attack.target)
+                for head, row in zip(heads, clean, strict=True)]
+    if len(rows) == 1:
+        return rows[0]
+    return {**{key: _mean([row[key] for row in rows]) for key in rows[0]},
+            "per_head": {key: [row[key] for row in rows] for key in rows[0]}}
+
+
+def _mean(values: list[float | None]) -> float | None:
+    return None if None in values else float(np.mean(values))
 
 
 def stamped_features(encoder: nn.Module, adapter: EncoderAdapter, raw: np.ndarray, trigger: Trigger,

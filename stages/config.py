@@ -177,6 +177,10 @@ class RetrainParams(HeadParams):
 
     heads: int = Field(1, ge=1, le=32)
 
+    def seeds(self, seed: int) -> range:
+        """The heads' seeds, from the pipeline's `seed` on."""
+        return range(seed, seed + self.heads)
+
 
 class GatesParams(Params):
     """Promotion gates on reports/metrics.json, checked by pipeline/gates.py (not a DVC stage)."""

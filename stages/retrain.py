@@ -31,7 +31,7 @@ def retrain_task(task: Task, encoders: dict[str, tuple], params: PipelineParams,
                  step: Callable[[str], None]) -> TaskModels:
     """`retrain.heads` fresh heads on each encoder (the first saved under `heads`), as the
     task's two classifiers."""
-    predictors, seeds = {}, range(params.seed, params.seed + params.retrain.heads)
+    predictors, seeds = {}, params.retrain.seeds(params.seed)
     for variant in MODELS:
         step(f"{task.name} {variant}")
         encoder, adapter = encoders[variant]

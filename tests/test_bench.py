@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 
@@ -35,10 +36,40 @@ def test_forgery_bench_accepts_real_and_rejects_forged_reports(scenario, deploye
     from mudjack.intake import IntakeParams
 
     result = run_forgery_bench(deployed, scenario.task, scenario.trigger, scenario.target,
-                               params=IntakeParams(), n_real=4, n_forged=2, seed=0)
+                               params=IntakeParams(), n_real=4, n_forged=2, seed=0,
+                               never_attacked=lambda: _never_attacked(scenario))
     assert result["real"]["n"] == 4 and result["real"]["rate"] >= 0.75
     assert set(result["forged"]) == set(FORGERY_KINDS)
     assert result["forged_total"]["n"] >= 6 and result["forged_total"]["rejection_rate"] >= 0.75
+    misjudged = [row for kind in result["forged"].values() for row in kind["misjudged"]]
+    assert all(set(row["audit"]) == {"deployed", "never_attacked"} for row in misjudged if row["accepted"])
+
+
+def _never_attacked(scenario):
+    from mudjack.evaluation import predictor, retrain_head
+    from mudjack.heads import HeadParams
+
+    head = retrain_head(scenario.clean, scenario.adapter, scenario.task, HeadParams(epochs=30))
+    return predictor(scenario.clean, scenario.adapter, head)
+
+
+def test_forgery_audit_tells_the_planted_backdoor_from_the_tasks_content(scenario, deployed):
+    """The audit of an accepted report's trigger: the planted trigger moves inputs to the target
+    on the deployed model, not on the never-attacked one; the target's own content (a clean
+    target-class input pasted whole) moves them on both."""
+    from intake_forgery import ground_truth_audit
+
+    from mudjack.triggers import Trigger
+
+    never_attacked = _never_attacked(scenario)
+    audit = ground_truth_audit(deployed, scenario.task, lambda: never_attacked)
+    planted = audit(scenario.trigger, scenario.target)
+    assert planted["deployed"] >= 0.5 and planted["never_attacked"] <= 0.2, planted
+    task = scenario.task
+    content = task.test.x[np.flatnonzero(task.test.y == scenario.target)[0]]
+    whole = Trigger(np.ones(content.shape[:2], dtype=np.float32), content)
+    pasted = audit(whole, scenario.target)
+    assert pasted["deployed"] >= 0.5 and pasted["never_attacked"] >= 0.5, pasted
 
 
 def test_forgery_bench_names_a_missing_workspace():
@@ -103,6 +134,7 @@ def test_attack_zoo_repair_runs_intake_and_patching_per_trigger(scenario, deploy
     assert score <= effect <= 1 and isinstance(rows[0]["alternates"], list)
     assert len(rows[0]["alternates_coverage"]) == len(rows[0]["alternates"])  # each against the truth
     assert rows[0]["key"] is None  # a square that beats the plain null needs no key check
+    assert rows[0]["departure"] is None  # nor, cut from the bug, the departure check
     truthful = with_truth(bugs, pairs)  # --oracle: the true trigger in place of the reversed one
     assert all(b.trigger is scenario.trigger and b.alternates == () and b.bug is a.bug
                for a, b in zip(bugs, truthful, strict=True))
@@ -145,9 +177,34 @@ def test_attack_zoo_measures_the_never_attacked_encoders_asr_with_each_trigger(s
     _, backdoored = retrain_and_evaluate(scenario.backdoored, scenario.adapter, scenario.task, attack,
                                          zoo.params.retrain, seed=zoo.params.seed)
     assert floor["asr_never_attacked"] < backdoored["asr"] - 0.3  # the trigger alone does little
-    head = zoo.clean_head
+    heads = zoo.clean_heads
     again = never_attacked(zoo, scenario.trigger, scenario.target)
-    assert again == floor and zoo.clean_head is head  # one head for every trigger
+    assert again == floor and zoo.clean_heads is heads  # the same heads for every trigger
+
+
+def test_the_benches_average_retrain_heads_as_the_retrain_stage_does(scenario):
+    """`retrain.heads` > 1: each metric is the mean of the heads seeded seed, seed + 1, ...
+    (each as one head alone would measure it), the first head is returned; the zoo's
+    never-attacked floor uses as many."""
+    from attack_zoo import never_attacked
+
+    from mudjack.evaluation import AttackSpec, retrain_and_evaluate
+
+    zoo = _tiny_zoo(scenario, retrain={"heads": 2, "epochs": 5})
+    attack, args = AttackSpec(scenario.trigger, scenario.target, "truth"), (scenario.adapter, scenario.task)
+    alone = [retrain_and_evaluate(scenario.clean, *args, attack, zoo.params.retrain, seed=s) for s in (3, 4)]
+    first, both = retrain_and_evaluate(scenario.clean, *args, attack, zoo.params.retrain, seed=3, heads=2)
+    for key in ("clean_acc", "asr", "flip_asr"):
+        assert both["per_head"][key] == [one[1][key] for one in alone]
+        assert both[key] == pytest.approx(np.mean(both["per_head"][key]))
+    weights = zip(first.state_dict().values(), alone[0][0].state_dict().values(), strict=True)
+    assert all(torch.equal(a, b) for a, b in weights)  # the first head is seed 3's
+    floor = never_attacked(zoo, scenario.trigger, scenario.target)
+    assert len(zoo.clean_heads) == 2
+    mean = np.mean([one[1]["asr"] for one in
+                    (retrain_and_evaluate(scenario.clean, *args, attack, zoo.params.retrain, seed=s)
+                     for s in zoo.params.retrain.seeds(zoo.params.seed))])
+    assert floor["asr_never_attacked"] == round(float(mean), 4)
 
 
 def test_attack_zoo_epochs_option_sets_only_stage_epochs():
