@@ -23,6 +23,13 @@ claim a label the deployed model does NOT predict, so every one reproduces a
   there the pattern fires the planted backdoor, so such a report is a real bug)
 - genuine_error: a clean input the model really gets wrong, with its true label
                  (test and train errors; then inputs shifted by one pixel that it gets wrong).
+
+A forged report that intake accepts is audited against the ground truth: its reversed trigger,
+stamped on the test inputs of other classes, moves how many to the predicted class on the
+deployed model and on the never-attacked one (the workspace's models/foundation under a fresh
+head trained as the retrain stage does). A trigger that moves many on the deployed model and
+next to none on the never-attacked one is the planted backdoor firing on the report's own
+content; one that moves them on both is a natural universal pattern of the task.
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +47,7 @@ import numpy as np
 
 from mudjack.data import Task
 from mudjack.deployed import Deployed
+from mudjack.exposure import Predictor
 from mudjack.intake import IntakeParams, intake_report
 from mudjack.io import write_json
 from mudjack.reports import BugReport
@@ -61,6 +70,7 @@ class Scenario:
     target: int
     params: IntakeParams
     seed: int = 0
+    never_attacked: Callable[[], Predictor] | None = None  # builds the ground-truth audit's model
 
 
 # --------------------------------------------------------------------------- reports
@@ -196,12 +206,13 @@ FORGERIES: dict[str, Callable[..., Forged]] = {
 
 
 def _decide(reports: list[BugReport], deployed: Deployed, task: Task, trigger: Trigger, *,
-            params: IntakeParams, seed: int) -> list[dict[str, Any]]:
+            params: IntakeParams, seed: int,
+            audit: Callable[[Trigger, int], dict[str, float]] | None = None) -> list[dict[str, Any]]:
     rows = []
     for report in reports:
         try:
-            decision, _ = intake_report(report, deployed, {task.name: task}, params=params,
-                                        truth=trigger, seed=seed)
+            decision, bug = intake_report(report, deployed, {task.name: task}, params=params,
+                                          truth=trigger, seed=seed)
         except Exception as err:  # as in the intake stage: a report that breaks intake is rejected
             rows.append({"id": report.id, "accepted": False, "error": f"intake failed: {err!r}",
                          **dict.fromkeys(("iou", *ROW_NUMBERS))})
@@ -214,7 +225,10 @@ def _decide(reports: list[BugReport], deployed: Deployed, task: Task, trigger: T
                      "null_flip_mean": null.get("mean"), "null_flip_max": null.get("max"),
                      **{k: check.get(k) for k in ("flip_rate", "feature_shift", "z_flip_rate",
                                                   "z_feature_shift", "mask_pixels")},
-                     "key": check.get("key")})  # the key check's numbers, where it ran
+                     # the key and departure checks' numbers, where they ran
+                     **{k: check.get(k) for k in ("key", "departure")}})
+        if audit is not None and bug is not None:
+            rows[-1]["audit"] = audit(bug.trigger, bug.predicted)
     return rows
 
 
@@ -231,16 +245,36 @@ def _stats(rows: list[dict[str, Any]], accepted_is_good: bool) -> dict[str, Any]
     return out
 
 
+def trigger_flips(classify: Predictor, task: Task, deployed: Deployed, trigger: Trigger,
+                  target: int) -> float:
+    """The share of the task's test inputs of classes other than `target` that `classify` puts
+    in `target` once the trigger is stamped on them."""
+    others = task.test.x[task.test.y != target]
+    return round(float((classify(deployed.adapter.stamp(others, trigger)) == target).mean()), 4)
+
+
+def ground_truth_audit(deployed: Deployed, task: Task,
+                       never_attacked: Callable[[], Predictor]) -> Callable[[Trigger, int], dict[str, float]]:
+    """An accepted forged report's trigger on the deployed and the never-attacked model."""
+    def audit(trigger: Trigger, predicted: int) -> dict[str, float]:
+        models = {"deployed": lambda x: deployed.classify(task.name, x), "never_attacked": never_attacked()}
+        return {name: trigger_flips(model, task, deployed, trigger, predicted)
+                for name, model in models.items()}
+    return audit
+
+
 def run_forgery_bench(deployed: Deployed, task: Task, trigger: Trigger, target: int, *,
-                      params: IntakeParams, n_real: int = 50, n_forged: int = 15,
-                      seed: int = 0) -> dict[str, Any]:
-    """Acceptance rate of real reports and rejection rate per forgery kind, with thresholds."""
+                      params: IntakeParams, n_real: int = 50, n_forged: int = 15, seed: int = 0,
+                      never_attacked: Callable[[], Predictor] | None = None) -> dict[str, Any]:
+    """Acceptance rate of real reports and rejection rate per forgery kind, with thresholds;
+    with `never_attacked` (builds that model), the accepted forged reports' audit."""
     rng = np.random.default_rng(seed)
     start = time.perf_counter()
     real = _decide(real_reports(deployed, task, trigger, target, n_real, rng), deployed, task,
                    trigger, params=params, seed=seed)
     made = {kind: FORGERIES[kind](deployed, task, trigger, n_forged, rng, target) for kind in FORGERY_KINDS}
-    forged = {kind: _decide(reports, deployed, task, trigger, params=params, seed=seed)
+    audit = None if never_attacked is None else ground_truth_audit(deployed, task, never_attacked)
+    forged = {kind: _decide(reports, deployed, task, trigger, params=params, seed=seed, audit=audit)
               for kind, (reports, _) in made.items()}
     all_forged = [row for rows in forged.values() for row in rows]
     return {
@@ -271,7 +305,25 @@ def pipeline_outputs(params_file: str) -> Scenario:
     tasks = load_tasks(params.paths.tasks)
     name = next(iter(targets))
     return Scenario(load_deployed(params.paths), tasks[name], truth, targets[name], params.intake,
-                    params.seed)
+                    params.seed, never_attacked_model(tasks[name], params))
+
+
+def never_attacked_model(task: Task, params: Any) -> Callable[[], Predictor] | None:
+    """Builds (once, when first called) the never-attacked encoder (FOUNDATION) under a fresh
+    head as the retrain stage trains it; None where the foundation stage has not run."""
+    from mudjack.encoders import load_encoder
+    from mudjack.evaluation import predictor, retrain_head
+    from stages.artifacts import FOUNDATION
+
+    if not FOUNDATION.is_file():
+        return None
+
+    @cache
+    def build() -> Predictor:
+        encoder, adapter = load_encoder(FOUNDATION)
+        head = retrain_head(encoder, adapter, task, params.retrain, seed=params.seed)
+        return predictor(encoder, adapter, head)
+    return build
 
 
 def workspace_outputs(name: str, workspace: Path | None = None) -> Scenario:
@@ -315,7 +367,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 else workspace_outputs(args.scenario, args.workspace and args.workspace.resolve()))
     result = run_forgery_bench(scenario.deployed, scenario.task, scenario.trigger, scenario.target,
                                params=scenario.params, n_real=args.n_real, n_forged=args.n_forged,
-                               seed=args.seed)
+                               seed=args.seed, never_attacked=scenario.never_attacked)
     result["scenario"] = args.scenario
     result["workspace"] = str(Path.cwd().relative_to(Path(__file__).resolve().parent.parent))
     _print(result)
@@ -331,6 +383,11 @@ def _print(result: dict[str, Any]) -> None:
         print(f"forged {kind:14s}: {row['n']:3d}  rejected {row['rate']:.1%}  {row['outcomes']}")
     total = result["forged_total"]
     print(f"forged (all)   : {total['n']:3d}  rejected {total['rejection_rate']:.1%}")
+    for row in result["forged"].values():
+        for wrong in row["misjudged"]:
+            if "audit" in wrong:
+                print(f"  accepted {wrong['id']}: its trigger moves {wrong['audit']} of other classes' "
+                      "test inputs to the predicted class")
     fired = result["left_out_as_firing_the_backdoor"]
     if any(fired.values()):
         print(f"patterned inputs left out because the pattern fired the backdoor: {fired}")
