@@ -54,11 +54,15 @@ def test_auto_recovers_a_hard_trigger_as_a_compact_mask(family):
     toy = toy_backdoor(triggers, seed=1)
     found, record = recover(toy)
     truth = triggers[0]
-    assert record["chosen"] in ("grow", "soft_binarised") and not found.soft, record
+    hard = ("grow", "soft_binarised")  # or the solid-colour patch of one
+    assert record["chosen"] in (*hard, *(f"{h}_filled" for h in hard)) and not found.soft, record
     assert trigger_coverage(found, truth) >= 0.9 and trigger_iou(found, truth) >= 0.4
     assert found.pixels <= 3 * truth.pixels  # compact: not the whole image
     if family == "dual":  # the bug carries the first trigger only: the second is not recovered
         assert trigger_coverage(found, triggers[1]) <= 0.2
+        # grow's 4 pixels flip nothing; the solid colour they are part of is the whole trigger
+        assert record["candidates"]["grow"]["effect"] == 0.0 and record["chosen"] == "grow_filled"
+        assert trigger_iou(found, truth) == 1.0
 
 
 def test_auto_recovers_a_blend_as_a_small_alpha_everywhere():
@@ -77,8 +81,11 @@ def test_auto_fits_every_candidate_when_none_is_enough():
     truth = zoo_triggers("blend", SHAPE, 1)[0]
     params = ReverseParams(method="auto", soft={"steps": 20}, select={"enough": 1.01})
     _, record = recover(toy_backdoor([truth], seed=1), params)
-    assert list(record["candidates"]) == ["grow", "grow_padded", "soft_binarised",  # hard ones padded too
-                                          "soft_binarised_padded", "soft", "residual", "blend"]
+    assert list(record["candidates"]) == ["grow", "grow_padded",  # hard ones padded too, and
+                                          "grow_filled", "grow_filled_padded",  # their colour patches
+                                          "soft_binarised", "soft_binarised_padded",
+                                          "soft_binarised_filled", "soft_binarised_filled_padded",
+                                          "soft", "residual", "blend"]
     assert record["skipped"] == []
 
 

@@ -56,6 +56,7 @@ from mudjack.triggers import TextTrigger, Trigger
 
 FlipRate = Callable[[torch.Tensor], float]
 ALTERNATE_TRIGGERS = "alternate_triggers"  # a method's record key for triggers, not numbers
+FILLED = "_filled"  # a hard candidate's solid-colour patch: its name with this suffix
 
 
 class ReverseParams(Params):
@@ -250,8 +251,21 @@ def _auto(encoder: ImageEncoder, adapter: EncoderAdapter, bug: np.ndarray, refer
             if name == "soft" and params.select.binarise:  # the compact hard cut is tried first
                 triggers["soft_binarised"] = binarised(trigger, bug, params.soft.threshold)
                 yield "soft_binarised", triggers["soft_binarised"]
+                yield from coloured("soft_binarised")
             triggers[name] = trigger
             yield name, trigger
+            if name == "grow":
+                yield from coloured(name)
+
+    def coloured(name: str) -> Iterator[tuple[str, Trigger]]:
+        """A hard candidate's best solid-colour patch, next in line when the candidate itself did
+        not settle the search: a square around a solid trigger takes in content that can keep it
+        from firing (resnet20 -> GTSRB: a 289-pixel square around a 10x10 white patch flipped
+        0.20, the white region alone 0.98), where the search would go on to fitted patterns."""
+        if (whole := filled_alternate(triggers[name], bug, effect, tolerance=params.select.fill,
+                                      max_fraction=params.grow.max_fraction)):
+            triggers[name + FILLED] = whole[0]
+            yield name + FILLED, whole[0]
 
     def effect(found: Trigger) -> float:
         return trigger_effect(encoder, adapter, bug, held, found, flip_rate)
@@ -271,8 +285,8 @@ def _auto(encoder: ImageEncoder, adapter: EncoderAdapter, bug: np.ndarray, refer
             name = f"odd{window}"
             triggers[name], numbers[name] = odd[0], candidate_numbers(*odd, size_penalty=penalty)
             kept.append(name)
-    if (whole := filled_alternate(trigger, bug, effect, tolerance=select.fill,
-                                  max_fraction=params.grow.max_fraction)):
+    if chosen + FILLED not in triggers and (whole := filled_alternate(  # not the same patch twice
+            trigger, bug, effect, tolerance=select.fill, max_fraction=params.grow.max_fraction)):
         triggers["filled"], numbers["filled"] = whole[0], candidate_numbers(*whole, size_penalty=penalty)
         if whole[1] >= floor and floor > 0:
             kept.append("filled")
