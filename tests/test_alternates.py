@@ -119,6 +119,18 @@ def test_a_part_of_a_solid_patch_is_filled_to_the_whole_patch():
     assert filled_alternate(part, image, effect, tolerance=0.0, max_fraction=0.35) is None
 
 
+def test_a_patch_touching_a_face_of_its_own_colour_is_cut_to_the_masks_pixels_of_that_colour():
+    rng = np.random.default_rng(2)
+    image = rng.integers(0, 200, (32, 32, 3), dtype=np.uint8)
+    image[:, :20] = 255                        # a white face, 62 % of the image
+    image[10:16, 20:26] = 255                  # a 6x6 white patch touching it
+    square = patch_trigger((32, 32, 3), 10, 8, 16)  # over both: 40 px of face, the patch, 24 others
+    (cut,) = [p for p in colour_patches(square, image, tolerance=0.1, max_fraction=0.35)
+              if (p.pattern[p.region] == 255).all()]
+    assert cut.pixels == 40 + 36 and cut.region[10:16, 20:26].all()
+    assert not (cut.region & ~square.region).any()  # nothing of the face outside the mask
+
+
 def test_no_colour_patch_from_a_soft_trigger_or_the_image_background():
     rng = np.random.default_rng(1)
     image = rng.integers(0, 200, (32, 32, 3), dtype=np.uint8)

@@ -380,3 +380,44 @@ def test_fold_speed_bench_times_both_workloads_on_both_encoders(tmp_path, monkey
     assert [row["workload"] for row in result["rows"]] == ["soft_fit", "features"]
     assert all(row["deployed_s"] > 0 and row["folded_s"] > 0 and row["ratio"] > 0 for row in result["rows"])
     assert result["max_feature_difference"] < 1e-4  # the same features
+
+
+def _zoo_entry(family: str, seed: int, *, accepted: list[bool], patched: list[tuple[float, float]] | None,
+               floors: list[float]) -> dict:
+    intake = [{"accepted": a, "seconds": 2.0 * (i + 1)} for i, a in enumerate(accepted)]
+    entry = {"family": family, "seed": seed, "epochs": 4, "intake": intake,
+             "triggers": [{"asr_never_attacked": f} for f in floors]}
+    if patched is not None:
+        entry["repair"] = {"patched": bool(patched),
+                           "per_trigger": [{"asr_patched": a, "clean_drop": d} for a, d in patched]}
+    return entry
+
+
+def test_zoo_tally_counts_repairs_literally_and_against_the_never_attacked_floor(tmp_path):
+    from zoo_tally import main, tally
+
+    rows = [_zoo_entry("patch", 0, accepted=[True], patched=[(0.03, 0.01)], floors=[0.0]),
+            # under its floor (0.4) but not under 0.05: repaired against the floor only
+            _zoo_entry("scatter", 0, accepted=[True], patched=[(0.2, 0.0)], floors=[0.4]),
+            # the clean drop over 0.02 fails both, whatever the floor
+            _zoo_entry("dual", 0, accepted=[True, True], patched=[(0.01, 0.03), (0.3, 0.03)],
+                       floors=[0.0, 0.5]),
+            # every report refused in an intake-only run: not repaired
+            _zoo_entry("blend", 1, accepted=[False], patched=None, floors=[0.05]),
+            # accepted but never patched: left out of the repair counts
+            _zoo_entry("line", 1, accepted=[True], patched=None, floors=[0.0])]
+    found = tally([{"rows": rows}])
+    marks = {(a["family"], a["seed"]): (a["literal"], a["floor"]) for a in found["attacks"]}
+    assert marks == {("patch", 0): (True, True), ("scatter", 0): (False, True), ("dual", 0): (False, False),
+                     ("blend", 1): (False, False), ("line", 1): (None, None)}
+    assert found["reports"] == {"accepted": 5, "total": 6, "rate": 0.8333}
+    assert found["repaired"]["measured"] == 4
+    assert found["repaired"]["literal"]["count"] == 1 and found["repaired"]["floor"]["count"] == 2
+    # a later file's repair of the same attack replaces the earlier one's, field by field
+    later = _zoo_entry("scatter", 0, accepted=[True], patched=[(0.04, 0.0)], floors=[0.4])
+    first, second = tmp_path / "a.json", tmp_path / "b.json"
+    first.write_text(json.dumps({"rows": rows}))
+    second.write_text(json.dumps({"rows": [{k: later[k] for k in ("family", "seed", "epochs", "repair")}]}))
+    merged = main([str(first), str(second), "--out", str(tmp_path / "tally.json")])
+    assert merged["repaired"]["literal"]["count"] == 2
+    assert json.loads((tmp_path / "tally.json").read_text())["files"] == ["a.json", "b.json"]

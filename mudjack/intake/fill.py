@@ -7,7 +7,10 @@ the whole square). So for each of the few most common colours under the chosen m
 bug's pixels of that colour connected to it form a candidate patch (alone: the mask's other
 pixels are left out); the one that reproduces the bug best is kept as an alternate when it
 does so as well as `select.keep` asks, like the others. A colour that is the image's own
-(sky, a sign's face) gives a region that flips nothing, or one larger than a trigger may be.
+(sky, a sign's face) gives a region that flips nothing, or one larger than a trigger may be;
+then the mask's own pixels of that colour are the candidate (forgery bench real-005,
+resnet20-gtsrb: a white 10x10 patch touching a sign's white face and a bright background,
+where grow's 289-pixel square and the binarised soft mask stayed unverified).
 """
 
 from __future__ import annotations
@@ -28,7 +31,9 @@ def colour_patches(trigger: Trigger, bug: np.ndarray, *, tolerance: float,
                    max_fraction: float) -> Iterator[Trigger]:
     """For each common colour under `trigger`'s mask, the bug's pixels within `tolerance` x 255
     of it (every channel) 4-connected to the mask's pixels of that colour, when that adds
-    pixels and stays within `max_fraction` of the image; nothing for a soft trigger."""
+    pixels and stays within `max_fraction` of the image; where the colour runs on past that
+    (a white patch on a sign's white face), its pixels inside the mask, when that leaves some
+    of the mask out. Nothing for a soft trigger."""
     if trigger.soft or tolerance <= 0 or bug.ndim != 3:
         return
     region, pixels = trigger.region, bug.astype(np.int16)
@@ -39,7 +44,11 @@ def colour_patches(trigger: Trigger, bug: np.ndarray, *, tolerance: float,
         near = np.abs(pixels - np.median(pixels[seeds], axis=0)).max(axis=-1) <= tolerance * 255
         labels, _ = ndimage.label(near | seeds)
         patch = np.isin(labels, np.unique(labels[seeds]))
-        if patch.sum() > seeds.sum() and patch.mean() <= max_fraction:
+        if patch.mean() > max_fraction:  # the colour runs on past the mask: its part inside
+            patch = seeds | (near & region)
+            if patch.sum() < region.sum():
+                yield masked_trigger(patch, bug)
+        elif patch.sum() > seeds.sum():
             yield masked_trigger(patch, bug)
 
 
