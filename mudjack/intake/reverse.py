@@ -262,13 +262,16 @@ def _auto(encoder: ImageEncoder, adapter: EncoderAdapter, bug: np.ndarray, refer
         not settle the search: a square around a solid trigger takes in content that can keep it
         from firing (resnet20 -> GTSRB: a 289-pixel square around a 10x10 white patch flipped
         0.20, the white region alone 0.98), where the search would go on to fitted patterns."""
-        if (whole := filled_alternate(triggers[name], bug, effect, tolerance=params.select.fill,
-                                      max_fraction=params.grow.max_fraction)):
+        if (whole := colour_patch(triggers[name])):
             triggers[name + FILLED] = whole[0]
             yield name + FILLED, whole[0]
 
     def effect(found: Trigger) -> float:
         return trigger_effect(encoder, adapter, bug, held, found, flip_rate)
+
+    def colour_patch(found: Trigger) -> tuple[Trigger, float] | None:
+        return filled_alternate(found, bug, effect, tolerance=params.select.fill,
+                                max_fraction=params.grow.max_fraction)
 
     select, penalty = params.select, params.select.size_penalty
     def companion(found: Trigger) -> Trigger | None:
@@ -285,8 +288,7 @@ def _auto(encoder: ImageEncoder, adapter: EncoderAdapter, bug: np.ndarray, refer
             name = f"odd{window}"
             triggers[name], numbers[name] = odd[0], candidate_numbers(*odd, size_penalty=penalty)
             kept.append(name)
-    if chosen + FILLED not in triggers and (whole := filled_alternate(  # not the same patch twice
-            trigger, bug, effect, tolerance=select.fill, max_fraction=params.grow.max_fraction)):
+    if chosen + FILLED not in triggers and (whole := colour_patch(trigger)):  # not the same patch twice
         triggers["filled"], numbers["filled"] = whole[0], candidate_numbers(*whole, size_penalty=penalty)
         if whole[1] >= floor and floor > 0:
             kept.append("filled")
