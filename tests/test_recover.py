@@ -15,6 +15,7 @@ import torch
 from pydantic import ValidationError
 
 from mudjack.attacks.zoo import zoo_triggers
+from mudjack.intake.residual import bug_residual
 from mudjack.intake.reverse import ReverseParams, reverse_engineer
 from mudjack.intake.reverse import recover as recover_trigger
 from mudjack.intake.select import mask_size, select_trigger
@@ -77,6 +78,22 @@ def test_auto_recovers_a_blend_as_a_small_alpha_everywhere():
     assert np.ptp(found.alpha) == 0 and 0.05 <= found.alpha.max() <= 0.5  # one small alpha everywhere
 
 
+@pytest.mark.parametrize("seed", [4, 7])  # the zoo's blend draws a smooth colour field at these seeds
+def test_auto_recovers_a_smooth_blend_as_a_colour_grid_everywhere(seed):
+    truth = zoo_triggers("blend", SHAPE, seed)[0]
+    assert np.abs(np.diff(truth.pattern.astype(int), axis=0)).mean() < 30  # smooth, not noise
+    smooth_first = ReverseParams(method="auto", smooth={"grid": 8},  # derived: 4 at 16 px
+                                 select={"candidates": ["grow", "smooth", "blend"]})
+    found, record = recover(toy_backdoor([truth], seed=seed), smooth_first)
+    assert record["chosen"] == "smooth" and record["skipped"] == ["blend"]
+    assert record["candidates"]["smooth"]["effect"] >= 0.9 and record["candidates"]["grow"]["effect"] <= 0.2
+    assert np.ptp(found.alpha) == 0 and 0.05 <= found.alpha.max() <= 0.5  # one small alpha everywhere
+    assert trigger_correlation(found, truth) >= 0.6
+    # 8 cells a side, interpolated: no pixel's colour strays from its neighbours' like noise's
+    noise = zoo_triggers("blend", SHAPE, 0)[0].pattern
+    assert bug_residual(found.pattern, 3).std() < 0.4 * bug_residual(noise, 3).std()
+
+
 def test_auto_fits_every_candidate_when_none_is_enough():
     truth = zoo_triggers("blend", SHAPE, 1)[0]
     params = ReverseParams(method="auto", soft={"steps": 20}, select={"enough": 1.01})
@@ -85,7 +102,7 @@ def test_auto_fits_every_candidate_when_none_is_enough():
                                           "grow_filled", "grow_filled_padded",  # their colour patches
                                           "soft_binarised", "soft_binarised_padded",
                                           "soft_binarised_filled", "soft_binarised_filled_padded",
-                                          "soft", "residual", "blend"]
+                                          "soft", "residual", "smooth", "blend"]
     assert record["skipped"] == []
 
 
@@ -106,8 +123,8 @@ def test_auto_keeps_the_candidates_that_reproduce_the_bug_nearly_as_well_as_alte
         assert record["alternates"] == close and len(found.alternates) == len(close)
         assert "alternate_triggers" not in record  # the record stays numbers (JSON)
         if keep == 0.0:  # every other candidate, and the chosen square grown (scored, never chosen),
-            assert len(close) == 5 and f"{chosen}_padded" in close  # not the others grown
-            assert len(numbers) == 7
+            assert len(close) == 6 and f"{chosen}_padded" in close  # not the others grown
+            assert len(numbers) == 8
         if keep > 1:
             assert found.alternates == ()
 
@@ -219,24 +236,27 @@ def test_auto_cannot_be_its_own_candidate():
         ReverseParams(select={"candidates": ["nope"]})
 
 
-@pytest.mark.parametrize(("side", "window", "stride", "scan", "scan_stride"), [
-    (8, 2, 1, [2, 4], 1),        # the digits default's hand-tuned window
-    (32, 5, 1, [6, 10, 14], 2),  # scenarios/resnet20-gtsrb.yaml's window, scan and stride
-    (64, 10, 2, [12, 20, 28], 4),
+@pytest.mark.parametrize(("side", "window", "stride", "scan", "scan_stride", "grid"), [
+    (8, 2, 1, [2, 4], 1, 2),        # the digits default's hand-tuned window; 4-px colour cells
+    (32, 5, 1, [6, 10, 14], 2, 8),  # scenarios/resnet20-gtsrb.yaml's window, scan and stride
+    (64, 10, 2, [12, 20, 28], 4, 8),
+    (224, 35, 7, [42, 70, 98], 14, 8),  # a Hugging Face vision model's input
 ])
-def test_auto_settings_derive_from_the_input_side(side, window, stride, scan, scan_stride):
+def test_auto_settings_derive_from_the_input_side(side, window, stride, scan, scan_stride, grid):
     params = ReverseParams(grow={"scan": "auto"})
     resolved, record = resolve(params, (side, side, 3))
-    assert (resolved.window, resolved.stride, resolved.grow.scan, resolved.grow.scan_stride) == \
-        (window, stride, scan, scan_stride)
+    assert (resolved.window, resolved.stride, resolved.grow.scan, resolved.grow.scan_stride,
+            resolved.smooth.grid) == (window, stride, scan, scan_stride, grid)
     assert record == {"input_side": side, "window": window, "stride": stride, "scan": scan,
-                      "scan_stride": scan_stride, "derived": ["window", "stride", "scan", "scan_stride"]}
+                      "scan_stride": scan_stride, "grid": grid,
+                      "derived": ["window", "stride", "scan", "scan_stride", "grid"]}
 
 
 def test_settings_a_scenario_sets_are_kept_and_not_marked_derived():
-    params = ReverseParams(window=3, grow={"scan": [4], "scan_stride": 3})
+    params = ReverseParams(window=3, grow={"scan": [4], "scan_stride": 3}, smooth={"grid": 5})
     resolved, record = resolve(params, (32, 48, 3))
-    assert (resolved.window, resolved.grow.scan, resolved.grow.scan_stride) == (3, [4], 3)
+    kept = (resolved.window, resolved.grow.scan, resolved.grow.scan_stride, resolved.smooth.grid)
+    assert kept == (3, [4], 3, 5)
     assert record["derived"] == ["stride"] and record["input_side"] == 32
 
 
@@ -255,7 +275,7 @@ def test_the_decision_records_the_settings_and_the_candidates_fitted(scenario, d
     assert reversal["settings"]["window"] == 2 and "window" in reversal["settings"]["derived"]
     odd = {name for name in reversal["candidates"] if name.startswith("odd")}  # recorded when kept
     assert set(reversal["candidates"]) - odd == {"grow", "grow_padded"}
-    assert reversal["skipped"] == ["soft", "residual", "blend"]
+    assert reversal["skipped"] == ["soft", "residual", "smooth", "blend"]
     assert odd <= set(reversal["alternates"])
     assert reversal["chosen"] == "grow" and reversal["select_samples"] > 0
     assert decision.numbers["coverage"] == 1.0

@@ -9,6 +9,8 @@
 - `blend`: the same with one alpha for the whole image (a blended trigger);
 - `residual`: the bug's fine detail (less a median) blended over the whole image, no fit
   (mudjack/intake/residual.py);
+- `smooth`: a whole-image blend whose pattern is a coarse grid of colours (a smooth blended
+  trigger; mudjack/intake/smooth.py);
 - `auto` (the default): fit the `select.candidates` methods in turn (and the soft trigger
   binarised) until one reproduces the bug's effect well enough and passes the backdoor
   verification (`accept`), and keep the accepted one that reproduces it best on held-out
@@ -50,6 +52,7 @@ from mudjack.intake.select import (
     trigger_effect,
 )
 from mudjack.intake.settings import resolve
+from mudjack.intake.smooth import SmoothParams, smooth_trigger
 from mudjack.intake.soft import Score, SoftParams, binarised, soft_trigger
 from mudjack.intake.text import reverse_text
 from mudjack.triggers import TextTrigger, Trigger
@@ -72,6 +75,7 @@ class ReverseParams(Params):
     inversion: InversionParams = InversionParams()
     soft: SoftParams = SoftParams()
     residual: ResidualParams = ResidualParams()
+    smooth: SmoothParams = SmoothParams()
     select: SelectParams = SelectParams()
     text_select: Literal["kmeans", "top1"] = "kmeans"  # text: 2-means (higher cluster) or best word
     text_score: Literal["self", "reference"] = "self"  # text: see mudjack/intake/text.py
@@ -216,6 +220,16 @@ def _blend(encoder: ImageEncoder, adapter: EncoderAdapter, bug: np.ndarray, refe
     clean = _clean_inputs(clean, "blend")
     return soft_trigger(encoder, adapter, bug, clean, params=params.soft, seed=seed, score=score,
                         uniform=True)
+
+
+@register_reversal("smooth")
+def _smooth(encoder: ImageEncoder, adapter: EncoderAdapter, bug: np.ndarray, reference: np.ndarray,
+            *, params: ReverseParams, seed: int, clean: np.ndarray | None,
+            flip_rate: FlipRate | None, score: Score | None, accept: Accept | None,
+            record: dict[str, Any]) -> Trigger:
+    clean = _clean_inputs(clean, "smooth")
+    return smooth_trigger(encoder, adapter, bug, clean, grid=params.smooth.grid, params=params.soft,
+                          seed=seed, score=score)
 
 
 @register_reversal("residual")

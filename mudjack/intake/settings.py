@@ -9,7 +9,11 @@ hand at 8 and 32 px (params.yaml's digits default; scenarios/resnet20-*.yaml):
 - occlusion `stride` = max(1, s // 32): 1 up to 63 px, 2 at 64;
 - grow `scan` sides  = round(s·k/32) for k in (6, 10, 14), at least 2, deduplicated: a fifth to
   a half of the side (6/10/14 at 32 px, 2/4 at 8, 12/20/28 at 64);
-- grow `scan_stride` = max(1, round(s/16)): 1 at 8 px, 2 at 32, 4 at 64.
+- grow `scan_stride` = max(1, round(s/16)): 1 at 8 px, 2 at 32, 4 at 64;
+- smooth `grid` = min(8, max(2, s // 4)) cells a side: 8 from 32 px up (the pattern may change
+  about 8 times across the image, a frequency relative to the image), and cells of at least
+  4 px below it, where finer cells would free every pixel (digits: at 8 cells on 8 px the fit
+  is the optimised blend again, and took two noise-blend reports from better candidates).
 The smallest mask grow tries (`min_pixels`) is not scaled: triggers are drawn in pixels
 (3-10 px patches whatever the image size), so it stays a 2x2 square.
 """
@@ -40,6 +44,10 @@ def scan_stride(side: int) -> int:
     return max(1, round(side / 16))
 
 
+def smooth_grid(side: int) -> int:
+    return min(8, max(2, side // 4))
+
+
 def resolve(params: ReverseParams, shape: tuple[int, ...]) -> tuple[ReverseParams, dict[str, Any]]:
     """`params` with every auto value (0, "auto") replaced by its derived value for inputs
     shaped (H, W, ...), and the record of the settings used (derived ones marked so)."""
@@ -53,9 +61,12 @@ def resolve(params: ReverseParams, shape: tuple[int, ...]) -> tuple[ReverseParam
         "scan": scan_sides(side) if grow.scan == "auto" else list(grow.scan),
         "scan_stride": grow.scan_stride or scan_stride(side),
     }
+    grid = params.smooth.grid or smooth_grid(side)
     derived = [name for name, value in [("window", params.window), ("stride", params.stride),
-                                        ("scan", grow.scan), ("scan_stride", grow.scan_stride)]
+                                        ("scan", grow.scan), ("scan_stride", grow.scan_stride),
+                                        ("grid", params.smooth.grid)]
                if value in (0, "auto")]
-    resolved = params.model_copy(update={**chosen, "grow": grow.model_copy(update=grown)})
-    record = {"input_side": side, **chosen, **grown, "derived": derived}
+    resolved = params.model_copy(update={**chosen, "grow": grow.model_copy(update=grown),
+                                         "smooth": params.smooth.model_copy(update={"grid": grid})})
+    record = {"input_side": side, **chosen, **grown, "grid": grid, "derived": derived}
     return resolved, record
