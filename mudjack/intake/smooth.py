@@ -5,8 +5,8 @@ A blended pattern of low spatial frequency (a smooth colour field) leaves no fin
 the bug for residual.py to read, and the free-pattern blend (soft.py, `uniform`) fits whatever
 pattern fires the backdoor, mostly an adversarial one made of fine detail (resnet20 -> GTSRB,
 smooth blend seed 4: correlation 0.17 with the planted pattern). With only a grid of colours to
-move, the fit cannot build such detail and lands near the planted field (the same report:
-correlation 0.61; seed 1: 0.39, where it is the first candidate the verification accepts).
+move, the fit cannot build such detail and lands nearer the planted field (8 cells a side:
+seed 4 correlation 0.51, seed 1 0.40, where it is the first candidate the verification accepts).
 
     min_{α, g}  −mean cos(h(x ⊕ t), h(x_b)) − c·mean log p(ŷ_b | x ⊕ t) + λ·α,
     t = bilinear(g) (C, H, W),  x ⊕ t = x·(1−α) + t·α
@@ -36,7 +36,8 @@ class SmoothParams(Params):
     """The `intake.reverse.smooth` section."""
 
     # cells a side of the pattern's grid; 0: derived from the input side (settings.py: 8 from
-    # 32 px up, which recovered resnet20's smooth blends, 4x4 colour fields, better than 4 or 2)
+    # 32 px up; on resnet20's smooth blend seed 1 it passed with a wider margin than 4, and 2
+    # found nothing: docs/results.md)
     grid: int = Field(0, ge=0)
 
 
