@@ -27,9 +27,8 @@ from pydantic import Field
 
 from mudjack.config import Params
 from mudjack.encoders import EncoderAdapter, ImageEncoder
-from mudjack.features import cosine
-from mudjack.intake.soft import Score, SoftParams, frozen, minimise
-from mudjack.triggers import Trigger, blend
+from mudjack.intake.soft import Score, SoftParams, alpha_logits, fit_inputs, fit_loss, frozen, minimise
+from mudjack.triggers import Trigger
 
 
 class SmoothParams(Params):
@@ -49,27 +48,18 @@ def grid_pattern(grid: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 def smooth_trigger(encoder: ImageEncoder, adapter: EncoderAdapter, bug: np.ndarray, clean: np.ndarray,
                    *, grid: int, params: SoftParams, seed: int = 0, score: Score | None = None) -> Trigger:
     """The whole-image blend with a `grid` x `grid` pattern that makes clean inputs act like the bug."""
-    pick = np.random.default_rng(seed).permutation(len(clean))[:params.samples]
-    clean_pixels = adapter.preprocess(clean[np.sort(pick)])
-    bug_pixels = adapter.preprocess(bug[None])
+    clean_pixels, bug_pixels = fit_inputs(adapter, bug, clean, samples=params.samples, seed=seed)
     size = tuple(bug_pixels.shape[-2:])
     cells = F.adaptive_avg_pool2d(bug_pixels, grid).clone().requires_grad_(True)
-    start = float(np.log(params.init_alpha / (1 - params.init_alpha)))
-    logit = torch.full((1, 1, 1, 1), start, requires_grad=True)
-
-    def loss() -> torch.Tensor:
-        alpha = torch.sigmoid(logit)
-        features = encoder(blend(clean_pixels, grid_pattern(cells, size), alpha))
-        value = -cosine(features, bug_features).mean() + params.sparsity * alpha.mean()
-        if score is not None and params.classifier > 0:
-            value = value - params.classifier * score(features).mean()
-        return value
-
+    logit = alpha_logits(params, (1, 1))
+    unanchored = params.model_copy(update={"fidelity": 0.0})  # the bug's pixels are no anchor here
     with frozen(encoder):
         with torch.no_grad():
             bug_features = encoder(bug_pixels)
-        minimise([logit, cells], loss, steps=params.steps, lr=params.lr,
-                 project=lambda: cells.clamp_(0, 1))  # pixels
+        minimise([logit, cells], lambda: fit_loss(encoder, clean_pixels, bug_pixels, bug_features,
+                                                  torch.sigmoid(logit), grid_pattern(cells, size),
+                                                  params=unanchored, score=score),
+                 steps=params.steps, lr=params.lr, project=lambda: cells.clamp_(0, 1))  # pixels
     alpha = float(torch.sigmoid(logit).detach())
     with torch.no_grad():
         pattern = grid_pattern(cells, size)[0].permute(1, 2, 0).numpy()

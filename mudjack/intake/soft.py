@@ -70,9 +70,23 @@ def minimise(variables: list[torch.Tensor], loss: Callable[[], torch.Tensor], *,
                 project()
 
 
-def _loss(encoder: ImageEncoder, clean: torch.Tensor, bug: torch.Tensor, bug_features: torch.Tensor,
-          alpha: torch.Tensor, pattern: torch.Tensor, *, params: SoftParams,
-          score: Score | None) -> torch.Tensor:
+def fit_inputs(adapter: EncoderAdapter, bug: np.ndarray, clean: np.ndarray, *, samples: int,
+               seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(clean inputs a trigger is fitted on, the bug) as pixels in [0, 1]."""
+    pick = np.random.default_rng(seed).permutation(len(clean))[:samples]
+    return adapter.preprocess(clean[np.sort(pick)]), adapter.preprocess(bug[None])
+
+
+def alpha_logits(params: SoftParams, side: tuple[int, ...]) -> torch.Tensor:
+    """Alpha's logits shaped (1, 1, *side), every one at `init_alpha`, to optimise."""
+    start = float(np.log(params.init_alpha / (1 - params.init_alpha)))
+    return torch.full((1, 1, *side), start, requires_grad=True)
+
+
+def fit_loss(encoder: ImageEncoder, clean: torch.Tensor, bug: torch.Tensor, bug_features: torch.Tensor,
+             alpha: torch.Tensor, pattern: torch.Tensor, *, params: SoftParams,
+             score: Score | None) -> torch.Tensor:
+    """The module's objective for one (alpha, pattern); the smooth fit's too, at fidelity 0."""
     features = encoder(blend(clean, pattern, alpha))
     loss = -cosine(features, bug_features).mean()
     if score is not None and params.classifier > 0:
@@ -86,18 +100,15 @@ def soft_trigger(encoder: ImageEncoder, adapter: EncoderAdapter, bug: np.ndarray
     """The soft trigger (float alpha, pattern) that makes clean inputs act like the bug;
     `uniform`: one alpha for every pixel (a whole-image blend, the pattern free to differ from
     the bug's pixels wherever it needs to)."""
-    pick = np.random.default_rng(seed).permutation(len(clean))[:params.samples]
-    clean_pixels = adapter.preprocess(clean[np.sort(pick)])
-    bug_pixels = adapter.preprocess(bug[None])
-    start = float(np.log(params.init_alpha / (1 - params.init_alpha)))
-    side = (1, 1) if uniform else bug_pixels.shape[-2:]
-    logits = torch.full((1, 1, *side), start, requires_grad=True)
+    clean_pixels, bug_pixels = fit_inputs(adapter, bug, clean, samples=params.samples, seed=seed)
+    logits = alpha_logits(params, (1, 1) if uniform else tuple(bug_pixels.shape[-2:]))
     pattern = bug_pixels.clone().requires_grad_(True)
     with frozen(encoder):
         with torch.no_grad():
             bug_features = encoder(bug_pixels)
-        minimise([logits, pattern], lambda: _loss(encoder, clean_pixels, bug_pixels, bug_features,
-                                                  torch.sigmoid(logits), pattern, params=params, score=score),
+        minimise([logits, pattern], lambda: fit_loss(encoder, clean_pixels, bug_pixels, bug_features,
+                                                     torch.sigmoid(logits), pattern, params=params,
+                                                     score=score),
                  steps=params.steps, lr=params.lr, project=lambda: pattern.clamp_(0, 1))  # pixels
     alpha = torch.sigmoid(logits).detach()[0, 0].expand(bug_pixels.shape[-2:]).numpy()
     alpha = np.where(alpha >= params.floor, alpha, 0).astype(np.float32)
