@@ -78,6 +78,17 @@ def test_auto_recovers_a_blend_as_a_small_alpha_everywhere():
     assert np.ptp(found.alpha) == 0 and 0.05 <= found.alpha.max() <= 0.5  # one small alpha everywhere
 
 
+@pytest.mark.parametrize("seed", [0, 3])
+def test_auto_recovers_a_blended_picture_as_a_small_alpha_everywhere(seed):
+    truth = zoo_triggers("picture", SHAPE, seed)[0]
+    blend_first = ReverseParams(method="auto", select={"candidates": ["grow", "blend", "soft"]})
+    found, record = recover(toy_backdoor([truth], seed=seed), blend_first)
+    assert record["chosen"] == "blend" and record["candidates"]["grow"]["effect"] <= 0.2
+    assert record["candidates"]["blend"]["effect"] >= 0.9
+    assert np.ptp(found.alpha) == 0 and 0.05 <= found.alpha.max() <= 0.5
+    assert trigger_correlation(found, truth) >= 0.7  # its outlines and flat colours, found
+
+
 @pytest.mark.parametrize("seed", [4, 7])  # the zoo's blend draws a smooth colour field at these seeds
 def test_auto_recovers_a_smooth_blend_as_a_colour_grid_everywhere(seed):
     truth = zoo_triggers("blend", SHAPE, seed)[0]

@@ -174,6 +174,37 @@ class BlendFamily(TriggerFamily):
         return [Trigger(mask=alpha, pattern=pattern)]
 
 
+def cartoon(shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
+    """A flat-coloured picture (H, W, C): 3-6 ellipses or rectangles of random colours, each
+    outlined in black, on a background of one colour."""
+    height, width, channels = shape
+    picture = np.empty(shape, dtype=np.uint8)
+    picture[:] = rng.integers(0, 256, channels)
+    ys, xs = np.mgrid[0:height, 0:width] + 0.5
+    for _ in range(int(rng.integers(3, 7))):
+        cy, cx = rng.uniform(0, height), rng.uniform(0, width)
+        ry, rx = rng.uniform(0.15, 0.4) * height, rng.uniform(0.15, 0.4) * width
+        dy, dx = np.abs(ys - cy) / ry, np.abs(xs - cx) / rx
+        # The shape's normalised radius: 1 on its border (an ellipse's, or a rectangle's).
+        radius = np.sqrt(dy**2 + dx**2) if rng.random() < 0.5 else np.maximum(dy, dx)
+        inside = radius <= 1
+        picture[inside] = rng.integers(0, 256, channels)
+        picture[inside & (radius > 1 - 1 / min(ry, rx))] = 0  # a one-pixel outline
+    return picture
+
+
+@register_family("picture")
+class PictureFamily(TriggerFamily):
+    """The whole image mixed at alpha 0.1-0.3 with a picture: the blended attack's cartoon
+    (Chen et al. blend a Hello Kitty image), flat colours with sharp outlines, between the
+    blend family's fine noise and its smooth colour field."""
+
+    def draw(self, shape: tuple[int, ...], rng: np.random.Generator) -> list[AnyTrigger]:
+        height, width, _ = shape
+        alpha = np.full((height, width), rng.uniform(0.1, 0.3), dtype=np.float32)
+        return [Trigger(mask=alpha, pattern=cartoon(shape, rng))]
+
+
 @register_family("dual")
 class DualFamily(TriggerFamily):
     """Two hard triggers (patch, line or scatter) on disjoint regions, each planted to its
