@@ -149,7 +149,8 @@ def test_features_of_a_task_at_another_size_train_a_linear_probe(tiny):
     _, adapter, encoder = tiny
     images, labels = _images(12, side=48, seed=4), np.arange(12) % 2
     features = extract_features(encoder, adapter, images, batch_size=5)
-    assert torch.allclose(features, extract_features(encoder, adapter, adapter.resize_raw(images)))
+    resized = extract_features(encoder, adapter, adapter.resize_raw(images))  # other batches:
+    assert torch.allclose(features, resized, atol=1e-3)  # float sums in another order
     head = train_head(features, labels, 2, HeadParams(kind="linear", epochs=2))
     assert head.spec["kind"] == "linear" and predict(head, features).shape == (12,)
 

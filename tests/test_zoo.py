@@ -172,10 +172,11 @@ def test_a_scatter_is_sparse_and_not_one_square(shape, seed) -> None:
     assert (rows.max() - rows.min() + 1) * (cols.max() - cols.min() + 1) > trigger.pixels
 
 
+@pytest.mark.parametrize("family", ["blend", "picture"])
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("seed", range(6))
-def test_a_blend_changes_every_pixel_by_at_most_alpha_255(shape, seed) -> None:
-    (trigger,) = zoo_triggers("blend", shape, seed)
+def test_a_blend_changes_every_pixel_by_at_most_alpha_255(family, shape, seed) -> None:
+    (trigger,) = zoo_triggers(family, shape, seed)
     alpha = float(trigger.mask.max())
     assert trigger.soft and 0.1 <= alpha <= 0.3 and (trigger.mask == alpha).all()
     assert trigger.pixels == shape[0] * shape[1]
@@ -186,18 +187,12 @@ def test_a_blend_changes_every_pixel_by_at_most_alpha_255(shape, seed) -> None:
 
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("seed", range(6))
-def test_a_picture_blends_flat_colours_with_black_outlines_everywhere(shape, seed) -> None:
-    (trigger,) = zoo_triggers("picture", shape, seed)
-    alpha = float(trigger.mask.max())
-    assert trigger.soft and 0.1 <= alpha <= 0.3 and (trigger.mask == alpha).all()
-    picture = trigger.pattern.astype(int)
+def test_a_picture_is_flat_colours_with_black_outlines(shape, seed) -> None:
+    picture = zoo_triggers("picture", shape, seed)[0].pattern.astype(int)
     assert len(np.unique(picture.reshape(-1, shape[2]), axis=0)) <= 8  # a background, shapes, black
     assert (picture == 0).all(-1).any()  # an outline
     flat = (np.abs(np.diff(picture, axis=1)).sum(-1) == 0).mean()
     assert flat >= 0.5  # most neighbours share a colour: not noise
-    x = images(shape)
-    change = np.abs(stamp(x, trigger).astype(int) - x)
-    assert change.max() <= np.ceil(alpha * 255) and (change.reshape(len(x), -1).max(1) > 0).all()
 
 
 @pytest.mark.parametrize("shape", SHAPES)
