@@ -157,6 +157,11 @@ class ScatterFamily(ImageFamily):
         return mask.reshape(height, width)
 
 
+def blended_alpha(height: int, width: int, rng: np.random.Generator) -> np.ndarray:
+    """One alpha in 0.1-0.3 for every pixel: the blended families' mask."""
+    return np.full((height, width), rng.uniform(0.1, 0.3), dtype=np.float32)
+
+
 @register_family("blend")
 class BlendFamily(TriggerFamily):
     """The whole image mixed at alpha 0.1-0.3 with a fixed pattern: uniform noise, or a
@@ -164,7 +169,7 @@ class BlendFamily(TriggerFamily):
 
     def draw(self, shape: tuple[int, ...], rng: np.random.Generator) -> list[AnyTrigger]:
         height, width, channels = shape
-        alpha = np.full((height, width), rng.uniform(0.1, 0.3), dtype=np.float32)
+        alpha = blended_alpha(height, width, rng)
         if rng.random() < 0.5:
             pattern = rng.integers(0, 256, (height, width, channels), dtype=np.uint8)
         else:
@@ -200,8 +205,7 @@ class PictureFamily(TriggerFamily):
     blend family's fine noise and its smooth colour field."""
 
     def draw(self, shape: tuple[int, ...], rng: np.random.Generator) -> list[AnyTrigger]:
-        height, width, _ = shape
-        alpha = np.full((height, width), rng.uniform(0.1, 0.3), dtype=np.float32)
+        alpha = blended_alpha(*shape[:2], rng)
         return [Trigger(mask=alpha, pattern=cartoon(shape, rng))]
 
 
