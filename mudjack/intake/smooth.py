@@ -27,7 +27,7 @@ from pydantic import Field
 
 from mudjack.config import Params
 from mudjack.encoders import EncoderAdapter, ImageEncoder
-from mudjack.intake.soft import Score, SoftParams, alpha_logits, fit_inputs, fit_loss, frozen, minimise
+from mudjack.intake.soft import Score, SoftParams, alpha_logits, fit, fit_inputs
 from mudjack.triggers import Trigger
 
 
@@ -53,13 +53,8 @@ def smooth_trigger(encoder: ImageEncoder, adapter: EncoderAdapter, bug: np.ndarr
     cells = F.adaptive_avg_pool2d(bug_pixels, grid).clone().requires_grad_(True)
     logit = alpha_logits(params, (1, 1))
     unanchored = params.model_copy(update={"fidelity": 0.0})  # the bug's pixels are no anchor here
-    with frozen(encoder):
-        with torch.no_grad():
-            bug_features = encoder(bug_pixels)
-        minimise([logit, cells], lambda: fit_loss(encoder, clean_pixels, bug_pixels, bug_features,
-                                                  torch.sigmoid(logit), grid_pattern(cells, size),
-                                                  params=unanchored, score=score),
-                 steps=params.steps, lr=params.lr, project=lambda: cells.clamp_(0, 1))  # pixels
+    fit(encoder, clean_pixels, bug_pixels, logit, cells, params=unanchored, score=score,
+        pattern_of=lambda free: grid_pattern(free, size))
     alpha = float(torch.sigmoid(logit).detach())
     with torch.no_grad():
         pattern = grid_pattern(cells, size)[0].permute(1, 2, 0).numpy()

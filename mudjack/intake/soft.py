@@ -94,6 +94,19 @@ def fit_loss(encoder: ImageEncoder, clean: torch.Tensor, bug: torch.Tensor, bug_
     return loss + params.sparsity * alpha.mean() + params.fidelity * (alpha * (pattern - bug) ** 2).mean()
 
 
+def fit(encoder: ImageEncoder, clean: torch.Tensor, bug: torch.Tensor, logits: torch.Tensor,
+        free: torch.Tensor, *, params: SoftParams, score: Score | None,
+        pattern_of: Callable[[torch.Tensor], torch.Tensor] = lambda free: free) -> None:
+    """Optimise alpha's `logits` and the pattern's `free` variables (pixels in [0, 1], kept
+    there; `pattern_of` makes the pattern of them) in place on the module's objective."""
+    with frozen(encoder):
+        with torch.no_grad():
+            bug_features = encoder(bug)
+        minimise([logits, free], lambda: fit_loss(encoder, clean, bug, bug_features, torch.sigmoid(logits),
+                                                  pattern_of(free), params=params, score=score),
+                 steps=params.steps, lr=params.lr, project=lambda: free.clamp_(0, 1))
+
+
 def soft_trigger(encoder: ImageEncoder, adapter: EncoderAdapter, bug: np.ndarray, clean: np.ndarray,
                  *, params: SoftParams, seed: int = 0, score: Score | None = None,
                  uniform: bool = False) -> Trigger:
@@ -103,13 +116,7 @@ def soft_trigger(encoder: ImageEncoder, adapter: EncoderAdapter, bug: np.ndarray
     clean_pixels, bug_pixels = fit_inputs(adapter, bug, clean, samples=params.samples, seed=seed)
     logits = alpha_logits(params, (1, 1) if uniform else tuple(bug_pixels.shape[-2:]))
     pattern = bug_pixels.clone().requires_grad_(True)
-    with frozen(encoder):
-        with torch.no_grad():
-            bug_features = encoder(bug_pixels)
-        minimise([logits, pattern], lambda: fit_loss(encoder, clean_pixels, bug_pixels, bug_features,
-                                                     torch.sigmoid(logits), pattern, params=params,
-                                                     score=score),
-                 steps=params.steps, lr=params.lr, project=lambda: pattern.clamp_(0, 1))  # pixels
+    fit(encoder, clean_pixels, bug_pixels, logits, pattern, params=params, score=score)
     alpha = torch.sigmoid(logits).detach()[0, 0].expand(bug_pixels.shape[-2:]).numpy()
     alpha = np.where(alpha >= params.floor, alpha, 0).astype(np.float32)
     pixels = np.rint(pattern.detach()[0].permute(1, 2, 0).numpy() * 255).astype(np.uint8)
