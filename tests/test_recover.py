@@ -66,6 +66,30 @@ def test_auto_recovers_a_hard_trigger_as_a_compact_mask(family):
         assert trigger_iou(found, truth) == 1.0
 
 
+@pytest.mark.parametrize("seed", [1, 2])  # random colours at alpha 0.70, a solid one at 0.64
+def test_auto_recovers_a_translucent_patch_as_a_compact_mask_on_it(seed):
+    truth = zoo_triggers("translucent", SHAPE, seed)[0]
+    found, record = recover(toy_backdoor([truth], seed=seed))
+    assert record["candidates"][record["chosen"]]["effect"] >= 0.9
+    assert not found.soft and found.pixels <= 3 * truth.pixels  # its place: not a blend everywhere
+    assert trigger_iou(found, truth) >= 0.5 and trigger_coverage(found, truth) >= 0.75
+
+
+@pytest.mark.parametrize("seed", [3, 7])
+def test_the_scan_candidate_finds_a_translucent_patch_the_occlusion_ranking_misses(seed):
+    truth = zoo_triggers("translucent", SHAPE, seed)[0]
+    toy = toy_backdoor([truth], seed=seed)
+
+    def alone(name: str) -> ReverseParams:
+        return ReverseParams(method="auto", select={"candidates": [name], "odd_windows": []})
+
+    _, grown = recover(toy, alone("grow"))
+    found, scanned = recover(toy, alone("scan"))
+    assert grown["candidates"]["grow"]["effect"] <= 0.1  # the occlusion map peaks off the patch
+    assert scanned["chosen"] == "scan" and scanned["candidates"]["scan"]["effect"] >= 0.9
+    assert not found.soft and found.pixels <= 3 * truth.pixels and trigger_iou(found, truth) >= 0.5
+
+
 def test_auto_recovers_a_blend_as_a_small_alpha_everywhere():
     truth = zoo_triggers("blend", SHAPE, 1)[0]
     blend_first = ReverseParams(method="auto", select={"candidates": ["grow", "blend", "soft"]})
@@ -113,7 +137,8 @@ def test_auto_fits_every_candidate_when_none_is_enough():
                                           "grow_filled", "grow_filled_padded",  # their colour patches
                                           "soft_binarised", "soft_binarised_padded",
                                           "soft_binarised_filled", "soft_binarised_filled_padded",
-                                          "soft", "residual", "smooth", "blend"]
+                                          "soft", "scan", "scan_padded", "scan_filled",
+                                          "scan_filled_padded", "residual", "smooth", "blend"]
     assert record["skipped"] == []
 
 
@@ -134,8 +159,8 @@ def test_auto_keeps_the_candidates_that_reproduce_the_bug_nearly_as_well_as_alte
         assert record["alternates"] == close and len(found.alternates) == len(close)
         assert "alternate_triggers" not in record  # the record stays numbers (JSON)
         if keep == 0.0:  # every other candidate, and the chosen square grown (scored, never chosen),
-            assert len(close) == 6 and f"{chosen}_padded" in close  # not the others grown
-            assert len(numbers) == 8
+            assert len(close) == 7 and f"{chosen}_padded" in close  # not the others grown
+            assert len(numbers) == 10
         if keep > 1:
             assert found.alternates == ()
 
@@ -286,7 +311,7 @@ def test_the_decision_records_the_settings_and_the_candidates_fitted(scenario, d
     assert reversal["settings"]["window"] == 2 and "window" in reversal["settings"]["derived"]
     odd = {name for name in reversal["candidates"] if name.startswith("odd")}  # recorded when kept
     assert set(reversal["candidates"]) - odd == {"grow", "grow_padded"}
-    assert reversal["skipped"] == ["soft", "residual", "smooth", "blend"]
+    assert reversal["skipped"] == ["soft", "scan", "residual", "smooth", "blend"]
     assert odd <= set(reversal["alternates"])
     assert reversal["chosen"] == "grow" and reversal["select_samples"] > 0
     assert decision.numbers["coverage"] == 1.0

@@ -16,10 +16,10 @@ IMAGE_ADAPTER = SimpleNamespace(modality="image", resize_raw=lambda raw: raw)  #
 
 
 def test_the_built_in_methods_are_registered():
-    builtin = {"occlusion", "grow", "inversion", "soft", "blend", "residual", "smooth", "auto"}
+    builtin = {"occlusion", "grow", "scan", "inversion", "soft", "blend", "residual", "smooth", "auto"}
     assert builtin <= set(REVERSAL_METHODS)
     assert IntakeParams().reverse.method == "auto"
-    assert IntakeParams().reverse.select.candidates == ["grow", "soft", "residual", "smooth", "blend"]
+    assert IntakeParams().reverse.select.candidates == ["grow", "soft", "scan", "residual", "smooth", "blend"]
 
 
 def test_an_unregistered_method_is_refused_with_the_known_ones():

@@ -172,6 +172,22 @@ def test_a_scatter_is_sparse_and_not_one_square(shape, seed) -> None:
     assert (rows.max() - rows.min() + 1) * (cols.max() - cols.min() + 1) > trigger.pixels
 
 
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("seed", range(8))
+def test_a_translucent_patch_is_the_patch_of_its_seed_blended_at_one_alpha(shape, seed) -> None:
+    (trigger,) = zoo_triggers("translucent", shape, seed)
+    (patch,) = zoo_triggers("patch", shape, seed)
+    alpha = float(trigger.mask.max())
+    assert trigger.soft and 0.4 <= alpha <= 0.8
+    assert (trigger.region == patch.region).all() and (trigger.mask[patch.region] == alpha).all()
+    assert (trigger.pattern == patch.pattern).all()
+    x = images(shape)
+    stamped = stamp(x, trigger).astype(float)
+    assert (stamped[:, ~patch.region] == x[:, ~patch.region]).all()
+    expected = (1 - alpha) * x[:, patch.region] + alpha * patch.pattern[patch.region]
+    assert np.abs(stamped[:, patch.region] - expected).max() <= 0.5 + 1e-6  # blended, then rounded
+
+
 @pytest.mark.parametrize("family", ["blend", "picture"])
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("seed", range(6))

@@ -119,6 +119,18 @@ class PatchFamily(ImageFamily):
         return mask
 
 
+@register_family("translucent")
+class TranslucentFamily(TriggerFamily):
+    """A patch family's square blended over its place at one alpha in 0.4-0.8: a trigger of
+    other strength than an opaque patch, which neither a hard mask nor a whole-image blend
+    describes (the truth file's alpha mask does)."""
+
+    def draw(self, shape: tuple[int, ...], rng: np.random.Generator) -> list[AnyTrigger]:
+        (patch,) = PatchFamily().draw(shape, rng)
+        alpha = np.where(patch.region, rng.uniform(0.4, 0.8), 0).astype(np.float32)
+        return [Trigger(mask=alpha, pattern=patch.pattern)]
+
+
 @register_family("line")
 class LineFamily(ImageFamily):
     """A thin (1-2 px) horizontal, vertical or diagonal line, a third to all of the image

@@ -47,7 +47,7 @@ class SelectParams(Params):
     """The `intake.reverse.select` section (method `auto`)."""
 
     # reversal methods that compete, in this (tie) order
-    candidates: list[str] = ["grow", "soft", "residual", "smooth", "blend"]
+    candidates: list[str] = ["grow", "soft", "scan", "residual", "smooth", "blend"]
     binarise: bool = True           # also the soft trigger cut at `soft.threshold` (a hard mask)
     samples: int = Field(100, ge=1)  # clean inputs held out from fitting that candidates are scored on
     size_penalty: float = Field(0.5, ge=0)  # weight of the mask size Σα / (H·W)

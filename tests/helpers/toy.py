@@ -32,8 +32,12 @@ class Detector(nn.Module):
         alpha = torch.from_numpy(trigger.alpha)[None]
         pattern = torch.from_numpy(trigger.pattern).permute(2, 0, 1).float() / 255
         self.soft = trigger.soft
-        if self.soft:  # matched filter: <x − x̄, t − t̄> / <t − t̄, t − t̄> ≈ α on a blended input
-            centred = (pattern - pattern.mean()) * (alpha > 0)
+        if self.soft:  # matched filter: <x − x̄, t − c> / <t − c, t − c> ≈ α on a blended input
+            region = alpha > 0
+            # c: a whole-image blend's pattern mean (its constant part cancels in x − x̄); for a
+            # translucent patch mid-grey, the toy inputs' mean, so a solid colour has a filter too
+            centre = pattern.mean() if bool(region.all()) else 0.5
+            centred = (pattern - centre) * region
             self.register_buffer("filter", centred / (centred ** 2).sum())
             self.threshold = float(trigger.alpha.max()) / 2
         else:
