@@ -202,9 +202,10 @@ def _scan(encoder: ImageEncoder, adapter: EncoderAdapter, bug: np.ndarray, refer
           flip_rate: FlipRate | None, score: Score | None, accept: Accept | None,
           record: dict[str, Any]) -> Trigger:
     """`grow` ranked by the flip-rate scan, with `grow.scan`'s sides or, when it has none, sides
-    derived from the input: as an `auto` candidate after the occlusion-ranked grow, for a
-    trigger the occlusion map misses (resnet20 -> GTSRB, a 6x6 patch blended at 0.56 on the
-    image's edge: occlusion's 4 pixels lie off it, the scan's square has IoU 0.71)."""
+    derived from the input: an `auto` candidate after the soft fit (so it runs only where grow
+    and the soft trigger did not settle the report), for a trigger the occlusion map misses
+    (resnet20 -> GTSRB, a 6x6 patch blended at 0.56 on the image's edge: occlusion's 4 pixels
+    lie off it, the scan's square has IoU 0.71)."""
     side, grow = int(min(bug.shape[:2])), params.grow
     scanned = grow.model_copy(update={"scan": grow.scan or scan_sides(side),
                                       "scan_stride": grow.scan_stride or scan_stride(side)})
