@@ -52,7 +52,7 @@ from mudjack.intake.select import (
     split_clean,
     trigger_effect,
 )
-from mudjack.intake.settings import resolve, scan_sides, scan_stride
+from mudjack.intake.settings import resolve
 from mudjack.intake.smooth import SmoothParams, smooth_trigger
 from mudjack.intake.soft import Score, SoftParams, binarised, soft_trigger
 from mudjack.intake.text import reverse_text
@@ -206,9 +206,7 @@ def _scan(encoder: ImageEncoder, adapter: EncoderAdapter, bug: np.ndarray, refer
     and the soft trigger did not settle the report), for a trigger the occlusion map misses
     (resnet20 -> GTSRB, a 6x6 patch blended at 0.56 on the image's edge: occlusion's 4 pixels
     lie off it, the scan's square has IoU 0.71)."""
-    side, grow = int(min(bug.shape[:2])), params.grow
-    scanned = grow.model_copy(update={"scan": grow.scan or scan_sides(side),
-                                      "scan_stride": grow.scan_stride or scan_stride(side)})
+    scanned = params.grow.model_copy(update={"scan": params.grow.scan or "auto"})  # grow derives "auto"
     return _grow(encoder, adapter, bug, reference, params=params.model_copy(update={"grow": scanned}),
                  seed=seed, clean=clean, flip_rate=flip_rate, score=score, accept=accept, record=record)
 
