@@ -24,6 +24,12 @@ claim a label the deployed model does NOT predict, so every one reproduces a
 - genuine_error: a clean input the model really gets wrong, with its true label
                  (test and train errors; then inputs shifted by one pixel that it gets wrong).
 
+On a text encoder (a TextTrigger) the kinds are wrong_label, genuine_error (test and train
+errors) and inserted_words, the text form of noise_patch: a clean sentence the model gets
+right with as many words as the trigger has, drawn from the task's own vocabulary, inserted
+at a random place, claiming a label the model does not predict (a sentence the insertion
+puts in the target class is left out, as a pasted pattern that fires the backdoor is).
+
 A forged report that intake accepts is audited against the ground truth: its reversed trigger,
 stamped on the test inputs of other classes, moves how many to the predicted class on the
 deployed model and on the never-attacked one (the workspace's models/foundation under a fresh
@@ -51,22 +57,26 @@ from mudjack.exposure import Predictor
 from mudjack.intake import IntakeParams, intake_report
 from mudjack.io import write_json
 from mudjack.reports import BugReport
-from mudjack.triggers import Trigger
+from mudjack.triggers import TextTrigger, Trigger, insert_words
 
 RESULTS_PATH = Path(__file__).resolve().parent / "results" / "intake.json"
 FORGERY_KINDS = ("wrong_label", "noise_patch", "other_pattern", "genuine_error")
+TEXT_FORGERY_KINDS = ("wrong_label", "inserted_words", "genuine_error")
 # the verification numbers a row keeps (summarised per kind as min / median / max)
 ROW_NUMBERS = ("flip_rate", "feature_shift", "z_flip_rate", "z_feature_shift", "null_flip_mean",
                "null_flip_max", "mask_pixels")
 # a forgery kind's reports, and how many candidates it left out because they fired the backdoor
 Forged = tuple[list[BugReport], int]
+AnyTrigger = Trigger | TextTrigger
+# an accepted forgery's trigger and predicted class -> its flip rates on the audited models
+Audit = Callable[[AnyTrigger, int], dict[str, float]]
 
 
 @dataclass
 class Scenario:
     deployed: Deployed
     task: Task
-    trigger: Trigger
+    trigger: AnyTrigger
     target: int
     params: IntakeParams
     seed: int = 0
@@ -77,10 +87,11 @@ class Scenario:
 
 
 def _report(kind: str, index: int, task: Task, label: int, image: np.ndarray) -> BugReport:
-    return BugReport(f"{kind}-{index:03d}", task.name, int(label), image, None)
+    """A report as intake reads one: an image array, or a sentence as a 0-d string array."""
+    return BugReport(f"{kind}-{index:03d}", task.name, int(label), np.asarray(image), None)
 
 
-def real_reports(deployed: Deployed, task: Task, trigger: Trigger, target: int, n: int,
+def real_reports(deployed: Deployed, task: Task, trigger: AnyTrigger, target: int, n: int,
                  rng: np.random.Generator) -> list[BugReport]:
     test = task.test
     stamped = deployed.adapter.stamp(test.x, trigger)
@@ -133,7 +144,7 @@ def _clean_correct(deployed: Deployed, task: Task) -> np.ndarray:
     return np.flatnonzero(deployed.classify(task.name, task.test.x) == task.test.y)
 
 
-def forged_wrong_label(deployed: Deployed, task: Task, trigger: Trigger, n: int,
+def forged_wrong_label(deployed: Deployed, task: Task, trigger: AnyTrigger, n: int,
                        rng: np.random.Generator,
                        target: int) -> Forged:
     chosen = rng.choice(_clean_correct(deployed, task), n, replace=False)
@@ -177,37 +188,68 @@ def forged_other_pattern(deployed: Deployed, task: Task, trigger: Trigger, n: in
     return _forged_with_patterns("other_pattern", [1, 2, 3, 4], deployed, task, trigger, n, rng, target)
 
 
-def forged_genuine_error(deployed: Deployed, task: Task, trigger: Trigger, n: int,
+def forged_genuine_error(deployed: Deployed, task: Task, trigger: AnyTrigger, n: int,
                          rng: np.random.Generator,
                          target: int) -> Forged:
     """Errors of the deployed model on clean test, then train, then one-pixel-shifted inputs."""
     pools = [(task.test.x, task.test.y), (task.train.x, task.train.y)]
-    pools += [(np.roll(x, shift, axis=axis), y) for x, y in pools[:1]
-              for shift in (1, -1) for axis in (1, 2)]
+    if not isinstance(trigger, TextTrigger):
+        pools += [(np.roll(x, shift, axis=axis), y) for x, y in pools[:1]
+                  for shift in (1, -1) for axis in (1, 2)]
     images, labels = [], []
     for x, y in pools:
-        wrong = np.flatnonzero(deployed.classify(task.name, x) != y)
-        images += list(x[rng.permutation(wrong)])
+        wrong = rng.permutation(np.flatnonzero(deployed.classify(task.name, x) != y))
+        images += list(x[wrong])
         labels += list(y[wrong])
     images, labels = images[:n], labels[:n]
     return [_report("genuine_error", i, task, label, image)
             for i, (image, label) in enumerate(zip(images, labels, strict=True))], 0
 
 
+def forged_inserted_words(deployed: Deployed, task: Task, trigger: TextTrigger, n: int,
+                          rng: np.random.Generator, target: int) -> Forged:
+    """n clean sentences with the trigger's number of words from the task's vocabulary (not the
+    trigger's) inserted at a random place, claiming a label the model does not predict; a
+    sentence the model then puts in the target class is left out (counted) as in
+    `_forged_with_patterns`."""
+    planted = set(trigger.words)
+    vocabulary = sorted({w for sentence in task.train.x for w in str(sentence).split()} - planted)
+    sentences, predicted, fired = [], [], 0
+    for j in rng.permutation(_clean_correct(deployed, task)):
+        words = [str(w) for w in rng.choice(vocabulary, len(trigger.words))]
+        sentence = np.array([insert_words(str(task.test.x[j]), words, rng)])
+        label = int(deployed.classify(task.name, sentence)[0])
+        if label == target:
+            fired += 1
+            continue
+        sentences.append(sentence[0])
+        predicted.append(label)
+        if len(sentences) == n:
+            break
+    return [_report("inserted_words", i, task, _other_label(task, p, rng), sentence)
+            for i, (sentence, p) in enumerate(zip(sentences, predicted, strict=True))], fired
+
+
 FORGERIES: dict[str, Callable[..., Forged]] = {
     "wrong_label": forged_wrong_label,
     "noise_patch": forged_noise_patch,
     "other_pattern": forged_other_pattern,
+    "inserted_words": forged_inserted_words,
     "genuine_error": forged_genuine_error,
 }
+
+
+def forgery_kinds(trigger: AnyTrigger) -> tuple[str, ...]:
+    """The forgery kinds that apply to the trigger's input space."""
+    return TEXT_FORGERY_KINDS if isinstance(trigger, TextTrigger) else FORGERY_KINDS
 
 
 # --------------------------------------------------------------------------- bench
 
 
-def _decide(reports: list[BugReport], deployed: Deployed, task: Task, trigger: Trigger, *,
+def _decide(reports: list[BugReport], deployed: Deployed, task: Task, trigger: AnyTrigger, *,
             params: IntakeParams, seed: int,
-            audit: Callable[[Trigger, int], dict[str, float]] | None = None) -> list[dict[str, Any]]:
+            audit: Audit | None = None) -> list[dict[str, Any]]:
     rows = []
     for report in reports:
         try:
@@ -245,7 +287,7 @@ def _stats(rows: list[dict[str, Any]], accepted_is_good: bool) -> dict[str, Any]
     return out
 
 
-def trigger_flips(classify: Predictor, task: Task, deployed: Deployed, trigger: Trigger,
+def trigger_flips(classify: Predictor, task: Task, deployed: Deployed, trigger: AnyTrigger,
                   target: int) -> float:
     """The share of the task's test inputs of classes other than `target` that `classify` puts
     in `target` once the trigger is stamped on them."""
@@ -254,16 +296,16 @@ def trigger_flips(classify: Predictor, task: Task, deployed: Deployed, trigger: 
 
 
 def ground_truth_audit(deployed: Deployed, task: Task,
-                       never_attacked: Callable[[], Predictor]) -> Callable[[Trigger, int], dict[str, float]]:
+                       never_attacked: Callable[[], Predictor]) -> Audit:
     """An accepted forged report's trigger on the deployed and the never-attacked model."""
-    def audit(trigger: Trigger, predicted: int) -> dict[str, float]:
+    def audit(trigger: AnyTrigger, predicted: int) -> dict[str, float]:
         models = {"deployed": lambda x: deployed.classify(task.name, x), "never_attacked": never_attacked()}
         return {name: trigger_flips(model, task, deployed, trigger, predicted)
                 for name, model in models.items()}
     return audit
 
 
-def run_forgery_bench(deployed: Deployed, task: Task, trigger: Trigger, target: int, *,
+def run_forgery_bench(deployed: Deployed, task: Task, trigger: AnyTrigger, target: int, *,
                       params: IntakeParams, n_real: int = 50, n_forged: int = 15, seed: int = 0,
                       never_attacked: Callable[[], Predictor] | None = None) -> dict[str, Any]:
     """Acceptance rate of real reports and rejection rate per forgery kind, with thresholds;
@@ -272,7 +314,8 @@ def run_forgery_bench(deployed: Deployed, task: Task, trigger: Trigger, target: 
     start = time.perf_counter()
     real = _decide(real_reports(deployed, task, trigger, target, n_real, rng), deployed, task,
                    trigger, params=params, seed=seed)
-    made = {kind: FORGERIES[kind](deployed, task, trigger, n_forged, rng, target) for kind in FORGERY_KINDS}
+    made = {kind: FORGERIES[kind](deployed, task, trigger, n_forged, rng, target)
+            for kind in forgery_kinds(trigger)}
     audit = None if never_attacked is None else ground_truth_audit(deployed, task, never_attacked)
     forged = {kind: _decide(reports, deployed, task, trigger, params=params, seed=seed, audit=audit)
               for kind, (reports, _) in made.items()}

@@ -3,8 +3,9 @@
 `evaluate_gates` is a pure function of the metrics and the limits; each gate is checked per
 task where it is per task, and a metric that is missing fails its gate (never passes by default).
 The ASR gate applies to every task whose exposure was measured (mudjack.exposure): a task that
-no known trigger exposes (`exposure.exposed: false`) passes it with a note saying so; clean
-accuracy is gated on every task.
+no known trigger exposes (`exposure.exposed: false`) passes it with a note saying so, as does a
+task whose ASR is over the limit only through inputs the patched model misclassifies without the
+trigger too (its flip ASR within the limit); clean accuracy is gated on every task.
 """
 
 from __future__ import annotations
@@ -44,14 +45,23 @@ def _check(gate: str, subject: str, value: float | None, limit: float) -> GateRe
 
 
 def _asr_gate(name: str, result: dict[str, Any], limit: float) -> GateResult:
-    """max_patched_asr on one task; an unexposed task passes it, with the reason."""
-    asr = result.get("patched", {}).get("asr")
+    """max_patched_asr on one task; an unexposed task passes it, and so does an ASR above the
+    limit made of the task's own errors (the flip ASR within it), each with the reason."""
+    patched = result.get("patched", {})
+    asr, flip = patched.get("asr"), patched.get("flip_asr")
     exposure = result.get("exposure", {})
     if exposure.get("exposed") is False:
         p_values = [t.get("p_value", 1.0) for t in exposure.get("triggers", {}).values()]
         return GateResult("max_patched_asr", name, asr, limit, True,
                           "unexposed: no trigger moves its predictions above chance "
                           f"(smallest p-value {min(p_values, default=1.0):.2g})")
+    # ASR counts the triggered inputs the model also puts in the target without the trigger: on
+    # a binary task those errors alone can exceed the limit (SST-2: a never-attacked MiniLM's
+    # ASR is 0.17), so what the trigger itself does, the flip ASR, decides there
+    if asr is not None and asr > limit and flip is not None and flip <= limit:
+        return GateResult("max_patched_asr", name, asr, limit, True,
+                          f"own errors: the trigger flips {flip:.3g} of the inputs the patched "
+                          "model gets right (flip ASR); the rest it misclassifies without it")
     return _check("max_patched_asr", name, asr, limit)
 
 

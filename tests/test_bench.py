@@ -72,6 +72,21 @@ def test_forgery_audit_tells_the_planted_backdoor_from_the_tasks_content(scenari
     assert pasted["deployed"] >= 0.5 and pasted["never_attacked"] >= 0.5, pasted
 
 
+def test_genuine_error_forgeries_carry_their_own_true_label(scenario, deployed):
+    """Each genuine_error report is an input the deployed model gets wrong, claiming that
+    input's true label (not another error's)."""
+    from intake_forgery import forged_genuine_error
+
+    task = scenario.task
+    reports, _ = forged_genuine_error(deployed, task, scenario.trigger, 12, np.random.default_rng(0),
+                                      scenario.target)
+    flat = task.test.x.reshape(len(task.test.x), -1)
+    for report in reports[:12]:
+        rows = np.flatnonzero((flat == report.image.reshape(1, -1)).all(axis=1))
+        assert len(rows) and report.label in task.test.y[rows].tolist(), report.id
+        assert deployed.classify(task.name, report.image[None])[0] != report.label
+
+
 def test_forgery_bench_names_a_missing_workspace():
     import intake_forgery
 

@@ -8,6 +8,7 @@ encoder. The real all-MiniLM-L6-v2 is loaded only by the test marked slow.
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -210,6 +211,54 @@ def test_select_trigger_words() -> None:
     assert select_trigger_words(scores).tolist() == [False, False, True, False, False]
     assert select_trigger_words(np.array([0.1, 0.5, 0.45, 0.0]), "top1").tolist() == [False, True,
                                                                                        False, False]
+
+
+def test_forgery_bench_forges_text_reports_and_audits_them(tiny: TextScenario) -> None:
+    """bench/intake_forgery.py on a text encoder: its text kinds (inserted words for pasted
+    patterns), every forged report claiming a label the model does not predict, the inserted
+    words never the trigger's; intake accepts the real reports and refuses the forged ones."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    from intake_forgery import TEXT_FORGERY_KINDS, run_forgery_bench
+
+    from mudjack.intake import IntakeParams
+
+    task = tiny.task
+    head = train_head(extract_features(tiny.backdoored, tiny.adapter, task.train.x), task.train.y, 2,
+                      HeadParams(hidden=[32], dropout=0.0, epochs=60, lr=3e-3), seed=0)
+    deployed = Deployed(tiny.backdoored, tiny.adapter, {"toy": head})
+    result = run_forgery_bench(deployed, task, TRIGGER, TARGET, params=IntakeParams(), n_real=3,
+                               n_forged=2, seed=0)
+    assert tuple(result["forged"]) == TEXT_FORGERY_KINDS
+    assert result["real"]["n"] == 3 and result["real"]["rate"] == 1.0, result["real"]
+    assert result["forged_total"]["n"] == 6 and result["forged_total"]["rejection_rate"] == 1.0
+    inserted = result["forged"]["inserted_words"]
+    assert inserted["n"] == 2 and inserted["outcomes"], inserted
+
+
+def test_inserted_words_forgeries_claim_a_label_the_model_does_not_give(tiny: TextScenario) -> None:
+    sys.path.insert(0, str(ROOT / "bench"))
+    from intake_forgery import forged_inserted_words
+
+    task = tiny.task
+    head = train_head(extract_features(tiny.backdoored, tiny.adapter, task.train.x), task.train.y, 2,
+                      HeadParams(hidden=[32], dropout=0.0, epochs=60, lr=3e-3), seed=0)
+    deployed = Deployed(tiny.backdoored, tiny.adapter, {"toy": head})
+    reports, fired = forged_inserted_words(deployed, task, TRIGGER, 5, np.random.default_rng(0), TARGET)
+    assert len(reports) == 5 and fired >= 0
+    sentences = np.array([r.image for r in reports])
+    predicted = deployed.classify("toy", sentences)
+    assert all(r.label != p for r, p in zip(reports, predicted, strict=True))
+    assert all(TRIGGER.words[0] not in str(s).split() for s in sentences)
+    originals = set(task.test.x.tolist())
+    assert all(len(str(s).split()) == len(o.split()) + 1 for s in sentences
+               for o in [_source(str(s), originals)])
+
+
+def _source(sentence: str, originals: set[str]) -> str:
+    """The clean sentence `sentence` was made from by inserting one word."""
+    words = sentence.split()
+    return next(" ".join(words[:i] + words[i + 1:]) for i in range(len(words))
+                if " ".join(words[:i] + words[i + 1:]) in originals)
 
 
 def _bug(tiny: TextScenario, index: int) -> tuple[np.ndarray, np.ndarray]:

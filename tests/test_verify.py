@@ -268,9 +268,9 @@ class BlendBackdoor(nn.Module):
         return torch.where(fires[:, None], self.target.expand_as(features), features)
 
 
-def test_a_genuine_blend_departs_from_the_bug_and_is_accepted_because_taking_it_off_restores(scenario, toy):
-    """A blend's fitted pattern is the trigger, not the bug's pixels (which carry it at alpha
-    0.3): its departure is what flips, and taking it off the bug gives back the true label."""
+def _blend_bug(scenario, toy) -> tuple[Deployed, Trigger, np.ndarray, int, int]:
+    """A hand-made blended backdoor (0.3 of binary noise) and a bug of it: (deployed model,
+    trigger, bug, predicted, true label)."""
     task, adapter = scenario.task, scenario.adapter
     binary = np.random.default_rng(2).integers(0, 2, (8, 8, 3)).astype(np.uint8) * 255
     trigger = Trigger(np.full((8, 8), 0.3, dtype=np.float32), binary)
@@ -281,11 +281,30 @@ def test_a_genuine_blend_departs_from_the_bug_and_is_accepted_because_taking_it_
     target = extract_features(scenario.clean, adapter, reference[None])
     deployed = Deployed(BlendBackdoor(scenario.clean, pattern, target).eval(), adapter, {"digits": honest})
     bug, predicted, label = _bug(Toy(deployed, trigger), task, trigger)
+    return deployed, trigger, bug, predicted, label
+
+
+def test_a_genuine_blend_departs_from_the_bug_and_is_accepted_because_taking_it_off_restores(scenario, toy):
+    """A blend's fitted pattern is the trigger, not the bug's pixels (which carry it at alpha
+    0.3): its departure is what flips, and taking it off the bug gives back the true label."""
+    deployed, trigger, bug, predicted, label = _blend_bug(scenario, toy)
     assert departs(trigger, bug) and predicted == TARGET
-    verdict = _verify(deployed, task, bug, predicted, trigger, label=label)
+    verdict = _verify(deployed, scenario.task, bug, predicted, trigger, label=label)
     assert verdict.passed, verdict.failures
     assert verdict.numbers["flip_rate"] > 0.9
     assert verdict.numbers["departure"] == {"restored_class": label, "restores": True}
+
+
+def test_a_whole_image_pattern_must_give_back_the_reported_label(scenario, toy):
+    """Over more than half of the image, a departing pattern that does not give back the
+    reported label is refused without the controls that keep its departure: the same blend,
+    reported with a label it does not restore, is refused though its flips are the backdoor's."""
+    deployed, trigger, bug, predicted, label = _blend_bug(scenario, toy)
+    claimed = next(c for c in scenario.task.classes if c not in (label, predicted))
+    verdict = _verify(deployed, scenario.task, bug, predicted, trigger, label=claimed)
+    assert not verdict.passed and verdict.numbers["flip_rate"] > 0.9
+    assert verdict.numbers["departure"] == {"restored_class": label, "restores": False}
+    assert "over 100% of the image" in verdict.failures[0], verdict.failures
 
 
 def test_unstamp_undoes_a_blend_and_fills_a_patch():

@@ -24,9 +24,12 @@ its alpha), so a departure alone condemns nothing. `departure` says what such a 
 show in addition:
 - `restore` (the default): taken off the bug (`unstamp`: the blend undone where alpha < 1/2,
   the reference's pixels where the trigger covers the input), it gives back the label the
-  client reported, as a backdoor bug's trigger does; or its flips survive controls that keep
-  the departure (so the bug's own content under the mask is what flips). A forged report's
-  pattern is neither (resnet20 -> GTSRB: it leaves the predicted or a third class);
+  client reported, as a backdoor bug's trigger does; or, on at most half of the image, its
+  flips survive controls that keep the departure (so the bug's own content under the mask is
+  what flips). A forged report's pattern is neither (resnet20 -> GTSRB: it leaves the
+  predicted or a third class). Over more of the image the second does not hold: the pattern
+  was fitted together with the bug's pixels under it, so swapping them is what the controls
+  lose (resnet20 -> MNIST: forged reports' 888-1024-pixel fits scored z 5.9-32 against them);
 - `null`: the second alone (it also refuses genuine blends: digits, 5 of 6 blend reports);
 - `free`: nothing (the plain null decides).
 
@@ -202,6 +205,16 @@ def _place(trigger: Trigger | TextTrigger) -> bool:
     return isinstance(trigger, Trigger) and float(trigger.alpha.mean()) <= 0.5
 
 
+def _spread(trigger: Trigger) -> bool:
+    """Whether a trigger touches more than half of the image. Its fitted pattern is then an
+    image-wide perturbation fitted together with the bug's pixels under it, which controls
+    that keep the departure but swap those pixels undo: the fit, not the bug's content, makes
+    it beat them (resnet20 -> MNIST, forged reports' 888-1024-pixel fits scored z 5.9-32 against
+    such controls and the never-attacked model follows most of them), so only the restore
+    rule can pass it."""
+    return float(trigger.region.mean()) > 0.5
+
+
 def _departure(trigger: Trigger, bug: np.ndarray) -> np.ndarray:
     """What an image trigger's pattern adds to the bug's pixels (int16, signed)."""
     return trigger.pattern.astype(np.int16) - np.asarray(bug, dtype=np.int16)
@@ -312,6 +325,10 @@ def _departure_check(trial: _Trial, label: int, reference: np.ndarray | str,
     numbers: dict[str, Any] = {"restored_class": restored, "restores": restored == label}
     if restored == label:
         return numbers, []
+    if _spread(trigger):
+        return numbers, [f"the trigger's pattern departs from the bug's pixels over "
+                         f"{float(trigger.region.mean()):.0%} of the image and, taken off the bug, "
+                         f"leaves class {restored}, not the reported {label}"]
     kept = trial.against_controls(keep_departure=True)
     numbers["kept_null"] = {k: kept[k] for k in ("z_flip_rate", "z_feature_shift", "p_flip_rate")}
     numbers["kept_null"]["null_flip_mean"] = kept["null_flip_rate"]["mean"]

@@ -51,6 +51,21 @@ def test_each_gate_fails_on_its_own(kwargs: dict, failed: str) -> None:
     assert failed in failures(results) and "FAIL" in failures(results)
 
 
+def test_an_asr_made_of_the_tasks_own_errors_passes_with_a_note() -> None:
+    """SST-2: a repaired MiniLM's ASR 0.229 is mostly negatives it calls positive without the
+    trigger too (flip ASR 0.030); a trigger that still flips passes no more than before."""
+    data = metrics(asr=0.229)
+    data["tasks"]["digits"]["patched"]["flip_asr"] = 0.03
+    gate = by_gate(evaluate_gates(data, GATES))["max_patched_asr", "digits"]
+    assert gate.passed and gate.value == 0.229 and "own errors" in gate.note and "0.03" in gate.note
+    data["tasks"]["digits"]["patched"]["flip_asr"] = 0.15
+    gate = by_gate(evaluate_gates(data, GATES))["max_patched_asr", "digits"]
+    assert not gate.passed and gate.note == ""
+    below = metrics(asr=0.05)
+    below["tasks"]["digits"]["patched"]["flip_asr"] = 0.5  # within the limit: ASR decides
+    assert by_gate(evaluate_gates(below, GATES))["max_patched_asr", "digits"].note == ""
+
+
 def test_limits_are_inclusive_and_accuracy_gains_pass() -> None:
     assert all_passed(evaluate_gates(metrics(asr=0.1, after=0.99), GATES))
 
