@@ -152,28 +152,38 @@ def forged_wrong_label(deployed: Deployed, task: Task, trigger: AnyTrigger, n: i
                     task.test.x[j]) for i, j in enumerate(chosen)], 0
 
 
-def _forged_with_patterns(kind: str, patterns: Sequence[int], deployed: Deployed, task: Task,
-                          trigger: Trigger, n: int, rng: np.random.Generator,
-                          target: int) -> Forged:
-    """n clean inputs with a pattern pasted away from the trigger, claiming a label the model
-    does not predict. A pasted input the model puts in the target class is left out: there the
-    pattern fires the planted backdoor (on resnet20 a white square anywhere does), so a report
-    of it is a real backdoor bug, not a forgery; the second value counts them."""
-    size, channels = _trigger_side(trigger), task.test.x.shape[-1]
-    images, predicted, fired = [], [], 0
+def _edited_forgeries(kind: str, edit: Callable[[np.ndarray], np.ndarray], deployed: Deployed,
+                      task: Task, n: int, rng: np.random.Generator, target: int) -> Forged:
+    """n clean inputs the model gets right, each changed by `edit` (a pattern pasted, words
+    inserted), claiming a label the model does not predict. An edited input the model puts in
+    the target class is left out: there the edit fires the planted backdoor (on resnet20 a
+    white square anywhere does), so a report of it is a real backdoor bug, not a forgery; the
+    second value counts them."""
+    inputs, predicted, fired = [], [], 0
     for j in rng.permutation(_clean_correct(deployed, task)):
-        image = _patched(task.test.x[j], _pattern(int(rng.choice(patterns)), size, channels, rng),
-                         _far_corner(trigger, size, rng))
-        label = int(deployed.classify(task.name, image[None])[0])
+        edited = np.asarray(edit(task.test.x[j]))
+        label = int(deployed.classify(task.name, edited[None])[0])
         if label == target:
             fired += 1
             continue
-        images.append(image)
+        inputs.append(edited)
         predicted.append(label)
-        if len(images) == n:
+        if len(inputs) == n:
             break
-    return [_report(kind, i, task, _other_label(task, p, rng), image)
-            for i, (image, p) in enumerate(zip(images, predicted, strict=True))], fired
+    return [_report(kind, i, task, _other_label(task, p, rng), edited)
+            for i, (edited, p) in enumerate(zip(inputs, predicted, strict=True))], fired
+
+
+def _forged_with_patterns(kind: str, patterns: Sequence[int], deployed: Deployed, task: Task,
+                          trigger: Trigger, n: int, rng: np.random.Generator,
+                          target: int) -> Forged:
+    """Clean inputs with one of `patterns` pasted away from the trigger (`_edited_forgeries`)."""
+    size, channels = _trigger_side(trigger), task.test.x.shape[-1]
+
+    def paste(image: np.ndarray) -> np.ndarray:
+        pattern = _pattern(int(rng.choice(patterns)), size, channels, rng)
+        return _patched(image, pattern, _far_corner(trigger, size, rng))
+    return _edited_forgeries(kind, paste, deployed, task, n, rng, target)
 
 
 def forged_noise_patch(deployed: Deployed, task: Task, trigger: Trigger, n: int,
@@ -208,26 +218,14 @@ def forged_genuine_error(deployed: Deployed, task: Task, trigger: AnyTrigger, n:
 
 def forged_inserted_words(deployed: Deployed, task: Task, trigger: TextTrigger, n: int,
                           rng: np.random.Generator, target: int) -> Forged:
-    """n clean sentences with the trigger's number of words from the task's vocabulary (not the
-    trigger's) inserted at a random place, claiming a label the model does not predict; a
-    sentence the model then puts in the target class is left out (counted) as in
-    `_forged_with_patterns`."""
-    planted = set(trigger.words)
-    vocabulary = sorted({w for sentence in task.train.x for w in str(sentence).split()} - planted)
-    sentences, predicted, fired = [], [], 0
-    for j in rng.permutation(_clean_correct(deployed, task)):
+    """Clean sentences with the trigger's number of words from the task's vocabulary (not the
+    trigger's) inserted at a random place (`_edited_forgeries`)."""
+    vocabulary = sorted({w for sentence in task.train.x for w in str(sentence).split()} - set(trigger.words))
+
+    def insert(sentence: np.ndarray) -> np.ndarray:
         words = [str(w) for w in rng.choice(vocabulary, len(trigger.words))]
-        sentence = np.array([insert_words(str(task.test.x[j]), words, rng)])
-        label = int(deployed.classify(task.name, sentence)[0])
-        if label == target:
-            fired += 1
-            continue
-        sentences.append(sentence[0])
-        predicted.append(label)
-        if len(sentences) == n:
-            break
-    return [_report("inserted_words", i, task, _other_label(task, p, rng), sentence)
-            for i, (sentence, p) in enumerate(zip(sentences, predicted, strict=True))], fired
+        return np.asarray(insert_words(str(sentence), words, rng))
+    return _edited_forgeries("inserted_words", insert, deployed, task, n, rng, target)
 
 
 FORGERIES: dict[str, Callable[..., Forged]] = {

@@ -73,6 +73,15 @@ def tiny(tiny_bert: Path) -> TextScenario:
     return TextScenario(adapter, clean, backdoored, shadow, task)
 
 
+@pytest.fixture(scope="session")
+def tiny_deployed(tiny: TextScenario) -> Deployed:
+    """The backdoored tiny encoder under a head trained on its features, as deployed."""
+    task = tiny.task
+    head = train_head(extract_features(tiny.backdoored, tiny.adapter, task.train.x), task.train.y, 2,
+                      HeadParams(hidden=[32], dropout=0.0, epochs=60, lr=3e-3), seed=0)
+    return Deployed(tiny.backdoored, tiny.adapter, {"toy": head})
+
+
 # --------------------------------------------------------------------------- triggers and data
 
 
@@ -184,12 +193,11 @@ def test_badencoder_plants_the_text_backdoor(tiny: TextScenario) -> None:
     assert backdoored["clean_acc"] >= 0.8
 
 
-def test_verification_accepts_the_planted_words_not_a_clean_sentence_s(tiny: TextScenario) -> None:
+def test_verification_accepts_the_planted_words_not_a_clean_sentence_s(tiny: TextScenario,
+                                                                       tiny_deployed: Deployed) -> None:
     """The null for text: the trigger's word count, taken from clean target-class sentences."""
     task = tiny.task
-    head = train_head(extract_features(tiny.backdoored, tiny.adapter, task.train.x), task.train.y, 2,
-                      HeadParams(hidden=[32], dropout=0.0, epochs=60, lr=3e-3), seed=0)
-    deployed = Deployed(tiny.backdoored, tiny.adapter, {"toy": head})
+    deployed = tiny_deployed
     others = np.flatnonzero(task.test.y != TARGET)[:1]
     bug = tiny.adapter.stamp(task.test.x[others], TRIGGER)[0]
     claim = {"label": int(task.test.y[others][0]), "reference": task.train.x[task.train.y != TARGET][0]}
@@ -213,7 +221,8 @@ def test_select_trigger_words() -> None:
                                                                                        False, False]
 
 
-def test_forgery_bench_forges_text_reports_and_audits_them(tiny: TextScenario) -> None:
+def test_forgery_bench_forges_text_reports_and_audits_them(tiny: TextScenario,
+                                                           tiny_deployed: Deployed) -> None:
     """bench/intake_forgery.py on a text encoder: its text kinds (inserted words for pasted
     patterns), every forged report claiming a label the model does not predict, the inserted
     words never the trigger's; intake accepts the real reports and refuses the forged ones."""
@@ -223,9 +232,7 @@ def test_forgery_bench_forges_text_reports_and_audits_them(tiny: TextScenario) -
     from mudjack.intake import IntakeParams
 
     task = tiny.task
-    head = train_head(extract_features(tiny.backdoored, tiny.adapter, task.train.x), task.train.y, 2,
-                      HeadParams(hidden=[32], dropout=0.0, epochs=60, lr=3e-3), seed=0)
-    deployed = Deployed(tiny.backdoored, tiny.adapter, {"toy": head})
+    deployed = tiny_deployed
     result = run_forgery_bench(deployed, task, TRIGGER, TARGET, params=IntakeParams(), n_real=3,
                                n_forged=2, seed=0)
     assert tuple(result["forged"]) == TEXT_FORGERY_KINDS
@@ -235,14 +242,13 @@ def test_forgery_bench_forges_text_reports_and_audits_them(tiny: TextScenario) -
     assert inserted["n"] == 2 and inserted["outcomes"], inserted
 
 
-def test_inserted_words_forgeries_claim_a_label_the_model_does_not_give(tiny: TextScenario) -> None:
+def test_inserted_words_forgeries_claim_a_label_the_model_does_not_give(tiny: TextScenario,
+                                                                        tiny_deployed: Deployed) -> None:
     sys.path.insert(0, str(ROOT / "bench"))
     from intake_forgery import forged_inserted_words
 
     task = tiny.task
-    head = train_head(extract_features(tiny.backdoored, tiny.adapter, task.train.x), task.train.y, 2,
-                      HeadParams(hidden=[32], dropout=0.0, epochs=60, lr=3e-3), seed=0)
-    deployed = Deployed(tiny.backdoored, tiny.adapter, {"toy": head})
+    deployed = tiny_deployed
     reports, fired = forged_inserted_words(deployed, task, TRIGGER, 5, np.random.default_rng(0), TARGET)
     assert len(reports) == 5 and fired >= 0
     sentences = np.array([r.image for r in reports])
