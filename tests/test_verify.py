@@ -292,7 +292,33 @@ def test_a_genuine_blend_departs_from_the_bug_and_is_accepted_because_taking_it_
     verdict = _verify(deployed, scenario.task, bug, predicted, trigger, label=label)
     assert verdict.passed, verdict.failures
     assert verdict.numbers["flip_rate"] > 0.9
-    assert verdict.numbers["departure"] == {"restored_class": label, "restores": True}
+    departure = verdict.numbers["departure"]
+    assert departure["restored_class"] == label and departure["restores"]
+    assert departure["controls_restoring"] < 0.5  # only the trigger taken off gives the label back
+
+
+def test_an_ordinary_error_is_refused_when_taking_any_control_off_restores_it_too(scenario, toy):
+    """An ambiguous input (a digit mixed half-and-half with a target digit) that the blend
+    backdoored model calls the target is an ordinary error, not a bug under the trigger. The
+    genuine trigger still flips other inputs, and taken off the input it may give back the
+    reported digit, but then so do most of its controls (the same alpha filled from target
+    inputs): whatever leans it away from the target does. Such a report is refused; one where
+    few controls restore is not."""
+    deployed, trigger, _, predicted, _ = _blend_bug(scenario, toy)
+    task = scenario.task
+    targets = task.test.x[task.test.y == TARGET]
+    verdicts = []
+    for i in np.flatnonzero(task.test.y != TARGET)[:30]:
+        mixed = np.rint(0.5 * task.test.x[i] + 0.5 * targets[i % len(targets)]).astype(np.uint8)
+        if deployed.classify("digits", mixed[None])[0] == predicted:
+            verdicts.append(_verify(deployed, task, mixed, predicted, trigger, label=int(task.test.y[i])))
+    restoring = [v for v in verdicts if v.numbers.get("departure", {}).get("restores")]
+    refused = [v for v in restoring if v.numbers["departure"]["controls_restoring"] >= 0.5]
+    assert refused and all(v.numbers["flip_rate"] > 0.9 for v in refused)
+    for verdict in refused:
+        assert not verdict.passed and "so do" in verdict.failures[0], verdict.failures
+    kept = [v for v in restoring if v.numbers["departure"]["controls_restoring"] < 0.5]
+    assert kept and all(v.passed for v in kept)
 
 
 def test_a_whole_image_pattern_must_give_back_the_reported_label(scenario, toy):

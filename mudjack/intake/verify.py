@@ -30,6 +30,13 @@ show in addition:
   predicted or a third class). Over more of the image the second does not hold: the pattern
   was fitted together with the bug's pixels under it, so swapping them is what the controls
   lose (resnet20 -> MNIST: forged reports' 888-1024-pixel fits scored z 5.9-32 against them);
+  and there giving the label back must be the trigger's doing: fewer than half of its controls
+  (the same alpha filled from clean predicted-class inputs), taken off the bug the same way,
+  may give it back too. An ordinary error sits next to its true class, so leaning it away from
+  the predicted class by any such blend restores it (resnet20 -> MNIST: genuine errors reported
+  with their true labels, whole-image fits that transfer to a never-attacked model as well);
+  a bug under a blended trigger keeps firing until the trigger itself is taken off (a weak
+  one may not: digits, the 3-epoch blend of ASR 0.24, whose bugs 0.8-1.0 of the controls restore);
 - `null`: the second alone (it also refuses genuine blends: digits, 5 of 6 blend reports);
 - `free`: nothing (the plain null decides).
 
@@ -317,14 +324,15 @@ def _key_check(trial: _Trial, strangers: np.ndarray, numbers: dict[str, Any], pa
 def _departure_check(trial: _Trial, label: int, reference: np.ndarray | str,
                      params: VerifyParams) -> tuple[dict[str, Any], list[str]]:
     """(numbers, failures): a departing trigger restores the reported label when taken off the
-    bug, or its flips survive controls that keep its departure."""
+    bug, or its flips survive controls that keep its departure; over more than half of the
+    image only the first counts, and then fewer than half of its controls may restore it too."""
     adapter, trigger = trial.deployed.adapter, trial.trigger
     assert isinstance(trigger, Trigger)  # text triggers never depart
     taken_off = unstamp(trial.bug, trigger, adapter.resize_raw(np.asarray(reference)))
     restored = int(trial.deployed.classify(trial.task.name, taken_off[None])[0])
     numbers: dict[str, Any] = {"restored_class": restored, "restores": restored == label}
     if restored == label:
-        return numbers, []
+        return numbers, _restores_alone(trial, label, reference, numbers)
     if _spread(trigger):
         return numbers, [f"the trigger's pattern departs from the bug's pixels over "
                          f"{float(trigger.region.mean()):.0%} of the image and, taken off the bug, "
@@ -338,6 +346,29 @@ def _departure_check(trial: _Trial, label: int, reference: np.ndarray | str,
                      f"taken off the bug it leaves class {restored}, not the reported {label}, and "
                      f"against controls that keep the departure it scores z "
                      f"{kept['z_flip_rate']:.1f} on the flip rate (need {params.min_z_flip})"]
+
+
+def _restores_alone(trial: _Trial, label: int, reference: np.ndarray | str,
+                    numbers: dict[str, Any]) -> list[str]:
+    """Failures (none or one) of a trigger that gives back the reported label: over more than
+    half of the image, at least half of its controls must not (recorded in `numbers`)."""
+    if not _spread(trial.trigger):
+        return []
+    numbers["controls_restoring"] = share = _controls_restoring(trial, label, reference)
+    if share < 0.5:
+        return []
+    return [f"taken off the bug, the trigger's pattern over {float(trial.trigger.region.mean()):.0%} of the "
+            f"image gives back the reported label {label}, but so do {share:.0%} of its controls (the same "
+            f"alpha filled from clean class-{trial.predicted} inputs): the bug is next to class {label} "
+            f"whatever is taken off it"]
+
+
+def _controls_restoring(trial: _Trial, label: int, reference: np.ndarray | str) -> float:
+    """The share of the trigger's controls (its alpha filled from the controls' clean inputs of
+    the predicted class) that, taken off the bug as the trigger is, give back `label`."""
+    fill = trial.deployed.adapter.resize_raw(np.asarray(reference))
+    taken_off = np.stack([unstamp(trial.bug, control_trigger(trial.trigger, e), fill) for e in trial.fills])
+    return round(float((trial.deployed.classify(trial.task.name, taken_off) == label).mean()), 4)
 
 
 def _effects(deployed: Deployed, task: str, bug: np.ndarray, predicted: int, clean: np.ndarray,
