@@ -262,11 +262,17 @@ class _Trial:
         """The controls' exemplars."""
         return self._input_space(self.exemplars)
 
+    @cached_property
+    def controls(self) -> list[Trigger | TextTrigger]:
+        """The trigger's mask filled from each exemplar (the plain null)."""
+        return [control_trigger(self.trigger, e) for e in self.fills]
+
     def against_controls(self, *, keep_departure: bool) -> dict[str, Any]:
         """Sizes, z, p and the null's summary on both levels (controls that keep the departure
         or not)."""
-        source = self.bug if keep_departure else None
-        fills = [self.trigger, *(control_trigger(self.trigger, e, source) for e in self.fills)]
+        controls = ([control_trigger(self.trigger, e, self.bug) for e in self.fills] if keep_departure
+                    else self.controls)
+        fills = [self.trigger, *controls]
         flips, shifts, cos_before = _effects(self.deployed, self.task.name, self.raw_bug, self.predicted,
                                              self.clean, fills)
         return {"verify_samples": len(self.clean), "controls": len(self.exemplars),
@@ -328,11 +334,12 @@ def _departure_check(trial: _Trial, label: int, reference: np.ndarray | str,
     image only the first counts, and then fewer than half of its controls may restore it too."""
     adapter, trigger = trial.deployed.adapter, trial.trigger
     assert isinstance(trigger, Trigger)  # text triggers never depart
-    taken_off = unstamp(trial.bug, trigger, adapter.resize_raw(np.asarray(reference)))
+    fill = adapter.resize_raw(np.asarray(reference))  # where the trigger covers the bug
+    taken_off = unstamp(trial.bug, trigger, fill)
     restored = int(trial.deployed.classify(trial.task.name, taken_off[None])[0])
     numbers: dict[str, Any] = {"restored_class": restored, "restores": restored == label}
     if restored == label:
-        return numbers, _restores_alone(trial, label, reference, numbers)
+        return numbers, _restores_alone(trial, label, fill, numbers)
     if _spread(trigger):
         return numbers, [f"the trigger's pattern departs from the bug's pixels over "
                          f"{float(trigger.region.mean()):.0%} of the image and, taken off the bug, "
@@ -348,13 +355,13 @@ def _departure_check(trial: _Trial, label: int, reference: np.ndarray | str,
                      f"{kept['z_flip_rate']:.1f} on the flip rate (need {params.min_z_flip})"]
 
 
-def _restores_alone(trial: _Trial, label: int, reference: np.ndarray | str,
-                    numbers: dict[str, Any]) -> list[str]:
+def _restores_alone(trial: _Trial, label: int, fill: np.ndarray, numbers: dict[str, Any]) -> list[str]:
     """Failures (none or one) of a trigger that gives back the reported label: over more than
-    half of the image, at least half of its controls must not (recorded in `numbers`)."""
+    half of the image, at least half of its controls must not (recorded in `numbers`); `fill`
+    is the reference in the encoder's input space, as `unstamp` takes it."""
     if not _spread(trial.trigger):
         return []
-    numbers["controls_restoring"] = share = _controls_restoring(trial, label, reference)
+    numbers["controls_restoring"] = share = _controls_restoring(trial, label, fill)
     if share < 0.5:
         return []
     return [f"taken off the bug, the trigger's pattern over {float(trial.trigger.region.mean()):.0%} of the "
@@ -363,11 +370,11 @@ def _restores_alone(trial: _Trial, label: int, reference: np.ndarray | str,
             f"whatever is taken off it"]
 
 
-def _controls_restoring(trial: _Trial, label: int, reference: np.ndarray | str) -> float:
+def _controls_restoring(trial: _Trial, label: int, fill: np.ndarray) -> float:
     """The share of the trigger's controls (its alpha filled from the controls' clean inputs of
     the predicted class) that, taken off the bug as the trigger is, give back `label`."""
-    fill = trial.deployed.adapter.resize_raw(np.asarray(reference))
-    taken_off = np.stack([unstamp(trial.bug, control_trigger(trial.trigger, e), fill) for e in trial.fills])
+    taken_off = np.stack([unstamp(trial.bug, control, fill) for control in trial.controls
+                          if isinstance(control, Trigger)])
     return round(float((trial.deployed.classify(trial.task.name, taken_off) == label).mean()), 4)
 
 
