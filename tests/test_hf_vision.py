@@ -27,7 +27,8 @@ from mudjack.export import export_onnx, verify_onnx
 from mudjack.features import extract_features
 from mudjack.heads import Classifier, Head, HeadParams, predict, train_head
 from mudjack.intake import IntakeParams, intake_report
-from mudjack.intake.verify import VerifyParams, departs, verify_trigger
+from mudjack.intake.trial import departs
+from mudjack.intake.verify import VerifyParams, verify_trigger
 from mudjack.io import write_safetensors
 from mudjack.patching.mudjacking import MudjackingParams, mudjacking
 from mudjack.reports import BugReport

@@ -20,10 +20,9 @@ from mudjack.features import extract_features
 from mudjack.heads import HeadParams, train_head
 from mudjack.intake import IntakeParams, intake_report, pick_reference
 from mudjack.intake.masks import masked_trigger
+from mudjack.intake.trial import control_trigger, departs
 from mudjack.intake.verify import (
     VerifyParams,
-    control_trigger,
-    departs,
     draw_controls,
     draw_sample,
     draw_strangers,

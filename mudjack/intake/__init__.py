@@ -2,7 +2,8 @@
 
 decision.py holds the flow for one report, reverse.py the reversal methods by name
 (occlusion.py, grow.py, inversion.py, text.py; mask helpers in masks.py), verify.py the
-backdoor checks, merge.py an inbox's decisions with duplicates merged.
+backdoor checks (trial.py the trigger against its null, key.py and departure.py the checks
+that follow it), merge.py an inbox's decisions with duplicates merged.
 """
 
 from mudjack.intake.decision import Decision, IntakeParams, intake_report, pick_reference

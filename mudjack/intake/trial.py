@@ -1,0 +1,183 @@
+"""One reversed trigger against its null: the trigger and its controls stamped on the same
+clean inputs of other classes, measured on two levels and summarised as z-scores.
+
+Controls: the SAME trigger model (the same alpha mask; for text, as many words at the same
+position) filled from clean inputs of the predicted class instead of the bug. A trigger
+reversed from a forged report (a clean input with a wrong label, a genuine error, a noise patch
+or an unplanted pattern on an input of the predicted class) is made of such content, so it
+pulls and flips no more than the controls do; a backdoor trigger is a pattern that does what no
+class content under that mask does.
+
+Two levels are measured, for the trigger and for each control, on the same held-out inputs:
+- classifier: the flip rate, the share put in the predicted class;
+- encoder: the feature pull, the rise of their mean cosine to the bug's features.
+
+Each z-score's standard deviation has a floor, so a null that does not vary cannot inflate it:
+for the flip rate, the binomial noise of a rate measured on the n inputs at chance
+c = 1 / classes, sqrt(c(1 - c) / n); for the pull, the standard error of a mean cosine on the n
+inputs (their cosines' spread / sqrt(n)). Both come from the task and the deployed model, not
+from a tuned constant. The empirical p-values (rank of the trigger among the controls) are
+recorded next to the z-scores, with the null's mean, std and quantiles.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from mudjack.data import Task
+from mudjack.deployed import Deployed
+from mudjack.features import cosine, extract_features
+from mudjack.heads import predict
+from mudjack.intake.masks import masked_trigger
+from mudjack.triggers import TextTrigger, Trigger, text_control_trigger
+
+AnyTrigger = Trigger | TextTrigger
+
+
+class Margins(Protocol):
+    """The z margins a trigger must clear against its null (VerifyParams has them)."""
+
+    min_z_flip: float
+    min_z_pull: float
+
+
+def departure(trigger: Trigger, bug: np.ndarray) -> np.ndarray:
+    """What an image trigger's pattern adds to the bug's pixels (int16, signed)."""
+    return trigger.pattern.astype(np.int16) - np.asarray(bug, dtype=np.int16)
+
+
+def departs(trigger: AnyTrigger, bug: np.ndarray) -> bool:
+    """Whether an image trigger's pattern differs from the bug's pixels where it touches them."""
+    if isinstance(trigger, TextTrigger):
+        return False
+    return bool(departure(trigger, bug)[trigger.region].any())
+
+
+def control_trigger(trigger: AnyTrigger, exemplar: np.ndarray, bug: np.ndarray | None = None) -> AnyTrigger:
+    """The reversed trigger model filled with a clean input's content instead of the bug's.
+
+    With the `bug`, an image trigger's departure from the bug's pixels (what an optimised
+    pattern adds to them) is kept on the exemplar's: only the bug's content is swapped out, so
+    a pattern that flips by what it added (an adversarial perturbation, which a free
+    whole-image blend is on a weak encoder) flips its controls as well; a hard trigger cut from
+    the bug has no departure and is filled with the exemplar's pixels alone."""
+    if isinstance(trigger, TextTrigger):
+        return text_control_trigger(trigger, exemplar)
+    if bug is None:
+        return masked_trigger(trigger.mask, exemplar)
+    pattern = np.clip(np.asarray(exemplar, dtype=np.int16) + departure(trigger, bug), 0, 255)
+    pattern = np.where(trigger.region[..., None], pattern, 0).astype(np.uint8)
+    return Trigger(mask=trigger.mask, pattern=pattern)
+
+
+@dataclass
+class Trial:
+    """One trigger and its controls, stamped on the same clean inputs of other classes."""
+
+    deployed: Deployed
+    task: Task
+    raw_bug: np.ndarray
+    predicted: int
+    trigger: AnyTrigger
+    clean: np.ndarray
+    exemplars: np.ndarray
+    labels: np.ndarray  # the clean inputs' classes
+
+    def input_space(self, raw: np.ndarray) -> np.ndarray:
+        """Images in the encoder's input space, where an image trigger lives (text as it is)."""
+        if isinstance(self.trigger, TextTrigger):
+            return raw
+        return self.deployed.adapter.resize_raw(raw)
+
+    @cached_property
+    def bug(self) -> np.ndarray:
+        return self.input_space(self.raw_bug)
+
+    @cached_property
+    def fills(self) -> np.ndarray:
+        """The controls' exemplars."""
+        return self.input_space(self.exemplars)
+
+    @cached_property
+    def controls(self) -> list[AnyTrigger]:
+        """The trigger's mask filled from each exemplar (the plain null)."""
+        return [control_trigger(self.trigger, e) for e in self.fills]
+
+    def against_controls(self, *, keep_departure: bool) -> dict[str, Any]:
+        """Sizes, z, p and the null's summary on both levels (controls that keep the departure
+        or not)."""
+        controls = ([control_trigger(self.trigger, e, self.bug) for e in self.fills] if keep_departure
+                    else self.controls)
+        fills = [self.trigger, *controls]
+        flips, shifts, cos_before = _effects(self.deployed, self.task.name, self.raw_bug, self.predicted,
+                                             self.clean, fills)
+        return {"verify_samples": len(self.clean), "controls": len(self.exemplars),
+                "cos_before": round(float(cos_before.mean()), 4),
+                **_statistics(flips, shifts, n=len(self.clean), chance=1 / len(self.task.classes),
+                              spread=float(cos_before.std()))}
+
+
+def _effects(deployed: Deployed, task: str, bug: np.ndarray, predicted: int, clean: np.ndarray,
+             fills: list[AnyTrigger]) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
+    """Per fill (the trigger first, then the controls): the flip rate to `predicted` and the
+    rise of the mean cosine to the bug's features; and the clean inputs' cosines to the bug."""
+    adapter = deployed.adapter  # inputs at another size than the encoder's are resized to it first
+    stamped = np.concatenate([adapter.stamp(clean, fill) for fill in fills])
+    unstamped = adapter.resize_raw(np.concatenate([np.asarray(bug)[None], clean]))
+    features = extract_features(deployed.encoder, adapter, np.concatenate([unstamped, stamped]))
+    bug_features, before, after = features[:1], features[1:1 + len(clean)], features[1 + len(clean):]
+    cos_before = cosine(before, bug_features)
+    cos_after = cosine(after, bug_features).reshape(len(fills), len(clean))
+    with torch.no_grad():
+        flipped = predict(deployed.heads[task], after).reshape(len(fills), len(clean)) == predicted
+    shifts = (cos_after.mean(1) - cos_before.mean()).numpy()
+    return flipped.mean(1), shifts, cos_before
+
+
+def rate_noise(chance: float, n: int) -> float:
+    """The binomial noise of a rate measured on n inputs at `chance`: the floor of a rate's std."""
+    return float(np.sqrt(chance * (1 - chance) / n))
+
+
+def _statistics(flips: np.ndarray, shifts: np.ndarray, *, n: int, chance: float,
+                spread: float) -> dict[str, Any]:
+    """The trigger's values (index 0), the null's summary, the floors, z and p on both levels."""
+    floors = {"flip_rate": rate_noise(chance, n),                      # binomial noise at chance
+              "feature_shift": spread / float(np.sqrt(n))}            # standard error of a mean cosine
+    numbers: dict[str, Any] = {"chance": round(chance, 4)}
+    for name, values in (("flip_rate", flips), ("feature_shift", shifts)):
+        value, null = float(values[0]), values[1:].astype(float)
+        std = max(float(null.std()), floors[name])
+        numbers[name] = round(value, 4)
+        numbers[f"null_{name}"] = {
+            "mean": round(float(null.mean()), 4), "std": round(float(null.std()), 4),
+            "std_floor": round(floors[name], 4),
+            **{f"q{q}": round(float(np.quantile(null, q / 100)), 4) for q in (10, 50, 90)},
+            "max": round(float(null.max()), 4)}
+        numbers[f"z_{name}"] = round((value - float(null.mean())) / std, 2)
+        numbers[f"p_{name}"] = round((1 + int((null >= value).sum())) / (len(null) + 1), 4)
+    return numbers
+
+
+def z_failures(numbers: dict[str, Any], predicted: int, margins: Margins) -> list[str]:
+    """The rule's failures: the trigger's z on the flip rate under `min_z_flip`, on the pull
+    under `min_z_pull` (`numbers` from `Trial.against_controls`)."""
+    n, controls = numbers["verify_samples"], numbers["controls"]
+    shift = numbers["feature_shift"]
+    levels = {"flip_rate": f"flips {numbers['flip_rate']:.3f} of them to class {predicted}",
+              "feature_shift": f"raises their mean cosine to the bug's features by {shift:.3f}"}
+    failures = []
+    for name, effect in levels.items():
+        z, null = numbers[f"z_{name}"], numbers[f"null_{name}"]
+        need = margins.min_z_flip if name == "flip_rate" else margins.min_z_pull
+        if z < need:
+            failures.append(f"stamped on {n} clean inputs of other classes, the reversed trigger {effect}: "
+                            f"{z:.1f} std above the same mask filled from {controls} clean "
+                            f"class-{predicted} inputs (mean {null['mean']:.3f}, max {null['max']:.3f}; "
+                            f"need z >= {need})")
+    return failures
