@@ -35,7 +35,8 @@ first head; clean accuracy and each attack metric are the mean over the heads, a
 head's ASR moves by 0.02 from seed to seed; the mean is the estimate a gate should judge.
 
 A trigger that does not fit a task's inputs (a mask of another image size, a text trigger on
-images) is not stamped there; `exposure.not_measured` names it with the reason.
+images), or whose known target is not one of the task's classes, is not measured there;
+`exposure.not_measured` names it with the reason.
 """
 
 from __future__ import annotations
@@ -222,12 +223,22 @@ def misfit(trigger: Trigger | TextTrigger, inputs: np.ndarray, *,
     return None
 
 
+def foreign_target(named: NamedTrigger, task: str, n_classes: int) -> str | None:
+    """Why the target the truth names for `task` cannot be measured (not one of its classes),
+    or None."""
+    target = named.targets.get(task)
+    if target is None or 0 <= target < n_classes:
+        return None
+    return f"its known target {target} is not a class of this task (0 to {n_classes - 1})"
+
+
 def task_exposure(task: str, models: TaskModels, triggers: Sequence[NamedTrigger],
                   *, level: float = LEVEL) -> dict[str, Any]:
     """Every trigger on one task; the headline numbers per model (clean accuracy and the worst
     trigger's attack metrics; None when no trigger is measured) and the exposure record."""
     clean = models.clean_predictions()
-    reasons = {t.name: misfit(t.trigger, models.test.x, side=models.side) for t in triggers}
+    reasons = {t.name: misfit(t.trigger, models.test.x, side=models.side)
+               or foreign_target(t, task, models.n_classes) for t in triggers}
     records = {t.name: measure_trigger(task, models, t, clean, level=level)
                for t in triggers if reasons[t.name] is None}
     worst = worst_trigger(records, {t.name for t in triggers if t.true})

@@ -30,8 +30,9 @@ class Trigger:
     pattern: np.ndarray
 
     def __post_init__(self) -> None:
-        if self.mask.shape != self.pattern.shape[:2]:
-            raise ValueError(f"mask {self.mask.shape} does not match pattern {self.pattern.shape}")
+        if self.mask.ndim != 2 or self.pattern.ndim != 3 or self.mask.shape != self.pattern.shape[:2]:
+            raise ValueError(f"a trigger is a mask (H, W) and a pattern (H, W, C): got mask "
+                             f"{self.mask.shape} and pattern {self.pattern.shape}")
         if self.mask.dtype != bool:
             alpha = np.asarray(self.mask, dtype=np.float32)
             if not (np.isfinite(alpha).all() and alpha.min() >= 0 and alpha.max() <= 1):
@@ -130,7 +131,18 @@ def trigger_from_arrays(arrays: dict[str, np.ndarray]) -> Trigger | TextTrigger:
     mask = arrays["mask"]
     if mask.dtype.kind in "biu":
         mask = mask.astype(bool)
-    return Trigger(mask=mask, pattern=arrays["pattern"].astype(np.uint8))
+    return Trigger(mask=mask, pattern=_pixels(arrays["pattern"]))
+
+
+def _pixels(pattern: np.ndarray) -> np.ndarray:
+    """A stored pattern as uint8 pixels; ValueError for values a cast would wrap (300 -> 44)."""
+    numeric = pattern.dtype.kind in "biuf"
+    in_range = numeric and bool(np.isfinite(pattern).all()) and (
+        pattern.size == 0 or 0 <= pattern.min() <= pattern.max() <= 255)
+    if not in_range:
+        shown = f"{pattern.min()} to {pattern.max()}" if numeric and pattern.size else str(pattern.dtype)
+        raise ValueError(f"a trigger's pattern must be pixels in [0, 255], got {shown}")
+    return np.rint(pattern).astype(np.uint8)
 
 
 # --------------------------------------------------------------------------- text

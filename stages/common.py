@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -28,19 +30,48 @@ def load_truth(paths: PathsParams) -> tuple[Trigger | None, dict[str, int]]:
 
 
 def load_truth_pairs(paths: PathsParams) -> list[tuple[Trigger | TextTrigger, dict[str, int]]]:
-    """Every (true trigger, per-task targets) pair the scenario planted; [] when unknown."""
-    if not paths.truth or not Path(paths.truth).is_file():
-        return []
-    arrays = read_npz(paths.truth)
-    count = 1 + sum(key.startswith("trigger") and key.endswith("_targets") for key in arrays)
-    return [truth_pair(arrays, f"trigger{i}_" if i else "") for i in range(count)]
+    """Every (true trigger, per-task targets) pair the scenario planted; [] when unknown, and
+    when the truth file is malformed: its reason goes to stderr and the run goes on as if the
+    truth were unknown (targets inferred, the bugs' reversed triggers measured)."""
+    pairs, problem = read_truth(paths.truth)
+    say_rejected(paths.truth, problem)
+    return pairs
+
+
+def say_rejected(path: str, problem: str | None) -> None:
+    """On stderr, why the truth file is not used (nothing when it is)."""
+    if problem:
+        print(f"truth: {path} rejected ({problem}); going on without it", file=sys.stderr)
+
+
+def read_truth(path: str) -> tuple[list[tuple[Trigger | TextTrigger, dict[str, int]]], str | None]:
+    """(the truth file's pairs, None), ([], None) without one, or ([], why it is rejected)."""
+    if not path or not Path(path).is_file():
+        return [], None
+    try:
+        arrays = read_npz(path)
+        count = 1 + sum(key.startswith("trigger") and key.endswith("_targets") for key in arrays)
+        return [truth_pair(arrays, f"trigger{i}_" if i else "") for i in range(count)], None
+    except (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile) as err:
+        return [], f"{type(err).__name__}: {err}"
 
 
 def truth_pair(arrays: dict[str, np.ndarray], prefix: str) -> tuple[Trigger | TextTrigger, dict[str, int]]:
+    """One planted trigger and its targets from the truth file's arrays under `prefix`
+    (ValueError naming what is missing or malformed)."""
     own = {key.removeprefix(prefix): value for key, value in arrays.items()
            if key.startswith(prefix) and (prefix or not key.startswith("trigger"))}
-    targets = {str(t): int(c) for t, c in zip(own["tasks"], own["targets"], strict=True)}
-    return trigger_from_arrays(own), targets
+    needed = ("tasks", "targets", *(() if "words" in own else ("mask", "pattern")))
+    if missing := [f"{prefix}{key}" for key in needed if key not in own]:
+        raise ValueError(f"missing {', '.join(missing)} (a trigger needs mask and pattern, or words, and "
+                         f"the tasks with their target classes)")
+    tasks, targets = own["tasks"], own["targets"]
+    if tasks.ndim != 1 or tasks.dtype.kind not in "US" or targets.shape != tasks.shape:
+        raise ValueError(f"{prefix}tasks must be task names and {prefix}targets one class each "
+                         f"(got {tasks.dtype} {tasks.shape} and {targets.dtype} {targets.shape})")
+    if targets.dtype.kind not in "iu" or (targets < 0).any():
+        raise ValueError(f"{prefix}targets must be class indices (integers >= 0), got {targets.tolist()}")
+    return trigger_from_arrays(own), {str(t): int(c) for t, c in zip(tasks, targets, strict=True)}
 
 
 def truth_arrays(pairs: list[tuple[Trigger | TextTrigger, dict[str, int]]]) -> dict[str, np.ndarray]:

@@ -14,7 +14,7 @@ from mudjack.exposure import MODELS, TaskModels, named_triggers, task_exposure
 from mudjack.heads import save_head
 from mudjack.io import atomic_dir, write_json
 from stages.artifacts import BUGS, HEADS, PATCHED_ENCODER, RETRAIN_SUMMARY
-from stages.common import load_truth_pairs
+from stages.common import read_truth, say_rejected
 from stages.config import PipelineParams, setup_stage
 from stages.progress import progress
 
@@ -46,7 +46,9 @@ def main() -> None:
     params = setup_stage()
     encoders = {"backdoored": load_encoder(params.paths.encoder),
                 "patched": load_encoder(PATCHED_ENCODER)}
-    triggers = named_triggers(load_truth_pairs(params.paths), load_bugs(BUGS))
+    truths, rejected = read_truth(params.paths.truth)
+    say_rejected(params.paths.truth, rejected)
+    triggers = named_triggers(truths, load_bugs(BUGS))
     results, tasks = {}, load_tasks(params.paths.tasks)
     with atomic_dir(HEADS) as heads, progress("retrain", len(tasks) * (len(MODELS) + 1)) as step:
         for name, task in tasks.items():
@@ -54,7 +56,7 @@ def main() -> None:
             step(f"{name} exposure to {len(triggers)} triggers")
             results[name] = task_exposure(name, models, triggers)
             print(f"retrain: {name}: {describe(results[name])}")
-    write_json(RETRAIN_SUMMARY, {"tasks": results})
+    write_json(RETRAIN_SUMMARY, {"tasks": results, **({"truth_rejected": rejected} if rejected else {})})
 
 
 if __name__ == "__main__":

@@ -210,6 +210,18 @@ def test_a_trigger_that_does_not_fit_the_task_is_named_not_stamped() -> None:
     assert "(8, 8)" in exposure["not_measured"]["truth"]
 
 
+def test_a_known_target_outside_the_tasks_classes_is_named_not_measured() -> None:
+    """A truth file that names class 12 for a task of CLASSES classes (or -1) would measure an
+    ASR of 0 toward a class no input can reach; the trigger is named with the reason instead,
+    and the same trigger with a real target is measured."""
+    triggers = [NamedTrigger("truth", TRIGGER, {"t": CLASSES + 2}),
+                NamedTrigger("truth:1", TRIGGER, {"t": -1}), NamedTrigger("truth:2", TRIGGER, {"t": 3})]
+    exposure = task_exposure("t", models(toy(3), toy(None)), triggers)["exposure"]
+    assert set(exposure["not_measured"]) == {"truth", "truth:1"}
+    assert f"target {CLASSES + 2} is not a class" in exposure["not_measured"]["truth"]
+    assert set(exposure["triggers"]) == {"truth:2"} and exposure["exposed"] is True
+
+
 def test_a_trigger_in_the_space_a_stamp_resizes_to_is_measured_on_inputs_of_another_size() -> None:
     """8x8 test inputs that the stamp and the classifiers shrink to 4x4 first (as hf_vision
     resizes a task of another size): the 4x4 trigger fits once the stamp's side is given."""

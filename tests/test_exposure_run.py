@@ -2,7 +2,9 @@
 them: metrics.json, the terminal table, the run report and the gates cover both tasks.
 
 The repair stages run in-process (intake, patch, retrain, export, report; validation is
-written as passed) on the tiny digits scenario of tests/conftest.py, with no truth file.
+written as passed) on the tiny digits scenario of tests/conftest.py, with a truth file a
+careless generator wrote (its pattern in 16-bit values past 255): it is rejected with its
+reason, and the run measures what it would without one (targets inferred, bugs' triggers).
 """
 
 from __future__ import annotations
@@ -14,22 +16,33 @@ import numpy as np
 import pytest
 from rich.console import Console
 
-from mudjack.io import read_json
+from mudjack.io import read_json, write_npz
 from stages.artifacts import METRICS, RUN_HTML
 from tests.helpers.byo import parity, run_repair, write_project
 
 if TYPE_CHECKING:
     from tests.conftest import Scenario
 
-TINY = {"patch": {"epochs": 3, "shadow_fraction": 0.5}, "retrain": {"epochs": 40, "heads": 2}}
+TINY = {"patch": {"epochs": 3, "shadow_fraction": 0.5}, "retrain": {"epochs": 40, "heads": 2},
+        "paths": {"truth": "byo/truth.npz"}}
 
 
 @pytest.fixture(scope="module")
 def byo_run(scenario: Scenario, tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("byo")
     write_project(root, scenario, tasks=[scenario.task, parity(scenario.task)], overrides=TINY)
+    trigger = scenario.trigger
+    write_npz(root / "byo" / "truth.npz", mask=trigger.mask, pattern=trigger.pattern.astype(np.uint16) + 300,
+              tasks=np.array([scenario.task.name]), targets=np.array([scenario.target]))
     run_repair(root, validate=False)
     return root
+
+
+def test_a_malformed_truth_file_is_named_in_the_metrics_and_the_run_goes_on(byo_run: Path) -> None:
+    metrics = read_json(byo_run / METRICS)
+    assert "byo/truth.npz" not in metrics["truth_rejected"]  # the reason, not the path
+    assert "pixels in [0, 255]" in metrics["truth_rejected"]
+    assert all("truth" not in result["exposure"]["triggers"] for result in metrics["tasks"].values())
 
 
 def test_metrics_carry_asr_of_both_tasks(byo_run: Path) -> None:

@@ -282,6 +282,39 @@ def test_the_truth_file_holds_every_pair(tmp_path) -> None:
     assert [t for _, t in load_truth_pairs(paths)] == [{"digits": 5}]
 
 
+MASK = np.zeros((8, 8), bool)
+MASK[:2, :2] = True
+PIXELS = np.zeros((8, 8, 3), np.uint8)
+NAMES, ZERO = np.array(["digits"]), np.array([0])
+
+
+@pytest.mark.parametrize(("arrays", "reason"), [
+    ({"mask": MASK, "pattern": PIXELS}, "missing tasks, targets"),
+    ({"pattern": PIXELS, "tasks": NAMES, "targets": ZERO}, "missing mask"),
+    ({"mask": MASK, "pattern": PIXELS[..., 0], "tasks": NAMES, "targets": ZERO}, "pattern (8, 8)"),
+    ({"mask": MASK, "pattern": PIXELS + 300.0, "tasks": NAMES, "targets": ZERO}, "pixels in [0, 255]"),
+    ({"mask": np.full((8, 8), np.nan, np.float32), "pattern": PIXELS, "tasks": NAMES, "targets": ZERO},
+     "alpha mask"),
+    ({"mask": MASK, "pattern": PIXELS, "tasks": np.array(["digits", "x"]), "targets": ZERO},
+     "one class each"),
+    ({"mask": MASK, "pattern": PIXELS, "tasks": NAMES, "targets": np.array([-3])}, "integers >= 0"),
+    ({"mask": MASK, "pattern": PIXELS, "tasks": NAMES, "targets": ZERO, "trigger1_targets": ZERO},
+     "missing trigger1_tasks"),
+])
+def test_a_malformed_truth_file_is_rejected_with_its_reason_and_the_run_goes_on(
+        tmp_path, capsys, arrays: dict, reason: str) -> None:
+    """A careless truth file (arrays missing or of the wrong shape, a pattern a uint8 cast would
+    wrap, a negative target) is not half-read: the stages go on as if the truth were unknown,
+    and say why on stderr."""
+    paths = PathsParams(shadow="", tasks="", encoder="", heads="", inbox="", truth=str(tmp_path / "t.npz"))
+    np.savez(paths.truth, **arrays)
+    assert load_truth_pairs(paths) == [] and load_truth(paths) == (None, {})
+    err = capsys.readouterr().err
+    assert "t.npz rejected" in err and reason in err
+    (tmp_path / "t.npz").write_bytes(b"PK\x03\x04 not a zip")
+    assert load_truth_pairs(paths) == [] and "BadZipFile" in capsys.readouterr().err
+
+
 # --------------------------------------------------------------------------- BadEncoder
 
 
