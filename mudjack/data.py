@@ -14,6 +14,7 @@ import mmap
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -236,11 +237,25 @@ def save_task(task: Task, folder: str | Path) -> None:
 
 def load_task(folder: str | Path) -> Task:
     folder = Path(folder)
-    meta = read_json(folder / "task.json")
+    meta = read_task_json(folder / "task.json")
     train, test = open_npz(folder / "train.npz"), open_npz(folder / "test.npz")
-    return Task(meta["name"], [int(c) for c in meta["classes"]],
-                LabelledSet(read_inputs(train), np.array(train["y"])),
+    return Task(meta["name"], meta["classes"], LabelledSet(read_inputs(train), np.array(train["y"])),
                 LabelledSet(read_inputs(test), np.array(test["y"])))
+
+
+def read_task_json(path: Path) -> dict[str, Any]:
+    """A task.json, checked for a "name" (string) and "classes" (integer class indices):
+    ValueError naming the file otherwise (a careless file gets a sentence, not a KeyError)."""
+    try:
+        meta = read_json(path)
+    except ValueError as err:  # JSONDecodeError, UnicodeDecodeError: say which file
+        raise ValueError(f"{path}: not a JSON object ({err})") from err
+    if not isinstance(meta, dict) or not isinstance(meta.get("name"), str):
+        raise ValueError(f'{path}: needs "name" (the task\'s name, a string)')
+    classes = meta.get("classes")
+    if not isinstance(classes, list) or not all(type(c) is int for c in classes):  # bool is an int too
+        raise ValueError(f'{path}: needs "classes" (a list of integer class indices)')
+    return meta
 
 
 def load_tasks(root: str | Path) -> dict[str, Task]:

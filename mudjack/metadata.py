@@ -34,8 +34,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mudjack.data import iter_batches, read_inputs
-from mudjack.io import open_npz, read_json
+from mudjack.data import iter_batches, read_inputs, read_task_json
+from mudjack.io import open_npz
 from mudjack.reports import (
     MAX_IMAGE_PIXELS,
     Claims,
@@ -83,9 +83,11 @@ class ImageSet:
 
 def task_metadata(folder: str | Path) -> TaskSpec:
     folder = Path(folder)
-    spec = read_json(folder / "task.json")
+    spec = read_task_json(folder / "task.json")
     if spec["name"] != folder.name:
         raise ValueError(f"{folder / 'task.json'}: name {spec['name']!r} != folder name")
+    if not isinstance(spec.get("input_shape"), list):
+        raise ValueError(f'{folder / "task.json"}: needs "input_shape" ([H, W, C], or [] for text)')
     shape = tuple(int(v) for v in spec["input_shape"])
     modality = spec.get("modality", "image")
     if modality not in ("image", "text"):
@@ -93,8 +95,7 @@ def task_metadata(folder: str | Path) -> TaskSpec:
     if len(shape) != (0 if modality == "text" else 3):
         need = "[] for text" if modality == "text" else "[H, W, C]"
         raise ValueError(f"{folder / 'task.json'}: input_shape must be {need}, got {shape}")
-    classes = tuple(int(c) for c in spec["classes"])
-    return TaskSpec(spec["name"], classes, shape, folder, modality)
+    return TaskSpec(spec["name"], tuple(spec["classes"]), shape, folder, modality)
 
 
 def tasks_metadata(tasks_dir: str | Path) -> dict[str, TaskSpec]:

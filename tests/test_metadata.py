@@ -116,6 +116,29 @@ def test_load_tasks_rejects_misnamed(tmp_path: Path) -> None:
         tasks_metadata(tmp_path / "missing")
 
 
+@pytest.mark.parametrize(("spec", "says"), [
+    ({"classes": [0], "input_shape": [2, 2, 3]}, '"name"'),
+    ({"name": "a", "classes": ["cat", "dog"], "input_shape": [2, 2, 3]}, '"classes"'),
+    ({"name": "a", "classes": [0, True], "input_shape": [2, 2, 3]}, '"classes"'),
+    ({"name": "a", "classes": [0, 1]}, '"input_shape"'),
+    ([1, 2], '"name"'),
+])
+def test_a_careless_task_json_is_refused_with_a_sentence_naming_it(tmp_path: Path, spec, says: str) -> None:
+    """Both readers of task.json (the validate stage's and the stages' load_tasks) say which
+    file and which field, where they raised a bare KeyError or int() error before."""
+    from mudjack.data import load_task
+
+    write_json(tmp_path / "t" / "a" / "task.json", spec)
+    with pytest.raises(ValueError, match=f"task.json: needs {says}"):
+        tasks_metadata(tmp_path / "t")
+    if says != '"input_shape"':  # load_task does not read the shape
+        with pytest.raises(ValueError, match=f"task.json: needs {says}"):
+            load_task(tmp_path / "t" / "a")
+    (tmp_path / "t" / "a" / "task.json").write_text("{")
+    with pytest.raises(ValueError, match="task.json: not a JSON object"):
+        tasks_metadata(tmp_path / "t")
+
+
 def test_report_table_reads_valid_and_bad(tmp_path: Path, tasks_dir: Path) -> None:
     inbox = tmp_path / "inbox"
     rgb = np.full((8, 8, 3), 7, np.uint8)
