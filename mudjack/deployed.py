@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -21,12 +21,13 @@ class Deployed:
     encoder: ImageEncoder
     adapter: EncoderAdapter
     heads: dict[str, Head]
+    left_out: dict[str, str] = field(default_factory=dict)  # task -> why its head file is not used
 
     def for_inference(self) -> Deployed:
         """The same model with the encoder's BatchNorms folded into its convolutions (a frozen
         copy, mudjack/encoders/folding.py): for intake, which runs it often and never trains it."""
         encoder = folded(self.encoder)
-        return self if encoder is self.encoder else Deployed(encoder, self.adapter, self.heads)
+        return self if encoder is self.encoder else Deployed(encoder, self.adapter, self.heads, self.left_out)
 
     def flip_rate(self, task: str, target: int) -> Callable[[torch.Tensor], float]:
         """Share of a [0, 1] pixel batch the deployed classifier puts in `target`."""

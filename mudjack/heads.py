@@ -154,6 +154,16 @@ def save_head(head: Head, path: str | Path) -> None:
         save_file(tensors, str(tmp), metadata={"head": json.dumps(head.spec)})
 
 
+def head_misfit(head: Head, *, features: int, classes: int | None) -> str | None:
+    """Why a deployed head cannot serve an encoder of `features` features and a task of
+    `classes` classes (None: the task is unknown), or None when it can."""
+    if head.spec["in_dim"] != features:
+        return f"takes {head.spec['in_dim']} features where the encoder gives {features}"
+    if classes is not None and head.spec["classes"] != classes:
+        return f"gives {head.spec['classes']} classes where its task has {classes}"
+    return None
+
+
 def load_head(path: str | Path) -> Head:
     """A saved head's architecture (its safetensors metadata), bounded before it is built."""
     header = read_header(path)

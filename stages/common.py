@@ -8,18 +8,45 @@ from pathlib import Path
 
 import numpy as np
 
+from mudjack.data import read_task_json
 from mudjack.deployed import Deployed
 from mudjack.encoders import load_encoder
-from mudjack.heads import load_head
+from mudjack.heads import Head, head_misfit, load_head
 from mudjack.io import read_npz
 from mudjack.triggers import TextTrigger, Trigger, trigger_arrays, trigger_from_arrays
 from stages.config import PathsParams
 
 
 def load_deployed(paths: PathsParams) -> Deployed:
+    """The encoder and each task's deployed head. A head file that cannot be loaded, or does
+    not fit the encoder or its task, is left out with its reason on stderr: its task's reports
+    are refused with that reason (`Deployed.left_out`) and the other tasks go on."""
     encoder, adapter = load_encoder(paths.encoder)
-    heads = {p.parent.name: load_head(p) for p in sorted(Path(paths.heads).glob("*/head.safetensors"))}
-    return Deployed(encoder, adapter, heads)
+    heads, left_out = {}, {}
+    for path in sorted(Path(paths.heads).glob("*/head.safetensors")):
+        head, problem = _checked_head(path, adapter.feature_dim, paths.tasks)
+        if head is None:
+            left_out[path.parent.name] = problem
+            print(f"deployed head left out: {problem}", file=sys.stderr)
+        else:
+            heads[path.parent.name] = head
+    return Deployed(encoder, adapter, heads, left_out)
+
+
+def _checked_head(path: Path, features: int, tasks: str) -> tuple[Head | None, str]:
+    """(the head, "") or (None, why it cannot serve: naming the file)."""
+    try:
+        head = load_head(path)
+        problem = head_misfit(head, features=features, classes=_task_classes(tasks, path.parent.name))
+    except ValueError as err:  # a WeightsError names the file already; a task.json that cannot be read
+        return None, str(err)
+    return (None, f"{path}: {problem}") if problem else (head, "")
+
+
+def _task_classes(tasks: str, name: str) -> int | None:
+    """How many classes the task folder `name` declares; None when there is no such task."""
+    spec = Path(tasks) / name / "task.json"
+    return len(read_task_json(spec)["classes"]) if spec.is_file() else None
 
 
 def load_truth(paths: PathsParams) -> tuple[Trigger | None, dict[str, int]]:

@@ -81,7 +81,9 @@ def _check_report(report: BugReport, deployed: Deployed, tasks: dict[str, Task])
     if report.task not in tasks:
         return "unknown_task", f"unknown task {report.task!r}"
     if report.task not in deployed.heads:
-        return "unknown_task", f"no deployed head for task {report.task!r}"
+        left_out = deployed.left_out.get(report.task)
+        why = f" (left out: {left_out})" if left_out else ""
+        return "unknown_task", f"no deployed head for task {report.task!r}{why}"
     task = tasks[report.task]
     if report.label not in task.classes:
         return "bad_label", f"label {report.label} is not a class of task {report.task!r}"

@@ -18,10 +18,16 @@ from pathlib import Path
 import pytest
 import torch
 
+from mudjack.data import load_tasks, save_task
 from mudjack.encoders import EncoderAdapter, get_adapter, import_encoder, load_encoder, save_encoder
 from mudjack.heads import Head, load_head, save_head
+from mudjack.io import read_jsonl
 from mudjack.safeload import WeightsError
 from mudjack.safepath import one_line
+from stages.artifacts import INTAKE_LOG
+from tests.helpers.byo import parity
+from tests.hostile.generate import ADAPTER, build_workspace, png, report
+from tests.hostile.judge import run_stages
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = {"input_shape": [8, 8, 3], "width": 2, "feature_dim": 4, "mean": [0.5], "std": [0.25]}
@@ -311,3 +317,30 @@ def test_a_stage_prints_the_one_line_reason_not_a_traceback(tmp_path: Path) -> N
     assert done.returncode == 1
     assert done.stderr.strip().splitlines() == [
         "retrain: models/backdoored/encoder.safetensors: too short for a safetensors file (7 bytes)"]
+
+
+
+def test_a_head_that_does_not_fit_is_left_out_with_its_reason_and_the_other_tasks_go_on(
+        tmp_path: Path) -> None:
+    """Deployed heads beside the digits one: parity's gives 3 classes for a 2-class task, a
+    third task's file is garbage. Both are left out, named on stderr; parity's report is refused
+    with the reason (it was an `internal` error or a wrong `no_reference` before) and the
+    digits report keeps the verdict it has alone."""
+    ws = build_workspace(tmp_path)
+    run_stages(ws)
+    alone = {r["report_id"]: r["error"] for r in read_jsonl(ws.root / INTAKE_LOG)}
+    heads, tasks = ws.root / "models" / "deployed", ws.root / "data" / "tasks"
+    save_task(parity(load_tasks(tasks)["digits"]), tasks / "parity")
+    save_head(Head(ADAPTER["feature_dim"], 3, hidden=[], dropout=0.0), heads / "parity" / "head.safetensors")
+    (heads / "ghost").mkdir()
+    (heads / "ghost" / "head.safetensors").write_bytes(b"\0" * 7)
+    png(ws.inbox / "p-1.png", ws.image)
+    report(ws.inbox, "p-1", {"task": "parity", "label": 1 - ws.label % 2})
+    outcome = run_stages(ws)
+    decided = {r["report_id"]: r for r in read_jsonl(ws.root / INTAKE_LOG)}
+    assert decided["p-1"]["error"] == "unknown_task"
+    reason = decided["p-1"]["reasons"][0]
+    assert "left out" in reason and "gives 3 classes where its task has 2" in reason
+    assert decided["genuine-1"]["error"] == alone["genuine-1"]
+    assert "ghost/head.safetensors: too short" in outcome.stderr
+    assert "parity/head.safetensors: gives 3 classes" in outcome.stderr
