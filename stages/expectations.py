@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from mudjack.encoders import encoder_resizes_inputs
+from mudjack.encoders import EncoderAdapter, read_adapter
 from mudjack.metadata import TEXT_DTYPE, ImageSet, TaskSpec, image_sets, report_table, tasks_metadata
 from mudjack.reports import ARRAY_DTYPES, ID_PATTERN
 from mudjack.safepath import one_line, printable
@@ -329,6 +329,20 @@ def format_rejections(reports: Mapping[str, Any]) -> str:
     )
 
 
+def check_task_sizes(tasks: Mapping[str, TaskSpec], adapter: EncoderAdapter) -> None:
+    """ValueError when an image task's images are not the size a fixed-size encoder takes (every
+    model run on them would fail); an encoder that resizes its inputs takes any size."""
+    if adapter.modality != "image" or adapter.resizes_inputs:
+        return
+    def size(shape: tuple[int, ...]) -> str:
+        return "x".join(map(str, shape))
+
+    for spec in tasks.values():
+        if spec.modality == "image" and tuple(spec.input_shape) != tuple(adapter.input_shape):
+            raise ValueError(f"task {spec.name!r} holds {size(spec.input_shape)} images but the encoder "
+                             f"({adapter.name}) takes {size(adapter.input_shape)} and does not resize them")
+
+
 def validate_all(
     paths: Mapping[str, str | Path], cfg: Mapping[str, Any], runner: GXRunner | None = None
 ) -> dict[str, Any]:
@@ -336,7 +350,10 @@ def validate_all(
     runner = runner or GXRunner()
     tasks = tasks_metadata(paths["tasks"])
     encoder = Path(paths.get("encoder") or "")
-    any_size = encoder.is_file() and encoder_resizes_inputs(encoder)  # shadow, reports resized as read
+    adapter = read_adapter(encoder) if encoder.is_file() else None
+    if adapter is not None:
+        check_task_sizes(tasks, adapter)
+    any_size = adapter is not None and adapter.resizes_inputs  # shadow, reports resized as read
     tables = validate_tables(image_sets(paths["shadow"], tasks, any_size=any_size), cfg, runner)
     reports = validate_reports(report_table(Path(paths["inbox"]), tasks), tasks, cfg, runner,
                                any_size=any_size)

@@ -34,7 +34,7 @@ from mudjack.data import (
     write_set,
 )
 from mudjack.deployed import Deployed
-from mudjack.encoders import encoder_resizes_inputs, get_adapter, save_encoder
+from mudjack.encoders import get_adapter, read_adapter, save_encoder
 from mudjack.evaluation import stamped_features
 from mudjack.features import extract_features
 from mudjack.heads import HeadParams, train_head
@@ -164,8 +164,8 @@ def test_resizing_is_the_adapters_choice(tmp_path, vit):
     assert adapter.resizes_inputs and adapter.resize_raw(image).shape == (SIDE, SIDE, 3)
     save_encoder(encoder, adapter, tmp_path / "vit.safetensors")
     save_encoder(fixed.build(), fixed, tmp_path / "cnn.safetensors")
-    assert encoder_resizes_inputs(tmp_path / "vit.safetensors")
-    assert not encoder_resizes_inputs(tmp_path / "cnn.safetensors")
+    assert read_adapter(tmp_path / "vit.safetensors").resizes_inputs
+    assert not read_adapter(tmp_path / "cnn.safetensors").resizes_inputs
 
 
 def write_report(inbox: Path, image: np.ndarray, label: int, name: str = "r-1") -> Path:

@@ -223,3 +223,21 @@ def test_stage_fails_on_missing_data(
     assert stage.main() == 1
     assert read_json(tmp_path / VALIDATION)["passed"] is False
     assert "shadow.npz" in capsys.readouterr().err
+
+
+def test_stage_fails_when_the_tasks_are_not_the_size_a_fixed_size_encoder_takes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """8x8 tasks and a small_cnn built for 16x16 inputs (which does not resize): every model run
+    on them would fail, so validation says so in one sentence; built for 8x8, it passes."""
+    from mudjack.encoders import get_adapter, save_encoder
+
+    make_project(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    for side, code in ((16, 1), (8, 0)):
+        adapter = get_adapter("small_cnn", {"input_shape": [side, side, 3], "width": 2, "feature_dim": 4,
+                                            "mean": [0.5], "std": [0.25]})
+        save_encoder(adapter.build(), adapter, tmp_path / "models" / "encoder.safetensors")
+        assert stage.main() == code
+    err = capsys.readouterr().err
+    assert "task 'digits' holds 8x8x3 images but the encoder (small_cnn) takes 16x16x3" in err

@@ -242,10 +242,10 @@ def _built(path: str | Path, build: Callable[[], nn.Module]) -> Callable[[], nn.
     return checked
 
 
-def encoder_resizes_inputs(path: str | Path) -> bool:
-    """Whether the encoder file's adapter resizes raw images of any size (from its header only)."""
-    adapter = _ADAPTERS.get(read_metadata(path).get("adapter", ""))
-    return bool(adapter is not None and adapter.resizes_inputs)
+def read_adapter(path: str | Path) -> EncoderAdapter:
+    """The encoder file's adapter with its config checked, from the header alone (nothing is
+    built, no weight is read); a WeightsError names the problem."""
+    return _adapter_of(path, read_header(path))
 
 
 def load_encoder(path: str | Path) -> tuple[ImageEncoder, EncoderAdapter]:
