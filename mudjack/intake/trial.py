@@ -159,7 +159,9 @@ def _statistics(flips: np.ndarray, shifts: np.ndarray, *, n: int, chance: float,
             "std_floor": round(floors[name], 4),
             **{f"q{q}": round(float(np.quantile(null, q / 100)), 4) for q in (10, 50, 90)},
             "max": round(float(null.max()), 4)}
-        numbers[f"z_{name}"] = round((value - float(null.mean())) / std, 2)
+        # no spread at all (one held-out input, or features that do not move): nothing to
+        # measure an effect against, so no effect is shown
+        numbers[f"z_{name}"] = round((value - float(null.mean())) / std, 2) if std > 0 else 0.0
         numbers[f"p_{name}"] = round((1 + int((null >= value).sum())) / (len(null) + 1), 4)
     return numbers
 

@@ -144,3 +144,27 @@ def test_intake_keys_validation_verdicts_by_file(template, tmp_path):
                                 "codes": {"genuine-1.json.json": "bad_label"}})
     assert intake._validation_reasons(ws.inbox / "genuine-1.json.json")
     assert not intake._validation_reasons(ws.inbox / GENUINE)
+
+
+def test_a_reproducing_report_on_a_task_too_small_to_split_is_decided(template, runner, tmp_path) -> None:
+    """The workspace's task holds 200 train images: after the verification's held-out sample,
+    fewer clean inputs are left than the reversal scores candidates on, so fitting and scoring
+    share them (a RowView then reached `stamp`: `internal`, AttributeError), and one held-out
+    input has no spread to measure a pull against (ZeroDivisionError). A report that reproduces
+    is decided by the model now, not by an exception."""
+    from mudjack.data import load_tasks
+    from stages.common import load_deployed
+    from stages.config import load_params
+
+    ws = copy(template, tmp_path)
+    paths = load_params(ws.root / "params.yaml").paths
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(ws.root)
+        deployed, task = load_deployed(paths), load_tasks(paths.tasks)["digits"]
+    predicted = deployed.classify("digits", task.train.x)
+    # a claimed label other than the model's answer, with a clean input of it the model gets right
+    label = next(c for c in task.classes if c != ws.label and ((predicted == c) & (task.train.y == c)).any())
+    report(ws.inbox, "genuine-1", {"label": label, "input": "genuine-1.png"})
+    outcome = run_stages(ws, runner)
+    assert outcome.error is None and len(outcome.records) == 1
+    assert outcome.records[0]["error"] in {None, "not_backdoor"}, outcome.records[0]
