@@ -16,6 +16,8 @@ from mudjack.io import read_npz
 from mudjack.triggers import TextTrigger, Trigger, trigger_arrays, trigger_from_arrays
 from stages.config import PathsParams
 
+TruthPair = tuple[Trigger | TextTrigger, dict[str, int]]  # a planted trigger, its target per task
+
 
 def load_deployed(paths: PathsParams) -> Deployed:
     """The encoder and each task's deployed head. A head file that cannot be loaded, or does
@@ -56,7 +58,7 @@ def load_truth(paths: PathsParams) -> tuple[Trigger | None, dict[str, int]]:
     return pairs[0] if pairs else (None, {})
 
 
-def load_truth_pairs(paths: PathsParams) -> list[tuple[Trigger | TextTrigger, dict[str, int]]]:
+def load_truth_pairs(paths: PathsParams) -> list[TruthPair]:
     """Every (true trigger, per-task targets) pair the scenario planted; [] when unknown, and
     when the truth file is malformed: its reason goes to stderr and the run goes on as if the
     truth were unknown (targets inferred, the bugs' reversed triggers measured)."""
@@ -71,7 +73,7 @@ def say_rejected(path: str, problem: str | None) -> None:
         print(f"truth: {path} rejected ({problem}); going on without it", file=sys.stderr)
 
 
-def read_truth(path: str) -> tuple[list[tuple[Trigger | TextTrigger, dict[str, int]]], str | None]:
+def read_truth(path: str) -> tuple[list[TruthPair], str | None]:
     """(the truth file's pairs, None), ([], None) without one, or ([], why it is rejected)."""
     if not path or not Path(path).is_file():
         return [], None
@@ -83,7 +85,7 @@ def read_truth(path: str) -> tuple[list[tuple[Trigger | TextTrigger, dict[str, i
         return [], f"{type(err).__name__}: {err}"
 
 
-def truth_pair(arrays: dict[str, np.ndarray], prefix: str) -> tuple[Trigger | TextTrigger, dict[str, int]]:
+def truth_pair(arrays: dict[str, np.ndarray], prefix: str) -> TruthPair:
     """One planted trigger and its targets from the truth file's arrays under `prefix`
     (ValueError naming what is missing or malformed)."""
     own = {key.removeprefix(prefix): value for key, value in arrays.items()
@@ -101,7 +103,7 @@ def truth_pair(arrays: dict[str, np.ndarray], prefix: str) -> tuple[Trigger | Te
     return trigger_from_arrays(own), {str(t): int(c) for t, c in zip(tasks, targets, strict=True)}
 
 
-def truth_arrays(pairs: list[tuple[Trigger | TextTrigger, dict[str, int]]]) -> dict[str, np.ndarray]:
+def truth_arrays(pairs: list[TruthPair]) -> dict[str, np.ndarray]:
     """The truth file: the first pair under plain keys, pair i > 0 under `trigger{i}_` keys."""
     out: dict[str, np.ndarray] = {}
     for i, (trigger, targets) in enumerate(pairs):
