@@ -135,14 +135,18 @@ def trigger_from_arrays(arrays: dict[str, np.ndarray]) -> Trigger | TextTrigger:
 
 
 def _pixels(pattern: np.ndarray) -> np.ndarray:
-    """A stored pattern as uint8 pixels; ValueError for values a cast would wrap (300 -> 44)."""
+    """A stored pattern as uint8 pixels; ValueError for values a cast would wrap (300 -> 44) or
+    truncate (a pattern scaled to [0, 1] would become black)."""
     numeric = pattern.dtype.kind in "biuf"
     in_range = numeric and bool(np.isfinite(pattern).all()) and (
         pattern.size == 0 or 0 <= pattern.min() <= pattern.max() <= 255)
     if not in_range:
         shown = f"{pattern.min()} to {pattern.max()}" if numeric and pattern.size else str(pattern.dtype)
         raise ValueError(f"a trigger's pattern must be pixels in [0, 255], got {shown}")
-    return np.rint(pattern).astype(np.uint8)
+    if not np.array_equal(pattern, np.rint(pattern)):
+        raise ValueError("a trigger's pattern must be whole pixel values 0-255, got fractions (a pattern "
+                         "scaled to [0, 1]? multiply it by 255)")
+    return pattern.astype(np.uint8)
 
 
 # --------------------------------------------------------------------------- text

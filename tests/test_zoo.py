@@ -293,6 +293,7 @@ NAMES, ZERO = np.array(["digits"]), np.array([0])
     ({"pattern": PIXELS, "tasks": NAMES, "targets": ZERO}, "missing mask"),
     ({"mask": MASK, "pattern": PIXELS[..., 0], "tasks": NAMES, "targets": ZERO}, "pattern (8, 8)"),
     ({"mask": MASK, "pattern": PIXELS + 300.0, "tasks": NAMES, "targets": ZERO}, "pixels in [0, 255]"),
+    ({"mask": MASK, "pattern": PIXELS + 0.5, "tasks": NAMES, "targets": ZERO}, "multiply it by 255"),
     ({"mask": np.full((8, 8), np.nan, np.float32), "pattern": PIXELS, "tasks": NAMES, "targets": ZERO},
      "alpha mask"),
     ({"mask": MASK, "pattern": PIXELS, "tasks": np.array(["digits", "x"]), "targets": ZERO},
