@@ -174,6 +174,8 @@ def summary_section(data: RunData) -> str:
             ("patch", f"{patch.get('method', '-')} on {patch.get('bugs', 0)} bugs, "
                       f"{_fmt(patch.get('seconds'))} s"),
             ("ONNX max |diff|", _fmt(export.get("max_abs_diff")))]
+    if rejected := data.metrics.get("truth_rejected"):  # measured as if the trigger were unknown
+        rows.append(("truth file", f"rejected: {rejected}"))
     return _section("summary", "Summary", _table((), rows))
 
 

@@ -43,6 +43,8 @@ def test_a_malformed_truth_file_is_named_in_the_metrics_and_the_run_goes_on(byo_
     assert "byo/truth.npz" not in metrics["truth_rejected"]  # the reason, not the path
     assert "pixels in [0, 255]" in metrics["truth_rejected"]
     assert all("truth" not in result["exposure"]["triggers"] for result in metrics["tasks"].values())
+    summary = (byo_run / RUN_HTML).read_text().split('<section id="summary">')[1].split("</section>")[0]
+    assert "<td>truth file</td><td>rejected: ValueError: a trigger&#x27;s pattern must be pixels" in summary
 
 
 def test_metrics_carry_asr_of_both_tasks(byo_run: Path) -> None:
