@@ -73,7 +73,7 @@ def split_clean(clean: np.ndarray, samples: int, seed: int) -> tuple[np.ndarray,
     order = np.random.default_rng(seed).permutation(len(clean))
     held, fit = np.sort(order[:samples]), np.sort(order[samples:])
     if len(fit) == 0:  # indexed all the same: a RowView of the task's rows reads them into an array
-        everything = np.sort(order)
+        everything = np.arange(len(clean))
         return clean[everything], clean[everything]
     return clean[fit], clean[held]
 
