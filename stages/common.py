@@ -74,9 +74,11 @@ def say_rejected(path: str, problem: str | None) -> None:
 
 
 def read_truth(path: str) -> tuple[list[TruthPair], str | None]:
-    """(the truth file's pairs, None), ([], None) without one, or ([], why it is rejected)."""
-    if not path or not Path(path).is_file():
+    """(the truth file's pairs, None), ([], None) when none is named, or ([], why it is rejected)."""
+    if not path:
         return [], None
+    if not Path(path).is_file():
+        return [], "no such file"
     try:
         arrays = read_npz(path)
         count = 1 + sum(key.startswith("trigger") and key.endswith("_targets") for key in arrays)

@@ -314,6 +314,8 @@ def test_a_malformed_truth_file_is_rejected_with_its_reason_and_the_run_goes_on(
     assert "t.npz rejected" in err and reason in err
     (tmp_path / "t.npz").write_bytes(b"PK\x03\x04 not a zip")
     assert load_truth_pairs(paths) == [] and "BadZipFile" in capsys.readouterr().err
+    (tmp_path / "t.npz").unlink()
+    assert load_truth_pairs(paths) == [] and "t.npz rejected (no such file)" in capsys.readouterr().err
 
 
 # --------------------------------------------------------------------------- BadEncoder
