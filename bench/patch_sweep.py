@@ -37,7 +37,7 @@ from mudjack.patching.distributed import epoch_order, local_batches
 from mudjack.patching.mudjacking import MudjackingParams, start_run
 from mudjack.patching.pool import task_pool
 from mudjack.triggers import trigger_coverage
-from stages.common import truth_pair
+from mudjack.truth import truth_pair
 
 
 def padded(bug: Bug, pad: int) -> Bug:

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from mudjack.encoders import EncoderAdapter, ImageEncoder
+from mudjack.data import read_task_json
+from mudjack.encoders import EncoderAdapter, ImageEncoder, load_encoder
 from mudjack.encoders.folding import folded
 from mudjack.features import extract_features
-from mudjack.heads import Head, predict
+from mudjack.heads import Head, head_misfit, load_head, predict
 
 
 @dataclass
@@ -50,3 +52,30 @@ class Deployed:
 
     def classify(self, task: str, images: np.ndarray) -> np.ndarray:
         return predict(self.heads[task], extract_features(self.encoder, self.adapter, images))
+
+
+def load_deployed(encoder: str | Path, heads: str | Path, tasks: str | Path) -> Deployed:
+    """The encoder and each task's head (`<heads>/<task>/head.safetensors`). A head file that
+    cannot be loaded, or does not fit the encoder's features or its task's classes (`<tasks>/
+    <task>/task.json`), is left out with its reason in `left_out`, so that only its task's
+    reports are refused."""
+    model, adapter = load_encoder(encoder)
+    fitting, left_out = {}, {}
+    for path in sorted(Path(heads).glob("*/head.safetensors")):
+        head, problem = _checked_head(path, adapter.feature_dim, Path(tasks) / path.parent.name / "task.json")
+        if head is None:
+            left_out[path.parent.name] = problem
+        else:
+            fitting[path.parent.name] = head
+    return Deployed(model, adapter, fitting, left_out)
+
+
+def _checked_head(path: Path, features: int, task_json: Path) -> tuple[Head | None, str]:
+    """(the head, "") or (None, why it cannot serve: naming the file)."""
+    try:
+        head = load_head(path)
+        classes = len(read_task_json(task_json)["classes"]) if task_json.is_file() else None
+        problem = head_misfit(head, features=features, classes=classes)
+    except ValueError as err:  # a WeightsError names the file already; a task.json that cannot be read
+        return None, str(err)
+    return (None, f"{path}: {problem}") if problem else (head, "")

@@ -20,8 +20,8 @@ from mudjack.heads import HeadParams, predict, save_head, train_head
 from mudjack.io import atomic_dir, read_npz, write_json, write_npz
 from mudjack.metrics import evaluate, non_target
 from mudjack.triggers import TextTrigger, Trigger, patch_trigger
+from mudjack.truth import truth_arrays
 from stages.artifacts import ATTACK_METRICS, FOUNDATION, PRETRAIN
-from stages.common import truth_arrays
 from stages.config import AttackParams, PipelineParams, TriggerParams, setup_stage
 
 Pair = tuple[Trigger | TextTrigger, int]  # a true trigger and its target class

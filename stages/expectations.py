@@ -334,13 +334,15 @@ def check_task_sizes(tasks: Mapping[str, TaskSpec], adapter: EncoderAdapter) -> 
     model run on them would fail); an encoder that resizes its inputs takes any size."""
     if adapter.modality != "image" or adapter.resizes_inputs:
         return
-    def size(shape: tuple[int, ...]) -> str:
-        return "x".join(map(str, shape))
-
+    takes = tuple(adapter.input_shape)
     for spec in tasks.values():
-        if spec.modality == "image" and tuple(spec.input_shape) != tuple(adapter.input_shape):
-            raise ValueError(f"task {spec.name!r} holds {size(spec.input_shape)} images but the encoder "
-                             f"({adapter.name}) takes {size(adapter.input_shape)} and does not resize them")
+        if spec.modality == "image" and tuple(spec.input_shape) != takes:
+            raise ValueError(f"task {spec.name!r} holds {_size(spec.input_shape)} images but the encoder "
+                             f"({adapter.name}) takes {_size(takes)} and does not resize them")
+
+
+def _size(shape: tuple[int, ...]) -> str:
+    return "x".join(map(str, shape))
 
 
 def validate_all(

@@ -13,8 +13,9 @@ from mudjack.evaluation import predictor, retrain_heads
 from mudjack.exposure import MODELS, TaskModels, named_triggers, task_exposure
 from mudjack.heads import save_head
 from mudjack.io import atomic_dir, write_json
+from mudjack.truth import read_truth
 from stages.artifacts import BUGS, HEADS, PATCHED_ENCODER, RETRAIN_SUMMARY
-from stages.common import read_truth, say_rejected
+from stages.common import say_rejected
 from stages.config import PipelineParams, setup_stage
 from stages.progress import progress
 

@@ -337,7 +337,7 @@ def test_patch_sweep_asks_for_the_target_of_a_task_the_attack_did_not_aim_at(tmp
 
     from mudjack.io import write_npz
     from mudjack.triggers import patch_trigger
-    from stages.common import truth_arrays
+    from mudjack.truth import truth_arrays
 
     write_npz(tmp_path / "models" / "backdoored" / "truth.npz",
               **truth_arrays([(patch_trigger((8, 8, 3), 2, 6, 6), {"gtsrb": 12})]))

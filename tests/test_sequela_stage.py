@@ -14,9 +14,9 @@ from mudjack.data import Task, load_tasks, save_task
 from mudjack.encoders import save_encoder
 from mudjack.heads import save_head
 from mudjack.io import read_json, write_npz
+from mudjack.truth import truth_arrays
 from stages import prepare, sequela
 from stages.artifacts import HEADS, PATCHED_ENCODER, SEQUELA
-from stages.common import truth_arrays
 from stages.config import PipelineParams
 
 PATHS = {"shadow": "shadow.npz", "tasks": "tasks", "encoder": "backdoored.safetensors", "heads": "deployed",

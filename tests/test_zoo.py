@@ -24,8 +24,9 @@ from mudjack.triggers import (
     trigger_from_arrays,
     trigger_iou,
 )
+from mudjack.truth import truth_arrays
 from stages.attack import attack_targets, make_triggers
-from stages.common import load_truth, load_truth_pairs, truth_arrays
+from stages.common import load_truth, load_truth_pairs
 from stages.config import AttackParams, PathsParams, TriggerParams
 
 SHAPES = [(8, 8, 3), (32, 32, 3), (28, 28, 1)]

@@ -1,0 +1,62 @@
+"""The truth file: the triggers a scenario planted and their target class per task (an npz).
+
+The first trigger's arrays sit under plain keys, trigger i > 0's under `trigger{i}_` keys: an
+image trigger is `mask` (H, W; bool, or alpha in [0, 1]) and `pattern` (H, W, C pixels 0-255), a
+text trigger `words` (and `position`); each has `tasks` (names) and `targets` (one class each).
+A malformed file is rejected whole, with its reason (`read_truth`).
+"""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from mudjack.io import read_npz
+from mudjack.triggers import TextTrigger, Trigger, trigger_arrays, trigger_from_arrays
+
+TruthPair = tuple[Trigger | TextTrigger, dict[str, int]]  # a planted trigger, its target per task
+
+
+def read_truth(path: str) -> tuple[list[TruthPair], str | None]:
+    """(the truth file's pairs, None), ([], None) when none is named, or ([], why it is rejected)."""
+    if not path:
+        return [], None
+    if not Path(path).is_file():
+        return [], "no such file"
+    try:
+        arrays = read_npz(path)
+        count = 1 + sum(key.startswith("trigger") and key.endswith("_targets") for key in arrays)
+        return [truth_pair(arrays, f"trigger{i}_" if i else "") for i in range(count)], None
+    except (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile) as err:
+        return [], f"{type(err).__name__}: {err}"
+
+
+def truth_pair(arrays: dict[str, np.ndarray], prefix: str) -> TruthPair:
+    """One planted trigger and its targets from the truth file's arrays under `prefix`
+    (ValueError naming what is missing or malformed)."""
+    own = {key.removeprefix(prefix): value for key, value in arrays.items()
+           if key.startswith(prefix) and (prefix or not key.startswith("trigger"))}
+    needed = ("tasks", "targets", *(() if "words" in own else ("mask", "pattern")))
+    if missing := [f"{prefix}{key}" for key in needed if key not in own]:
+        raise ValueError(f"missing {', '.join(missing)} (a trigger needs mask and pattern, or words, and "
+                         f"the tasks with their target classes)")
+    tasks, targets = own["tasks"], own["targets"]
+    if tasks.ndim != 1 or tasks.dtype.kind not in "US" or targets.shape != tasks.shape:
+        raise ValueError(f"{prefix}tasks must be task names and {prefix}targets one class each "
+                         f"(got {tasks.dtype} {tasks.shape} and {targets.dtype} {targets.shape})")
+    if targets.dtype.kind not in "iu" or (targets < 0).any():
+        raise ValueError(f"{prefix}targets must be class indices (integers >= 0), got {targets.tolist()}")
+    return trigger_from_arrays(own), {str(t): int(c) for t, c in zip(tasks, targets, strict=True)}
+
+
+def truth_arrays(pairs: list[TruthPair]) -> dict[str, np.ndarray]:
+    """The truth file: the first pair under plain keys, pair i > 0 under `trigger{i}_` keys."""
+    out: dict[str, np.ndarray] = {}
+    for i, (trigger, targets) in enumerate(pairs):
+        prefix = f"trigger{i}_" if i else ""
+        arrays = {**trigger_arrays(trigger), "tasks": np.array(list(targets), dtype=np.str_),
+                  "targets": np.array(list(targets.values()), dtype=np.int64)}
+        out.update({prefix + key: value for key, value in arrays.items()})
+    return out
