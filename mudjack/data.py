@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from mudjack.io import atomic_path, open_npz, read_json, write_json, write_npz
+from mudjack.io import atomic_path, open_npz, read_json, require_regular_file, write_json, write_npz
 
 
 @dataclass
@@ -244,8 +244,10 @@ def load_task(folder: str | Path) -> Task:
 
 
 def read_task_json(path: Path) -> dict[str, Any]:
-    """A task.json, checked for a "name" (string) and "classes" (integer class indices):
-    ValueError naming the file otherwise (a careless file gets a sentence, not a KeyError)."""
+    """A task.json, checked for a "name" (string) and "classes" (the class indices 0..n-1, each
+    once, in any order: a head's outputs): ValueError naming the file otherwise (a careless file
+    gets a sentence, not a KeyError)."""
+    require_regular_file(path)
     try:
         meta = read_json(path)
     except ValueError as err:  # JSONDecodeError, UnicodeDecodeError: say which file
@@ -255,7 +257,15 @@ def read_task_json(path: Path) -> dict[str, Any]:
     classes = meta.get("classes")
     if not isinstance(classes, list) or not all(type(c) is int for c in classes):  # bool is an int too
         raise ValueError(f'{path}: needs "classes" (a list of integer class indices)')
+    if sorted(classes) != list(range(len(classes))):
+        raise ValueError(f'{path}: "classes" must be the indices 0..n-1 of a head\'s outputs, each '
+                         f"once (labels are those indices); got {_brief(classes)}")
     return meta
+
+
+def _brief(values: list[Any], shown: int = 12) -> str:
+    """A list for a message, cut after `shown` items."""
+    return str(values) if len(values) <= shown else f"{str(values[:shown])[:-1]}, ... ({len(values)} in all)]"
 
 
 def load_tasks(root: str | Path) -> dict[str, Task]:

@@ -6,14 +6,19 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import struct
 import tempfile
+import zipfile
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from mudjack.safepath import kind
 
 
 @contextmanager
@@ -118,18 +123,55 @@ def sorted_metadata(data: bytes) -> bytes:
     return data[:8] + text.ljust(length) + data[8 + length:]
 
 
+# What numpy and zipfile raise on a file that is not a well-formed npz (an empty file, one bare
+# .npy, a cut-off member, a header with a negative or absurd shape); OSError (missing, a
+# folder, unreadable) passes through as it is.
+_MALFORMED = (EOFError, ValueError, TypeError, OverflowError, KeyError, IndexError, struct.error,
+              zipfile.BadZipFile, zlib.error, MemoryError)
+
+
+ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")  # a zip's first local header, or an empty zip
+
+
+def require_regular_file(path: str | Path) -> None:
+    """ValueError naming `path` unless it is a regular file (a symlink to one is fine): opening a
+    FIFO waits for a writer forever, a device reads forever. A missing file raises
+    FileNotFoundError as open() would."""
+    mode = os.stat(path).st_mode
+    if not stat.S_ISREG(mode):
+        raise ValueError(f"{path}: a {kind(mode)}, not a regular file")
+
+
+@contextmanager
+def _npz(path: str | Path) -> Iterator[Any]:
+    """np.load of an npz of named arrays, any malformation raised as a ValueError naming the file.
+    A file that is not a zip is refused before np.load, which would offer to unpickle it."""
+    require_regular_file(path)
+    with open(path, "rb") as f:
+        head = f.read(6)
+    if head[:4] not in ZIP_MAGIC:
+        what = "one bare array (np.save)" if head == b"\x93NUMPY" else "not a zip archive"
+        raise ValueError(f"{path}: not an npz of named arrays (np.savez): {what}")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            yield data
+    except _MALFORMED as error:
+        if "Object arrays" in str(error):  # numpy's advice is to allow pickles: never here
+            raise ValueError(f"{path}: holds object (pickled) arrays; only numeric or text arrays "
+                             "are read") from error
+        raise ValueError(f"{path}: not a readable npz ({type(error).__name__}: {error})") from error
+
+
 def read_npz(path: str | Path) -> dict[str, np.ndarray]:
-    with np.load(path, allow_pickle=False) as data:
+    with _npz(path) as data:
         return {key: data[key] for key in data.files}
 
 
 def open_npz(path: str | Path) -> dict[str, np.ndarray]:
     """An npz's arrays; members stored uncompressed (`write_npz(compress=False)`) come back as
     read-only memory maps, read from disk only where indexed. Others are read whole."""
-    import zipfile
-
     arrays: dict[str, np.ndarray] = {}
-    with np.load(path, allow_pickle=False) as data, zipfile.ZipFile(path) as archive, open(path, "rb") as f:
+    with _npz(path) as data, zipfile.ZipFile(path) as archive, open(path, "rb") as f:
         stored = {info.filename.removesuffix(".npy"): info for info in archive.infolist()
                   if info.compress_type == zipfile.ZIP_STORED}
         for key in data.files:
@@ -147,6 +189,8 @@ def _member_memmap(path: str | Path, f: Any, header_offset: int) -> np.memmap | 
     major, _ = np.lib.format.read_magic(f)
     read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
     shape, fortran, dtype = read_header(f)
+    if any(side < 0 for side in shape):
+        raise ValueError(f"a member's header declares a negative size {shape}")
     if dtype.kind in "UOV" or not np.prod(shape):
         return None
     return np.memmap(path, dtype=dtype, mode="r", offset=f.tell(), shape=shape,

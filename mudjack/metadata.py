@@ -26,8 +26,9 @@ raises for one bad report; an unreadable report has ``readable=False``, ``error`
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -96,6 +97,14 @@ def task_metadata(folder: str | Path) -> TaskSpec:
         need = "[] for text" if modality == "text" else "[H, W, C]"
         raise ValueError(f"{folder / 'task.json'}: input_shape must be {need}, got {shape}")
     return TaskSpec(spec["name"], tuple(spec["classes"]), shape, folder, modality)
+
+
+def folders_without_task(tasks_dir: str | Path) -> list[str]:
+    """Sub-folders of `tasks_dir` holding no task.json: not tasks, named so none vanishes unsaid."""
+    tasks_dir = Path(tasks_dir)
+    if not tasks_dir.is_dir():
+        return []
+    return sorted(p.name for p in tasks_dir.iterdir() if p.is_dir() and not (p / "task.json").exists())
 
 
 def tasks_metadata(tasks_dir: str | Path) -> dict[str, TaskSpec]:
@@ -174,13 +183,32 @@ def text_table(x: np.ndarray, y: np.ndarray | None = None) -> pd.DataFrame:
     }, columns=TEXT_COLUMNS)
 
 
-def _data_set(name: str, arrays: dict[str, np.ndarray], shape: tuple[int, ...],
-              classes: tuple[int, ...] | None) -> ImageSet:
-    """An image or text table of one npz (`x` or `text`, with `y` when labelled)."""
+def _data_set(arrays: dict[str, np.ndarray], *, name: str, shape: tuple[int, ...],
+              classes: tuple[int, ...] | None, modality: str | None) -> ImageSet:
+    """An image or text table of one npz (`x` or `text`, with `y` when labelled); `modality`
+    (None: either) is what its task holds. What no expectation could describe (sentences in an
+    image task, pixels that are not numbers, labels that are not integers) raises ValueError."""
     x, y = read_inputs(arrays), arrays.get("y") if classes is not None else None
-    if x.dtype.kind == "U":
+    found = "text" if x.dtype.kind == "U" else "image"
+    if modality not in (None, found):
+        raise ValueError(f"holds {'sentences' if found == 'text' else 'images'} but its task is "
+                         f"a{'n' if modality == 'image' else ''} {modality} task")
+    if found == "image" and x.dtype.kind not in "biuf":
+        raise ValueError(f"images of dtype {x.dtype}: pixels must be numbers (uint8)")
+    if y is not None and y.dtype.kind not in "iu":
+        raise ValueError(f"labels `y` of dtype {y.dtype}: labels must be integers (class indices)")
+    if found == "text":
         return ImageSet(name, text_table(x, y), (), classes, "text")
     return ImageSet(name, image_table(x, y), shape, classes)
+
+
+def _read_set(path: str | Path, build: Callable[[dict[str, np.ndarray]], ImageSet]) -> ImageSet:
+    """`build` of the npz at `path`'s arrays; any problem raised as a ValueError naming the file."""
+    arrays = open_npz(path)  # names the file itself
+    try:
+        return build(arrays)
+    except (KeyError, ValueError) as err:
+        raise ValueError(f"{path}: {err.args[0] if err.args else err}") from err
 
 
 def image_sets(shadow: str | Path, tasks: Mapping[str, TaskSpec], *,
@@ -188,12 +216,15 @@ def image_sets(shadow: str | Path, tasks: Mapping[str, TaskSpec], *,
     """The shadow set (shape of the first task, else its own) and each task's train and test.
     With `any_size` (an encoder that resizes its inputs as it reads them) the shadow set's
     height and width are free: only its channels are checked against the first task's."""
-    arrays = open_npz(shadow)
-    sets = [_data_set("shadow", arrays, _shadow_shape(read_inputs(arrays), tasks, any_size), None)]
+    first = next(iter(tasks.values()), None)
+    sets = [_read_set(shadow, lambda arrays: _data_set(
+        arrays, name="shadow", shape=_shadow_shape(read_inputs(arrays), tasks, any_size), classes=None,
+        modality=first and first.modality))]
     for name, task in tasks.items():
         for split in ("train", "test"):
-            data = open_npz(task.folder / f"{split}.npz")
-            sets.append(_data_set(f"{name}/{split}", data, task.input_shape, task.classes))
+            build = partial(_data_set, name=f"{name}/{split}", shape=task.input_shape,
+                            classes=task.classes, modality=task.modality)
+            sets.append(_read_set(task.folder / f"{split}.npz", build))
     return sets
 
 

@@ -17,7 +17,15 @@ import numpy as np
 import pandas as pd
 
 from mudjack.encoders import EncoderAdapter, read_adapter
-from mudjack.metadata import TEXT_DTYPE, ImageSet, TaskSpec, image_sets, report_table, tasks_metadata
+from mudjack.metadata import (
+    TEXT_DTYPE,
+    ImageSet,
+    TaskSpec,
+    folders_without_task,
+    image_sets,
+    report_table,
+    tasks_metadata,
+)
 from mudjack.reports import ARRAY_DTYPES, ID_PATTERN
 from mudjack.safepath import one_line, printable
 
@@ -363,4 +371,5 @@ def validate_all(
         "passed": all(t["success"] for t in tables),
         "tables": tables,
         "reports": reports,
+        "not_tasks": folders_without_task(paths["tasks"]),
     }

@@ -9,6 +9,7 @@ inbox into the quarantine folder, and temporaries of a killed earlier run are re
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from mudjack.io import remove_stale_temporaries, write_json
 from mudjack.safepath import quarantine
@@ -32,6 +33,9 @@ def main(runner: GXRunner | None = None) -> int:
         print(f"validate: cannot read the data: {type(err).__name__}: {err}", file=sys.stderr)
         return 1
     write_json(VALIDATION, result)
+    for folder in result["not_tasks"]:
+        print(f"validate: {Path(params.paths.tasks) / folder} holds no task.json: not a task, left out",
+              file=sys.stderr)
     if rejections := format_rejections(result["reports"]):
         print(rejections)
     if not result["passed"]:

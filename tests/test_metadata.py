@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -136,6 +137,25 @@ def test_a_careless_task_json_is_refused_with_a_sentence_naming_it(tmp_path: Pat
             load_task(tmp_path / "t" / "a")
     (tmp_path / "t" / "a" / "task.json").write_text("{")
     with pytest.raises(ValueError, match="task.json: not a JSON object"):
+        tasks_metadata(tmp_path / "t")
+
+
+@pytest.mark.parametrize("classes", [[0, 2, 5], [0, 0, 1], [1, 2, 3], list(range(9)) + [20]])
+def test_task_classes_must_be_the_head_indices_each_once(tmp_path: Path, classes: list[int]) -> None:
+    """Labels index a head's outputs: classes [0, 2, 5] passed validation and crashed retrain's
+    cross entropy (target 5 out of bounds); a duplicate made an 11-class task of 10 classes."""
+    task_json = tmp_path / "t" / "a" / "task.json"
+    write_json(task_json, {"name": "a", "classes": classes, "input_shape": [2, 2, 3]})
+    with pytest.raises(ValueError, match=r'task.json: "classes" must be the indices 0..n-1'):
+        tasks_metadata(tmp_path / "t")
+    write_json(task_json, {"name": "a", "classes": [2, 0, 1], "input_shape": [2, 2, 3]})
+    assert tasks_metadata(tmp_path / "t")["a"].classes == (2, 0, 1)  # any order
+
+
+def test_a_task_json_that_is_a_fifo_is_refused_not_waited_on(tmp_path: Path) -> None:
+    (tmp_path / "t" / "a").mkdir(parents=True)
+    os.mkfifo(tmp_path / "t" / "a" / "task.json")
+    with pytest.raises(ValueError, match="task.json: a FIFO, not a regular file"):
         tasks_metadata(tmp_path / "t")
 
 

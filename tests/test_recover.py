@@ -129,6 +129,26 @@ def test_auto_recovers_a_smooth_blend_as_a_colour_grid_everywhere(seed):
     assert bug_residual(found.pattern, 3).std() < 0.4 * bug_residual(noise, 3).std()
 
 
+@pytest.mark.parametrize("seed", [0, 1, 4])  # two sides: 2 px top and bottom, 1 px left and right, a corner
+def test_auto_recovers_a_frame_along_the_border(seed):
+    truth = zoo_triggers("frame", SHAPE, seed)[0]
+    found, record = recover(toy_backdoor([truth], seed=seed))
+    assert record["candidates"][record["chosen"]]["effect"] >= 0.9
+    assert trigger_coverage(found, truth) >= 0.9 and found.pixels <= 3 * truth.pixels
+    if not found.soft:  # a hard mask is the frame itself; a soft one covers it, fading inwards
+        assert trigger_iou(found, truth) >= 0.8
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_auto_recovers_stripes_blended_everywhere_as_a_soft_trigger(seed):
+    truth = zoo_triggers("stripes", SHAPE, seed)[0]
+    found, record = recover(toy_backdoor([truth], seed=seed))
+    assert record["chosen"] == "soft" and found.soft
+    assert record["candidates"]["soft"]["effect"] >= 0.9
+    assert record["candidates"]["grow"]["effect"] <= 0.1  # no compact region does it
+    assert trigger_correlation(found, truth) >= 0.4 and found.pixels >= 0.5 * truth.pixels
+
+
 def test_auto_fits_every_candidate_when_none_is_enough():
     truth = zoo_triggers("blend", SHAPE, 1)[0]
     params = ReverseParams(method="auto", soft={"steps": 20}, select={"enough": 1.01})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -223,6 +224,80 @@ def test_stage_fails_on_missing_data(
     assert stage.main() == 1
     assert read_json(tmp_path / VALIDATION)["passed"] is False
     assert "shadow.npz" in capsys.readouterr().err
+
+
+def _npy_member_with_shape(path: Path, shape: tuple[int, ...]) -> None:
+    """An npz whose stored `x.npy` declares `shape` in its header (the body: 64 bytes)."""
+    import zipfile
+
+    header = f"{{'descr': '|u1', 'fortran_order': False, 'shape': {shape}, }}".ljust(117) + "\n"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as archive:
+        archive.writestr("x.npy", b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little")
+                         + header.encode() + bytes(64))
+
+
+def _fifo(path: Path) -> None:
+    path.unlink()
+    os.mkfifo(path)
+
+
+def _arrays(path: Path, **changes: np.ndarray | None) -> None:
+    """Rewrite the npz at `path` with `changes` (None: drop that array)."""
+    with np.load(path) as data:
+        arrays = {key: data[key] for key in data.files}
+    arrays.update(changes)
+    np.savez(path, **{key: value for key, value in arrays.items() if value is not None})
+
+
+# A careless or hostile data file: (which, how, what the message says). Before, each was a
+# traceback (EOFError, TypeError, OverflowError, numpy's UFunc error), a hang (a FIFO), advice
+# to allow pickles, or a message that did not say which file; bool labels passed silently.
+BROKEN = {
+    "empty": ("shadow", lambda p: p.write_bytes(b""), "not a zip archive"),
+    "np.save": ("shadow", lambda p: np.save(p.open("wb"), random_images(3)), "one bare array (np.save)"),
+    "random bytes": ("train", lambda p: p.write_bytes(bytes(range(256)) * 8), "not a zip archive"),
+    "fifo": ("train", _fifo, "a FIFO, not a regular file"),
+    "negative shape": ("test", lambda p: _npy_member_with_shape(p, (10, -8, 8, 3)), "negative size"),
+    "object arrays": ("train", lambda p: np.savez(p, x=np.array([None, 1], dtype=object), y=np.arange(2)),
+                      "object (pickled) arrays"),
+    "structured pixels": ("shadow", lambda p: _arrays(p, x=random_images(20).view(
+        np.dtype([("r", "u1"), ("g", "u1"), ("b", "u1")]))[..., 0]), "pixels must be numbers"),
+    "bool labels": ("train", lambda p: _arrays(p, y=np.arange(20) % 2 == 0), "labels must be integers"),
+    "float labels": ("test", lambda p: _arrays(p, y=(np.arange(20) % 10).astype(float)),
+                     "labels must be integers"),
+    "sentences": ("train", lambda p: _arrays(p, x=None, text=np.array([f"s {i}" for i in range(20)])),
+                  "holds sentences but its task is an image task"),
+    "no inputs": ("shadow", lambda p: _arrays(p, x=None, y=np.arange(20)), "no inputs"),
+    "lengths": ("train", lambda p: _arrays(p, y=np.arange(19) % 10), "20 images but 19 labels"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BROKEN))
+def test_stage_fails_on_a_malformed_data_file_naming_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], case: str
+) -> None:
+    which, breaks, says = BROKEN[case]
+    make_project(tmp_path)
+    path = Path("data/shadow.npz") if which == "shadow" else Path(f"data/tasks/digits/{which}.npz")
+    breaks(tmp_path / path)
+    monkeypatch.chdir(tmp_path)
+    assert stage.main() == 1
+    assert read_json(tmp_path / VALIDATION)["passed"] is False
+    err = capsys.readouterr().err
+    assert f"validate: cannot read the data: ValueError: {path}: " in err and says in err, err
+    assert "allow_pickle" not in err and "Traceback" not in err
+
+
+def test_a_task_folder_without_task_json_is_named_not_dropped_silently(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    make_project(tmp_path)
+    (tmp_path / "data/tasks/parity").mkdir()
+    write_npz(tmp_path / "data/tasks/parity/train.npz", x=random_images(20), y=np.arange(20) % 2)
+    monkeypatch.chdir(tmp_path)
+    assert stage.main() == 0
+    assert read_json(tmp_path / VALIDATION)["not_tasks"] == ["parity"]
+    assert "validate: data/tasks/parity holds no task.json: not a task, left out" in capsys.readouterr().err
 
 
 def test_stage_fails_when_the_tasks_are_not_the_size_a_fixed_size_encoder_takes(

@@ -189,7 +189,7 @@ def test_a_translucent_patch_is_the_patch_of_its_seed_blended_at_one_alpha(shape
     assert np.abs(stamped[:, patch.region] - expected).max() <= 0.5 + 1e-6  # blended, then rounded
 
 
-@pytest.mark.parametrize("family", ["blend", "picture"])
+@pytest.mark.parametrize("family", ["blend", "picture", "stripes"])
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("seed", range(6))
 def test_a_blend_changes_every_pixel_by_at_most_alpha_255(family, shape, seed) -> None:
@@ -210,6 +210,54 @@ def test_a_picture_is_flat_colours_with_black_outlines(shape, seed) -> None:
     assert (picture == 0).all(-1).any()  # an outline
     flat = (np.abs(np.diff(picture, axis=1)).sum(-1) == 0).mean()
     assert flat >= 0.5  # most neighbours share a colour: not noise
+
+
+def full_sides(mask: np.ndarray) -> str:
+    """The image sides (t, b, l, r) the mask covers end to end."""
+    edges = (mask[0], mask[-1], mask[:, 0], mask[:, -1])
+    return "".join(side for side, line in zip("tblr", edges, strict=True) if line.all())
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("seed", range(12))
+def test_a_frame_runs_along_whole_sides_of_the_border_only(shape, seed) -> None:
+    (trigger,) = zoo_triggers("frame", shape, seed)
+    height, width = shape[:2]
+    thickness = 2 if min(height, width) >= 16 else 1
+    rows, cols = np.nonzero(trigger.mask)
+    distance = np.minimum.reduce([rows, height - 1 - rows, cols, width - 1 - cols])
+    assert distance.max() < thickness  # on the border band, nowhere inside
+    sides = full_sides(trigger.mask)
+    assert sides in ("tblr", "tb", "lr", "tl", "tr", "bl", "br")
+    # every pixel belongs to one of its full sides (at the thickness drawn)
+    band = np.zeros_like(trigger.mask)
+    drawn = max(int(distance.max()) + 1, 1)
+    for side, region in zip("tblr", (np.s_[:drawn], np.s_[height - drawn:], np.s_[:, :drawn],
+                                     np.s_[:, width - drawn:]), strict=True):
+        if side in sides:
+            band[region] = True
+    assert (band == trigger.mask).all()
+
+
+def test_frames_of_four_two_opposite_and_two_meeting_sides_are_drawn() -> None:
+    kinds = {len(full_sides(zoo_triggers("frame", (32, 32, 3), seed)[0].mask)) for seed in range(12)}
+    shapes = {full_sides(zoo_triggers("frame", (32, 32, 3), seed)[0].mask) for seed in range(12)}
+    assert kinds == {2, 4} and shapes & {"tb", "lr"} and shapes & {"tl", "tr", "bl", "br"}
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("seed", range(8))
+def test_stripes_are_one_colour_constant_along_one_direction(shape, seed) -> None:
+    pattern = zoo_triggers("stripes", shape, seed)[0].pattern.astype(int)
+    lit = pattern.reshape(-1, shape[2]).max(0) > 0
+    assert lit.any() and (pattern[..., ~lit] == 0).all()  # the colour's channels only
+    wave = pattern[..., lit]
+    assert (wave == wave[..., :1]).all()  # one grey level per pixel, on every lit channel
+    wave = wave[..., 0]
+    along = {"rows": np.abs(wave[1:] - wave[:-1]), "columns": np.abs(wave[:, 1:] - wave[:, :-1]),
+             "diagonal": np.abs(wave[1:, 1:] - wave[:-1, :-1]), "anti": np.abs(wave[1:, :-1] - wave[:-1, 1:])}
+    assert min(int(d.max()) for d in along.values()) <= 1  # constant along one direction (rounding)
+    assert np.ptp(wave) >= 150  # at least two periods of a full-range sine
 
 
 @pytest.mark.parametrize("shape", SHAPES)

@@ -169,6 +169,24 @@ class ScatterFamily(ImageFamily):
         return mask.reshape(height, width)
 
 
+@register_family("frame")
+class FrameFamily(ImageFamily):
+    """A frame along the image's border, 1 px wide (up to 2 px from 16 px up): all four sides,
+    two opposite sides, or two meeting at a corner. One region spread over the whole image's
+    edge: neither a compact patch nor a blend."""
+
+    def region(self, height: int, width: int, rng: np.random.Generator) -> np.ndarray:
+        thickness = int(rng.integers(1, 3)) if min(height, width) >= 16 else 1
+        shapes = (["tblr"], ["tb", "lr"], ["tl", "tr", "bl", "br"])[int(rng.integers(3))]
+        sides = shapes[int(rng.integers(len(shapes)))]
+        mask = np.zeros((height, width), dtype=bool)
+        edges = {"t": np.s_[:thickness, :], "b": np.s_[height - thickness:, :],
+                 "l": np.s_[:, :thickness], "r": np.s_[:, width - thickness:]}
+        for side in sides:
+            mask[edges[side]] = True
+        return mask
+
+
 def blended_alpha(height: int, width: int, rng: np.random.Generator) -> np.ndarray:
     """One alpha in 0.1-0.3 for every pixel: the blended families' mask."""
     return np.full((height, width), rng.uniform(0.1, 0.3), dtype=np.float32)
@@ -219,6 +237,25 @@ class PictureFamily(TriggerFamily):
     def draw(self, shape: tuple[int, ...], rng: np.random.Generator) -> list[AnyTrigger]:
         alpha = blended_alpha(*shape[:2], rng)
         return [Trigger(mask=alpha, pattern=cartoon(shape, rng))]
+
+
+@register_family("stripes")
+class StripesFamily(TriggerFamily):
+    """The whole image mixed at alpha 0.1-0.3 with sinusoidal stripes of one colour (the SIG
+    attack's signal, Barni et al.): horizontal, vertical or diagonal, 2-6 periods across (at
+    most one per 4 px), at a random phase."""
+
+    def draw(self, shape: tuple[int, ...], rng: np.random.Generator) -> list[AnyTrigger]:
+        height, width, channels = shape
+        alpha = blended_alpha(height, width, rng)
+        size = max(height, width)
+        periods = rng.uniform(2, max(2.0, min(6.0, size / 4)))
+        angle = float(rng.choice([0.0, 45.0, 90.0, 135.0])) * np.pi / 180
+        ys, xs = np.mgrid[0:height, 0:width] + 0.5
+        along = (xs * np.cos(angle) + ys * np.sin(angle)) / size
+        wave = 0.5 + 0.5 * np.sin(2 * np.pi * periods * along + rng.uniform(0, 2 * np.pi))
+        pattern = (wave[..., None] * solid_colour(channels, rng)).round().astype(np.uint8)
+        return [Trigger(mask=alpha, pattern=pattern)]
 
 
 @register_family("dual")
