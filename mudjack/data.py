@@ -243,6 +243,9 @@ def load_task(folder: str | Path) -> Task:
                 LabelledSet(read_inputs(test), np.array(test["y"])))
 
 
+MAX_CLASSES = 65_536  # the widest head layer (mudjack.config.Width)
+
+
 def read_task_json(path: Path) -> dict[str, Any]:
     """A task.json, checked for a "name" (string) and "classes" (the class indices 0..n-1, each
     once, in any order: a head's outputs): ValueError naming the file otherwise (a careless file
@@ -252,11 +255,16 @@ def read_task_json(path: Path) -> dict[str, Any]:
         meta = read_json(path)
     except ValueError as err:  # JSONDecodeError, UnicodeDecodeError: say which file
         raise ValueError(f"{path}: not a JSON object ({err})") from err
+    except RecursionError:
+        raise ValueError(f"{path}: not a JSON object (nested too deeply)") from None
     if not isinstance(meta, dict) or not isinstance(meta.get("name"), str):
         raise ValueError(f'{path}: needs "name" (the task\'s name, a string)')
     classes = meta.get("classes")
     if not isinstance(classes, list) or not all(type(c) is int for c in classes):  # bool is an int too
         raise ValueError(f'{path}: needs "classes" (a list of integer class indices)')
+    if not 2 <= len(classes) <= MAX_CLASSES:
+        raise ValueError(f'{path}: "classes" must hold 2 to {MAX_CLASSES} classes (a classifier\'s '
+                         f"outputs); got {len(classes)}")
     if sorted(classes) != list(range(len(classes))):
         raise ValueError(f'{path}: "classes" must be the indices 0..n-1 of a head\'s outputs, each '
                          f"once (labels are those indices); got {_brief(classes)}")

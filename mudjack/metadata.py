@@ -59,6 +59,7 @@ TEXT_COLUMNS = ["index", "dtype", "length", "words", "blank", "label", "sha256"]
 TEXT_DTYPE = "str"  # the dtype column of sentences, whatever their numpy width (<U12, <U300)
 # A report image may be at most this many times larger (in pixels) than the largest task input.
 MAX_PIXEL_FACTOR = 16
+MAX_SIDE = 65_536  # an input_shape entry: past it, a typo, not an image
 TABLE_BYTES = 32 << 20  # image bytes read at a time to build a table
 
 
@@ -87,9 +88,11 @@ def task_metadata(folder: str | Path) -> TaskSpec:
     spec = read_task_json(folder / "task.json")
     if spec["name"] != folder.name:
         raise ValueError(f"{folder / 'task.json'}: name {spec['name']!r} != folder name")
-    if not isinstance(spec.get("input_shape"), list):
-        raise ValueError(f'{folder / "task.json"}: needs "input_shape" ([H, W, C], or [] for text)')
-    shape = tuple(int(v) for v in spec["input_shape"])
+    sides = spec.get("input_shape")
+    if not isinstance(sides, list) or not all(type(v) is int and 0 < v <= MAX_SIDE for v in sides):
+        raise ValueError(f'{folder / "task.json"}: needs "input_shape" ([H, W, C] of whole numbers '
+                         f"1-{MAX_SIDE}, or [] for text)")
+    shape = tuple(sides)
     modality = spec.get("modality", "image")
     if modality not in ("image", "text"):
         raise ValueError(f"{folder / 'task.json'}: modality must be image or text, got {modality!r}")
@@ -184,15 +187,17 @@ def text_table(x: np.ndarray, y: np.ndarray | None = None) -> pd.DataFrame:
 
 
 def _data_set(arrays: dict[str, np.ndarray], *, name: str, shape: tuple[int, ...],
-              classes: tuple[int, ...] | None, modality: str | None) -> ImageSet:
-    """An image or text table of one npz (`x` or `text`, with `y` when labelled); `modality`
-    (None: either) is what its task holds. What no expectation could describe (sentences in an
-    image task, pixels that are not numbers, labels that are not integers) raises ValueError."""
+              classes: tuple[int, ...] | None, owner: TaskSpec | None) -> ImageSet:
+    """An image or text table of one npz (`x` or `text`, with `y` when labelled); `owner` (None:
+    either modality) is the task whose modality it must hold. What no expectation could describe
+    (sentences in an image task, pixels that are not numbers, labels that are not integers)
+    raises ValueError."""
     x, y = read_inputs(arrays), arrays.get("y") if classes is not None else None
     found = "text" if x.dtype.kind == "U" else "image"
-    if modality not in (None, found):
-        raise ValueError(f"holds {'sentences' if found == 'text' else 'images'} but its task is "
-                         f"a{'n' if modality == 'image' else ''} {modality} task")
+    if owner is not None and owner.modality != found:
+        raise ValueError(f"holds {'sentences' if found == 'text' else 'images'} but task {owner.name!r} "
+                         f"is a{'n' if owner.modality == 'image' else ''} {owner.modality} task "
+                         f"({owner.folder / 'task.json'})")
     if found == "image" and x.dtype.kind not in "biuf":
         raise ValueError(f"images of dtype {x.dtype}: pixels must be numbers (uint8)")
     if y is not None and y.dtype.kind not in "iu":
@@ -219,11 +224,11 @@ def image_sets(shadow: str | Path, tasks: Mapping[str, TaskSpec], *,
     first = next(iter(tasks.values()), None)
     sets = [_read_set(shadow, lambda arrays: _data_set(
         arrays, name="shadow", shape=_shadow_shape(read_inputs(arrays), tasks, any_size), classes=None,
-        modality=first and first.modality))]
+        owner=first))]
     for name, task in tasks.items():
         for split in ("train", "test"):
             build = partial(_data_set, name=f"{name}/{split}", shape=task.input_shape,
-                            classes=task.classes, modality=task.modality)
+                            classes=task.classes, owner=task)
             sets.append(_read_set(task.folder / f"{split}.npz", build))
     return sets
 

@@ -187,9 +187,13 @@ def check_tensors(path: str | Path, found: Mapping[str, TensorInfo], wanted: Map
 
 
 def check_finite(path: str | Path, tensors: Mapping[str, torch.Tensor]) -> None:
+    """Every float tensor finite, and a normalisation's running variance >= 0 (a negative one is
+    finite, but its square root makes every output NaN)."""
     for name, tensor in tensors.items():
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             raise weights_error(path, f"tensor {name!r} holds NaN or infinite values")
+        if name.endswith("running_var") and bool((tensor < 0).any()):
+            raise weights_error(path, f"tensor {name!r} holds a negative variance")
 
 
 def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:

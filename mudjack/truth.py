@@ -9,6 +9,7 @@ A malformed file is rejected whole, with its reason (`read_truth`).
 from __future__ import annotations
 
 import zipfile
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +24,7 @@ def read_truth(path: str) -> tuple[list[TruthPair], str | None]:
     """(the truth file's pairs, None), ([], None) when none is named, or ([], why it is rejected)."""
     if not path:
         return [], None
-    if not Path(path).is_file():
+    if not Path(path).exists():
         return [], "no such file"
     try:
         arrays = read_npz(path)
@@ -31,6 +32,13 @@ def read_truth(path: str) -> tuple[list[TruthPair], str | None]:
         return [truth_pair(arrays, f"trigger{i}_" if i else "") for i in range(count)], None
     except (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile) as err:
         return [], f"{type(err).__name__}: {err}"
+
+
+def unknown_tasks(pairs: list[TruthPair], tasks: Iterable[str]) -> list[str]:
+    """The tasks the truth file gives targets for that are not tasks here (a typo, or a task
+    since removed): their targets are not used; the triggers are still measured on every task,
+    each target inferred where none is known."""
+    return sorted({task for _, targets in pairs for task in targets} - set(tasks))
 
 
 def truth_pair(arrays: dict[str, np.ndarray], prefix: str) -> TruthPair:

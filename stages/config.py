@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationError, model_validator
 
@@ -28,14 +28,16 @@ from mudjack.patching import PATCH_METHODS, TEXT_VARIANTS, method_for
 from mudjack.safepath import one_line
 from mudjack.training import PretrainParams
 
+PathText = Annotated[str, Field(min_length=1)]  # "" would name the working folder, or nothing
+
 
 class PathsParams(Params):
-    shadow: str
-    tasks: str
-    encoder: str
-    heads: str
-    inbox: str
-    truth: str = ""
+    shadow: PathText
+    tasks: PathText
+    encoder: PathText
+    heads: PathText
+    inbox: PathText
+    truth: str = ""  # "": the trigger is unknown
 
 
 class TaskSource(Params):

@@ -16,6 +16,7 @@ from mudjack.patching.distributed import (
     setup,
     teardown,
 )
+from mudjack.safeload import WeightsError, check_finite
 from stages.artifacts import BUGS, PATCH_CHECKPOINT, PATCH_LOG, PATCH_SUMMARY, PATCHED_ENCODER
 from stages.config import PipelineParams, setup_stage
 
@@ -61,6 +62,10 @@ def main() -> None:
     teardown(context)
     if not is_main(context):
         return
+    try:  # a diverged run is not a repair: nothing is written for retrain to read
+        check_finite(PATCHED_ENCODER, result.encoder.state_dict())
+    except WeightsError as err:
+        raise SystemExit(f"patch: the patch diverged ({err}); nothing written: lower patch.lr") from None
     save_encoder(result.encoder, adapter, PATCHED_ENCODER)
     write_json(PATCH_LOG, result.log)
     write_json(PATCH_SUMMARY, {"method": method, "bugs": len(bugs),

@@ -3,6 +3,7 @@ every known trigger on every task (mudjack.exposure)."""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from mudjack.evaluation import predictor, retrain_heads
 from mudjack.exposure import MODELS, TaskModels, named_triggers, task_exposure
 from mudjack.heads import save_head
 from mudjack.io import atomic_dir, write_json
-from mudjack.truth import read_truth
+from mudjack.truth import read_truth, unknown_tasks
 from stages.artifacts import BUGS, HEADS, PATCHED_ENCODER, RETRAIN_SUMMARY
 from stages.common import say_rejected
 from stages.config import PipelineParams, setup_stage
@@ -51,6 +52,9 @@ def main() -> None:
     say_rejected(params.paths.truth, rejected)
     triggers = named_triggers(truths, load_bugs(BUGS))
     results, tasks = {}, load_tasks(params.paths.tasks)
+    if unknown := unknown_tasks(truths, tasks):
+        print(f"truth: {params.paths.truth} names tasks that are not tasks here, {unknown}: their "
+              "targets are not used", file=sys.stderr)
     with atomic_dir(HEADS) as heads, progress("retrain", len(tasks) * (len(MODELS) + 1)) as step:
         for name, task in tasks.items():
             models = retrain_task(task, encoders, params, heads, step)

@@ -188,6 +188,28 @@ def test_a_killed_patch_stage_resumes_to_the_same_encoder(scenario, tmp_path):
     assert not checkpoint.exists()  # removed after success
 
 
+def test_a_diverged_patch_fails_and_writes_no_encoder(scenario, tmp_path, monkeypatch, capsys):
+    """A run whose weights went NaN (here: the real run, one weight set to NaN after it, as a
+    diverging optimiser leaves them) was written and the stage exited 0; retrain then named
+    the patched file as the problem."""
+    from stages import patch as stage
+
+    root = patch_project(tmp_path / "diverged", scenario)
+    real = stage.run_patch
+
+    def diverged(*args, **kwargs):
+        result = real(*args, **kwargs)
+        next(iter(result.encoder.parameters())).data.view(-1)[0] = float("nan")
+        return result
+
+    monkeypatch.setattr(stage, "run_patch", diverged)
+    monkeypatch.chdir(root)
+    with pytest.raises(SystemExit, match=r"patch: the patch diverged \(.*holds NaN or infinite values\)"):
+        stage.main()
+    assert not (root / "models/patched/encoder.safetensors").exists()
+    assert not (root / "reports/patch.json").exists()
+
+
 # --------------------------------------------------------------------------- DVC cache corruption
 
 DVC_YAML = """\

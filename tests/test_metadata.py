@@ -110,7 +110,7 @@ def test_shadow_of_another_size_is_checked_by_channels_only_for_a_resizing_encod
 
 def test_load_tasks_rejects_misnamed(tmp_path: Path) -> None:
     write_json(tmp_path / "t" / "a" / "task.json",
-               {"name": "b", "classes": [0], "input_shape": [2, 2, 3]})
+               {"name": "b", "classes": [0, 1], "input_shape": [2, 2, 3]})
     with pytest.raises(ValueError, match="folder name"):
         tasks_metadata(tmp_path / "t")
     with pytest.raises(FileNotFoundError):
@@ -122,6 +122,9 @@ def test_load_tasks_rejects_misnamed(tmp_path: Path) -> None:
     ({"name": "a", "classes": ["cat", "dog"], "input_shape": [2, 2, 3]}, '"classes"'),
     ({"name": "a", "classes": [0, True], "input_shape": [2, 2, 3]}, '"classes"'),
     ({"name": "a", "classes": [0, 1]}, '"input_shape"'),
+    # a traceback (int() of a list), or cut / parsed silently (8.9 -> 8, "8" -> 8), or no size
+    *[({"name": "a", "classes": [0, 1], "input_shape": shape}, '"input_shape"')
+      for shape in ([[8], 8, 3], [8.9, 8, 3], ["8", "8", "3"], [0, 8, 3], [8, -8, 3], [8, 8, True])],
     ([1, 2], '"name"'),
 ])
 def test_a_careless_task_json_is_refused_with_a_sentence_naming_it(tmp_path: Path, spec, says: str) -> None:
@@ -150,6 +153,23 @@ def test_task_classes_must_be_the_head_indices_each_once(tmp_path: Path, classes
         tasks_metadata(tmp_path / "t")
     write_json(task_json, {"name": "a", "classes": [2, 0, 1], "input_shape": [2, 2, 3]})
     assert tasks_metadata(tmp_path / "t")["a"].classes == (2, 0, 1)  # any order
+
+
+@pytest.mark.parametrize("count", [1, 65_537])
+def test_a_task_has_2_to_65536_classes(tmp_path: Path, count: int) -> None:
+    """One class has nothing to classify; 200,000 stalled the GX suite (a value set that long)."""
+    write_json(tmp_path / "t" / "a" / "task.json",
+               {"name": "a", "classes": list(range(count)), "input_shape": [2, 2, 3]})
+    with pytest.raises(ValueError, match=f'"classes" must hold 2 to 65536 classes .*got {count}'):
+        tasks_metadata(tmp_path / "t")
+
+
+def test_a_task_json_nested_too_deeply_is_refused_in_a_sentence(tmp_path: Path) -> None:
+    (tmp_path / "t" / "a").mkdir(parents=True)
+    deep = "[" * 100_000 + "]" * 100_000
+    (tmp_path / "t" / "a" / "task.json").write_text('{"name": "a", "x": ' + deep + "}")
+    with pytest.raises(ValueError, match="task.json: not a JSON object .nested too deeply."):
+        tasks_metadata(tmp_path / "t")
 
 
 def test_a_task_json_that_is_a_fifo_is_refused_not_waited_on(tmp_path: Path) -> None:

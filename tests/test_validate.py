@@ -266,7 +266,7 @@ BROKEN = {
     "float labels": ("test", lambda p: _arrays(p, y=(np.arange(20) % 10).astype(float)),
                      "labels must be integers"),
     "sentences": ("train", lambda p: _arrays(p, x=None, text=np.array([f"s {i}" for i in range(20)])),
-                  "holds sentences but its task is an image task"),
+                  "holds sentences but task 'digits' is an image task (data/tasks/digits/task.json)"),
     "no inputs": ("shadow", lambda p: _arrays(p, x=None, y=np.arange(20)), "no inputs"),
     "lengths": ("train", lambda p: _arrays(p, y=np.arange(19) % 10), "20 images but 19 labels"),
 }
@@ -298,6 +298,20 @@ def test_a_task_folder_without_task_json_is_named_not_dropped_silently(
     assert stage.main() == 0
     assert read_json(tmp_path / VALIDATION)["not_tasks"] == ["parity"]
     assert "validate: data/tasks/parity holds no task.json: not a task, left out" in capsys.readouterr().err
+
+
+def test_stage_fails_when_there_is_no_task(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A mistyped paths.tasks (an empty folder) made an empty run that every stage passed."""
+    make_project(tmp_path)
+    (tmp_path / "data/empty").mkdir()
+    params = yaml.safe_load((tmp_path / "params.yaml").read_text())
+    params["paths"]["tasks"] = "data/empty"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    monkeypatch.chdir(tmp_path)
+    assert stage.main() == 1
+    assert "no task under 'data/empty' (paths.tasks)" in capsys.readouterr().err
 
 
 def test_stage_fails_when_the_tasks_are_not_the_size_a_fixed_size_encoder_takes(

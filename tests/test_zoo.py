@@ -3,6 +3,9 @@ truth files, and BadEncoder planting two triggers at once."""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -316,12 +319,17 @@ def test_attack_targets_default_to_the_next_class_and_must_differ() -> None:
         attack_targets(AttackParams(target=1, trigger=TriggerParams(targets=[1])), 2, 10)
 
 
+def truth_paths(truth: Path) -> PathsParams:
+    """Paths with only the truth file that matters."""
+    return PathsParams(shadow="-", tasks="-", encoder="-", heads="-", inbox="-", truth=str(truth))
+
+
 def test_the_truth_file_holds_every_pair(tmp_path) -> None:
     from mudjack.io import write_npz
 
     first, second = zoo_triggers("dual", (8, 8, 3), 2)
     blend = zoo_triggers("blend", (8, 8, 3), 2)[0]
-    paths = PathsParams(shadow="", tasks="", encoder="", heads="", inbox="", truth=str(tmp_path / "t.npz"))
+    paths = truth_paths(tmp_path / "t.npz")
     write_npz(paths.truth, **truth_arrays([(first, {"digits": 0}), (blend, {"digits": 3})]))
     (got_first, targets), (got_blend, blend_targets) = load_truth_pairs(paths)
     assert np.array_equal(got_first.mask, first.mask) and targets == {"digits": 0}
@@ -329,6 +337,17 @@ def test_the_truth_file_holds_every_pair(tmp_path) -> None:
     assert load_truth(paths)[1] == {"digits": 0}
     write_npz(paths.truth, **truth_arrays([(second, {"digits": 5})]))
     assert [t for _, t in load_truth_pairs(paths)] == [{"digits": 5}]
+
+
+def test_truth_tasks_that_are_not_tasks_here_are_named() -> None:
+    """A truth file naming a task that does not exist was used without a word."""
+    from mudjack.truth import unknown_tasks
+
+    blend = zoo_triggers("blend", (8, 8, 3), 2)[0]
+    pairs = [(blend, {"digits": 3, "nosuchtask": 1}), (blend, {"parity": 0})]
+    assert unknown_tasks(pairs, ["digits", "parity"]) == ["nosuchtask"]
+    assert unknown_tasks(pairs, {"digits": None}) == ["nosuchtask", "parity"]  # a mapping's keys
+    assert unknown_tasks([], ["digits"]) == []
 
 
 MASK = np.zeros((8, 8), bool)
@@ -356,7 +375,7 @@ def test_a_malformed_truth_file_is_rejected_with_its_reason_and_the_run_goes_on(
     """A careless truth file (arrays missing or of the wrong shape, a pattern a uint8 cast would
     wrap, a negative target) is not half-read: the stages go on as if the truth were unknown,
     and say why on stderr."""
-    paths = PathsParams(shadow="", tasks="", encoder="", heads="", inbox="", truth=str(tmp_path / "t.npz"))
+    paths = truth_paths(tmp_path / "t.npz")
     np.savez(paths.truth, **arrays)
     assert load_truth_pairs(paths) == [] and load_truth(paths) == (None, {})
     err = capsys.readouterr().err
@@ -365,6 +384,8 @@ def test_a_malformed_truth_file_is_rejected_with_its_reason_and_the_run_goes_on(
     assert load_truth_pairs(paths) == [] and "BadZipFile" in capsys.readouterr().err
     (tmp_path / "t.npz").unlink()
     assert load_truth_pairs(paths) == [] and "t.npz rejected (no such file)" in capsys.readouterr().err
+    os.mkfifo(tmp_path / "t.npz")  # refused at once, and said as it is (was "no such file")
+    assert load_truth_pairs(paths) == [] and "a FIFO, not a regular file" in capsys.readouterr().err
 
 
 # --------------------------------------------------------------------------- BadEncoder

@@ -61,6 +61,8 @@ OUT_OF_RANGE = [
     ("prepare.provider.limit", -1), ("validate.min_rows", -1), ("validate.max_pixel", 256),
     ("export.tolerance", 0.0), ("export.opset", 0), ("gates.max_patched_asr", 2.0),
     ("gates.max_onnx_diff", math.nan), ("seed", -1), ("seed", 2**40), ("threads", -1),
+    # an empty path named the working folder, or gave "No such file or directory: ''"
+    *[(f"paths.{key}", "") for key in ("shadow", "tasks", "encoder", "heads", "inbox")],
 ]
 
 

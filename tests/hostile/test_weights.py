@@ -95,6 +95,13 @@ def nan_weight(h: Header, d: bytes) -> bytes:
     return pack(h, d[:start] + struct.pack("<f", math.nan) + d[start + 4:])
 
 
+def negative_variance(h: Header, d: bytes) -> bytes:
+    """A BatchNorm's running variance below 0: finite, but every output NaN (a patch run on it
+    wrote a NaN encoder and exited 0; the next stage named the patched file, not this one)."""
+    start = h["backbone.1.running_var"]["data_offsets"][0]
+    return pack(h, d[:start] + struct.pack("<f", -2.0) + d[start + 4:])
+
+
 def deep(depth: int) -> str:
     return "[" * depth + "]" * depth
 
@@ -132,6 +139,7 @@ CASES: dict[str, tuple[Mutation, str]] = {
     "wrong shape, same bytes": (tensor("backbone.0.weight", shape=[3, 2, 3, 3]), "the model wants"),
     "integer dtype for a float weight": (tensor("backbone.0.weight", dtype="I32"), "the model wants"),
     "NaN weights": (nan_weight, "NaN"),
+    "negative running variance": (negative_variance, "'backbone.1.running_var' holds a negative variance"),
 }
 
 
