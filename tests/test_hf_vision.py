@@ -10,6 +10,9 @@ then the checks that refuse hostile headers and folders before anything is built
 from __future__ import annotations
 
 import json
+import os
+import re
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -373,3 +376,64 @@ def test_a_folder_config_json_naming_remote_code_is_read_by_its_allowed_keys_onl
     (folder / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match="unknown model_type 'custom_remote'"):
         get_adapter("hf_vision", {"folder": str(folder)})
+
+
+def _edit_json(name: str, **changes: object) -> Callable[[Path], None]:
+    def edit(folder: Path) -> None:
+        data = json.loads((folder / name).read_text())
+        (folder / name).write_text(json.dumps({**data, **changes}))
+
+    return edit
+
+
+def _replace(name: str, make: Callable[[Path], None]) -> Callable[[Path], None]:
+    def edit(folder: Path) -> None:
+        (folder / name).unlink()
+        make(folder / name)
+
+    return edit
+
+
+def _truncate(folder: Path) -> None:
+    data = (folder / "model.safetensors").read_bytes()
+    (folder / "model.safetensors").write_bytes(data[: len(data) // 2])
+
+
+def _nan_weight(folder: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(folder / "model.safetensors")
+    name = sorted(k for k in tensors if tensors[k].is_floating_point())[0]
+    tensors[name].view(-1)[0] = float("nan")
+    save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
+
+
+# A careless or hostile model folder: each was a traceback (TypeError, RecursionError,
+# UnicodeDecodeError, AttributeError, transformers' RuntimeError), a hang (a FIFO), or a model
+# whose features came out NaN.
+CARELESS_FOLDERS = {
+    "model_type a list": (_edit_json("config.json", model_type=["vit"]), "needs a model_type string"),
+    "config nested 100,000 deep": (lambda f: (f / "config.json").write_text("[" * 100_000 + "]" * 100_000),
+                                   "not UTF-8 JSON (RecursionError)"),
+    "config in UTF-16": (lambda f: (f / "config.json").write_text((f / "config.json").read_text(), "utf-16"),
+                         "not UTF-8 JSON"),
+    "config empty": (lambda f: (f / "config.json").write_text(""), "not UTF-8 JSON (JSONDecodeError)"),
+    "config a FIFO": (_replace("config.json", os.mkfifo), "a FIFO, not a regular file"),
+    "rescale_factor a string": (_edit_json("preprocessor_config.json", rescale_factor="1/255"),
+                                "rescale_factor"),
+    "weights cut off": (_truncate, "cannot load the weights"),
+    "weights a FIFO": (_replace("model.safetensors", os.mkfifo), "a FIFO, not a regular file"),
+    "NaN weights": (_nan_weight, "holds NaN or infinite values"),
+    "index weight_map a list": (lambda f: (f / "model.safetensors.index.json").write_text(
+        '{"weight_map": []}'), "weight_map must map"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CARELESS_FOLDERS))
+def test_a_careless_model_folder_is_refused_in_a_sentence(vit_folder, tmp_path, case):
+    folder = tmp_path / "model"
+    shutil.copytree(vit_folder, folder)
+    breaks, says = CARELESS_FOLDERS[case]
+    breaks(folder)
+    with pytest.raises(ValueError, match=re.escape(says)):
+        get_adapter("hf_vision", {"folder": str(folder)}).load_pretrained()

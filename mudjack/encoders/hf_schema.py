@@ -42,11 +42,12 @@ class Limit:
         elif self.kind is bool:
             if not isinstance(value, bool):
                 raise ValueError(f"hf_vision: {key} must be true or false, got {value!r}")
-        elif not _number(value, self.kind) or not self.low <= value <= self.high:
+        elif not is_number(value, self.kind) or not self.low <= value <= self.high:
             raise ValueError(f"hf_vision: {key}={value!r} is outside [{self.low}, {self.high}]")
 
 
-def _number(value: Any, kind: type) -> bool:
+def is_number(value: Any, kind: type = float) -> bool:
+    """A finite int or float (an int only, for kind int); never a bool."""
     if isinstance(value, bool):
         return False
     if kind is int:

@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
 from torch import nn
 
 from mudjack.encoders.base import EncoderAdapter, ImageEncoder, register_adapter
@@ -47,8 +48,12 @@ from mudjack.encoders.hf_schema import (
     check_architecture,
     check_stored,
     family_of,
+    is_number,
     model_classes,
 )
+from mudjack.io import require_regular_file
+from mudjack.safeload import check_finite
+from mudjack.safepath import one_line
 from mudjack.triggers import Trigger, stamp
 
 PARAM_KEYS = ("folder", "root", "pooling")
@@ -80,10 +85,16 @@ def model_folder(config: dict[str, Any]) -> Path:
 
 
 def _read_json(folder: Path, name: str) -> dict[str, Any]:
+    """A JSON object file of the folder; anything else (a FIFO, over MAX_JSON_BYTES, not UTF-8
+    JSON, nested past the parser) is a ValueError naming the file."""
     path = inside(folder, name)
+    require_regular_file(path)
     if path.stat().st_size > MAX_JSON_BYTES:
         raise ValueError(f"hf_vision: {path} is over {MAX_JSON_BYTES} bytes; not a model config")
-    data = json.loads(path.read_text())
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, RecursionError) as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise ValueError(f"hf_vision: {folder / name} is not UTF-8 JSON ({type(err).__name__})") from None
     if not isinstance(data, dict):
         raise ValueError(f"hf_vision: {folder / name} is not a JSON object")
     return data
@@ -92,6 +103,8 @@ def _read_json(folder: Path, name: str) -> dict[str, Any]:
 def architecture_from(config_json: dict[str, Any]) -> dict[str, Any]:
     """The family's keys of a config.json; a CLIP or SigLIP folder gives its vision_config."""
     model_type = config_json.get("model_type")
+    if not isinstance(model_type, str):
+        raise ValueError(f"hf_vision: config.json needs a model_type string, got {str(model_type)[:60]}")
     if model_type in TOWERS:
         config_json, model_type = config_json.get("vision_config") or {}, TOWERS[model_type]
     family = family_of({"model_type": model_type})
@@ -100,8 +113,10 @@ def architecture_from(config_json: dict[str, Any]) -> dict[str, Any]:
 
 def input_space(processor: dict[str, Any], channels: int) -> dict[str, Any]:
     """input_shape, mean and std from a preprocessor_config.json."""
-    if processor.get("do_rescale", True) and abs(processor.get("rescale_factor", RESCALE) - RESCALE) > 1e-9:
-        raise ValueError("hf_vision: only rescale_factor 1/255 (pixels to [0, 1]) is supported")
+    factor = processor.get("rescale_factor", RESCALE)
+    if processor.get("do_rescale", True) and not (is_number(factor) and abs(factor - RESCALE) <= 1e-9):
+        raise ValueError("hf_vision: only rescale_factor 1/255 (pixels to [0, 1]) is supported, got "
+                         f"{str(factor)[:40]}")
     crop = processor.get("crop_size") if processor.get("do_center_crop") else None
     height, width = _side(crop or processor.get("size"))
     if processor.get("do_normalize", True):
@@ -133,8 +148,11 @@ def weight_files(folder: Path) -> list[Path]:
     """model.safetensors, or the shards a model.safetensors.index.json names, all inside `folder`."""
     if not (folder / "model.safetensors.index.json").exists():
         return [inside(folder, "model.safetensors")]
-    shards = _read_json(folder, "model.safetensors.index.json").get("weight_map", {}).values()
-    return [inside(folder, str(shard)) for shard in sorted(set(shards))]
+    shards = _read_json(folder, "model.safetensors.index.json").get("weight_map", {})
+    if not isinstance(shards, dict) or not all(isinstance(s, str) for s in shards.values()):
+        raise ValueError(f"hf_vision: {folder}/model.safetensors.index.json: weight_map must map "
+                         "tensor names to shard file names")
+    return [inside(folder, shard) for shard in sorted(set(shards.values()))]
 
 
 @contextmanager
@@ -219,12 +237,17 @@ class HFVisionAdapter(EncoderAdapter):
         config; a classifier's head or a CLIP text tower is left out, a missing weight is an error."""
         if self.source is None:
             raise ValueError("hf_vision: no model folder (this adapter was restored from a saved encoder)")
-        weight_files(self.source)  # every file it will read resolves inside the folder
+        for path in weight_files(self.source):  # every file it will read resolves inside the folder
+            require_regular_file(path)
         model_class, config, extra = self._model()
-        with _quiet_transformers():
-            model, info = model_class.from_pretrained(
-                str(self.source), config=config, local_files_only=True, use_safetensors=True,
-                dtype=torch.float32, output_loading_info=True, **extra)
+        try:
+            with _quiet_transformers():
+                model, info = model_class.from_pretrained(
+                    str(self.source), config=config, local_files_only=True, use_safetensors=True,
+                    dtype=torch.float32, output_loading_info=True, **extra)
+        except (RuntimeError, OSError, SafetensorError) as err:  # cut-off file, shapes its config refutes
+            raise ValueError(f"hf_vision: cannot load the weights in {self.source}: "
+                             f"{one_line(str(err))[:300]}") from None
         missing = sorted(k for k in info["missing_keys"] if not k.endswith("num_batches_tracked"))
         if missing:
             hint = " (pooling: pooled needs the pooler; try cls)" if "pooler" in str(missing) else ""
@@ -232,6 +255,7 @@ class HFVisionAdapter(EncoderAdapter):
         if info["mismatched_keys"]:
             raise ValueError(f"hf_vision: {self.source} has weights of other shapes than its config "
                              f"says: {sorted(map(str, info['mismatched_keys']))[:5]}")
+        check_finite(self.source, model.state_dict())
         encoder = ImageEncoder(self._wrap(model), self.config["mean"], self.config["std"])
         return encoder.eval()
 
