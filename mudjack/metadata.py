@@ -193,6 +193,8 @@ def _data_set(arrays: dict[str, np.ndarray], *, name: str, shape: tuple[int, ...
     (sentences in an image task, pixels that are not numbers, labels that are not integers)
     raises ValueError."""
     x, y = read_inputs(arrays), arrays.get("y") if classes is not None else None
+    if "x" not in arrays and x.dtype.kind != "U":
+        raise ValueError(f"`text` of dtype {x.dtype}: sentences must be a unicode (str) array")
     found = "text" if x.dtype.kind == "U" else "image"
     if owner is not None and owner.modality != found:
         raise ValueError(f"holds {'sentences' if found == 'text' else 'images'} but task {owner.name!r} "
@@ -212,8 +214,8 @@ def _read_set(path: str | Path, build: Callable[[dict[str, np.ndarray]], ImageSe
     arrays = open_npz(path)  # names the file itself
     try:
         return build(arrays)
-    except (KeyError, ValueError) as err:
-        raise ValueError(f"{path}: {err.args[0] if err.args else err}") from err
+    except (KeyError, ValueError) as err:  # a KeyError's str() is its repr: take its sentence
+        raise ValueError(f"{path}: {err.args[0] if isinstance(err, KeyError) and err.args else err}") from err
 
 
 def image_sets(shadow: str | Path, tasks: Mapping[str, TaskSpec], *,

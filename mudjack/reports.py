@@ -275,6 +275,8 @@ def _check_image_header(image: Image.Image, name: str, shape: Sequence[int] | No
     """Size and mode from the header, before any pixel is decoded."""
     if image.mode not in IMAGE_MODES:
         raise ReportError("bad_shape", f"input {name!r} has mode {image.mode}; need one of {IMAGE_MODES}")
+    if shape is not None and len(shape) < 2:  # a text task's shape is ()
+        raise ReportError("bad_shape", f"input {name!r} is an image; the task takes sentences (.txt)")
     if shape is not None and (image.height, image.width) != tuple(shape[:2]):
         raise ReportError("bad_shape", f"input {name!r} is {image.height}x{image.width}; "
                                        f"the task's inputs are {shape[0]}x{shape[1]}")

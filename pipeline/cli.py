@@ -145,7 +145,10 @@ def run(
     if scenario:
         from pipeline.scenarios import prepare_workspace
 
-        path = prepare_workspace(path, scenario)
+        try:
+            path = prepare_workspace(path, scenario)
+        except FileNotFoundError as exc:
+            raise _fail(exc) from exc
     from dvc.exceptions import DvcException
 
     from pipeline.dag import StageFailedError

@@ -41,10 +41,11 @@ def scenario_names(root: Path) -> list[str]:
 
 
 def load_scenario(root: Path, name: str) -> dict[str, Any]:
-    path = root / SCENARIOS / f"{name}.yaml"
-    if not path.is_file():
+    """scenarios/NAME.yaml; NAME must be one of those files' names (`../params` or an absolute
+    path would name a file elsewhere, and its workspace a folder outside runs/)."""
+    if name not in scenario_names(root):
         raise FileNotFoundError(f"no scenario {name!r}; known: {', '.join(scenario_names(root))}")
-    return read_params_yaml(path)
+    return read_params_yaml(root / SCENARIOS / f"{name}.yaml")
 
 
 def scenario_params(root: Path, name: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -89,9 +90,10 @@ def _write_yaml(path: Path, data: dict[str, Any]) -> None:
 
 def prepare_workspace(root: Path, name: str, overrides: dict[str, Any] | None = None) -> Path:
     """Create or refresh runs/<name>/: params.yaml, dvc.yaml and a git-less DVC repo."""
+    params = scenario_params(root, name, overrides)  # an unknown name fails before any folder is made
     workspace = root / RUNS / name
     workspace.mkdir(parents=True, exist_ok=True)
-    _write_yaml(workspace / "params.yaml", scenario_params(root, name, overrides))
+    _write_yaml(workspace / "params.yaml", params)
     _write_yaml(workspace / "dvc.yaml", workspace_dvc_yaml(root))
     if not (workspace / ".dvc").is_dir():
         from dvc.repo import Repo

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 from torch import nn
 
 from mudjack.data import LabelledSet, is_text, read_inputs
 from mudjack.encoders import EncoderAdapter, get_adapter, import_encoder, save_encoder
+from mudjack.encoders.hf_vision import HFVisionAdapter
 from mudjack.io import read_npz
+from mudjack.safeload import WeightsError
 from mudjack.training import PretrainParams, pretrain_encoder
 from stages.artifacts import FOUNDATION, PRETRAIN
 from stages.config import FoundationParams, setup_stage
@@ -26,6 +29,15 @@ def adapter_config(cfg: FoundationParams, data: LabelledSet) -> dict:
     return config
 
 
+def pretrained_folder(adapter: EncoderAdapter) -> Path | None:
+    """The model folder whose own weights the encoder starts from (a text model's, or an
+    hf_vision adapter given a `folder`: it trained from random weights before), or None when the
+    encoder is trained here (an hf_vision `model` config, as vit-cifar's)."""
+    if adapter.modality == "text":
+        return adapter.folder
+    return adapter.source if isinstance(adapter, HFVisionAdapter) else None
+
+
 def clean_encoder(cfg: FoundationParams, adapter: EncoderAdapter, data: LabelledSet, *,
                   seed: int) -> tuple[nn.Module, str]:
     """The clean foundation encoder (imported, a text model's own weights, or trained on `data`)
@@ -33,8 +45,8 @@ def clean_encoder(cfg: FoundationParams, adapter: EncoderAdapter, data: Labelled
     if cfg.checkpoint:
         encoder, ignored = import_encoder(adapter, cfg.checkpoint)
         return encoder, f"imported {cfg.checkpoint} (ignored: {', '.join(ignored) or 'nothing'})"
-    if adapter.modality == "text":  # a pretrained text encoder: the weights in its folder
-        return adapter.load_pretrained(), f"loaded {cfg.adapter} from {adapter.folder}"
+    if (folder := pretrained_folder(adapter)) is not None:
+        return adapter.load_pretrained(), f"loaded {cfg.adapter} from {folder}"
     start = time.perf_counter()
     train = PretrainParams(epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size)
     encoder = pretrain_encoder(adapter, data, int(data.y.max()) + 1, train, seed=seed)
@@ -46,7 +58,10 @@ def main() -> None:
     cfg = params.foundation
     arrays = read_npz(PRETRAIN)
     data = LabelledSet(read_inputs(arrays), arrays["y"])
-    adapter = get_adapter(cfg.adapter, adapter_config(cfg, data))
+    try:  # a model folder or config the adapter refuses: one line, not a traceback
+        adapter = get_adapter(cfg.adapter, adapter_config(cfg, data))
+    except (ValueError, FileNotFoundError) as err:
+        raise WeightsError(f"foundation.config ({cfg.adapter}): {err}") from None
     encoder, done = clean_encoder(cfg, adapter, data, seed=params.seed)
     print(f"foundation: {done}")
     save_encoder(encoder, adapter, FOUNDATION)

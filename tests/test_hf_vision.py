@@ -313,6 +313,7 @@ def _hostile(stored: dict, **model) -> dict:
     ({"hidden_size": 1_000_000}, "hidden_size"),
     ({"num_hidden_layers": 10_000}, "num_hidden_layers"),
     ({"image_size": 100_000}, "image_size"),
+    ({"image_size": 8, "patch_size": 64}, "patch_size 64 is larger than image_size 8"),  # crashed a conv
     ({"hidden_act": "os.system"}, "hidden_act"),
     ({"qkv_bias": "yes"}, "qkv_bias"),
     ({"hidden_size": 4096, "num_hidden_layers": 64, "intermediate_size": 16384,
@@ -424,6 +425,8 @@ CARELESS_FOLDERS = {
     "weights cut off": (_truncate, "cannot load the weights"),
     "weights a FIFO": (_replace("model.safetensors", os.mkfifo), "a FIFO, not a regular file"),
     "NaN weights": (_nan_weight, "holds NaN or infinite values"),
+    "weights of another shape": (_edit_json("config.json", intermediate_size=48),
+                                 "has weights of other shapes than its config says"),
     "index weight_map a list": (lambda f: (f / "model.safetensors.index.json").write_text(
         '{"weight_map": []}'), "weight_map must map"),
 }
@@ -437,3 +440,26 @@ def test_a_careless_model_folder_is_refused_in_a_sentence(vit_folder, tmp_path, 
     breaks(folder)
     with pytest.raises(ValueError, match=re.escape(says)):
         get_adapter("hf_vision", {"folder": str(folder)}).load_pretrained()
+
+
+def test_the_foundation_stage_starts_from_a_model_folders_own_weights(vit_folder, tmp_path, monkeypatch,
+                                                                      capsys):
+    """With `foundation.config.folder`, the stage trained the architecture from random weights
+    ("trained hf_vision in 0.0s"); the folder's weights are the pretrained encoder."""
+    import yaml
+
+    from mudjack.io import write_npz
+    from stages import foundation as stage
+
+    shutil.copytree(vit_folder, tmp_path / "models" / "vit")
+    params = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
+    params["foundation"] = {"adapter": "hf_vision", "config": {"folder": "models/vit"}, "epochs": 1}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    write_npz(tmp_path / "data/prepared/pretrain.npz", x=_images(4), y=np.arange(4))
+    monkeypatch.chdir(tmp_path)
+    stage.main()
+    assert capsys.readouterr().out.startswith(f"foundation: loaded hf_vision from {tmp_path / 'models/vit'}")
+    saved, adapter = load_encoder(tmp_path / "models/foundation/encoder.safetensors")
+    folder = get_adapter("hf_vision", {"folder": str(tmp_path / "models/vit")}).load_pretrained()
+    images = adapter.preprocess(_images(3))
+    assert torch.allclose(saved(images), folder(images), atol=1e-6)

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from mudjack.attacks import BadEncoderParams, badencoder
 from mudjack.bugs import Bug, load_bugs, save_bug
@@ -138,6 +139,12 @@ def test_text_report_is_read_and_blank_rejected(tmp_path: Path) -> None:
     (tmp_path / "r-2.json").write_text('{"id": "r-2", "task": "toy", "label": 0, "input": "r-2.txt"}')
     with pytest.raises(ReportError, match="blank"):
         read_report(tmp_path / "r-2.json", {"toy": task})
+    # an image sent to a text task: an IndexError before, an `internal` rejection at intake
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / "r-3.png")
+    (tmp_path / "r-3.json").write_text('{"id": "r-3", "task": "toy", "label": 0, "input": "r-3.png"}')
+    with pytest.raises(ReportError, match="is an image; the task takes sentences") as caught:
+        read_report(tmp_path / "r-3.json", {"toy": task})
+    assert caught.value.code == "bad_shape"
 
 
 # --------------------------------------------------------------------------- adapter
@@ -400,3 +407,6 @@ def test_text_tables_and_reports_validate(tmp_path: Path) -> None:
     failed = validate_all(paths, {"max_pixel": 255, "min_rows": 5, "max_chars": 200})
     shadow = next(t for t in failed["tables"] if t["table"] == "shadow")
     assert not failed["passed"] and {f["column"] for f in shadow["failures"]} >= {"sha256", "length", "blank"}
+    write_npz(tmp_path / "shadow.npz", text=np.array(["the film \ud800 was dull"] * 6))  # a lone surrogate
+    with pytest.raises(ValueError, match="shadow.npz: 'utf-8' codec can't encode character"):  # was ": utf-8"
+        image_sets(tmp_path / "shadow.npz", tasks)

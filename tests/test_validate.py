@@ -269,6 +269,8 @@ BROKEN = {
                   "holds sentences but task 'digits' is an image task (data/tasks/digits/task.json)"),
     "no inputs": ("shadow", lambda p: _arrays(p, x=None, y=np.arange(20)), "no inputs"),
     "lengths": ("train", lambda p: _arrays(p, y=np.arange(19) % 10), "20 images but 19 labels"),
+    "bytes as text": ("shadow", lambda p: _arrays(p, x=None, text=np.array([b"a film"] * 20)),
+                      "`text` of dtype |S6: sentences must be a unicode (str) array"),
 }
 
 

@@ -167,6 +167,9 @@ def _check_budget(model: dict[str, Any], family: Family) -> None:
         if hidden % heads:
             raise ValueError(f"hf_vision: hidden_size {hidden} is not a multiple of {heads} heads")
         tokens = (model["image_size"] // model["patch_size"]) ** 2
+        if not tokens:  # a patch bigger than the image: the embedding's convolution cannot run
+            raise ValueError(f"hf_vision: patch_size {model['patch_size']} is larger than image_size "
+                             f"{model['image_size']}")
         if tokens > MAX_TOKENS:
             raise ValueError(f"hf_vision: {tokens} patches per image exceed {MAX_TOKENS}")
     elif len(model["hidden_sizes"]) != len(model["depths"]):

@@ -244,7 +244,7 @@ class HFVisionAdapter(EncoderAdapter):
             with _quiet_transformers():
                 model, info = model_class.from_pretrained(
                     str(self.source), config=config, local_files_only=True, use_safetensors=True,
-                    dtype=torch.float32, output_loading_info=True, **extra)
+                    dtype=torch.float32, output_loading_info=True, ignore_mismatched_sizes=True, **extra)
         except (RuntimeError, OSError, SafetensorError) as err:  # cut-off file, shapes its config refutes
             raise ValueError(f"hf_vision: cannot load the weights in {self.source}: "
                              f"{one_line(str(err))[:300]}") from None

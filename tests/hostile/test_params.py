@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import yaml
 
@@ -199,3 +200,22 @@ def test_a_stage_prints_a_bad_parameter_in_one_line(tmp_path: Path) -> None:
     assert done.stderr.strip().splitlines() == [
         "export: params.yaml: invalid parameters: retrain.batch_size: Input should be greater than "
         "or equal to 1 (got 0)"]
+
+
+def test_the_foundation_stage_refuses_a_bad_model_folder_in_one_line(tmp_path: Path) -> None:
+    """An hf_vision folder whose config.json the adapter refuses ended the stage in a
+    traceback (a plain ValueError); a small_cnn config error was one line already."""
+    from mudjack.io import write_npz
+
+    folder = tmp_path / "models" / "vit"
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text('{"model_type": "llama"}')
+    (folder / "preprocessor_config.json").write_text("{}")
+    foundation = {"adapter": "hf_vision", "config": {"folder": "models/vit"}}
+    params_with(tmp_path / "params.yaml", "foundation", foundation)
+    write_npz(tmp_path / "data/prepared/pretrain.npz", x=np.zeros((4, 8, 8, 3), np.uint8), y=np.arange(4))
+    done = run_stage("foundation", tmp_path)
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.strip().splitlines() == [
+        "foundation: foundation.config (hf_vision): hf_vision: unknown model_type 'llama'; allowed: "
+        "['clip_vision_model', 'convnext', 'deit', 'dinov2', 'resnet', 'siglip_vision_model', 'vit']"]

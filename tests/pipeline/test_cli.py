@@ -222,3 +222,20 @@ def test_promote_refuses_when_a_gate_fails(tiny_repo: Path, tmp_path: Path) -> N
                                  str(tmp_path / "store")], terminal_width=200)
     assert result.exit_code == 1 and "Gates failed: nothing promoted." in result.output
     assert not (tmp_path / "store").exists()
+
+
+@pytest.mark.parametrize("name", ["../../escaped", "../params", "nope", "/etc/passwd"])
+def test_run_refuses_an_unknown_scenario_before_making_any_folder(tmp_path: Path, name: str) -> None:
+    """`run --scenario ../../x` made a folder outside the project, then printed a traceback;
+    `../params` ran the project's own params.yaml as a scenario in a workspace beside runs/."""
+    project = tmp_path / "a" / "project"
+    project.mkdir(parents=True)
+    root = Path(__file__).resolve().parents[2]
+    for item in ("dvc.yaml", "params.yaml"):
+        (project / item).write_text((root / item).read_text())
+    (project / "scenarios").symlink_to(root / "scenarios")
+    before = sorted(tmp_path.rglob("*"))
+    result = runner.invoke(app, ["run", "--root", str(project), "--scenario", name])
+    assert result.exit_code == 1 and f"error: no scenario {name!r}; known: digits" in result.output
+    assert "Traceback" not in result.output
+    assert sorted(tmp_path.rglob("*")) == before  # nothing made, inside the project or out
