@@ -116,7 +116,7 @@ def input_space(processor: dict[str, Any], channels: int) -> dict[str, Any]:
     factor = processor.get("rescale_factor", RESCALE)
     if processor.get("do_rescale", True) and not (is_number(factor) and abs(factor - RESCALE) <= 1e-9):
         raise ValueError("hf_vision: only rescale_factor 1/255 (pixels to [0, 1]) is supported, got "
-                         f"{str(factor)[:40]}")
+                         f"{repr(factor)[:40]}")
     crop = processor.get("crop_size") if processor.get("do_center_crop") else None
     height, width = _side(crop or processor.get("size"))
     if processor.get("do_normalize", True):
