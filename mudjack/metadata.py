@@ -111,11 +111,15 @@ def folders_without_task(tasks_dir: str | Path) -> list[str]:
 
 
 def tasks_metadata(tasks_dir: str | Path) -> dict[str, TaskSpec]:
-    """Every sub-folder holding a task.json, by name (sorted)."""
-    tasks_dir = Path(tasks_dir)
+    """Every sub-folder holding a task.json, by name (sorted). A missing folder, or one holding
+    no task, is an error (a mistyped paths.tasks), not an empty run."""
+    named, tasks_dir = str(tasks_dir), Path(tasks_dir)
     if not tasks_dir.is_dir():
         raise FileNotFoundError(f"tasks folder not found: {tasks_dir}")
     folders = sorted(p.parent for p in tasks_dir.glob("*/task.json"))
+    if not folders:
+        raise ValueError(f"no task under {named!r} (paths.tasks): a task is a folder holding "
+                         "task.json, train.npz and test.npz")
     return {f.name: task_metadata(f) for f in folders}
 
 

@@ -359,9 +359,6 @@ def validate_all(
     """Validate the shadow set, every task's data and the inbox named by `paths`."""
     runner = runner or GXRunner()
     tasks = tasks_metadata(paths["tasks"])
-    if not tasks:  # a mistyped paths.tasks is an error, not an empty run
-        raise ValueError(f"no task under {paths['tasks']!r} (paths.tasks): a task is a folder holding "
-                         "task.json, train.npz and test.npz")
     encoder = Path(paths.get("encoder") or "")
     adapter = read_adapter(encoder) if encoder.is_file() else None
     if adapter is not None:

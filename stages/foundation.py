@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 from torch import nn
 
 from mudjack.data import LabelledSet, is_text, read_inputs
 from mudjack.encoders import EncoderAdapter, get_adapter, import_encoder, save_encoder
-from mudjack.encoders.hf_vision import HFVisionAdapter
 from mudjack.io import read_npz
 from mudjack.safeload import WeightsError
 from mudjack.training import PretrainParams, pretrain_encoder
@@ -29,23 +27,14 @@ def adapter_config(cfg: FoundationParams, data: LabelledSet) -> dict:
     return config
 
 
-def pretrained_folder(adapter: EncoderAdapter) -> Path | None:
-    """The model folder whose own weights the encoder starts from (a text model's, or an
-    hf_vision adapter given a `folder`: it trained from random weights before), or None when the
-    encoder is trained here (an hf_vision `model` config, as vit-cifar's)."""
-    if adapter.modality == "text":
-        return adapter.folder
-    return adapter.source if isinstance(adapter, HFVisionAdapter) else None
-
-
 def clean_encoder(cfg: FoundationParams, adapter: EncoderAdapter, data: LabelledSet, *,
                   seed: int) -> tuple[nn.Module, str]:
-    """The clean foundation encoder (imported, a text model's own weights, or trained on `data`)
+    """The clean foundation encoder (imported, a model folder's own weights, or trained on `data`)
     and what was done."""
     if cfg.checkpoint:
         encoder, ignored = import_encoder(adapter, cfg.checkpoint)
         return encoder, f"imported {cfg.checkpoint} (ignored: {', '.join(ignored) or 'nothing'})"
-    if (folder := pretrained_folder(adapter)) is not None:
+    if (folder := adapter.pretrained_folder) is not None:
         return adapter.load_pretrained(), f"loaded {cfg.adapter} from {folder}"
     start = time.perf_counter()
     train = PretrainParams(epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size)

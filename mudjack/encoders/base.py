@@ -159,6 +159,12 @@ class EncoderAdapter:
     def feature_dim(self) -> int:
         return int(self.config["feature_dim"])
 
+    @property
+    def pretrained_folder(self) -> Path | None:
+        """The model folder whose own weights `load_pretrained` reads, or None: the encoder is
+        built from its config (and trained, or a checkpoint imported into it)."""
+        return None
+
     def preprocess(self, raw: np.ndarray) -> torch.Tensor:
         """uint8 (N, H, W, C) → float (N, C, H, W) in [0, 1]."""
         return torch.from_numpy(np.array(raw, dtype=np.uint8)).permute(0, 3, 1, 2).float() / 255.0

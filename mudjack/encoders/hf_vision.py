@@ -212,6 +212,12 @@ class HFVisionAdapter(EncoderAdapter):
         else:
             self.config = check_stored(config)
 
+    @property
+    def pretrained_folder(self) -> Path | None:
+        """The `folder` given (its weights are the pretrained encoder); None for a `model`
+        config, trained here (vit-cifar), or an adapter restored from a saved encoder."""
+        return self.source
+
     @cached_property
     def family(self) -> Family:
         return FAMILIES[self.config["model"]["model_type"]]

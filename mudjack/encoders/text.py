@@ -142,6 +142,10 @@ class HFTextAdapter(EncoderAdapter):
             raise WeightsError(f"{self.name} config: package {self.config['package']!r} is not known")
         return Path(importlib.import_module(self.config["package"]).get_model_path()).resolve()
 
+    @property
+    def pretrained_folder(self) -> Path:
+        return self.folder
+
     def folder_file(self, name: str, limit: int) -> Path:
         """`name` in the model folder: a regular file of at most `limit` bytes, inside it."""
         path = (self.folder / name).resolve()
