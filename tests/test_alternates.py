@@ -141,3 +141,22 @@ def test_no_colour_patch_from_a_soft_trigger_or_the_image_background():
     assert list(colour_patches(square, image, tolerance=0.1, max_fraction=0.35)) == []  # 62 % > 35 %
     (whole,) = colour_patches(square, image, tolerance=0.1, max_fraction=0.7)
     assert whole.pixels == 32 * 20
+
+
+def test_a_fitted_blend_is_also_patched_against_at_stronger_alphas(scenario):
+    image, reference = scenario.task.test.x[0], scenario.task.test.x[1]
+    blend = Trigger(mask=np.full(SHAPE[:2], 0.2, np.float32), pattern=image)
+    local = np.zeros(SHAPE[:2], np.float32)
+    local[:2, :2] = 0.3  # soft, but on a corner: not a blend, never scaled
+    bug = Bug("b", "digits", 3, 0, image, reference, half(scenario.trigger, 0),
+              alternates=(blend, Trigger(mask=local, pattern=image)))
+    cpu = torch.device("cpu")
+    assert BugViews([bug], scenario.adapter, cpu).count == 3
+    views = BugViews([bug], scenario.adapter, cpu, blend_scales=[2.0, 10.0])
+    assert views.count == 5
+    assert torch.allclose(views.masks[3], torch.tensor(0.4)) and (views.masks[4] == 1).all()
+    assert torch.equal(views.patterns[3], views.patterns[1])  # the same pattern, stronger
+    assert BugViews([bug], scenario.adapter, cpu, alternates=False, blend_scales=[2.0]).count == 1
+    assert MudjackingParams().blend_scales == [2.0]
+    with pytest.raises(ValueError):
+        MudjackingParams(blend_scales=[1.0])  # a scale must strengthen
