@@ -26,7 +26,10 @@ LearningRate = Annotated[float, Field(gt=0, le=100)]
 Fraction = Annotated[float, Field(ge=0, le=1)]
 Dropout = Annotated[float, Field(ge=0, lt=1)]
 Momentum = Annotated[float, Field(ge=0, lt=1)]
-NonNegative = Annotated[float, Field(ge=0)]
+NonNegative = Annotated[float, Field(ge=0, le=1e6)]              # a loss weight, a tolerance
+WeightDecay = Annotated[float, Field(ge=0, le=1)]  # past 1 the weights shrink faster than they learn
+# where a method trains: auto (CUDA when present), cpu, cuda or cuda:<index>
+Device = Annotated[str, Field(pattern=r"^(auto|cpu|cuda(:[0-9]{1,2})?)$")]
 Width = Annotated[int, Field(ge=1, le=65_536)]               # a layer's size
 Seed = Annotated[int, Field(ge=0, lt=1 << 32)]               # numpy seeds are 32-bit
 
@@ -39,21 +42,32 @@ class ParamsError(ValueError):
     """A parameter file that cannot be used; the message is one line naming the file and key."""
 
 
+MAX_ERRORS_SHOWN = 10  # of a file with thousands of bad keys, the first few say enough
+
+
 def describe_errors(err: ValidationError) -> str:
-    """Pydantic's errors on one line: `key.path: problem (got value)`, separated by `; `."""
-    parts = []
-    for error in err.errors():
-        where = "".join(f"{part}: " if i == len(error["loc"]) - 1 else f"{part}."
-                        for i, part in enumerate(error["loc"]))
-        problem = error["msg"].removeprefix("Value error, ")
-        if not isinstance(error.get("input"), dict):  # a whole section would say nothing
-            problem += f" (got {reprlib.repr(error.get('input'))})"  # bounded, however big
-        parts.append(where + problem)
+    """Pydantic's errors on one line: `key.path: problem (got value)`, separated by `; `; past
+    MAX_ERRORS_SHOWN, how many more there are."""
+    errors = err.errors()
+    parts = [_describe(error) for error in errors[:MAX_ERRORS_SHOWN]]
+    if len(errors) > MAX_ERRORS_SHOWN:
+        parts.append(f"and {len(errors) - MAX_ERRORS_SHOWN} more errors")
     return one_line("; ".join(parts))
 
 
-class _NoAliasLoader(yaml.SafeLoader):
-    """SafeLoader that stops at the first alias, before any node is built from it."""
+def _describe(error: Any) -> str:
+    where = "".join(f"{part}: " if i == len(error["loc"]) - 1 else f"{part}."
+                    for i, part in enumerate(error["loc"]))
+    problem = error["msg"].removeprefix("Value error, ")
+    if not isinstance(error.get("input"), dict):  # a whole section would say nothing
+        problem += f" (got {reprlib.repr(error.get('input'))})"  # bounded, however big
+    return where + problem
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that stops at the first alias, before any node is built from it, and takes
+    only names as keys, each once: PyYAML's last-wins would let a second `patch:` section at
+    the end of the file replace the first without a word."""
 
     def compose_node(self, parent: Any, index: Any) -> Any:
         if self.check_event(yaml.AliasEvent):
@@ -61,6 +75,17 @@ class _NoAliasLoader(yaml.SafeLoader):
             raise yaml.composer.ComposerError(
                 None, None, f"YAML aliases are not allowed (*{event.anchor})", event.start_mark)
         return super().compose_node(parent, index)
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[str] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            problem = (f"a key must be a name, not {reprlib.repr(key)}" if not isinstance(key, str)
+                       else f"the key {key!r} is given twice" if key in seen else None)
+            if problem:
+                raise yaml.constructor.ConstructorError(None, None, problem, key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 def _yaml_problem(err: Exception) -> str:
@@ -75,7 +100,7 @@ def read_params_yaml(path: str | Path) -> dict[str, Any]:
     """A parameter YAML file as a mapping (empty file: {}); any problem is a ParamsError."""
     try:
         text = read_bounded(path, limit=MAX_PARAMS_BYTES).decode("utf-8")
-        raw = yaml.load(text, Loader=_NoAliasLoader) or {}  # noqa: S506 (a SafeLoader subclass)
+        raw = yaml.load(text, Loader=_StrictLoader) or {}  # noqa: S506 (a SafeLoader subclass)
     except (OSError, ValueError, yaml.YAMLError) as err:  # ValueError: not UTF-8, a NUL in the path
         raise ParamsError(f"{one_line(path)}: {_yaml_problem(err)}") from None
     except RecursionError:

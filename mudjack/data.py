@@ -19,7 +19,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from mudjack.config import ParamsError
 from mudjack.io import atomic_path, open_npz, read_json, require_regular_file, write_json, write_npz
+from mudjack.safepath import one_line
 
 
 @dataclass
@@ -276,10 +278,21 @@ def _brief(values: list[Any], shown: int = 12) -> str:
     return str(values) if len(values) <= shown else f"{str(values[:shown])[:-1]}, ... ({len(values)} in all)]"
 
 
-def load_tasks(root: str | Path) -> dict[str, Task]:
-    """Every task folder (holding a task.json) under `root`, by name."""
+def task_folders(root: str | Path) -> list[Path]:
+    """The sub-folders of `root` holding a task.json (sorted). A missing folder, or one holding
+    no task, is an error (a mistyped paths.tasks), not an empty run that every stage passes."""
+    if not Path(root).is_dir():
+        raise ParamsError(f"tasks folder not found: {one_line(root)!r} (paths.tasks)")
     folders = sorted(p.parent for p in Path(root).glob("*/task.json"))
-    tasks = [load_task(folder) for folder in folders]
+    if not folders:
+        raise ParamsError(f"no task under {one_line(root)!r} (paths.tasks): a task is a folder holding "
+                          "task.json, train.npz and test.npz")
+    return folders
+
+
+def load_tasks(root: str | Path) -> dict[str, Task]:
+    """Every task folder (holding a task.json) under `root`, by name (`task_folders`)."""
+    tasks = [load_task(folder) for folder in task_folders(root)]
     return {task.name: task for task in tasks}
 
 

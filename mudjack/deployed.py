@@ -9,11 +9,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mudjack.config import ParamsError
 from mudjack.data import read_task_json
 from mudjack.encoders import EncoderAdapter, ImageEncoder, load_encoder
 from mudjack.encoders.folding import folded
 from mudjack.features import extract_features
 from mudjack.heads import Head, head_misfit, load_head, predict
+from mudjack.safepath import one_line
 
 
 @dataclass
@@ -59,6 +61,8 @@ def load_deployed(encoder: str | Path, heads: str | Path, tasks: str | Path) -> 
     cannot be loaded, or does not fit the encoder's features or its task's classes (`<tasks>/
     <task>/task.json`), is left out with its reason in `left_out`, so that only its task's
     reports are refused."""
+    if not Path(heads).is_dir():  # a mistyped paths.heads: every report refused, intake exiting 0
+        raise ParamsError(f"heads folder not found: {one_line(heads)!r} (paths.heads)")
     model, adapter = load_encoder(encoder)
     fitting, left_out = {}, {}
     for path in sorted(Path(heads).glob("*/head.safetensors")):

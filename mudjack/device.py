@@ -10,14 +10,22 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
+from mudjack.config import ParamsError
+
 
 def select_device(requested: str = "auto") -> torch.device:
     """`auto` takes CUDA when present; asking for CUDA on a machine without it is an error."""
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if requested.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"device {requested!r} requested but CUDA is not available")
-    return torch.device(requested)
+    device = torch.device(requested)
+    if device.type == "cuda" and (device.index or 0) >= cuda_devices():
+        raise ParamsError(f"device {requested!r} requested, but this machine has {cuda_devices()} "
+                          f"CUDA device(s)")
+    return device
+
+
+def cuda_devices() -> int:
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
 @functools.cache  # the hardware does not change; autocast asks on every step

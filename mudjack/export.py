@@ -17,6 +17,7 @@ import onnxruntime as ort
 import torch
 from onnxscript import ir
 
+from mudjack.config import ParamsError
 from mudjack.io import atomic_path, sha256_file
 
 CPU_PROVIDER = "CPUExecutionProvider"
@@ -114,7 +115,8 @@ def _check_opset(model: ir.Model, opset: int) -> None:
     # Below its native opset the exporter down-converts, and keeps the native one if that fails.
     got = model.opset_imports.get("")
     if got != opset:
-        raise RuntimeError(f"ONNX export produced default-domain opset {got}, requested {opset}")
+        raise ParamsError(f"export.opset: the ONNX exporter cannot write opset {opset} for this model "
+                          f"(it produced {got}); use {got}")
 
 
 def _strip_stack_traces(model: ir.Model) -> None:

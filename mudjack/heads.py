@@ -9,6 +9,7 @@ and `mlp.0.bias` (classes,).
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 from typing import Any, Literal
@@ -16,7 +17,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from safetensors.torch import save_file
 from torch import nn
 
@@ -27,6 +28,9 @@ from mudjack.safeload import load_checked, metadata_json, read_header, weights_e
 from mudjack.training import fit_cross_entropy
 
 HEAD_KINDS = ("mlp", "linear")
+
+
+MAX_HIDDEN_WEIGHTS = 1 << 26  # 256 MiB of float32 between hidden layers
 
 
 class HeadParams(Params):
@@ -45,6 +49,15 @@ class HeadParams(Params):
                 raise ValueError("a linear head has no hidden layers: leave `hidden` out or []")
             return {**data, "hidden": []}
         return data
+
+    @field_validator("hidden")
+    @classmethod
+    def _bounded(cls, hidden: list[int]) -> list[int]:
+        weights = sum(a * b for a, b in itertools.pairwise(hidden))
+        if weights > MAX_HIDDEN_WEIGHTS:
+            raise ValueError(f"the hidden layers hold {weights:,} weights between them; the limit is "
+                             f"{MAX_HIDDEN_WEIGHTS:,} (a head on an encoder's features needs far fewer)")
+        return hidden
 
 
 class HeadSpec(Params):

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mudjack.data import iter_batches, read_inputs, read_task_json
+from mudjack.data import iter_batches, read_inputs, read_task_json, task_folders
 from mudjack.io import open_npz
 from mudjack.reports import (
     MAX_IMAGE_PIXELS,
@@ -111,16 +111,9 @@ def folders_without_task(tasks_dir: str | Path) -> list[str]:
 
 
 def tasks_metadata(tasks_dir: str | Path) -> dict[str, TaskSpec]:
-    """Every sub-folder holding a task.json, by name (sorted). A missing folder, or one holding
-    no task, is an error (a mistyped paths.tasks), not an empty run."""
-    named, tasks_dir = str(tasks_dir), Path(tasks_dir)
-    if not tasks_dir.is_dir():
-        raise FileNotFoundError(f"tasks folder not found: {tasks_dir}")
-    folders = sorted(p.parent for p in tasks_dir.glob("*/task.json"))
-    if not folders:
-        raise ValueError(f"no task under {named!r} (paths.tasks): a task is a folder holding "
-                         "task.json, train.npz and test.npz")
-    return {f.name: task_metadata(f) for f in folders}
+    """Every sub-folder holding a task.json, by name (sorted; `task_folders` refuses a missing
+    or empty tasks folder)."""
+    return {f.name: task_metadata(f) for f in task_folders(tasks_dir)}
 
 
 def image_table(x: np.ndarray, y: np.ndarray | None = None) -> pd.DataFrame:

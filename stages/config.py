@@ -138,13 +138,15 @@ class PatchParams(Params):
 
     @model_validator(mode="before")
     @classmethod
-    def _split(cls, raw: dict[str, Any]) -> dict[str, Any]:
+    def _split(cls, raw: Any) -> dict[str, Any]:
+        if not isinstance(raw, dict):
+            raise ValueError(f"patch must be a mapping of settings with a `method`, not {type(raw).__name__}")
         raw = dict(raw)
         method = raw.pop("method", None)
         checkpoint_every = raw.pop("checkpoint_every", 0)
         distributed = raw.pop("distributed", "auto")
         text = raw.pop("text", None) or {}
-        if method not in PATCH_METHODS:
+        if not isinstance(method, str) or method not in PATCH_METHODS:
             raise ValueError(f"patch.method {method!r} is not one of {sorted(PATCH_METHODS)}")
         if not isinstance(text, dict):
             raise ValueError(f"patch.text must be a mapping of the text method's keys, "

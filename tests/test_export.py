@@ -14,6 +14,7 @@ from onnxscript import ir
 from torch import nn
 
 from mudjack import export
+from mudjack.config import ParamsError
 from mudjack.export import (
     CPU_PROVIDER,
     CUDA_PROVIDER,
@@ -257,3 +258,10 @@ def test_cuda_provider_parity(cnn_onnx: tuple[TinyCNN, Path]) -> None:
     report = verify_onnx(path, gpu_model, _pixels(72), tolerance=1e-3, batch_size=64, device="cuda")
     assert report["providers"][0] == CUDA_PROVIDER
     assert report["passed"], report
+
+
+def test_an_opset_the_exporter_cannot_write_is_a_params_error_leaving_nothing(tmp_path: Path) -> None:
+    dest = tmp_path / "head.onnx"
+    with pytest.raises(ParamsError, match="export.opset: the ONNX exporter cannot write opset 99"):
+        export_onnx(_head(), _embeddings(1), dest, input_name="embedding", opset=99)
+    assert list(tmp_path.iterdir()) == []

@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from mudjack.config import ParamsError
 from mudjack.io import write_json, write_npz
 from mudjack.metadata import (
     IMAGE_COLUMNS,
@@ -113,8 +114,20 @@ def test_load_tasks_rejects_misnamed(tmp_path: Path) -> None:
                {"name": "b", "classes": [0, 1], "input_shape": [2, 2, 3]})
     with pytest.raises(ValueError, match="folder name"):
         tasks_metadata(tmp_path / "t")
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(ParamsError, match="tasks folder not found"):
         tasks_metadata(tmp_path / "missing")
+
+
+def test_every_stage_reader_refuses_a_missing_or_empty_tasks_folder(tmp_path: Path) -> None:
+    """retrain, export, patch and intake read the tasks with load_tasks; on a mistyped paths.tasks
+    they exited 0 doing nothing (retrain replaced models/heads with an empty folder)."""
+    from mudjack.data import load_tasks
+
+    (tmp_path / "empty" / "not-a-task").mkdir(parents=True)
+    with pytest.raises(ParamsError, match="tasks folder not found: .*missing.* \\(paths.tasks\\)"):
+        load_tasks(tmp_path / "missing")
+    with pytest.raises(ParamsError, match="no task under"):
+        load_tasks(tmp_path / "empty")
 
 
 @pytest.mark.parametrize(("spec", "says"), [

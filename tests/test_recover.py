@@ -15,6 +15,7 @@ import torch
 from pydantic import ValidationError
 
 from mudjack.attacks.zoo import zoo_triggers
+from mudjack.intake.grow import candidate_masks
 from mudjack.intake.residual import bug_residual
 from mudjack.intake.reverse import ReverseParams, reverse_engineer
 from mudjack.intake.reverse import recover as recover_trigger
@@ -314,6 +315,25 @@ def test_settings_a_scenario_sets_are_kept_and_not_marked_derived():
     kept = (resolved.window, resolved.grow.scan, resolved.grow.scan_stride, resolved.smooth.grid)
     assert kept == (3, [4], 3, 5)
     assert record["derived"] == ["stride"] and record["input_side"] == 32
+
+
+def test_settings_larger_than_the_input_are_taken_as_its_side():
+    params = ReverseParams(window=4096, stride=4096, grow={"scan": [500], "scan_stride": 900, "pad": 1024,
+                                                          "min_pixels": 10**9}, smooth={"grid": 256})
+    resolved, _ = resolve(params, (8, 8, 3))
+    grow = resolved.grow
+    assert (resolved.window, resolved.stride, grow.scan, grow.scan_stride, grow.pad) == (8, 8, [8], 8, 8)
+    assert resolved.smooth.grid == 8
+    assert len(candidate_masks(np.ones((8, 8)), grow)) >= 1  # min_pixels past the largest: one square
+
+
+@pytest.mark.parametrize("bad", [{"window": 10**9}, {"select": {"candidates": []}},
+                                 {"select": {"candidates": ["blend", "blend"]}}, {"select": {"pad": 1e9}},
+                                 {"soft": {"steps": 10**9}}, {"inversion": {"steps": 10**9}},
+                                 {"smooth": {"grid": 10**6}}, {"grow": {"pad": 10**9}}])
+def test_reversal_settings_out_of_range_are_refused(bad):
+    with pytest.raises(ValueError):
+        ReverseParams(**bad)
 
 
 def test_the_decision_records_the_settings_and_the_candidates_fitted(scenario, deployed):

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from mudjack.config import BatchSize, Epochs, LearningRate, Momentum, NonNegative, Params
+from mudjack.config import BatchSize, Epochs, LearningRate, Momentum, Params, WeightDecay
 from mudjack.encoders import EncoderAdapter, ImageEncoder, freeze_batchnorm, trainable_parameters
 from mudjack.features import cosine, extract_features, nearest_to_centroid
 from mudjack.heads import train_linear_probe
@@ -27,7 +27,7 @@ class BadEncoderParams(Params):
     lr: LearningRate = 1e-2
     batch_size: BatchSize = 64
     momentum: Momentum = 0.9
-    weight_decay: NonNegative = 5e-4
+    weight_decay: WeightDecay = 5e-4
 
 
 def _target_images(x: np.ndarray, y: np.ndarray, target: int) -> np.ndarray:

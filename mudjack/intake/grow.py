@@ -41,7 +41,7 @@ class GrowParams(Params):
     # Pixels added around the chosen mask. The smallest mask that flips is often only part of
     # the trigger (a partial patch already fires the backdoor); patching then leaves the rest
     # working. On resnet20 the chosen 8x8 square sat 3 rows off the 10x10 patch.
-    pad: int = Field(0, ge=0)
+    pad: int = Field(0, ge=0, le=1024)  # at most the input's side is used
     # Squares tried per side: the best-scoring one, then the next best that do not overlap it.
     # The occlusion map's top square sometimes sits on the object, not the trigger.
     windows: int = Field(1, ge=1)
@@ -67,7 +67,7 @@ def candidate_masks(scores: np.ndarray, params: GrowParams) -> list[np.ndarray]:
     """Growing candidates: best squares of every side, or top-k pixels on a geometric grid."""
     if params.shape == "square":
         largest = int(np.sqrt(params.max_fraction * scores.size))
-        smallest = max(1, int(np.sqrt(params.min_pixels)))
+        smallest = max(1, min(int(np.sqrt(params.min_pixels)), largest))  # one square at least
         return [mask for side in range(smallest, largest + 1)
                 for mask in best_squares(scores, side, params.windows)]
     order = np.argsort(scores, axis=None)[::-1]

@@ -27,7 +27,7 @@ from mudjack.triggers import Trigger, blend
 
 
 class InversionParams(Params):
-    steps: int = Field(200, ge=1)
+    steps: int = Field(200, ge=1, le=20_000)
     lr: LearningRate = 0.1
     samples: int = Field(64, ge=1)    # clean inputs the mask is optimised on
     sparsity: float = Field(0.5, ge=0)  # λ: weight of the mask's mean size

@@ -70,8 +70,8 @@ class ReverseParams(Params):
     input size (mudjack/intake/settings.py)."""
 
     method: str = "auto"
-    window: int = Field(0, ge=0)   # 0: derived from the input size
-    stride: int = Field(0, ge=0)
+    window: int = Field(0, ge=0, le=4096)  # 0: derived from the input size; at most its side
+    stride: int = Field(0, ge=0, le=4096)
     batch_size: BatchSize = 256
     grow: GrowParams = GrowParams()
     inversion: InversionParams = InversionParams()
@@ -96,6 +96,8 @@ class ReverseParams(Params):
         if unknown:
             raise ValueError(f"select candidates {unknown} are not registered reversal methods "
                              f"(auto cannot be its own candidate)")
+        if len(set(select.candidates)) < len(select.candidates):
+            raise ValueError(f"select candidates {select.candidates} name a method twice")
         return select
 
 

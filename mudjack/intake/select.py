@@ -47,7 +47,7 @@ class SelectParams(Params):
     """The `intake.reverse.select` section (method `auto`)."""
 
     # reversal methods that compete, in this (tie) order
-    candidates: list[str] = ["grow", "soft", "scan", "residual", "smooth", "blend"]
+    candidates: list[str] = Field(["grow", "soft", "scan", "residual", "smooth", "blend"], min_length=1)
     binarise: bool = True           # also the soft trigger cut at `soft.threshold` (a hard mask)
     samples: int = Field(100, ge=1)  # clean inputs held out from fitting that candidates are scored on
     size_penalty: float = Field(0.5, ge=0)  # weight of the mask size Σα / (H·W)
@@ -56,7 +56,7 @@ class SelectParams(Params):
     keep: float = Field(0.9, ge=0)  # other fitted candidates whose effect reaches keep x the chosen
                                     # one's are kept as alternates the patch also trains against
                                     # (above 1: none)
-    pad: float = Field(0.5, ge=0)   # a hard chosen trigger grown by pad x its side is one more
+    pad: float = Field(0.5, ge=0, le=16)  # a hard chosen trigger grown by pad x its side is one more
                                     # candidate alternate (0: none)
     # the solid-colour patch a hard chosen trigger is part of: the bug's pixels within fill x 255
     # of one of the commonest colours under its mask, connected to them (mudjack/intake/fill.py);

@@ -2,7 +2,8 @@
 
 A value of 0 (or "auto" for the scan sides) in `intake.reverse` means "derive from the
 input side" s = min(H, W), so one default fits 8x8 digits, 32x32 CIFAR/GTSRB and larger
-inputs; a scenario may still set any of them. The formulas reproduce the values tuned by
+inputs; a scenario may still set any of them (a window, stride, scan side, grow pad or grid
+larger than s is taken as s). The formulas reproduce the values tuned by
 hand at 8 and 32 px (params.yaml's digits default; scenarios/resnet20-*.yaml):
 
 - occlusion `window` = max(2, round(5·s/32)): 2 at 8 px, 5 at 32, 10 at 64;
@@ -54,19 +55,20 @@ def resolve(params: ReverseParams, shape: tuple[int, ...]) -> tuple[ReverseParam
     side = int(min(shape[:2]))
     grow = params.grow
     chosen = {
-        "window": params.window or occlusion_window(side),
-        "stride": params.stride or occlusion_stride(side),
+        "window": min(params.window or occlusion_window(side), side),
+        "stride": min(params.stride or occlusion_stride(side), side),
     }
     grown = {
-        "scan": scan_sides(side) if grow.scan == "auto" else list(grow.scan),
-        "scan_stride": grow.scan_stride or scan_stride(side),
+        "scan": scan_sides(side) if grow.scan == "auto" else [min(s, side) for s in grow.scan],
+        "scan_stride": min(grow.scan_stride or scan_stride(side), side),
     }
-    grid = params.smooth.grid or smooth_grid(side)
+    grid = min(params.smooth.grid or smooth_grid(side), side)
     derived = [name for name, value in [("window", params.window), ("stride", params.stride),
                                         ("scan", grow.scan), ("scan_stride", grow.scan_stride),
                                         ("grid", params.smooth.grid)]
                if value in (0, "auto")]
-    resolved = params.model_copy(update={**chosen, "grow": grow.model_copy(update=grown),
+    grow = grow.model_copy(update={**grown, "pad": min(grow.pad, side)})
+    resolved = params.model_copy(update={**chosen, "grow": grow,
                                          "smooth": params.smooth.model_copy(update={"grid": grid})})
     record = {"input_side": side, **chosen, **grown, "grid": grid, "derived": derived}
     return resolved, record

@@ -37,7 +37,7 @@ class SmoothParams(Params):
     # cells a side of the pattern's grid; 0: derived from the input side (settings.py: 8 from
     # 32 px up; on resnet20's smooth blend seed 1 it passed with a wider margin than 4, and 2
     # found nothing: docs/results.md)
-    grid: int = Field(0, ge=0)
+    grid: int = Field(0, ge=0, le=256)  # at most the input's side is used
 
 
 def grid_pattern(grid: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

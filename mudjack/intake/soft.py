@@ -33,7 +33,7 @@ Score = Callable[[torch.Tensor], torch.Tensor]
 
 
 class SoftParams(Params):
-    steps: int = Field(200, ge=1)
+    steps: int = Field(200, ge=1, le=20_000)
     lr: float = 0.1
     samples: int = Field(64, ge=1)  # clean inputs the trigger is fitted on
     sparsity: float = 0.2           # λ: weight of the mean alpha

@@ -27,12 +27,13 @@ from pydantic import Field
 from mudjack.config import (
     BatchSize,
     Count,
+    Device,
     Dropout,
     Epochs,
     LearningRate,
     Momentum,
-    NonNegative,
     Params,
+    WeightDecay,
     Width,
 )
 from mudjack.data import LabelledSet
@@ -43,7 +44,7 @@ from mudjack.training import sgd_or_adam
 
 
 class FinetuneParams(Params):
-    device: str = "auto"
+    device: Device = "auto"
     task: str = ""                 # which labelled task to fine-tune on ("": the bugs' task)
     tasks: Literal["reporting", "all"] = "reporting"  # that task's labels only, or every task's
     clean_samples: Count = 0       # labelled clean samples used per task (0: all of its train set)
@@ -51,7 +52,7 @@ class FinetuneParams(Params):
     optimizer: Literal["sgd", "adam"] = "sgd"
     lr: LearningRate = 1e-2
     momentum: Momentum = 0.9
-    weight_decay: NonNegative = 5e-4
+    weight_decay: WeightDecay = 5e-4
     batch_size: BatchSize = 64
     hidden: list[Width] = Field([512, 256], max_length=16)
     dropout: Dropout = 0.5

@@ -41,7 +41,17 @@ from torch import nn
 
 from mudjack.augment import mudjacking_augmentation
 from mudjack.bugs import Bug
-from mudjack.config import BatchSize, Count, Epochs, LearningRate, Momentum, NonNegative, Params
+from mudjack.config import (
+    BatchSize,
+    Count,
+    Device,
+    Epochs,
+    LearningRate,
+    Momentum,
+    NonNegative,
+    Params,
+    WeightDecay,
+)
 from mudjack.data import batch_rows
 from mudjack.device import autocast, select_device, to_device
 from mudjack.encoders import (
@@ -67,7 +77,7 @@ GeneralityDistance = Literal["cosine", "chord"]
 
 
 class MudjackingParams(Params):
-    device: str = "auto"
+    device: Device = "auto"
     epochs: Epochs = 10
     # sgd (at `lr`) | adam (at `adam_lr`) | auto: SGD for encoders with BatchNorm (CNNs), Adam
     # for the others (LayerNorm transformers, as the authors patched CLIP); the patch log says which
@@ -75,7 +85,7 @@ class MudjackingParams(Params):
     lr: LearningRate = 1e-2
     adam_lr: LearningRate = 1e-3
     momentum: Momentum = 0.9
-    weight_decay: NonNegative = 5e-4
+    weight_decay: WeightDecay = 5e-4
     batch_size: BatchSize = 64
     views: int = Field(8, ge=1, le=1024)
     # The authors used augmented views with lambda 1; unaugmented views repaired more of the

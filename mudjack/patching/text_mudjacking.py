@@ -31,7 +31,7 @@ from pydantic import Field
 from torch import nn
 
 from mudjack.bugs import Bug
-from mudjack.config import BatchSize, Dropout, Epochs, LearningRate, NonNegative
+from mudjack.config import BatchSize, Dropout, Epochs, LearningRate, WeightDecay
 from mudjack.device import select_device
 from mudjack.encoders import EncoderAdapter
 from mudjack.encoders.text import length_batches
@@ -51,7 +51,7 @@ class TextMudjackingParams(MudjackingParams):
 
     optimizer: Literal["sgd", "adam"] = "adam"
     lr: LearningRate = 2e-5
-    weight_decay: NonNegative = 0.0
+    weight_decay: WeightDecay = 0.0
     epochs: Epochs = 2
     batch_size: BatchSize = 32
     views: int = Field(4, ge=1, le=1024)

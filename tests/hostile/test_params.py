@@ -13,9 +13,11 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
 from mudjack.config import ParamsError
+from mudjack.device import select_device
 from stages.config import inbox_folder, load_params
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -62,6 +64,9 @@ OUT_OF_RANGE = [
     ("prepare.provider.limit", -1), ("validate.min_rows", -1), ("validate.max_pixel", 256),
     ("export.tolerance", 0.0), ("export.opset", 0), ("gates.max_patched_asr", 2.0),
     ("gates.max_onnx_diff", math.nan), ("seed", -1), ("seed", 2**40), ("threads", -1),
+    # an optimiser overflow at patch time, 275 GB of head weights, a torch error at patch time
+    ("patch.weight_decay", 1e300), ("retrain.hidden", [65536] * 16),
+    *[("patch.device", device) for device in ("banana", "", "meta", "cuda:x")],
     # an empty path named the working folder, or gave "No such file or directory: ''"
     *[(f"paths.{key}", "") for key in ("shadow", "tasks", "encoder", "heads", "inbox")],
 ]
@@ -102,6 +107,33 @@ def test_text_settings_out_of_range_are_refused(text: Any, fragment: str, tmp_pa
     ("intake.reverse.inversion.lr", float("nan")), ("intake.reverse.grow.fraction", 2.0)])
 def test_intake_thresholds_are_range_checked(key: str, value: Any, tmp_path: Path) -> None:
     refused(params_with(tmp_path / "params.yaml", key, value), key.split(".")[-1])
+
+
+@pytest.mark.parametrize(("text", "fragment"), [
+    ("1: 2", "a key must be a name, not 1"), ("~: 2", "not None"), ("true: 1", "not True"),
+    ("notes: {text: {1: 2}}", "not 1"),  # at any depth
+    ("seed: 3", "'seed' is given twice"),  # PyYAML's last-wins replaced a section silently
+])
+def test_a_key_that_is_not_a_name_or_comes_twice_is_refused(text: str, fragment: str, tmp_path: Path) -> None:
+    path = tmp_path / "params.yaml"
+    path.write_text((ROOT / "params.yaml").read_text() + text + "\n")
+    refused(path, fragment)
+
+
+@pytest.mark.parametrize(("patch", "fragment"), [
+    (None, "not NoneType"), (3, "not int"), (["mudjacking"], "not list"),
+    ({"method": ["mudjacking"]}, "patch.method ['mudjacking'] is not one of"),
+])
+def test_a_patch_section_that_is_not_a_mapping_with_a_method_is_refused(patch: Any, fragment: str,
+                                                                       tmp_path: Path) -> None:
+    refused(params_with(tmp_path / "params.yaml", "patch", patch), "patch", fragment)
+
+
+def test_thousands_of_bad_keys_make_a_bounded_message(tmp_path: Path) -> None:
+    path = tmp_path / "params.yaml"
+    path.write_text((ROOT / "params.yaml").read_text() + "".join(f"k{i}: 0\n" for i in range(5000)))
+    message = refused(path, "k0", "and 4990 more errors")
+    assert len(message) < 2000
 
 
 def test_the_shipped_params_and_scenarios_still_load() -> None:
@@ -219,3 +251,10 @@ def test_the_foundation_stage_refuses_a_bad_model_folder_in_one_line(tmp_path: P
     assert done.stderr.strip().splitlines() == [
         "foundation: foundation.config (hf_vision): hf_vision: unknown model_type 'llama'; allowed: "
         "['clip_vision_model', 'convnext', 'deit', 'dinov2', 'resnet', 'siglip_vision_model', 'vit']"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+@pytest.mark.parametrize("device", ["cuda", "cuda:3"])
+def test_asking_for_cuda_on_a_machine_without_it_is_a_params_error(device: str) -> None:
+    with pytest.raises(ParamsError, match="0 CUDA device"):
+        select_device(device)

@@ -352,3 +352,16 @@ def test_a_head_that_does_not_fit_is_left_out_with_its_reason_and_the_other_task
     assert decided["genuine-1"]["error"] == alone["genuine-1"]
     assert "ghost/head.safetensors: too short" in outcome.stderr
     assert "parity/head.safetensors: gives 3 classes" in outcome.stderr
+
+
+@pytest.mark.parametrize("heads", ["models/nosuch", "models/deployed/digits/head.safetensors"])
+def test_a_mistyped_heads_folder_is_an_error_not_every_report_refused(tmp_path: Path, heads: str) -> None:
+    """A heads path that is not a folder made intake refuse every report `unknown_task` and exit 0."""
+    from mudjack.config import ParamsError
+    from mudjack.deployed import load_deployed
+
+    ws = build_workspace(tmp_path)
+    encoder, tasks = ws.root / "models" / "deployed" / "encoder.safetensors", ws.root / "data" / "tasks"
+    assert load_deployed(encoder, ws.root / "models" / "deployed", tasks).heads
+    with pytest.raises(ParamsError, match=r"heads folder not found: .* \(paths.heads\)"):
+        load_deployed(encoder, ws.root / heads, tasks)
