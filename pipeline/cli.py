@@ -28,6 +28,7 @@ app = typer.Typer(
     rich_markup_mode="markdown",  # docstring paragraphs reflow to the terminal width
 )
 console = Console()
+err_console = Console(stderr=True)
 
 RootOption = Annotated[
     Path | None,
@@ -78,14 +79,40 @@ def _root(root: Path | None) -> Path:
 
 
 def _fail(exc: Exception) -> typer.Exit:
-    """Print a DVC or stage error (with its cause, where DVC keeps the detail) for exit 1."""
+    """Print a DVC or stage error (with its cause, where DVC keeps the detail) on stderr for
+    exit 1."""
     message = str(exc)
     if exc.__cause__ is not None:
         message += f"\n{exc.__cause__}"
-    console.print(
+    err_console.print(
         f"error: {message}", style="bold red", markup=False, highlight=False, soft_wrap=True
     )
     return typer.Exit(1)
+
+
+def _stage_order(path: Path, target: str | None) -> list[str]:
+    """The stages `dvc repro [target]` runs; an unknown target fails here in one line."""
+    from dvc.exceptions import DvcException
+
+    from pipeline.dag import stages_in_order
+
+    try:
+        return stages_in_order(path, target)
+    except DvcException as exc:
+        raise _fail(exc) from exc
+
+
+def _check_cron(cron: str) -> None:
+    """Refuse a cron expression Prefect's schedule would reject (a pydantic traceback from
+    inside the deployment otherwise)."""
+    from prefect.client.schemas.schedules import CronSchedule
+    from pydantic import ValidationError
+
+    try:
+        CronSchedule(cron=cron)
+    except ValidationError as exc:
+        raise _fail(ValueError(f"--cron {cron!r} is not a cron expression: five fields, minute "
+                               "hour day month weekday (e.g. '0 * * * *')")) from exc
 
 
 def _fmt(value: Any) -> str:
@@ -142,13 +169,14 @@ def run(
     workspace runs/NAME/ (scenarios/NAME.yaml merged over params.yaml).
     """
     path = _root(root)
-    if scenario:
+    if scenario is not None:  # "" is refused as an unknown name, not run as no scenario
         from pipeline.scenarios import prepare_workspace
 
         try:
             path = prepare_workspace(path, scenario)
         except FileNotFoundError as exc:
             raise _fail(exc) from exc
+    _stage_order(path, target)  # an unknown target stops here, before a Prefect server starts
     from dvc.exceptions import DvcException
 
     from pipeline.dag import StageFailedError
@@ -248,6 +276,7 @@ def serve(
     one with `mudjack server` and export PREFECT_API_URL=http://127.0.0.1:4200/api.
     """
     path = _root(root)
+    _check_cron(cron)
     from pipeline.flow import serve as serve_flow
 
     serve_flow(cron, str(path), promote=promote, remote=remote, webhook_url=webhook)
@@ -328,16 +357,7 @@ def stages(
     root: RootOption = None,
 ) -> None:
     """Print the stages of dvc.yaml in the order they run (DVC's dependency order)."""
-    path = _root(root)
-    from dvc.exceptions import DvcException
-
-    from pipeline.dag import stages_in_order
-
-    try:
-        names = stages_in_order(path, target)
-    except DvcException as exc:
-        raise _fail(exc) from exc
-    for name in names:
+    for name in _stage_order(_root(root), target):
         typer.echo(name)
 
 
@@ -349,6 +369,7 @@ def status(root: RootOption = None) -> None:
     from pipeline.dag import StageFailedError, run_dvc
     from pipeline.gates import as_records, check_project
     from pipeline.inbox import quarantine_inbox
+    from pipeline.promote import PromotionError
 
     quarantine_inbox(path, path / QUARANTINE)  # `dvc status` hashes the inbox: no FIFO there
     try:
@@ -358,7 +379,10 @@ def status(root: RootOption = None) -> None:
     console.print(output.rstrip(), markup=False, highlight=False)
     if (path / METRICS).is_file():
         console.print(gates_table(as_records(check_project(path))))
-    print_versions(path)
+    try:
+        print_versions(path)
+    except PromotionError as exc:  # not a git repository: no version registry
+        raise _fail(exc) from exc
 
 
 def print_versions(path: Path) -> None:

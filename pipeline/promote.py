@@ -69,6 +69,13 @@ def _git(root: Path, *args: str, check: bool = True) -> str:
     return proc.stdout
 
 
+def require_git(root: Path) -> None:
+    """Refuse, in one line, a project outside any git repository (GTO would raise SCMError)."""
+    if _git(root, "rev-parse", "--is-inside-work-tree", check=False).strip() != "true":
+        raise PromotionError(f"{root} is not a git repository: promotion, rollback and the version "
+                             "registry need one (versions are git tags, promotions git commits)")
+
+
 def commit_record(root: Path, message: str) -> tuple[str, bool]:
     """Commit RECORD's files that exist; returns (HEAD commit, whether a commit was made)."""
     paths = [p for p in RECORD if (root / p).exists()]
@@ -135,6 +142,7 @@ def versions(root: Path) -> list[dict[str, Any]]:
     from gto import api
     from gto.exceptions import ArtifactNotFound
 
+    require_git(root)
     try:
         found = api.find_latest_version(str(root), ARTIFACT, all=True)
     except ArtifactNotFound:
@@ -231,6 +239,7 @@ def promote_run(root: Path, metrics: dict[str, Any], remote: str = "") -> Promot
 
     The caller checks the gates first (pipeline.gates)."""
     root = Path(root).resolve()
+    require_git(root)  # before the push: the commit and the tags would fail after it
     name = configure_remote(root, remote)
     push(root, name)
     line = summary_line(metrics)

@@ -94,14 +94,16 @@ stages:
 """
 
 
-def make_repo(root: Path, dvc_yaml: str = DVC_YAML) -> Path:
-    """A git + DVC repo at `root` with step.py, params.yaml and `dvc_yaml`."""
+def make_repo(root: Path, dvc_yaml: str = DVC_YAML, *, git: bool = True) -> Path:
+    """A git + DVC repo (DVC only without `git`) at `root` with step.py, params.yaml and
+    `dvc_yaml`."""
     from dvc.repo import Repo
 
     root.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["git", "init", "-q"], cwd=root, check=True)
+    if git:
+        subprocess.run(["git", "init", "-q"], cwd=root, check=True)
     # In-process `dvc init` + `dvc config core.analytics false`: a DVC subprocess costs ~1 s.
-    with Repo.init(str(root)) as repo, repo.config.edit() as config:
+    with Repo.init(str(root), no_scm=not git) as repo, repo.config.edit() as config:
         config["core"]["analytics"] = False
     (root / "src").mkdir()
     (root / "src" / "x.txt").write_text("x")
@@ -150,6 +152,12 @@ def runs(root: Path) -> list[str]:
 def tiny_repo(tmp_path: Path) -> Path:
     """The three-stage repo a -> b -> c, nothing run yet."""
     return make_repo(tmp_path / "repo")
+
+
+@pytest.fixture
+def nogit_repo(tmp_path: Path) -> Path:
+    """The same three stages in a DVC project without git (`dvc init --no-scm`)."""
+    return make_repo(tmp_path / "nogit", git=False)
 
 
 @pytest.fixture(scope="session")

@@ -80,6 +80,22 @@ def test_invalid_dvc_yaml_is_reported_without_traceback(repo_factory) -> None:
     assert "Traceback" not in result.output
 
 
+@pytest.mark.parametrize("target", ["nosuch", "../x"])
+def test_run_refuses_an_unknown_target_before_the_flow(tiny_repo: Path, monkeypatch,
+                                                       target: str) -> None:
+    """The flow started (a temporary Prefect server) and failed in ~50 lines of tracebacks."""
+    import pipeline.flow
+
+    calls = []
+    monkeypatch.setattr(pipeline.flow, "repair", lambda **kw: calls.append(kw))
+    result = runner.invoke(app, ["run", "--root", str(tiny_repo), "--target", target],
+                           terminal_width=200)
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
+    [line] = result.stderr.splitlines()
+    assert line.startswith("error: Stage '") and line.endswith("dvc.yaml' file")
+    assert calls == []
+
+
 def test_status_shows_changed_stages(tiny_repo: Path) -> None:
     result = runner.invoke(app, ["status", "--root", str(tiny_repo)], terminal_width=200)
     assert result.exit_code == 0, result.output
@@ -105,6 +121,22 @@ def test_serve_passes_cron_and_options(tiny_repo: Path, monkeypatch) -> None:
     assert result.exit_code == 0, result.output
     assert calls == [(("0 3 * * *", str(tiny_repo.resolve())),
                       {"promote": True, "remote": "/srv/store", "webhook_url": "http://127.0.0.1:9/h"})]
+
+
+@pytest.mark.parametrize("cron", ["not a cron", "61 * * * *"])
+def test_serve_refuses_a_bad_cron_before_serving(tiny_repo: Path, monkeypatch, cron: str) -> None:
+    """A pydantic ValidationError traceback came from inside the deployment."""
+    import pipeline.flow
+
+    calls = []
+    monkeypatch.setattr(pipeline.flow, "serve", lambda *args, **kw: calls.append((args, kw)))
+    result = runner.invoke(app, ["serve", "--cron", cron, "--root", str(tiny_repo)],
+                           terminal_width=200)
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
+    assert result.stderr.splitlines() == [
+        f"error: --cron {cron!r} is not a cron expression: five fields, minute hour day month "
+        "weekday (e.g. '0 * * * *')"]
+    assert calls == []
 
 
 def write_report(folder: Path, report_id: str, image: bytes | None) -> Path:
@@ -212,6 +244,26 @@ def test_promote_status_and_rollback_commands(tiny_repo: Path, tmp_path: Path) -
     assert again.exit_code == 0 and "prod: mudjack-encoder@v2.0.0" in again.output
 
 
+@pytest.mark.parametrize("args", [["status"], ["rollback"], ["promote", "--version", "v1.0.0"],
+                                  ["promote", "--remote", "STORE"]])
+def test_registry_commands_refuse_a_project_without_git(nogit_repo: Path, tmp_path: Path,
+                                                        args: list[str]) -> None:
+    """They ended in an SCMError traceback; `promote` pushed the data before `git add` failed."""
+    metrics = {"tasks": {"digits": {"backdoored": {"clean_acc": 0.9, "asr": 0.95, "tba": 0.05},
+                                    "patched": {"clean_acc": 0.89, "asr": 0.01, "tba": 0.88}}},
+               "export": {"max_abs_diff": 1e-6}}
+    (nogit_repo / "reports").mkdir()
+    (nogit_repo / "reports" / "metrics.json").write_text(json.dumps(metrics))  # gates pass
+    store = tmp_path / "store"
+    args = [str(store) if arg == "STORE" else arg for arg in args]
+    result = runner.invoke(app, [*args, "--root", str(nogit_repo)], terminal_width=300)
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    assert result.stderr.splitlines() == [
+        f"error: {nogit_repo.resolve()} is not a git repository: promotion, rollback and the "
+        "version registry need one (versions are git tags, promotions git commits)"]
+    assert not store.exists()
+
+
 def test_promote_refuses_when_a_gate_fails(tiny_repo: Path, tmp_path: Path) -> None:
     from pipeline.dag import run_dvc
 
@@ -224,10 +276,11 @@ def test_promote_refuses_when_a_gate_fails(tiny_repo: Path, tmp_path: Path) -> N
     assert not (tmp_path / "store").exists()
 
 
-@pytest.mark.parametrize("name", ["../../escaped", "../params", "nope", "/etc/passwd"])
+@pytest.mark.parametrize("name", ["../../escaped", "../params", "nope", "/etc/passwd", ""])
 def test_run_refuses_an_unknown_scenario_before_making_any_folder(tmp_path: Path, name: str) -> None:
     """`run --scenario ../../x` made a folder outside the project, then printed a traceback;
-    `../params` ran the project's own params.yaml as a scenario in a workspace beside runs/."""
+    `../params` ran the project's own params.yaml as a scenario in a workspace beside runs/;
+    `""` ran the project's own pipeline as if no scenario had been given."""
     project = tmp_path / "a" / "project"
     project.mkdir(parents=True)
     root = Path(__file__).resolve().parents[2]
