@@ -115,6 +115,17 @@ def _check_cron(cron: str) -> None:
                                "hour day month weekday (e.g. '0 * * * *')")) from exc
 
 
+def _promotable(path: Path, *, promote: bool) -> None:
+    """With promotion asked for, refuse a project outside git now, not after the whole run."""
+    from pipeline.promote import PromotionError, require_git
+
+    try:
+        if promote:
+            require_git(path)
+    except PromotionError as exc:
+        raise _fail(exc) from exc
+
+
 def _fmt(value: Any) -> str:
     return "-" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)
 
@@ -176,6 +187,7 @@ def run(
             path = prepare_workspace(path, scenario)
         except FileNotFoundError as exc:
             raise _fail(exc) from exc
+    _promotable(path, promote=promote)
     _stage_order(path, target)  # an unknown target stops here, before a Prefect server starts
     from dvc.exceptions import DvcException
 
@@ -277,6 +289,7 @@ def serve(
     """
     path = _root(root)
     _check_cron(cron)
+    _promotable(path, promote=promote)
     from pipeline.flow import serve as serve_flow
 
     serve_flow(cron, str(path), promote=promote, remote=remote, webhook_url=webhook)

@@ -245,10 +245,12 @@ def test_promote_status_and_rollback_commands(tiny_repo: Path, tmp_path: Path) -
 
 
 @pytest.mark.parametrize("args", [["status"], ["rollback"], ["promote", "--version", "v1.0.0"],
-                                  ["promote", "--remote", "STORE"]])
+                                  ["promote", "--remote", "STORE"], ["run", "--promote"],
+                                  ["serve", "--cron", "0 * * * *"]])
 def test_registry_commands_refuse_a_project_without_git(nogit_repo: Path, tmp_path: Path,
                                                         args: list[str]) -> None:
-    """They ended in an SCMError traceback; `promote` pushed the data before `git add` failed."""
+    """They ended in an SCMError traceback; `promote` pushed the data before `git add` failed;
+    `run --promote` and `serve` failed only after the whole run."""
     metrics = {"tasks": {"digits": {"backdoored": {"clean_acc": 0.9, "asr": 0.95, "tba": 0.05},
                                     "patched": {"clean_acc": 0.89, "asr": 0.01, "tba": 0.88}}},
                "export": {"max_abs_diff": 1e-6}}
