@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from mudjack.safepath import one_line, read_bounded
 
@@ -36,6 +36,14 @@ Seed = Annotated[int, Field(ge=0, lt=1 << 32)]               # numpy seeds are 3
 
 class Params(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _numbers_are_not_booleans(cls, value: Any, info: ValidationInfo) -> Any:
+        """`epochs: yes` is YAML's true, which pydantic would take as 1."""
+        if isinstance(value, bool) and cls.model_fields[info.field_name].annotation in (int, float):
+            raise ValueError(f"a number, not {value}")
+        return value
 
 
 class ParamsError(ValueError):
