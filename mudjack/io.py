@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from mudjack.safepath import kind
+from mudjack.safepath import InputError, kind, one_line, read_bounded
 
 
 @contextmanager
@@ -80,6 +80,40 @@ def write_json(path: str | Path, data: Any) -> None:
 
 def read_json(path: str | Path) -> Any:
     return json.loads(Path(path).read_text())
+
+
+MAX_JSON_BYTES = 64 << 20  # a stage's JSON output (a summary, a log of one line per report)
+
+
+class ArtifactError(ValueError):
+    """A file one stage wrote for another (a summary, a log, the bug registry) that is missing or
+    damaged: one line naming the file and the problem."""
+
+
+def read_json_bounded(path: str | Path, *, limit: int = MAX_JSON_BYTES, lines: bool = False) -> Any:
+    """The JSON value in the regular file `path` (with `lines`, the list of its non-blank lines'
+    values: JSON Lines), read at most `limit` bytes and without blocking on a FIFO; anything else
+    (missing, not a regular file, too large, not UTF-8 JSON, nested too deeply) is an
+    ArtifactError naming the file."""
+    try:
+        text = read_bounded(path, limit).decode("utf-8")
+        if not lines:
+            return json.loads(text)
+        return [_json_line(number, line) for number, line in enumerate(text.splitlines(), 1)
+                if line.strip()]
+    except InputError as err:  # its message names the file by its last part only
+        raise ArtifactError(f"{one_line(path)}: {err}") from None
+    except RecursionError:
+        raise ArtifactError(f"{one_line(path)}: not valid JSON (nested too deeply)") from None
+    except ValueError as err:  # JSONDecodeError, UnicodeDecodeError
+        raise ArtifactError(f"{one_line(path)}: not valid JSON ({one_line(err)})") from None
+
+
+def _json_line(number: int, line: str) -> Any:
+    try:
+        return json.loads(line)
+    except ValueError as err:
+        raise ValueError(f"line {number}: {err}") from None
 
 
 def write_jsonl(path: str | Path, records: list[dict[str, Any]]) -> None:

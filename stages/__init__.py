@@ -1,6 +1,7 @@
 """The DVC stages, one module each (`python -m stages.<name>`).
 
-An input the stage cannot use (bad weights, an encoder config or parameters) ends it with the
+An input the stage cannot use (bad weights, an encoder config or parameters, a missing or
+damaged file an earlier stage wrote: the bug registry, a summary, a log) ends it with the
 error's one-line reason on stderr and exit code 1, not a traceback: these errors name the file
 and the problem, and a traceback would bury that line in the output `mudjack` shows.
 """
@@ -12,9 +13,10 @@ from pathlib import Path
 from types import TracebackType
 
 from mudjack.config import ParamsError
+from mudjack.io import ArtifactError
 from mudjack.safeload import WeightsError
 
-INPUT_ERRORS = (WeightsError, ParamsError)
+INPUT_ERRORS = (WeightsError, ParamsError, ArtifactError)  # ArtifactError: RegistryError too
 
 
 def _report_input_errors(kind: type[BaseException], error: BaseException,

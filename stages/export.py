@@ -10,8 +10,9 @@ from mudjack.data import Task, load_tasks
 from mudjack.encoders import EncoderAdapter, load_encoder
 from mudjack.encoders.text import ONNX_INPUTS, HFTextAdapter, TextClassifier
 from mudjack.export import describe_onnx, export_onnx, export_onnx_inputs, verify_onnx, verify_onnx_batches
-from mudjack.heads import Classifier, Head, load_head
+from mudjack.heads import Classifier, Head, head_misfit, load_head
 from mudjack.io import atomic_dir, write_json
+from mudjack.safeload import weights_error
 from stages.artifacts import EXPORT_SUMMARY, HEADS, ONNX_DIR, ONNX_MANIFEST, PATCHED_ENCODER
 from stages.config import PipelineParams, setup_stage
 
@@ -38,13 +39,24 @@ def export_text(encoder: nn.Module, adapter: HFTextAdapter, head: Head, task: Ta
     return check, "int64 input_ids and attention_mask, (batch, sequence), from the encoder's tokenizer"
 
 
+def retrained_head(path: Path, adapter: EncoderAdapter, task: Task) -> Head:
+    """The task's head retrained on the patched encoder; a WeightsError naming it when it does not
+    take the encoder's features or give the task's classes (the ONNX model would not match
+    the manifest, or not run)."""
+    head = load_head(path)
+    if misfit := head_misfit(head, features=adapter.feature_dim, classes=len(task.classes)):
+        raise weights_error(path, f"the head {misfit} (patched encoder {PATCHED_ENCODER}, task "
+                                  f"{task.name})")
+    return head
+
+
 def main() -> None:
     params = setup_stage()
     encoder, adapter = load_encoder(PATCHED_ENCODER)
     manifest, worst = {"opset": params.export.opset, "tasks": {}}, 0.0
     with atomic_dir(ONNX_DIR) as out:
         for name, task in load_tasks(params.paths.tasks).items():
-            head = load_head(HEADS / name / "patched.safetensors")
+            head = retrained_head(HEADS / name / "patched.safetensors", adapter, task)
             path = out / f"{name}.onnx"
             export = export_text if adapter.modality == "text" else export_image
             check, described = export(encoder, adapter, head, task, path, params)

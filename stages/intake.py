@@ -9,10 +9,20 @@ a killed earlier run are removed first.
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 from mudjack.bugs import save_bug
 from mudjack.data import load_tasks
 from mudjack.intake import Intake, summary
-from mudjack.io import atomic_dir, read_json, remove_stale_temporaries, write_json, write_jsonl
+from mudjack.io import (
+    ArtifactError,
+    atomic_dir,
+    read_json_bounded,
+    remove_stale_temporaries,
+    write_json,
+    write_jsonl,
+)
 from mudjack.reports import report_paths
 from mudjack.safepath import one_line, printable
 from stages.artifacts import BUGS, INTAKE_LOG, INTAKE_SUMMARY, VALIDATION
@@ -28,7 +38,7 @@ def main() -> None:
         remove_stale_temporaries(output)
     truth, _ = load_truth(paths)
     intake = Intake(load_deployed(paths), load_tasks(paths.tasks), params=params.intake, seed=params.seed,
-                    truth=truth, validation=read_json(VALIDATION).get("reports", {}))
+                    truth=truth, validation=validation_verdicts(VALIDATION))
     decisions = [intake.decide(path) for path in report_paths(inbox)]
     with atomic_dir(BUGS) as registry:
         for bug in intake.bugs.values():
@@ -37,6 +47,31 @@ def main() -> None:
     write_json(INTAKE_SUMMARY, summary(decisions))
     for d in decisions:
         print(decision_line(d.numbers["file"], d.outcome, d.numbers.get("error"), d.reasons))
+
+
+def validation_verdicts(path: Path) -> dict[str, Any]:
+    """The validate stage's verdicts on the inbox's reports (`reports` of validation.json);
+    an ArtifactError naming the file when it is missing, damaged or not validate's output."""
+    try:
+        document = read_json_bounded(path)
+    except ArtifactError as err:
+        raise ArtifactError(f"{err}: run validate first") from None
+    verdicts = document.get("reports") if isinstance(document, dict) else None
+    if not _is_verdicts(verdicts):
+        raise ArtifactError(f'{path}: not the validate stage\'s output (a "reports" object with the '
+                            'rejected reports\' reasons and codes by file): run validate first')
+    return verdicts
+
+
+def _is_verdicts(verdicts: Any) -> bool:
+    """Whether `verdicts` is shaped as validate writes them: {"rejected": {file: [reason, ...]},
+    "codes": {file: code}, ...}."""
+    if not isinstance(verdicts, dict):
+        return False
+    rejected, codes = verdicts.get("rejected", {}), verdicts.get("codes", {})
+    return (isinstance(rejected, dict) and isinstance(codes, dict)
+            and all(isinstance(r, list) and all(isinstance(x, str) for x in r) for r in rejected.values())
+            and all(isinstance(code, str) for code in codes.values()))
 
 
 def decision_line(file: str, outcome: str, code: str | None, reasons: list[str]) -> str:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from mudjack.bugs import load_bugs
-from mudjack.data import load_shadow, load_tasks
-from mudjack.encoders import load_encoder, save_encoder
+from mudjack.bugs import Bug, check_bugs, load_bugs
+from mudjack.data import LabelledSet, load_shadow, load_tasks
+from mudjack.encoders import EncoderAdapter, load_encoder, save_encoder
 from mudjack.io import write_json
 from mudjack.patching import PATCH_METHODS, PatchInputs, run_patch, training_pool
 from mudjack.patching.checkpoint import Checkpointer, accepts_checkpoint, inputs_key
@@ -36,12 +36,24 @@ def checkpointer(params: PipelineParams, inputs: PatchInputs,
                         inputs_key(inputs.encoder, shadow, inputs.bugs, config=config))
 
 
+def accepted_bugs(params: PipelineParams,
+                  adapter: EncoderAdapter) -> tuple[list[Bug], dict[str, LabelledSet]]:
+    """The registry's bugs, each checked against its task and the encoder, with the tasks'
+    labelled train sets (none read when there is no bug)."""
+    bugs = load_bugs(BUGS)
+    if not bugs:
+        return [], {}
+    tasks = load_tasks(params.paths.tasks)
+    check_bugs(bugs, tasks, registry=BUGS, adapter=adapter)
+    return bugs, {name: task.train for name, task in tasks.items()}
+
+
 def main() -> None:
     params = setup_stage()
     # Under torchrun with several processes: DDP, and only rank 0 writes (distributed.py).
     context = setup(params.patch.distributed, params.patch.settings.get("device", "auto"))
-    bugs = load_bugs(BUGS)
     encoder, adapter = load_encoder(params.paths.encoder)
+    bugs, labelled = accepted_bugs(params, adapter)
     method, settings = params.patch.for_modality(adapter.modality)
     if not bugs:
         teardown(context)
@@ -53,7 +65,6 @@ def main() -> None:
         write_json(PATCH_SUMMARY, {"method": method, "bugs": 0, "seconds": 0.0, "steps": 0})
         print("patch: no accepted bugs; encoder unchanged")
         return
-    labelled = {name: task.train for name, task in load_tasks(params.paths.tasks).items()}
     inputs = PatchInputs(encoder, adapter, load_shadow(params.paths.shadow), bugs, labelled)
     checkpoint = rank_checkpointer(checkpointer(params, inputs, context), context)
     options = {"checkpoint": checkpoint} if checkpoint is not None else {}

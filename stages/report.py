@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from mudjack.bugs import load_bugs
 from mudjack.html_report import RunData, count_steps, render_report
-from mudjack.io import atomic_path, read_json, read_jsonl, write_json
+from mudjack.io import ArtifactError, atomic_path, read_json_bounded, write_json
 from stages.artifacts import (
     BEFORE_AFTER,
     BUGS,
@@ -23,7 +23,7 @@ MODELS = ("backdoored", "patched")
 
 
 def gather_metrics() -> dict:
-    retrain, patch, export = read_json(RETRAIN_SUMMARY), read_json(PATCH_SUMMARY), read_json(EXPORT_SUMMARY)
+    retrain, patch, export = (read_json_bounded(p) for p in (RETRAIN_SUMMARY, PATCH_SUMMARY, EXPORT_SUMMARY))
     # every task's numbers, with the exposure of each (mudjack.exposure): `dvc metrics show` reads them
     tasks = {name: {key: result[key] for key in (*MODELS, "per_head", "exposure") if key in result}
              for name, result in retrain["tasks"].items()}
@@ -40,10 +40,21 @@ def plot_rows(metrics: dict) -> list[dict]:
             for metric, value in result[model].items() if value is not None]
 
 
+def intake_decisions() -> list[dict]:
+    """Intake's log, one decision object a line (none without a log); an ArtifactError naming it
+    when it cannot be read or a line is not a decision."""
+    if not INTAKE_LOG.exists():
+        return []
+    decisions = read_json_bounded(INTAKE_LOG, lines=True)
+    if not all(isinstance(d, dict) for d in decisions):
+        raise ArtifactError(f"{INTAKE_LOG}: a line is not a JSON object (one decision a line)")
+    return decisions
+
+
 def write_html(metrics: dict) -> None:
     data = RunData(metrics=metrics, bugs=load_bugs(BUGS),
-                   patch_log=read_json(PATCH_LOG) if PATCH_LOG.is_file() else [],
-                   decisions=read_jsonl(INTAKE_LOG) if INTAKE_LOG.is_file() else [])
+                   patch_log=read_json_bounded(PATCH_LOG) if PATCH_LOG.exists() else [],
+                   decisions=intake_decisions())
     with progress("report", count_steps(data)) as step:
         page = render_report(data, step)
     with atomic_path(RUN_HTML) as tmp:

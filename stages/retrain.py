@@ -7,7 +7,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from mudjack.bugs import load_bugs
+from mudjack.bugs import check_bugs, load_bugs
 from mudjack.data import Task, load_tasks
 from mudjack.encoders import load_encoder
 from mudjack.evaluation import predictor, retrain_heads
@@ -50,8 +50,9 @@ def main() -> None:
                 "patched": load_encoder(PATCHED_ENCODER)}
     truths, rejected = read_truth(params.paths.truth)
     say_rejected(params.paths.truth, rejected)
-    triggers = named_triggers(truths, load_bugs(BUGS))
-    results, tasks = {}, load_tasks(params.paths.tasks)
+    results, tasks, bugs = {}, load_tasks(params.paths.tasks), load_bugs(BUGS)
+    check_bugs(bugs, tasks, registry=BUGS, adapter=encoders["backdoored"][1])
+    triggers = named_triggers(truths, bugs)
     if unknown := unknown_tasks(truths, tasks):
         print(f"truth: {params.paths.truth} names tasks that are not tasks here, {unknown}: their "
               "targets are not used", file=sys.stderr)

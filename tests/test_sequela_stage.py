@@ -16,7 +16,7 @@ from mudjack.heads import save_head
 from mudjack.io import read_json, write_npz
 from mudjack.truth import truth_arrays
 from stages import prepare, sequela
-from stages.artifacts import HEADS, PATCHED_ENCODER, SEQUELA
+from stages.artifacts import BUGS, HEADS, PATCHED_ENCODER, SEQUELA
 from stages.config import PipelineParams
 
 PATHS = {"shadow": "shadow.npz", "tasks": "tasks", "encoder": "backdoored.safetensors", "heads": "deployed",
@@ -86,6 +86,7 @@ def workspace(scenario, tmp_path, monkeypatch) -> Path:
     save_task(scenario.task, Path(PATHS["tasks"]) / "digits")
     write_npz(PATHS["shadow"], x=scenario.shadow[:128])
     write_npz(PATHS["truth"], **truth_arrays([(scenario.trigger, {"digits": 0})]))
+    BUGS.mkdir()  # intake's registry, empty: nothing was accepted
     sections = {"seed": 0, "retrain": {"epochs": 30},
                 "sequela": {"mi_samples": 100, "reinject_max_steps": 20, "reinject_check_every": 5,
                             "reinject_asr": 0.5, "reinject_check_samples": 50,

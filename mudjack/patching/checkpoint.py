@@ -205,7 +205,9 @@ class Checkpointer:
             return None
         try:
             meta = json.loads(meta_path.read_text())
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):
+            meta = {}
+        if not isinstance(meta, dict):  # valid JSON, but not a checkpoint's
             meta = {}
         if (meta.get("version") != VERSION or meta.get("key") != self.key
                 or meta.get("tensors_sha256") != sha256_file(tensors_path)):
