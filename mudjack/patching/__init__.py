@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from mudjack.config import Params
+from mudjack.config import Params, ParamsError
 from mudjack.patching.base import PatchInputs, PatchResult
 from mudjack.patching.finetune import FinetuneParams, SuperFinetuneParams, finetune, super_finetune
 from mudjack.patching.mudjacking import MudjackingParams, mudjacking
@@ -45,11 +45,18 @@ PATCH_METHODS: dict[str, tuple[type[Params], PatchFunction]] = {
 
 # The method that patches a text encoder in place of each image method that has a text loop.
 TEXT_VARIANTS = {"mudjacking": "mudjacking_text", "mudjacking_text": "mudjacking_text"}
+TEXT_ONLY = {"mudjacking_text"}  # methods that loop over sentences
 
 
 def method_for(method: str, modality: str) -> str:
-    """The registered method that runs `method` on an encoder of `modality` ("image" | "text")."""
-    return TEXT_VARIANTS.get(method, method) if modality == "text" else method
+    """The registered method that runs `method` on an encoder of `modality` ("image" | "text");
+    a text-only method on an image encoder is a ParamsError."""
+    if modality == "text":
+        return TEXT_VARIANTS.get(method, method)
+    if method in TEXT_ONLY:
+        raise ParamsError(f"patch.method {method!r} patches text encoders; this encoder takes images "
+                          f"(use {sorted(set(PATCH_METHODS) - TEXT_ONLY)})")
+    return method
 
 
 def training_pool(method: str, inputs: PatchInputs, params: dict[str, Any], *,

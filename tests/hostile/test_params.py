@@ -259,3 +259,14 @@ def test_the_foundation_stage_refuses_a_bad_model_folder_in_one_line(tmp_path: P
 def test_asking_for_cuda_on_a_machine_without_it_is_a_params_error(device: str) -> None:
     with pytest.raises(ParamsError, match="0 CUDA device"):
         select_device(device)
+
+
+def test_a_text_patch_method_on_an_image_encoder_is_a_params_error(tmp_path: Path) -> None:
+    """It passed the parameter check and ended in an AttributeError ('words') at patch time."""
+    from mudjack.patching import method_for
+
+    params = load_params(params_with(tmp_path / "params.yaml", "patch", {"method": "mudjacking_text"}))
+    assert params.patch.for_modality("text")[0] == "mudjacking_text"
+    with pytest.raises(ParamsError, match="patches text encoders; this encoder takes images"):
+        params.patch.for_modality("image")
+    assert method_for("mudjacking", "image") == "mudjacking"
