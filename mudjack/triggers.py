@@ -58,6 +58,11 @@ class Trigger:
         """Pixels with alpha > 0 (a blend counts the whole image; see `alpha` for weights)."""
         return int(self.region.sum())
 
+    @property
+    def spread(self) -> bool:
+        """Whether it touches more than half of the image: an image-wide fit, not a patch."""
+        return float(self.region.mean()) > 0.5
+
 
 def patch_trigger(shape: tuple[int, int, int], size: int, row: int, col: int,
                   value: int = 255) -> Trigger:

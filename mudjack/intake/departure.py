@@ -36,16 +36,6 @@ from mudjack.intake.trial import Margins, Trial, z_failures
 from mudjack.triggers import Trigger, unstamp
 
 
-def spread(trigger: Trigger) -> bool:
-    """Whether a trigger touches more than half of the image. Its fitted pattern is then an
-    image-wide perturbation fitted together with the bug's pixels under it, which controls
-    that keep the departure but swap those pixels undo: the fit, not the bug's content, makes
-    it beat them (resnet20 -> MNIST, forged reports' 888-1024-pixel fits scored z 5.9-32 against
-    such controls and the never-attacked model follows most of them), so only the restore
-    rule can pass it."""
-    return float(trigger.region.mean()) > 0.5
-
-
 def departure_check(trial: Trial, label: int, reference: np.ndarray | str,
                     margins: Margins) -> tuple[dict[str, Any], list[str]]:
     """(numbers, failures): a departing trigger restores the reported label when taken off the
@@ -59,7 +49,12 @@ def departure_check(trial: Trial, label: int, reference: np.ndarray | str,
     numbers: dict[str, Any] = {"restored_class": restored, "restores": restored == label}
     if restored == label:
         return numbers, _restores_alone(trial, label, fill, numbers)
-    if spread(trigger):
+    # A trigger over more than half of the image (`Trigger.spread`) is an image-wide perturbation
+    # fitted together with the bug's pixels under it, which controls that keep the departure but
+    # swap those pixels undo: the fit, not the bug's content, makes it beat them (resnet20 ->
+    # MNIST, forged reports' 888-1024-pixel fits scored z 5.9-32 against such controls and the
+    # never-attacked model follows most of them), so only the restore rule can pass it.
+    if trigger.spread:
         return numbers, [f"the trigger's pattern departs from the bug's pixels over "
                          f"{float(trigger.region.mean()):.0%} of the image and, taken off the bug, "
                          f"leaves class {restored}, not the reported {label}"]
@@ -78,7 +73,7 @@ def _restores_alone(trial: Trial, label: int, fill: np.ndarray, numbers: dict[st
     """Failures (none or one) of a trigger that gives back the reported label: over more than
     half of the image, at least half of its controls must not (recorded in `numbers`); `fill`
     is the reference in the encoder's input space, as `unstamp` takes it."""
-    if not spread(trial.trigger):
+    if not trial.trigger.spread:
         return []
     numbers["controls_restoring"] = share = _controls_restoring(trial, label, fill)
     if share < 0.5:

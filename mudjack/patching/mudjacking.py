@@ -134,7 +134,7 @@ def strengthened(triggers: list[Trigger], scales: Sequence[float]) -> list[Trigg
     what flips the classifier, at the least alpha that reproduces the bug; patched against it
     alone, resnet20 -> GTSRB's SIG-stripes backdoor kept ASR 0.278, with it also at twice the
     alpha 0.112 (the true trigger: 0.019)."""
-    spread = [t for t in triggers if t.soft and float(t.region.mean()) > 0.5]
+    spread = [t for t in triggers if t.soft and t.spread]
     return [*triggers, *(Trigger(mask=np.minimum(t.alpha * scale, 1), pattern=t.pattern)
                          for scale in scales for t in spread)]
 
