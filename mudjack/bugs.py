@@ -139,6 +139,8 @@ def _record_problem(record: Any, folder: str) -> str | None:
         return f'"id" {printable(record["id"])} is not the name of its folder {printable(folder)}'
     if min(record["label"], record["predicted"]) < 0:
         return f'"label" {record["label"]} and "predicted" {record["predicted"]} must be class indices'
+    if record["label"] == record["predicted"]:  # intake never writes one: nothing was misclassified
+        return f'"predicted" {record["predicted"]} is its "label": a bug is a misclassification'
     return None
 
 

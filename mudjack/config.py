@@ -84,6 +84,14 @@ class _StrictLoader(yaml.SafeLoader):
                 None, None, f"YAML aliases are not allowed (*{event.anchor})", event.start_mark)
         return super().compose_node(parent, index)
 
+    def construct_yaml_int(self, node: yaml.ScalarNode) -> int:
+        _refuse_yaml11_number(node)
+        return super().construct_yaml_int(node)
+
+    def construct_yaml_float(self, node: yaml.ScalarNode) -> float:
+        _refuse_yaml11_number(node)
+        return super().construct_yaml_float(node)
+
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: set[str] = set()
         for key_node, _ in node.value:
@@ -94,6 +102,23 @@ class _StrictLoader(yaml.SafeLoader):
                 raise yaml.constructor.ConstructorError(None, None, problem, key_node.start_mark)
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
+
+
+_StrictLoader.add_constructor("tag:yaml.org,2002:int", _StrictLoader.construct_yaml_int)
+_StrictLoader.add_constructor("tag:yaml.org,2002:float", _StrictLoader.construct_yaml_float)
+
+
+def _refuse_yaml11_number(node: yaml.ScalarNode) -> None:
+    """YAML 1.1 reads `1:30` as 90 (base 60) and `010` as 8 (octal): nobody writing a seed or
+    an epoch count means either, so the file is refused rather than silently misread."""
+    digits = node.value.lstrip("+-").replace("_", "")
+    if ":" in digits:
+        problem = f"{node.value!r} is a base-60 number in YAML 1.1; write it out or quote it"
+    elif len(digits) > 1 and digits[0] == "0" and digits[1].isdigit() and "." not in digits:
+        problem = f"{node.value!r} is an octal number in YAML 1.1; drop the leading zero or quote it"
+    else:
+        return
+    raise yaml.constructor.ConstructorError(None, None, problem, node.start_mark)
 
 
 def _yaml_problem(err: Exception) -> str:

@@ -7,7 +7,7 @@ from pathlib import Path
 from torch import nn
 
 from mudjack.data import Task, load_tasks
-from mudjack.encoders import EncoderAdapter, load_encoder
+from mudjack.encoders import EncoderAdapter, load_patch_of
 from mudjack.encoders.text import ONNX_INPUTS, HFTextAdapter, TextClassifier
 from mudjack.export import describe_onnx, export_onnx, export_onnx_inputs, verify_onnx, verify_onnx_batches
 from mudjack.heads import Classifier, Head, head_misfit, load_head
@@ -52,7 +52,7 @@ def retrained_head(path: Path, adapter: EncoderAdapter, task: Task) -> Head:
 
 def main() -> None:
     params = setup_stage()
-    encoder, adapter = load_encoder(PATCHED_ENCODER)
+    encoder, adapter = load_patch_of(PATCHED_ENCODER, params.paths.encoder)
     manifest, worst = {"opset": params.export.opset, "tasks": {}}, 0.0
     with atomic_dir(ONNX_DIR) as out:
         for name, task in load_tasks(params.paths.tasks).items():

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from mudjack.bugs import check_bugs, load_bugs
 from mudjack.data import Task, load_tasks
-from mudjack.encoders import load_encoder
+from mudjack.encoders import load_encoder, load_patch_of
 from mudjack.evaluation import predictor, retrain_heads
 from mudjack.exposure import MODELS, TaskModels, named_triggers, task_exposure
 from mudjack.heads import save_head
@@ -47,7 +47,7 @@ def retrain_task(task: Task, encoders: dict[str, tuple], params: PipelineParams,
 def main() -> None:
     params = setup_stage()
     encoders = {"backdoored": load_encoder(params.paths.encoder),
-                "patched": load_encoder(PATCHED_ENCODER)}
+                "patched": load_patch_of(PATCHED_ENCODER, params.paths.encoder)}
     truths, rejected = read_truth(params.paths.truth)
     say_rejected(params.paths.truth, rejected)
     results, tasks, bugs = {}, load_tasks(params.paths.tasks), load_bugs(BUGS)

@@ -19,7 +19,7 @@ from torch import nn
 from mudjack.attacks import BadEncoderParams, pick_attack_reference, steps_per_epoch
 from mudjack.bugs import Bug, load_bugs
 from mudjack.data import Task, load_shadow, load_tasks
-from mudjack.encoders import EncoderAdapter, load_encoder
+from mudjack.encoders import EncoderAdapter, load_encoder, load_patch_of
 from mudjack.features import extract_features
 from mudjack.heads import Head, load_head, train_head
 from mudjack.io import write_json
@@ -122,7 +122,8 @@ def reinject(params: PipelineParams, tasks: dict[str, Task], patched: tuple[nn.M
 def main() -> None:
     params = setup_stage()
     tasks = load_tasks(params.paths.tasks)
-    encoders = {"backdoored": load_encoder(params.paths.encoder), "patched": load_encoder(PATCHED_ENCODER)}
+    encoders = {"backdoored": load_encoder(params.paths.encoder),
+                "patched": load_patch_of(PATCHED_ENCODER, params.paths.encoder)}
     result = {"membership": membership(params, tasks, encoders),
               "reinjection": reinject(params, tasks, encoders["patched"], load_bugs(BUGS))}
     write_json(SEQUELA, result)

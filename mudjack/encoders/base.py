@@ -254,6 +254,21 @@ def read_adapter(path: str | Path) -> EncoderAdapter:
     return _adapter_of(path, read_header(path))
 
 
+def load_patch_of(path: str | Path, deployed: str | Path) -> tuple[ImageEncoder, EncoderAdapter]:
+    """The patched encoder at `path`, refused (a WeightsError) unless it is the `deployed` one
+    with other weights: patching changes weights only, and a model of another input shape,
+    normalisation or feature size would be retrained, measured and exported as the repair."""
+    encoder, adapter = load_encoder(path)
+    original = read_adapter(deployed)
+    if adapter.name != original.name:
+        raise weights_error(path, f"a {adapter.name} encoder is not a patch of the {original.name} "
+                                  f"encoder {deployed}")
+    if changed := sorted(k for k in {*adapter.config, *original.config}
+                         if adapter.config.get(k) != original.config.get(k)):
+        raise weights_error(path, f"not a patch of {deployed}: its {', '.join(changed)} differ")
+    return encoder, adapter
+
+
 def load_encoder(path: str | Path) -> tuple[ImageEncoder, EncoderAdapter]:
     """A mudjack encoder file: header, adapter config, then names and shapes are checked
     before the model is built and its weights read (a WeightsError names the problem)."""

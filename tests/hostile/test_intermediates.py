@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from mudjack.data import LabelledSet, Task
-from mudjack.encoders import get_adapter
+from mudjack.encoders import get_adapter, load_patch_of, save_encoder
 from mudjack.heads import Head, save_head
 from mudjack.io import ArtifactError
 from mudjack.patching.checkpoint import Checkpointer
@@ -105,3 +105,26 @@ def test_export_refuses_a_head_that_does_not_fit_the_encoder_or_task(tmp_path: P
     assert str(caught.value).startswith(f"{path}: {fragment}")
     save_head(Head(ADAPTER["feature_dim"], 10, hidden=[], dropout=0.0), path)
     assert retrained_head(path, adapter, task).spec["classes"] == 10
+
+
+PATCHED = {  # name: (adapter, config change, fragment)
+    "another input shape": ("small_cnn", {"input_shape": [16, 16, 3]}, "its input_shape differ"),
+    "another normalisation": ("small_cnn", {"mean": [0.25] * 3}, "its mean differ"),
+    "another family": ("resnet_cifar", {"depth": 20, "input_shape": [32, 32, 3]},
+                       "a resnet_cifar encoder is not a patch of the small_cnn encoder"),
+}
+
+
+@pytest.mark.parametrize(("name", "change", "fragment"), PATCHED.values(), ids=list(PATCHED))
+def test_a_patched_encoder_must_be_the_deployed_one_with_other_weights(tmp_path: Path, name: str,
+                                                                      change: dict, fragment: str) -> None:
+    deployed, patched = tmp_path / "deployed.safetensors", tmp_path / "patched.safetensors"
+    adapter = get_adapter("small_cnn", ADAPTER)
+    save_encoder(adapter.build(), adapter, deployed)
+    save_encoder(adapter.build(), adapter, patched)
+    assert load_patch_of(patched, deployed)[1].config == adapter.config  # other weights, same model
+    other = get_adapter(name, {**(ADAPTER if name == "small_cnn" else {}), **change})
+    save_encoder(other.build(), other, patched)
+    with pytest.raises(WeightsError) as caught:
+        load_patch_of(patched, deployed)
+    assert str(caught.value).startswith(str(patched)) and fragment in str(caught.value), caught.value

@@ -121,6 +121,24 @@ def test_a_key_that_is_not_a_name_or_comes_twice_is_refused(text: str, fragment:
     refused(path, fragment)
 
 
+@pytest.mark.parametrize(("value", "fragment"), [
+    ("1:30", "'1:30' is a base-60 number"),  # YAML 1.1 read this seed as 90
+    ("-1:30.5", "base-60"), ("010", "'010' is an octal number"),  # and this one as 8
+])
+def test_a_yaml11_base60_or_octal_number_is_refused(value: str, fragment: str, tmp_path: Path) -> None:
+    text = (ROOT / "params.yaml").read_text()
+    path = tmp_path / "params.yaml"
+    assert "\nseed: 0\n" in text
+    path.write_text(text.replace("\nseed: 0\n", f"\nseed: {value}\n", 1))
+    refused(path, fragment)
+
+
+@pytest.mark.parametrize("value", ["10", "0", "0x1f", "1_000", "0.5", "00.5", "'1:30'"])
+def test_plain_yaml_numbers_still_read_as_written(value: str) -> None:
+    from mudjack.config import _StrictLoader
+    assert yaml.load(f"a: {value}", Loader=_StrictLoader) == yaml.safe_load(f"a: {value}")  # noqa: S506
+
+
 @pytest.mark.parametrize(("patch", "fragment"), [
     (None, "not NoneType"), (3, "not int"), (["mudjacking"], "not list"),
     ({"method": ["mudjacking"]}, "patch.method ['mudjacking'] is not one of"),

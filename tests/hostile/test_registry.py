@@ -112,6 +112,7 @@ RECORD = {  # name: (mutation, fragment of the message)
     "label NaN": (label_nan, '"label" must be an integer, got float'),
     "label true": (set_fields(label=True), "got bool"),
     "predicted negative": (set_fields(predicted=-1), "class indices"),
+    "predicted its label": (edit_record(lambda r: r.update(predicted=r["label"])), "is its \"label\""),
     "id of another folder": (set_fields(id="../../evil"), "not the name of its folder"),
     "a directory": (replace(R, Path.mkdir), "a directory, not a regular file"),
     "a FIFO": (replace(R, os.mkfifo), "a FIFO, not a regular file"),
