@@ -122,7 +122,7 @@ def load_report_json(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     data = read_bounded(path, MAX_JSON_BYTES)
     try:
-        meta = json.loads(data.decode("utf-8"), parse_int=_bounded_int)
+        meta = json.loads(data.decode("utf-8"), parse_int=_bounded_int, object_pairs_hook=_once_each)
     except ReportError:
         raise
     except RecursionError as err:
@@ -133,6 +133,17 @@ def load_report_json(path: str | Path) -> dict[str, Any]:
     if not isinstance(meta, dict):
         raise ReportError("unreadable", f"report JSON {printable(path.name)} is not an object")
     return meta
+
+
+def _once_each(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object whose keys come once each: Python's last-wins would take the second of two
+    "label"s without a word, and which one the reporter meant is anybody's guess."""
+    seen: set[str] = set()
+    for key, _ in pairs:
+        if key in seen:
+            raise ReportError("bad_field", f"the key {printable(key)} is given twice")
+        seen.add(key)
+    return dict(pairs)
 
 
 def _bounded_int(text: str) -> int:
@@ -263,6 +274,9 @@ def _decode_image(data: bytes, name: str, shape: Sequence[int] | None, max_pixel
         if image.format != IMAGE_FORMAT:
             raise ReportError("bad_format", f"input {printable(name)} is {image.format}, not {IMAGE_FORMAT}")
         _check_image_header(image, name, shape, max_pixels)
+        if getattr(image, "n_frames", 1) > 1:  # which frame the reporter saw is unknown
+            raise ReportError("bad_format", f"input {printable(name)} is an animation of "
+                                            f"{image.n_frames} frames; send one image")
         try:
             return np.asarray(image.convert("RGB"), dtype=np.uint8)
         except Exception as err:  # truncated or corrupt pixel data, bombs in late chunks

@@ -56,6 +56,8 @@ def truth_pair(arrays: dict[str, np.ndarray], prefix: str) -> TruthPair:
                          f"(got {tasks.dtype} {tasks.shape} and {targets.dtype} {targets.shape})")
     if targets.dtype.kind not in "iu" or (targets < 0).any():
         raise ValueError(f"{prefix}targets must be class indices (integers >= 0), got {targets.tolist()}")
+    if len(set(tasks.tolist())) < len(tasks):  # one trigger has one target per task
+        raise ValueError(f"{prefix}tasks names a task twice: {tasks.tolist()}")
     return trigger_from_arrays(own), {str(t): int(c) for t, c in zip(tasks, targets, strict=True)}
 
 

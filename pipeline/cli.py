@@ -17,6 +17,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from mudjack.config import ParamsError
 from pipeline.env import configure_environment, project_root
 from stages.artifacts import METRICS, QUARANTINE
 
@@ -185,7 +186,7 @@ def run(
 
         try:
             path = prepare_workspace(path, scenario)
-        except FileNotFoundError as exc:
+        except (FileNotFoundError, ParamsError) as exc:
             raise _fail(exc) from exc
     _promotable(path, promote=promote)
     _stage_order(path, target)  # an unknown target stops here, before a Prefect server starts
@@ -260,7 +261,7 @@ def compare(
     try:
         table = run_compare(path, scenario, [m.strip() for m in methods.split(",") if m.strip()],
                             sequela=sequela, only=only, keep=keep)
-    except (StageFailedError, DvcException, FileNotFoundError) as exc:
+    except (StageFailedError, DvcException, FileNotFoundError, ParamsError) as exc:
         raise _fail(exc) from exc
     console.print(table.read_text())
     console.print(f"written: {table.with_suffix('.csv')}, {table}, {table.with_suffix('.png')}")

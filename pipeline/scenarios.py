@@ -11,13 +11,15 @@ Paths inside a scenario file are relative to its workspace (the project root is 
 from __future__ import annotations
 
 import copy
+import reprlib
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from mudjack.config import read_params_yaml
+from mudjack.config import ParamsError, read_params_yaml
 from mudjack.io import atomic_path
+from mudjack.safepath import one_line
 
 SCENARIOS = "scenarios"
 RUNS = "runs"
@@ -56,7 +58,12 @@ def scenario_params(root: Path, name: str, overrides: dict[str, Any] | None = No
     its adapter's, whose keys do not mix with another adapter's.
     """
     scenario = {k: v for k, v in load_scenario(root, name).items() if k not in NON_PARAM_KEYS}
-    merged = deep_merge(read_params_yaml(root / "params.yaml"), scenario)
+    base = read_params_yaml(root / "params.yaml")
+    for section, value in scenario.items():  # `patch: [1]` would otherwise replace the section
+        if isinstance(base.get(section), dict) and not isinstance(value, dict):
+            raise ParamsError(f"{_file(root, name)}: {section} must be a mapping of its settings, "
+                              f"not {type(value).__name__} {reprlib.repr(value)}")
+    merged = deep_merge(base, scenario)
     if "config" in scenario.get("foundation", {}):
         merged["foundation"]["config"] = scenario["foundation"]["config"]
     overrides = overrides or {}
@@ -105,5 +112,14 @@ def prepare_workspace(root: Path, name: str, overrides: dict[str, Any] | None = 
 
 def method_settings(root: Path, name: str, method: str) -> dict[str, Any]:
     """The `patch` section for `method` in scenario `name` (its `methods:` entry)."""
-    settings = load_scenario(root, name).get("methods", {}).get(method, {})
+    methods = load_scenario(root, name).get("methods", {})
+    settings = methods.get(method, {}) if isinstance(methods, dict) else methods
+    if not isinstance(settings, dict):
+        where = f"methods.{method}" if isinstance(methods, dict) else "methods"
+        raise ParamsError(f"{_file(root, name)}: {where} must be a mapping (method: its patch "
+                          f"settings), not {type(settings).__name__} {reprlib.repr(settings)}")
     return {"patch": {"method": method, **settings}}
+
+
+def _file(root: Path, name: str) -> str:
+    return one_line(root / SCENARIOS / f"{name}.yaml")

@@ -1,8 +1,10 @@
+import re
 from pathlib import Path
 
 import pytest
 import yaml
 
+from mudjack.config import ParamsError
 from mudjack.encoders import get_adapter
 from pipeline.scenarios import (
     deep_merge,
@@ -69,3 +71,36 @@ def test_a_scenarios_encoder_config_replaces_the_default_adapters():
     assert adapter.feature_dim == 128 and adapter.family.tokens
     # a scenario without its own encoder config keeps the default's
     assert scenario_params(ROOT, "digits")["foundation"]["config"] == {"width": 32, "feature_dim": 64}
+
+
+def project_with_scenario(root: Path, text: str) -> Path:
+    """A project whose scenarios/ holds one scenario, fz, of `text`."""
+    (root / "scenarios").mkdir(parents=True)
+    (root / "scenarios" / "fz.yaml").write_text(text)
+    (root / "params.yaml").write_text((ROOT / "params.yaml").read_text())
+    return root
+
+
+@pytest.mark.parametrize(("text", "fragment"), [
+    ("foundation: 5\n", "foundation must be a mapping of its settings, not int 5"),  # was a TypeError
+    ("patch: [1]\n", "patch must be a mapping of its settings, not list [1]"),
+    ("- 1\n", "expected a mapping of sections, got list"),
+    ("seed: [1\n", "fz.yaml: "),
+])
+def test_a_scenario_that_is_not_sections_of_settings_is_one_params_error(tmp_path, text, fragment):
+    root = project_with_scenario(tmp_path, text)
+    with pytest.raises(ParamsError) as caught:
+        scenario_params(root, "fz")
+    assert str(caught.value).startswith(str(root / "scenarios" / "fz.yaml")) and fragment in str(caught.value)
+
+
+@pytest.mark.parametrize(("methods", "fragment"), [
+    ("[1]", "methods must be a mapping (method: its patch settings), not list"),  # AttributeError
+    ("{finetune: 3}", "methods.finetune must be a mapping (method: its patch settings), not int 3"),
+])
+def test_a_scenarios_methods_entry_must_map_methods_to_settings(tmp_path, methods, fragment):
+    root = project_with_scenario(tmp_path, f"methods: {methods}\n")
+    with pytest.raises(ParamsError, match=re.escape(fragment)):
+        method_settings(root, "fz", "finetune")
+    (root / "scenarios" / "fz.yaml").write_text("methods: {finetune: {epochs: 2}}\n")
+    assert method_settings(root, "fz", "finetune") == {"patch": {"method": "finetune", "epochs": 2}}

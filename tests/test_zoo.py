@@ -367,6 +367,8 @@ NAMES, ZERO = np.array(["digits"]), np.array([0])
     ({"mask": MASK, "pattern": PIXELS, "tasks": np.array(["digits", "x"]), "targets": ZERO},
      "one class each"),
     ({"mask": MASK, "pattern": PIXELS, "tasks": NAMES, "targets": np.array([-3])}, "integers >= 0"),
+    ({"mask": MASK, "pattern": PIXELS, "tasks": np.array(["digits", "digits"]), "targets": np.array([0, 3])},
+     "names a task twice"),  # was: target 3, silently
     ({"mask": MASK, "pattern": PIXELS, "tasks": NAMES, "targets": ZERO, "trigger1_targets": ZERO},
      "missing trigger1_tasks"),
 ])

@@ -326,16 +326,31 @@ def junk_reports(ws: Workspace, tag: str, variant: int) -> dict[str, str]:
     return {path.name: "bad_field"}
 
 
+def ambiguous(ws: Workspace, tag: str, variant: int) -> dict[str, str]:
+    """A report saying two things at once: a key given twice (which "label" did the client
+    mean?), or an animated PNG (which frame did the classifier see?)."""
+    name = f"digits-{tag}"
+    if variant % 2:
+        frames = [Image.fromarray(np.roll(ws.image, shift(variant + k), axis=1)) for k in range(2)]
+        frames[0].save(ws.inbox / f"{name}.png", format="PNG", save_all=True, append_images=frames[1:])
+        report(ws.inbox, name, {})
+        return {f"{name}.json": "bad_format"}
+    body = json.dumps({"id": name, "task": "digits", "label": 1, "input": _valid_input(ws, name, variant)})
+    (ws.inbox / f"{name}.json").write_text(body[:-1] + ', "label": 3}')
+    return {f"{name}.json": "bad_field"}
+
+
 CLASSES: dict[str, Case] = {
     "deep_json": deep_json, "huge_number": huge_number, "special_report": special_report,
     "special_input": special_input, "traversal": traversal, "bad_names": bad_names,
     "odd_files": odd_files, "claimants": claimants, "png_bombs": png_bombs,
     "npy_headers": npy_headers, "valid_variants": valid_variants, "junk_reports": junk_reports,
+    "ambiguous": ambiguous,
 }
 # How many variants of each class differ in kind (the bench runs more, with other sizes).
 KINDS = {"deep_json": 2, "huge_number": 2, "special_report": 6, "special_input": 4, "traversal": 5,
          "bad_names": 6, "odd_files": 4, "claimants": 3, "png_bombs": 5, "npy_headers": 6,
-         "valid_variants": 4, "junk_reports": 5}
+         "valid_variants": 4, "junk_reports": 5, "ambiguous": 2}
 
 
 def cases(repeat: int = 1) -> list[tuple[str, int]]:
