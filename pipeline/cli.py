@@ -182,9 +182,10 @@ def run(
     """
     path = _root(root)
     if scenario is not None:  # "" is refused as an unknown name, not run as no scenario
-        from pipeline.scenarios import prepare_workspace
+        from pipeline.scenarios import check_scenario, prepare_workspace
 
         try:
+            check_scenario(path, scenario)  # `seed: abc` stops here, not after a Prefect server starts
             path = prepare_workspace(path, scenario)
         except (FileNotFoundError, ParamsError) as exc:
             raise _fail(exc) from exc

@@ -20,6 +20,7 @@ import yaml
 from mudjack.config import ParamsError, read_params_yaml
 from mudjack.io import atomic_path
 from mudjack.safepath import one_line
+from stages.config import typed_params
 
 SCENARIOS = "scenarios"
 RUNS = "runs"
@@ -70,6 +71,12 @@ def scenario_params(root: Path, name: str, overrides: dict[str, Any] | None = No
     if overrides.get("patch", {}).get("method", merged["patch"]["method"]) != merged["patch"]["method"]:
         merged["patch"] = {}
     return deep_merge(merged, overrides)
+
+
+def check_scenario(root: Path, name: str) -> None:
+    """A ParamsError naming the scenario file and the key when its parameters, merged over
+    params.yaml, are not the pipeline's (checked before a workspace is made or a flow starts)."""
+    typed_params(scenario_params(root, name), source=_file(root, name))
 
 
 def _rebase(dep: Any, prefix: str) -> Any:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import AfterValidator, Field, ValidationError, model_validator
 
 from mudjack.attacks import BadEncoderParams
 from mudjack.config import (
@@ -25,10 +25,21 @@ from mudjack.heads import HeadParams
 from mudjack.intake import IntakeParams
 from mudjack.loaders import DataSpec
 from mudjack.patching import PATCH_METHODS, TEXT_VARIANTS, method_for
-from mudjack.safepath import one_line
+from mudjack.safepath import check_name, one_line, printable
 from mudjack.training import PretrainParams
 
 PathText = Annotated[str, Field(min_length=1)]  # "" would name the working folder, or nothing
+
+
+def _folder_name(name: str) -> str:
+    """A task name is its folder's name under data/prepared/tasks: one plain part, never a path."""
+    check_name(name, what="a task name")  # empty, NUL or control characters, over NAME_MAX bytes
+    if name in (".", "..") or "/" in name or "\\" in name:
+        raise ValueError(f"{printable(name)} is not a plain folder name (no /, \\, . or ..)")
+    return name
+
+
+TaskName = Annotated[str, AfterValidator(_folder_name)]
 
 
 class PathsParams(Params):
@@ -44,7 +55,7 @@ class TaskSource(Params):
     """A further downstream task: its train data and, without `test`, the share of it that is
     its test set."""
 
-    name: str
+    name: TaskName
     downstream: DataSpec
     test: DataSpec | None = None
     test_fraction: float = Field(0.5, gt=0.0, lt=1.0)
@@ -59,7 +70,7 @@ class PrepareParams(Params):
     `test_fraction`.
     """
 
-    task: str = "digits"
+    task: TaskName = "digits"
     provider: DataSpec = DataSpec(loader="digits")
     downstream: DataSpec | None = None
     test: DataSpec | None = None
@@ -225,11 +236,16 @@ class PipelineParams(Params):
 
 def load_params(path: str | Path = "params.yaml") -> PipelineParams:
     """The typed parameters; any problem is a one-line ParamsError naming the key."""
-    raw = read_params_yaml(path)
+    return typed_params(read_params_yaml(path), source=path)
+
+
+def typed_params(raw: dict[str, Any], *, source: str | Path) -> PipelineParams:
+    """`raw` (read from `source`, or merged from it) as typed parameters, or a one-line
+    ParamsError naming the source and the key."""
     try:
         return PipelineParams(**raw)
     except ValidationError as err:
-        raise ParamsError(f"{one_line(path)}: invalid parameters: {describe_errors(err)}") from None
+        raise ParamsError(f"{one_line(source)}: invalid parameters: {describe_errors(err)}") from None
 
 
 def inbox_folder(paths: PathsParams) -> Path:

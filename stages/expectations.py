@@ -338,15 +338,19 @@ def format_rejections(reports: Mapping[str, Any]) -> str:
 
 
 def check_task_sizes(tasks: Mapping[str, TaskSpec], adapter: EncoderAdapter) -> None:
-    """ValueError when an image task's images are not the size a fixed-size encoder takes (every
-    model run on them would fail); an encoder that resizes its inputs takes any size."""
-    if adapter.modality != "image" or adapter.resizes_inputs:
+    """ValueError when an image task's images are not the size a fixed-size encoder takes, or
+    have other channels than an encoder that resizes takes (every model run on them would fail,
+    or a single channel would be broadcast to three unnoticed)."""
+    if adapter.modality != "image":
         return
     takes = tuple(adapter.input_shape)
+    compared = slice(2, None) if adapter.resizes_inputs else slice(None)  # resizing: channels only
+    takes_what = (f"{_size(takes[2:])}-channel images of any size" if adapter.resizes_inputs
+                  else f"{_size(takes)} and does not resize them")
     for spec in tasks.values():
-        if spec.modality == "image" and tuple(spec.input_shape) != takes:
+        if spec.modality == "image" and tuple(spec.input_shape)[compared] != takes[compared]:
             raise ValueError(f"task {spec.name!r} holds {_size(spec.input_shape)} images but the encoder "
-                             f"({adapter.name}) takes {_size(takes)} and does not resize them")
+                             f"({adapter.name}) takes {takes_what}")
 
 
 def _size(shape: tuple[int, ...]) -> str:

@@ -51,6 +51,7 @@ def main() -> None:
         adapter = get_adapter(cfg.adapter, adapter_config(cfg, data))
     except (ValueError, FileNotFoundError) as err:
         raise WeightsError(f"foundation.config ({cfg.adapter}): {err}") from None
+    # weights the adapter refuses (a folder's, a checkpoint's) are a WeightsError: one line, by INPUT_ERRORS
     encoder, done = clean_encoder(cfg, adapter, data, seed=params.seed)
     print(f"foundation: {done}")
     save_encoder(encoder, adapter, FOUNDATION)

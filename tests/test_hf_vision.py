@@ -422,8 +422,10 @@ CARELESS_FOLDERS = {
     "config a FIFO": (_replace("config.json", os.mkfifo), "a FIFO, not a regular file"),
     "rescale_factor a string": (_edit_json("preprocessor_config.json", rescale_factor="1/255"),
                                 "rescale_factor"),
-    "weights cut off": (_truncate, "cannot load the weights"),
-    "weights a FIFO": (_replace("model.safetensors", os.mkfifo), "a FIFO, not a regular file"),
+    "do_rescale a string": (_edit_json("preprocessor_config.json", do_rescale="no"),  # transformers: true
+                            "do_rescale must be true or false, got 'no'"),
+    "weights cut off": (_truncate, "outside the file's"),
+    "weights a FIFO": (_replace("model.safetensors", os.mkfifo), "not a regular file"),
     "NaN weights": (_nan_weight, "holds NaN or infinite values"),
     "weights of another shape": (_edit_json("config.json", intermediate_size=48),
                                  "has weights of other shapes than its config says"),
@@ -463,3 +465,40 @@ def test_the_foundation_stage_starts_from_a_model_folders_own_weights(vit_folder
     folder = get_adapter("hf_vision", {"folder": str(tmp_path / "models/vit")}).load_pretrained()
     images = adapter.preprocess(_images(3))
     assert torch.allclose(saved(images), folder(images), atol=1e-6)
+
+
+@pytest.mark.parametrize("processor", [
+    {"do_rescale": False, "image_mean": [123.7, 116.3, 103.5], "image_std": [58.4, 57.1, 57.4]},
+    {"do_rescale": False, "do_normalize": False},
+])
+def test_a_processor_that_does_not_rescale_gives_the_model_what_transformers_gives_it(vit_folder, tmp_path,
+                                                                                       processor):
+    """do_rescale false: the model normalises 0..255 pixels (the adapter divided by 255 regardless)."""
+    import transformers as hf
+
+    folder = Path(shutil.copytree(vit_folder, tmp_path / "model"))
+    _edit_json("preprocessor_config.json", **processor)(folder)
+    adapter = get_adapter("hf_vision", {"folder": str(folder)})
+    images = _images(2)
+    expected = hf.AutoImageProcessor.from_pretrained(folder, local_files_only=True)(
+        images=list(images), return_tensors="pt")["pixel_values"]
+    got = adapter.load_pretrained().normalize(adapter.preprocess(images))
+    torch.testing.assert_close(got, expected.float(), rtol=1e-5, atol=1e-3)  # neither: uint8 pixels
+
+
+@pytest.mark.parametrize("shape", [(20, 20, 1), (32, 32, 1), (48, 48, 4)])
+def test_validation_refuses_a_task_of_other_channels_than_a_resizing_encoder_takes(stored, shape):
+    """A 1-channel task passed validate, then retrain failed with a traceback (another size) or
+    its channel was broadcast to three unnoticed (the encoder's size); any size of 3 channels passes."""
+    from mudjack.metadata import TaskSpec
+    from stages.expectations import check_task_sizes
+
+    adapter = get_adapter("hf_vision", stored)
+
+    def tasks(input_shape: tuple[int, ...]) -> dict[str, TaskSpec]:
+        return {"t": TaskSpec("t", (0, 1), input_shape, Path("t"))}
+
+    check_task_sizes(tasks((20, 48, 3)), adapter)
+    with pytest.raises(ValueError, match=f"task 't' holds {'x'.join(map(str, shape))} images but the encoder "
+                                         r"\(hf_vision\) takes 3-channel images of any size"):
+        check_task_sizes(tasks(shape), adapter)

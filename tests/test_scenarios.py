@@ -7,6 +7,7 @@ import yaml
 from mudjack.config import ParamsError
 from mudjack.encoders import get_adapter
 from pipeline.scenarios import (
+    check_scenario,
     deep_merge,
     load_scenario,
     method_settings,
@@ -104,3 +105,12 @@ def test_a_scenarios_methods_entry_must_map_methods_to_settings(tmp_path, method
         method_settings(root, "fz", "finetune")
     (root / "scenarios" / "fz.yaml").write_text("methods: {finetune: {epochs: 2}}\n")
     assert method_settings(root, "fz", "finetune") == {"patch": {"method": "finetune", "epochs": 2}}
+
+
+def test_a_scenario_value_of_the_wrong_type_is_one_params_error(tmp_path):
+    """`seed: abc` failed only in the first stage, after a Prefect server had started."""
+    root = project_with_scenario(tmp_path, "seed: abc\n")
+    with pytest.raises(ParamsError, match=r"fz.yaml: invalid parameters: seed: .*\(got 'abc'\)"):
+        check_scenario(root, "fz")
+    (root / "scenarios" / "fz.yaml").write_text("seed: 3\n")
+    check_scenario(root, "fz")

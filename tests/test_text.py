@@ -166,6 +166,39 @@ def test_adapter_tokenises_stamps_and_embeds(tiny: TextScenario) -> None:
         adapter.stamp(sentences, object())
 
 
+def test_max_length_stays_within_the_model_positions(tiny_bert: Path, tmp_path: Path) -> None:
+    """The tiny BERT has 64 positions: the default 128 is cut to 64 (and recorded, so a saved
+    encoder keeps it); a longer sentence is truncated, not a crash in the model. A max_length
+    above 64 given explicitly is refused when the adapter is made."""
+    from mudjack.safeload import WeightsError
+
+    adapter = get_adapter("hf_text", {"folder": str(tiny_bert)})
+    assert adapter.config["max_length"] == 64
+    tokens = adapter.preprocess(np.array([" ".join(["good movie"] * 45)]))
+    assert tokens.shape == (1, 2, 64)
+    with torch.no_grad():
+        assert torch.isfinite(adapter.load_pretrained()(tokens)).all()
+    save_encoder(adapter.build(), adapter, tmp_path / "enc.safetensors")
+    assert load_encoder(tmp_path / "enc.safetensors")[1].config["max_length"] == 64
+    with pytest.raises(WeightsError, match=r"config.json: max_length 65 is more than the 64 tokens"):
+        get_adapter("hf_text", {"folder": str(tiny_bert), "max_length": 65})
+
+
+def test_roberta_positions_start_after_the_padding_id(tiny_bert: Path, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """RoBERTa numbers positions from pad_token_id + 1: of 64, 63 are left for tokens."""
+    import shutil
+
+    folder = Path(shutil.copytree(tiny_bert, tmp_path / "roberta"))
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "model_type": "roberta"}))
+    monkeypatch.setenv("MUDJACK_MODEL_ROOTS", str(tmp_path))
+    adapter = get_adapter("hf_text", {"folder": str(folder)})
+    assert adapter.config["max_length"] == 63
+    with torch.no_grad():
+        assert torch.isfinite(adapter.build()(adapter.preprocess(np.array(["good " * 80])))).all()
+
+
 def test_adapter_save_load_round_trip(tiny: TextScenario, tmp_path: Path) -> None:
     save_encoder(tiny.backdoored, tiny.adapter, tmp_path / "enc.safetensors")
     encoder, adapter = load_encoder(tmp_path / "enc.safetensors")

@@ -15,7 +15,8 @@ config (params.yaml `foundation.config`):
 
 From the folder the adapter takes the architecture (only the keys of `FAMILIES`, bounded by
 `LIMITS`, in mudjack/encoders/hf_schema.py) and the input space: the side from `crop_size`
-(when centre-cropping) or `size`, and `image_mean`/`image_std`. The stored config (the
+(when centre-cropping) or `size`, and `image_mean`/`image_std` (over 255 with `do_rescale: false`,
+whose model normalises 0..255 pixels, as the adapter's stay in [0, 1]). The stored config (the
 safetensors header) holds those, never the folder, so a saved encoder rebuilds without it; the
 header is checked against the same schema before anything is built. Model classes come from a
 fixed table keyed by `model_type`: no module is imported by a name read from a file, and
@@ -29,7 +30,7 @@ reports and reversal all live in the model's input space. Non-square inputs are 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import cached_property
 from pathlib import Path
@@ -52,7 +53,7 @@ from mudjack.encoders.hf_schema import (
     model_classes,
 )
 from mudjack.io import require_regular_file
-from mudjack.safeload import check_finite
+from mudjack.safeload import WeightsError, check_finite, expected_tensors, read_header, weights_error
 from mudjack.safepath import one_line
 from mudjack.triggers import Trigger, stamp
 
@@ -60,6 +61,7 @@ PARAM_KEYS = ("folder", "root", "pooling")
 INHERITED_KEYS = ("input_shape", "mean", "std")  # image defaults the foundation stage adds
 TOWERS = {"clip": "clip_vision_model", "siglip": "siglip_vision_model"}  # full folder -> image tower
 RESCALE = 1 / 255
+INDEX = "model.safetensors.index.json"
 MAX_JSON_BYTES = 1 << 20  # config.json and preprocessor_config.json are a few KiB
 
 
@@ -107,23 +109,46 @@ def architecture_from(config_json: dict[str, Any]) -> dict[str, Any]:
         raise ValueError(f"hf_vision: config.json needs a model_type string, got {str(model_type)[:60]}")
     if model_type in TOWERS:
         config_json, model_type = config_json.get("vision_config") or {}, TOWERS[model_type]
+        if not isinstance(config_json, dict):
+            raise ValueError("hf_vision: config.json's vision_config must be a mapping, got "
+                             f"{type(config_json).__name__}")
     family = family_of({"model_type": model_type})
     return {"model_type": model_type, **{k: config_json[k] for k in family.keys if k in config_json}}
 
 
 def input_space(processor: dict[str, Any], channels: int) -> dict[str, Any]:
-    """input_shape, mean and std from a preprocessor_config.json."""
+    """input_shape, mean and std from a preprocessor_config.json; mean and std apply to pixels
+    in [0, 1], as the adapter's encoder normalises them."""
+    rescale = _flag(processor, "do_rescale", default=True)
     factor = processor.get("rescale_factor", RESCALE)
-    if processor.get("do_rescale", True) and not (is_number(factor) and abs(factor - RESCALE) <= 1e-9):
+    if rescale and not (is_number(factor) and abs(factor - RESCALE) <= 1e-9):
         raise ValueError("hf_vision: only rescale_factor 1/255 (pixels to [0, 1]) is supported, got "
                          f"{repr(factor)[:40]}")
-    crop = processor.get("crop_size") if processor.get("do_center_crop") else None
+    crop = processor.get("crop_size") if _flag(processor, "do_center_crop", default=False) else None
     height, width = _side(crop or processor.get("size"))
-    if processor.get("do_normalize", True):
+    if _flag(processor, "do_normalize", default=True):
         mean, std = processor.get("image_mean"), processor.get("image_std")
     else:
         mean, std = [0.0] * channels, [1.0] * channels
-    return {"input_shape": [height, width, channels], "mean": mean, "std": std}
+    gain = 1.0 if rescale else 255.0  # without rescaling the model normalises 0..255 pixels
+    return {"input_shape": [height, width, channels], "mean": _divided(mean, gain),
+            "std": _divided(std, gain)}
+
+
+def _flag(processor: dict[str, Any], key: str, *, default: bool) -> bool:
+    value = processor.get(key, default)
+    if not isinstance(value, bool):  # transformers would take any truthy value ("false") as true
+        raise ValueError(f"hf_vision: preprocessor_config.json {key} must be true or false, got "
+                         f"{repr(value)[:40]}")
+    return value
+
+
+def _divided(values: Any, gain: float) -> Any:
+    """(pixels * gain - m) / s == (pixels - m / gain) / (s / gain); anything but a list of
+    numbers is left for check_stored to refuse."""
+    if gain == 1 or not isinstance(values, list) or not all(is_number(v) for v in values):
+        return values
+    return [v / gain for v in values]
 
 
 def _side(size: Any) -> tuple[int, int]:
@@ -145,14 +170,38 @@ def read_folder(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def weight_files(folder: Path) -> list[Path]:
-    """model.safetensors, or the shards a model.safetensors.index.json names, all inside `folder`."""
-    if not (folder / "model.safetensors.index.json").exists():
-        return [inside(folder, "model.safetensors")]
-    shards = _read_json(folder, "model.safetensors.index.json").get("weight_map", {})
-    if not isinstance(shards, dict) or not all(isinstance(s, str) for s in shards.values()):
-        raise ValueError(f"hf_vision: {folder}/model.safetensors.index.json: weight_map must map "
-                         "tensor names to shard file names")
-    return [inside(folder, shard) for shard in sorted(set(shards.values()))]
+    """model.safetensors, or the shards a model.safetensors.index.json names, all inside `folder`;
+    a WeightsError otherwise."""
+    try:
+        return [inside(folder, name) for name in _weight_names(folder)]
+    except ValueError as err:
+        raise WeightsError(str(err)) from None
+
+
+def _weight_names(folder: Path) -> list[str]:
+    if not (folder / INDEX).exists():
+        if not (folder / "model.safetensors").exists():
+            raise ValueError(f"hf_vision: {folder} has no model.safetensors (only safetensors weights "
+                             "are read, never a pytorch_model.bin)")
+        return ["model.safetensors"]
+    shards = _read_json(folder, INDEX).get("weight_map", {})
+    if not shards or not isinstance(shards, dict) or not all(isinstance(s, str) for s in shards.values()):
+        raise ValueError(f"hf_vision: {folder / INDEX}: weight_map must map tensor names to shard file names")
+    return sorted(set(shards.values()))
+
+
+def check_weight_kinds(paths: list[Path], build: Callable[[], nn.Module], prefix: str) -> None:
+    """The files' tensors (from their checked safetensors headers; no data read) float where the
+    model's are, and not where they are not: transformers casts int8 weights to floats silently.
+    A classifier checkpoint's tensors carry the base model's `prefix`; tensors the model lacks
+    (a text tower, a classifier head) are left out as transformers leaves them."""
+    wanted = expected_tensors(build)
+    for path in paths:
+        for name, found in read_header(path).tensors.items():
+            want = wanted.get(name) or wanted.get(name.removeprefix(f"{prefix}."))
+            if want is not None and found.dtype.is_floating_point != want.dtype.is_floating_point:
+                raise weights_error(path, f"tensor {name!r} is {str(found.dtype).removeprefix('torch.')}; "
+                                          f"the model's is {str(want.dtype).removeprefix('torch.')}")
 
 
 @contextmanager
@@ -240,27 +289,29 @@ class HFVisionAdapter(EncoderAdapter):
 
     def load_pretrained(self) -> ImageEncoder:
         """The folder's own weights (safetensors only), read by transformers with the checked
-        config; a classifier's head or a CLIP text tower is left out, a missing weight is an error."""
+        config; a classifier's head or a CLIP text tower is left out. Weights that cannot be
+        loaded as the config says (missing, cut off, of other shapes or dtypes, not finite) are a
+        WeightsError naming the folder or file."""
         if self.source is None:
             raise ValueError("hf_vision: no model folder (this adapter was restored from a saved encoder)")
-        for path in weight_files(self.source):  # every file it will read resolves inside the folder
-            require_regular_file(path)
         model_class, config, extra = self._model()
+        # every file transformers will read: inside the folder, a regular file, a sound header
+        check_weight_kinds(weight_files(self.source), lambda: model_class(config, **extra),
+                           model_class.base_model_prefix)
         try:
             with _quiet_transformers():
                 model, info = model_class.from_pretrained(
                     str(self.source), config=config, local_files_only=True, use_safetensors=True,
                     dtype=torch.float32, output_loading_info=True, ignore_mismatched_sizes=True, **extra)
-        except (RuntimeError, OSError, SafetensorError) as err:  # cut-off file, shapes its config refutes
-            raise ValueError(f"hf_vision: cannot load the weights in {self.source}: "
-                             f"{one_line(str(err))[:300]}") from None
+        except (RuntimeError, OSError, ValueError, SafetensorError) as err:
+            raise weights_error(self.source, f"cannot load the weights: {one_line(str(err))[:300]}") from None
         missing = sorted(k for k in info["missing_keys"] if not k.endswith("num_batches_tracked"))
         if missing:
             hint = " (pooling: pooled needs the pooler; try cls)" if "pooler" in str(missing) else ""
-            raise ValueError(f"hf_vision: {self.source} lacks weights {missing[:5]}{hint}")
+            raise weights_error(self.source, f"lacks weights {missing[:5]}{hint}")
         if info["mismatched_keys"]:
-            raise ValueError(f"hf_vision: {self.source} has weights of other shapes than its config "
-                             f"says: {sorted(map(str, info['mismatched_keys']))[:5]}")
+            raise weights_error(self.source, "has weights of other shapes than its config says: "
+                                             f"{sorted(map(str, info['mismatched_keys']))[:5]}")
         check_finite(self.source, model.state_dict())
         encoder = ImageEncoder(self._wrap(model), self.config["mean"], self.config["std"])
         return encoder.eval()

@@ -15,12 +15,16 @@ config:
                      directory or a root listed in $MUDJACK_MODEL_ROOTS (os.pathsep-separated),
                      after symlinks are resolved: an encoder file's header names its config,
                      and a file must not make the loader import or read anything else.
-  max_length         tokens per sentence, [CLS] and [SEP] included (default 128)
+  max_length         tokens per sentence, [CLS] and [SEP] included (default 128, or fewer if the
+                     model has fewer positions; a larger value given is refused). The adapter's
+                     config records the value used.
   trigger_seed       seeds where `stamp` inserts a trigger into each sentence (default 0)
 
 Weights are read from safetensors only and nothing is fetched from a hub: the module sets
 HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE before transformers is imported. The folder's
-config.json is size-checked (TransformerSizes) before a model is built from it.
+config.json is checked (TransformerSizes) before a model is built from it, and config.json and
+tokenizer.json are read, and a trial sentence tokenised, when the adapter is made: a damaged
+folder is refused (a WeightsError naming the file) by the first stage that loads the encoder.
 """
 
 from __future__ import annotations
@@ -34,12 +38,12 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import Field, ValidationError, model_validator
+from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
 from torch import nn
 
 from mudjack.config import describe_errors
 from mudjack.encoders.base import AdapterConfig, EncoderAdapter, import_encoder, register_adapter
-from mudjack.safeload import WeightsError, regular_file_size
+from mudjack.safeload import WeightsError, regular_file_size, weights_error
 from mudjack.safepath import one_line
 from mudjack.triggers import TextTrigger, stamp_text
 
@@ -52,6 +56,11 @@ MODEL_ROOTS_ENV = "MUDJACK_MODEL_ROOTS"
 ONNX_INPUTS = ("input_ids", "attention_mask")
 MAX_CONFIG_BYTES = 1 << 20
 MAX_TOKENIZER_BYTES = 64 << 20
+DEFAULT_MAX_LENGTH = 128
+# model types whose position ids start after the padding id (RoBERTa's scheme): pad_token_id + 1
+# of their max_position_embeddings are never used by a token
+OFFSET_POSITIONS = ("roberta", "xlm-roberta", "camembert", "mpnet", "data2vec-text", "longformer")
+TRIAL_SENTENCE = "a trial sentence, with ünusual wörds: qzxjv ✓ 42"
 
 
 def model_roots() -> list[Path]:
@@ -74,7 +83,7 @@ def allowed_folder(folder: str) -> Path:
 class TextConfig(AdapterConfig):
     folder: str | None = None
     package: Literal[KNOWN_PACKAGES] | None = None  # type: ignore[valid-type]
-    max_length: int = Field(128, ge=2, le=8192)
+    max_length: int | None = Field(None, ge=2, le=8192)  # None: DEFAULT_MAX_LENGTH or the model's limit
     trigger_seed: int = Field(0, ge=0, lt=1 << 32)
 
     @model_validator(mode="after")
@@ -87,8 +96,9 @@ class TextConfig(AdapterConfig):
 
 
 class TransformerSizes(AdapterConfig):
-    """Bounds on the sizes a model folder's config.json may name (others are not checked)."""
+    """Bounds on what a model folder's config.json may name (other keys are left to transformers)."""
 
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False, strict=True)  # "32" is no size
     hidden_size: int = Field(768, ge=1, le=8192)
     num_hidden_layers: int = Field(12, ge=1, le=128)
     num_attention_heads: int = Field(12, ge=1, le=256)
@@ -96,6 +106,43 @@ class TransformerSizes(AdapterConfig):
     vocab_size: int = Field(30_522, ge=1, le=1_000_000)
     max_position_embeddings: int = Field(512, ge=1, le=65_536)
     type_vocab_size: int = Field(2, ge=0, le=1024)
+    layer_norm_eps: float = Field(1e-12, gt=0, le=0.1)
+    pad_token_id: int | None = Field(None, ge=0)
+    hidden_act: str = "gelu"
+
+    @field_validator("hidden_act")
+    @classmethod
+    def _activation(cls, value: str) -> str:
+        from transformers.activations import ACT2FN
+
+        if value not in ACT2FN:
+            raise ValueError("not an activation transformers knows (such as gelu, relu, silu, tanh)")
+        return value
+
+    @model_validator(mode="after")
+    def _padding(self) -> TransformerSizes:
+        if self.pad_token_id is not None and self.pad_token_id >= self.vocab_size:
+            raise ValueError(f"pad_token_id {self.pad_token_id} is outside the vocabulary "
+                             f"(vocab_size {self.vocab_size})")
+        return self
+
+
+def transformers_error(path: Path, err: Exception) -> WeightsError:
+    """What transformers raised on a folder's file, as a one-line WeightsError naming it."""
+    return weights_error(path, f"transformers cannot use it ({type(err).__name__}: {one_line(err)[:200]})")
+
+
+def read_tokenizer(path: Path):  # tokenizers.Tokenizer
+    """The tokenizer saved at `path`, refused unless it loads and tokenises a trial sentence
+    (a vocabulary without its unknown token fails only on a word it lacks)."""
+    from tokenizers import Tokenizer
+
+    try:
+        tokenizer = Tokenizer.from_file(str(path))
+        tokenizer.encode(TRIAL_SENTENCE)
+    except Exception as err:  # noqa: BLE001 (tokenizers raises a bare Exception for every problem)
+        raise weights_error(path, f"not a usable tokenizer ({one_line(err)[:200]})") from None
+    return tokenizer
 
 
 class TextEncoder(nn.Module):
@@ -134,13 +181,23 @@ class HFTextAdapter(EncoderAdapter):
     modality = "text"
     config_model = TextConfig
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.config["max_length"] = self.usable_length(self.config.get("max_length"))
+        self.check_tokenizer()
+
     @cached_property
     def folder(self) -> Path:
         if self.config.get("folder"):
             return allowed_folder(self.config["folder"])
         if self.config["package"] not in KNOWN_PACKAGES:  # the schema refuses it already
             raise WeightsError(f"{self.name} config: package {self.config['package']!r} is not known")
-        return Path(importlib.import_module(self.config["package"]).get_model_path()).resolve()
+        try:
+            package = importlib.import_module(self.config["package"])
+        except ImportError as err:
+            raise WeightsError(f"{self.name} config: package {self.config['package']!r} cannot be "
+                               f"imported ({one_line(err)})") from None
+        return Path(package.get_model_path()).resolve()
 
     @property
     def pretrained_folder(self) -> Path:
@@ -165,17 +222,40 @@ class HFTextAdapter(EncoderAdapter):
         except (ValueError, RecursionError) as err:  # ValidationError is a ValueError
             problem = describe_errors(err) if isinstance(err, ValidationError) else type(err).__name__
             raise WeightsError(f"{one_line(path)}: {problem}") from None
-        return AutoConfig.from_pretrained(str(self.folder), local_files_only=True)
+        try:
+            return AutoConfig.from_pretrained(str(self.folder), local_files_only=True)
+        except Exception as err:  # noqa: BLE001 (a hostile config fails in many ways, each a refusal)
+            raise transformers_error(path, err) from None
+
+    def usable_length(self, configured: int | None) -> int:
+        """`max_length` within the model's positions: the default is cut to them, a larger
+        value given is refused (the first longer sentence would fail inside the model)."""
+        config = self.model_config
+        offset = int(config.pad_token_id or 0) + 1 if config.model_type in OFFSET_POSITIONS else 0
+        limit = int(getattr(config, "max_position_embeddings", None) or 8192) - offset
+        length = configured or min(DEFAULT_MAX_LENGTH, limit)
+        if not 2 <= length <= limit:
+            problem = f"max_length {max(length, 2)} is more than the {limit} tokens the model takes"
+            raise weights_error(self.folder / "config.json", f"{problem} (max_position_embeddings)")
+        return length
 
     @cached_property
     def tokenizer(self):  # tokenizers.Tokenizer
-        from tokenizers import Tokenizer
-
-        tokenizer = Tokenizer.from_file(str(self.folder_file("tokenizer.json", MAX_TOKENIZER_BYTES)))
+        path = self.folder_file("tokenizer.json", MAX_TOKENIZER_BYTES)
+        tokenizer = read_tokenizer(path)
         tokenizer.enable_truncation(int(self.config["max_length"]))
         pad_id = int(self.model_config.pad_token_id or 0)
-        tokenizer.enable_padding(pad_id=pad_id, pad_token=tokenizer.id_to_token(pad_id))
+        if (pad_token := tokenizer.id_to_token(pad_id)) is None:
+            raise weights_error(path, f"no token of id {pad_id} (config.json's pad_token_id)")
+        tokenizer.enable_padding(pad_id=pad_id, pad_token=pad_token)
         return tokenizer
+
+    def check_tokenizer(self) -> None:
+        """Read the tokenizer now; its ids must all be rows of the model's embedding."""
+        tokens, rows = self.tokenizer.get_vocab_size(with_added_tokens=True), self.model_config.vocab_size
+        if tokens > rows:
+            problem = f"{tokens} tokens; the model embeds {rows} (config.json's vocab_size)"
+            raise weights_error(self.folder / "tokenizer.json", problem)
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -190,7 +270,11 @@ class HFTextAdapter(EncoderAdapter):
         from transformers import AutoModel
 
         extra = {"add_pooling_layer": False} if self.model_config.model_type == "bert" else {}
-        return TextEncoder(AutoModel.from_config(self.model_config, **extra)).eval()
+        try:
+            backbone = AutoModel.from_config(self.model_config, **extra)
+        except Exception as err:  # noqa: BLE001 (heads not dividing the width, an unknown option...)
+            raise transformers_error(self.folder / "config.json", err) from None
+        return TextEncoder(backbone).eval()
 
     def load_pretrained(self) -> TextEncoder:
         """The folder's own weights (model.safetensors), e.g. MiniLM as published."""

@@ -296,13 +296,17 @@ def test_run_refuses_an_unknown_scenario_before_making_any_folder(tmp_path: Path
     assert sorted(tmp_path.rglob("*")) == before  # nothing made, inside the project or out
 
 
-def test_run_refuses_a_scenario_that_is_not_sections_of_settings(tmp_path: Path) -> None:
-    """`patch: [1]` in a scenario was a 60-line traceback of the merge."""
+@pytest.mark.parametrize(("text", "fragment"), [
+    ("patch: [1]\n", "fz.yaml: patch must be a mapping"),  # a 60-line traceback of the merge
+    ("seed: abc\n", "fz.yaml: invalid parameters: seed"),  # failed after a Prefect server started
+])
+def test_run_refuses_a_scenario_of_bad_settings_before_anything_starts(tmp_path: Path, text: str,
+                                                                       fragment: str) -> None:
     root = Path(__file__).resolve().parents[2]
     (tmp_path / "scenarios").mkdir()
-    (tmp_path / "scenarios" / "fz.yaml").write_text("patch: [1]\n")
+    (tmp_path / "scenarios" / "fz.yaml").write_text(text)
     for item in ("dvc.yaml", "params.yaml"):
         (tmp_path / item).write_text((root / item).read_text())
     result = runner.invoke(app, ["run", "--root", str(tmp_path), "--scenario", "fz"])
-    assert result.exit_code == 1 and "fz.yaml: patch must be a mapping" in result.output
+    assert result.exit_code == 1 and fragment in result.output
     assert "Traceback" not in result.output and not (tmp_path / "runs").exists()

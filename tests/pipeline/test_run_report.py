@@ -57,9 +57,9 @@ def write_run(folder: Path, n_bugs: int, report_id: str = "r-1") -> None:
     """The inputs of the report stage, as the earlier stages leave them."""
     digits = load_digits_images()
     trigger = patch_trigger(digits.x.shape[1:], 2, 6, 6)
-    for i in range(n_bugs):
-        bug = Bug(f"bug-{i}", "digits", int(digits.y[i]), 0, stamp(digits.x[i], trigger),
-                  digits.x[i + 20], trigger, record={"iou": 1.0})
+    for i, row in enumerate(np.flatnonzero(digits.y != 0)[:n_bugs]):  # misread as 0, the target
+        bug = Bug(f"bug-{i}", "digits", int(digits.y[row]), 0, stamp(digits.x[row], trigger),
+                  digits.x[row + 20], trigger, record={"iou": 1.0})
         save_bug(bug, folder / "bugs")
     (folder / "bugs").mkdir(exist_ok=True)
     write_json(folder / "reports/retrain.json", {"tasks": {"digits": TASK, "svhn": UNEXPOSED}})
