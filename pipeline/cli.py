@@ -116,6 +116,16 @@ def _check_cron(cron: str) -> None:
                                "hour day month weekday (e.g. '0 * * * *')")) from exc
 
 
+def _check_webhook(webhook: str) -> None:
+    """Refuse a webhook (--webhook, else $MUDJACK_WEBHOOK_URL) that is not an http(s) URL with a
+    host: the run's state hook would send no notice."""
+    from pipeline.notify import WEBHOOK_ENV, url_problem
+
+    where, url = ("--webhook", webhook) if webhook else (f"${WEBHOOK_ENV}", os.environ.get(WEBHOOK_ENV, ""))
+    if url and (problem := url_problem(url)):
+        raise _fail(ValueError(f"{where} {url!r} is not a webhook URL: {problem}"))
+
+
 def _promotable(path: Path, *, promote: bool) -> None:
     """With promotion asked for, refuse a project outside git now, not after the whole run."""
     from pipeline.promote import PromotionError, require_git
@@ -190,6 +200,7 @@ def run(
         except (FileNotFoundError, ParamsError) as exc:
             raise _fail(exc) from exc
     _promotable(path, promote=promote)
+    _check_webhook("")  # the run's state hook posts to $MUDJACK_WEBHOOK_URL
     _stage_order(path, target)  # an unknown target stops here, before a Prefect server starts
     from dvc.exceptions import DvcException
 
@@ -225,6 +236,15 @@ def print_summary(summary: dict[str, Any]) -> None:
                       markup=False, highlight=False)
 
 
+def _names(text: str, *, option: str) -> list[str]:
+    """The comma-separated names of `option`; none is refused (a run of nothing would replace
+    the earlier table with an empty one)."""
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names:
+        raise _fail(ValueError(f"{option} {text!r} names nothing: give a comma-separated list"))
+    return names
+
+
 @app.command()
 def compare(
     scenario: Annotated[str, typer.Option(help="Scenario name (scenarios/NAME.yaml).")],
@@ -251,18 +271,18 @@ def compare(
     entry; DVC reruns only the stages a method changes."""
     from dvc.exceptions import DvcException
 
-    from pipeline.compare import BUDGETS
+    from pipeline.compare import BUDGETS, CompareError
     from pipeline.compare import compare as run_compare
     from pipeline.dag import StageFailedError
 
     path = _root(root)
-    only = tuple(b.strip() for b in budgets.split(",") if b.strip())
+    only = tuple(_names(budgets, option="--budgets"))
     if unknown := sorted(set(only) - set(BUDGETS)):
         raise _fail(ValueError(f"unknown budget(s) {', '.join(unknown)}: use {', '.join(BUDGETS)}"))
     try:
-        table = run_compare(path, scenario, [m.strip() for m in methods.split(",") if m.strip()],
-                            sequela=sequela, only=only, keep=keep)
-    except (StageFailedError, DvcException, FileNotFoundError, ParamsError) as exc:
+        table = run_compare(path, scenario, _names(methods, option="--methods"), sequela=sequela,
+                            only=only, keep=keep)
+    except (StageFailedError, DvcException, FileNotFoundError, ParamsError, CompareError) as exc:
         raise _fail(exc) from exc
     console.print(table.read_text())
     console.print(f"written: {table.with_suffix('.csv')}, {table}, {table.with_suffix('.png')}")
@@ -291,6 +311,7 @@ def serve(
     """
     path = _root(root)
     _check_cron(cron)
+    _check_webhook(webhook)
     _promotable(path, promote=promote)
     from pipeline.flow import serve as serve_flow
 
@@ -345,6 +366,8 @@ def submit(report: ReportArgument, root: RootOption = None) -> None:
             raise InboxError(f"the inbox {inbox} is an output of stage {writer!r}, which would "
                               "overwrite the report; set paths.inbox to a folder of your own")
         copied = add_to_inbox(report_file, parsed, inbox)
+    except ParamsError as exc:  # the project's params.yaml, not the report, is at fault
+        raise _fail(exc) from exc
     except (ReportError, InboxError, OSError) as exc:
         code = getattr(exc, "code", "refused")
         console.print(f"rejected: {printable(report_file.name)} [{code}]: {one_line(exc)}",
@@ -393,7 +416,10 @@ def status(root: RootOption = None) -> None:
         raise _fail(exc) from exc
     console.print(output.rstrip(), markup=False, highlight=False)
     if (path / METRICS).is_file():
-        console.print(gates_table(as_records(check_project(path))))
+        try:
+            console.print(gates_table(as_records(check_project(path))))
+        except ValueError as exc:  # a damaged metrics.json (ArtifactError), a bad gates: section
+            raise _fail(exc) from exc
     try:
         print_versions(path)
     except PromotionError as exc:  # not a git repository: no version registry

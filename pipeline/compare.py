@@ -22,6 +22,7 @@ from typing import Any
 
 from mudjack.io import atomic_path, read_json
 from mudjack.patching import PATCH_METHODS
+from mudjack.safepath import one_line
 from pipeline.dag import run_dvc
 from pipeline.scenarios import method_settings, prepare_workspace, scenario_params
 from stages import artifacts
@@ -29,11 +30,16 @@ from stages import artifacts
 METRICS = ("clean_acc", "asr", "tba", "flip_asr")
 SEQUELA = ["mi_auc_before", "mi_auc_after", "mi_advantage_before", "mi_advantage_after",
            "reinject_steps_repaired", "reinject_steps_clean"]
-COLUMNS = ["scenario", "task", "method", "budget", "clean_data",
-           *[f"{m}_{when}" for m in METRICS for when in ("before", "after")], *SEQUELA,
-           "patch_seconds", "wall_seconds", "clean_samples", "bugs"]
+METRIC_COLUMNS = [f"{m}_{when}" for m in METRICS for when in ("before", "after")]
+TEXT = ("scenario", "task", "method", "budget", "clean_data")
+KEYS = ("task", "method", "budget")  # what merging and the verdicts need of an earlier row
+COLUMNS = [*TEXT, *METRIC_COLUMNS, *SEQUELA, "patch_seconds", "wall_seconds", "clean_samples", "bugs"]
 BUDGETS = ("reporting", "all")  # a `tasks` budget: the reporting task's labels, every task's
 OURS = "mudjacking"             # methods whose name starts with it are the repair, not a baseline
+
+
+class CompareError(ValueError):
+    """A compare that cannot run or write its table; the message says why."""
 
 
 def budgets(method: str, *, tasks: int = 2, only: tuple[str, ...] = BUDGETS) -> list[str | None]:
@@ -178,11 +184,29 @@ def _parse(text: str) -> Any:
 
 
 def read_rows(path: Path) -> list[dict[str, Any]]:
-    """The rows of an earlier compare's CSV ([] when there is none)."""
+    """The rows of an earlier compare's CSV ([] when there is none); a table this module could
+    not have written is a CompareError naming it."""
     if not path.is_file():
         return []
-    with path.open(newline="") as handle:
-        return [{key: _parse(value) for key, value in row.items()} for row in csv.DictReader(handle)]
+    try:
+        with path.open(newline="") as handle:
+            reader = csv.DictReader(handle)
+            if missing := [c for c in KEYS if c not in (reader.fieldnames or [])]:
+                raise ValueError(f"no {', '.join(missing)} column")
+            rows = [_read_row(row, reader.line_num) for row in reader]
+    except (csv.Error, ValueError) as err:  # ValueError: not UTF-8 too
+        raise CompareError(f"earlier table {one_line(path)}: {one_line(err)}") from None
+    return rows
+
+
+def _read_row(row: dict[str | None, Any], line: int) -> dict[str, Any]:
+    """A CSV row with its cells typed: text, or in a metric column a number or None."""
+    if None in row or None in row.values():  # csv.DictReader's marks of an extra or missing cell
+        raise ValueError(f"line {line} does not have as many cells as the header")
+    typed = {key: value if key in TEXT else _parse(value) for key, value in row.items() if key in COLUMNS}
+    if bad := [c for c in METRIC_COLUMNS if isinstance(typed.get(c), str)]:
+        raise ValueError(f"line {line}: {bad[0]} {typed[bad[0]]!r} is not a number")
+    return typed
 
 
 def merge_rows(kept: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -224,17 +248,28 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     plt.close(fig)
 
 
+def plan(root: Path, scenario: str, methods: list[str], *,
+         only: tuple[str, ...] = BUDGETS) -> list[tuple[str, str | None]]:
+    """The (method, budget) runs of a compare; none is a CompareError."""
+    tasks = task_count(root, scenario)
+    runs = [(method, budget) for method in methods for budget in budgets(method, tasks=tasks, only=only)]
+    if not runs:
+        raise CompareError(f"nothing to compare: methods {', '.join(methods) or '(none)'} in budgets "
+                           f"{', '.join(only) or '(none)'} give no run ({tasks} task(s) in {scenario})")
+    return runs
+
+
 def compare(root: Path, scenario: str, methods: list[str], *, sequela: bool = True,
             only: tuple[str, ...] = BUDGETS, keep: bool = False) -> Path:
     """Run every method (FT/SFT in the budgets in `only`), then write
     reports/compare/<scenario>.csv, .md and .png; with `keep`, the rows of the scenario's
-    earlier table that this call did not redo stay in it."""
-    tasks = task_count(root, scenario)
-    rows = [row for method in methods for budget in budgets(method, tasks=tasks, only=only)
-            for row in run_method(root, scenario, method, budget, sequela=sequela)]
+    earlier table that this call did not redo stay in it. No run, or an earlier table that
+    cannot be read, stops it before anything runs."""
+    runs = plan(root, scenario, methods, only=only)
     out = root / artifacts.COMPARE_DIR
-    if keep:
-        rows = merge_rows(read_rows(out / f"{scenario}.csv"), rows)
+    kept = read_rows(out / f"{scenario}.csv") if keep else []
+    rows = merge_rows(kept, [row for method, budget in runs
+                             for row in run_method(root, scenario, method, budget, sequela=sequela)])
     for suffix, text in ((".csv", to_csv(rows)), (".md", to_markdown(rows))):
         with atomic_path(out / f"{scenario}{suffix}") as tmp:
             tmp.write_text(text)

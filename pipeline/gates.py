@@ -10,7 +10,6 @@ trigger too (its flip ASR within the limit); clean accuracy is gated on every ta
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from pydantic import ValidationError
 from mudjack.config import read_params_yaml
 from stages.artifacts import METRICS
 from stages.config import GatesParams
+from stages.summaries import SHAPES, checked
 
 
 @dataclass(frozen=True)
@@ -120,8 +120,9 @@ def load_gates(params_file: Path) -> GatesParams:
 
 
 def check_project(root: Path) -> list[GateResult]:
-    """The gates of `root`/params.yaml on `root`/reports/metrics.json (missing file: all fail)."""
+    """The gates of `root`/params.yaml on `root`/reports/metrics.json (missing file: all fail); an
+    ArtifactError (a ValueError) naming the metrics file when it is damaged."""
     gates = load_gates(Path(root) / "params.yaml")
     path = Path(root) / METRICS
-    metrics = json.loads(path.read_text()) if path.is_file() else {}
+    metrics = checked(path, SHAPES[METRICS]) if path.is_file() else {}
     return evaluate_gates(metrics, gates)

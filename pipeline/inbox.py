@@ -16,7 +16,7 @@ from mudjack.reports import (
     input_path,
     load_report_json,
 )
-from mudjack.safepath import Quarantined, entries, printable, quarantine, read_bounded
+from mudjack.safepath import Quarantined, entries, one_line, printable, quarantine, read_bounded
 
 
 class InboxError(ValueError):
@@ -24,12 +24,31 @@ class InboxError(ValueError):
 
 
 def inbox_folder(root: Path) -> Path:
-    """`paths.inbox` of `root`/params.yaml, relative to `root`."""
-    params = read_params_yaml(Path(root) / "params.yaml")  # bounded, alias-free
-    inbox = (params.get("paths") or {}).get("inbox")
+    """`paths.inbox` of `root`/params.yaml, relative to `root` and inside it (nothing is
+    written outside the project)."""
+    source = Path(root) / "params.yaml"
+    paths = read_params_yaml(source).get("paths") or {}  # bounded, alias-free
+    if not isinstance(paths, dict):
+        raise ParamsError(f"{one_line(source)}: paths must be a mapping, not {type(paths).__name__}")
+    inbox = paths.get("inbox")
+    if not isinstance(inbox, str | None):
+        raise ParamsError(f"{one_line(source)}: paths.inbox must be a folder name, "
+                          f"not {type(inbox).__name__}")
     if not inbox:
         raise InboxError("params.yaml sets no paths.inbox")
-    return Path(root) / inbox
+    return _inside_project(Path(root), inbox, source)
+
+
+def _inside_project(root: Path, inbox: str, source: Path) -> Path:
+    """`root`/`inbox`, refused (ParamsError) where it resolves outside `root`."""
+    try:
+        outside = not Path(os.path.realpath(root / inbox)).is_relative_to(os.path.realpath(root))
+    except ValueError as err:  # a NUL in the name
+        raise ParamsError(f"{one_line(source)}: paths.inbox {printable(inbox)}: {err}") from None
+    if outside:
+        raise ParamsError(f"{one_line(source)}: paths.inbox {printable(inbox)} is outside the "
+                          "project: the inbox must be a folder inside it")
+    return root / inbox
 
 
 def stage_writing(root: Path, folder: Path) -> str | None:

@@ -7,10 +7,12 @@ notification that cannot be delivered is logged and never changes the run's outc
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
 import os
 import urllib.error
+import urllib.parse
 import urllib.request
 from typing import Any
 
@@ -26,18 +28,35 @@ def webhook_url(parameters: dict[str, Any]) -> str:
     return str(parameters.get("webhook_url") or os.environ.get(WEBHOOK_ENV, ""))
 
 
+def url_problem(url: str) -> str | None:
+    """Why `url` cannot take a webhook POST (not an http(s) URL with a host), or None."""
+    if any(ch.isspace() or not ch.isprintable() for ch in url):
+        return "it holds spaces or control characters"
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 (raises ValueError for a port that is not a number in range)
+    except ValueError as err:
+        return str(err)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return "expected an http:// or https:// URL with a host"
+    return None
+
+
 def post_json(url: str, payload: dict[str, Any], timeout: float = TIMEOUT_SECONDS) -> int | None:
     """POST `payload` as JSON; returns the HTTP status, or None when it could not be sent."""
+    if problem := url_problem(url):
+        logger.warning("webhook %r not sent: %s", url, problem)
+        return None
     body = json.dumps(payload).encode()
-    request = urllib.request.Request(url, data=body, method="POST",
-                                     headers={"Content-Type": "application/json"})
     try:
+        request = urllib.request.Request(url, data=body, method="POST",
+                                         headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
             return response.status
     except urllib.error.HTTPError as err:
         logger.warning("webhook %s answered %s", url, err.code)
         return err.code
-    except (urllib.error.URLError, OSError) as err:
+    except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as err:
         logger.warning("webhook %s unreachable: %s", url, err)
         return None
 

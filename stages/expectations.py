@@ -45,6 +45,7 @@ COLUMN_CODES = {
     "min": "out_of_range", "max": "out_of_range", "has_nan": "nan", "length": "too_large",
     "readable": "unreadable",
 }
+CLAIM_CODES = ("duplicate_id", "conflicting_label")  # a later claimant (`mudjack.reports.Claims`)
 
 
 class GXRunner:
@@ -213,6 +214,7 @@ def validate_reports(
     if frame.empty:
         return {"accepted": [], "rejected": {}, "codes": {}}
     suite = report_suite(tasks, cfg["max_pixel"], cfg.get("max_chars", MAX_CHARS), any_size=any_size)
+    frame = _unclaim_blank_text(frame)
     outcome = runner.validate(frame, suite, COMPLETE)
     reasons: dict[Any, list[str]] = {
         i: [str(frame.at[i, "error"])] if isinstance(frame.at[i, "error"], str) else []
@@ -230,7 +232,7 @@ def validate_reports(
             continue
         for i in result.result.get("unexpected_index_list") or []:
             reasons[i].append(_reason(result, frame, i))
-            codes[i] = codes[i] or _code(result)
+            codes[i] = codes[i] or _code(result, frame, i)
     files = frame["file"]
     return {
         "accepted": [files[i] for i in frame.index if not reasons[i]],
@@ -239,11 +241,31 @@ def validate_reports(
     }
 
 
-def _code(result: ExpectationValidationResult) -> str:
+def _unclaim_blank_text(frame: pd.DataFrame) -> pd.DataFrame:
+    """Blank text (length 0 once stripped) loses its claim verdict: intake rejects it as
+    `empty` before it claims an id or input, so the length check gives the code here too."""
+    blank = (frame["dtype"] == TEXT_DTYPE) & (pd.to_numeric(frame["length"]) < 1)
+    unclaimed = blank & frame["code"].isin(CLAIM_CODES)
+    return frame.assign(error=frame["error"].mask(unclaimed), code=frame["code"].mask(unclaimed))
+
+
+def _code(result: ExpectationValidationResult, frame: pd.DataFrame, i: Any) -> str:
+    """The code intake gives the same report (docs/reports.md)."""
     config = result.expectation_config
+    column = config.kwargs.get("column")
+    if column in ("dtype", "length") and _other_modality(config.kwargs, frame.at[i, "dtype"]):
+        return "bad_shape"  # intake: a sentence for an image task, or pixels for a text task
     if config.type == "expect_column_values_to_not_be_null":
         return "missing_fields"
-    return COLUMN_CODES.get(config.kwargs.get("column"), "validation")
+    if column == "length" and frame.at[i, "length"] < 1:
+        return "empty"
+    return COLUMN_CODES.get(column, "validation")
+
+
+def _other_modality(kwargs: Mapping[str, Any], dtype: Any) -> bool:
+    """Whether a report's input (`dtype` column) is of the other modality than the expectation's."""
+    expects_text = kwargs["column"] == "length" or TEXT_DTYPE in kwargs.get("value_set", ())
+    return isinstance(dtype, str) and (dtype == TEXT_DTYPE) != expects_text
 
 
 def _reason(result: ExpectationValidationResult, frame: pd.DataFrame, i: Any) -> str:
@@ -353,6 +375,21 @@ def check_task_sizes(tasks: Mapping[str, TaskSpec], adapter: EncoderAdapter) -> 
                              f"({adapter.name}) takes {takes_what}")
 
 
+def check_task_splits(tasks: Mapping[str, TaskSpec], sets: Sequence[ImageSet]) -> None:
+    """ValueError when a task's train split cannot teach its test split: fewer than two classes
+    in train (a constant head), or a test label no train image has (a head never predicts it)."""
+    labels = {s.name: set(s.frame["label"].dropna()) for s in sets if s.classes is not None}
+    for name, spec in tasks.items():
+        train, test = labels[f"{name}/train"], labels[f"{name}/test"]
+        where = f"{spec.folder / 'train.npz'}: task {name!r}"
+        if len(train) < 2:
+            raise ValueError(f"{where}: the train split holds {len(train)} class(es) {sorted(train)}; "
+                             "a head needs at least two to learn anything")
+        if unseen := sorted(test - train):
+            raise ValueError(f"{where}: no train image has the test label(s) {_short(unseen)}; "
+                             "a head trained on it can never predict them")
+
+
 def _size(shape: tuple[int, ...]) -> str:
     return "x".join(map(str, shape))
 
@@ -368,7 +405,10 @@ def validate_all(
     if adapter is not None:
         check_task_sizes(tasks, adapter)
     any_size = adapter is not None and adapter.resizes_inputs  # shadow, reports resized as read
-    tables = validate_tables(image_sets(paths["shadow"], tasks, any_size=any_size), cfg, runner)
+    sets = image_sets(paths["shadow"], tasks, any_size=any_size)
+    tables = validate_tables(sets, cfg, runner)
+    if all(t["success"] for t in tables):  # labels are judged once the tables hold valid ones
+        check_task_splits(tasks, sets)
     reports = validate_reports(report_table(Path(paths["inbox"]), tasks), tasks, cfg, runner,
                                any_size=any_size)
     return {

@@ -1,7 +1,15 @@
 """Final stage: gather the stage metrics into reports/metrics.json, the before/after plot, and
-the run's self-contained HTML report (reports/run.html)."""
+the run's self-contained HTML report (reports/run.html).
+
+Every input is read and its shape checked (stages/summaries.py: mappings are mappings, numbers are numbers)
+before anything is written: a damaged summary or log is an ArtifactError naming the file and the
+first field that is wrong, and the previous outputs stay as they were.
+"""
 
 from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
 
 from mudjack.bugs import load_bugs
 from mudjack.html_report import RunData, count_steps, render_report
@@ -18,12 +26,15 @@ from stages.artifacts import (
     RUN_HTML,
 )
 from stages.progress import progress
+from stages.summaries import SHAPES, checked
 
 MODELS = ("backdoored", "patched")
+def read_summary(path: Path) -> Any:
+    return checked(path, SHAPES[path])
 
 
 def gather_metrics() -> dict:
-    retrain, patch, export = (read_json_bounded(p) for p in (RETRAIN_SUMMARY, PATCH_SUMMARY, EXPORT_SUMMARY))
+    retrain, patch, export = (read_summary(p) for p in (RETRAIN_SUMMARY, PATCH_SUMMARY, EXPORT_SUMMARY))
     # every task's numbers, with the exposure of each (mudjack.exposure): `dvc metrics show` reads them
     tasks = {name: {key: result[key] for key in (*MODELS, "per_head", "exposure") if key in result}
              for name, result in retrain["tasks"].items()}
@@ -51,22 +62,22 @@ def intake_decisions() -> list[dict]:
     return decisions
 
 
-def write_html(metrics: dict) -> None:
-    data = RunData(metrics=metrics, bugs=load_bugs(BUGS),
-                   patch_log=read_json_bounded(PATCH_LOG) if PATCH_LOG.exists() else [],
+def read_run() -> RunData:
+    """Everything the report shows, every file checked."""
+    return RunData(metrics=gather_metrics(), bugs=load_bugs(BUGS),
+                   patch_log=read_summary(PATCH_LOG) if PATCH_LOG.exists() else [],
                    decisions=intake_decisions())
-    with progress("report", count_steps(data)) as step:
-        page = render_report(data, step)
-    with atomic_path(RUN_HTML) as tmp:
-        tmp.write_text(page)
 
 
 def main() -> None:
-    metrics = gather_metrics()
-    write_json(METRICS, metrics)
-    write_json(BEFORE_AFTER, plot_rows(metrics))
-    write_html(metrics)
-    for name, result in metrics["tasks"].items():
+    data = read_run()
+    with progress("report", count_steps(data)) as step:
+        page = render_report(data, step)
+    write_json(METRICS, data.metrics)
+    write_json(BEFORE_AFTER, plot_rows(data.metrics))
+    with atomic_path(RUN_HTML) as tmp:
+        tmp.write_text(page)
+    for name, result in data.metrics["tasks"].items():
         print(f"report: {name}: " + "; ".join(
             f"{m}: " + ", ".join(f"{k} {v:.3f}" for k, v in result[m].items() if v is not None)
             for m in MODELS))

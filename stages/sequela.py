@@ -17,7 +17,7 @@ import numpy as np
 from torch import nn
 
 from mudjack.attacks import BadEncoderParams, pick_attack_reference, steps_per_epoch
-from mudjack.bugs import Bug, load_bugs
+from mudjack.bugs import Bug, check_bugs, load_bugs
 from mudjack.data import Task, load_shadow, load_tasks
 from mudjack.encoders import EncoderAdapter, load_encoder, load_patch_of
 from mudjack.features import extract_features
@@ -124,8 +124,10 @@ def main() -> None:
     tasks = load_tasks(params.paths.tasks)
     encoders = {"backdoored": load_encoder(params.paths.encoder),
                 "patched": load_patch_of(PATCHED_ENCODER, params.paths.encoder)}
+    bugs = load_bugs(BUGS)
+    check_bugs(bugs, tasks, registry=BUGS, adapter=encoders["backdoored"][1])
     result = {"membership": membership(params, tasks, encoders),
-              "reinjection": reinject(params, tasks, encoders["patched"], load_bugs(BUGS))}
+              "reinjection": reinject(params, tasks, encoders["patched"], bugs)}
     write_json(SEQUELA, result)
     for name, variants in result["membership"].items():
         print(f"sequela: {name}: MI AUC " + ", ".join(

@@ -3,17 +3,19 @@ the attacked task and of the backdoor to re-inject."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 
-from mudjack.bugs import Bug
+from mudjack.bugs import Bug, RegistryError, save_bug
 from mudjack.data import Task, load_tasks, save_task
 from mudjack.encoders import save_encoder
 from mudjack.heads import save_head
 from mudjack.io import read_json, write_npz
+from mudjack.triggers import patch_trigger
 from mudjack.truth import truth_arrays
 from stages import prepare, sequela
 from stages.artifacts import BUGS, HEADS, PATCHED_ENCODER, SEQUELA
@@ -108,3 +110,18 @@ def test_sequela_stage_writes_every_measure(workspace):
     assert clean["max_steps"] == 20 and clean["curve"][0][0] == 0
     assert clean["steps"] is None or 0 < clean["steps"] <= 20
     assert reinjection["attack_budget_steps"] == 20 * 2  # default BadEncoder: 20 epochs of 128 / 64
+
+
+@pytest.mark.parametrize(("field", "side", "says"), [
+    ({"predicted": 999}, 8, "predicted 999 must be classes of task 'digits'"),
+    ({"task": "ghost"}, 8, "names task 'ghost', not one of the tasks here"),
+    ({}, 16, "its images are (16, 16, 3); task 'digits' takes (8, 8, 3)"),
+])
+def test_a_bug_that_does_not_fit_the_tasks_or_encoder_is_refused_naming_it(workspace, field, side, says):
+    """Each gave a traceback (ValueError, IndexError) or silently no re-injection."""
+    image = np.zeros((side, side, 3), np.uint8)
+    bug = {"id": "b1", "task": "digits", "label": 3, "predicted": 0, **field}
+    save_bug(Bug(**bug, bug=image, reference=image, trigger=patch_trigger((side, side, 3), 2, 1, 1)), BUGS)
+    with pytest.raises(RegistryError, match=f"^bugs/b1: .*{re.escape(says)}"):
+        sequela.main()
+    assert not SEQUELA.exists()

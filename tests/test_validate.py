@@ -332,3 +332,52 @@ def test_stage_fails_when_the_tasks_are_not_the_size_a_fixed_size_encoder_takes(
         assert stage.main() == code
     err = capsys.readouterr().err
     assert "task 'digits' holds 8x8x3 images but the encoder (small_cnn) takes 16x16x3" in err
+
+
+def write_task(root: Path, name: str, classes: list[int], train: np.ndarray, test: np.ndarray) -> None:
+    """Task `name` of 8x8 images whose splits hold the labels `train` and `test`."""
+    folder = root / "data/tasks" / name
+    write_json(folder / "task.json", {"name": name, "classes": classes, "input_shape": list(SHAPE)})
+    for seed, (split, y) in enumerate((("train", train), ("test", test)), start=5):
+        write_npz(folder / f"{split}.npz", x=random_images(len(y), seed), y=y)
+
+
+@pytest.mark.parametrize(("classes", "train", "test", "says"), [
+    (10, np.arange(20) % 5, np.arange(20) % 10, "no train image has the test label(s) [5, 6, 7, 8, 9]"),
+    (10, np.arange(20) % 5, np.arange(20) % 5 + 5, "no train image has the test label(s) [5, 6, 7, 8, 9]"),
+    (2, np.zeros(20, int), np.arange(20) % 2, "the train split holds 1 class(es) [0]; a head needs at least"),
+], ids=["train_lacks_classes", "disjoint_splits", "one_train_class"])
+def test_stage_fails_on_a_task_whose_train_split_cannot_teach_its_test_split(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+    classes: int, train: np.ndarray, test: np.ndarray, says: str,
+) -> None:
+    """Every stage passed such a task, with meaningless (or constant) heads."""
+    make_project(tmp_path)
+    write_task(tmp_path, "t2", list(range(classes)), train, test)
+    monkeypatch.chdir(tmp_path)
+    assert stage.main() == 1
+    err = capsys.readouterr().err
+    assert f"validate: cannot read the data: ValueError: data/tasks/t2/train.npz: task 't2': {says}" in err
+
+
+def test_text_reports_get_the_codes_intake_gives(runner: GXRunner, tmp_path: Path) -> None:
+    """Blank text is `empty` (not `too_large`, nor `conflicting_label` with another blank one);
+    an input of the other modality than its task's is `bad_shape` (not `bad_dtype`)."""
+    make_project(tmp_path)
+    toy = tmp_path / "data/tasks/toy"
+    write_json(toy / "task.json", {"name": "toy", "classes": [0, 1], "input_shape": [], "modality": "text"})
+    inbox = tmp_path / "inbox"
+    inputs = {"empty": (b"", "toy", 0), "nbsp": ("\u00a0\u3000".encode(), "toy", 1),
+              "spaces": (b"   \n\t", "toy", 1), "nul": (b"\x00" * 10, "toy", 0),
+              "sentence": (b"a sentence", "digits", 1), "good": (b"a good sentence", "toy", 1)}
+    for name, (data, task, label) in inputs.items():
+        (inbox / f"{name}.txt").write_bytes(data)
+        add_report(inbox, name, {"id": name, "task": task, "label": label, "input": f"{name}.txt"})
+    add_report(inbox, "pixels", {"id": "pixels", "task": "toy", "label": 1, "input": "pixels.png"},
+               random_images(1)[0])
+    tasks = tasks_metadata(tmp_path / "data/tasks")
+    verdict = validate_reports(report_table(inbox, tasks), tasks, CFG, runner)
+    assert verdict["accepted"] == ["good.json"]
+    blank = dict.fromkeys(["empty.json", "nbsp.json", "nul.json", "spaces.json"], "empty")
+    assert verdict["codes"] == {**blank, "sentence.json": "bad_shape", "pixels.json": "bad_shape"}
+    assert not any("the same input" in r for r in verdict["rejected"]["spaces.json"])

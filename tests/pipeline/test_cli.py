@@ -13,7 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from pipeline.cli import app
-from stages.artifacts import QUARANTINE
+from stages.artifacts import METRICS, QUARANTINE
 
 runner = CliRunner()
 
@@ -310,3 +310,12 @@ def test_run_refuses_a_scenario_of_bad_settings_before_anything_starts(tmp_path:
     result = runner.invoke(app, ["run", "--root", str(tmp_path), "--scenario", "fz"])
     assert result.exit_code == 1 and fragment in result.output
     assert "Traceback" not in result.output and not (tmp_path / "runs").exists()
+
+
+def test_status_names_a_damaged_metrics_file_in_one_line(tiny_repo: Path) -> None:
+    """A metrics.json of the wrong shape was a TypeError traceback of the gates table."""
+    (tiny_repo / METRICS).parent.mkdir(exist_ok=True)
+    (tiny_repo / METRICS).write_text('{"tasks": [], "export": {"max_abs_diff": 0.0}}')
+    result = runner.invoke(app, ["status", "--root", str(tiny_repo)], terminal_width=200)
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "metrics.json: tasks: Input should be a valid dictionary" in result.output

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from pipeline.compare import (
+    CompareError,
     budgets,
     merge_rows,
     method_rows,
@@ -172,3 +175,51 @@ def test_compare_keeps_the_earlier_rows_only_when_asked(tmp_path: Path) -> None:
     assert sum(line.startswith("| toy |") for line in table.read_text().splitlines()) == 2
     compare(tmp_path, "toy", ["finetune"], sequela=False)
     assert [r["method"] for r in read_rows(table.with_suffix(".csv"))] == ["finetune"]
+
+
+@pytest.mark.parametrize(("text", "problem"), [
+    (b"a,b\n1,2\n", "no task, method, budget column"),
+    (b"method,budget\nfinetune,all\n", "no task column"),
+    (b"task,budget\ngtsrb,all\n", "no method column"),
+    (b"task,method,budget\ngtsrb,finetune,all,extra\n", "line 2 does not have as many cells"),
+    (b"task,method,budget\ngtsrb,finetune\n", "line 2 does not have as many cells"),
+    (b"task,method,budget,asr_after\ngtsrb,finetune,all,high\n", "asr_after 'high' is not a number"),
+    (b"task,method,budget\n\xff,finetune,all\n", "utf-8"),
+])
+def test_an_unreadable_earlier_table_stops_a_kept_compare_before_any_run(
+        tmp_path: Path, monkeypatch, text: bytes, problem: str) -> None:
+    """`--keep` with a table it could not have written gave a KeyError or TypeError only after
+    every method had run, and lost their rows."""
+    import pipeline.compare
+
+    _toy_project(tmp_path)
+    table = tmp_path / "reports" / "compare" / "toy.csv"
+    table.parent.mkdir(parents=True)
+    table.write_bytes(text)
+    monkeypatch.setattr(pipeline.compare, "run_method", lambda *args, **kw: pytest.fail("ran"))
+    with pytest.raises(CompareError, match=f"earlier table {table}: .*{problem}"):
+        pipeline.compare.compare(tmp_path, "toy", ["mudjacking"], keep=True)
+    assert table.read_bytes() == text and len(list(table.parent.iterdir())) == 1
+
+
+def test_a_table_read_back_keeps_names_as_text(tmp_path: Path) -> None:
+    """A method or task named like a number stays text: the verdicts call `str.startswith`."""
+    path = tmp_path / "t.csv"
+    path.write_text("task,method,budget,asr_after,extra\n7,1,-,0.5,x\n")
+    [row] = read_rows(path)
+    assert row == {"task": "7", "method": "1", "budget": "-", "asr_after": 0.5}
+    assert verdicts([row]) == ["- 7: 1 has the lowest ASR (0.5000)."]
+
+
+@pytest.mark.parametrize(("methods", "only"), [([], ("reporting", "all")), (["finetune"], ("all",)),
+                                               (["super_finetune"], ())])
+def test_a_compare_of_no_run_writes_nothing(tmp_path: Path, methods: list[str],
+                                            only: tuple[str, ...]) -> None:
+    """No method, or only FT/SFT in budgets the one-task scenario lacks, replaced the earlier
+    table with an empty one."""
+    from pipeline.compare import compare
+
+    _toy_project(tmp_path)
+    with pytest.raises(CompareError, match="nothing to compare: .* give no run"):
+        compare(tmp_path, "toy", methods, only=only)
+    assert not (tmp_path / "reports").exists()

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from mudjack.io import ArtifactError
 from pipeline.gates import (
     all_passed,
     check_project,
@@ -14,6 +17,7 @@ from pipeline.gates import (
     gates_markdown,
     load_gates,
 )
+from stages.artifacts import METRICS
 from stages.config import GatesParams
 
 GATES = GatesParams(max_patched_asr=0.1, max_clean_acc_drop=0.03, max_onnx_diff=1e-4)
@@ -131,3 +135,40 @@ def test_an_exposed_or_unmeasured_task_fails_above_max_patched_asr(exposed: bool
     assert not gate.passed and gate.note == ""
     assert by_gate(evaluate_gates(with_exposure(exposed, asr=0.05), GATES))[
         "max_patched_asr", "digits"].passed
+
+
+def damaged(path: tuple[str, ...], value: Any) -> str:
+    """metrics() as JSON with the value at `path` replaced."""
+    data = node = metrics()
+    *parents, last = path
+    for key in parents:
+        node = node.setdefault(key, {})
+    node[last] = value
+    return json.dumps(data)
+
+
+def test_check_project_reads_a_good_metrics_file(tmp_path: Path) -> None:
+    (tmp_path / "params.yaml").write_text("seed: 0\n")
+    (tmp_path / METRICS).parent.mkdir()
+    (tmp_path / METRICS).write_text(json.dumps(metrics()))
+    assert all_passed(check_project(tmp_path))
+
+
+@pytest.mark.parametrize(("body", "reason"), [
+    ("{oops", "not valid JSON"), ("[1]", "Input should be a valid dictionary"),
+    ('{"tasks": [], "export": {"max_abs_diff": 0.0}}', "tasks: Input should be a valid dictionary"),
+    ('{"tasks": {"d": 5}, "export": {"max_abs_diff": 0.0}}', "tasks.d: Input should be a valid dictionary"),
+    (damaged(("tasks", "digits", "patched", "clean_acc"), "0.4"),
+     "tasks.digits.patched.clean_acc: Input should be a valid number"),
+    (damaged(("export", "max_abs_diff"), "0"), "export.max_abs_diff: Input should be a valid number"),
+    (damaged(("tasks", "digits", "exposure"), {"exposed": False, "triggers": {"t": {"p_value": "0.5"}}}),
+     "tasks.digits.exposure.triggers.t.p_value: Input should be a valid number"),
+])
+def test_a_damaged_metrics_file_is_one_error_naming_it(tmp_path: Path, body: str, reason: str) -> None:
+    """`mudjack status` and `promote` ended in a TypeError or AttributeError traceback."""
+    (tmp_path / "params.yaml").write_text("seed: 0\n")
+    (tmp_path / METRICS).parent.mkdir()
+    (tmp_path / METRICS).write_text(body)
+    with pytest.raises(ArtifactError) as caught:
+        check_project(tmp_path)
+    assert str(caught.value).startswith(f"{tmp_path / METRICS}: {reason}")
