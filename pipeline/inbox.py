@@ -23,9 +23,9 @@ class InboxError(ValueError):
     """A report that cannot go into the inbox; the message says why."""
 
 
-def inbox_folder(root: Path) -> Path:
-    """`paths.inbox` of `root`/params.yaml, relative to `root` and inside it (nothing is
-    written outside the project)."""
+def inbox_folder(root: Path, *, inside: bool = True) -> Path:
+    """`paths.inbox` of `root`/params.yaml, relative to `root`; with `inside`, refused where it
+    resolves outside the project (`submit` writes there)."""
     source = Path(root) / "params.yaml"
     paths = read_params_yaml(source).get("paths") or {}  # bounded, alias-free
     if not isinstance(paths, dict):
@@ -36,7 +36,7 @@ def inbox_folder(root: Path) -> Path:
                           f"not {type(inbox).__name__}")
     if not inbox:
         raise InboxError("params.yaml sets no paths.inbox")
-    return _inside_project(Path(root), inbox, source)
+    return _inside_project(Path(root), inbox, source) if inside else Path(root) / inbox
 
 
 def _inside_project(root: Path, inbox: str, source: Path) -> Path:
@@ -96,8 +96,8 @@ def _check_target(target: Path, inbox: Path) -> None:
 def quarantine_inbox(root: Path, dest: Path) -> list[Quarantined]:
     """Move the inbox's special files (FIFO, device, socket, a link leaving it) into `dest`
     before DVC hashes the inbox (it would hang on a FIFO), logging one line per file."""
-    try:
-        inbox = inbox_folder(root)
+    try:  # an inbox outside the project is guarded too: DVC would hang hashing a FIFO there
+        inbox = inbox_folder(root, inside=False)
     except (InboxError, OSError, ParamsError):  # no inbox to guard: the stages say why
         return []
     moved = quarantine(inbox, dest)

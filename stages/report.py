@@ -1,9 +1,9 @@
 """Final stage: gather the stage metrics into reports/metrics.json, the before/after plot, and
 the run's self-contained HTML report (reports/run.html).
 
-Every input is read and its shape checked (stages/summaries.py: mappings are mappings, numbers are numbers)
-before anything is written: a damaged summary or log is an ArtifactError naming the file and the
-first field that is wrong, and the previous outputs stay as they were.
+Every input is read and its shape checked (stages/summaries.py) before anything is written: a
+damaged summary or log is an ArtifactError naming the file and the first field that is wrong,
+and the previous outputs stay as they were.
 """
 
 from __future__ import annotations

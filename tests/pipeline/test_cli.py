@@ -211,8 +211,9 @@ def test_intake_is_a_deprecated_alias_of_submit(tiny_repo: Path, tmp_path: Path,
 
 
 @pytest.mark.timeout(300)
-def test_status_quarantines_a_fifo_in_the_inbox_before_dvc_hashes_it(tiny_repo: Path) -> None:
-    inbox = with_inbox(tiny_repo)
+@pytest.mark.parametrize("where", ["reports-in", "../shared-inbox"])  # submit refuses the second
+def test_status_quarantines_a_fifo_in_the_inbox_before_dvc_hashes_it(tiny_repo: Path, where: str) -> None:
+    inbox = with_inbox(tiny_repo, where)
     inbox.mkdir()
     os.mkfifo(inbox / "x\n.json")  # DVC would block reading it; the name must not forge a line
     (inbox / "r.json").write_text("{}")
