@@ -187,9 +187,12 @@ def check_tensors(path: str | Path, found: Mapping[str, TensorInfo], wanted: Map
 
 
 def check_finite(path: str | Path, tensors: Mapping[str, torch.Tensor]) -> None:
-    """Every float tensor finite, and a normalisation's running variance >= 0 (a negative one is
-    finite, but its square root makes every output NaN)."""
+    """Every tensor dense and on the CPU (a sparse or meta one supports few operations), every
+    float tensor finite, and a normalisation's running variance >= 0 (a negative one is finite,
+    but its square root makes every output NaN)."""
     for name, tensor in tensors.items():
+        if tensor.layout != torch.strided or tensor.device.type != "cpu":
+            raise weights_error(path, f"tensor {name!r} is not a dense CPU tensor")
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             raise weights_error(path, f"tensor {name!r} holds NaN or infinite values")
         if name.endswith("running_var") and bool((tensor < 0).any()):

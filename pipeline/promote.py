@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mudjack.safepath import one_line
 from pipeline.dag import run_dvc
 from stages.artifacts import METRICS, RUN_HTML
 
@@ -140,16 +141,22 @@ def _major(version: str) -> int:
 def versions(root: Path) -> list[dict[str, Any]]:
     """Registered versions of ARTIFACT, newest first: {version, commit, stages}."""
     from gto import api
-    from gto.exceptions import ArtifactNotFound
+    from gto.exceptions import ArtifactNotFound, GTOException
 
     require_git(root)
     try:
         found = api.find_latest_version(str(root), ARTIFACT, all=True)
     except ArtifactNotFound:
         return []
+    except GTOException as err:  # hand-made tags: two versions on one commit, say
+        raise _registry_error(root, err) from None
     rows = [{"version": v.version, "commit": v.commit_hexsha,
              "stages": sorted(s.stage for s in v.get_vstages())} for v in found]
     return sorted(rows, key=lambda r: _major(r["version"]), reverse=True)
+
+
+def _registry_error(root: Path, err: Exception) -> PromotionError:
+    return PromotionError(one_line(f"the {ARTIFACT} registry in {root} is unreadable: {err}"))
 
 
 def prod_version(root: Path) -> str | None:
@@ -167,10 +174,14 @@ def _wait_for_new_second(root: Path) -> None:
 
 def _gto(root: Path, action: str, **kwargs: Any) -> None:
     from gto import api
+    from gto.exceptions import GTOException
 
     name, email = git_identity(root)
     _wait_for_new_second(root)
-    getattr(api, action)(str(root), ARTIFACT, author=name, author_email=email, **kwargs)
+    try:
+        getattr(api, action)(str(root), ARTIFACT, author=name, author_email=email, **kwargs)
+    except GTOException as err:
+        raise _registry_error(root, err) from None
 
 
 def register(root: Path, commit: str, message: str) -> tuple[str, bool]:

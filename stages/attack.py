@@ -13,6 +13,7 @@ from torch import nn
 
 from mudjack.attacks import BadEncoderParams, badencoder, pick_reference
 from mudjack.attacks.zoo import family_names, zoo_triggers
+from mudjack.config import ParamsError
 from mudjack.data import LabelledSet, Task, load_tasks, read_inputs, save_input
 from mudjack.encoders import EncoderAdapter, load_encoder, save_encoder
 from mudjack.features import extract_features
@@ -57,20 +58,48 @@ def make_triggers(adapter: EncoderAdapter, cfg: TriggerParams) -> list[Trigger |
                              f"{adapter.modality} encoder: {family_names(adapter.modality)}")
         return zoo_triggers(cfg.family, adapter.input_shape, cfg.seed)
     if adapter.modality == "text":
-        if not cfg.words:
-            raise SystemExit("attack: a text encoder needs attack.trigger.words")
+        check_words(cfg)
         return [TextTrigger(tuple(cfg.words))]
+    check_patch(adapter.input_shape, cfg)
     return [patch_trigger(adapter.input_shape, cfg.size, cfg.row, cfg.col, cfg.value)]
+
+
+def check_words(cfg: TriggerParams) -> None:
+    """A text encoder inserts words (the patch keys params.yaml sets for images do not apply)."""
+    if not cfg.words:
+        raise ParamsError("attack.trigger.words: a text encoder needs words to insert (or a family)")
+
+
+def check_patch(shape: tuple[int, ...], cfg: TriggerParams) -> None:
+    """An image encoder's patch must be given (size 0 would plant nothing) and fit the image."""
+    if cfg.words:
+        raise ParamsError("attack.trigger.words: words are for a text encoder; this one takes images "
+                          "(give a patch size, or a family)")
+    if cfg.size < 1:
+        raise ParamsError("attack.trigger.size: 0 plants no backdoor; give a patch side >= 1 (or a family)")
+    height, width = shape[:2]
+    if cfg.row + cfg.size > height or cfg.col + cfg.size > width:
+        raise ParamsError(f"attack.trigger: a {cfg.size}px patch at ({cfg.row}, {cfg.col}) "
+                          f"does not fit in the encoder's {height}x{width} images")
 
 
 def attack_targets(cfg: AttackParams, count: int, classes: int) -> list[int]:
     """`attack.target` for the first trigger; for the others `attack.trigger.targets`, by
     default the classes after it."""
+    check_classes("attack.target", [cfg.target], classes)
+    check_classes("attack.trigger.targets", cfg.trigger.targets, classes)
     more = list(cfg.trigger.targets) or [(cfg.target + i) % classes for i in range(1, count)]
     targets = [cfg.target, *more[:count - 1]]
     if len(targets) != count or len(set(targets)) != count:
         raise SystemExit(f"attack: {count} triggers need {count} different targets, got {targets}")
     return targets
+
+
+def check_classes(key: str, targets: list[int], classes: int) -> None:
+    """Every target must be a class of the attacked task (0 .. classes - 1)."""
+    if bad := [t for t in targets if t >= classes]:
+        raise ParamsError(f"{key}: {bad[0]} is not a class of the attacked task "
+                          f"(it has {classes}: 0-{classes - 1})")
 
 
 def attacker_inputs(pretrain: dict[str, np.ndarray], samples: int, seed: int) -> np.ndarray:

@@ -64,6 +64,7 @@ def adapter_names() -> list[str]:
 Side = Annotated[int, Field(ge=1, le=4096)]
 FeatureDim = Annotated[int, Field(ge=1, le=8192)]
 Statistic = Annotated[list[float], Field(min_length=1, max_length=16)]
+MAX_MEAN, MIN_STD, MAX_STD = 1e3, 1e-6, 1e3  # normalisation bounds for pixels in [0, 1]
 
 
 class AdapterConfig(BaseModel):
@@ -87,8 +88,11 @@ class ImageConfig(AdapterConfig):
             values = getattr(self, name)
             if values is not None and len(values) not in (1, self.input_shape[2]):
                 raise ValueError(f"{name} needs 1 or {self.input_shape[2]} values (one per channel)")
-        if self.std is not None and min(self.std) <= 0:
-            raise ValueError("std must be positive")
+        # pixels are in [0, 1]: statistics outside these bounds make features inf or NaN
+        if self.mean is not None and max(map(abs, self.mean)) > MAX_MEAN:
+            raise ValueError(f"mean must lie within ±{MAX_MEAN:g}")
+        if self.std is not None and not MIN_STD <= min(self.std) <= max(self.std) <= MAX_STD:
+            raise ValueError(f"std must lie within [{MIN_STD:g}, {MAX_STD:g}]")
         return self
 
 

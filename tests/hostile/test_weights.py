@@ -130,7 +130,9 @@ CASES: dict[str, tuple[Mutation, str]] = {
     "width of 10**9": (config(width=10**9), "width"),
     "feature_dim of 10**9": (config(feature_dim=10**9), "feature_dim"),
     "NaN mean": (config(mean=[math.nan]), "mean"),
-    "zero std": (config(std=[0.0]), "std must be positive"),
+    "zero std": (config(std=[0.0]), "std must lie within"),
+    "std of 1e-45": (config(std=[1e-45]), "small_cnn config: std must lie within"),
+    "mean of 1e38": (config(mean=[1e38]), "small_cnn config: mean must lie within"),
     "text package named by the file": (meta(adapter="hf_text", config='{"package": "this"}'), "package"),
     "text folder outside the workspace": (meta(adapter="hf_text", config='{"folder": "/"}'), "outside"),
     "text folder escaping with ..": (meta(adapter="hf_text", config='{"folder": "../../.."}'), "outside"),
@@ -267,6 +269,11 @@ def backbone(path: Path, first_weight: torch.Tensor) -> None:
     torch.save({**small_cnn().build().backbone.state_dict(), "0.weight": first_weight}, path)
 
 
+def encoder_state(path: Path, **normalisation: torch.Tensor) -> None:
+    """A whole small_cnn encoder's state dict (it brings its normalisation) with some replaced."""
+    torch.save({**small_cnn().build().state_dict(), **normalisation}, path)
+
+
 CHECKPOINT_CASES: dict[str, tuple[Callable[[Path], None], str]] = {
     "not a state dict": (lambda p: torch.save([1, 2, 3], p), "no state_dict"),
     "numbers, not tensors": (lambda p: torch.save({"state_dict": {"w": 1.0}}, p), "no state_dict"),
@@ -277,6 +284,12 @@ CHECKPOINT_CASES: dict[str, tuple[Callable[[Path], None], str]] = {
     "legacy storage bomb": (legacy_bomb, "declares"),
     "NaN tensors": (lambda p: backbone(p, torch.full((2, 3, 3, 3), math.nan)), "NaN"),
     "wrong shape": (lambda p: backbone(p, torch.zeros(2, 3, 5, 5)), "the model wants"),
+    "sparse tensor": (lambda p: backbone(p, torch.ones(2, 3, 3, 3).to_sparse()),
+                      "tensor '0.weight' is not a dense CPU tensor"),
+    "meta tensor": (lambda p: backbone(p, torch.empty(2, 3, 3, 3, device="meta")),
+                    "tensor '0.weight' is not a dense CPU tensor"),
+    "tiny std": (lambda p: encoder_state(p, std=torch.full((3,), 1e-45)), "std must lie within"),
+    "huge mean": (lambda p: encoder_state(p, mean=torch.full((3,), 1e38)), "mean must lie within"),
 }
 
 

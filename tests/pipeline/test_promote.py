@@ -112,3 +112,16 @@ def test_default_dvc_remote_is_used(tiny_repo: Path, tmp_path: Path) -> None:
     done = promote_run(tiny_repo, read_metrics(tiny_repo))
     assert done.remote == str(store)
     assert remote_has(store, lock_md5(tiny_repo, "c", "c.txt"))
+
+
+def test_a_registry_gto_cannot_read_is_a_promotion_error(tmp_path: Path) -> None:
+    """Hand-made tags: two versions on one commit, one of them in prod (GTO's ManyVersions)."""
+    git(tmp_path, "init", "--quiet")
+    who = ("-c", "user.name=a", "-c", "user.email=a@b")
+    git(tmp_path, *who, "commit", "--quiet", "--allow-empty", "-m", "init")
+    for tag in (f"{ARTIFACT}@v1.0.0", f"{ARTIFACT}@v2.0.0-rc1", f"{ARTIFACT}#prod#1"):
+        git(tmp_path, *who, "tag", "-a", tag, "-m", "x")
+    for action in (versions, rollback, lambda root: set_prod(root, "v1.0.0")):
+        with pytest.raises(PromotionError, match="registry .* is unreadable: Multiple versions") as caught:
+            action(tmp_path)
+        assert "\n" not in str(caught.value)
