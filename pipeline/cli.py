@@ -99,7 +99,7 @@ def _stage_order(path: Path, target: str | None) -> list[str]:
 
     try:
         return stages_in_order(path, target)
-    except DvcException as exc:
+    except (DvcException, OSError) as exc:  # OSError: a .dvc/config that is a folder, say
         raise _fail(exc) from exc
 
 
@@ -409,6 +409,7 @@ def status(root: RootOption = None) -> None:
     from pipeline.inbox import quarantine_inbox
     from pipeline.promote import PromotionError
 
+    _stage_order(path, None)  # a damaged DVC project in one line, not `dvc status`'s traceback
     quarantine_inbox(path, path / QUARANTINE)  # `dvc status` hashes the inbox: no FIFO there
     try:
         output = run_dvc([sys.executable, "-m", "dvc", "status"], cwd=path)

@@ -71,6 +71,9 @@ def add_to_inbox(report_file: Path, report: BugReport, inbox: Path) -> Path:
     A name already in the inbox (in any case) is refused. Returns the copied JSON's path."""
     report_file = Path(report_file)
     name = str(load_report_json(report_file)["input"])
+    if name.lower().endswith(REPORT_SUFFIX):  # every *.json in the inbox is read as a report
+        raise InboxError(f"the input {printable(name)} is named as a report ({REPORT_SUFFIX}); "
+                         "send it as .png, .npy or .txt")
     source = input_path(report_file, name)
     targets = {source: inbox / name, report_file: inbox / f"{report.id}{REPORT_SUFFIX}"}
     for target in targets.values():

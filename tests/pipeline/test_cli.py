@@ -178,6 +178,36 @@ def test_submit_copies_a_valid_report(tiny_repo: Path, tmp_path: Path, png: byte
     assert again.exit_code == 1 and "already in the inbox" in again.output
 
 
+@pytest.mark.parametrize("name", ["R-11.json", "pic.JSON"])
+def test_submit_refuses_an_input_named_as_a_report(tiny_repo: Path, tmp_path: Path, png: bytes,
+                                                    name: str) -> None:
+    """An input `R-11.json` beside report `r-11.json` was accepted: two names differing only in
+    case, and every validate run then read the PNG as an unreadable report."""
+    inbox = with_inbox(tiny_repo)
+    report = write_report(tmp_path / "mail", "r-11", None)
+    (report.parent / name).write_bytes(png)
+    report.write_text(json.dumps({"id": "r-11", "task": "digits", "label": 3, "input": name}))
+    result = runner.invoke(app, ["submit", str(report), "--root", str(tiny_repo)])
+    assert result.exit_code == 1 and "is named as a report (.json)" in result.output, result.output
+    assert not inbox.exists() or not list(inbox.iterdir())
+
+
+@pytest.mark.parametrize("damage", ["folder", "unparsable"])
+def test_stages_and_status_name_a_damaged_dvc_config_in_one_line(tiny_repo: Path, damage: str) -> None:
+    """A .dvc/config that is a folder was a 150-line traceback of `stages`; a broken one made
+    `status` print `dvc status`'s own traceback."""
+    config = tiny_repo / ".dvc" / "config"
+    config.unlink()
+    if damage == "folder":
+        config.mkdir()
+    else:
+        config.write_text("[core\nno_scm = True\n")
+    for command in ("stages", "status"):
+        result = runner.invoke(app, [command, "--root", str(tiny_repo)], terminal_width=200)
+        assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+        assert len(result.output.strip().splitlines()) <= 2, result.output
+
+
 def test_submit_rejects_with_the_reason(tiny_repo: Path, tmp_path: Path) -> None:
     inbox = with_inbox(tiny_repo)
     report = write_report(tmp_path / "mail", "r-10", None)
