@@ -47,6 +47,7 @@ from mudjack.reports import (
     report_paths,
     report_stem,
 )
+from mudjack.safepath import InputError, check_name
 
 IMAGE_COLUMNS = [
     "index", "height", "width", "channels", "dtype", "min", "max", "has_nan", "label", "sha256",
@@ -88,6 +89,10 @@ def task_metadata(folder: str | Path) -> TaskSpec:
     spec = read_task_json(folder / "task.json")
     if spec["name"] != folder.name:
         raise ValueError(f"{folder / 'task.json'}: name {spec['name']!r} != folder name")
+    try:  # the name is printed by every stage: no control characters (ESC, CR) in it
+        check_name(folder.name, what="the task name")
+    except InputError as err:
+        raise ValueError(f"{folder / 'task.json'}: {err}") from None
     sides = spec.get("input_shape")
     if not isinstance(sides, list) or not all(type(v) is int and 0 < v <= MAX_SIDE for v in sides):
         raise ValueError(f'{folder / "task.json"}: needs "input_shape" ([H, W, C] of whole numbers '

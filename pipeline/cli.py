@@ -16,6 +16,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from mudjack.config import ParamsError
 from pipeline.env import configure_environment, project_root
@@ -148,8 +149,8 @@ def gates_table(records: list[dict[str, Any]]) -> Table:
         table.add_column(column, justify="right" if column in ("value", "limit") else "left")
     for r in records:
         value = "missing" if r["value"] is None else f"{r['value']:.4g}"
-        table.add_row(r["gate"], r["subject"], value, f"{r['limit']:g}",
-                      "pass" if r["passed"] else "[bold red]FAIL[/]", r.get("note", ""))
+        table.add_row(r["gate"], Text(r["subject"]), value, f"{r['limit']:g}",  # Text: no markup
+                      "pass" if r["passed"] else "[bold red]FAIL[/]", Text(r.get("note", "")))
     return table
 
 
@@ -166,7 +167,7 @@ def metrics_table(rows: list[dict[str, Any]]) -> Table:
             f"{_fmt(row[f'{m}_before'])} -> {_fmt(row[f'{m}_after'])}"
             for m in ("clean_acc", "asr", "tba")
         ]
-        table.add_row(str(row["task"]), *cells, _fmt(row.get("trigger")), _fmt(row.get("exposed")))
+        table.add_row(Text(str(row["task"])), *cells, _fmt(row.get("trigger")), _fmt(row.get("exposed")))
     return table
 
 
@@ -284,7 +285,7 @@ def compare(
                             only=only, keep=keep)
     except (StageFailedError, DvcException, FileNotFoundError, ParamsError, CompareError) as exc:
         raise _fail(exc) from exc
-    console.print(table.read_text())
+    console.print(table.read_text(), markup=False, highlight=False)  # task names are data
     console.print(f"written: {table.with_suffix('.csv')}, {table}, {table.with_suffix('.png')}")
 
 

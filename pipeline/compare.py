@@ -24,6 +24,7 @@ from mudjack.io import atomic_path, read_json
 from mudjack.patching import PATCH_METHODS
 from mudjack.safepath import one_line
 from pipeline.dag import run_dvc
+from pipeline.markdown import csv_text, csv_value, md_text
 from pipeline.scenarios import method_settings, prepare_workspace, scenario_params
 from stages import artifacts
 
@@ -145,7 +146,7 @@ def verdicts(rows: list[dict[str, Any]]) -> list[str]:
     whether a baseline beats Mudjacking there."""
     lines = []
     for task in dict.fromkeys(r["task"] for r in rows):
-        mine = [r for r in rows if r["task"] == task]
+        mine, name = [r for r in rows if r["task"] == task], md_text(task)
         for key, lowest, what in (("asr_after", True, "the lowest ASR"),
                                   ("clean_acc_after", False, "the highest clean accuracy")):
             best = _best(mine, key, lowest)
@@ -154,15 +155,15 @@ def verdicts(rows: list[dict[str, Any]]) -> list[str]:
             names = " = ".join(label(r) for r in best)
             ours = [r for r in mine if r["method"].startswith(OURS) and isinstance(r.get(key), int | float)]
             if any(r["method"].startswith(OURS) for r in best) or not ours:
-                lines.append(f"- {task}: {names} has {what} ({best[0][key]:.4f}).")
+                lines.append(f"- {name}: {names} has {what} ({best[0][key]:.4f}).")
             else:
-                lines.append(f"- {task}: **a baseline wins**: {names} has {what} ({best[0][key]:.4f}; "
+                lines.append(f"- {name}: **a baseline wins**: {names} has {what} ({best[0][key]:.4f}; "
                              f"{label(ours[0])}: {ours[0][key]:.4f}).")
     return lines
 
 
 def _fmt(value: Any) -> str:
-    return f"{value:.4f}" if isinstance(value, float) else str(value)
+    return f"{value:.4f}" if isinstance(value, float) else md_text(value)
 
 
 def to_markdown(rows: list[dict[str, Any]]) -> str:
@@ -203,7 +204,8 @@ def _read_row(row: dict[str | None, Any], line: int) -> dict[str, Any]:
     """A CSV row with its cells typed: text, or in a metric column a number or None."""
     if None in row or None in row.values():  # csv.DictReader's marks of an extra or missing cell
         raise ValueError(f"line {line} does not have as many cells as the header")
-    typed = {key: value if key in TEXT else _parse(value) for key, value in row.items() if key in COLUMNS}
+    typed = {key: csv_value(value) if key in TEXT else _parse(value) for key, value in row.items()
+             if key in COLUMNS}
     if bad := [c for c in METRIC_COLUMNS if isinstance(typed.get(c), str)]:
         raise ValueError(f"line {line}: {bad[0]} {typed[bad[0]]!r} is not a number")
     return typed
@@ -219,7 +221,7 @@ def to_csv(rows: list[dict[str, Any]]) -> str:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows({k: csv_text(v) if isinstance(v, str) else v for k, v in row.items()} for row in rows)
     return buffer.getvalue()
 
 

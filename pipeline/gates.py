@@ -17,6 +17,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from mudjack.config import read_params_yaml
+from pipeline.markdown import md_text
 from stages.artifacts import METRICS
 from stages.config import GatesParams
 from stages.summaries import SHAPES, checked
@@ -101,8 +102,8 @@ def gates_markdown(results: list[GateResult]) -> str:
              "| gate | subject | value | limit | result | note |", "|---|---|---|---|---|---|"]
     for r in results:
         value = "missing" if r.value is None else f"{r.value:.4g}"
-        lines.append(f"| {r.gate} | {r.subject} | {value} | {r.limit:g} | "
-                     f"{'pass' if r.passed else '**FAIL**'} | {r.note} |")
+        lines.append(f"| {r.gate} | {md_text(r.subject)} | {value} | {r.limit:g} | "
+                     f"{'pass' if r.passed else '**FAIL**'} | {md_text(r.note)} |")
     return "\n".join(lines)
 
 

@@ -118,6 +118,15 @@ def test_load_tasks_rejects_misnamed(tmp_path: Path) -> None:
         tasks_metadata(tmp_path / "missing")
 
 
+def test_a_task_name_with_control_characters_is_refused(tmp_path: Path) -> None:
+    """Every stage prints task names: `d<ESC>[2J<CR>FORGED` cleared the terminal and forged a line."""
+    name = "d\x1b[2J\rFORGED"
+    write_json(tmp_path / "t" / name / "task.json",
+               {"name": name, "classes": [0, 1], "input_shape": [2, 2, 3]})
+    with pytest.raises(ValueError, match="the task name 'd.*' holds NUL or control characters"):
+        tasks_metadata(tmp_path / "t")
+
+
 def test_every_stage_reader_refuses_a_missing_or_empty_tasks_folder(tmp_path: Path) -> None:
     """retrain, export, patch and intake read the tasks with load_tasks; on a mistyped paths.tasks
     they exited 0 doing nothing (retrain replaced models/heads with an empty folder)."""
