@@ -14,8 +14,6 @@ import csv
 import gzip
 import io
 import math
-import os
-import stat
 import struct
 import sys
 import tarfile
@@ -32,8 +30,8 @@ from pydantic import Field
 
 from mudjack.config import Count, Params
 from mudjack.data import LabelledSet, load_digits_images, stratified_split
-from mudjack.io import ArtifactError, read_npz
-from mudjack.safepath import kind, one_line, printable, read_bounded
+from mudjack.io import ArtifactError, read_npz, require_regular_file
+from mudjack.safepath import one_line, printable, read_bounded
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm")
 MAX_IMAGE_BYTES = 64 << 20  # one image file; a bigger one is skipped, not read
@@ -64,11 +62,11 @@ class DataSpec(Params):
 def _require_file(path: Path) -> None:
     """LoaderError unless `path` is a regular file: opening a FIFO would wait forever."""
     try:
-        mode = os.stat(path).st_mode
-    except OSError as err:
-        raise LoaderError(f"{one_line(path)}: {err.strerror or err}") from None
-    if not stat.S_ISREG(mode):
-        raise LoaderError(f"{one_line(path)}: a {kind(mode)}, not a regular file")
+        require_regular_file(path)
+    except FileNotFoundError as err:
+        raise LoaderError(f"{one_line(path)}: {err.strerror}") from None
+    except (OSError, ValueError) as err:  # ValueError names the path and what it is
+        raise LoaderError(one_line(err)) from None
 
 
 def _check_labels(low: int, high: int, where: str) -> None:

@@ -47,7 +47,7 @@ from mudjack.reports import (
     report_paths,
     report_stem,
 )
-from mudjack.safepath import InputError, check_name
+from mudjack.safepath import InputError, check_folder_name
 
 IMAGE_COLUMNS = [
     "index", "height", "width", "channels", "dtype", "min", "max", "has_nan", "label", "sha256",
@@ -90,7 +90,7 @@ def task_metadata(folder: str | Path) -> TaskSpec:
     if spec["name"] != folder.name:
         raise ValueError(f"{folder / 'task.json'}: name {spec['name']!r} != folder name")
     try:  # the name is printed by every stage: no control characters (ESC, CR) in it
-        check_name(folder.name, what="the task name")
+        check_folder_name(folder.name, what="the task name")
     except InputError as err:
         raise ValueError(f"{folder / 'task.json'}: {err}") from None
     sides = spec.get("input_shape")

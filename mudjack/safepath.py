@@ -63,6 +63,14 @@ def check_name(name: str, *, what: str = "name") -> None:
         raise InputError("bad_name", f"{what} {printable(name)} has a part over {NAME_MAX} bytes")
 
 
+def check_folder_name(name: str, *, what: str = "name") -> None:
+    """`check_name`, and one plain part: no separator, not `.` or `..` (a task name is its
+    folder's name; a path there would put the task elsewhere)."""
+    check_name(name, what=what)
+    if name in (".", "..") or "/" in name or "\\" in name:
+        raise InputError("bad_name", f"{printable(name)} is not a plain folder name (no /, \\, . or ..)")
+
+
 def inside(root: str | Path, name: str) -> Path:
     """The real path of `name` relative to `root`, which must exist and stay inside `root`."""
     check_name(name, what="input")

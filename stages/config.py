@@ -25,7 +25,7 @@ from mudjack.heads import HeadParams
 from mudjack.intake import IntakeParams
 from mudjack.loaders import DataSpec
 from mudjack.patching import PATCH_METHODS, TEXT_VARIANTS, method_for
-from mudjack.safepath import check_name, one_line, printable
+from mudjack.safepath import check_folder_name, one_line
 from mudjack.training import PretrainParams
 
 PathText = Annotated[str, Field(min_length=1)]  # "" would name the working folder, or nothing
@@ -33,9 +33,7 @@ PathText = Annotated[str, Field(min_length=1)]  # "" would name the working fold
 
 def _folder_name(name: str) -> str:
     """A task name is its folder's name under data/prepared/tasks: one plain part, never a path."""
-    check_name(name, what="a task name")  # empty, NUL or control characters, over NAME_MAX bytes
-    if name in (".", "..") or "/" in name or "\\" in name:
-        raise ValueError(f"{printable(name)} is not a plain folder name (no /, \\, . or ..)")
+    check_folder_name(name, what="a task name")  # an InputError is a ValueError to pydantic
     return name
 
 
