@@ -20,13 +20,14 @@ in `mudjack.reports`, whose reader decodes the inputs here too, so both checks s
 Every report file (``*.json`` in any case) yields one row, readable or not: reading never
 raises for one bad report; an unreadable report has ``readable=False``, ``error`` says why and
 ``code`` names the rule (docs/reports.md). Ids and inputs are claimed in file order
-(`mudjack.reports.Claims`): a later claimant gets ``duplicate_id`` or ``conflicting_label``.
+(`mudjack.reports.Claims`) by the reports that pass every check, as intake claims them
+(`claim_errors`): a later claimant gets ``duplicate_id`` or ``conflicting_label``.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -253,7 +254,6 @@ def report_table(inbox: str | Path, tasks: Mapping[str, Any] | None = None) -> p
     inbox = Path(inbox)
     limit = _pixel_limit(tasks or {})
     rows = [_report_row(path, inbox, limit) for path in report_paths(inbox)]
-    _claim(rows, tasks or {})
     frame = pd.DataFrame(rows, columns=REPORT_COLUMNS)
     # keep labels as given (ints, text, None): a float column would turn 3 into 3.0
     frame["label"] = pd.Series([r["label"] for r in rows], dtype=object)
@@ -288,18 +288,18 @@ def _fill_row(row: dict[str, Any], path: Path, inbox: Path, limit: int | None) -
     row.update(_text_stats(img) if img.dtype.kind == "U" else _image_stats(img), readable=True)
 
 
-def _claim(rows: list[dict[str, Any]], tasks: Mapping[str, Any]) -> None:
-    """Rows (in file order) whose id or input an earlier row claimed get its error; only
-    rows with their own id and a label of their task claim (others are rejected anyway)."""
-    claims = Claims()
-    for row in rows:
-        task = tasks.get(row["task"])
-        if (row["readable"] and row["id_matches_file"] and task is not None
-                and row["label"] in task.classes):
-            try:
-                claims.claim(row["file"], row["report_id"], f"{row['task']}:{row['sha256']}", row["label"])
-            except ReportError as err:
-                row.update(error=str(err), code=err.code)
+def claim_errors(frame: pd.DataFrame, passed: Iterable[Any]) -> dict[Any, ReportError]:
+    """The claim error of each row of `passed` (indices, in file order, of the reports that
+    passed every other check) whose id or input an earlier one of them claimed. Only those
+    claim, as in intake: an invalid report cannot take a genuine one's id or input."""
+    claims, errors = Claims(), {}
+    for i in passed:
+        row = frame.loc[i]
+        try:
+            claims.claim(row["file"], row["report_id"], f"{row['task']}:{row['sha256']}", row["label"])
+        except ReportError as err:
+            errors[i] = err
+    return errors
 
 
 def _text(value: Any) -> str | None:

@@ -62,7 +62,25 @@ def stages_in_order(root: Path, target: str | None = None) -> list[str]:
         stages = collect_stages(repo, [spec])
         # Same planning as `dvc repro`: frozen stages cut their upstream edges.
         graph = get_active_graph(repo.index.graph)
-        return [_address(stage) for stage in plan_repro(graph, stages)]
+        planned = plan_repro(graph, stages)
+        _check_params(planned)
+        return [_address(stage) for stage in planned]
+
+
+def _check_params(stages: Sequence[Stage]) -> None:
+    """A DvcException naming the stage and the params it depends on that its params file
+    lacks: DVC says so only when it reaches the stage, after the flow (and a Prefect server)
+    started."""
+    from dvc.dependency.param import ParamsDependency
+    from dvc.exceptions import DvcException
+
+    for stage in stages:
+        for dep in stage.deps:
+            if isinstance(dep, ParamsDependency):
+                try:
+                    dep.get_hash()  # reads the file and raises for a key it lacks
+                except DvcException as exc:
+                    raise DvcException(f"stage '{_address(stage)}': {exc}") from exc
 
 
 def reproduce_command(stage: str) -> list[str]:

@@ -21,6 +21,7 @@ from mudjack.metadata import (
     TEXT_DTYPE,
     ImageSet,
     TaskSpec,
+    claim_errors,
     folders_without_task,
     image_sets,
     report_table,
@@ -45,7 +46,6 @@ COLUMN_CODES = {
     "min": "out_of_range", "max": "out_of_range", "has_nan": "nan", "length": "too_large",
     "readable": "unreadable",
 }
-CLAIM_CODES = ("duplicate_id", "conflicting_label")  # a later claimant (`mudjack.reports.Claims`)
 
 
 class GXRunner:
@@ -214,7 +214,6 @@ def validate_reports(
     if frame.empty:
         return {"accepted": [], "rejected": {}, "codes": {}}
     suite = report_suite(tasks, cfg["max_pixel"], cfg.get("max_chars", MAX_CHARS), any_size=any_size)
-    frame = _unclaim_blank_text(frame)
     outcome = runner.validate(frame, suite, COMPLETE)
     reasons: dict[Any, list[str]] = {
         i: [str(frame.at[i, "error"])] if isinstance(frame.at[i, "error"], str) else []
@@ -233,20 +232,15 @@ def validate_reports(
         for i in result.result.get("unexpected_index_list") or []:
             reasons[i].append(_reason(result, frame, i))
             codes[i] = codes[i] or _code(result, frame, i)
+    for i, err in claim_errors(frame, [i for i in frame.index if not reasons[i]]).items():
+        reasons[i].append(str(err))
+        codes[i] = err.code
     files = frame["file"]
     return {
         "accepted": [files[i] for i in frame.index if not reasons[i]],
         "rejected": {files[i]: reasons[i] for i in frame.index if reasons[i]},
         "codes": {files[i]: codes[i] or "validation" for i in frame.index if reasons[i]},
     }
-
-
-def _unclaim_blank_text(frame: pd.DataFrame) -> pd.DataFrame:
-    """Blank text (length 0 once stripped) loses its claim verdict: intake rejects it as
-    `empty` before it claims an id or input, so the length check gives the code here too."""
-    blank = (frame["dtype"] == TEXT_DTYPE) & (pd.to_numeric(frame["length"]) < 1)
-    unclaimed = blank & frame["code"].isin(CLAIM_CODES)
-    return frame.assign(error=frame["error"].mask(unclaimed), code=frame["code"].mask(unclaimed))
 
 
 def _code(result: ExpectationValidationResult, frame: pd.DataFrame, i: Any) -> str:

@@ -171,6 +171,23 @@ def test_duplicate_report_ids_keyed_by_file(runner: GXRunner, tmp_path: Path) ->
     assert "already claimed by 'same.json'" in verdict["rejected"]["same.JSON"][0]
 
 
+def test_an_invalid_report_claims_no_id_or_input(runner: GXRunner, tmp_path: Path) -> None:
+    """Only reports that pass every check claim, as in intake: a report with a bad id (or of a
+    wrong shape) cannot take a later genuine report's input and get it `conflicting_label`."""
+    make_project(tmp_path)
+    inbox = tmp_path / "inbox"
+    add_report(inbox, "genuine", {"id": "genuine", "task": "digits", "label": 2, "input": "genuine.png"},
+               random_images(1)[0])
+    add_report(inbox, "_bad", {"id": "_bad", "task": "digits", "label": 1, "input": "genuine.png"})
+    small = random_images(1, shape=(4, 4, 3))[0]
+    add_report(inbox, "small1", {"id": "small1", "task": "digits", "label": 1, "input": "small1.png"}, small)
+    add_report(inbox, "small2", {"id": "small2", "task": "digits", "label": 2, "input": "small1.png"})
+    tasks = tasks_metadata(tmp_path / "data/tasks")
+    verdict = validate_reports(report_table(inbox, tasks), tasks, CFG, runner)
+    assert verdict["accepted"] == ["genuine.json"]
+    assert verdict["codes"] == {"_bad.json": "bad_id", "small1.json": "bad_shape", "small2.json": "bad_shape"}
+
+
 def test_validate_all_without_reports(runner: GXRunner, tmp_path: Path) -> None:
     make_project(tmp_path)
     (tmp_path / "inbox").rmdir()

@@ -46,6 +46,16 @@ def test_unknown_target_is_an_error(tiny_repo: Path) -> None:
         stages_in_order(tiny_repo, "nope")
 
 
+def test_a_param_missing_from_params_yaml_is_named_before_anything_runs(tiny_repo: Path) -> None:
+    """DVC names it only when it reaches the stage; the order check names it up front."""
+    from dvc.exceptions import DvcException
+
+    (tiny_repo / "params.yaml").write_text("paths:\n  x: src/x.txt\nb:\n  other: 1\n")
+    assert stages_in_order(tiny_repo, "a") == ["a"]  # a has no params
+    with pytest.raises(DvcException, match=r"stage 'b': Parameters 'b.factor' are missing from"):
+        stages_in_order(tiny_repo, "b")
+
+
 def test_reproduce_command_is_single_item() -> None:
     assert reproduce_command("b") == [sys.executable, "-m", "dvc", "repro", "--single-item", "b"]
 
