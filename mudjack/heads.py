@@ -18,12 +18,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import Field, ValidationError, field_validator, model_validator
-from safetensors.torch import save_file
 from torch import nn
 
 from mudjack.config import BatchSize, Dropout, Epochs, LearningRate, Params, Width, describe_errors
 from mudjack.device import torch_threads
-from mudjack.io import atomic_path
+from mudjack.io import write_safetensors
 from mudjack.safeload import load_checked, metadata_json, read_header, weights_error
 from mudjack.training import fit_cross_entropy
 
@@ -163,8 +162,7 @@ def predict(head: Head, features: torch.Tensor) -> np.ndarray:
 
 def save_head(head: Head, path: str | Path) -> None:
     tensors = {k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata={"head": json.dumps(head.spec)})
+    write_safetensors(path, tensors, {"head": json.dumps(head.spec)})
 
 
 def head_misfit(head: Head, *, features: int, classes: int | None) -> str | None:

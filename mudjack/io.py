@@ -47,10 +47,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     try:
         yield tmp
         if path.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", dir=path.parent))
-            os.replace(path, old / path.name)
-            os.replace(tmp, path)
-            shutil.rmtree(old)
+            _swap_in(tmp, path)
         else:
             os.replace(tmp, path)
     finally:
@@ -58,19 +55,52 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
             shutil.rmtree(tmp)
 
 
-def remove_stale_temporaries(path: str | Path) -> list[Path]:
-    """Remove what a killed `atomic_path` or `atomic_dir` left beside `path` (its `.<name>.*`
-    temporaries); only `path`'s own, so call it at the start of the stage that writes `path`."""
-    path = Path(path)
-    if not path.parent.is_dir():
-        return []
-    stale = [p for p in path.parent.iterdir() if p.name.startswith(f".{path.name}.")]
+def _swap_in(tmp: Path, path: Path) -> None:
+    """Replace the folder `path` by `tmp`; when a move fails, the previous `path` stays (or is
+    put back) and no `.<name>.old.*` folder is left beside it."""
+    old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", dir=path.parent))
+    try:
+        os.replace(path, old / path.name)
+    except OSError:
+        old.rmdir()
+        raise
+    try:
+        os.replace(tmp, path)
+    except OSError:
+        os.replace(old / path.name, path)
+        old.rmdir()
+        raise
+    shutil.rmtree(old)
+
+
+def remove_stale_temporaries(*paths: str | Path) -> list[Path]:
+    """Remove what a killed `atomic_path` or `atomic_dir` left beside each of `paths` (its
+    `.<name>.*` temporaries); only their own, so call it at the start of the stage that
+    writes them."""
+    stale = []
+    for path in map(Path, paths):
+        if path.parent.is_dir():
+            stale += [p for p in path.parent.iterdir() if p.name.startswith(f".{path.name}.")]
     for old in stale:
         if old.is_dir() and not old.is_symlink():
             shutil.rmtree(old)
         else:
             old.unlink(missing_ok=True)
     return stale
+
+
+def ready_outputs(*paths: str | Path, root: str | Path = ".") -> None:
+    """Before a stage writes `paths`: each must resolve inside `root` (the project; a link
+    out of it would have the stage write elsewhere), and what a killed run left beside it
+    is removed (`remove_stale_temporaries`)."""
+    base = Path(os.path.realpath(root))
+    paths = tuple(path for path in paths if str(path) not in ("", "."))  # "": no such output
+    for path in paths:
+        real = Path(os.path.realpath(Path(root) / path))
+        if not real.is_relative_to(base):
+            raise ArtifactError(f"{path}: resolves to {real}, outside the project {base}; a stage "
+                                "writes its outputs inside the project only (make it a folder, not a link)")
+    remove_stale_temporaries(*(Path(root) / path for path in paths))
 
 
 def write_json(path: str | Path, data: Any) -> None:

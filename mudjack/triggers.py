@@ -129,11 +129,15 @@ def trigger_arrays(trigger: Trigger | TextTrigger) -> dict[str, np.ndarray]:
 
 
 def trigger_from_arrays(arrays: dict[str, np.ndarray]) -> Trigger | TextTrigger:
-    """Inverse of `trigger_arrays`; an integer mask is a hard 0/1 one, a float mask alpha."""
+    """Inverse of `trigger_arrays`; an integer mask is a hard 0/1 one (other integers are
+    refused: alpha saved as bytes would read as a hard mask), a float mask alpha."""
     if "words" in arrays:
         position = str(arrays["position"]) if "position" in arrays else "random"
         return TextTrigger(tuple(str(w) for w in arrays["words"]), cast(TextPosition, position))
     mask = arrays["mask"]
+    if mask.dtype.kind in "iu" and mask.size and not np.isin(mask, (0, 1)).all():
+        raise ValueError(f"an integer mask must be 0 or 1 (a hard mask), got values up to {mask.max()}; "
+                         "give alpha as floats in [0, 1] (alpha in bytes 0-255: divide by 255)")
     if mask.dtype.kind in "biu":
         mask = mask.astype(bool)
     return Trigger(mask=mask, pattern=_pixels(arrays["pattern"]))

@@ -8,6 +8,7 @@ A malformed file is rejected whole, with its reason (`read_truth`).
 
 from __future__ import annotations
 
+import re
 import zipfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -18,6 +19,9 @@ from mudjack.io import read_npz
 from mudjack.triggers import TextTrigger, Trigger, trigger_arrays, trigger_from_arrays
 
 TruthPair = tuple[Trigger | TextTrigger, dict[str, int]]  # a planted trigger, its target per task
+# What intake measures a reversed trigger against: one trigger, or every pair of the truth file
+# (a report is then measured against the trigger that targets the class it was misread as).
+Truth = Trigger | TextTrigger | list[TruthPair] | None
 
 
 def read_truth(path: str) -> tuple[list[TruthPair], str | None]:
@@ -28,10 +32,27 @@ def read_truth(path: str) -> tuple[list[TruthPair], str | None]:
         return [], "no such file"
     try:
         arrays = read_npz(path)
-        count = 1 + sum(key.startswith("trigger") and key.endswith("_targets") for key in arrays)
-        return [truth_pair(arrays, f"trigger{i}_" if i else "") for i in range(count)], None
+        return [truth_pair(arrays, f"trigger{i}_" if i else "") for i in range(_count(arrays))], None
     except (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile) as err:
         return [], f"{type(err).__name__}: {err}"
+
+
+def _count(arrays: dict[str, np.ndarray]) -> int:
+    """How many triggers the file holds: the plain one and `trigger1_` .. `triggerN_`, none
+    skipped (a `trigger2_` without `trigger1_` keys is malformed, not a lone first trigger)."""
+    extra = {int(match[1]) for key in arrays if (match := re.match(r"trigger([0-9]+)_", key))}
+    if extra != set(range(1, len(extra) + 1)):
+        raise ValueError(f"trigger keys must number 1, 2, ... without a gap, got {sorted(extra)}")
+    return 1 + len(extra)
+
+
+def truth_for(truth: Truth, task: str, predicted: int) -> Trigger | TextTrigger | None:
+    """The true trigger a report of `task` misread as `predicted` is measured against: of
+    several, the one whose target there is `predicted` (else the first)."""
+    if not isinstance(truth, list):
+        return truth
+    matching = [trigger for trigger, targets in truth if targets.get(task) == predicted]
+    return (matching or [trigger for trigger, _ in truth] or [None])[0]
 
 
 def unknown_tasks(pairs: list[TruthPair], tasks: Iterable[str]) -> list[str]:
@@ -51,7 +72,9 @@ def truth_pair(arrays: dict[str, np.ndarray], prefix: str) -> TruthPair:
         raise ValueError(f"missing {', '.join(missing)} (a trigger needs mask and pattern, or words, and "
                          f"the tasks with their target classes)")
     tasks, targets = own["tasks"], own["targets"]
-    if tasks.ndim != 1 or tasks.dtype.kind not in "US" or targets.shape != tasks.shape:
+    if tasks.dtype.kind == "S":  # names saved as bytes: b"digits" is task "digits"
+        tasks = np.char.decode(tasks, "utf-8")
+    if tasks.ndim != 1 or tasks.dtype.kind != "U" or targets.shape != tasks.shape:
         raise ValueError(f"{prefix}tasks must be task names and {prefix}targets one class each "
                          f"(got {tasks.dtype} {tasks.shape} and {targets.dtype} {targets.shape})")
     if targets.dtype.kind not in "iu" or (targets < 0).any():

@@ -9,8 +9,12 @@ stays fast.
 from __future__ import annotations
 
 import os
+import signal
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from types import FrameType
 from typing import Annotated, Any
 
 import typer
@@ -92,16 +96,37 @@ def _fail(exc: Exception) -> typer.Exit:
     return typer.Exit(1)
 
 
-def _stage_order(path: Path, target: str | None) -> list[str]:
+def _stage_order(path: Path, target: str | None, *, to_run: bool = True) -> list[str]:
     """The stages `dvc repro [target]` runs; an unknown target fails here in one line."""
     from dvc.exceptions import DvcException
 
     from pipeline.dag import stages_in_order
 
     try:
-        return stages_in_order(path, target)
+        return stages_in_order(path, target, to_run=to_run)
     except (DvcException, OSError) as exc:  # OSError: a .dvc/config that is a folder, say
         raise _fail(exc) from exc
+
+
+SIGTERM_EXIT = 128 + signal.SIGTERM  # the exit status of a process ended by SIGTERM
+
+
+def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(SIGTERM_EXIT)
+
+
+@contextmanager
+def exit_on_sigterm() -> Iterator[None]:
+    """Turn SIGTERM (`docker stop`, systemd, kill) into SystemExit for the block.
+
+    Python's default for SIGTERM ends the process at once: no `finally`, no atexit, so the
+    stage's DVC process group and Prefect's temporary server would run on as orphans.
+    Unwinding lets `run_dvc` end the group and Prefect stop its server."""
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _check_cron(cron: str) -> None:
@@ -210,8 +235,9 @@ def run(
     from pipeline.promote import PromotionError
 
     try:
-        summary = repair(root=str(path), target=target, retries=retries, promote=promote,
-                         remote=remote)
+        with exit_on_sigterm():
+            summary = repair(root=str(path), target=target, retries=retries, promote=promote,
+                             remote=remote)
     except (StageFailedError, DvcException, GatesFailedError, PromotionError) as exc:
         raise _fail(exc) from exc
     print_summary(summary)
@@ -396,7 +422,7 @@ def stages(
     root: RootOption = None,
 ) -> None:
     """Print the stages of dvc.yaml in the order they run (DVC's dependency order)."""
-    for name in _stage_order(_root(root), target):
+    for name in _stage_order(_root(root), target, to_run=False):
         typer.echo(name)
 
 
@@ -405,17 +431,18 @@ def status(root: RootOption = None) -> None:
     """Show `dvc status` (which stages have changed dependencies, params or outputs), the
     promotion gates on the current metrics, and the registered versions with the one in prod."""
     path = _root(root)
-    from pipeline.dag import StageFailedError, run_dvc
+    from pipeline.dag import StageFailedError, busy_message, run_dvc
     from pipeline.gates import as_records, check_project
     from pipeline.inbox import quarantine_inbox
     from pipeline.promote import PromotionError
 
-    _stage_order(path, None)  # a damaged DVC project in one line, not `dvc status`'s traceback
+    _stage_order(path, None, to_run=False)  # a damaged DVC project in one line, not `dvc status`'s traceback
     quarantine_inbox(path, path / QUARANTINE)  # `dvc status` hashes the inbox: no FIFO there
     try:
         output = run_dvc([sys.executable, "-m", "dvc", "status"], cwd=path)
     except StageFailedError as exc:
-        raise _fail(exc) from exc
+        busy = busy_message(exc.output)
+        raise _fail(RuntimeError(busy) if busy else exc) from exc
     console.print(output.rstrip(), markup=False, highlight=False)
     if (path / METRICS).is_file():
         try:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from mudjack.config import ParamsError, read_params_yaml
-from mudjack.io import atomic_path
 from mudjack.reports import (
     MAX_INPUT_BYTES,
     MAX_JSON_BYTES,
@@ -17,6 +21,8 @@ from mudjack.reports import (
     load_report_json,
 )
 from mudjack.safepath import Quarantined, entries, one_line, printable, quarantine, read_bounded
+
+LOCK_WAIT_S = 10.0  # how long a submit waits for another one writing to the same inbox
 
 
 class InboxError(ValueError):
@@ -68,32 +74,120 @@ def add_to_inbox(report_file: Path, report: BugReport, inbox: Path) -> Path:
     """Copy the report JSON and its input into `inbox` (input first, so a report there always
     has its input), as `<id>.json` and the input's name as the report gives it: a relative
     name inside the report's folder (mudjack.safepath), so nothing lands outside `inbox`.
-    A name already in the inbox (in any case) is refused. Returns the copied JSON's path."""
+    Returns the copied JSON's path.
+
+    A name already in the inbox (in any case) is refused, also when another submit takes it
+    between the check and the copy: nothing in the inbox is ever replaced. One exception: an
+    input left by a submit killed before its JSON landed (byte-identical, named by no report)
+    is reused, so the resubmit works. Where the JSON cannot be written, the input this submit
+    copied is removed again, so the error leaves the inbox as it was."""
     report_file = Path(report_file)
     name = str(load_report_json(report_file)["input"])
     if name.lower().endswith(REPORT_SUFFIX):  # every *.json in the inbox is read as a report
         raise InboxError(f"the input {printable(name)} is named as a report ({REPORT_SUFFIX}); "
                          "send it as .png, .npy or .txt")
-    source = input_path(report_file, name)
-    targets = {source: inbox / name, report_file: inbox / f"{report.id}{REPORT_SUFFIX}"}
-    for target in targets.values():
-        _check_target(target, inbox)
-    limits = {source: MAX_INPUT_BYTES, report_file: MAX_JSON_BYTES}
-    for path, target in targets.items():
-        data = read_bounded(path, limits[path])
-        with atomic_path(target) as tmp:
-            tmp.write_bytes(data)
-    return targets[report_file]
+    data = read_bounded(input_path(report_file, name), MAX_INPUT_BYTES)
+    text = read_bounded(report_file, MAX_JSON_BYTES)
+    target, json_target = inbox / name, inbox / f"{report.id}{REPORT_SUFFIX}"
+    for path in (target, json_target):
+        _check_inside(path, inbox)
+    inbox.mkdir(parents=True, exist_ok=True)
+    with _inbox_lock(inbox):
+        reuse = _is_leftover(target, data, inbox)
+        if not reuse:
+            _check_free(target)
+        _check_free(json_target)
+        if not reuse:
+            _place_new(target, data)
+        try:
+            _place_new(json_target, text)
+        except BaseException:  # disk full, a JSON of that name came first: take the input back
+            if not reuse:
+                target.unlink(missing_ok=True)
+            raise
+    return json_target
 
 
-def _check_target(target: Path, inbox: Path) -> None:
-    """`target` must be new (no name differing only in case either) and land inside `inbox`."""
+def _check_free(target: Path) -> None:
+    """`target` must be new: no name differing only in case either (the early, clear refusal;
+    `_place_new` refuses a name taken after this check)."""
     taken = {p.name.lower() for p in entries(target.parent, "")}
     if target.name.lower() in taken:
         raise InboxError(f"already in the inbox: {printable(target.name)}")
+
+
+def _check_inside(target: Path, inbox: Path) -> None:
+    """`target` must land inside `inbox`."""
     real_inbox = Path(os.path.realpath(inbox))
     if not Path(os.path.realpath(target)).is_relative_to(real_inbox):
         raise InboxError(f"{printable(target.name)} would land outside the inbox")
+
+
+def _place_new(target: Path, data: bytes) -> None:
+    """Write `data` as `target`, whole or not at all, never replacing a file there: a complete
+    temporary is hard-linked to the name, which fails where another process took it first."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+        os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; the stages may run as another user
+        os.link(tmp, target)
+    except FileExistsError:
+        raise InboxError(f"already in the inbox: {printable(target.name)}") from None
+    finally:
+        os.unlink(tmp)
+
+
+def _is_leftover(target: Path, data: bytes, inbox: Path) -> bool:
+    """Whether `target` is what a killed submit of this same input left: a regular file with
+    exactly `data` that no report JSON in the inbox names."""
+    try:
+        if read_bounded(target, MAX_INPUT_BYTES, follow=False) != data:
+            return False
+    except (OSError, ValueError):  # missing, a link, not a regular file, too large
+        return False
+    name = target.relative_to(inbox).as_posix().lower()
+    return not any(_names_input(report, name) for report in entries(inbox, REPORT_SUFFIX))
+
+
+def _names_input(report: Path, name: str) -> bool:
+    """Whether the inbox's `report` names the input `name` (lower case); an unreadable report
+    names none: validate rejects it without reading any input."""
+    try:
+        value = load_report_json(report).get("input")
+    except (OSError, ValueError):
+        return False
+    return isinstance(value, str) and Path(value).as_posix().lower() == name
+
+
+@contextmanager
+def _inbox_lock(inbox: Path) -> Iterator[None]:
+    """Hold an exclusive flock on the inbox folder itself (no lock file for DVC to hash) while a
+    submit checks and copies, so that no other submit takes its input for a leftover meanwhile.
+    The kernel drops it when a submit is killed."""
+    fd = os.open(inbox, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        _acquire(fd)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _acquire(fd: int) -> None:
+    """Lock `fd`, waiting at most LOCK_WAIT_S; a filesystem that cannot lock a folder (NFS)
+    goes unlocked: `_place_new` still never replaces a file."""
+    deadline = time.monotonic() + LOCK_WAIT_S
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise InboxError("another submit is writing to the inbox; try again") from None
+            time.sleep(0.05)
+        except OSError:
+            return
 
 
 def quarantine_inbox(root: Path, dest: Path) -> list[Quarantined]:

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from mudjack.safepath import one_line
-from pipeline.dag import run_dvc
+from pipeline.dag import run_dvc, stage_address
 from stages.artifacts import METRICS, RUN_HTML
 
 ARTIFACT = "mudjack-encoder"
@@ -87,6 +87,56 @@ def commit_record(root: Path, message: str) -> tuple[str, bool]:
         _git(root, "-c", f"user.name={name}", "-c", f"user.email={email}",
              "commit", "--quiet", "-m", message, "--", *paths)
     return _git(root, "rev-parse", "HEAD").strip(), bool(staged)
+
+
+# --- the run's record matches the workspace -----------------------------------------------
+
+
+def _metrics_producer(repo: Any, root: Path) -> str | None:
+    """The stage writing METRICS, as a target for DVC (an absolute path: DVC resolves targets
+    against the process cwd), or None."""
+    metrics = root / METRICS
+    for stage in repo.index.stages:
+        if any(Path(out.fs_path) == metrics for out in stage.outs):
+            name = getattr(stage, "name", None)
+            path = str(root / stage.path_in_repo)
+            return f"{path}:{name}" if name else path
+    return None
+
+
+def stale_stages(root: Path) -> dict[str, Any]:
+    """`dvc status` of the stage writing METRICS and its upstream (of every stage when none
+    does): {stage: what changed}, empty when the run is up to date.
+
+    Stages outside that upstream (`sequela`, never run by the flow) are not the run's record."""
+    from dvc.repo import Repo
+
+    with Repo(str(root)) as repo, repo.lock:
+        stages = repo.stage.collect(_metrics_producer(repo, root), with_deps=True)
+        changes = {stage_address(stage): stage.status(check_updates=False) for stage in stages}
+    # stage.status() keys its answer by a path relative to the cwd: keep the value only.
+    return {name: next(iter(change.values())) for name, change in changes.items() if change}
+
+
+def _describe_change(change: Any) -> str:
+    """DVC's nested status entry ({'changed deps': {'params.yaml': {'modified': 'b.factor'}}})
+    as `changed deps: params.yaml: modified: b.factor`."""
+    if isinstance(change, dict):
+        return ", ".join(f"{key}: {_describe_change(value)}" for key, value in change.items())
+    if isinstance(change, list):
+        return ", ".join(_describe_change(item) for item in change)
+    return str(change)
+
+
+def require_up_to_date(root: Path) -> None:
+    """Refuse, in one line, a workspace that no longer matches the run's dvc.lock and metrics
+    (params.yaml, code or outputs changed since `dvc repro`): the commit would pair the new
+    files with the old run's record."""
+    stale = stale_stages(root)
+    if stale:
+        changes = "; ".join(f"{stage}: {_describe_change(change)}" for stage, change in stale.items())
+        raise PromotionError(one_line(f"the run is out of date, nothing promoted: {changes}; "
+                                      "run `mudjack run` (or `dvc repro`) first"))
 
 
 # --- DVC remote ----------------------------------------------------------------------------
@@ -248,9 +298,12 @@ def summary_line(metrics: dict[str, Any]) -> str:
 def promote_run(root: Path, metrics: dict[str, Any], remote: str = "") -> Promotion:
     """Push the run's data, commit its record, register it and put it in prod.
 
-    The caller checks the gates first (pipeline.gates)."""
+    The caller checks the gates first (pipeline.gates). Refused before anything is written when
+    the workspace changed since the run (`require_up_to_date`). Putting a registered version
+    back in prod (`set_prod`) commits nothing, so needs no such check."""
     root = Path(root).resolve()
     require_git(root)  # before the push: the commit and the tags would fail after it
+    require_up_to_date(root)
     name = configure_remote(root, remote)
     push(root, name)
     line = summary_line(metrics)

@@ -18,7 +18,7 @@ from mudjack.data import LabelledSet, Task, load_tasks, read_inputs, save_input
 from mudjack.encoders import EncoderAdapter, load_encoder, save_encoder
 from mudjack.features import extract_features
 from mudjack.heads import HeadParams, predict, save_head, train_head
-from mudjack.io import atomic_dir, read_npz, write_json, write_npz
+from mudjack.io import atomic_dir, read_npz, ready_outputs, write_json, write_npz
 from mudjack.metrics import evaluate, non_target
 from mudjack.triggers import TextTrigger, Trigger, patch_trigger
 from mudjack.truth import truth_arrays
@@ -193,6 +193,7 @@ def main() -> None:
     cfg, paths = params.attack, params.paths
     if cfg is None:
         raise SystemExit("attack: params.yaml has no `attack` section (it is only for the scenario)")
+    ready_outputs(paths.encoder, paths.truth, ATTACK_METRICS, paths.heads, paths.inbox)
     clean, adapter = load_encoder(FOUNDATION)
     pretrain = read_npz(PRETRAIN)
     tasks = load_tasks(paths.tasks)

@@ -11,7 +11,7 @@ from mudjack.encoders import EncoderAdapter, load_patch_of
 from mudjack.encoders.text import ONNX_INPUTS, HFTextAdapter, TextClassifier
 from mudjack.export import describe_onnx, export_onnx, export_onnx_inputs, verify_onnx, verify_onnx_batches
 from mudjack.heads import Classifier, Head, head_misfit, load_head
-from mudjack.io import atomic_dir, write_json
+from mudjack.io import atomic_dir, ready_outputs, write_json
 from mudjack.safeload import weights_error
 from stages.artifacts import EXPORT_SUMMARY, HEADS, ONNX_DIR, ONNX_MANIFEST, PATCHED_ENCODER
 from stages.config import PipelineParams, setup_stage
@@ -52,6 +52,7 @@ def retrained_head(path: Path, adapter: EncoderAdapter, task: Task) -> Head:
 
 def main() -> None:
     params = setup_stage()
+    ready_outputs(ONNX_DIR, EXPORT_SUMMARY)
     encoder, adapter = load_patch_of(PATCHED_ENCODER, params.paths.encoder)
     manifest, worst = {"opset": params.export.opset, "tasks": {}}, 0.0
     with atomic_dir(ONNX_DIR) as out:

@@ -8,7 +8,7 @@ from torch import nn
 
 from mudjack.data import LabelledSet, is_text, read_inputs
 from mudjack.encoders import EncoderAdapter, get_adapter, import_encoder, save_encoder
-from mudjack.io import read_npz
+from mudjack.io import read_npz, ready_outputs
 from mudjack.safeload import WeightsError
 from mudjack.training import PretrainParams, pretrain_encoder
 from stages.artifacts import FOUNDATION, PRETRAIN
@@ -44,6 +44,7 @@ def clean_encoder(cfg: FoundationParams, adapter: EncoderAdapter, data: Labelled
 
 def main() -> None:
     params = setup_stage()
+    ready_outputs(FOUNDATION)
     cfg = params.foundation
     arrays = read_npz(PRETRAIN)
     data = LabelledSet(read_inputs(arrays), arrays["y"])

@@ -19,26 +19,24 @@ from mudjack.io import (
     ArtifactError,
     atomic_dir,
     read_json_bounded,
-    remove_stale_temporaries,
+    ready_outputs,
     write_json,
     write_jsonl,
 )
 from mudjack.reports import report_paths
 from mudjack.safepath import one_line, printable
 from stages.artifacts import BUGS, INTAKE_LOG, INTAKE_SUMMARY, VALIDATION
-from stages.common import load_deployed, load_truth
+from stages.common import load_deployed, load_truth_pairs
 from stages.config import inbox_folder, setup_stage
 
 
 def main() -> None:
     params = setup_stage()
     paths = params.paths
+    ready_outputs(BUGS, INTAKE_SUMMARY)
     inbox = inbox_folder(paths)
-    for output in (BUGS, INTAKE_SUMMARY):
-        remove_stale_temporaries(output)
-    truth, _ = load_truth(paths)
     intake = Intake(load_deployed(paths), load_tasks(paths.tasks), params=params.intake, seed=params.seed,
-                    truth=truth, validation=validation_verdicts(VALIDATION))
+                    truth=load_truth_pairs(paths), validation=validation_verdicts(VALIDATION))
     decisions = [intake.decide(path) for path in report_paths(inbox)]
     with atomic_dir(BUGS) as registry:
         for bug in intake.bugs.values():

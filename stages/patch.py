@@ -5,7 +5,7 @@ from __future__ import annotations
 from mudjack.bugs import Bug, check_bugs, load_bugs
 from mudjack.data import LabelledSet, load_shadow, load_tasks
 from mudjack.encoders import EncoderAdapter, load_encoder, save_encoder
-from mudjack.io import write_json
+from mudjack.io import ready_outputs, write_json
 from mudjack.patching import PATCH_METHODS, PatchInputs, run_patch, training_pool
 from mudjack.patching.checkpoint import Checkpointer, accepts_checkpoint, inputs_key
 from mudjack.patching.distributed import (
@@ -50,6 +50,7 @@ def accepted_bugs(params: PipelineParams,
 
 def main() -> None:
     params = setup_stage()
+    ready_outputs(PATCHED_ENCODER, PATCH_LOG, PATCH_SUMMARY)
     # Under torchrun with several processes: DDP, and only rank 0 writes (distributed.py).
     context = setup(params.patch.distributed, params.patch.settings.get("device", "auto"))
     encoder, adapter = load_encoder(params.paths.encoder)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from mudjack.data import LabelledSet, Task, save_task, stratified_split, write_set
-from mudjack.io import atomic_dir
+from mudjack.io import atomic_dir, ready_outputs
 from mudjack.loaders import limit_stratified, load_data
 from stages.artifacts import PREPARED, PREPARED_SHADOW, PREPARED_TASKS, PRETRAIN
 from stages.config import PrepareParams, TaskSource, setup_stage
@@ -41,6 +41,7 @@ def further_task(source: TaskSource, seed: int) -> Task:
 
 def main() -> None:
     params = setup_stage()
+    ready_outputs(PREPARED)
     cfg = params.prepare
     provider, train, test = split_sources(cfg, params.seed)
     tasks = [make_task(cfg.task, train, test), *(further_task(t, params.seed) for t in cfg.more_tasks)]

@@ -13,7 +13,7 @@ from typing import Any
 
 from mudjack.bugs import load_bugs
 from mudjack.html_report import RunData, count_steps, render_report
-from mudjack.io import ArtifactError, atomic_path, read_json_bounded, write_json
+from mudjack.io import ArtifactError, atomic_path, read_json_bounded, ready_outputs, write_json
 from stages.artifacts import (
     BEFORE_AFTER,
     BUGS,
@@ -70,6 +70,7 @@ def read_run() -> RunData:
 
 
 def main() -> None:
+    ready_outputs(METRICS, BEFORE_AFTER, RUN_HTML)
     data = read_run()
     with progress("report", count_steps(data)) as step:
         page = render_report(data, step)

@@ -13,7 +13,7 @@ from mudjack.encoders import load_encoder, load_patch_of
 from mudjack.evaluation import predictor, retrain_heads
 from mudjack.exposure import MODELS, TaskModels, named_triggers, task_exposure
 from mudjack.heads import save_head
-from mudjack.io import atomic_dir, write_json
+from mudjack.io import atomic_dir, ready_outputs, write_json
 from mudjack.truth import read_truth, unknown_tasks
 from stages.artifacts import BUGS, HEADS, PATCHED_ENCODER, RETRAIN_SUMMARY
 from stages.common import say_rejected
@@ -46,6 +46,7 @@ def retrain_task(task: Task, encoders: dict[str, tuple], params: PipelineParams,
 
 def main() -> None:
     params = setup_stage()
+    ready_outputs(HEADS, RETRAIN_SUMMARY)
     encoders = {"backdoored": load_encoder(params.paths.encoder),
                 "patched": load_patch_of(PATCHED_ENCODER, params.paths.encoder)}
     truths, rejected = read_truth(params.paths.truth)

@@ -22,7 +22,7 @@ from mudjack.data import Task, load_shadow, load_tasks
 from mudjack.encoders import EncoderAdapter, load_encoder, load_patch_of
 from mudjack.features import extract_features
 from mudjack.heads import Head, load_head, train_head
-from mudjack.io import write_json
+from mudjack.io import ready_outputs, write_json
 from mudjack.metrics import non_target
 from mudjack.sequela import Backdoor, membership_inference, reinjection
 from mudjack.triggers import TextTrigger, Trigger
@@ -121,6 +121,7 @@ def reinject(params: PipelineParams, tasks: dict[str, Task], patched: tuple[nn.M
 
 def main() -> None:
     params = setup_stage()
+    ready_outputs(SEQUELA)
     tasks = load_tasks(params.paths.tasks)
     encoders = {"backdoored": load_encoder(params.paths.encoder),
                 "patched": load_patch_of(PATCHED_ENCODER, params.paths.encoder)}

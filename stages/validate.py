@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from mudjack.io import remove_stale_temporaries, write_json
+from mudjack.io import ready_outputs, write_json
 from mudjack.safepath import quarantine
 from stages.artifacts import QUARANTINE, VALIDATION
 from stages.config import inbox_folder, setup_stage
@@ -21,7 +21,7 @@ from stages.expectations import GXRunner, format_failures, format_rejections, va
 def main(runner: GXRunner | None = None) -> int:
     """Run the stage in the current folder; `runner` reuses a GX context (tests, benchmarks)."""
     params = setup_stage()
-    remove_stale_temporaries(VALIDATION)
+    ready_outputs(VALIDATION)
     try:
         inbox = inbox_folder(params.paths)  # a mistyped inbox is an error, not an empty run
         for moved in quarantine(inbox, QUARANTINE):

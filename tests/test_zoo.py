@@ -339,6 +339,26 @@ def test_the_truth_file_holds_every_pair(tmp_path) -> None:
     assert [t for _, t in load_truth_pairs(paths)] == [{"digits": 5}]
 
 
+def test_task_names_saved_as_bytes_are_the_tasks(tmp_path) -> None:
+    """np.array([b"digits"]) was read as task "b'digits'", whose target then matched no task."""
+    paths = truth_paths(tmp_path / "t.npz")
+    np.savez(paths.truth, mask=MASK, pattern=PIXELS, tasks=np.array([b"digits"]), targets=np.array([4]))
+    assert [targets for _, targets in load_truth_pairs(paths)] == [{"digits": 4}]
+
+
+def test_a_report_is_measured_against_the_trigger_that_targets_its_class() -> None:
+    """Of a dual backdoor, intake measured every report against the first trigger (IoU 0 for a
+    second trigger's report recovered exactly)."""
+    from mudjack.truth import truth_for
+
+    first, second = zoo_triggers("dual", (8, 8, 3), 2)
+    pairs = [(first, {"digits": 0}), (second, {"digits": 3, "parity": 1})]
+    assert truth_for(pairs, "digits", 3) is second and truth_for(pairs, "parity", 1) is second
+    assert truth_for(pairs, "digits", 0) is first and truth_for(pairs, "digits", 7) is first
+    assert truth_for(first, "digits", 3) is first and truth_for(None, "digits", 0) is None
+    assert truth_for([], "digits", 0) is None
+
+
 def test_truth_tasks_that_are_not_tasks_here_are_named() -> None:
     """A truth file naming a task that does not exist was used without a word."""
     from mudjack.truth import unknown_tasks
@@ -371,6 +391,12 @@ NAMES, ZERO = np.array(["digits"]), np.array([0])
      "names a task twice"),  # was: target 3, silently
     ({"mask": MASK, "pattern": PIXELS, "tasks": NAMES, "targets": ZERO, "trigger1_targets": ZERO},
      "missing trigger1_tasks"),
+    ({"mask": MASK, "pattern": PIXELS, "tasks": NAMES, "targets": ZERO,  # was: trigger 1 dropped silently
+      "trigger1_mask": MASK, "trigger1_pattern": PIXELS}, "missing trigger1_tasks, trigger1_targets"),
+    ({"mask": MASK, "pattern": PIXELS, "tasks": NAMES, "targets": ZERO, "trigger2_mask": MASK,
+      "trigger2_pattern": PIXELS, "trigger2_tasks": NAMES, "trigger2_targets": ZERO}, "without a gap"),
+    ({"mask": MASK.astype(np.uint8) * 51, "pattern": PIXELS, "tasks": NAMES, "targets": ZERO},
+     "divide by 255"),  # alpha 0.2 in bytes: was read as a hard mask of the whole patch
 ])
 def test_a_malformed_truth_file_is_rejected_with_its_reason_and_the_run_goes_on(
         tmp_path, capsys, arrays: dict, reason: str) -> None:

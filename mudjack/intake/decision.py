@@ -32,6 +32,7 @@ from mudjack.intake.verify import (
 from mudjack.io import sha256_bytes
 from mudjack.reports import BugReport
 from mudjack.triggers import TextTrigger, Trigger, trigger_correlation, trigger_coverage, trigger_iou
+from mudjack.truth import Truth, truth_for
 
 
 class IntakeParams(Params):
@@ -107,9 +108,10 @@ def _reproduce(report: BugReport, predicted: int) -> str | None:
 
 
 def intake_report(report: BugReport, deployed: Deployed, tasks: dict[str, Task], *,
-                  params: IntakeParams, truth: Trigger | TextTrigger | None = None,
+                  params: IntakeParams, truth: Truth = None,
                   seed: int = 0) -> tuple[Decision, Bug | None]:
-    """Reproduce, pick a reference, reverse and verify the trigger; reject with reasons otherwise."""
+    """Reproduce, pick a reference, reverse and verify the trigger; reject with reasons otherwise.
+    `truth` (evaluation only): what the reversed trigger is measured against (`truth_for`)."""
     if problem := _check_report(report, deployed, tasks):
         return _reject(report, *problem), None
     task = tasks[report.task]
@@ -134,7 +136,7 @@ def intake_report(report: BugReport, deployed: Deployed, tasks: dict[str, Task],
                        flip_rate=deployed.flip_rate(task.name, predicted),
                        score=deployed.log_prob(task.name, predicted),
                        accept=verdict.passes if checks.enabled else None, record=reversal)
-    trigger = recovery.trigger
+    trigger, truth = recovery.trigger, truth_for(truth, task.name, predicted)
     numbers.update(reference_index=ref_index, mask_pixels=trigger.pixels, reversal=reversal,
                    **_truth_numbers(trigger, truth))
     if recovery.alternates:

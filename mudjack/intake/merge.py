@@ -20,14 +20,14 @@ from mudjack.data import Task, in_input_space
 from mudjack.deployed import Deployed
 from mudjack.intake.decision import Decision, IntakeParams, intake_report
 from mudjack.reports import BugReport, Claims, ReportError, read_report, report_stem
-from mudjack.triggers import TextTrigger, Trigger
+from mudjack.truth import Truth
 
 
 class Intake:
     """Decides reports one by one, remembering content hashes to merge duplicates."""
 
     def __init__(self, deployed: Deployed, tasks: dict[str, Task], *, params: IntakeParams, seed: int = 0,
-                 truth: Trigger | TextTrigger | None = None,
+                 truth: Truth = None,
                  validation: dict[str, Any] | None = None) -> None:
         """`validation`: the `reports` verdicts of validation.json (rejected and codes by file)."""
         deployed = deployed.for_inference()  # folded once per inbox; intake_report's call is then a no-op

@@ -192,6 +192,136 @@ def test_submit_refuses_an_input_named_as_a_report(tiny_repo: Path, tmp_path: Pa
     assert not inbox.exists() or not list(inbox.iterdir())
 
 
+def _image(value: int) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8), (value, value, value)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _mail(folder: Path, report_id: str, name: str, image: bytes, label: int = 3) -> Path:
+    """A report `report_id` with input `name` in `folder`, as a client sends it."""
+    folder.mkdir(parents=True)
+    (folder / name).write_bytes(image)
+    path = folder / f"{report_id}.json"
+    path.write_text(json.dumps({"id": report_id, "task": "digits", "label": label, "input": name}))
+    return path
+
+
+def _submit(report: Path, inbox: Path) -> Path:
+    from mudjack.reports import read_report
+    from pipeline.inbox import add_to_inbox
+
+    return add_to_inbox(report, read_report(report), inbox)
+
+
+@pytest.mark.parametrize("shared", ["id", "input"])
+def test_submit_never_replaces_what_another_submit_put_after_the_check(
+        tmp_path: Path, monkeypatch, shared: str) -> None:
+    """Two submits at once of reports sharing an id (or an input name) both said accepted: the
+    name was free when each checked, and the later rename replaced the first one's file."""
+    import pipeline.inbox as inbox_module
+
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    ids, names = (("dup", "dup"), ("a.png", "b.png")) if shared == "id" else \
+        (("r-a", "r-b"), ("in.png", "in.png"))
+    first = _mail(tmp_path / "a", ids[0], names[0], _image(10), label=1)
+    second = _mail(tmp_path / "b", ids[1], names[1], _image(20), label=2)
+    listing = inbox_module.entries
+
+    def other_submit_lands_right_after(folder, suffix):  # each check sees the inbox before it
+        seen = [p for p in listing(folder, suffix) if p.name not in {first.name, names[0]}]
+        for sent in (first.parent / names[0], first):
+            if not (inbox / sent.name).exists():
+                (inbox / sent.name).write_bytes(sent.read_bytes())
+        return seen
+
+    monkeypatch.setattr(inbox_module, "entries", other_submit_lands_right_after)
+    with pytest.raises(inbox_module.InboxError, match="already in the inbox"):
+        _submit(second, inbox)
+    assert sorted(os.listdir(inbox)) == sorted({first.name, names[0]})  # nothing of b, no temporary
+    assert (inbox / first.name).read_bytes() == first.read_bytes()
+    assert (inbox / names[0]).read_bytes() == _image(10)
+
+
+def test_submit_waits_for_another_submit_then_refuses_in_one_line(tmp_path: Path,
+                                                                   monkeypatch) -> None:
+    """A submit now holds a lock on the inbox while it checks and copies (so that none takes
+    another's input, not yet named by its JSON, for a killed submit's leftover)."""
+    import fcntl
+
+    import pipeline.inbox as inbox_module
+
+    monkeypatch.setattr(inbox_module, "LOCK_WAIT_S", 0.2, raising=False)
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    held = os.open(inbox, os.O_RDONLY)
+    try:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(inbox_module.InboxError, match="another submit is writing to the inbox"):
+            _submit(_mail(tmp_path / "mail", "r-1", "in.png", _image(10)), inbox)
+    finally:
+        os.close(held)
+    assert os.listdir(inbox) == []
+
+
+def test_submit_that_cannot_write_the_report_takes_its_input_back(tmp_path: Path,
+                                                                  monkeypatch) -> None:
+    """With the disk full at the report JSON, the copied input stayed in the inbox and every
+    resubmit was refused `already in the inbox: 'in-a.png'`."""
+    import tempfile
+
+    inbox = tmp_path / "inbox"
+    report = _mail(tmp_path / "mail", "rep", "in-a.png", _image(10))
+    make_temporary = tempfile.mkstemp
+
+    def disk_full_at_the_report(*args, prefix: str = "", **kwargs):
+        if prefix.startswith(".rep.json."):
+            raise OSError(28, "No space left on device")
+        return make_temporary(*args, prefix=prefix, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkstemp", disk_full_at_the_report)
+    with pytest.raises(OSError, match="No space left on device"):
+        _submit(report, inbox)
+    assert os.listdir(inbox) == []
+    monkeypatch.undo()
+    assert _submit(report, inbox) == inbox / "rep.json"
+    assert sorted(os.listdir(inbox)) == ["in-a.png", "rep.json"]
+
+
+@pytest.mark.parametrize(("left", "named", "accepted"), [
+    ("same", False, True),      # a submit killed between its input and its JSON
+    ("other", False, False),    # another file of that name: not this report's
+    ("same", True, False),      # the input of a report already in the inbox
+])
+def test_submit_reuses_only_the_input_a_killed_submit_left(tmp_path: Path, left: str,
+                                                           named: bool, accepted: bool) -> None:
+    """A submit killed after copying the input left it without a report; the resubmit was
+    refused `already in the inbox: 'in-a.png'` and nothing could put the report in again."""
+    from pipeline.inbox import InboxError
+
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    (inbox / "in-a.png").write_bytes(_image(10 if left == "same" else 99))
+    if named:
+        (inbox / "other.json").write_text(json.dumps(
+            {"id": "other", "task": "digits", "label": 1, "input": "in-a.png"}))
+    report = _mail(tmp_path / "mail", "rep", "in-a.png", _image(10))
+    before = {p.name: p.read_bytes() for p in inbox.iterdir()}
+    if accepted:
+        assert _submit(report, inbox) == inbox / "rep.json"
+        assert (inbox / "rep.json").read_bytes() == report.read_bytes()
+    else:
+        with pytest.raises(InboxError, match="already in the inbox: 'in-a.png'"):
+            _submit(report, inbox)
+        assert {p.name: p.read_bytes() for p in inbox.iterdir()} == before
+    assert (inbox / "in-a.png").read_bytes() == before["in-a.png"]
+
+
 @pytest.mark.parametrize("damage", ["folder", "unparsable"])
 def test_stages_and_status_name_a_damaged_dvc_config_in_one_line(tiny_repo: Path, damage: str) -> None:
     """A .dvc/config that is a folder was a 150-line traceback of `stages`; a broken one made
@@ -350,3 +480,15 @@ def test_status_names_a_damaged_metrics_file_in_one_line(tiny_repo: Path) -> Non
     result = runner.invoke(app, ["status", "--root", str(tiny_repo)], terminal_width=200)
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert "metrics.json: tasks: Input should be a valid dictionary" in result.output
+
+
+def test_status_while_a_run_holds_dvcs_lock_is_one_line(tiny_repo: Path) -> None:
+    """It printed DVC's five lines (`... is busy, it is being blocked by: ... rwlock ...`)."""
+    lock_dir = tiny_repo / ".dvc" / "tmp"
+    lock_dir.mkdir(exist_ok=True)
+    holder = {"pid": os.getpid(), "cmd": "dvc repro"}  # a live process other than `dvc status`
+    (lock_dir / "rwlock").write_text(json.dumps({"write": {str(tiny_repo / "a.txt"): holder}}))
+    result = runner.invoke(app, ["status", "--root", str(tiny_repo)], terminal_width=300)
+    assert result.exit_code == 1
+    assert result.stderr.splitlines() == [
+        f"error: DVC is busy: another run holds the lock (PID {os.getpid()}); try again when it ends"]

@@ -36,6 +36,7 @@ stages:
     outs: [src/x.txt]
 """
     )
+    (root / "src" / "x.txt").unlink()  # make_x makes it (a file of the user's there stops a run)
     assert stages_in_order(root, "a") == ["make_x", "a"]
 
 
@@ -109,3 +110,61 @@ stages:
     assert info.value.stage == "boom"
     assert info.value.returncode != 0
     assert "going down" in str(info.value)
+
+
+def _gone(pid: int) -> bool:
+    """Whether `pid` has ended (a zombie nobody reaps yet counts as ended)."""
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def test_sigterm_while_waiting_ends_the_whole_process_group(tmp_path: Path) -> None:
+    """SIGTERM to `mudjack run` killed DVC only: the stage command DVC had started ran on as an
+    orphan and wrote its output after DVC's lock was gone."""
+    import signal
+    import threading
+    import time
+
+    from pipeline.cli import SIGTERM_EXIT, exit_on_sigterm
+
+    # The parent stands for `dvc repro`, its child for the stage command it runs.
+    parent = ("import os, subprocess, sys, time; child = subprocess.Popen([sys.executable, '-c', "
+              "'import time; time.sleep(60)']); time.sleep(0.2); "
+              "open('pids.tmp', 'w').write(f'{os.getpid()} {child.pid}'); "
+              "os.rename('pids.tmp', 'pids'); child.wait()")
+    pids_file = tmp_path / "pids"
+
+    def stop_main_thread() -> None:
+        deadline = time.monotonic() + 30
+        while not pids_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGTERM)
+
+    threading.Thread(target=stop_main_thread, daemon=True).start()
+    with pytest.raises(SystemExit) as stopped, exit_on_sigterm():
+        run_dvc([sys.executable, "-c", parent], tmp_path)
+    assert stopped.value.code == SIGTERM_EXIT
+    pids = [int(pid) for pid in pids_file.read_text().split()]
+    deadline = time.monotonic() + 5
+    while not all(_gone(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert all(_gone(pid) for pid in pids), pids
+
+
+@pytest.mark.parametrize(("output", "message"), [
+    ("ERROR: '/p/reports/validation.json' is busy, it is being blocked by:\n"
+     "  (PID 18838): /venv/bin/dvc repro -f intake\n\nIf there are no processes with such PIDs, "
+     "you can manually remove '/p/.dvc/tmp/rwlock' and try again.\n",
+     "DVC is busy: another run holds the lock (PID 18838); try again when it ends"),
+    ("ERROR: Unable to acquire lock. Most likely another DVC process is running or was "
+     "terminated abruptly.\n", "DVC is busy: another run holds the lock; try again when it ends"),
+    ("ERROR: failed to reproduce 'b': something else\n", None),
+])
+def test_busy_message_is_one_line(output: str, message: str | None) -> None:
+    from pipeline.dag import busy_message
+
+    assert busy_message(output) == message

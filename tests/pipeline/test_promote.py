@@ -125,3 +125,32 @@ def test_a_registry_gto_cannot_read_is_a_promotion_error(tmp_path: Path) -> None
         with pytest.raises(PromotionError, match="registry .* is unreadable: Multiple versions") as caught:
             action(tmp_path)
         assert "\n" not in str(caught.value)
+
+
+def test_a_run_older_than_params_yaml_is_not_promoted(tiny_repo: Path, tmp_path: Path) -> None:
+    """params.yaml changed after `dvc repro`: the promotion committed the new params.yaml with
+    the old run's dvc.lock and metrics, and registered that commit in prod."""
+    run_dvc(REPRO, tiny_repo)
+    params = tiny_repo / "params.yaml"
+    params.write_text(params.read_text().replace("factor: 2", "factor: 7"))
+    remote = tmp_path / "remote"
+    with pytest.raises(PromotionError) as refused:
+        promote_run(tiny_repo, read_metrics(tiny_repo), str(remote))
+    assert str(refused.value) == (
+        "the run is out of date, nothing promoted: b: changed deps: params.yaml: b.factor: "
+        "modified; run `mudjack run` (or `dvc repro`) first")
+    assert not remote.exists() and not (tiny_repo / ".dvc" / "config.local").exists()
+    assert git(tiny_repo, "log", "--all", "--oneline") == "" and versions(tiny_repo) == []
+    bump_factor(tiny_repo)  # rerun: now the record matches, and it is promoted
+    assert promote_run(tiny_repo, read_metrics(tiny_repo), str(remote)).version == "v1.0.0"
+
+
+def test_a_stage_outside_the_metrics_upstream_does_not_block(repo_factory, tmp_path: Path) -> None:
+    """The flow runs up to the stage writing metrics.json (`report`); a stage beside it that it
+    never runs (`sequela`) is no part of the run's record."""
+    from tests.pipeline.conftest import DVC_YAML
+
+    root = repo_factory(DVC_YAML + "  beside:\n    cmd: python -c \"open('d.txt', 'w')\"\n"
+                                   "    outs: [d.txt]\n")
+    run_dvc([*REPRO, "c"], root)
+    assert promote_run(root, read_metrics(root), str(tmp_path / "remote")).version == "v1.0.0"
