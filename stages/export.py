@@ -23,7 +23,18 @@ def export_image(encoder: nn.Module, adapter: EncoderAdapter, head: Head, task: 
     pixels = adapter.preprocess(task.test.x)
     export_onnx(model, pixels[:2], path, opset=params.export.opset)
     check = verify_onnx(path, model, pixels, tolerance=params.export.tolerance)
-    return check, "float32 pixels in [0, 1], (batch, C, H, W)"
+    return check, image_input(adapter, task)
+
+
+def image_input(adapter: EncoderAdapter, task: Task) -> str:
+    """The manifest's words for an image model's input; an encoder that resizes says from what
+    and how, since the ONNX model takes its own size only."""
+    height, width, channels = adapter.input_shape
+    described = f"float32 pixels in [0, 1], (batch, {channels}, {height}, {width})"
+    if adapter.resizes_inputs and tuple(task.input_shape[:2]) != (height, width):
+        described += (f": the task's {task.input_shape[0]}x{task.input_shape[1]} uint8 images resized "
+                      f"first (bilinear, antialiased, rounded to uint8: the adapter's resize_raw)")
+    return described
 
 
 def export_text(encoder: nn.Module, adapter: HFTextAdapter, head: Head, task: Task, path: Path,

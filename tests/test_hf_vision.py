@@ -13,6 +13,8 @@ import json
 import os
 import re
 import shutil
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -37,6 +39,7 @@ from mudjack.patching.mudjacking import MudjackingParams, mudjacking
 from mudjack.reports import BugReport
 from mudjack.triggers import Trigger, patch_trigger
 
+ROOT = Path(__file__).resolve().parents[1]
 SIDE = 32
 TINY = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "image_size": SIDE,
         "patch_size": 8}
@@ -387,6 +390,14 @@ def _edit_json(name: str, **changes: object) -> Callable[[Path], None]:
     return edit
 
 
+def _without(name: str, key: str) -> Callable[[Path], None]:
+    def edit(folder: Path) -> None:
+        data = json.loads((folder / name).read_text())
+        (folder / name).write_text(json.dumps({k: v for k, v in data.items() if k != key}))
+
+    return edit
+
+
 def _replace(name: str, make: Callable[[Path], None]) -> Callable[[Path], None]:
     def edit(folder: Path) -> None:
         (folder / name).unlink()
@@ -431,6 +442,12 @@ CARELESS_FOLDERS = {
                                  "has weights of other shapes than its config says"),
     "index weight_map a list": (lambda f: (f / "model.safetensors.index.json").write_text(
         '{"weight_map": []}'), "weight_map must map"),
+    # whether it crops depends on the processor's class: was read as not cropping, silently
+    "crop_size without do_center_crop": (_edit_json("preprocessor_config.json", crop_size={"height": 16,
+                                                                                          "width": 16}),
+                                         "crop_size without do_center_crop"),
+    "no image_mean": (_without("preprocessor_config.json", "image_mean"),
+                      "preprocessor_config.json has no image_mean"),  # was: "got None"
 }
 
 
@@ -470,6 +487,8 @@ def test_the_foundation_stage_starts_from_a_model_folders_own_weights(vit_folder
 @pytest.mark.parametrize("processor", [
     {"do_rescale": False, "image_mean": [123.7, 116.3, 103.5], "image_std": [58.4, 57.1, 57.4]},
     {"do_rescale": False, "do_normalize": False},
+    {"size": [SIDE, SIDE]},  # was refused: "cannot read an input size"
+    {"image_mean": 0.45, "image_std": 0.25},  # one number for every channel: was refused
 ])
 def test_a_processor_that_does_not_rescale_gives_the_model_what_transformers_gives_it(vit_folder, tmp_path,
                                                                                        processor):
@@ -502,3 +521,64 @@ def test_validation_refuses_a_task_of_other_channels_than_a_resizing_encoder_tak
     with pytest.raises(ValueError, match=f"task 't' holds {'x'.join(map(str, shape))} images but the encoder "
                                          r"\(hf_vision\) takes 3-channel images of any size"):
         check_task_sizes(tasks(shape), adapter)
+
+
+# One Mudjacking step and one head-training step of a small ResNet at 224 px, in a process of
+# its own: torch's CPU backward of its 1x1 stride-2 shortcut in NHWC (8 channels at 56x56)
+# segfaulted the patch stage, which died with exit -11 and printed nothing.
+AT_224 = """
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import transformers as hf
+
+from mudjack.bugs import Bug
+from mudjack.encoders import get_adapter
+from mudjack.heads import Head
+from mudjack.patching.mudjacking import MudjackingParams, mudjacking
+from mudjack.triggers import patch_trigger
+
+torch.set_num_threads(1)
+folder = Path(sys.argv[1])
+config = hf.ResNetConfig(embedding_size=8, layer_type="basic", hidden_sizes=[8, 16], depths=[1, 1])
+hf.ResNetModel(config).save_pretrained(folder)
+hf.ConvNextImageProcessor(size={"shortest_edge": 224}, do_normalize=False).save_pretrained(folder)
+adapter = get_adapter("hf_vision", {"folder": str(folder)})
+encoder = adapter.load_pretrained()
+images = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+trigger = patch_trigger((224, 224, 3), 28, 190, 190)
+bug = Bug("b", "t", 1, 0, adapter.stamp(images[:1], trigger)[0], adapter.resize_raw(images[1]), trigger)
+params = MudjackingParams(epochs=1, batch_size=2, clean_samples=2, views=1, device="cpu")
+mudjacking(encoder, adapter, images, [bug], params)
+head = Head(adapter.feature_dim, 2, hidden=[], dropout=0.0)
+pixels = adapter.preprocess(images)
+loss = torch.nn.functional.cross_entropy(head(encoder(pixels)), torch.tensor([0, 1, 0, 1]))
+loss.backward()
+print("ok")
+"""
+
+
+def test_a_small_resnet_at_224_patches_and_trains_without_crashing(tmp_path):
+    done = subprocess.run([sys.executable, "-c", AT_224, str(tmp_path / "resnet224")], capture_output=True,
+                          text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=ROOT)
+    assert done.returncode == 0 and done.stdout.strip().endswith("ok"), (done.returncode, done.stderr[-2000:])
+
+
+def test_hf_vision_runs_in_nchw(tiny):
+    _, adapter, _ = tiny
+    assert adapter.channels_last is False and adapter.preprocess(_images(2)).is_contiguous()
+
+
+def test_the_manifest_says_how_a_task_of_another_size_reaches_the_onnx_model(tiny):
+    """The ONNX model takes the encoder's size only; the manifest said just "(batch, C, H, W)"."""
+    from types import SimpleNamespace
+
+    from stages.export import image_input
+
+    _, adapter, _ = tiny
+    other = image_input(adapter, SimpleNamespace(input_shape=(48, 48, 3)))
+    assert other.startswith(f"float32 pixels in [0, 1], (batch, 3, {SIDE}, {SIDE}): the task's 48x48")
+    assert "resize_raw" in other
+    assert image_input(adapter, SimpleNamespace(input_shape=(SIDE, SIDE, 3))).endswith(f"{SIDE}, {SIDE})")

@@ -127,6 +127,9 @@ class EncoderAdapter:
     # Whether raw images of any size are resized to `input_shape` (`resize_raw`) before anything
     # else; fixed-size adapters take their own size only (another size is a `bad_shape` report).
     resizes_inputs = False
+    # The patch runs the encoder's convolutions in NHWC (channels_last, faster on oneDNN); an
+    # adapter sets it False where torch's NHWC kernels are not to be trusted (hf_vision).
+    channels_last = True
 
     def __post_init__(self) -> None:
         self.config = self.check_config(self.config)

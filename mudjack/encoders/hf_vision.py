@@ -124,10 +124,14 @@ def input_space(processor: dict[str, Any], channels: int) -> dict[str, Any]:
     if rescale and not (is_number(factor) and abs(factor - RESCALE) <= 1e-9):
         raise ValueError("hf_vision: only rescale_factor 1/255 (pixels to [0, 1]) is supported, got "
                          f"{repr(factor)[:40]}")
+    if "crop_size" in processor and "do_center_crop" not in processor:
+        raise ValueError("hf_vision: preprocessor_config.json gives crop_size without do_center_crop; "
+                         "whether the model's processor crops by default depends on its class "
+                         "(DINOv2's and CLIP's do, ViT's does not): set do_center_crop true or false")
     crop = processor.get("crop_size") if _flag(processor, "do_center_crop", default=False) else None
     height, width = _side(crop or processor.get("size"))
     if _flag(processor, "do_normalize", default=True):
-        mean, std = processor.get("image_mean"), processor.get("image_std")
+        mean, std = (_per_channel(processor, key, channels) for key in ("image_mean", "image_std"))
     else:
         mean, std = [0.0] * channels, [1.0] * channels
     gain = 1.0 if rescale else 255.0  # without rescaling the model normalises 0..255 pixels
@@ -151,9 +155,20 @@ def _divided(values: Any, gain: float) -> Any:
     return [v / gain for v in values]
 
 
+def _per_channel(processor: dict[str, Any], key: str, channels: int) -> Any:
+    """`key` as one number per channel (a single number, as transformers takes it, for each);
+    missing is an error naming the file: its default depends on the processor's class."""
+    if key not in processor:
+        raise ValueError(f"hf_vision: preprocessor_config.json has no {key} (needed with do_normalize)")
+    value = processor[key]
+    return [value] * channels if is_number(value) else value
+
+
 def _side(size: Any) -> tuple[int, int]:
     if isinstance(size, int):
         return size, size
+    if isinstance(size, list) and len(size) == 2:  # (height, width), as transformers reads it
+        return size[0], size[1]
     if isinstance(size, dict) and "height" in size and "width" in size:
         return size["height"], size["width"]
     if isinstance(size, dict) and "shortest_edge" in size:
@@ -244,6 +259,10 @@ class HFVisionAdapter(EncoderAdapter):
     """A transformers vision backbone (see the module docstring for the config)."""
 
     resizes_inputs = True  # as its processor config does: images of any size, resized by resize_raw
+    # torch 2.13's CPU backward of a 1x1 stride-2 convolution in NHWC segfaults at some shapes
+    # (8 channels at 56x56: a small ResNet's shortcut at 224 px), so these models run in NCHW:
+    # contiguous pixels and weights.
+    channels_last = False
 
     def __post_init__(self) -> None:
         config = dict(self.config)
@@ -335,7 +354,7 @@ class HFVisionAdapter(EncoderAdapter):
         return out.reshape(*raw.shape[:-3], *out.shape[1:])
 
     def preprocess(self, raw: np.ndarray) -> torch.Tensor:
-        return super().preprocess(self.resize_raw(raw))
+        return super().preprocess(self.resize_raw(raw)).contiguous()  # NCHW: see channels_last
 
     def stamp(self, raw: np.ndarray, trigger: Trigger) -> np.ndarray:
         return stamp(self.resize_raw(raw), trigger)

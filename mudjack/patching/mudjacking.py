@@ -257,7 +257,8 @@ def start_run(encoder: ImageEncoder, adapter: EncoderAdapter, shadow: np.ndarray
     rng = np.random.default_rng(seed)
     device = context.device if context is not None else select_device(params.device)
     patched, frozen = _prepare(encoder, device)
-    forward, frozen = prepare_models(patched, frozen, compile_models=params.compile, context=context)
+    forward, frozen = prepare_models(patched, frozen, compile_models=params.compile, context=context,
+                                     nhwc=adapter.channels_last)
     optimiser = image_optimiser(patched, params)
     count = params.clean_samples or max(1, int(round(params.shadow_fraction * len(shadow))))
     used = np.sort(rng.permutation(len(shadow))[:count])

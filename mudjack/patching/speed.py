@@ -113,9 +113,11 @@ def fold_frozen_batchnorm(module: nn.Module) -> nn.Module:
 
 
 def prepare_models(patched: nn.Module, frozen: nn.Module, *, compile_models: bool,
-                   context: Distributed | None) -> tuple[nn.Module, nn.Module]:
-    """(forward of h', forward of h) for the step; `patched` stays the module to save."""
-    channels_last(patched, frozen)
+                   context: Distributed | None, nhwc: bool = True) -> tuple[nn.Module, nn.Module]:
+    """(forward of h', forward of h) for the step; `patched` stays the module to save.
+    `nhwc`: channels_last weights (the adapter's `channels_last`)."""
+    if nhwc:
+        channels_last(patched, frozen)
     forward = wrap(fold_frozen_batchnorm(patched), context)
     frozen = fold_frozen_batchnorm(frozen)
     if compile_models:
