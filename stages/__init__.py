@@ -10,6 +10,7 @@ bury that line in the output `mudjack` shows.
 
 from __future__ import annotations
 
+import faulthandler
 import sys
 from pathlib import Path
 from types import TracebackType
@@ -31,3 +32,5 @@ def _report_input_errors(kind: type[BaseException], error: BaseException,
 
 
 sys.excepthook = _report_input_errors
+# A crash inside torch (a segfault) would end the stage with no word: say where it happened.
+faulthandler.enable()

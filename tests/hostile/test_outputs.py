@@ -125,3 +125,12 @@ def test_an_output_folder_that_is_a_file_is_one_line_from_the_stage(tmp_path: Pa
     assert done.returncode == 1
     assert done.stderr.strip().splitlines() == [done.stderr.strip()], done.stderr
     assert done.stderr.startswith("validate: ") and "reports" in done.stderr, done.stderr
+
+
+def test_a_stage_that_crashes_inside_native_code_says_where() -> None:
+    """A segfault in torch ended the patch stage with exit -11 and not a word."""
+    crash = "import stages, ctypes; ctypes.string_at(0)"
+    done = subprocess.run([sys.executable, "-c", crash], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode != 0 and "Segmentation fault" in done.stderr, done.stderr
+    assert 'File "<string>", line 1' in done.stderr
