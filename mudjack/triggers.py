@@ -132,8 +132,13 @@ def trigger_from_arrays(arrays: dict[str, np.ndarray]) -> Trigger | TextTrigger:
     """Inverse of `trigger_arrays`; an integer mask is a hard 0/1 one (other integers are
     refused: alpha saved as bytes would read as a hard mask), a float mask alpha."""
     if "words" in arrays:
-        position = str(arrays["position"]) if "position" in arrays else "random"
-        return TextTrigger(tuple(str(w) for w in arrays["words"]), cast(TextPosition, position))
+        words = _text(arrays["words"], "words")
+        if words.ndim > 1:
+            raise ValueError(f"a text trigger's words must be a list of words, got shape {words.shape}")
+        position = str(_text(arrays["position"], "position")) if "position" in arrays else "random"
+        # one string is the phrase itself: np.array("cf mn") is the words ("cf", "mn")
+        phrase = str(words).split() if words.ndim == 0 else [str(w) for w in words]
+        return TextTrigger(tuple(phrase), cast(TextPosition, position))
     mask = arrays["mask"]
     if mask.dtype.kind in "iu" and mask.size and not np.isin(mask, (0, 1)).all():
         raise ValueError(f"an integer mask must be 0 or 1 (a hard mask), got values up to {mask.max()}; "
@@ -141,6 +146,15 @@ def trigger_from_arrays(arrays: dict[str, np.ndarray]) -> Trigger | TextTrigger:
     if mask.dtype.kind in "biu":
         mask = mask.astype(bool)
     return Trigger(mask=mask, pattern=_pixels(arrays["pattern"]))
+
+
+def _text(values: np.ndarray, name: str) -> np.ndarray:
+    """Stored text as unicode: bytes (np.array([b"cf"])) decoded as UTF-8; anything else refused."""
+    if values.dtype.kind == "S":
+        return np.char.decode(values, "utf-8")
+    if values.dtype.kind != "U":
+        raise ValueError(f"a text trigger's {name} must be text, got {values.dtype}")
+    return values
 
 
 def _pixels(pattern: np.ndarray) -> np.ndarray:

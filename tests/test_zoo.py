@@ -346,6 +346,16 @@ def test_task_names_saved_as_bytes_are_the_tasks(tmp_path) -> None:
     assert [targets for _, targets in load_truth_pairs(paths)] == [{"digits": 4}]
 
 
+@pytest.mark.parametrize("words", [np.array("cf mn"), np.array([b"cf", b"mn"]), np.array(["cf", "mn"])])
+def test_text_trigger_words_as_a_phrase_or_bytes_are_the_words(tmp_path, words: np.ndarray) -> None:
+    """One string (0-d) crashed intake (TypeError: iteration over a 0-d array); bytes became the
+    words "b'cf'" and "b'mn'"."""
+    paths = truth_paths(tmp_path / "t.npz")
+    np.savez(paths.truth, words=words, position=np.array(b"end"), tasks=NAMES, targets=ZERO)
+    [(trigger, targets)] = load_truth_pairs(paths)
+    assert (trigger.words, trigger.position, targets) == (("cf", "mn"), "end", {"digits": 0})
+
+
 def test_a_report_is_measured_against_the_trigger_that_targets_its_class() -> None:
     """Of a dual backdoor, intake measured every report against the first trigger (IoU 0 for a
     second trigger's report recovered exactly)."""
@@ -397,6 +407,9 @@ NAMES, ZERO = np.array(["digits"]), np.array([0])
       "trigger2_pattern": PIXELS, "trigger2_tasks": NAMES, "trigger2_targets": ZERO}, "without a gap"),
     ({"mask": MASK.astype(np.uint8) * 51, "pattern": PIXELS, "tasks": NAMES, "targets": ZERO},
      "divide by 255"),  # alpha 0.2 in bytes: was read as a hard mask of the whole patch
+    ({"words": np.array([["cf", "mn"]]), "tasks": NAMES, "targets": ZERO}, "must be a list of words"),
+    ({"words": np.array([3, 4]), "tasks": NAMES, "targets": ZERO}, "words must be text"),
+    ({"words": np.array(""), "tasks": NAMES, "targets": ZERO}, "one or more single words"),
 ])
 def test_a_malformed_truth_file_is_rejected_with_its_reason_and_the_run_goes_on(
         tmp_path, capsys, arrays: dict, reason: str) -> None:
