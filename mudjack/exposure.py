@@ -56,7 +56,7 @@ from mudjack.triggers import TextTrigger, Trigger
 LEVEL = 0.01
 STAMP_BATCH = 512  # images stamped and classified at a time
 MODELS = ("backdoored", "patched")  # before / after the repair
-ATTACK_METRICS = ("asr", "tba", "flip_asr")
+ATTACK_METRICS = ("asr", "tba", "flip_asr", "target_tba")
 
 # raw inputs -> predicted class per input: (n,), or (heads, n) for several heads on one encoder
 Predictor = Callable[[np.ndarray], np.ndarray]
@@ -164,7 +164,7 @@ def head_scores(clean: np.ndarray, labels: np.ndarray, triggered: np.ndarray, *,
     """Each head's attack metrics for `target` (`clean` and `triggered` hold
     the predictions on every test input: one row per head, or one head as a 1-D array)."""
     kept = non_target(labels, target)
-    rows = [evaluate(c, labels, t[kept], target=target)
+    rows = [evaluate(c, labels, t[kept], target=target, target_triggered=t[~kept])
             for c, t in zip(np.atleast_2d(clean), np.atleast_2d(triggered), strict=True)]
     return {key: [row[key] for row in rows] for key in ATTACK_METRICS}
 

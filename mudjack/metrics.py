@@ -5,7 +5,10 @@ the target, the fraction predicted as the target. TBA is the accuracy against th
 true labels on those same triggered inputs. flip_asr is ASR over only the non-target inputs
 the classifier gets right without the trigger: what the trigger itself does. Plain ASR also
 counts the classifier's own errors into the target class, which on a two-class task
-(SST-2) puts a floor under it that no repair can go below.
+(SST-2) puts a floor under it that no repair can go below. target_tba is the accuracy on the
+target class's own test inputs with the trigger: ~1 for a backdoored model; a repair that
+turns the trigger into an anti-trigger (sends those inputs to another class: on SST-2 no
+other number shows it) lowers it below the clean accuracy of that class.
 """
 
 from __future__ import annotations
@@ -27,8 +30,10 @@ def attack_success_rate(triggered_predictions: np.ndarray, target: int) -> float
 
 
 def evaluate(clean_predictions: np.ndarray, labels: np.ndarray,
-             triggered_predictions: np.ndarray, *, target: int) -> dict[str, float]:
-    """`triggered_predictions` are for the non-target inputs only, in order."""
+             triggered_predictions: np.ndarray, *, target: int,
+             target_triggered: np.ndarray | None = None) -> dict[str, float]:
+    """`triggered_predictions` are for the non-target inputs only, in order; with
+    `target_triggered` (the target-class inputs', in order) also target_tba."""
     selected = non_target(labels, target)
     kept = labels[selected]
     if len(kept) != len(triggered_predictions):
@@ -39,4 +44,5 @@ def evaluate(clean_predictions: np.ndarray, labels: np.ndarray,
         "asr": attack_success_rate(triggered_predictions, target),
         "tba": clean_accuracy(triggered_predictions, kept),
         "flip_asr": attack_success_rate(triggered_predictions[right], target),
+        **({} if target_triggered is None else {"target_tba": attack_success_rate(target_triggered, target)}),
     }
