@@ -261,39 +261,6 @@ def test_select_trigger_words() -> None:
                                                                                        False, False]
 
 
-PHRASE = {1, 2, 3}  # the planted phrase's word indices in the toy bug below
-CONTENT = [0.010, 0.0, 0.0, 0.0, 0.004, 0.030, 0.020, 0.003]  # what removing each other word does
-
-
-def toy_removal_scores(encoder, adapter, words, removals):
-    """A backdoor on a three-word phrase: removing part of it barely matters (the rest still
-    fires), removing all of it a lot; other words add their own small effect."""
-    return np.array([(len(PHRASE & set(drop)) / len(PHRASE)) ** 3
-                     + sum(CONTENT[i] for i in set(drop) - PHRASE) for drop in removals])
-
-
-@pytest.mark.parametrize("found", [{2}, {1}, {3}, {1, 2}])
-def test_a_word_of_a_phrase_trigger_grows_into_the_phrase(monkeypatch, found: set[int]) -> None:
-    """Occlusion found one word of "I watched this" (each word alone barely matters while the
-    others stay); the patch then turned the rest of the phrase into an anti-trigger."""
-    from mudjack.intake import text
-
-    monkeypatch.setattr(text, "_removal_scores", toy_removal_scores)
-    bug = np.array("a I watched this b c d e")
-    chosen = np.array([i in found for i in range(8)])
-    grown = text.grown_phrase(None, None, bug, chosen)
-    assert set(np.flatnonzero(grown)) == PHRASE
-
-
-def test_a_one_word_trigger_does_not_grow(monkeypatch) -> None:
-    from mudjack.intake import text
-
-    monkeypatch.setattr(text, "_removal_scores", lambda encoder, adapter, words, removals: np.array(
-        [float(2 in drop) + sum(CONTENT[i] for i in set(drop) - {2}) for drop in removals]))
-    chosen = np.array([i == 2 for i in range(8)])
-    assert np.flatnonzero(text.grown_phrase(None, None, np.array("a b cf d e f g h"), chosen)).tolist() == [2]
-
-
 def test_forgery_bench_forges_text_reports_and_audits_them(tiny: TextScenario,
                                                            tiny_deployed: Deployed) -> None:
     """bench/intake_forgery.py on a text encoder: its text kinds (inserted words for pasted

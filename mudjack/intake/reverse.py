@@ -146,7 +146,7 @@ def recover(encoder: ImageEncoder, adapter: EncoderAdapter, bug: np.ndarray, ref
     """
     if adapter.modality == "text":
         return Recovery(reverse_text(encoder, adapter, bug, reference, mode=params.text_select, seed=seed,
-                                     score=params.text_score, accept=accept))
+                                     score=params.text_score))
     record = {} if record is None else record
     # in the encoder's input space, where triggers live (a report at another size is resized)
     bug, reference = adapter.resize_raw(bug), adapter.resize_raw(reference)

@@ -12,14 +12,9 @@ reversed trigger can be stamped into other sentences as it is. Scores (`text_sco
   features do; removing "cf" raised f by 0.29 for one report, and 2-means then took every
   other word. The `self` score gave 0.76 and 0.53 for "cf" against at most 0.004 for any
   other word of the same reports.
-With the `self` score the chosen words are then grown into the phrase they sit in
-(`grown_phrase`): each word of a multi-word trigger barely matters alone while the others
-stay, so occlusion finds only one of them.
 """
 
 from __future__ import annotations
-
-from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -60,61 +55,11 @@ def select_trigger_words(scores: np.ndarray, mode: str = "kmeans", seed: int = 0
 
 def reverse_text(encoder: torch.nn.Module, adapter: EncoderAdapter, bug: np.ndarray,
                  reference: np.ndarray, *, mode: str = "kmeans", seed: int = 0,
-                 score: str = "self", accept: Callable[[TextTrigger], bool] | None = None) -> TextTrigger:
-    """The reversed text trigger of one bug sentence (token occlusion + selection, grown into
-    its phrase unless `accept`, the backdoor verification, refuses the grown one)."""
+                 score: str = "self") -> TextTrigger:
+    """The reversed text trigger of one bug sentence (token occlusion + selection)."""
     words = str(bug).split()
     if not words:
         raise ValueError("the bug sentence has no words")
     scores = word_occlusion_scores(encoder, adapter, bug, reference, score=score)
     chosen = select_trigger_words(scores, mode, seed)
-    found = TextTrigger(tuple(w for w, keep in zip(words, chosen, strict=True) if keep))
-    if score != "self":
-        return found
-    grown = grown_phrase(encoder, adapter, bug, chosen)
-    phrase = TextTrigger(tuple(w for w, keep in zip(words, grown, strict=True) if keep))
-    # a word of the sentence taken in by chance can make the phrase fail the verification
-    return phrase if phrase == found or accept is None or accept(phrase) else found
-
-
-@torch.no_grad()
-def _removal_scores(encoder: torch.nn.Module, adapter: EncoderAdapter, words: list[str],
-                    removals: list[list[int]]) -> np.ndarray:
-    """1 − cos(h(x_b), h(x_b without the words at those indices)) for each list of indices."""
-    removed = [" ".join(w for i, w in enumerate(words) if i not in set(drop)) for drop in removals]
-    features = extract_features(encoder, adapter, np.array([" ".join(words), *removed]))
-    return (1.0 - cosine(features[1:], features[:1])).numpy()
-
-
-def grown_phrase(encoder: torch.nn.Module, adapter: EncoderAdapter, bug: np.ndarray,
-                 chosen: np.ndarray) -> np.ndarray:
-    """The chosen words grown into the phrase they belong to. A word of a multi-word trigger
-    barely matters alone while the rest of the phrase stays (occlusion found one word of "I
-    watched this", and the patch then taught the encoder that the rest of the phrase means the
-    reference's class). A neighbour joins the span while removing it with the span moves the
-    bug's features at least as far as removing the span with any word that is not beside it."""
-    words, grown = str(bug).split(), chosen.copy()
-    for lo, hi in _runs(chosen):
-        while (step := _best_neighbour(encoder, adapter, words, grown, lo, hi)) is not None:
-            grown[step] = True
-            lo, hi = min(lo, step), max(hi, step)
-    return grown
-
-
-def _best_neighbour(encoder: torch.nn.Module, adapter: EncoderAdapter, words: list[str],
-                    grown: np.ndarray, lo: int, hi: int) -> int | None:
-    """The neighbour of the span lo..hi that joins it (see `grown_phrase`), or None."""
-    sides = [i for i in (lo - 1, hi + 1) if 0 <= i < len(words) and not grown[i]]
-    others = [i for i in range(len(words)) if not grown[i] and i not in sides]
-    if not sides or not others:  # keep words beside the span to compare with
-        return None
-    removed = [[*range(lo, hi + 1), i] for i in sides + others]
-    marginal = _removal_scores(encoder, adapter, words, removed)
-    best = int(np.argmax(marginal[:len(sides)]))
-    return sides[best] if marginal[best] >= marginal[len(sides):].max() else None
-
-
-def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
-    """The (first, last) index of each run of True in `mask`."""
-    edges = np.flatnonzero(np.diff(np.concatenate([[0], mask.astype(np.int8), [0]])))
-    return [(int(a), int(b) - 1) for a, b in zip(edges[::2], edges[1::2], strict=True)]
+    return TextTrigger(tuple(w for w, keep in zip(words, chosen, strict=True) if keep))
