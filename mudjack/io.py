@@ -94,13 +94,13 @@ def ready_outputs(*paths: str | Path, root: str | Path = ".") -> None:
     out of it would have the stage write elsewhere), and what a killed run left beside it
     is removed (`remove_stale_temporaries`)."""
     base = Path(os.path.realpath(root))
-    paths = tuple(path for path in paths if str(path) not in ("", "."))  # "": no such output
-    for path in paths:
-        real = Path(os.path.realpath(Path(root) / path))
+    outputs = [Path(root) / path for path in paths if str(path) not in ("", ".")]  # "": no such output
+    for path in outputs:
+        real = Path(os.path.realpath(path))
         if not real.is_relative_to(base):
             raise ArtifactError(f"{path}: resolves to {real}, outside the project {base}; a stage "
                                 "writes its outputs inside the project only (make it a folder, not a link)")
-    remove_stale_temporaries(*(Path(root) / path for path in paths))
+    remove_stale_temporaries(*outputs)
 
 
 def write_json(path: str | Path, data: Any) -> None:
