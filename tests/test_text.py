@@ -443,3 +443,14 @@ def test_text_tables_and_reports_validate(tmp_path: Path) -> None:
     write_npz(tmp_path / "shadow.npz", text=np.array(["the film \ud800 was dull"] * 6))  # a lone surrogate
     with pytest.raises(ValueError, match="shadow.npz: 'utf-8' codec can't encode character"):  # was ": utf-8"
         image_sets(tmp_path / "shadow.npz", tasks)
+
+
+def test_the_intake_log_names_the_recovered_words(tiny: TextScenario, tiny_deployed: Deployed) -> None:
+    """The recovered words were only in the registry's arrays.npz: a rejected report's were nowhere."""
+    from mudjack.intake import IntakeParams, intake_report
+    from mudjack.reports import BugReport
+
+    bug, _ = _bug(tiny, 0)
+    report = BugReport("r-1", "toy", 1 - TARGET, np.asarray(bug), None)
+    decision, _ = intake_report(report, tiny_deployed, {"toy": tiny.task}, params=IntakeParams(), seed=0)
+    assert decision.numbers["trigger_words"] == ["cf"], decision.reasons

@@ -139,6 +139,8 @@ def intake_report(report: BugReport, deployed: Deployed, tasks: dict[str, Task],
     trigger, truth = recovery.trigger, truth_for(truth, task.name, predicted)
     numbers.update(reference_index=ref_index, mask_pixels=trigger.pixels, reversal=reversal,
                    **_truth_numbers(trigger, truth))
+    if isinstance(trigger, TextTrigger):  # what a reader of the log wants to see; pixels are in arrays.npz
+        numbers["trigger_words"] = list(trigger.words)
     if recovery.alternates:
         numbers["alternates_truth"] = [_truth_numbers(t, truth) for t in recovery.alternates]
     reasons = ["reproduced; trigger reverse-engineered"]
