@@ -22,9 +22,9 @@ from mudjack.safepath import InputError, kind, one_line, read_bounded
 
 
 @contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary sibling of `path`; rename it into place only if the block succeeds."""
-    path = Path(path)
+def _sibling(path: Path) -> Iterator[Path]:
+    """A new empty temporary file beside `path` (`.<name>.*.tmp`), removed after the block
+    unless the block moved it away."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
@@ -32,9 +32,27 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     tmp_path.chmod(0o644)  # mkstemp makes it owner-only; artifacts are read by other users too
     try:
         yield tmp_path
-        os.replace(tmp_path, path)
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary sibling of `path`; rename it into place only if the block succeeds."""
+    path = Path(path)
+    with _sibling(path) as tmp:
+        yield tmp
+        os.replace(tmp, path)
+
+
+def write_new(path: str | Path, data: bytes) -> None:
+    """Write `data` as `path`, whole or not at all, never replacing a file there: a complete
+    temporary is hard-linked to the name, which raises FileExistsError where another process
+    took it first (`atomic_path` would replace it)."""
+    path = Path(path)
+    with _sibling(path) as tmp:
+        tmp.write_bytes(data)
+        os.link(tmp, path)
 
 
 @contextmanager

@@ -5,13 +5,13 @@ from __future__ import annotations
 import fcntl
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from mudjack.config import ParamsError, read_params_yaml
+from mudjack.io import write_new
 from mudjack.reports import (
     MAX_INPUT_BYTES,
     MAX_JSON_BYTES,
@@ -124,19 +124,11 @@ def _check_inside(target: Path, inbox: Path) -> None:
 
 
 def _place_new(target: Path, data: bytes) -> None:
-    """Write `data` as `target`, whole or not at all, never replacing a file there: a complete
-    temporary is hard-linked to the name, which fails where another process took it first."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    """`data` as `target`, never replacing a file another submit put there after the checks."""
     try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-        os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; the stages may run as another user
-        os.link(tmp, target)
+        write_new(target, data)
     except FileExistsError:
         raise InboxError(f"already in the inbox: {printable(target.name)}") from None
-    finally:
-        os.unlink(tmp)
 
 
 def _is_leftover(target: Path, data: bytes, inbox: Path) -> bool:

@@ -29,7 +29,10 @@ from stages.progress import progress
 from stages.summaries import SHAPES, checked
 
 MODELS = ("backdoored", "patched")
+
+
 def read_summary(path: Path) -> Any:
+    """A stage summary or log, its shape checked (stages/summaries.py)."""
     return checked(path, SHAPES[path])
 
 
