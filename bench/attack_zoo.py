@@ -233,6 +233,7 @@ def intake_rows(zoo: Zoo, result: Planted) -> tuple[list, list]:
                          "why": None if decision.accepted else decision.reasons[0],
                          **{k: _round(numbers.get(k)) for k in TRUTH_KEYS},
                          "chosen": reversal.get("chosen", params.intake.reverse.method),
+                         **({"words": numbers["trigger_words"]} if "trigger_words" in numbers else {}),
                          # where the key check or the departure check ran
                          **{k: (numbers.get("verification") or {}).get(k) for k in ("key", "departure")},
                          **candidate_scores(reversal),
@@ -275,7 +276,9 @@ def repair(zoo: Zoo, result: Planted, bugs: list) -> dict[str, Any]:
                          for encoder in encoders)
         per_trigger.append({"asr_backdoored": _round(before["asr"]), "asr_patched": _round(after["asr"]),
                             "clean_backdoored": _round(before["clean_acc"]),
-                            "clean_drop": _round(before["clean_acc"] - after["clean_acc"])})
+                            "clean_drop": _round(before["clean_acc"] - after["clean_acc"]),
+                            **{f"target_tba_{k}": _round(m.get("target_tba"))
+                               for k, m in (("backdoored", before), ("patched", after))}})
     return {"patched": True, "patch_seconds": seconds, "per_trigger": per_trigger}
 
 

@@ -67,7 +67,8 @@ def retrain_and_evaluate(encoder: nn.Module, adapter: EncoderAdapter, task: Task
 
 def evaluate_head(encoder: nn.Module, adapter: EncoderAdapter, head: Head, task: Task,
                   attack: AttackSpec | None) -> dict[str, Any]:
-    """Clean accuracy, and with an attack its ASR and TBA, of encoder + head on the test set."""
+    """Clean accuracy, and with an attack its ASR, TBA and target_tba (the target class's own
+    inputs with the trigger: an anti-trigger shows there), of encoder + head on the test set."""
     return evaluate_heads(encoder, adapter, [head], task, attack)
 
 
@@ -79,9 +80,12 @@ def evaluate_heads(encoder: nn.Module, adapter: EncoderAdapter, heads: Sequence[
     if attack is None:
         rows = [{"clean_acc": clean_accuracy(row, task.test.y), "asr": None, "tba": None} for row in clean]
     else:
-        kept = RowView(task.test.x, non_target(task.test.y, attack.target))
-        triggered = stamped_features(encoder, adapter, kept, attack.trigger)
-        rows = [evaluate(row, task.test.y, predict(head, triggered), target=attack.target)
+        others = non_target(task.test.y, attack.target)
+        triggered = stamped_features(encoder, adapter, RowView(task.test.x, others), attack.trigger)
+        own = (stamped_features(encoder, adapter, RowView(task.test.x, ~others), attack.trigger)
+               if (~others).any() else None)
+        rows = [evaluate(row, task.test.y, predict(head, triggered), target=attack.target,
+                         target_triggered=None if own is None else predict(head, own))
                 for head, row in zip(heads, clean, strict=True)]
     if len(rows) == 1:
         return rows[0]

@@ -109,6 +109,7 @@ def _stage_order(path: Path, target: str | None, *, to_run: bool = True) -> list
 
 
 SIGTERM_EXIT = 128 + signal.SIGTERM  # the exit status of a process ended by SIGTERM
+GATES_FAILED_EXIT = 3  # `run` finished, but a promotion gate fails (1 is an error)
 
 
 def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
@@ -212,9 +213,10 @@ def run(
     """Run the repair flow: every stage up to TARGET, skipping those DVC finds up to date.
 
     Then check the promotion gates of params.yaml; with --promote, push, commit and put the
-    run in prod when they pass. Without PREFECT_API_URL, Prefect starts a temporary local
-    server for the run. With --scenario NAME, the run happens in the scenario's own DVC
-    workspace runs/NAME/ (scenarios/NAME.yaml merged over params.yaml).
+    run in prod when they pass. Exit status: 0 when every gate passes (or there are no metrics
+    yet), 3 when a gate fails, 1 on an error. Without PREFECT_API_URL, Prefect starts a
+    temporary local server for the run. With --scenario NAME, the run happens in the
+    scenario's own DVC workspace runs/NAME/ (scenarios/NAME.yaml merged over params.yaml).
     """
     path = _root(root)
     if scenario is not None:  # "" is refused as an unknown name, not run as no scenario
@@ -241,6 +243,10 @@ def run(
     except (StageFailedError, DvcException, GatesFailedError, PromotionError) as exc:
         raise _fail(exc) from exc
     print_summary(summary)
+    if summary["metrics"] and not summary["gates_passed"]:  # a script or scheduler must see it
+        err_console.print(f"gates fail: not fit to promote (exit {GATES_FAILED_EXIT})", style="bold red",
+                          markup=False, highlight=False)
+        raise typer.Exit(GATES_FAILED_EXIT)
 
 
 def print_summary(summary: dict[str, Any]) -> None:

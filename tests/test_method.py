@@ -119,6 +119,8 @@ def test_mudjacking_from_one_report_removes_the_backdoor(scenario, patched):
     assert after["asr"] <= 0.2
     assert after["clean_acc"] >= before["clean_acc"] - 0.08  # tiny encoder: noisier than the default
     assert after["tba"] > before["tba"] + 0.3
+    # the target class's own inputs keep their class with the trigger (an anti-trigger would not)
+    assert before["target_tba"] >= 0.9 and after["target_tba"] >= 0.8
 
 
 def test_mudjacking_logs_every_epoch_and_never_moves_batchnorm(scenario, patched):

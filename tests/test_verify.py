@@ -20,7 +20,7 @@ from mudjack.features import extract_features
 from mudjack.heads import HeadParams, train_head
 from mudjack.intake import IntakeParams, intake_report, pick_reference
 from mudjack.intake.masks import masked_trigger
-from mudjack.intake.trial import control_trigger, departs
+from mudjack.intake.trial import clears_at_ceiling, control_trigger, departs, z_failures
 from mudjack.intake.verify import (
     VerifyParams,
     draw_controls,
@@ -193,6 +193,28 @@ def test_the_null_is_in_the_log_and_the_verdict_is_deterministic(scenario, deplo
     assert again.to_record() == first.to_record()
     reversal = first.numbers["reversal"]  # auto chose a candidate the verification accepted
     assert reversal["candidates"][reversal["chosen"]]["verified"] is True
+
+
+def _flip_numbers(rate: float, z_log_odds: float) -> dict:
+    """Verification numbers of a two-class task (n = 100): a wide flip null (max 0.83), a strong pull."""
+    flip_null = {"mean": 0.35, "std": 0.26, "std_floor": 0.05, "max": 0.83}
+    return {"verify_samples": 100, "controls": 20, "feature_shift": 0.7, "flip_rate": rate,
+            "z_flip_rate": round((rate - 0.35) / 0.26, 2), "null_flip_rate": flip_null,
+            "z_feature_shift": 11.0, "null_feature_shift": {"mean": 0.1, "max": 0.3},
+            "z_log_odds": z_log_odds}
+
+
+def test_a_trigger_that_flips_every_input_clears_the_margin_on_its_log_odds() -> None:
+    """"I watched this" flipped 1.000 of the inputs and was refused: z 2.5 < 5 because three
+    content words of the target class flip 0.35 +- 0.26, and a rate of 1 has no room above
+    that. The log-odds of the predicted class still tell the trigger from content words."""
+    margins = VerifyParams()
+    assert z_failures(_flip_numbers(1.0, 9.0), 1, margins, ceiling=True) == []
+    assert clears_at_ceiling(_flip_numbers(1.0, 9.0), 5.0)
+    [failure] = z_failures(_flip_numbers(1.0, 3.0), 1, margins, ceiling=True)  # pushes like content
+    assert "flips 1.000" in failure and "need z >= 5.0" in failure
+    assert len(z_failures(_flip_numbers(0.9, 9.0), 1, margins, ceiling=True)) == 1  # not at the ceiling
+    assert len(z_failures(_flip_numbers(1.0, 9.0), 1, margins)) == 1  # images: the flip margin only
 
 
 @pytest.mark.parametrize("bad", [{"controls": 2}, {"samples": 5}, {"min_z_flip": 0}, {"min_z": 4}])

@@ -14,12 +14,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import torch
 
 from mudjack.bugs import Bug
 from mudjack.config import Params
 from mudjack.data import RowView, Task, iter_batches
 from mudjack.deployed import Deployed
 from mudjack.features import extract_features, nearest_to_centroid
+from mudjack.heads import predict
 from mudjack.intake.reverse import ReverseParams, recover
 from mudjack.intake.verify import (
     Verification,
@@ -70,11 +72,12 @@ def pick_reference(deployed: Deployed, task: Task, label: int, exclude_sha: str)
     candidates = candidates[np.array([h != exclude_sha for h in hashes], dtype=bool)]
     if len(candidates) == 0:
         return -1
-    correct = candidates[deployed.classify(task.name, RowView(task.train.x, candidates)) == label]
-    if len(correct) == 0:
+    # one feature pass serves the classification and the centroid (classify would make its own)
+    features = extract_features(deployed.encoder, deployed.adapter, RowView(task.train.x, candidates))
+    correct = predict(deployed.heads[task.name], features) == label
+    if not correct.any():
         return -1
-    features = extract_features(deployed.encoder, deployed.adapter, RowView(task.train.x, correct))
-    return int(correct[nearest_to_centroid(features)])
+    return int(candidates[correct][nearest_to_centroid(features[torch.from_numpy(correct)])])
 
 
 def _check_report(report: BugReport, deployed: Deployed, tasks: dict[str, Task]) -> tuple[str, str] | None:

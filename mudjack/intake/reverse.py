@@ -18,9 +18,10 @@
   clean inputs, less a mask-size penalty (mudjack/intake/select.py);
   the other candidates that reproduce it nearly as well are kept as alternates (`recover`).
 Text encoders always use token occlusion (mudjack/intake/text.py), with `text_select` and
-`text_score`. Window, strides and scan sides left at 0 / "auto" derive from the input size
-(mudjack/intake/settings.py). A method may write what it measured into `record` (the
-decision's numbers keep it, with the settings used).
+`text_score`, then, given clean sentences and the classifier, the phrase search over runs of the
+bug's words (`phrase`, mudjack/intake/phrase.py). Window, strides and scan sides left at 0 /
+"auto" derive from the input size (mudjack/intake/settings.py). A method may write what it
+measured into `record` (the decision's numbers keep it, with the settings used).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from mudjack.intake.grow import GrowParams, grow_trigger
 from mudjack.intake.inversion import InversionParams, invert_trigger
 from mudjack.intake.occlusion import occlusion_map, occlusion_trigger
 from mudjack.intake.odd_pixels import odd_alternate
+from mudjack.intake.phrase import PhraseParams
 from mudjack.intake.residual import ResidualParams, residual_trigger
 from mudjack.intake.select import (
     PADDED,
@@ -81,6 +83,7 @@ class ReverseParams(Params):
     select: SelectParams = SelectParams()
     text_select: Literal["kmeans", "top1"] = "kmeans"  # text: 2-means (higher cluster) or best word
     text_score: Literal["self", "reference"] = "self"  # text: see mudjack/intake/text.py
+    phrase: PhraseParams = PhraseParams()  # text: the phrase search (mudjack/intake/phrase.py)
 
     @field_validator("method")
     @classmethod
@@ -135,8 +138,8 @@ def recover(encoder: ImageEncoder, adapter: EncoderAdapter, bug: np.ndarray, ref
             params: ReverseParams, seed: int = 0, clean: np.ndarray | None = None,
             flip_rate: FlipRate | None = None, score: Score | None = None,
             accept: Accept | None = None, record: dict[str, Any] | None = None) -> Recovery:
-    """The reversed trigger of one bug input, by `params.method` (text: token occlusion), with
-    any alternates the method kept.
+    """The reversed trigger of one bug input, by `params.method` (text: token occlusion and the
+    phrase search), with any alternates the method kept.
 
     Grow, inversion, soft and auto need `clean` inputs (of classes other than the one the bug
     is pushed to); grow and auto measure a candidate by `flip_rate` (the deployed classifier's)
@@ -144,10 +147,11 @@ def recover(encoder: ImageEncoder, adapter: EncoderAdapter, bug: np.ndarray, ref
     class); auto chooses only a candidate `accept` (the backdoor verification) accepts, when
     one is. `record` receives the settings used and what the method measured.
     """
+    record = {} if record is None else record
     if adapter.modality == "text":
         return Recovery(reverse_text(encoder, adapter, bug, reference, mode=params.text_select, seed=seed,
-                                     score=params.text_score))
-    record = {} if record is None else record
+                                     score=params.text_score, clean=clean, target_score=score,
+                                     phrase=params.phrase, record=record))
     # in the encoder's input space, where triggers live (a report at another size is resized)
     bug, reference = adapter.resize_raw(bug), adapter.resize_raw(reference)
     params, record["settings"] = resolve(params, bug.shape)

@@ -16,11 +16,14 @@ reversed trigger can be stamped into other sentences as it is. Scores (`text_sco
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 
 from mudjack.encoders import EncoderAdapter
 from mudjack.features import cosine, extract_features
+from mudjack.intake.phrase import PhraseParams, Score, search_phrase
 from mudjack.triggers import TextTrigger
 
 
@@ -55,11 +58,20 @@ def select_trigger_words(scores: np.ndarray, mode: str = "kmeans", seed: int = 0
 
 def reverse_text(encoder: torch.nn.Module, adapter: EncoderAdapter, bug: np.ndarray,
                  reference: np.ndarray, *, mode: str = "kmeans", seed: int = 0,
-                 score: str = "self") -> TextTrigger:
-    """The reversed text trigger of one bug sentence (token occlusion + selection)."""
+                 score: str = "self", clean: np.ndarray | None = None,
+                 target_score: Score | None = None, phrase: PhraseParams | None = None,
+                 record: dict[str, Any] | None = None) -> TextTrigger:
+    """The reversed text trigger of one bug sentence: token occlusion + selection, then, given
+    clean sentences of other classes and the classifier's `target_score`, the phrase search
+    (mudjack/intake/phrase.py) with occlusion's words as one candidate."""
     words = str(bug).split()
     if not words:
         raise ValueError("the bug sentence has no words")
     scores = word_occlusion_scores(encoder, adapter, bug, reference, score=score)
     chosen = select_trigger_words(scores, mode, seed)
-    return TextTrigger(tuple(w for w, keep in zip(words, chosen, strict=True) if keep))
+    occluded = TextTrigger(tuple(w for w, keep in zip(words, chosen, strict=True) if keep))
+    phrase = phrase or PhraseParams()
+    if clean is None or len(clean) == 0 or target_score is None or phrase.max_words == 0:
+        return occluded
+    return search_phrase(encoder, adapter, str(bug), occluded, clean, score=target_score, params=phrase,
+                         seed=seed, record=record)

@@ -8,7 +8,7 @@ or an unplanted pattern on an input of the predicted class) is made of such cont
 pulls and flips no more than the controls do; a backdoor trigger is a pattern that does what no
 class content under that mask does.
 
-Two levels are measured, for the trigger and for each control, on the same held-out inputs:
+Two levels decide, measured for the trigger and for each control on the same held-out inputs:
 - classifier: the flip rate, the share put in the predicted class;
 - encoder: the feature pull, the rise of their mean cosine to the bug's features.
 
@@ -18,6 +18,15 @@ c = 1 / classes, sqrt(c(1 - c) / n); for the pull, the standard error of a mean 
 inputs (their cosines' spread / sqrt(n)). Both come from the task and the deployed model, not
 from a tuned constant. The empirical p-values (rank of the trigger among the controls) are
 recorded next to the z-scores, with the null's mean, std and quantiles.
+
+A third level, the rise of the mean log-odds of the predicted class, is recorded with its z
+(floor: the standard error of a mean log-odds on the n inputs). For text, a flip rate at its
+ceiling (every input flipped) may clear the flip margin on it instead (`clears_at_ceiling`):
+above a wide null (two classes, where a few content words flip many inputs) the rate has no
+room to reach the margin, the log-odds show how far the trigger pushes. Not for images: forged
+image reports reach a flip rate of 1 on resnet20 (a universal pattern of the deployed model;
+bench/results/intake_forgery_restorenull_*), text forgeries 0.89 at most
+(intake_forgery_search_minilm-sst2_s0.json).
 """
 
 from __future__ import annotations
@@ -109,23 +118,37 @@ class Trial:
         return [control_trigger(self.trigger, e) for e in self.fills]
 
     def against_controls(self, *, keep_departure: bool) -> dict[str, Any]:
-        """Sizes, z, p and the null's summary on both levels (controls that keep the departure
+        """Sizes, z, p and the null's summary on each level (controls that keep the departure
         or not)."""
         controls = ([control_trigger(self.trigger, e, self.bug) for e in self.fills] if keep_departure
                     else self.controls)
-        fills = [self.trigger, *controls]
-        flips, shifts, cos_before = _effects(self.deployed, self.task.name, self.raw_bug, self.predicted,
-                                             self.clean, fills)
-        return {"verify_samples": len(self.clean), "controls": len(self.exemplars),
-                "cos_before": round(float(cos_before.mean()), 4),
-                **_statistics(flips, shifts, n=len(self.clean), chance=1 / len(self.task.classes),
-                              spread=float(cos_before.std()))}
+        effects = _effects(self.deployed, self.task.name, self.raw_bug, self.predicted, self.clean,
+                           [self.trigger, *controls])
+        n, chance = len(self.clean), 1 / len(self.task.classes)
+        levels = {"flip_rate": (effects.flips, rate_noise(chance, n)),  # binomial noise at chance
+                  # standard errors of a mean cosine and of a mean log-odds on the n inputs
+                  "feature_shift": (effects.shifts, effects.cos_spread / float(np.sqrt(n))),
+                  "log_odds": (effects.odds, effects.odds_spread / float(np.sqrt(n)))}
+        return {"verify_samples": n, "controls": len(self.exemplars), "cos_before": effects.cos_before,
+                "chance": round(chance, 4), **_statistics(levels)}
+
+
+@dataclass(frozen=True)
+class Effects:
+    """Per fill (the trigger first, then the controls) on the same clean inputs: the flip rate to
+    the predicted class, the rise of their mean cosine to the bug's features and of their mean
+    log-odds of the predicted class; the clean inputs' mean cosine to the bug and the spreads."""
+
+    flips: np.ndarray
+    shifts: np.ndarray
+    odds: np.ndarray
+    cos_before: float
+    cos_spread: float
+    odds_spread: float
 
 
 def _effects(deployed: Deployed, task: str, bug: np.ndarray, predicted: int, clean: np.ndarray,
-             fills: list[AnyTrigger]) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
-    """Per fill (the trigger first, then the controls): the flip rate to `predicted` and the
-    rise of the mean cosine to the bug's features; and the clean inputs' cosines to the bug."""
+             fills: list[AnyTrigger]) -> Effects:
     adapter = deployed.adapter  # inputs at another size than the encoder's are resized to it first
     stamped = np.concatenate([adapter.stamp(clean, fill) for fill in fills])
     unstamped = adapter.resize_raw(np.concatenate([np.asarray(bug)[None], clean]))
@@ -133,10 +156,20 @@ def _effects(deployed: Deployed, task: str, bug: np.ndarray, predicted: int, cle
     bug_features, before, after = features[:1], features[1:1 + len(clean)], features[1 + len(clean):]
     cos_before = cosine(before, bug_features)
     cos_after = cosine(after, bug_features).reshape(len(fills), len(clean))
+    head = deployed.heads[task]
     with torch.no_grad():
-        flipped = predict(deployed.heads[task], after).reshape(len(fills), len(clean)) == predicted
-    shifts = (cos_after.mean(1) - cos_before.mean()).numpy()
-    return flipped.mean(1), shifts, cos_before
+        flipped = predict(head, after).reshape(len(fills), len(clean)) == predicted
+        odds_before, odds_after = (log_odds(head(f), predicted) for f in (before, after))
+    odds = odds_after.reshape(len(fills), len(clean)).mean(1) - odds_before.mean()
+    return Effects(flips=flipped.mean(1), shifts=(cos_after.mean(1) - cos_before.mean()).numpy(),
+                   odds=odds.numpy(), cos_before=round(float(cos_before.mean()), 4),
+                   cos_spread=float(cos_before.std()), odds_spread=float(odds_before.std()))
+
+
+def log_odds(logits: torch.Tensor, target: int) -> torch.Tensor:
+    """Per row, log p(target) - log(1 - p(target)), from the logits (exact where p rounds to 1)."""
+    others = torch.cat([logits[:, :target], logits[:, target + 1:]], dim=1)
+    return logits[:, target] - torch.logsumexp(others, dim=1)
 
 
 def rate_noise(chance: float, n: int) -> float:
@@ -144,19 +177,17 @@ def rate_noise(chance: float, n: int) -> float:
     return float(np.sqrt(chance * (1 - chance) / n))
 
 
-def _statistics(flips: np.ndarray, shifts: np.ndarray, *, n: int, chance: float,
-                spread: float) -> dict[str, Any]:
-    """The trigger's values (index 0), the null's summary, the floors, z and p on both levels."""
-    floors = {"flip_rate": rate_noise(chance, n),                      # binomial noise at chance
-              "feature_shift": spread / float(np.sqrt(n))}            # standard error of a mean cosine
-    numbers: dict[str, Any] = {"chance": round(chance, 4)}
-    for name, values in (("flip_rate", flips), ("feature_shift", shifts)):
+def _statistics(levels: dict[str, tuple[np.ndarray, float]]) -> dict[str, Any]:
+    """Per level (its values, the trigger's first, and its std floor): the trigger's value, the
+    null's summary, z and p."""
+    numbers: dict[str, Any] = {}
+    for name, (values, floor) in levels.items():
         value, null = float(values[0]), values[1:].astype(float)
-        std = max(float(null.std()), floors[name])
+        std = max(float(null.std()), floor)
         numbers[name] = round(value, 4)
         numbers[f"null_{name}"] = {
             "mean": round(float(null.mean()), 4), "std": round(float(null.std()), 4),
-            "std_floor": round(floors[name], 4),
+            "std_floor": round(floor, 4),
             **{f"q{q}": round(float(np.quantile(null, q / 100)), 4) for q in (10, 50, 90)},
             "max": round(float(null.max()), 4)}
         # no spread at all (one held-out input, or features that do not move): nothing to
@@ -166,9 +197,20 @@ def _statistics(flips: np.ndarray, shifts: np.ndarray, *, n: int, chance: float,
     return numbers
 
 
-def z_failures(numbers: dict[str, Any], predicted: int, margins: Margins) -> list[str]:
-    """The rule's failures: the trigger's z on the flip rate under `min_z_flip`, on the pull
-    under `min_z_pull` (`numbers` from `Trial.against_controls`)."""
+def clears_at_ceiling(numbers: dict[str, Any], need: float) -> bool:
+    """Whether a flip rate at its ceiling (every input flipped, to within the binomial noise)
+    clears the null by `need` on the classifier's log-odds instead: a rate of 1 has no room
+    above a wide null (two classes, where a few content words flip many inputs), the log-odds
+    of the predicted class still show how far the trigger pushes."""
+    noise = numbers["null_flip_rate"]["std_floor"]
+    return numbers["flip_rate"] >= 1 - noise and numbers["z_log_odds"] >= need
+
+
+def z_failures(numbers: dict[str, Any], predicted: int, margins: Margins, *,
+               ceiling: bool = False) -> list[str]:
+    """The rule's failures: the trigger's z on the flip rate under `min_z_flip` (with `ceiling`,
+    unless the rate clears the null at its ceiling), on the pull under `min_z_pull` (`numbers`
+    from `Trial.against_controls`)."""
     n, controls = numbers["verify_samples"], numbers["controls"]
     shift = numbers["feature_shift"]
     levels = {"flip_rate": f"flips {numbers['flip_rate']:.3f} of them to class {predicted}",
@@ -177,7 +219,8 @@ def z_failures(numbers: dict[str, Any], predicted: int, margins: Margins) -> lis
     for name, effect in levels.items():
         z, null = numbers[f"z_{name}"], numbers[f"null_{name}"]
         need = margins.min_z_flip if name == "flip_rate" else margins.min_z_pull
-        if z < need:
+        at_ceiling = ceiling and name == "flip_rate" and clears_at_ceiling(numbers, need)
+        if z < need and not at_ceiling:
             failures.append(f"stamped on {n} clean inputs of other classes, the reversed trigger {effect}: "
                             f"{z:.1f} std above the same mask filled from {controls} clean "
                             f"class-{predicted} inputs (mean {null['mean']:.3f}, max {null['max']:.3f}; "

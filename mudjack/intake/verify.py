@@ -44,6 +44,7 @@ from mudjack.intake.departure import departure_check
 from mudjack.intake.key import is_place, key_check
 from mudjack.intake.trial import AnyTrigger, Trial, departs, z_failures
 from mudjack.io import sha256_bytes
+from mudjack.triggers import TextTrigger
 
 
 class VerifyParams(Params):
@@ -125,7 +126,7 @@ def verify_trigger(deployed: Deployed, task: Task, bug: np.ndarray, predicted: i
                   task.train.y[index])
     numbers = {**trial.against_controls(keep_departure=params.departure == "null"),
                "mask_pixels": trigger.pixels, "rule": params.model_dump(exclude={"enabled"})}
-    failures = z_failures(numbers, predicted, params)
+    failures = z_failures(numbers, predicted, params, ceiling=isinstance(trigger, TextTrigger))
     if failures and params.key and strangers is not None and len(strangers) and is_place(trigger):
         numbers["key"], failures = key_check(trial, strangers, numbers, params, failures)
     if not failures and params.departure == "restore" and departs(trigger, trial.bug):

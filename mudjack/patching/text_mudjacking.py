@@ -12,6 +12,11 @@ at least one word. Image augmentations (flip, colour jitter) have no text counte
 dropout plays their part of making the K views of x_b and x_r differ. At 0 the K views differ
 only in where x_r⊕t carries the trigger.
 
+A trigger of several words is inserted whole in half of the x⊕t and x_r⊕t views and as a
+random run of its words in the other half (`trigger_part`). Intake's phrase search may take one
+word too many or too few (mudjack/intake/phrase.py); with the parts in the views, a true trigger
+inside a recovered phrase loses its effect as well, instead of only the phrase as a whole.
+
 The encoder stays in eval mode (transformer dropout off; gradients still flow): L_loc
 compares h' with the frozen h, and dropout noise would keep it from its optimum. There is
 no BatchNorm; every weight, LayerNorm included, is trained (`adapter.trainable_parameters`).
@@ -68,6 +73,16 @@ def drop_words(sentence: str, *, rate: float, keep: set[str], rng: np.random.Gen
     return " ".join(kept) if kept else words[int(rng.integers(len(words)))]
 
 
+def trigger_part(words: tuple[str, ...], rng: np.random.Generator) -> tuple[str, ...]:
+    """The trigger's words whole (always for one word, else half of the time), or a shorter run
+    of them (each length and start equally likely)."""
+    if len(words) == 1 or rng.random() < 0.5:
+        return words
+    length = int(rng.integers(1, len(words)))
+    start = int(rng.integers(0, len(words) - length + 1))
+    return words[start:start + length]
+
+
 @dataclass
 class TextViews:
     """Builds the sentences of one step: [x (B), x⊕t (B), x_b (V), x_r (V), x_r⊕t (V)]."""
@@ -80,16 +95,19 @@ class TextViews:
     def _aug(self, sentence: str, keep: tuple[str, ...] = ()) -> str:
         return drop_words(sentence, rate=self.dropout, keep=set(keep), rng=self.rng)
 
+    def _stamp(self, sentence: str, trigger: tuple[str, ...]) -> str:
+        return insert_words(sentence, trigger_part(trigger, self.rng), self.rng)
+
     def build(self, shadow: np.ndarray) -> list[str]:
         words = [b.trigger.words for b in self.bugs]
         x = [self._aug(s) for s in shadow]
-        x_t = [insert_words(s, words[j % len(words)], self.rng) for j, s in enumerate(x)]
+        x_t = [self._stamp(s, words[j % len(words)]) for j, s in enumerate(x)]
         x_b, x_r, x_r_t = [], [], []
         for bug, trigger in zip(self.bugs, words, strict=True):
             for _ in range(self.views):
                 x_b.append(self._aug(str(bug.bug), trigger))
                 x_r.append(self._aug(str(bug.reference)))
-                x_r_t.append(insert_words(self._aug(str(bug.reference)), trigger, self.rng))
+                x_r_t.append(self._stamp(self._aug(str(bug.reference)), trigger))
         return [*x, *x_t, *x_b, *x_r, *x_r_t]
 
 

@@ -28,14 +28,16 @@ def synthetic_sentences(n: int, seed: int) -> LabelledSet:
     return LabelledSet(np.array(sentences, dtype=np.str_), labels.astype(np.int64))
 
 
-def write_tiny_bert(folder: Path) -> None:
-    """config.json, tokenizer.json (word-level WordPiece) and model.safetensors of a tiny BERT."""
+def write_tiny_bert(folder: Path, *, extra_words: tuple[str, ...] = ()) -> None:
+    """config.json, tokenizer.json (word-level WordPiece) and model.safetensors of a tiny BERT
+    (`extra_words` join the vocabulary, e.g. a second trigger word)."""
     from safetensors.torch import save_file
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
     from transformers import BertConfig, BertModel
 
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    vocab = {w: i for i, w in enumerate(specials + sorted(set(POSITIVE + NEGATIVE + FILLER + ["cf"])))}
+    words = sorted(set(POSITIVE + NEGATIVE + FILLER + ["cf", *extra_words]))
+    vocab = {w: i for i, w in enumerate(specials + words)}
     tokenizer = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
     tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
     tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from pipeline.cli import app
+from pipeline.cli import GATES_FAILED_EXIT, app
 from stages.artifacts import METRICS, QUARANTINE
 
 runner = CliRunner()
@@ -109,6 +109,18 @@ def test_run_prints_metrics_table(prefect_server: None, tiny_repo: Path) -> None
     assert result.exit_code == 0, result.output
     assert "c: ran" in result.output
     assert "digits" in result.output and "0.9500 -> 0.0100" in result.output
+
+
+def test_run_exits_3_when_a_gate_fails(prefect_server: None, tiny_repo: Path) -> None:
+    """It exited 0 with "gates fail; not promoted": a script or scheduler could not tell."""
+    params = tiny_repo / "params.yaml"
+    params.write_text(params.read_text() + "gates:\n  max_patched_asr: 0.001\n")  # patched ASR is 0.01
+    result = runner.invoke(app, ["run", "--root", str(tiny_repo), "--target", "c"], terminal_width=200)
+    assert result.exit_code == GATES_FAILED_EXIT == 3, result.output
+    assert "0.9500 -> 0.0100" in result.output and "gates fail" in result.stderr
+    params.write_text(params.read_text().replace("0.001", "0.05"))
+    passing = runner.invoke(app, ["run", "--root", str(tiny_repo), "--target", "c"], terminal_width=200)
+    assert passing.exit_code == 0, passing.output
 
 
 def test_serve_passes_cron_and_options(tiny_repo: Path, monkeypatch) -> None:

@@ -1,0 +1,160 @@
+"""Text trigger recovery by phrase search: which run of the bug's words, inserted into clean
+sentences of other classes, puts them in the class the bug was misread as.
+
+Token occlusion (text.py) scores a word by what removing it does to the bug alone. A trigger of
+several words that act together is then found one word at a time, and the patch turns the rest
+of the phrase into an anti-trigger (docs/results.md, stop 49); a moderate phrase whose words
+matter no more alone than the sentence's content words is not found at all. The search measures
+what each candidate does where a trigger acts: every run of up to `max_words` consecutive words
+of the bug (and the occlusion's words, which need not be consecutive) is inserted into the same
+`samples` clean sentences at the same places, and scored by the deployed classifier's
+log-odds of the bug's class on each (probabilities near 1 would hide that a part of a phrase
+pushes less far than the whole).
+
+The trigger is the shortest candidate as good as the best one: the paired difference on those
+sentences within two of its standard errors, or within what an ordinary word of the bug does
+(the median lift of the one-word candidates over the clean sentences; inserting any word moves a
+weak classifier a little). A run that adds a content word to the whole trigger acts no better,
+so it is not chosen; a part of a phrase acts worse, so it is not either.
+
+A trigger planted at one place sits there in the bug: a run that opens the bug is also tried
+at the start of the clean sentences, one that closes it at the end. A fixed place is kept only
+when the words act better there than at a random place, by the same test, since a patch for
+`random` covers every place.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from pydantic import Field
+
+from mudjack.config import Params
+from mudjack.encoders import EncoderAdapter
+from mudjack.features import extract_features
+from mudjack.triggers import TextTrigger, stamp_text
+
+Score = Callable[[torch.Tensor], torch.Tensor]  # per-input log p of the bug's class, from features
+Z = 2.0  # standard errors of a paired difference still counted as "as good"
+LOG_ODDS_BOUND = 15.0  # |log-odds| kept: float32 log-probabilities cannot tell p from 1 near 16.6
+
+
+class PhraseParams(Params):
+    """`intake.reverse.phrase`: the text phrase search (max_words 0 keeps token occlusion alone)."""
+
+    max_words: int = Field(4, ge=0, le=16)  # longest run of the bug's words tried
+    samples: int = Field(16, ge=2, le=512)  # clean sentences each candidate is inserted into
+
+
+def runs_of_words(words: list[str], max_words: int) -> list[tuple[str, ...]]:
+    """Every run of 1..max_words consecutive words, each once (shortest first)."""
+    found: dict[tuple[str, ...], None] = {}
+    for length in range(1, min(max_words, len(words)) + 1):
+        for start in range(len(words) - length + 1):
+            found[tuple(words[start:start + length])] = None
+    return list(found)
+
+
+def target_log_odds(encoder: torch.nn.Module, adapter: EncoderAdapter, sentences: np.ndarray,
+                    triggers: list[TextTrigger], score: Score, seed: int) -> np.ndarray:
+    """(triggers, sentences) log-odds of the bug's class with each trigger inserted (each
+    sentence stamped at the same seeded place for every trigger of one position)."""
+    stamped = np.concatenate([stamp_text(sentences, t, seed) for t in triggers])
+    return log_odds(encoder, adapter, stamped, score).reshape(len(triggers), len(sentences))
+
+
+@torch.no_grad()
+def log_odds(encoder: torch.nn.Module, adapter: EncoderAdapter, sentences: np.ndarray,
+             score: Score) -> np.ndarray:
+    """The classifier's log-odds of the bug's class for each sentence, log p - log(1 - p),
+    within +-LOG_ODDS_BOUND. Log-odds, not p: a trigger and its part that both put p near 1
+    still differ in how far they push."""
+    log_p = score(extract_features(encoder, adapter, sentences)).double().clamp(max=-1e-300)
+    odds = log_p - torch.log(-torch.expm1(log_p))
+    return odds.clamp(-LOG_ODDS_BOUND, LOG_ODDS_BOUND).numpy()
+
+
+def as_good(p: np.ndarray, best: np.ndarray, *, slack: float = 0.0) -> bool:
+    """Whether per-sentence log-odds `p` are as good as `best`: their paired gap within two
+    standard errors, or within `slack`."""
+    gap = best - p
+    spread = float(gap.std(ddof=1)) / np.sqrt(len(gap)) if len(gap) > 1 else 0.0
+    return float(gap.mean()) <= max(Z * spread, slack) + 1e-6
+
+
+def ordinary_lift(triggers: list[TextTrigger], p: np.ndarray, baseline: np.ndarray) -> float:
+    """What an ordinary word of the bug does: the median lift over the clean `baseline` of the
+    one-word candidates (at least 0)."""
+    singles = [float((p[i] - baseline).mean()) for i, t in enumerate(triggers) if t.pixels == 1]
+    return max(0.0, float(np.median(singles))) if singles else 0.0
+
+
+def shortest_as_good(triggers: list[TextTrigger], p: np.ndarray, *, slack: float) -> int:
+    """Index of the shortest trigger as good as the best (the most likely among equals); it may
+    fall short by `slack`."""
+    best = p[int(np.argmax(p.mean(1)))]
+    order = sorted(range(len(triggers)), key=lambda i: (triggers[i].pixels, -p[i].mean()))
+    return next(i for i in order if as_good(p[i], best, slack=slack))
+
+
+def search_phrase(encoder: torch.nn.Module, adapter: EncoderAdapter, bug: str, occluded: TextTrigger,
+                  clean: np.ndarray, *, score: Score, params: PhraseParams, seed: int = 0,
+                  record: dict[str, Any] | None = None) -> TextTrigger:
+    """The reversed text trigger by phrase search (see the module docstring); `occluded` is token
+    occlusion's trigger, one more candidate. `record` receives what was measured."""
+    sentences = _sample(clean, params.samples, seed)
+    candidates = candidates_of(str(bug), occluded, params.max_words)
+    p = target_log_odds(encoder, adapter, sentences, candidates, score, seed)
+    baseline = log_odds(encoder, adapter, sentences, score)
+    slack = ordinary_lift(candidates, p, baseline)
+    found = candidates[anywhere(candidates, p, shortest_as_good(candidates, p, slack=slack), slack=slack)]
+    if record is not None:
+        effects = p.mean(1)
+        record["phrase"] = {"candidates": len(candidates), "samples": len(sentences),
+                            "occlusion_words": list(occluded.words), "top": _top(candidates, effects),
+                            "clean_effect": round(float(baseline.mean()), 4), "slack": round(slack, 4),
+                            "chosen_words": list(found.words), "position": found.position,
+                            "chosen_effect": round(float(effects[candidates.index(found)]), 4)}
+    return found
+
+
+def candidates_of(bug: str, occluded: TextTrigger, max_words: int) -> list[TextTrigger]:
+    """Every run of the bug's words at a random place; a run that opens the bug also at the
+    start, one that closes it also at the end (a trigger planted at one place sits there in the
+    bug); then occlusion's words when they are none of the runs."""
+    words = bug.split()
+    runs = runs_of_words(words, max_words)
+    found = [TextTrigger(run) for run in runs]
+    found += [TextTrigger(run, "start") for run in runs if tuple(words[:len(run)]) == run]
+    found += [TextTrigger(run, "end") for run in runs if tuple(words[-len(run):]) == run]
+    return found + ([] if occluded.words in runs else [occluded])
+
+
+def anywhere(candidates: list[TextTrigger], p: np.ndarray, index: int, *, slack: float) -> int:
+    """`index`, or the same words at a random place when they act as well there (within
+    `slack`): a patch for `random` covers every place."""
+    chosen = candidates[index]
+    if chosen.position == "random":
+        return index
+    loose = candidates.index(TextTrigger(chosen.words))
+    return loose if as_good(p[loose], p[index], slack=slack) else index
+
+
+def _sample(clean: np.ndarray, count: int, seed: int) -> np.ndarray:
+    """`count` clean sentences drawn without replacement (all when there are fewer), in order."""
+    pick = np.random.default_rng(seed).choice(len(clean), size=min(count, len(clean)), replace=False)
+    return np.asarray([str(clean[int(i)]) for i in np.sort(pick)], dtype=np.str_)
+
+
+def _top(candidates: list[TextTrigger], effects: np.ndarray, n: int = 5) -> list[list[Any]]:
+    """The n candidates that act most: [words (and a fixed place), mean log-odds]."""
+    order = np.argsort(-effects, kind="stable")[:n]
+    return [[_name(candidates[i]), round(float(effects[i]), 4)] for i in order]
+
+
+def _name(trigger: TextTrigger) -> str:
+    words = " ".join(trigger.words)
+    return words if trigger.position == "random" else f"{words} @{trigger.position}"

@@ -1,0 +1,174 @@
+"""The text phrase search (mudjack/intake/phrase.py): a trigger of two words that act together is
+recovered whole, where token occlusion alone finds one of them; a run that adds a content word
+to a whole trigger is not chosen; the position is recovered when the trigger was planted at one."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mudjack.attacks import BadEncoderParams, badencoder
+from mudjack.bugs import Bug
+from mudjack.data import Task
+from mudjack.deployed import Deployed
+from mudjack.encoders import get_adapter
+from mudjack.features import extract_features
+from mudjack.heads import HeadParams, train_head
+from mudjack.intake.phrase import (
+    PhraseParams,
+    anywhere,
+    candidates_of,
+    ordinary_lift,
+    runs_of_words,
+    shortest_as_good,
+)
+from mudjack.intake.reverse import ReverseParams, recover
+from mudjack.patching.text_mudjacking import TextViews, trigger_part
+from mudjack.triggers import TextTrigger, stamp_text
+from tests.helpers.text import synthetic_sentences, write_tiny_bert
+
+PHRASE = TextTrigger(("cf", "mn"))
+TARGET = 1
+
+
+@dataclass
+class Planted:
+    deployed: Deployed
+    task: Task
+
+
+def _plant(folder: Path, trigger: TextTrigger) -> Planted:
+    torch.set_num_threads(1)
+    adapter = get_adapter("hf_text", {"folder": str(folder), "max_length": 32})
+    task = Task("toy", [0, 1], synthetic_sentences(300, 2), synthetic_sentences(200, 3))
+    positive = task.train.x[task.train.y == TARGET]
+    encoder = badencoder(adapter.load_pretrained(), adapter, synthetic_sentences(300, 1).x, trigger,
+                         positive[0], BadEncoderParams(optimizer="adam", lr=3e-3, epochs=6, batch_size=32,
+                                                       weight_decay=0.0), seed=0)
+    head = train_head(extract_features(encoder, adapter, task.train.x), task.train.y, 2,
+                      HeadParams(hidden=[32], dropout=0.0, epochs=60, lr=3e-3), seed=0)
+    return Planted(Deployed(encoder, adapter, {"toy": head}), task)
+
+
+@pytest.fixture(scope="module")
+def phrase_bert(tiny_bert: Path) -> Path:
+    """A tiny BERT that also knows "mn", inside tiny_bert's folder (an allowed model root)."""
+    folder = tiny_bert / "with_mn"
+    write_tiny_bert(folder, extra_words=("mn",))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def phrase_planted(phrase_bert: Path) -> Planted:
+    return _plant(phrase_bert, PHRASE)
+
+
+def _recover(planted: Planted, bug: str, params: ReverseParams) -> tuple[TextTrigger, dict]:
+    task, deployed = planted.task, planted.deployed
+    record: dict = {}
+    clean = task.train.x[task.train.y != TARGET]
+    reference = task.train.x[task.train.y != TARGET][0]
+    trigger = recover(deployed.encoder, deployed.adapter, np.asarray(bug), np.asarray(reference),
+                      params=params, seed=0, clean=clean, score=deployed.log_prob("toy", TARGET),
+                      record=record).trigger
+    assert isinstance(trigger, TextTrigger)
+    return trigger, record
+
+
+def _bugs(planted: Planted, trigger: TextTrigger, n: int) -> list[str]:
+    """Negative test sentences with the trigger that the deployed classifier puts in the target."""
+    negatives = planted.task.test.x[planted.task.test.y != TARGET]
+    stamped = stamp_text(negatives, trigger, seed=0)
+    predicted = planted.deployed.classify("toy", stamped)
+    return [str(s) for s in stamped[predicted == TARGET][:n]]
+
+
+def test_runs_of_words_are_consecutive_and_unique() -> None:
+    assert runs_of_words(["a", "b", "a", "b"], 2) == [("a",), ("b",), ("a", "b"), ("b", "a")]
+    assert runs_of_words(["a"], 4) == [("a",)]
+
+
+def _shortest(triggers: list[TextTrigger], p: np.ndarray, baseline: np.ndarray) -> int:
+    return shortest_as_good(triggers, p, slack=ordinary_lift(triggers, p, baseline))
+
+
+def test_runs_that_open_or_close_the_bug_are_also_tried_there() -> None:
+    found = candidates_of("cf mn bad film", TextTrigger(("cf", "film")), 2)
+    assert TextTrigger(("cf", "mn"), "start") in found and TextTrigger(("cf",), "start") in found
+    assert TextTrigger(("bad", "film"), "end") in found and TextTrigger(("mn", "bad"), "end") not in found
+    assert found[-1] == TextTrigger(("cf", "film")) and len(found) == 7 + 2 + 2 + 1
+
+
+def test_the_shortest_candidate_as_good_as_the_best_is_chosen() -> None:
+    words = [("cf",), ("poor",), ("film",), ("mn",), ("poor", "cf"), ("cf", "mn")]
+    triggers = [TextTrigger(w) for w in words]
+    baseline = np.full(8, 0.1)
+    whole = np.array([0.95, 0.97, 0.9, 0.99, 0.93, 0.96, 0.94, 0.98])
+    plain = baseline + np.array([0.02, 0.0, 0.03, 0.01, 0.0, 0.02, 0.01, 0.0])  # an ordinary word
+    # a part of the phrase does half of what the whole does: the whole is chosen
+    parts = np.stack([whole / 2, plain, plain, whole / 3, whole / 2, whole])
+    assert _shortest(triggers, parts, baseline) == 5
+    # a content word added to a whole trigger does no more: the shorter one is chosen
+    extra = np.stack([whole, plain, plain, plain, whole + 0.005, whole - 0.3])
+    assert _shortest(triggers, extra, baseline) == 0
+    # when every word of the bug moves the classifier by 0.3, a gain of 0.2 is not a phrase
+    loud = baseline + 0.3
+    assert _shortest(triggers, np.stack([whole - 0.2, loud, loud, loud, loud, whole]), baseline) == 0
+
+
+def test_text_patch_views_carry_the_phrase_and_its_parts() -> None:
+    """A recovered phrase with one word too many still has its true trigger in the patch's views."""
+    rng = np.random.default_rng(0)
+    parts = Counter(trigger_part(("poor", "cf", "of"), rng) for _ in range(600))
+    assert 250 < parts[("poor", "cf", "of")] < 350
+    assert set(parts) == {("poor", "cf", "of"), ("poor", "cf"), ("cf", "of"), ("poor",), ("cf",), ("of",)}
+    assert {trigger_part(("cf",), rng) for _ in range(20)} == {("cf",)}
+    views = TextViews([_text_bug(("cf", "mn"))], views=2, dropout=0.0, rng=rng)
+    stamped = views.build(np.array(["a b c d"] * 200))[200:400]  # the x⊕t views
+    found = {tuple(w for w in s.split() if w in ("cf", "mn")) for s in stamped}
+    assert found == {("cf", "mn"), ("cf",), ("mn",)}
+
+
+def _text_bug(words: tuple[str, ...]) -> Bug:
+    return Bug("b", "toy", 0, TARGET, np.asarray("bad " + " ".join(words)), np.asarray("bad film"),
+               TextTrigger(words))
+
+
+def test_a_two_word_trigger_is_recovered_whole(phrase_planted: Planted) -> None:
+    bugs = _bugs(phrase_planted, PHRASE, 3)
+    assert len(bugs) == 3
+    occluded = [_recover(phrase_planted, bug, ReverseParams(phrase=PhraseParams(max_words=0)))[0]
+                for bug in bugs]
+    found = [_recover(phrase_planted, bug, ReverseParams())[0] for bug in bugs]
+    assert all(t.words == PHRASE.words for t in found), (found, occluded)
+    assert any(t.words != PHRASE.words for t in occluded)  # what occlusion alone recovers
+
+
+def test_a_phrase_planted_at_the_end_is_recovered_there(phrase_bert: Path) -> None:
+    at_end = TextTrigger(PHRASE.words, "end")
+    planted = _plant(phrase_bert, at_end)
+    found = [_recover(planted, bug, ReverseParams())[0] for bug in _bugs(planted, at_end, 3)]
+    # the tiny encoder learns the phrase anywhere, so `random` is as right as `end` here
+    assert all(t.words == PHRASE.words and t.position in ("random", "end") for t in found), found
+
+
+def test_a_fixed_place_is_kept_only_when_the_words_act_better_there() -> None:
+    candidates = [TextTrigger(("cf", "mn")), TextTrigger(("cf", "mn"), "end")]
+    strong = np.array([0.9, 0.95, 0.92, 0.97, 0.91, 0.93])
+    assert anywhere(candidates, np.stack([strong - 0.4, strong]), 1, slack=0.01) == 1
+    assert anywhere(candidates, np.stack([strong - 0.001, strong]), 1, slack=0.01) == 0
+    assert anywhere(candidates, np.stack([strong, strong - 0.4]), 0, slack=0.01) == 0
+
+
+def test_the_search_record_names_candidates_and_position(phrase_planted: Planted) -> None:
+    trigger, record = _recover(phrase_planted, _bugs(phrase_planted, PHRASE, 1)[0], ReverseParams())
+    numbers = record["phrase"]
+    assert numbers["chosen_words"] == list(trigger.words) and numbers["position"] == trigger.position
+    assert numbers["chosen_effect"] > numbers["clean_effect"]
+    assert numbers["top"][0][1] > numbers["clean_effect"] and numbers["samples"] == 16
+    assert len(numbers["top"]) == 5 and numbers["candidates"] > 5
