@@ -104,6 +104,16 @@ def test_runs_that_open_or_close_the_bug_are_also_tried_there() -> None:
     assert found[-1] == TextTrigger(("cf", "film")) and len(found) == 7 + 2 + 2 + 1
 
 
+def test_only_the_words_the_encoder_sees_are_searched(phrase_planted: Planted) -> None:
+    """A 2000-character report of one-letter words made some 4,000 runs of 16 insertions each."""
+    long = " ".join(["a"] * 10 + [f"w{i}" for i in range(990)])
+    found = candidates_of(long, TextTrigger(("w5",)), 4, seen=31)
+    # 31 words seen: 22 distinct runs of each length 1-4 (the ten a's repeat), 4 opening runs
+    assert len(found) == 22 * 4 + 4 and TextTrigger(("a",) * 4, "start") in found
+    assert all(t.position != "end" for t in found)  # the end is cut off: not where the bug's trigger is
+    assert phrase_planted.deployed.adapter.words_seen == 31  # max_length 32, [CLS] one of them
+
+
 def test_the_shortest_candidate_as_good_as_the_best_is_chosen() -> None:
     words = [("cf",), ("poor",), ("film",), ("mn",), ("poor", "cf"), ("cf", "mn")]
     triggers = [TextTrigger(w) for w in words]

@@ -186,6 +186,12 @@ class HFTextAdapter(EncoderAdapter):
         self.config["max_length"] = self.usable_length(self.config.get("max_length"))
         self.check_tokenizer()
 
+    @property
+    def words_seen(self) -> int:
+        """At most this many leading words of a sentence reach the model: a word is one token or
+        more, and [CLS] takes one of `max_length`."""
+        return int(self.config["max_length"]) - 1
+
     @cached_property
     def folder(self) -> Path:
         if self.config.get("folder"):

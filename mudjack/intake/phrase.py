@@ -106,7 +106,8 @@ def search_phrase(encoder: torch.nn.Module, adapter: EncoderAdapter, bug: str, o
     """The reversed text trigger by phrase search (see the module docstring); `occluded` is token
     occlusion's trigger, one more candidate. `record` receives what was measured."""
     sentences = _sample(clean, params.samples, seed)
-    candidates = candidates_of(str(bug), occluded, params.max_words)
+    seen = getattr(adapter, "words_seen", None)  # leading words that reach a text model (encoders/text.py)
+    candidates = candidates_of(str(bug), occluded, params.max_words, seen=seen)
     p = target_log_odds(encoder, adapter, sentences, candidates, score, seed)
     baseline = log_odds(encoder, adapter, sentences, score)
     slack = ordinary_lift(candidates, p, baseline)
@@ -121,15 +122,20 @@ def search_phrase(encoder: torch.nn.Module, adapter: EncoderAdapter, bug: str, o
     return found
 
 
-def candidates_of(bug: str, occluded: TextTrigger, max_words: int) -> list[TextTrigger]:
+def candidates_of(bug: str, occluded: TextTrigger, max_words: int, *,
+                  seen: int | None = None) -> list[TextTrigger]:
     """Every run of the bug's words at a random place; a run that opens the bug also at the
     start, one that closes it also at the end (a trigger planted at one place sits there in the
-    bug); then occlusion's words when they are none of the runs."""
+    bug); then occlusion's words when they are none of the runs. Only the first `seen` words
+    reach the encoder (the rest is cut off by its tokenizer), so only they are searched: a long
+    report costs no more than one the encoder sees whole."""
     words = bug.split()
-    runs = runs_of_words(words, max_words)
+    window = words[:seen] if seen is not None else words
+    runs = runs_of_words(window, max_words)
     found = [TextTrigger(run) for run in runs]
     found += [TextTrigger(run, "start") for run in runs if tuple(words[:len(run)]) == run]
-    found += [TextTrigger(run, "end") for run in runs if tuple(words[-len(run):]) == run]
+    if len(window) == len(words):
+        found += [TextTrigger(run, "end") for run in runs if tuple(words[-len(run):]) == run]
     return found + ([] if occluded.words in runs else [occluded])
 
 
