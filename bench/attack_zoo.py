@@ -64,7 +64,7 @@ from mudjack.io import write_json  # noqa: E402
 from mudjack.loaders import limit_stratified  # noqa: E402
 from mudjack.patching import PatchInputs, run_patch  # noqa: E402
 from mudjack.reports import BugReport  # noqa: E402
-from mudjack.triggers import Trigger  # noqa: E402
+from mudjack.triggers import TextTrigger, Trigger  # noqa: E402
 from pipeline.scenarios import RUNS, deep_merge, scenario_params  # noqa: E402
 from stages.attack import Planted, attacker_inputs, measure, pick_genuine, plant, trigger_pairs  # noqa: E402
 from stages.config import PipelineParams, TriggerParams  # noqa: E402
@@ -194,11 +194,19 @@ def never_attacked(zoo: Zoo, trigger: Trigger, target: int) -> dict[str, float]:
 def row(zoo: Zoo, family: str, seed: int, epochs: int, result: Planted, seconds: float, cached: bool) -> dict:
     """One result: the trigger(s) as drawn, the never-attacked encoder's ASR with each, and the
     deployed model's numbers for each."""
-    triggers = [{"target": target, "pixels": t.pixels, "max_alpha": round(float(t.alpha.max()), 3),
-                 **never_attacked(zoo, t, target)} for t, target in result.pairs]
+    triggers = [{"target": target, **trigger_fields(t), **never_attacked(zoo, t, target)}
+                for t, target in result.pairs]
     metrics = [{k: round(v, 4) for k, v in m.items()} for m in result.metrics]
     return {"family": family, "seed": seed, "epochs": epochs, "triggers": triggers,
             "metrics": metrics, "attack_seconds": None if cached else round(seconds, 1)}
+
+
+def trigger_fields(trigger: Trigger | TextTrigger) -> dict[str, Any]:
+    """What a result row says of a planted trigger: its size and strongest alpha, or its words
+    and place for text."""
+    if isinstance(trigger, TextTrigger):
+        return {"pixels": trigger.pixels, "words": list(trigger.words), "position": trigger.position}
+    return {"pixels": trigger.pixels, "max_alpha": round(float(trigger.alpha.max()), 3)}
 
 
 TRUTH_KEYS = ("iou", "coverage", "correlation", "mask_pixels")

@@ -214,9 +214,10 @@ def run(
 
     Then check the promotion gates of params.yaml; with --promote, push, commit and put the
     run in prod when they pass. Exit status: 0 when every gate passes (or there are no metrics
-    yet), 3 when a gate fails, 1 on an error. Without PREFECT_API_URL, Prefect starts a
-    temporary local server for the run. With --scenario NAME, the run happens in the
-    scenario's own DVC workspace runs/NAME/ (scenarios/NAME.yaml merged over params.yaml).
+    yet), 3 when a gate fails, 1 on an error (a failed gate under --promote is one). Without
+    PREFECT_API_URL, Prefect starts a temporary local server for the run. With --scenario
+    NAME, the run happens in the scenario's own DVC workspace runs/NAME/ (scenarios/NAME.yaml
+    merged over params.yaml).
     """
     path = _root(root)
     if scenario is not None:  # "" is refused as an unknown name, not run as no scenario

@@ -160,6 +160,18 @@ def test_attack_zoo_repair_runs_intake_and_patching_per_trigger(scenario, deploy
     assert repair(zoo, planted, []) == {"patched": False}
 
 
+def test_attack_zoo_describes_text_triggers_by_their_words():
+    """A text family's row crashed: a TextTrigger has no alpha."""
+    from attack_zoo import trigger_fields
+
+    from mudjack.triggers import TextTrigger, Trigger
+
+    assert trigger_fields(TextTrigger(("qv", "mn"), "end")) == {"pixels": 2, "words": ["qv", "mn"],
+                                                                 "position": "end"}
+    square = Trigger(mask=np.pad(np.ones((2, 2), bool), 2), pattern=np.zeros((6, 6, 1), np.uint8))
+    assert trigger_fields(square) == {"pixels": 4, "max_alpha": 1.0}
+
+
 def test_attack_zoo_caches_each_planted_encoder_under_its_settings(scenario, tmp_path, monkeypatch):
     import attack_zoo
 

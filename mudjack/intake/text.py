@@ -1,4 +1,5 @@
-"""Trigger reverse-engineering for text: token occlusion.
+"""Trigger reverse-engineering for text: token occlusion, then the phrase search
+(mudjack/intake/phrase.py) when clean sentences and the classifier are given.
 
 Each word of the bug sentence is removed in turn and scored; the trigger is the
 higher-mean cluster of a 2-means over the scores (`text_select: kmeans`) or the single
