@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from mudjack.data import RowView, Task, iter_batches
+from mudjack.data import Task, iter_batches
 from mudjack.encoders import EncoderAdapter
 from mudjack.exposure import Predictor
 from mudjack.features import extract_features
@@ -80,17 +80,21 @@ def evaluate_heads(encoder: nn.Module, adapter: EncoderAdapter, heads: Sequence[
     if attack is None:
         rows = [{"clean_acc": clean_accuracy(row, task.test.y), "asr": None, "tba": None} for row in clean]
     else:
-        others = non_target(task.test.y, attack.target)
-        triggered = stamped_features(encoder, adapter, RowView(task.test.x, others), attack.trigger)
-        own = (stamped_features(encoder, adapter, RowView(task.test.x, ~others), attack.trigger)
-               if (~others).any() else None)
-        rows = [evaluate(row, task.test.y, predict(head, triggered), target=attack.target,
-                         target_triggered=None if own is None else predict(head, own))
+        stamped = stamped_features(encoder, adapter, task.test.x, attack.trigger)  # every class at once
+        rows = [_attack_row(row, predict(head, stamped), task.test.y, attack.target)
                 for head, row in zip(heads, clean, strict=True)]
     if len(rows) == 1:
         return rows[0]
     return {**{key: _mean([row[key] for row in rows]) for key in rows[0]},
             "per_head": {key: [row[key] for row in rows] for key in rows[0]}}
+
+
+def _attack_row(clean: np.ndarray, triggered: np.ndarray, labels: np.ndarray, target: int) -> dict[str, Any]:
+    """`evaluate`'s metrics from one head's predictions on every test input, clean and stamped
+    (target_tba only when the target class has test inputs)."""
+    others = non_target(labels, target)
+    return evaluate(clean, labels, triggered[others], target=target,
+                    target_triggered=triggered[~others] if (~others).any() else None)
 
 
 def _mean(values: list[float | None]) -> float | None:

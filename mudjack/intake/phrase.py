@@ -63,14 +63,15 @@ def target_log_odds(encoder: torch.nn.Module, adapter: EncoderAdapter, sentences
     """(triggers, sentences) log-odds of the bug's class with each trigger inserted (each
     sentence stamped at the same seeded place for every trigger of one position)."""
     stamped = np.concatenate([stamp_text(sentences, t, seed) for t in triggers])
-    return log_odds(encoder, adapter, stamped, score).reshape(len(triggers), len(sentences))
+    return sentence_log_odds(encoder, adapter, stamped, score).reshape(len(triggers), len(sentences))
 
 
 @torch.no_grad()
-def log_odds(encoder: torch.nn.Module, adapter: EncoderAdapter, sentences: np.ndarray,
+def sentence_log_odds(encoder: torch.nn.Module, adapter: EncoderAdapter, sentences: np.ndarray,
              score: Score) -> np.ndarray:
-    """The classifier's log-odds of the bug's class for each sentence, log p - log(1 - p),
-    within +-LOG_ODDS_BOUND. Log-odds, not p: a trigger and its part that both put p near 1
+    """The classifier's log-odds of the bug's class for each sentence, log p - log(1 - p) from
+    the `score`'s log p, within +-LOG_ODDS_BOUND (verification's `trial.log_odds` reads them
+    off the logits instead). Log-odds, not p: a trigger and its part that both put p near 1
     still differ in how far they push."""
     log_p = score(extract_features(encoder, adapter, sentences)).double().clamp(max=-1e-300)
     odds = log_p - torch.log(-torch.expm1(log_p))
@@ -109,7 +110,7 @@ def search_phrase(encoder: torch.nn.Module, adapter: EncoderAdapter, bug: str, o
     seen = getattr(adapter, "words_seen", None)  # leading words that reach a text model (encoders/text.py)
     candidates = candidates_of(str(bug), occluded, params.max_words, seen=seen)
     p = target_log_odds(encoder, adapter, sentences, candidates, score, seed)
-    baseline = log_odds(encoder, adapter, sentences, score)
+    baseline = sentence_log_odds(encoder, adapter, sentences, score)
     slack = ordinary_lift(candidates, p, baseline)
     found = candidates[anywhere(candidates, p, shortest_as_good(candidates, p, slack=slack), slack=slack)]
     if record is not None:
