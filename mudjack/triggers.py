@@ -258,7 +258,8 @@ def trigger_correlation(found: Trigger, truth: Trigger) -> float:
 
 
 def text_control_trigger(trigger: TextTrigger, exemplar: str) -> TextTrigger:
-    """Verification's control for text: as many words as the trigger has, taken from a clean
-    input of the predicted class (its longest words, most likely to carry its content)."""
+    """Verification's control for text without a classifier to search with: as many words as
+    the trigger has, taken from a clean input of the predicted class (its longest words, most
+    likely to carry its content; intake uses the strongest run, mudjack.intake.phrase)."""
     words = sorted(set(str(exemplar).split()), key=lambda w: (-len(w), w))
     return TextTrigger(tuple(words[:trigger.pixels]) or trigger.words, trigger.position)

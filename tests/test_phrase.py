@@ -21,11 +21,14 @@ from mudjack.features import extract_features
 from mudjack.heads import HeadParams, train_head
 from mudjack.intake.phrase import (
     PhraseParams,
+    RunSearch,
     anywhere,
     candidates_of,
     ordinary_lift,
     runs_of_words,
+    sample_sentences,
     shortest_as_good,
+    strongest_runs,
 )
 from mudjack.intake.reverse import ReverseParams, recover
 from mudjack.patching.text_mudjacking import TextViews, trigger_part
@@ -182,3 +185,18 @@ def test_the_search_record_names_candidates_and_position(phrase_planted: Planted
     assert numbers["chosen_effect"] > numbers["clean_effect"]
     assert numbers["top"][0][1] > numbers["clean_effect"] and numbers["samples"] == 16
     assert len(numbers["top"]) == 5 and numbers["candidates"] > 5
+
+
+def test_a_text_control_is_its_sentence_strongest_run(phrase_planted: Planted) -> None:
+    """Verification's text null: each exemplar's run of the trigger's word count that pushes
+    clean sentences furthest into the class, at the trigger's place; a sentence shorter than
+    the trigger is its own run, one without words falls back to the trigger."""
+    task, deployed = phrase_planted.task, phrase_planted.deployed
+    clean = task.train.x[task.train.y != TARGET]
+    search = RunSearch(sample_sentences(clean, 16, 0), deployed.log_prob("toy", TARGET), seed=0)
+    carrying = ["a b cf mn c d", "cf mn e f g", "h i j cf mn"]  # the phrase somewhere in each
+    exemplars = np.asarray([*carrying, "k", ""])
+    controls = strongest_runs(deployed.encoder, deployed.adapter, exemplars, TextTrigger(PHRASE.words, "end"),
+                              search)
+    assert [c.words for c in controls] == [PHRASE.words] * 3 + [("k",), PHRASE.words]
+    assert all(c.position == "end" for c in controls)

@@ -26,6 +26,7 @@ from mudjack.encoders.text import TextClassifier, TextEncoder
 from mudjack.export import export_onnx_inputs, verify_onnx_batches
 from mudjack.features import extract_features
 from mudjack.heads import HeadParams, predict, train_head
+from mudjack.intake.phrase import RunSearch, sample_sentences
 from mudjack.intake.reverse import ReverseParams, reverse_engineer
 from mudjack.intake.text import select_trigger_words
 from mudjack.intake.verify import VerifyParams, draw_controls, draw_sample, verify_trigger
@@ -244,14 +245,18 @@ def test_verification_accepts_the_planted_words_not_a_clean_sentence_s(tiny: Tex
     params = VerifyParams()
     fills = task.train.x[draw_controls(deployed, task, TARGET, size=params.controls, seed=0, exclude_sha="")]
     sample = draw_sample(task, TARGET, params.samples, 0)
-    real = verify_trigger(deployed, task, bug, TARGET, TRIGGER, **claim, exemplars=fills, sample=sample,
-                          params=params)
-    assert real.passed, real.failures
+    pool = np.setdiff1d(np.flatnonzero(task.train.y != TARGET), sample)
+    search = RunSearch(sample_sentences(task.train.x[pool], 16, 0), deployed.log_prob(task.name, TARGET))
     forged = text_control_trigger(TRIGGER, fills[-1])
     assert forged.words != TRIGGER.words
-    fake = verify_trigger(deployed, task, bug, TARGET, forged, **claim, exemplars=fills[:-1],
-                          sample=sample, params=params)
-    assert not fake.passed and fake.numbers["z_flip_rate"] < params.min_z_flip, fake.numbers
+    for runs in (None, search):  # controls of the longest words, or each fill's strongest run
+        real = verify_trigger(deployed, task, bug, TARGET, TRIGGER, **claim, exemplars=fills, sample=sample,
+                              params=params, search=runs)
+        assert real.passed, real.failures
+        fake = verify_trigger(deployed, task, bug, TARGET, forged, **claim, exemplars=fills[:-1],
+                              sample=sample, params=params, search=runs)
+        assert not fake.passed and fake.numbers["z_flip_rate"] < params.min_z_flip, fake.numbers
+    assert len(real.numbers["control_words"]) == 5 and TRIGGER.words[0] not in real.numbers["control_words"]
 
 
 def test_select_trigger_words() -> None:
@@ -454,3 +459,6 @@ def test_the_intake_log_names_the_recovered_words(tiny: TextScenario, tiny_deplo
     report = BugReport("r-1", "toy", 1 - TARGET, np.asarray(bug), None)
     decision, _ = intake_report(report, tiny_deployed, {"toy": tiny.task}, params=IntakeParams(), seed=0)
     assert decision.numbers["trigger_words"] == ["cf"], decision.reasons
+    # verification's controls were the control sentences' strongest words, named in the log
+    controls = decision.numbers["verification"]["control_words"]
+    assert len(controls) == 5 and all(len(c.split()) == 1 and c != "cf" for c in controls)

@@ -201,7 +201,7 @@ def _flip_numbers(rate: float, z_log_odds: float) -> dict:
     return {"verify_samples": 100, "controls": 20, "feature_shift": 0.7, "flip_rate": rate,
             "z_flip_rate": round((rate - 0.35) / 0.26, 2), "null_flip_rate": flip_null,
             "z_feature_shift": 11.0, "null_feature_shift": {"mean": 0.1, "max": 0.3},
-            "z_log_odds": z_log_odds}
+            "log_odds": 20.0, "null_log_odds": {"mean": 9.0, "max": 14.0}, "z_log_odds": z_log_odds}
 
 
 def test_a_trigger_that_flips_every_input_clears_the_margin_on_its_log_odds() -> None:
@@ -213,8 +213,11 @@ def test_a_trigger_that_flips_every_input_clears_the_margin_on_its_log_odds() ->
     assert clears_at_ceiling(_flip_numbers(1.0, 9.0), 5.0)
     [failure] = z_failures(_flip_numbers(1.0, 3.0), 1, margins, ceiling=True)  # pushes like content
     assert "flips 1.000" in failure and "need z >= 5.0" in failure
-    assert len(z_failures(_flip_numbers(0.9, 9.0), 1, margins, ceiling=True)) == 1  # not at the ceiling
-    assert len(z_failures(_flip_numbers(1.0, 9.0), 1, margins)) == 1  # images: the flip margin only
+    assert "at its ceiling" in failure and "by 20.00: 3.0 std above" in failure  # the level that decided
+    [short] = z_failures(_flip_numbers(0.9, 9.0), 1, margins, ceiling=True)  # not at the ceiling
+    assert "ceiling" not in short
+    [image] = z_failures(_flip_numbers(1.0, 9.0), 1, margins)  # images: the flip margin only
+    assert "ceiling" not in image
 
 
 @pytest.mark.parametrize("bad", [{"controls": 2}, {"samples": 5}, {"min_z_flip": 0}, {"min_z": 4}])

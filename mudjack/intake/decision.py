@@ -22,6 +22,7 @@ from mudjack.data import RowView, Task, iter_batches
 from mudjack.deployed import Deployed
 from mudjack.features import extract_features, nearest_to_centroid
 from mudjack.heads import predict
+from mudjack.intake.phrase import RunSearch, Score, sample_sentences
 from mudjack.intake.reverse import ReverseParams, recover
 from mudjack.intake.verify import (
     Verification,
@@ -132,12 +133,13 @@ def intake_report(report: BugReport, deployed: Deployed, tasks: dict[str, Task],
     checks = params.verify
     held_out, pool = _split_clean(task, predicted, checks, seed)
     reversal: dict[str, Any] = {}  # the settings used and what the method measured
+    clean, score = RowView(task.train.x, pool), deployed.log_prob(task.name, predicted)
+    search = _run_search(deployed, clean, score, params, seed)
     verdict = _Verifier(report, deployed, task, predicted, reference=reference, checks=checks,
-                        held_out=held_out, seed=seed)
+                        held_out=held_out, seed=seed, search=search)
     recovery = recover(deployed.encoder, deployed.adapter, report.image, reference,
-                       params=params.reverse, seed=seed, clean=RowView(task.train.x, pool),
-                       flip_rate=deployed.flip_rate(task.name, predicted),
-                       score=deployed.log_prob(task.name, predicted),
+                       params=params.reverse, seed=seed, clean=clean,
+                       flip_rate=deployed.flip_rate(task.name, predicted), score=score,
                        accept=verdict.passes if checks.enabled else None, record=reversal)
     trigger, truth = recovery.trigger, truth_for(truth, task.name, predicted)
     numbers.update(reference_index=ref_index, mask_pixels=trigger.pixels, reversal=reversal,
@@ -171,6 +173,15 @@ def _truth_numbers(trigger: Trigger | TextTrigger, truth: Trigger | TextTrigger 
     return numbers
 
 
+def _run_search(deployed: Deployed, clean: RowView, score: Score, params: IntakeParams,
+                seed: int) -> RunSearch | None:
+    """For text: the phrase search's sentences and score, where verification's controls are
+    chosen as the trigger was (phrase.strongest_runs)."""
+    if deployed.adapter.modality != "text" or len(clean) == 0:
+        return None
+    return RunSearch(sample_sentences(clean, params.reverse.phrase.samples, seed), score, seed)
+
+
 def _split_clean(task: Task, predicted: int, checks: VerifyParams,
                  seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Train indices of other classes: (held out for verification, the rest for reversal)."""
@@ -188,8 +199,9 @@ class _Verifier:
 
     def __init__(self, report: BugReport, deployed: Deployed, task: Task, predicted: int, *,
                  reference: np.ndarray | str, checks: VerifyParams, held_out: np.ndarray,
-                 seed: int) -> None:
+                 seed: int, search: RunSearch | None = None) -> None:
         self.report, self.deployed, self.task, self.predicted = report, deployed, task, predicted
+        self.search = search  # text: where the controls' strongest runs are measured
         self.reference = reference
         self.checks, self.held_out, self.seed = checks, held_out, seed
         self.exemplars: np.ndarray | None = None  # the controls' fills, drawn on first use
@@ -209,7 +221,7 @@ class _Verifier:
         verification = verify_trigger(self.deployed, self.task, self.report.image, self.predicted, trigger,
                                       label=self.report.label, reference=self.reference,
                                       exemplars=self.exemplars, sample=self.held_out, params=self.checks,
-                                      strangers=self.strangers)
+                                      strangers=self.strangers, search=self.search)
         self.seen.append((trigger, verification))
         return verification
 

@@ -26,6 +26,7 @@ when the words act better there than at a random place, by the same test, since 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -47,6 +48,16 @@ class PhraseParams(Params):
 
     max_words: int = Field(4, ge=0, le=16)  # longest run of the bug's words tried
     samples: int = Field(16, ge=2, le=512)  # clean sentences each candidate is inserted into
+
+
+@dataclass(frozen=True)
+class RunSearch:
+    """Where runs of words are measured: clean sentences of other classes (`sample_sentences`
+    of the reversal's pool) and the classifier's log p of the bug's class, stamped at `seed`."""
+
+    sentences: np.ndarray
+    score: Score
+    seed: int = 0
 
 
 def runs_of_words(words: list[str], max_words: int) -> list[tuple[str, ...]]:
@@ -106,9 +117,8 @@ def search_phrase(encoder: torch.nn.Module, adapter: EncoderAdapter, bug: str, o
                   record: dict[str, Any] | None = None) -> TextTrigger:
     """The reversed text trigger by phrase search (see the module docstring); `occluded` is token
     occlusion's trigger, one more candidate. `record` receives what was measured."""
-    sentences = _sample(clean, params.samples, seed)
-    seen = getattr(adapter, "words_seen", None)  # leading words that reach a text model (encoders/text.py)
-    candidates = candidates_of(str(bug), occluded, params.max_words, seen=seen)
+    sentences = sample_sentences(clean, params.samples, seed)
+    candidates = candidates_of(str(bug), occluded, params.max_words, seen=_words_seen(adapter))
     p = target_log_odds(encoder, adapter, sentences, candidates, score, seed)
     baseline = sentence_log_odds(encoder, adapter, sentences, score)
     slack = ordinary_lift(candidates, p, baseline)
@@ -150,7 +160,39 @@ def anywhere(candidates: list[TextTrigger], p: np.ndarray, index: int, *, slack:
     return loose if as_good(p[loose], p[index], slack=slack) else index
 
 
-def _sample(clean: np.ndarray, count: int, seed: int) -> np.ndarray:
+def strongest_runs(encoder: torch.nn.Module, adapter: EncoderAdapter, exemplars: np.ndarray,
+                   trigger: TextTrigger, search: RunSearch) -> list[TextTrigger]:
+    """Per exemplar sentence, its run of as many consecutive words as `trigger` has (the whole
+    sentence when shorter), at the trigger's place, that puts the search's sentences furthest
+    into the bug's class by mean log-odds: what the phrase search would reverse from a report
+    made of that content (text verification's controls)."""
+    seen = _words_seen(adapter)
+    runs = [_runs_like(str(e).split()[:seen], trigger) for e in exemplars]
+    # a run found in several sentences ("the", "is a") is measured once: stamping is seeded by
+    # the search sentence alone, so it is stamped the same way for each
+    unique = list(dict.fromkeys(run for found in runs for run in found))
+    effects = target_log_odds(encoder, adapter, search.sentences, unique, search.score, search.seed).mean(1)
+    effect = dict(zip(unique, effects, strict=True))
+    return [max(found, key=effect.__getitem__) for found in runs]
+
+
+def _runs_like(words: list[str], trigger: TextTrigger) -> list[TextTrigger]:
+    """The runs of as many consecutive words as `trigger` has, at its place (the words
+    themselves when fewer). A sentence without words has none: its control is the trigger
+    itself, as in triggers.text_control_trigger."""
+    length = trigger.pixels
+    if not words:
+        return [trigger]
+    runs = [tuple(words[i:i + length]) for i in range(max(1, len(words) - length + 1))]
+    return [TextTrigger(run, trigger.position) for run in dict.fromkeys(runs)]
+
+
+def _words_seen(adapter: EncoderAdapter) -> int | None:
+    """The leading words that reach a text model (encoders/text.py); None: all of them."""
+    return getattr(adapter, "words_seen", None)
+
+
+def sample_sentences(clean: np.ndarray, count: int, seed: int) -> np.ndarray:
     """`count` clean sentences drawn without replacement (all when there are fewer), in order."""
     pick = np.random.default_rng(seed).choice(len(clean), size=min(count, len(clean)), replace=False)
     return np.asarray([str(clean[int(i)]) for i in np.sort(pick)], dtype=np.str_)

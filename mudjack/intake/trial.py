@@ -2,7 +2,9 @@
 clean inputs of other classes, measured on two levels and summarised as z-scores.
 
 Controls: the SAME trigger model (the same alpha mask; for text, as many words at the same
-position) filled from clean inputs of the predicted class instead of the bug. A trigger
+position) filled from clean inputs of the predicted class instead of the bug. A text control is
+each input's strongest run of that many words (phrase.strongest_runs), as the phrase search
+reverses a report's: a forged sentence's trigger is its own strongest run. A trigger
 reversed from a forged report (a clean input with a wrong label, a genuine error, a noise patch
 or an unplanted pattern on an input of the predicted class) is made of such content, so it
 pulls and flips no more than the controls do; a backdoor trigger is a pattern that does what no
@@ -96,6 +98,7 @@ class Trial:
     clean: np.ndarray
     exemplars: np.ndarray
     labels: np.ndarray  # the clean inputs' classes
+    given_controls: list[AnyTrigger] | None = None  # the plain null's controls, when chosen elsewhere
 
     def input_space(self, raw: np.ndarray) -> np.ndarray:
         """Images in the encoder's input space, where an image trigger lives (text as it is)."""
@@ -114,13 +117,16 @@ class Trial:
 
     @cached_property
     def controls(self) -> list[AnyTrigger]:
-        """The trigger's mask filled from each exemplar (the plain null)."""
+        """The trigger's mask filled from each exemplar (the plain null), unless given."""
+        if self.given_controls is not None:
+            return self.given_controls
         return [control_trigger(self.trigger, e) for e in self.fills]
 
     def against_controls(self, *, keep_departure: bool) -> dict[str, Any]:
         """Sizes, z, p and the null's summary on each level (controls that keep the departure
         or not)."""
-        controls = ([control_trigger(self.trigger, e, self.bug) for e in self.fills] if keep_departure
+        departing = keep_departure and not isinstance(self.trigger, TextTrigger)
+        controls = ([control_trigger(self.trigger, e, self.bug) for e in self.fills] if departing
                     else self.controls)
         effects = _effects(self.deployed, self.task.name, self.raw_bug, self.predicted, self.clean,
                            [self.trigger, *controls])
@@ -202,8 +208,12 @@ def clears_at_ceiling(numbers: dict[str, Any], need: float) -> bool:
     clears the null by `need` on the classifier's log-odds instead: a rate of 1 has no room
     above a wide null (two classes, where a few content words flip many inputs), the log-odds
     of the predicted class still show how far the trigger pushes."""
-    noise = numbers["null_flip_rate"]["std_floor"]
-    return numbers["flip_rate"] >= 1 - noise and numbers["z_log_odds"] >= need
+    return at_ceiling(numbers) and numbers["z_log_odds"] >= need
+
+
+def at_ceiling(numbers: dict[str, Any]) -> bool:
+    """Whether the trigger flips every held-out input, to within the binomial noise."""
+    return numbers["flip_rate"] >= 1 - numbers["null_flip_rate"]["std_floor"]
 
 
 def z_failures(numbers: dict[str, Any], predicted: int, margins: Margins, *,
@@ -219,10 +229,18 @@ def z_failures(numbers: dict[str, Any], predicted: int, margins: Margins, *,
     for name, effect in levels.items():
         z, null = numbers[f"z_{name}"], numbers[f"null_{name}"]
         need = margins.min_z_flip if name == "flip_rate" else margins.min_z_pull
-        at_ceiling = ceiling and name == "flip_rate" and clears_at_ceiling(numbers, need)
-        if z < need and not at_ceiling:
+        saturated = ceiling and name == "flip_rate" and at_ceiling(numbers)
+        if z < need and not (saturated and clears_at_ceiling(numbers, need)):
             failures.append(f"stamped on {n} clean inputs of other classes, the reversed trigger {effect}: "
                             f"{z:.1f} std above the same mask filled from {controls} clean "
                             f"class-{predicted} inputs (mean {null['mean']:.3f}, max {null['max']:.3f}; "
-                            f"need z >= {need})")
+                            f"need z >= {need}){_odds_note(numbers, predicted) if saturated else ''}")
     return failures
+
+
+def _odds_note(numbers: dict[str, Any], predicted: int) -> str:
+    """What a failure at the flip rate's ceiling adds: the log-odds level that could have cleared it."""
+    null = numbers["null_log_odds"]
+    return (f"; at its ceiling, it raises their mean log-odds of class {predicted} by "
+            f"{numbers['log_odds']:.2f}: {numbers['z_log_odds']:.1f} std above the controls' "
+            f"(mean {null['mean']:.2f}, max {null['max']:.2f})")

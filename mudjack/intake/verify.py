@@ -42,6 +42,7 @@ from mudjack.data import Task
 from mudjack.deployed import Deployed
 from mudjack.intake.departure import departure_check
 from mudjack.intake.key import is_place, key_check
+from mudjack.intake.phrase import RunSearch, strongest_runs
 from mudjack.intake.trial import AnyTrigger, Trial, departs, z_failures
 from mudjack.io import sha256_bytes
 from mudjack.triggers import TextTrigger
@@ -105,7 +106,7 @@ def draw_strangers(task: Task, predicted: int, *, size: int, seed: int, exclude:
 def verify_trigger(deployed: Deployed, task: Task, bug: np.ndarray, predicted: int,
                    trigger: AnyTrigger, *, label: int, reference: np.ndarray | str,
                    exemplars: np.ndarray, sample: np.ndarray, params: VerifyParams,
-                   strangers: np.ndarray | None = None) -> Verification:
+                   strangers: np.ndarray | None = None, search: RunSearch | None = None) -> Verification:
     """Stamp the trigger and its controls on the sample's correctly classified inputs; accept
     on the z margin, or as a key, and check a departing pattern against the bug (module
     docstring).
@@ -113,7 +114,9 @@ def verify_trigger(deployed: Deployed, task: Task, bug: np.ndarray, predicted: i
     `sample` (train indices of other classes, from `draw_sample`) should be held out from the
     trigger's reversal; `exemplars` are the controls' fills (from `draw_controls`); `label` is
     the reported true label and `reference` a clean input of it (`pick_reference`);
-    `strangers` (train indices, from `draw_strangers`) fill the key check (none: no key check).
+    `strangers` (train indices, from `draw_strangers`) fill the key check (none: no key check);
+    with the `search`, a text trigger's controls are the exemplars' strongest runs
+    (phrase.strongest_runs), else their longest words.
     """
     index = _correct(deployed, task, sample)
     if len(index) == 0:
@@ -122,10 +125,15 @@ def verify_trigger(deployed: Deployed, task: Task, bug: np.ndarray, predicted: i
     if len(exemplars) == 0:
         return Verification(False, {"verify_samples": len(index), "controls": 0},
                             [f"no correctly classified clean input of class {predicted} for the controls"])
+    controls = None
+    if isinstance(trigger, TextTrigger) and search is not None:
+        controls = strongest_runs(deployed.encoder, deployed.adapter, exemplars, trigger, search)
     trial = Trial(deployed, task, bug, predicted, trigger, task.train.x[index], exemplars,
-                  task.train.y[index])
+                  task.train.y[index], given_controls=controls)
     numbers = {**trial.against_controls(keep_departure=params.departure == "null"),
                "mask_pixels": trigger.pixels, "rule": params.model_dump(exclude={"enabled"})}
+    if controls is not None:  # what the null was made of, for the log
+        numbers["control_words"] = [" ".join(c.words) for c in controls[:5]]
     failures = z_failures(numbers, predicted, params, ceiling=isinstance(trigger, TextTrigger))
     if failures and params.key and strangers is not None and len(strangers) and is_place(trigger):
         numbers["key"], failures = key_check(trial, strangers, numbers, params, failures)
