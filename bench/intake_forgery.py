@@ -63,8 +63,8 @@ RESULTS_PATH = Path(__file__).resolve().parent / "results" / "intake.json"
 FORGERY_KINDS = ("wrong_label", "noise_patch", "other_pattern", "genuine_error")
 TEXT_FORGERY_KINDS = ("wrong_label", "inserted_words", "genuine_error")
 # the verification numbers a row keeps (summarised per kind as min / median / max)
-ROW_NUMBERS = ("flip_rate", "feature_shift", "z_flip_rate", "z_feature_shift", "null_flip_mean",
-               "null_flip_max", "mask_pixels")
+ROW_NUMBERS = ("flip_rate", "feature_shift", "z_flip_rate", "z_feature_shift", "z_log_odds",
+               "null_flip_mean", "null_flip_max", "mask_pixels")
 # a forgery kind's reports, and how many candidates it left out because they fired the backdoor
 Forged = tuple[list[BugReport], int]
 AnyTrigger = Trigger | TextTrigger
@@ -263,8 +263,9 @@ def _decide(reports: list[BugReport], deployed: Deployed, task: Task, trigger: A
                      "predicted": decision.numbers.get("predicted"),
                      "error": decision.numbers.get("error"), "iou": decision.numbers.get("iou"),
                      "null_flip_mean": null.get("mean"), "null_flip_max": null.get("max"),
+                     # z_log_odds: the level a text trigger at the flip rate's ceiling may pass on
                      **{k: check.get(k) for k in ("flip_rate", "feature_shift", "z_flip_rate",
-                                                  "z_feature_shift", "mask_pixels")},
+                                                  "z_feature_shift", "z_log_odds", "mask_pixels")},
                      # the key and departure checks' numbers, where they ran
                      **{k: check.get(k) for k in ("key", "departure")}})
         if audit is not None and bug is not None:

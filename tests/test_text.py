@@ -282,6 +282,7 @@ def test_forgery_bench_forges_text_reports_and_audits_them(tiny: TextScenario,
                                n_forged=2, seed=0)
     assert tuple(result["forged"]) == TEXT_FORGERY_KINDS
     assert result["real"]["n"] == 3 and result["real"]["rate"] == 1.0, result["real"]
+    assert result["real"]["z_log_odds"]["min"] > 0  # the ceiling's level, summarised with the rest
     assert result["forged_total"]["n"] == 6 and result["forged_total"]["rejection_rate"] == 1.0
     inserted = result["forged"]["inserted_words"]
     assert inserted["n"] == 2 and inserted["outcomes"], inserted
