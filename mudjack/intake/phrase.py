@@ -21,6 +21,10 @@ A trigger planted at one place sits there in the bug: a run that opens the bug i
 at the start of the clean sentences, one that closes it at the end. A fixed place is kept only
 when the words act better there than at a random place, by the same test, since a patch for
 `random` covers every place.
+
+Verification's text controls are chosen the same way (`strongest_runs`): each clean sentence of
+the bug's class gives its strongest run of as many words as the trigger has, measured on the
+same sentences (`RunSearch`), since a forged report's trigger is its own sentence's strongest run.
 """
 
 from __future__ import annotations
