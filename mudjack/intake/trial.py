@@ -45,6 +45,7 @@ from mudjack.deployed import Deployed
 from mudjack.features import cosine, extract_features
 from mudjack.heads import predict
 from mudjack.intake.masks import masked_trigger
+from mudjack.intake.phrase import RunSearch, strongest_runs
 from mudjack.triggers import TextTrigger, Trigger, text_control_trigger
 
 AnyTrigger = Trigger | TextTrigger
@@ -98,7 +99,12 @@ class Trial:
     clean: np.ndarray
     exemplars: np.ndarray
     labels: np.ndarray  # the clean inputs' classes
-    given_controls: list[AnyTrigger] | None = None  # the plain null's controls, when chosen elsewhere
+    search: RunSearch | None = None  # text: the controls are the exemplars' strongest runs
+
+    @property
+    def searched(self) -> bool:
+        """Whether the controls are the exemplars' strongest runs (a text trigger with a search)."""
+        return isinstance(self.trigger, TextTrigger) and self.search is not None
 
     def input_space(self, raw: np.ndarray) -> np.ndarray:
         """Images in the encoder's input space, where an image trigger lives (text as it is)."""
@@ -117,9 +123,11 @@ class Trial:
 
     @cached_property
     def controls(self) -> list[AnyTrigger]:
-        """The trigger's mask filled from each exemplar (the plain null), unless given."""
-        if self.given_controls is not None:
-            return self.given_controls
+        """The trigger's mask filled from each exemplar (the plain null); for a searched text
+        trigger, each exemplar's strongest run (phrase.strongest_runs)."""
+        if self.searched:
+            return list(strongest_runs(self.deployed.encoder, self.deployed.adapter, self.exemplars,
+                                       self.trigger, self.search))
         return [control_trigger(self.trigger, e) for e in self.fills]
 
     def against_controls(self, *, keep_departure: bool) -> dict[str, Any]:

@@ -42,7 +42,7 @@ from mudjack.data import Task
 from mudjack.deployed import Deployed
 from mudjack.intake.departure import departure_check
 from mudjack.intake.key import is_place, key_check
-from mudjack.intake.phrase import RunSearch, strongest_runs
+from mudjack.intake.phrase import RunSearch
 from mudjack.intake.trial import AnyTrigger, Trial, departs, z_failures
 from mudjack.io import sha256_bytes
 from mudjack.triggers import TextTrigger
@@ -125,15 +125,13 @@ def verify_trigger(deployed: Deployed, task: Task, bug: np.ndarray, predicted: i
     if len(exemplars) == 0:
         return Verification(False, {"verify_samples": len(index), "controls": 0},
                             [f"no correctly classified clean input of class {predicted} for the controls"])
-    controls = None
-    if isinstance(trigger, TextTrigger) and search is not None:
-        controls = strongest_runs(deployed.encoder, deployed.adapter, exemplars, trigger, search)
     trial = Trial(deployed, task, bug, predicted, trigger, task.train.x[index], exemplars,
-                  task.train.y[index], given_controls=controls)
+                  task.train.y[index], search=search)
     numbers = {**trial.against_controls(keep_departure=params.departure == "null"),
                "mask_pixels": trigger.pixels, "rule": params.model_dump(exclude={"enabled"})}
-    if controls is not None:  # what the null was made of, for the log
-        numbers["control_words"] = [" ".join(c.words) for c in controls[:5]]
+    if trial.searched:  # what the null was made of, for the log
+        named = [c for c in trial.controls[:5] if isinstance(c, TextTrigger)]
+        numbers["control_words"] = [" ".join(c.words) for c in named]
     failures = z_failures(numbers, predicted, params, ceiling=isinstance(trigger, TextTrigger))
     if failures and params.key and strangers is not None and len(strangers) and is_place(trigger):
         numbers["key"], failures = key_check(trial, strangers, numbers, params, failures)
