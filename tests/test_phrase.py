@@ -24,6 +24,7 @@ from mudjack.intake.phrase import (
     RunSearch,
     anywhere,
     candidates_of,
+    grown_runs,
     ordinary_lift,
     runs_of_words,
     sample_sentences,
@@ -33,7 +34,7 @@ from mudjack.intake.phrase import (
 from mudjack.intake.reverse import ReverseParams, recover
 from mudjack.patching.text_mudjacking import TextViews, trigger_part
 from mudjack.triggers import TextTrigger, stamp_text
-from tests.helpers.text import synthetic_sentences, write_tiny_bert
+from tests.helpers.text import FILLER, synthetic_sentences, write_tiny_bert
 
 PHRASE = TextTrigger(("cf", "mn"))
 TARGET = 1
@@ -162,6 +163,30 @@ def test_a_two_word_trigger_is_recovered_whole(phrase_planted: Planted) -> None:
     assert any(t.words != PHRASE.words for t in occluded)  # what occlusion alone recovers
 
 
+def test_a_phrase_longer_than_max_words_is_grown_whole(phrase_planted: Planted) -> None:
+    """With single words tried, the strongest is as long as any tried, so its runs one word
+    longer are measured too: the two-word phrase is found whole, not as its part."""
+    for bug in _bugs(phrase_planted, PHRASE, 2):
+        trigger, record = _recover(phrase_planted, bug, ReverseParams(phrase=PhraseParams(max_words=1)))
+        assert trigger.words == PHRASE.words and record["phrase"]["longest_run"] >= 2
+
+
+def test_runs_grow_only_while_the_longest_is_strongest() -> None:
+    """Growth stops where the run the search would choose is shorter than the longest tried
+    (here at "b c d": "a b c d" and "b c d e" act no better)."""
+    bug = "a b c d e"
+    strength = {("b", "c"): 3.0, ("b", "c", "d"): 4.0, ("a", "b", "c"): 2.0}
+
+    def measure(runs: list[TextTrigger]) -> np.ndarray:
+        return np.array([[strength.get(r.words, 1.0)] * 4 for r in runs])
+
+    start = [TextTrigger(w) for w in runs_of_words(bug.split(), 2)]
+    grown, p = grown_runs(bug, start, measure(start), slack=0.0, seen=None, measure=measure)
+    assert {t.words for t in grown[len(start):]} == {("a", "b", "c"), ("b", "c", "d"), ("a", "b", "c", "d"),
+                                                     ("b", "c", "d", "e")}
+    assert grown[int(np.argmax(p.mean(1)))].words == ("b", "c", "d") and len(p) == len(grown)
+
+
 def test_a_phrase_planted_at_the_end_is_recovered_there(phrase_bert: Path) -> None:
     at_end = TextTrigger(PHRASE.words, "end")
     planted = _plant(phrase_bert, at_end)
@@ -200,3 +225,31 @@ def test_a_text_control_is_its_sentence_strongest_run(phrase_planted: Planted) -
                               search)
     assert [c.words for c in controls] == [PHRASE.words] * 3 + [("k",), PHRASE.words]
     assert all(c.position == "end" for c in controls)
+
+
+def test_long_controls_are_screened_within_the_search_budget(phrase_planted: Planted) -> None:
+    """More runs than the search's budget (long control sentences, a run per word): a first pass
+    on a quarter of the sentences keeps each control's strongest, so fewer stamped sentences are
+    scored than measuring every run on all of them, and the phrase still wins where it is."""
+    task, deployed = phrase_planted.task, phrase_planted.deployed
+    clean = task.train.x[task.train.y != TARGET]
+    filler = [w for w in FILLER if w != "."]
+    exemplars = np.asarray([" ".join([*filler[:at], *PHRASE.words, *filler[at:]]) for at in (0, 4, 9, 13)])
+    scored: list[int] = []
+    log_p = deployed.log_prob("toy", TARGET)
+
+    def counted(features: torch.Tensor) -> torch.Tensor:
+        scored.append(len(features))
+        return log_p(features)
+
+    def controls(budget: int | None) -> list[TextTrigger]:
+        scored.clear()
+        search = RunSearch(sample_sentences(clean, 16, 0), counted, seed=0, budget=budget)
+        return strongest_runs(deployed.encoder, deployed.adapter, exemplars, PHRASE, search)
+
+    every = controls(None)
+    runs = sum(scored) // 16  # each distinct run on all 16 sentences
+    screened = controls(8)
+    first, rest = scored  # every run on 4 sentences, then the kept (4 per control) on 12
+    assert runs > 8 and first == runs * 4 and rest <= 4 * len(exemplars) * 12 and first + rest < runs * 16
+    assert [c.words for c in screened] == [c.words for c in every] == [PHRASE.words] * 4

@@ -179,7 +179,8 @@ def _run_search(deployed: Deployed, clean: RowView, score: Score, params: Intake
     chosen as the trigger was (phrase.strongest_runs)."""
     if deployed.adapter.modality != "text" or len(clean) == 0:
         return None
-    return RunSearch(sample_sentences(clean, params.reverse.phrase.samples, seed), score, seed)
+    phrase = params.reverse.phrase
+    return RunSearch(sample_sentences(clean, phrase.samples, seed), score, seed, budget=phrase.control_runs)
 
 
 def _split_clean(task: Task, predicted: int, checks: VerifyParams,

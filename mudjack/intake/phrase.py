@@ -17,6 +17,12 @@ sentences within two of its standard errors, or within what an ordinary word of 
 weak classifier a little). A run that adds a content word to the whole trigger acts no better,
 so it is not chosen; a part of a phrase acts worse, so it is not either.
 
+A trigger may be longer than `max_words` (a planted sentence such as "i watched this 3d
+movie"): while the run the search would choose is as long as any tried, its runs one word
+longer in the bug are tried too (`grown_runs`), so such a trigger is found whole, not as its
+part. Growth stops where the longer runs act no better, as a trigger with a content word
+added does.
+
 A trigger planted at one place sits there in the bug: a run that opens the bug is also tried
 at the start of the clean sentences, one that closes it at the end. A fixed place is kept only
 when the words act better there than at a random place, by the same test, since a patch for
@@ -44,24 +50,30 @@ from mudjack.triggers import TextTrigger, stamp_text
 
 Score = Callable[[torch.Tensor], torch.Tensor]  # per-input log p of the bug's class, from features
 Z = 2.0  # standard errors of a paired difference still counted as "as good"
+SCREEN_KEEPS = 4  # runs per control that the first pass over long controls keeps (strongest_runs)
 LOG_ODDS_BOUND = 15.0  # |log-odds| kept: float32 log-probabilities cannot tell p from 1 near 16.6
 
 
 class PhraseParams(Params):
     """`intake.reverse.phrase`: the text phrase search (max_words 0 keeps token occlusion alone)."""
 
-    max_words: int = Field(4, ge=0, le=16)  # longest run of the bug's words tried
+    max_words: int = Field(4, ge=0, le=16)  # every run of the bug's words up to this long is tried
     samples: int = Field(16, ge=2, le=512)  # clean sentences each candidate is inserted into
+    control_runs: int = Field(512, ge=1)    # verification's text controls: more runs than this
+                                            # are screened first (RunSearch.budget)
 
 
 @dataclass(frozen=True)
 class RunSearch:
     """Where runs of words are measured: clean sentences of other classes (`sample_sentences`
-    of the reversal's pool) and the classifier's log p of the bug's class, stamped at `seed`."""
+    of the reversal's pool) and the classifier's log p of the bug's class, stamped at `seed`.
+    Controls with more than `budget` runs in all (None: no limit) are screened first
+    (`strongest_runs`)."""
 
     sentences: np.ndarray
     score: Score
     seed: int = 0
+    budget: int | None = None
 
 
 def runs_of_words(words: list[str], max_words: int) -> list[tuple[str, ...]]:
@@ -126,10 +138,14 @@ def search_phrase(encoder: torch.nn.Module, adapter: EncoderAdapter, bug: str, o
     p = target_log_odds(encoder, adapter, sentences, candidates, score, seed)
     baseline = sentence_log_odds(encoder, adapter, sentences, score)
     slack = ordinary_lift(candidates, p, baseline)
+    candidates, p = grown_runs(str(bug), candidates, p, slack=slack, seen=_words_seen(adapter),
+                               measure=lambda runs: target_log_odds(encoder, adapter, sentences, runs,
+                                                                    score, seed))
     found = candidates[anywhere(candidates, p, shortest_as_good(candidates, p, slack=slack), slack=slack)]
     if record is not None:
         effects = p.mean(1)
         record["phrase"] = {"candidates": len(candidates), "samples": len(sentences),
+                            "longest_run": max(c.pixels for c in candidates),
                             "occlusion_words": list(occluded.words), "top": _top(candidates, effects),
                             "clean_effect": round(float(baseline.mean()), 4), "slack": round(slack, 4),
                             "chosen_words": list(found.words), "position": found.position,
@@ -144,14 +160,47 @@ def candidates_of(bug: str, occluded: TextTrigger, max_words: int, *,
     bug); then occlusion's words when they are none of the runs. Only the first `seen` words
     reach the encoder (the rest is cut off by its tokenizer), so only they are searched: a long
     report costs no more than one the encoder sees whole."""
+    runs = runs_of_words(bug.split()[:seen], max_words)
+    return _placed(bug, runs, seen) + ([] if occluded.words in runs else [occluded])
+
+
+def _placed(bug: str, runs: list[tuple[str, ...]], seen: int | None) -> list[TextTrigger]:
+    """Runs of the bug's words at a random place, and those that open (close) the bug also at
+    the start (end); a bug longer than the `seen` words has no end the encoder sees."""
     words = bug.split()
-    window = words[:seen] if seen is not None else words
-    runs = runs_of_words(window, max_words)
     found = [TextTrigger(run) for run in runs]
     found += [TextTrigger(run, "start") for run in runs if tuple(words[:len(run)]) == run]
-    if len(window) == len(words):
+    if seen is None or len(words) <= seen:
         found += [TextTrigger(run, "end") for run in runs if tuple(words[-len(run):]) == run]
-    return found + ([] if occluded.words in runs else [occluded])
+    return found
+
+
+def grown_runs(bug: str, candidates: list[TextTrigger], p: np.ndarray, *, slack: float,
+               seen: int | None, measure: Callable[[list[TextTrigger]], np.ndarray],
+               ) -> tuple[list[TextTrigger], np.ndarray]:
+    """The candidates and their log-odds (rows of `p`), with longer runs while the one the
+    search would choose (`shortest_as_good`) is as long as any tried: its runs one word longer
+    in the bug (to either side) are measured too, so a trigger longer than `max_words` (a
+    planted sentence) is found whole, not as its part. A run that only adds content words to
+    the trigger acts no better than it, so growth stops there."""
+    window = bug.split()[:seen]
+    while True:
+        chosen = candidates[shortest_as_good(candidates, p, slack=slack)]
+        if chosen.pixels < max(c.pixels for c in candidates):
+            return candidates, p
+        longer = [t for t in _placed(bug, _extensions(window, chosen.words), seen) if t not in candidates]
+        if not longer:
+            return candidates, p
+        candidates, p = candidates + longer, np.concatenate([p, measure(longer)])
+
+
+def _extensions(words: list[str], run: tuple[str, ...]) -> list[tuple[str, ...]]:
+    """Each run of `words` one word longer than `run` that holds it, once each."""
+    size = len(run)
+    starts = [at for at in range(len(words) - size + 1) if tuple(words[at:at + size]) == run]
+    found = [tuple(words[begin:begin + size + 1]) for at in starts for begin in (at - 1, at)
+             if begin >= 0 and begin + size + 1 <= len(words)]
+    return list(dict.fromkeys(found))
 
 
 def anywhere(candidates: list[TextTrigger], p: np.ndarray, index: int, *, slack: float) -> int:
@@ -172,12 +221,34 @@ def strongest_runs(encoder: torch.nn.Module, adapter: EncoderAdapter, exemplars:
     made of that content (text verification's controls)."""
     seen = _words_seen(adapter)
     runs = [_runs_like(str(e).split()[:seen], trigger) for e in exemplars]
-    # a run found in several sentences ("the", "is a") is measured once: stamping is seeded by
-    # the search sentence alone, so it is stamped the same way for each
-    unique = list(dict.fromkeys(run for found in runs for run in found))
-    effects = target_log_odds(encoder, adapter, search.sentences, unique, search.score, search.seed).mean(1)
-    effect = dict(zip(unique, effects, strict=True))
+    sentences = search.sentences
+    if search.budget is not None and len(_unique(runs)) > search.budget:
+        # long sentences have a run per word: a first pass on a quarter of the sentences keeps
+        # each exemplar's few strongest, so they cost about a quarter of measuring every run
+        first = max(2, len(sentences) // 4)
+        screen = _mean_effects(encoder, adapter, search, _unique(runs), sentences[:first])
+        runs = [sorted(found, key=screen.__getitem__, reverse=True)[:SCREEN_KEEPS] for found in runs]
+        rest = _mean_effects(encoder, adapter, search, _unique(runs), sentences[first:])
+        share = first / len(sentences)
+        effect = {run: share * screen[run] + (1 - share) * value for run, value in rest.items()}
+    else:
+        effect = _mean_effects(encoder, adapter, search, _unique(runs), sentences)
     return [max(found, key=effect.__getitem__) for found in runs]
+
+
+def _unique(runs: list[list[TextTrigger]]) -> list[TextTrigger]:
+    """Each run once: one found in several sentences ("the", "is a") is measured once, since
+    stamping is seeded by the search sentence alone."""
+    return list(dict.fromkeys(run for found in runs for run in found))
+
+
+def _mean_effects(encoder: torch.nn.Module, adapter: EncoderAdapter, search: RunSearch,
+                  runs: list[TextTrigger], sentences: np.ndarray) -> dict[TextTrigger, float]:
+    """Each run's mean log-odds of the bug's class over `sentences` (0 over none)."""
+    if not len(sentences):
+        return dict.fromkeys(runs, 0.0)
+    effects = target_log_odds(encoder, adapter, sentences, runs, search.score, search.seed).mean(1)
+    return dict(zip(runs, effects.tolist(), strict=True))
 
 
 def _runs_like(words: list[str], trigger: TextTrigger) -> list[TextTrigger]:
