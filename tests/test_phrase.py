@@ -164,14 +164,14 @@ def test_a_two_word_trigger_is_recovered_whole(phrase_planted: Planted) -> None:
 
 
 def test_a_phrase_longer_than_max_words_is_grown_whole(phrase_planted: Planted) -> None:
-    """With single words tried, the strongest is as long as any tried, so its runs one word
-    longer are measured too: the two-word phrase is found whole, not as its part."""
+    """With single words tried, the run the search chooses is as long as any tried, so its runs
+    one word longer are measured too: the two-word phrase is found whole, not as its part."""
     for bug in _bugs(phrase_planted, PHRASE, 2):
         trigger, record = _recover(phrase_planted, bug, ReverseParams(phrase=PhraseParams(max_words=1)))
         assert trigger.words == PHRASE.words and record["phrase"]["longest_run"] >= 2
 
 
-def test_runs_grow_only_while_the_longest_is_strongest() -> None:
+def test_runs_grow_only_while_the_chosen_run_is_the_longest() -> None:
     """Growth stops where the run the search would choose is shorter than the longest tried
     (here at "b c d": "a b c d" and "b c d e" act no better)."""
     bug = "a b c d e"
@@ -229,8 +229,8 @@ def test_a_text_control_is_its_sentence_strongest_run(phrase_planted: Planted) -
 
 def test_long_controls_are_screened_within_the_search_budget(phrase_planted: Planted) -> None:
     """More runs than the search's budget (long control sentences, a run per word): a first pass
-    on a quarter of the sentences keeps each control's strongest, so fewer stamped sentences are
-    scored than measuring every run on all of them, and the phrase still wins where it is."""
+    on a quarter of the sentences keeps each control's four strongest, so fewer stamped sentences
+    are scored than measuring every run on all of them, and the phrase still wins where it is."""
     task, deployed = phrase_planted.task, phrase_planted.deployed
     clean = task.train.x[task.train.y != TARGET]
     filler = [w for w in FILLER if w != "."]
