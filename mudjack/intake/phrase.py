@@ -133,14 +133,16 @@ def search_phrase(encoder: torch.nn.Module, adapter: EncoderAdapter, bug: str, o
                   record: dict[str, Any] | None = None) -> TextTrigger:
     """The reversed text trigger by phrase search (see the module docstring); `occluded` is token
     occlusion's trigger, one more candidate. `record` receives what was measured."""
-    sentences = sample_sentences(clean, params.samples, seed)
-    candidates = candidates_of(str(bug), occluded, params.max_words, seen=_words_seen(adapter))
-    p = target_log_odds(encoder, adapter, sentences, candidates, score, seed)
+    sentences, seen = sample_sentences(clean, params.samples, seed), _words_seen(adapter)
+
+    def measure(runs: list[TextTrigger]) -> np.ndarray:
+        return target_log_odds(encoder, adapter, sentences, runs, score, seed)
+
+    candidates = candidates_of(str(bug), occluded, params.max_words, seen=seen)
+    p = measure(candidates)
     baseline = sentence_log_odds(encoder, adapter, sentences, score)
     slack = ordinary_lift(candidates, p, baseline)
-    candidates, p = grown_runs(str(bug), candidates, p, slack=slack, seen=_words_seen(adapter),
-                               measure=lambda runs: target_log_odds(encoder, adapter, sentences, runs,
-                                                                    score, seed))
+    candidates, p = grown_runs(str(bug), candidates, p, slack=slack, seen=seen, measure=measure)
     found = candidates[anywhere(candidates, p, shortest_as_good(candidates, p, slack=slack), slack=slack)]
     if record is not None:
         effects = p.mean(1)
