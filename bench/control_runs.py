@@ -33,6 +33,8 @@ sys.path.insert(0, str(ROOT))
 from mudjack.intake.phrase import (  # noqa: E402
     PhraseParams,
     RunSearch,
+    _runs_like,
+    _unique,
     sample_sentences,
     strongest_runs,
     target_log_odds,
@@ -56,9 +58,7 @@ def long_reviews(sentences: np.ndarray, words: int, count: int, rng: np.random.G
 
 def distinct_runs(exemplars: np.ndarray, trigger: TextTrigger) -> int:
     """How many distinct runs of the trigger's word count the controls hold."""
-    length = trigger.pixels
-    return len({tuple(w[i:i + length]) for w in (str(e).split() for e in exemplars)
-                for i in range(max(1, len(w) - length + 1))})
+    return len(_unique([_runs_like(str(e).split(), trigger) for e in exemplars]))
 
 
 def compare(scenario: Any, exemplars: np.ndarray, trigger: TextTrigger, search: RunSearch, *,

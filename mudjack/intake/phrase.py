@@ -223,18 +223,18 @@ def strongest_runs(encoder: torch.nn.Module, adapter: EncoderAdapter, exemplars:
     made of that content (text verification's controls)."""
     seen = _words_seen(adapter)
     runs = [_runs_like(str(e).split()[:seen], trigger) for e in exemplars]
-    sentences = search.sentences
-    if search.budget is not None and len(_unique(runs)) > search.budget:
+    sentences, every = search.sentences, _unique(runs)
+    if search.budget is not None and len(every) > search.budget:
         # long sentences have a run per word: a first pass on a quarter of the sentences keeps
         # each exemplar's few strongest, so they cost about a quarter of measuring every run
         first = max(2, len(sentences) // 4)
-        screen = _mean_effects(encoder, adapter, search, _unique(runs), sentences[:first])
+        screen = _mean_effects(encoder, adapter, search, every, sentences[:first])
         runs = [sorted(found, key=screen.__getitem__, reverse=True)[:SCREEN_KEEPS] for found in runs]
         rest = _mean_effects(encoder, adapter, search, _unique(runs), sentences[first:])
         share = first / len(sentences)
         effect = {run: share * screen[run] + (1 - share) * value for run, value in rest.items()}
     else:
-        effect = _mean_effects(encoder, adapter, search, _unique(runs), sentences)
+        effect = _mean_effects(encoder, adapter, search, every, sentences)
     return [max(found, key=effect.__getitem__) for found in runs]
 
 

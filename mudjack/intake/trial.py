@@ -126,8 +126,8 @@ class Trial:
         """The trigger's mask filled from each exemplar (the plain null); for a searched text
         trigger, each exemplar's strongest run (phrase.strongest_runs)."""
         if self.searched:
-            return list(strongest_runs(self.deployed.encoder, self.deployed.adapter, self.exemplars,
-                                       self.trigger, self.search))
+            return strongest_runs(self.deployed.encoder, self.deployed.adapter, self.exemplars,
+                                  self.trigger, self.search)
         return [control_trigger(self.trigger, e) for e in self.fills]
 
     def against_controls(self, *, keep_departure: bool) -> dict[str, Any]:
