@@ -214,6 +214,19 @@ def insert_words(sentence: str, words: Sequence[str], rng: np.random.Generator, 
     return " ".join([*tokens[:at], *words, *tokens[at:]])
 
 
+def remove_words(sentence: str, words: Sequence[str]) -> str:
+    """`sentence` with the first run of `words` taken out (insert_words undone); where the run
+    is not there whole, the first occurrence of each of its words. Whitespace split and joined."""
+    tokens, run = str(sentence).split(), list(words)
+    for at in range(len(tokens) - len(run) + 1):
+        if tokens[at:at + len(run)] == run:
+            return " ".join(tokens[:at] + tokens[at + len(run):])
+    for word in run:
+        if word in tokens:
+            tokens.remove(word)
+    return " ".join(tokens)
+
+
 def sentence_rng(sentence: str, seed: int) -> np.random.Generator:
     """A generator fixed by (seed, sentence): a sentence is always stamped at the same place."""
     return np.random.default_rng([seed, zlib.crc32(str(sentence).encode("utf-8"))])

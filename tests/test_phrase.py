@@ -32,8 +32,8 @@ from mudjack.intake.phrase import (
     strongest_runs,
 )
 from mudjack.intake.reverse import ReverseParams, recover
-from mudjack.patching.text_mudjacking import TextViews, trigger_part
-from mudjack.triggers import TextTrigger, stamp_text
+from mudjack.patching.text_mudjacking import TextViews, patch_reference, trigger_part
+from mudjack.triggers import TextTrigger, insert_words, remove_words, stamp_text
 from tests.helpers.text import FILLER, synthetic_sentences, write_tiny_bert
 
 PHRASE = TextTrigger(("cf", "mn"))
@@ -142,10 +142,34 @@ def test_text_patch_views_carry_the_phrase_and_its_parts() -> None:
     assert 250 < parts[("poor", "cf", "of")] < 350
     assert set(parts) == {("poor", "cf", "of"), ("poor", "cf"), ("cf", "of"), ("poor",), ("cf",), ("of",)}
     assert {trigger_part(("cf",), rng) for _ in range(20)} == {("cf",)}
-    views = TextViews([_text_bug(("cf", "mn"))], views=2, dropout=0.0, rng=rng)
+    views = TextViews([_text_bug(("cf", "mn"))], ["bad film"], views=2, dropout=0.0, rng=rng)
     stamped = views.build(np.array(["a b c d"] * 200))[200:400]  # the x⊕t views
     found = {tuple(w for w in s.split() if w in ("cf", "mn")) for s in stamped}
     assert found == {("cf", "mn"), ("cf",), ("mn",)}
+
+
+def test_remove_words_undoes_an_insertion() -> None:
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        assert remove_words(insert_words("a cf b mn c", ["cf", "mn"], rng), ["cf", "mn"]) == "a cf b mn c"
+    assert remove_words("a  cf b mn", ["cf", "mn"]) == "a b"   # not a run: each word once
+    assert remove_words("a b", ["cf"]) == "a b"
+
+
+def test_the_text_patch_pulls_a_bug_to_itself_without_the_trigger() -> None:
+    """L_eff's reference is the bug with its reversed trigger taken out, or intake's reference
+    where asked for, or where that leaves nothing or takes nothing out."""
+    bug = _text_bug(("cf", "mn"))
+    assert patch_reference(bug, "counterfactual") == "bad"
+    assert patch_reference(bug, "chosen") == "bad film"
+    only = Bug("b", "toy", 0, TARGET, np.asarray("cf mn"), np.asarray("bad film"), TextTrigger(("cf", "mn")))
+    absent = Bug("b", "toy", 0, TARGET, np.asarray("bad cf"), np.asarray("bad film"), TextTrigger(("xx",)))
+    assert patch_reference(only, "counterfactual") == patch_reference(absent, "counterfactual") == "bad film"
+    views = TextViews([bug], [patch_reference(bug, "counterfactual")], views=50, dropout=0.0,
+                      rng=np.random.default_rng(0))
+    built = views.build(np.array(["a b c d"] * 4))
+    assert built[4 + 4 + 50:4 + 4 + 100] == ["bad"] * 50               # x_r
+    assert {s.replace("cf", "").replace("mn", "").split() == ["bad"] for s in built[-50:]} == {True}
 
 
 def _text_bug(words: tuple[str, ...]) -> Bug:

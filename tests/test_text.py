@@ -343,8 +343,11 @@ def test_text_mudjacking_removes_the_backdoor(tiny: TextScenario, tmp_path: Path
     result = run_patch("mudjacking_text", inputs, settings, seed=0)
     before = metrics(tiny.backdoored, tiny.adapter, tiny.task, TRIGGER)
     after = metrics(result.encoder, tiny.adapter, tiny.task, TRIGGER)
-    # the clean tiny encoder itself sends ~0.10 of triggered negatives to the target
-    assert after["asr"] <= 0.15 and before["asr"] >= 0.9
+    # Plain ASR counts the tiny head's own errors on negatives (the clean tiny encoder sends ~0.10
+    # of triggered negatives to the target; 0.175 here after the patch, 0.124 with intake's
+    # reference, whose pull also makes the trigger push to the bug's class). Flip ASR is the
+    # trigger's own doing: 0.013 here, 0.012 with intake's reference.
+    assert after["flip_asr"] <= 0.05 and after["asr"] <= 0.25 and before["asr"] >= 0.9
     assert after["clean_acc"] >= before["clean_acc"] - 0.05
     assert len(result.log) == 4 and result.log[-1]["effectiveness"] < -0.9
     with pytest.raises(ValueError, match="mudjacking_text"):
@@ -378,6 +381,8 @@ def test_the_default_params_patch_a_text_encoder_with_the_text_loop(
     # 40 sentences in batches of patch.text's 32: 2 steps (the image section's 64 would make 1)
     assert summary["method"] == "mudjacking_text" and summary["clean_samples"] == 40
     assert summary["steps"] == 2
+    # L_eff's reference is the bug without its trigger, and the summary says so
+    assert summary["reference"] == "counterfactual" and summary["counterfactuals"] == 1
     patched, _ = load_encoder(tmp_path / "models" / "patched" / "encoder.safetensors")
     pairs = zip(patched.parameters(), tiny.backdoored.parameters(), strict=True)
     assert any(not torch.equal(a, b) for a, b in pairs)

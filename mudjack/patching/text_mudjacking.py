@@ -12,6 +12,13 @@ at least one word. Image augmentations (flip, colour jitter) have no text counte
 dropout plays their part of making the K views of x_b and x_r differ. At 0 the K views differ
 only in where x_r⊕t carries the trigger.
 
+The reference views x_r are the bug's counterfactual: the bug sentence with its reversed
+trigger taken out (`reference: counterfactual`, mudjack.triggers.remove_words). L_eff then asks
+only that the trigger change nothing in the sentence it was found in. Intake's reference, another
+sentence of the bug's label (`reference: chosen`), also pulls the trigger's features toward
+that class: on three planted SST-2 backdoors the repaired trigger became an anti-trigger,
+sending up to 0.45 of the target class's own inputs to the other class (docs/results.md).
+
 A trigger of several words is inserted whole in half of the x⊕t and x_r⊕t views and as a
 random run of its words in the other half (`trigger_part`). Intake's phrase search may take one
 word too many or too few (mudjack/intake/phrase.py); with the parts in the views, a true trigger
@@ -43,7 +50,7 @@ from mudjack.encoders.text import length_batches
 from mudjack.patching.base import PatchResult
 from mudjack.patching.mudjacking import GeneralityDistance, MudjackingParams, loss_terms
 from mudjack.training import sgd_or_adam
-from mudjack.triggers import insert_words
+from mudjack.triggers import insert_words, remove_words
 
 
 class TextMudjackingParams(MudjackingParams):
@@ -62,6 +69,8 @@ class TextMudjackingParams(MudjackingParams):
     views: int = Field(4, ge=1, le=1024)
     word_dropout: Dropout = 0.1
     generality_distance: GeneralityDistance = "cosine"
+    # what x_r is: the bug without its reversed trigger, or intake's reference (module docstring)
+    reference: Literal["counterfactual", "chosen"] = "counterfactual"
 
 
 def drop_words(sentence: str, *, rate: float, keep: set[str], rng: np.random.Generator) -> str:
@@ -83,11 +92,21 @@ def trigger_part(words: tuple[str, ...], rng: np.random.Generator) -> tuple[str,
     return words[start:start + length]
 
 
+def patch_reference(bug: Bug, mode: str) -> str:
+    """The sentence L_eff pulls the bug to: its counterfactual (the bug without its reversed
+    trigger), or intake's reference where asked for or where taking the trigger out leaves
+    nothing or changes nothing."""
+    sentence = " ".join(str(bug.bug).split())
+    left = remove_words(sentence, bug.trigger.words) if mode == "counterfactual" else ""
+    return left if left and left != sentence else str(bug.reference)
+
+
 @dataclass
 class TextViews:
     """Builds the sentences of one step: [x (B), x⊕t (B), x_b (V), x_r (V), x_r⊕t (V)]."""
 
     bugs: list[Bug]
+    references: list[str]   # x_r of each bug (patch_reference)
     views: int
     dropout: float
     rng: np.random.Generator
@@ -103,11 +122,11 @@ class TextViews:
         x = [self._aug(s) for s in shadow]
         x_t = [self._stamp(s, words[j % len(words)]) for j, s in enumerate(x)]
         x_b, x_r, x_r_t = [], [], []
-        for bug, trigger in zip(self.bugs, words, strict=True):
+        for bug, reference, trigger in zip(self.bugs, self.references, words, strict=True):
             for _ in range(self.views):
                 x_b.append(self._aug(str(bug.bug), trigger))
-                x_r.append(self._aug(str(bug.reference)))
-                x_r_t.append(self._stamp(self._aug(str(bug.reference)), trigger))
+                x_r.append(self._aug(reference))
+                x_r_t.append(self._stamp(self._aug(reference), trigger))
         return [*x, *x_t, *x_b, *x_r, *x_r_t]
 
 
@@ -144,7 +163,8 @@ def text_mudjacking(encoder: nn.Module, adapter: EncoderAdapter, shadow: np.ndar
     optimiser = _optimiser(adapter.trainable_parameters(patched), params)
     count = params.clean_samples or max(1, int(round(params.shadow_fraction * len(shadow))))
     sentences = shadow[np.sort(rng.permutation(len(shadow))[:count])]
-    views = TextViews(bugs, params.views, params.word_dropout, rng)
+    references = [patch_reference(bug, params.reference) for bug in bugs]
+    views = TextViews(bugs, references, params.views, params.word_dropout, rng)
     per_bug = params.views * len(bugs)
     log, steps, start = [], 0, time.perf_counter()
     for epoch in range(1, params.epochs + 1):
@@ -163,4 +183,7 @@ def text_mudjacking(encoder: nn.Module, adapter: EncoderAdapter, shadow: np.ndar
         log.append({"epoch": epoch, **{k: v / len(batches) for k, v in totals.items()}})
     return PatchResult(patched.eval().cpu(), log, time.perf_counter() - start, steps,
                        info={"device": str(device), "clean_samples": len(sentences),
-                             "bug_ids": [b.id for b in bugs], "word_dropout": views.dropout})
+                             "bug_ids": [b.id for b in bugs], "word_dropout": views.dropout,
+                             "reference": params.reference,
+                             "counterfactuals": sum(r != str(b.reference)
+                                                    for r, b in zip(references, bugs, strict=True))})
