@@ -247,7 +247,8 @@ def intake_rows(zoo: Zoo, result: Planted) -> tuple[list, list]:
                          **candidate_scores(reversal),
                          "alternates_coverage": [_round(t.get("coverage")) for t in
                                                  numbers.get("alternates_truth", [])],
-                         "seconds": round(time.perf_counter() - start, 1)})
+                         "seconds": round(time.perf_counter() - start, 1),
+                         "phase_seconds": numbers.get("phase_seconds")})
             bugs += [bug] if bug is not None else []
     return bugs, rows
 

@@ -13,7 +13,8 @@ list the files oldest first. For each attack the tally says whether it is repair
   cannot be repaired below what the clean model does).
 An attack whose reports were all refused is not repaired (with or without a repair run); one
 with an accepted report but never patched in the files is left out of the repair counts.
-Reports accepted and the median intake seconds are over every intake row. Prints a markdown
+Reports accepted and the median intake seconds are over every intake row; the median reversal
+and verification seconds over the rows that logged them (`phase_seconds`). Prints a markdown
 table and the totals; `--out` also writes them as JSON.
 """
 
@@ -71,7 +72,8 @@ def tally(results: Iterable[dict[str, Any]]) -> dict[str, Any]:
         attacks.append({"family": family, "seed": seed, "epochs": epochs,
                         "accepted": sum(r["accepted"] for r in intake), "reports": len(intake),
                         "literal": repaired(entry, floor=False), "floor": repaired(entry, floor=True),
-                        "intake_seconds": [r["seconds"] for r in intake]})
+                        "intake_seconds": [r["seconds"] for r in intake],
+                        "phase_seconds": [r["phase_seconds"] for r in intake if r.get("phase_seconds")]})
     patched = [a for a in attacks if a["literal"] is not None]
     seconds = [s for a in attacks for s in a["intake_seconds"]]
     accepted, reports = sum(a["accepted"] for a in attacks), sum(a["reports"] for a in attacks)
@@ -81,7 +83,15 @@ def tally(results: Iterable[dict[str, Any]]) -> dict[str, Any]:
                          **{kind: {"count": sum(a[kind] for a in patched),
                                    "rate": _rate(sum(a[kind] for a in patched), len(patched))}
                             for kind in ("literal", "floor")}},
-            "intake_seconds_median": float(np.median(seconds)) if seconds else None}
+            "intake_seconds_median": float(np.median(seconds)) if seconds else None,
+            "phase_seconds_median": phase_medians([p for a in attacks for p in a["phase_seconds"]])}
+
+
+def phase_medians(phases: list[dict[str, float]]) -> dict[str, float]:
+    """Median seconds of reversal and of verification over the intake rows that logged them
+    (files from before stop 53 did not)."""
+    return {name: float(np.median([p[name] for p in phases if name in p]))
+            for name in ("reversal", "verification") if any(name in p for p in phases)}
 
 
 def _mark(value: bool | None) -> str:
@@ -97,7 +107,8 @@ def markdown(found: dict[str, Any]) -> str:
     lines += ["", f"reports accepted {reports['accepted']}/{reports['total']} ({reports['rate']}); "
               f"repaired {fixed['literal']['count']}/{fixed['measured']} literally, "
               f"{fixed['floor']['count']}/{fixed['measured']} against the floor; "
-              f"median intake {found['intake_seconds_median']} s"]
+              f"median intake {found['intake_seconds_median']} s"
+              + "".join(f", {k} {v:.1f} s" for k, v in found["phase_seconds_median"].items())]
     return "\n".join(lines)
 
 

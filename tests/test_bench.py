@@ -150,6 +150,8 @@ def test_attack_zoo_repair_runs_intake_and_patching_per_trigger(scenario, deploy
     assert len(rows[0]["alternates_coverage"]) == len(rows[0]["alternates"])  # each against the truth
     assert rows[0]["key"] is None  # a square that beats the plain null needs no key check
     assert rows[0]["departure"] is None  # nor, cut from the bug, the departure check
+    phases = rows[0]["phase_seconds"]  # where intake's time went
+    assert phases["reversal"] + phases["verification"] <= rows[0]["seconds"] + 0.1
     truthful = with_truth(bugs, pairs)  # --oracle: the true trigger in place of the reversed one
     assert all(b.trigger is scenario.trigger and b.alternates == () and b.bug is a.bug
                for a, b in zip(bugs, truthful, strict=True))
@@ -448,3 +450,16 @@ def test_zoo_tally_counts_repairs_literally_and_against_the_never_attacked_floor
     merged = main([str(first), str(second), "--out", str(tmp_path / "tally.json")])
     assert merged["repaired"]["literal"]["count"] == 2
     assert json.loads((tmp_path / "tally.json").read_text())["files"] == ["a.json", "b.json"]
+    assert found["phase_seconds_median"] == {}  # rows from before phase_seconds was logged
+
+
+def test_zoo_tally_gives_the_median_time_of_each_intake_phase():
+    from zoo_tally import markdown, tally
+
+    rows = [_zoo_entry("patch", seed, accepted=[True], patched=None, floors=[0.0]) for seed in range(3)]
+    for seed, row in enumerate(rows):
+        row["intake"][0]["phase_seconds"] = {"reversal": 10.0 * (seed + 1), "verification": 1.0 + seed}
+    rows[0]["intake"].append({"accepted": True, "seconds": 1.0})  # an older row, without phases
+    found = tally([{"rows": rows}])
+    assert found["phase_seconds_median"] == {"reversal": 20.0, "verification": 2.0}
+    assert markdown(found).endswith("reversal 20.0 s, verification 2.0 s")

@@ -53,6 +53,10 @@ def test_a_real_backdoor_report_passes_verification(scenario, deployed):
     assert check["z_feature_shift"] >= PARAMS.verify.min_z_pull
     assert check["flip_rate"] > check["null_flip_rate"]["max"]
     assert check["verify_samples"] > 50 and bug.record["verification"] == check
+    # the log says where the report's time went; the registry stays the same from run to run
+    phases = decision.numbers["phase_seconds"]
+    assert phases["reversal"] > 0 and phases["verification"] > 0 and phases["verified"] >= 1
+    assert "phase_seconds" not in bug.record
 
 
 def forged(scenario, deployed, kind: str) -> tuple[np.ndarray, int]:
@@ -84,6 +88,7 @@ def test_forged_reports_are_not_backdoors(scenario, deployed, kind):
             "rule"} <= set(check)
     assert (check["z_flip_rate"] < PARAMS.verify.min_z_flip
             or check["z_feature_shift"] < PARAMS.verify.min_z_pull)
+    assert decision.numbers["phase_seconds"]["verified"] >= 1  # a refusal's time is logged too
 
 
 def test_a_claimed_prediction_the_model_does_not_make_does_not_reproduce(scenario, deployed):

@@ -10,6 +10,7 @@ that it settles on one that is a backdoor's trigger rather than one that merely 
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -97,6 +98,11 @@ def _check_report(report: BugReport, deployed: Deployed, tasks: dict[str, Task])
     return None
 
 
+# the log's numbers a bug's record.json leaves out: the fields it has, and timings (which would
+# make the registry differ from run to run)
+NOT_RECORDED = ("task", "label", "predicted", "phase_seconds")
+
+
 def _reject(report: BugReport, code: str, reason: str, numbers: dict[str, Any] | None = None) -> Decision:
     return Decision(report.id, False, [reason], {**(numbers or {}), "error": code})
 
@@ -137,10 +143,13 @@ def intake_report(report: BugReport, deployed: Deployed, tasks: dict[str, Task],
     search = _run_search(deployed, clean, score, params, seed)
     verdict = _Verifier(report, deployed, task, predicted, reference=reference, checks=checks,
                         held_out=held_out, seed=seed, search=search)
+    start = time.perf_counter()
     recovery = recover(deployed.encoder, deployed.adapter, report.image, reference,
                        params=params.reverse, seed=seed, clean=clean,
                        flip_rate=deployed.flip_rate(task.name, predicted), score=score,
                        accept=verdict.passes if checks.enabled else None, record=reversal)
+    # the log's phase_seconds: where a report's time goes (kept out of the bug's record.json)
+    numbers["phase_seconds"] = {"reversal": round(time.perf_counter() - start - verdict.seconds, 3)}
     trigger, truth = recovery.trigger, truth_for(truth, task.name, predicted)
     numbers.update(reference_index=ref_index, mask_pixels=trigger.pixels, reversal=reversal,
                    **_truth_numbers(trigger, truth))
@@ -152,12 +161,13 @@ def intake_report(report: BugReport, deployed: Deployed, tasks: dict[str, Task],
     if checks.enabled:
         verification = verdict(trigger)
         numbers["verification"] = verification.numbers
+        numbers["phase_seconds"] |= {"verification": round(verdict.seconds, 3), "verified": len(verdict.seen)}
         if not verification.passed:
             reason = "not a backdoor: " + "; ".join(verification.failures)
             return _reject(report, "not_backdoor", reason, numbers), None
         reasons.append("verified: the trigger flips and pulls other classes' inputs")
     bug = Bug(report.id, task.name, report.label, predicted, report.image, reference, trigger,
-              record={k: v for k, v in numbers.items() if k not in ("task", "label", "predicted")},
+              record={k: v for k, v in numbers.items() if k not in NOT_RECORDED},
               alternates=recovery.alternates)
     return Decision(report.id, True, reasons, numbers), bug
 
@@ -208,11 +218,13 @@ class _Verifier:
         self.exemplars: np.ndarray | None = None  # the controls' fills, drawn on first use
         self.strangers: np.ndarray | None = None  # the key check's fills (train indices), likewise
         self.seen: list[tuple[Trigger | TextTrigger, Verification]] = []  # by identity
+        self.seconds = 0.0  # spent verifying, over every trigger asked about
 
     def __call__(self, trigger: Trigger | TextTrigger) -> Verification:
         for seen, verification in self.seen:
             if seen is trigger:
                 return verification
+        start = time.perf_counter()
         if self.exemplars is None:
             fills = draw_controls(self.deployed, self.task, self.predicted, size=self.checks.controls,
                                   seed=self.seed, exclude_sha=self.report.sha256)
@@ -224,6 +236,7 @@ class _Verifier:
                                       exemplars=self.exemplars, sample=self.held_out, params=self.checks,
                                       strangers=self.strangers, search=self.search)
         self.seen.append((trigger, verification))
+        self.seconds += time.perf_counter() - start
         return verification
 
     def passes(self, trigger: Trigger) -> bool:
