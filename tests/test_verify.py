@@ -190,7 +190,8 @@ def test_the_null_is_in_the_log_and_the_verdict_is_deterministic(scenario, deplo
     assert check["rule"] == {"samples": 100, "controls": 20, "min_z_flip": 5.0, "min_z_pull": 2.0,
                              "departure": "restore", "key": True}
     assert bug.record["verification"] == check
-    assert again.to_record() == first.to_record()
+    untimed = [{k: v for k, v in d.to_record().items() if k != "phase_seconds"} for d in (first, again)]
+    assert untimed[0] == untimed[1]  # the same verdict and numbers; only the timings differ
     reversal = first.numbers["reversal"]  # auto chose a candidate the verification accepted
     assert reversal["candidates"][reversal["chosen"]]["verified"] is True
 

@@ -16,8 +16,9 @@ The reference views x_r are the bug's counterfactual: the bug sentence with its 
 trigger taken out (`reference: counterfactual`, mudjack.triggers.remove_words). L_eff then asks
 only that the trigger change nothing in the sentence it was found in. Intake's reference, another
 sentence of the bug's label (`reference: chosen`), also pulls the trigger's features toward
-that class: on three planted SST-2 backdoors the repaired trigger became an anti-trigger,
-sending up to 0.45 of the target class's own inputs to the other class (docs/results.md).
+that class: on three planted SST-2 backdoors the repaired trigger became an anti-trigger, the
+target class's own inputs with it read right 0.55-0.72 of the time where that class's clean
+accuracy is about 0.79 (docs/results.md, stop 53).
 
 A trigger of several words is inserted whole in half of the x⊕t and x_r⊕t views and as a
 random run of its words in the other half (`trigger_part`). Intake's phrase search may take one
