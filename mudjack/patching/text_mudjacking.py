@@ -53,6 +53,9 @@ from mudjack.patching.mudjacking import GeneralityDistance, MudjackingParams, lo
 from mudjack.training import sgd_or_adam
 from mudjack.triggers import insert_words, remove_words
 
+# what the reference views x_r are (module docstring)
+ReferenceMode = Literal["counterfactual", "chosen"]
+
 
 class TextMudjackingParams(MudjackingParams):
     """Mudjacking's keys with text defaults, plus the optimiser and word dropout. The image
@@ -71,7 +74,7 @@ class TextMudjackingParams(MudjackingParams):
     word_dropout: Dropout = 0.1
     generality_distance: GeneralityDistance = "cosine"
     # what x_r is: the bug without its reversed trigger, or intake's reference (module docstring)
-    reference: Literal["counterfactual", "chosen"] = "counterfactual"
+    reference: ReferenceMode = "counterfactual"
 
 
 def drop_words(sentence: str, *, rate: float, keep: set[str], rng: np.random.Generator) -> str:
@@ -93,7 +96,7 @@ def trigger_part(words: tuple[str, ...], rng: np.random.Generator) -> tuple[str,
     return words[start:start + length]
 
 
-def patch_reference(bug: Bug, mode: str) -> str:
+def patch_reference(bug: Bug, mode: ReferenceMode) -> str:
     """The sentence L_eff pulls the bug to: its counterfactual (the bug without its reversed
     trigger), or intake's reference where asked for or where taking the trigger out leaves
     nothing or changes nothing."""
