@@ -179,16 +179,17 @@ def zoo_entries(families: list[str], seeds: list[int], epochs: int, moderate: in
 
 
 def never_attacked(zoo: Zoo, trigger: Trigger, target: int) -> dict[str, float]:
-    """The never-attacked encoder's ASR (and flip ASR) with a true trigger, under fresh heads
-    trained as the repair's are (their mean): the floor a repair can reach, since a trigger can move a clean
-    model's predictions to the target by itself (a scatter of bright pixels on GTSRB does)."""
+    """The never-attacked encoder's ASR, flip ASR and anti flip with a true trigger, under fresh
+    heads trained as the repair's are (their mean): the floor a repair can reach, since a trigger
+    can move a clean model's predictions to the target by itself (a scatter of bright pixels on
+    GTSRB does), or away from it (a noise blend hides some of the target class's content)."""
     params = zoo.params
     if zoo.clean_heads is None:
         zoo.clean_heads = retrain_heads(zoo.clean, zoo.adapter, zoo.task, params.retrain,
                                         seeds=params.retrain.seeds(params.seed))
     attack = AttackSpec(trigger, target, "truth")
     found = evaluate_heads(zoo.clean, zoo.adapter, zoo.clean_heads, zoo.task, attack)
-    return {"asr_never_attacked": _round(found["asr"]), "flip_asr_never_attacked": _round(found["flip_asr"])}
+    return {f"{name}_never_attacked": _round(found.get(name)) for name in ("asr", "flip_asr", "anti_flip")}
 
 
 def row(zoo: Zoo, family: str, seed: int, epochs: int, result: Planted, seconds: float, cached: bool) -> dict:
@@ -286,7 +287,7 @@ def repair(zoo: Zoo, result: Planted, bugs: list) -> dict[str, Any]:
         per_trigger.append({"asr_backdoored": _round(before["asr"]), "asr_patched": _round(after["asr"]),
                             "clean_backdoored": _round(before["clean_acc"]),
                             "clean_drop": _round(before["clean_acc"] - after["clean_acc"]),
-                            **{f"target_tba_{k}": _round(m.get("target_tba"))
+                            **{f"{name}_{k}": _round(m.get(name)) for name in ("target_tba", "anti_flip")
                                for k, m in (("backdoored", before), ("patched", after))}})
     return {"patched": True, "patch_seconds": seconds, "per_trigger": per_trigger}
 

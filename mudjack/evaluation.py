@@ -67,8 +67,9 @@ def retrain_and_evaluate(encoder: nn.Module, adapter: EncoderAdapter, task: Task
 
 def evaluate_head(encoder: nn.Module, adapter: EncoderAdapter, head: Head, task: Task,
                   attack: AttackSpec | None) -> dict[str, Any]:
-    """Clean accuracy, and with an attack its ASR, TBA and target_tba (the target class's own
-    inputs with the trigger: an anti-trigger shows there), of encoder + head on the test set."""
+    """Clean accuracy, and with an attack its ASR, TBA, target_tba and anti_flip (the target
+    class's own inputs with the trigger: an anti-trigger shows there), of encoder + head on the
+    test set."""
     return evaluate_heads(encoder, adapter, [head], task, attack)
 
 
@@ -91,7 +92,7 @@ def evaluate_heads(encoder: nn.Module, adapter: EncoderAdapter, heads: Sequence[
 
 def _attack_row(clean: np.ndarray, triggered: np.ndarray, labels: np.ndarray, target: int) -> dict[str, Any]:
     """`evaluate`'s metrics from one head's predictions on every test input, clean and stamped
-    (target_tba only when the target class has test inputs)."""
+    (target_tba and anti_flip only when the target class has test inputs)."""
     others = non_target(labels, target)
     return evaluate(clean, labels, triggered[others], target=target,
                     target_triggered=triggered[~others] if (~others).any() else None)

@@ -56,7 +56,7 @@ from mudjack.triggers import TextTrigger, Trigger
 LEVEL = 0.01
 STAMP_BATCH = 512  # images stamped and classified at a time
 MODELS = ("backdoored", "patched")  # before / after the repair
-ATTACK_METRICS = ("asr", "tba", "flip_asr", "target_tba")
+ATTACK_METRICS = ("asr", "tba", "flip_asr", "target_tba", "anti_flip")
 
 # raw inputs -> predicted class per input: (n,), or (heads, n) for several heads on one encoder
 Predictor = Callable[[np.ndarray], np.ndarray]

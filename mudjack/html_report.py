@@ -29,7 +29,8 @@ COLOURS = {"backdoored": "#c0392b", "patched": "#2471a3"}
 EXPOSURE_COLUMNS = ("task", "exposed", "worst trigger", "target", "target from", "ASR before",
                     "ASR after")
 TRIGGER_COLUMNS = ("task", "trigger", "target", "target from", "share", "clean share", "p-value",
-                   "exposes", "ASR before", "ASR after", "flip ASR before", "flip ASR after")
+                   "exposes", "ASR before", "ASR after", "flip ASR before", "flip ASR after",
+                   "anti flip before", "anti flip after")
 INTAKE_COLUMNS = ("report_id", "decision", "task", "label", "predicted", "iou", "mask_pixels",
                   "seconds", "reasons")
 STYLE = """
@@ -208,10 +209,11 @@ def metrics_section(metrics: dict[str, Any]) -> str:
 
 
 def trigger_rows(metrics: dict[str, Any]) -> list[list[Any]]:
-    """One row per (task, trigger): the target with its evidence and the ASR before / after."""
+    """One row per (task, trigger): the target with its evidence, the ASR before / after and
+    the anti flip (an anti-trigger left by the repair: mudjack.metrics)."""
     return [[name, trigger, r.get("target"), r.get("target_from"), r.get("share"),
              r.get("clean_share"), r.get("p_value"), r.get("exposed"),
-             *(r.get(model, {}).get(m) for m in ("asr", "flip_asr") for model in MODELS)]
+             *(r.get(model, {}).get(m) for m in ("asr", "flip_asr", "anti_flip") for model in MODELS)]
             for name, result in sorted(metrics.get("tasks", {}).items())
             for trigger, r in result.get("exposure", {}).get("triggers", {}).items()]
 

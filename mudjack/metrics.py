@@ -8,7 +8,10 @@ counts the classifier's own errors into the target class, which on a two-class t
 (SST-2) puts a floor under it that no repair can go below. target_tba is the accuracy on the
 target class's own test inputs with the trigger: ~1 for a backdoored model; a repair that
 turns the trigger into an anti-trigger (sends those inputs to another class: on SST-2 no
-other number shows it) lowers it below the clean accuracy of that class.
+other number shows it) lowers it below the clean accuracy of that class. anti_flip says so
+directly, as flip_asr does for ASR: among the target class's inputs the classifier gets right
+without the trigger, the share the trigger sends to another class (~0 for a backdoored
+model, and small for a repaired one whose trigger is just an occlusion or a few odd words).
 """
 
 from __future__ import annotations
@@ -33,16 +36,27 @@ def evaluate(clean_predictions: np.ndarray, labels: np.ndarray,
              triggered_predictions: np.ndarray, *, target: int,
              target_triggered: np.ndarray | None = None) -> dict[str, float]:
     """`triggered_predictions` are for the non-target inputs only, in order; with
-    `target_triggered` (the target-class inputs', in order) also target_tba."""
+    `target_triggered` (the target-class inputs', in order) also target_tba and anti_flip."""
     selected = non_target(labels, target)
     kept = labels[selected]
     if len(kept) != len(triggered_predictions):
         raise ValueError("triggered predictions must cover exactly the non-target inputs")
     right = clean_predictions[selected] == kept
+    target_class = ({} if target_triggered is None
+                    else _target_class(clean_predictions[~selected], target_triggered, target))
     return {
         "clean_acc": clean_accuracy(clean_predictions, labels),
         "asr": attack_success_rate(triggered_predictions, target),
         "tba": clean_accuracy(triggered_predictions, kept),
         "flip_asr": attack_success_rate(triggered_predictions[right], target),
-        **({} if target_triggered is None else {"target_tba": attack_success_rate(target_triggered, target)}),
+        **target_class,
     }
+
+
+def _target_class(clean: np.ndarray, triggered: np.ndarray, target: int) -> dict[str, float]:
+    """target_tba and anti_flip from the target-class inputs' predictions without and with the trigger."""
+    if len(clean) != len(triggered):
+        raise ValueError("triggered target-class predictions must cover exactly the target-class inputs")
+    right = clean == target
+    return {"target_tba": attack_success_rate(triggered, target),
+            "anti_flip": float((triggered[right] != target).mean()) if right.any() else 0.0}

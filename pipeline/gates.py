@@ -5,7 +5,8 @@ task where it is per task, and a metric that is missing fails its gate (never pa
 The ASR gate applies to every task whose exposure was measured (mudjack.exposure): a task that
 no known trigger exposes (`exposure.exposed: false`) passes it with a note saying so, as does a
 task whose ASR is over the limit only through inputs the patched model misclassifies without the
-trigger too (its flip ASR within the limit); clean accuracy is gated on every task.
+trigger too (its flip ASR within the limit); clean accuracy is gated on every task, and so is
+the anti flip when `max_anti_flip` is set (a repair that left the trigger an anti-trigger).
 """
 
 from __future__ import annotations
@@ -81,6 +82,9 @@ def evaluate_gates(metrics: dict[str, Any], gates: GatesParams) -> list[GateResu
         results.append(_asr_gate(name, result, gates.max_patched_asr))
         results.append(_check("max_clean_acc_drop", name, _acc_drop(result),
                               gates.max_clean_acc_drop))
+        if gates.max_anti_flip is not None:
+            results.append(_check("max_anti_flip", name, result.get("patched", {}).get("anti_flip"),
+                                  gates.max_anti_flip))
     if not tasks:  # nothing measured cannot pass
         results.append(GateResult("tasks", "metrics", None, 1.0, False))
     return results

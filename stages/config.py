@@ -201,6 +201,9 @@ class GatesParams(Params):
     max_patched_asr: Fraction = 0.1       # ASR of every task after the repair
     max_clean_acc_drop: Fraction = 0.03   # backdoored minus patched clean accuracy, every task
     max_onnx_diff: NonNegative = 1e-4     # ONNX vs PyTorch max |diff|
+    # anti_flip of every task after the repair (the target class's inputs its trigger sends
+    # away: an anti-trigger, mudjack.metrics); None: not gated
+    max_anti_flip: Fraction | None = None
 
 
 class SequelaParams(Params):

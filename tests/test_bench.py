@@ -159,6 +159,8 @@ def test_attack_zoo_repair_runs_intake_and_patching_per_trigger(scenario, deploy
     (numbers,) = result["per_trigger"]
     assert result["patched"] and numbers["asr_backdoored"] >= 0.5  # a fresh head on the tiny scenario: 0.87
     assert 0 <= numbers["asr_patched"] <= 1 and abs(numbers["clean_drop"]) <= 1
+    assert numbers["target_tba_backdoored"] >= 0.5 and numbers["anti_flip_backdoored"] <= 0.5
+    assert 0 <= numbers["anti_flip_patched"] <= 1  # what an anti-trigger would show
     assert repair(zoo, planted, []) == {"patched": False}
 
 
@@ -203,6 +205,7 @@ def test_attack_zoo_measures_the_never_attacked_encoders_asr_with_each_trigger(s
                                     zoo.params.retrain, seed=zoo.params.seed)
     assert floor["asr_never_attacked"] == round(clean["asr"], 4)  # the repair's protocol, clean encoder
     assert floor["flip_asr_never_attacked"] == round(clean["flip_asr"], 4)
+    assert floor["anti_flip_never_attacked"] == round(clean["anti_flip"], 4)
     _, backdoored = retrain_and_evaluate(scenario.backdoored, scenario.adapter, scenario.task, attack,
                                          zoo.params.retrain, seed=zoo.params.seed)
     assert floor["asr_never_attacked"] < backdoored["asr"] - 0.3  # the trigger alone does little

@@ -60,16 +60,17 @@ def test_a_trigger_that_sends_inputs_to_class_k_infers_target_k_with_its_share()
     assert record["backdoored"]["asr"] == 1.0 and record["patched"]["asr"] == 0.0
     assert result["exposure"]["exposed"] is True and result["exposure"]["trigger"] == "bug:b1"
     assert result["backdoored"] == {"clean_acc": 1.0, "asr": 1.0, "tba": 0.0, "flip_asr": 1.0,
-                                    "target_tba": 1.0}
+                                    "target_tba": 1.0, "anti_flip": 0.0}
 
 
-def test_a_repair_that_turns_the_trigger_into_an_anti_trigger_shows_in_target_tba() -> None:
+def test_a_repair_that_turns_the_trigger_into_an_anti_trigger_shows_in_target_tba_and_anti_flip() -> None:
     """A patch that sends every triggered input to another class than the target has ASR 0 and,
     on two classes, full TBA: only the target class's own triggered inputs show it (a text
     patch from a partly recovered phrase did this on SST-2)."""
     result = task_exposure("t", models(toy(3), toy(4)), [NamedTrigger("truth", TRIGGER, {"t": 3})])
     assert result["patched"]["asr"] == 0.0 and result["patched"]["target_tba"] == 0.0
-    assert result["backdoored"]["target_tba"] == 1.0
+    assert result["patched"]["anti_flip"] == 1.0
+    assert result["backdoored"]["target_tba"] == 1.0 and result["backdoored"]["anti_flip"] == 0.0
 
 
 def heads(*classifiers):
@@ -190,7 +191,7 @@ def test_the_headline_is_the_worst_of_several_triggers() -> None:
 def test_no_trigger_measures_clean_accuracy_only() -> None:
     result = task_exposure("t", models(toy(None), toy(None)), [])
     assert result["backdoored"] == {"clean_acc": 1.0, "asr": None, "tba": None, "flip_asr": None,
-                                    "target_tba": None}
+                                    "target_tba": None, "anti_flip": None}
     assert result["exposure"]["exposed"] is None and result["exposure"]["triggers"] == {}
 
 

@@ -19,3 +19,19 @@ def test_asr_and_tba_count_only_non_target_inputs():
 def test_triggered_predictions_must_match_the_non_target_inputs():
     with pytest.raises(ValueError):
         evaluate(np.array([0, 1]), np.array([0, 1]), np.array([0, 0]), target=0)
+
+
+def test_anti_flip_counts_the_target_class_inputs_the_trigger_sends_away():
+    labels = np.array([0, 0, 0, 0, 1])
+    clean = np.array([0, 0, 0, 1, 1])  # the fourth target-class input is wrong without the trigger
+    target_triggered = np.array([1, 0, 0, 1])  # the trigger moves the first of the three right ones
+    metrics = evaluate(clean, labels, np.array([0]), target=0, target_triggered=target_triggered)
+    assert metrics["target_tba"] == 0.5
+    assert metrics["anti_flip"] == pytest.approx(1 / 3)  # the wrong one does not count
+    assert "anti_flip" not in evaluate(clean, labels, np.array([0]), target=0)
+
+
+def test_target_class_predictions_must_match_the_target_class_inputs():
+    with pytest.raises(ValueError):
+        evaluate(np.array([0, 1]), np.array([0, 1]), np.array([0]), target=0,
+                 target_triggered=np.array([0, 0]))

@@ -70,6 +70,20 @@ def test_an_asr_made_of_the_tasks_own_errors_passes_with_a_note() -> None:
     assert by_gate(evaluate_gates(below, GATES))["max_patched_asr", "digits"].note == ""
 
 
+def test_the_anti_flip_is_gated_only_when_a_limit_is_set() -> None:
+    """A repair that sends the target class's own triggered inputs away (stop 52's p6 text
+    patch: target_tba 0.475) passes the default gates and fails max_anti_flip."""
+    data = metrics()
+    data["tasks"]["digits"]["patched"]["anti_flip"] = 0.4
+    assert ("max_anti_flip", "digits") not in by_gate(evaluate_gates(data, GATES))
+    gated = GATES.model_copy(update={"max_anti_flip": 0.2})
+    assert [r.gate for r in evaluate_gates(data, gated) if not r.passed] == ["max_anti_flip"]
+    data["tasks"]["digits"]["patched"]["anti_flip"] = 0.011
+    assert all_passed(evaluate_gates(data, gated))
+    del data["tasks"]["digits"]["patched"]["anti_flip"]  # not measured: cannot pass
+    assert "max_anti_flip [digits]: missing" in failures(evaluate_gates(data, gated))
+
+
 def test_limits_are_inclusive_and_accuracy_gains_pass() -> None:
     assert all_passed(evaluate_gates(metrics(asr=0.1, after=0.99), GATES))
 
@@ -98,6 +112,11 @@ def test_gates_come_from_params_yaml(tmp_path: Path) -> None:
     (tmp_path / "params.yaml").write_text("seed: 0\ngates:\n  max_patched_asr: 0.3\n")
     assert load_gates(tmp_path / "params.yaml") == GatesParams(max_patched_asr=0.3)
     assert not all_passed(check_project(tmp_path))  # no reports/metrics.json yet
+    (tmp_path / "params.yaml").write_text("gates:\n  max_anti_flip: 0.2\n")
+    assert load_gates(tmp_path / "params.yaml").max_anti_flip == 0.2
+    (tmp_path / "params.yaml").write_text("gates:\n  max_anti_flip: 1.5\n")  # not a fraction
+    with pytest.raises(ValueError, match="max_anti_flip"):
+        load_gates(tmp_path / "params.yaml")
     (tmp_path / "params.yaml").write_text("gates:\n  max_asr: 0.3\n")
     with pytest.raises(ValueError, match="max_asr"):
         load_gates(tmp_path / "params.yaml")

@@ -28,7 +28,8 @@ UNEXPOSED = {"backdoored": {"clean_acc": 0.9, "asr": 0.0625, "tba": 0.85},
                           "target_from": "inferred", "triggers": {"bug:bug-0": {
                               "target": 3, "target_from": "inferred", "share": 0.0625,
                               "clean_share": 0.05, "p_value": 0.42, "exposed": False,
-                              "backdoored": {"asr": 0.0625}, "patched": {"asr": 0.0375}}}}}
+                              "backdoored": {"asr": 0.0625, "anti_flip": 0.0},
+                              "patched": {"asr": 0.0375, "anti_flip": 0.125}}}}}
 
 
 class Page(HTMLParser):
@@ -109,6 +110,7 @@ def test_report_shows_every_task_exposure(run_html: Path) -> None:
     panel = text[text.index('<section id="exposure">'):text.index('<section id="patch-loss">')]
     assert "<td>svhn</td><td>False</td><td>bug:bug-0</td><td>3</td><td>inferred</td>" in panel
     assert "<td>0.0625</td><td>0.0375</td>" in panel and "<td>0.42</td>" in panel
+    assert "<th>anti flip after</th>" in panel and "<td>-</td><td>-</td><td>0</td><td>0.125</td>" in panel
     assert "<td>digits</td><td>-</td><td>-</td>" in panel  # no exposure record: shown, not hidden
 
 
