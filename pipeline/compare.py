@@ -28,7 +28,7 @@ from pipeline.markdown import csv_text, csv_value, md_text
 from pipeline.scenarios import method_settings, prepare_workspace, scenario_params
 from stages import artifacts
 
-METRICS = ("clean_acc", "asr", "tba", "flip_asr")
+METRICS = ("clean_acc", "asr", "tba", "flip_asr", "anti_flip")
 SEQUELA = ["mi_auc_before", "mi_auc_after", "mi_advantage_before", "mi_advantage_after",
            "reinject_steps_repaired", "reinject_steps_clean"]
 METRIC_COLUMNS = [f"{m}_{when}" for m in METRICS for when in ("before", "after")]

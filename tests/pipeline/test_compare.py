@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.compare import (
+    COLUMNS,
     CompareError,
     budgets,
     merge_rows,
@@ -79,6 +80,10 @@ def test_one_row_per_method_budget_and_task_with_its_budget_and_sequela():
     assert rows[0]["reinject_steps_repaired"] == 40 and rows[0]["reinject_steps_clean"] == ">160"
     # mnist: its own MI numbers; the backdoor is not re-injected there
     assert rows[1]["mi_auc_after"] == 0.51 and rows[1]["reinject_steps_repaired"] is None
+    assert "anti_flip_after" in COLUMNS and rows[0]["anti_flip_after"] is None  # not in these metrics
+    run = _run({"gtsrb": (0.89, 0.02)}, MUDJACKING)
+    run["metrics"]["tasks"]["gtsrb"]["patched"]["anti_flip"] = 0.385  # an anti-trigger the repair left
+    assert method_rows("one", "mudjacking", None, run)[0]["anti_flip_after"] == 0.385
 
 
 def test_the_table_says_where_a_baseline_wins():
