@@ -178,7 +178,7 @@ def zoo_entries(families: list[str], seeds: list[int], epochs: int, moderate: in
     return entries + [(f, seeds[0], moderate) for f in families if moderate]
 
 
-def never_attacked(zoo: Zoo, trigger: Trigger, target: int) -> dict[str, float]:
+def never_attacked(zoo: Zoo, trigger: Trigger, target: int) -> dict[str, float | None]:
     """The never-attacked encoder's ASR, flip ASR and anti flip with a true trigger, under fresh
     heads trained as the repair's are (their mean): the floor a repair can reach, since a trigger
     can move a clean model's predictions to the target by itself (a scatter of bright pixels on

@@ -10,8 +10,9 @@ target class's own test inputs with the trigger: ~1 for a backdoored model; a re
 turns the trigger into an anti-trigger (sends those inputs to another class: on SST-2 no
 other number shows it) lowers it below the clean accuracy of that class. anti_flip says so
 directly, as flip_asr does for ASR: among the target class's inputs the classifier gets right
-without the trigger, the share the trigger sends to another class (~0 for a backdoored
-model, and small for a repaired one whose trigger is just an occlusion or a few odd words).
+without the trigger, the share the trigger sends to another class: ~0 for a backdoored model.
+After a repair it is read against what the trigger's own content does to a never-attacked
+model: near 0 for a few odd words, 0.88 for a noise blend over a GTSRB sign on resnet20.
 """
 
 from __future__ import annotations
