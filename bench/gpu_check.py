@@ -1,6 +1,6 @@
 """The Python parts of bench/gpu_check.sh (run that script, not this file, on a GPU host).
 
-    python bench/gpu_check.py throughput onnx --out DIR [--dry-run]
+    python bench/gpu_check.py throughput onnx intake --out DIR [--dry-run]
     python bench/gpu_check.py ddp --run DIR --world N --out DIR
     python bench/gpu_check.py tests --junit FILE --out DIR
 
@@ -9,11 +9,13 @@ bf16 autocast and channels_last weights on CUDA) on resnet20 at 32x32 and on a V
 random `hf_vision` encoder at 224x224. onnx: export encoder + head, then onnxruntime on its CUDA
 provider against torch, with the batch-64 latency; where onnxruntime has no CUDA provider the
 row fails with the reason and holds the CPU provider's numbers instead (never a silent pass).
-ddp and tests: summaries of the torchrun worker's run.json and of pytest's JUnit XML. Each
-writes DIR/gpu_<part>.json; a failed part does not stop the next one, and the exit status is
-non-zero if any failed. --dry-run: tiny sizes on the CPU, to check the
-machinery where no GPU is. Only the throughput and onnx parts import mudjack (and torch's
-heavier modules), so the summaries start fast.
+intake: seconds a step of intake's soft fit (mudjack/intake/soft.py) takes with the encoder
+placed on the GPU as intake places it (`intake.device: auto`, mudjack.deployed.placed), on the same
+two encoders, and what one 200-step fit would cost. ddp and tests: summaries of the torchrun
+worker's run.json and of pytest's JUnit XML. Each writes DIR/gpu_<part>.json; a failed part
+does not stop the next one, and the exit status is non-zero if any failed. --dry-run: tiny
+sizes on the CPU, to check the machinery where no GPU is. Only the throughput, onnx and intake
+parts import mudjack (and torch's heavier modules), so the summaries start fast.
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ VIT_TINY = {"model_type": "vit", "hidden_size": 32, "num_hidden_layers": 2, "num
 # (batch, views per bug, timed steps, warm-up steps): a GPU run and a dry run
 SIZES = {False: {"resnet20": (256, 8, 20, 3), "vit_b16": (64, 8, 10, 2)},
          True: {"resnet20": (4, 2, 1, 1), "vit_b16": (4, 2, 1, 1)}}
+# intake's soft fit: (inputs, timed steps) on a GPU run and a dry run; params.yaml fits 64 for 200
+FIT_SIZES = {False: (64, 20), True: (4, 2)}
 
 
 def vit_adapter(dry_run: bool) -> EncoderAdapter:
@@ -123,6 +127,41 @@ def throughput(args: argparse.Namespace) -> dict[str, Any]:
     return {"device": str(device), "results": results}
 
 
+def intake_fit(adapter: EncoderAdapter, device: torch.device, samples: int, steps: int) -> dict[str, Any]:
+    """Timed steps of intake's soft fit on random images, the encoder placed on `device` as intake
+    places it (on the CPU it runs as it is), after a one-step fit to warm up."""
+    from mudjack.deployed import placed
+    from mudjack.intake.soft import SoftParams, soft_trigger
+
+    torch.manual_seed(0)
+    encoder = adapter.build().eval()
+    if device.type != "cpu":
+        encoder = placed(encoder, device)
+    rng = np.random.default_rng(0)
+    clean = rng.integers(0, 256, (samples, *adapter.input_shape), dtype=np.uint8)
+
+    def fit(steps: int) -> float:
+        start = time.perf_counter()
+        params = SoftParams(steps=steps, samples=samples)
+        soft_trigger(encoder, adapter, clean[0], clean, params=params, seed=0)
+        synchronize(device)
+        return time.perf_counter() - start
+
+    fit(1)
+    seconds = fit(steps)
+    return {"input_shape": list(adapter.input_shape), "samples": samples, "steps": steps,
+            "step_ms": 1000 * seconds / steps, "fit_200_steps_s": 200 * seconds / steps}
+
+
+def intake_check(args: argparse.Namespace) -> dict[str, Any]:
+    device = device_for(args.dry_run)
+    results = {name: intake_fit(adapter, device, *FIT_SIZES[args.dry_run])
+               for name, adapter in encoders(args.dry_run).items()}
+    for name, row in results.items():
+        print(f"gpu_check: {name} intake soft-fit step: {row['step_ms']:.1f} ms on {device}")
+    return {"device": str(device), "results": results}
+
+
 def onnx_check(args: argparse.Namespace) -> dict[str, Any]:
     """Each encoder + an MLP head through export_onnx, then onnxruntime on CUDA against torch."""
     from mudjack.export import export_onnx
@@ -200,7 +239,8 @@ def tests_summary(args: argparse.Namespace) -> dict[str, Any]:
     return {**counts, "ran": ran, "passed": ran > 0 and counts["failures"] + counts["errors"] == 0}
 
 
-PARTS = {"throughput": throughput, "onnx": onnx_check, "ddp": ddp_summary, "tests": tests_summary}
+PARTS = {"throughput": throughput, "onnx": onnx_check, "intake": intake_check, "ddp": ddp_summary,
+         "tests": tests_summary}
 
 
 def parser() -> argparse.ArgumentParser:

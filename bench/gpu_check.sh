@@ -8,7 +8,8 @@
 # Parts: (1) the CUDA-marked tests (pytest -m gpu); (2) bf16 + channels_last Mudjacking-step
 # throughput on resnet20 (32x32) and a ViT-B/16-sized random hf_vision encoder (224x224);
 # (3) DDP, one process per GPU (NCCL), with the tests' torchrun worker; (4) encoder + head
-# exported to ONNX and run on onnxruntime's CUDA provider (an error if it is not the one used).
+# exported to ONNX and run on onnxruntime's CUDA provider (an error if it is not the one used);
+# (5) intake's soft-fit step with the encoder placed on the GPU (intake.device: auto).
 # Every part runs, each writes OUT/gpu_<part>.json; the script fails if any part did.
 # It runs from the checkout alone: PYTHONPATH is the checkout, the Python is $PYTHON, else
 # .venv/bin/python, else python3; everything it makes goes to bench/.cache/gpu_check (ignored)
@@ -62,7 +63,7 @@ else
   part tests-summary "${CHECK[@]}" tests --junit "$WORK/gpu_tests.xml"
 fi
 
-part throughput+onnx timeout 240 "${CHECK[@]}" throughput onnx
+part throughput+onnx+intake timeout 240 "${CHECK[@]}" throughput onnx intake
 
 if [ ${#DRY[@]} -gt 0 ]; then GPUS=2; DEVICE=cpu
 else GPUS=$("$PY" -c "import torch; print(max(1, torch.cuda.device_count()))"); DEVICE=cuda; fi

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 
 import numpy as np
 import torch
+from torch import nn
 
 from mudjack.config import ParamsError
 
@@ -22,6 +23,27 @@ def select_device(requested: str = "auto") -> torch.device:
         raise ParamsError(f"device {requested!r} requested, but this machine has {cuda_devices()} "
                           f"CUDA device(s)")
     return device
+
+
+class Placed(nn.Module):
+    """`module` kept on `device`: its inputs are moved there and its outputs back to the input's
+    device, so code written for CPU tensors (intake's scans, fits and checks) runs the module on a
+    GPU unchanged, gradients to the inputs included.
+
+    Conversions (`.to`, `.cpu()`, `.float()`) leave it as it is: `extract_features` moves the
+    encoder it is given to the CPU by default, and the placement must survive that.
+    """
+
+    def __init__(self, module: nn.Module, device: torch.device) -> None:
+        super().__init__()
+        self.module = module.to(device)
+        self.device = device
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        return self.module(inputs.to(self.device)).to(inputs.device)
+
+    def _apply(self, fn, recurse: bool = True) -> Placed:  # noqa: ANN001 (torch's own signature)
+        return self
 
 
 def cuda_devices() -> int:

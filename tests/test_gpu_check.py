@@ -36,7 +36,11 @@ def test_the_dry_run_checks_every_part_on_tiny_sizes(tmp_path):
     assert all(row["passed"] and row["batch_sizes"] == [1, 8] for row in onnx["results"].values())
     ddp = _read(out, "ddp")
     assert ddp["passed"] and (ddp["processes"], ddp["backend"]) == (2, "gloo")
-    assert sorted(p.name for p in out.iterdir()) == ["gpu_ddp.json", "gpu_onnx.json", "gpu_throughput.json"]
+    intake = _read(out, "intake")
+    assert set(intake["results"]) == {"resnet20", "vit_b16"}
+    assert all(row["step_ms"] > 0 and row["steps"] == 2 for row in intake["results"].values())
+    assert sorted(p.name for p in out.iterdir()) == ["gpu_ddp.json", "gpu_intake.json", "gpu_onnx.json",
+                                                     "gpu_throughput.json"]
 
 
 def test_the_tests_part_counts_what_ran(tmp_path):

@@ -18,9 +18,10 @@ import numpy as np
 import torch
 
 from mudjack.bugs import Bug
-from mudjack.config import Params
+from mudjack.config import Device, Params
 from mudjack.data import RowView, Task, iter_batches
 from mudjack.deployed import Deployed
+from mudjack.device import select_device
 from mudjack.features import extract_features, nearest_to_centroid
 from mudjack.heads import predict
 from mudjack.intake.phrase import RunSearch, Score, sample_sentences
@@ -44,6 +45,9 @@ class IntakeParams(Params):
 
     reverse: ReverseParams = ReverseParams()
     verify: VerifyParams = VerifyParams()
+    # auto: the encoder runs on CUDA when there is one (mudjack.deployed.placed); intake's own
+    # tensors, the heads and the decision's arithmetic stay on the CPU
+    device: Device = "auto"
 
 
 @dataclass
@@ -125,7 +129,8 @@ def intake_report(report: BugReport, deployed: Deployed, tasks: dict[str, Task],
     if problem := _check_report(report, deployed, tasks):
         return _reject(report, *problem), None
     task = tasks[report.task]
-    deployed = deployed.for_inference()  # the same features, faster (BatchNorms folded)
+    # the same features, faster: BatchNorms folded, the network on a GPU when there is one
+    deployed = deployed.for_inference(select_device(params.device))
     predicted = int(deployed.classify(task.name, report.image[None])[0])
     numbers: dict[str, Any] = {"task": task.name, "label": report.label, "predicted": predicted,
                                "sha256": report.sha256}

@@ -18,6 +18,7 @@ from typing import Any
 from mudjack.bugs import Bug
 from mudjack.data import Task, in_input_space
 from mudjack.deployed import Deployed
+from mudjack.device import select_device
 from mudjack.intake.decision import Decision, IntakeParams, intake_report
 from mudjack.reports import BugReport, Claims, ReportError, read_report, report_stem
 from mudjack.truth import Truth
@@ -30,7 +31,8 @@ class Intake:
                  truth: Truth = None,
                  validation: dict[str, Any] | None = None) -> None:
         """`validation`: the `reports` verdicts of validation.json (rejected and codes by file)."""
-        deployed = deployed.for_inference()  # folded once per inbox; intake_report's call is then a no-op
+        # folded (and placed on a GPU when there is one) once per inbox; intake_report's call is then a no-op
+        deployed = deployed.for_inference(select_device(params.device))
         adapter = deployed.adapter
         self.resize = adapter.resize_raw if adapter.resizes_inputs else None
         if self.resize is not None:  # tasks, reports and reversal all in the model's input space

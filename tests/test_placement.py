@@ -1,0 +1,106 @@
+"""Intake on a GPU: the deployed encoder's network placed on a device (mudjack.device.Placed,
+mudjack.deployed.placed) while intake's own tensors stay on the CPU. On this CPU-only machine the
+placement is exercised with the CPU as its device; the CUDA test skips without a GPU."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from pydantic import ValidationError
+
+from mudjack.config import ParamsError
+from mudjack.deployed import Deployed, is_placed, placed
+from mudjack.device import Placed
+from mudjack.features import extract_features
+from mudjack.intake import Intake, IntakeParams, intake_report
+from mudjack.reports import BugReport
+from mudjack.triggers import stamp
+from tests.helpers import run_if
+
+CPU = torch.device("cpu")
+
+
+def _net() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(),
+                               torch.nn.LazyLinear(5))
+
+
+def test_a_placed_module_gives_the_same_outputs_and_input_gradients():
+    net = _net()
+    inputs = torch.rand(2, 3, 6, 6, requires_grad=True)
+    plain = net(inputs)
+    (plain_grad,) = torch.autograd.grad(plain.square().sum(), inputs)
+    moved = Placed(net, CPU)(inputs)
+    (moved_grad,) = torch.autograd.grad(moved.square().sum(), inputs)
+    assert torch.equal(plain, moved) and torch.equal(plain_grad, moved_grad)
+
+
+def test_a_placed_module_stays_as_it_is_through_conversions():
+    wrapper = Placed(torch.nn.Linear(3, 2), CPU)
+    assert wrapper.to(torch.float64) is wrapper and wrapper.double() is wrapper
+    assert wrapper.module.weight.dtype == torch.float32  # extract_features' `.to` cannot move it
+
+
+def _untimed(decision) -> dict:
+    return {k: v for k, v in decision.to_record().items() if k not in ("phase_seconds", "seconds")}
+
+
+def _genuine_report(scenario, deployed) -> BugReport:
+    test = scenario.task.test
+    predicted = deployed.classify("digits", stamp(test.x, scenario.trigger))
+    index = int(np.flatnonzero((test.y != scenario.target) & (predicted == scenario.target))[0])
+    return BugReport("r", "digits", int(test.y[index]), stamp(test.x[index], scenario.trigger), None)
+
+
+def test_intake_on_a_placed_encoder_decides_as_on_the_deployed_one(scenario, deployed):
+    folded = deployed.for_inference(CPU)
+    assert not is_placed(folded.encoder)  # on the CPU nothing is placed
+    moved = Deployed(placed(folded.encoder, CPU), deployed.adapter, deployed.heads)
+    assert is_placed(moved.encoder) and moved.for_inference(CPU) is moved  # prepared once
+    report, tasks = _genuine_report(scenario, deployed), {"digits": scenario.task}
+    plain, _ = intake_report(report, deployed, tasks, params=IntakeParams(), seed=1)
+    on_device, _ = intake_report(report, moved, tasks, params=IntakeParams(), seed=1)
+    assert plain.accepted, plain.reasons
+    assert _untimed(on_device) == _untimed(plain)  # every candidate, null and z the same
+
+
+def test_a_placed_copy_leaves_the_deployed_encoder_alone(scenario, deployed):
+    before = {name: value.clone() for name, value in deployed.encoder.state_dict().items()}
+    copy = placed(deployed.encoder, CPU)
+    assert copy.backbone.module is not deployed.encoder.backbone
+    assert not any(p.requires_grad for p in copy.parameters())
+    assert all(torch.equal(before[k], v) for k, v in deployed.encoder.state_dict().items())
+
+
+def test_a_placed_text_encoder_gives_the_same_features(tiny_bert):
+    from mudjack.encoders import get_adapter
+
+    adapter = get_adapter("hf_text", {"folder": str(tiny_bert), "max_length": 32})
+    encoder = adapter.load_pretrained()
+    sentences = np.array(["a film", "the plot is thin and the film long", "good"])
+    moved = placed(encoder, CPU)
+    assert isinstance(moved, Placed)
+    assert torch.allclose(extract_features(moved, adapter, sentences),
+                          extract_features(encoder, adapter, sentences), atol=1e-6)
+
+
+def test_intake_refuses_a_device_it_does_not_have_or_know(scenario, deployed):
+    with pytest.raises(ValidationError, match="device"):
+        IntakeParams(device="tpu")
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: asking for it is not an error here")
+    with pytest.raises(ParamsError, match="CUDA"):
+        Intake(deployed, {"digits": scenario.task}, params=IntakeParams(device="cuda"))
+
+
+@run_if(gpu=True)
+def test_intake_on_cuda_takes_the_decision_it_takes_on_the_cpu(scenario, deployed):
+    report, tasks = _genuine_report(scenario, deployed), {"digits": scenario.task}
+    decisions = {device: intake_report(report, deployed, tasks, params=IntakeParams(device=device), seed=1)[0]
+                 for device in ("cpu", "cuda")}
+    assert decisions["cuda"].accepted and decisions["cpu"].accepted
+    reversal = [d.numbers["reversal"]["chosen"] for d in decisions.values()]
+    assert reversal[0] == reversal[1]
+    assert is_placed(deployed.for_inference(torch.device("cuda")).encoder)
