@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,10 +11,9 @@ import torch
 
 from mudjack.config import ParamsError
 from mudjack.data import read_task_json
-from mudjack.device import Placed
 from mudjack.encoders import EncoderAdapter, ImageEncoder, load_encoder
 from mudjack.encoders.folding import folded
-from mudjack.features import extract_features
+from mudjack.features import extract_features, is_placed, on_device
 from mudjack.heads import Head, head_misfit, load_head, predict
 from mudjack.safepath import one_line
 
@@ -32,12 +30,11 @@ class Deployed:
     def for_inference(self, device: torch.device | None = None) -> Deployed:
         """The same model with the encoder's BatchNorms folded into its convolutions (a frozen
         copy, mudjack/encoders/folding.py), its network run on `device` when that is not the CPU
-        (`placed`): for intake, which runs it often and never trains it. Already prepared: itself."""
+        (mudjack.features.placed): for intake, which runs it often and never trains it. A model
+        already prepared is returned as it is."""
         if is_placed(self.encoder):
             return self
-        encoder = folded(self.encoder)
-        if device is not None and device.type != "cpu":
-            encoder = placed(encoder, device)
+        encoder = on_device(folded(self.encoder), device or torch.device("cpu"))
         return self if encoder is self.encoder else Deployed(encoder, self.adapter, self.heads, self.left_out)
 
     def flip_rate(self, task: str, target: int) -> Callable[[torch.Tensor], float]:
@@ -61,23 +58,6 @@ class Deployed:
 
     def classify(self, task: str, images: np.ndarray) -> np.ndarray:
         return predict(self.heads[task], extract_features(self.encoder, self.adapter, images))
-
-
-def placed(encoder: ImageEncoder, device: torch.device) -> ImageEncoder:
-    """A frozen copy of `encoder` whose network runs on `device` and that takes and gives CPU
-    tensors (the deployed encoder itself stays where it is). An image encoder keeps its
-    normalisation on the CPU, so occlusion can still call `normalize` and `backbone` apart; a
-    text encoder is placed whole."""
-    network = encoder.backbone if isinstance(encoder, ImageEncoder) else encoder
-    moved = Placed(copy.deepcopy(network).eval().requires_grad_(False), device)
-    if isinstance(encoder, ImageEncoder):
-        mean, std = encoder.mean.flatten().tolist(), encoder.std.flatten().tolist()
-        return ImageEncoder(moved, mean, std).eval()
-    return moved.eval()  # type: ignore[return-value]  (the same call contract)
-
-
-def is_placed(encoder: torch.nn.Module) -> bool:
-    return isinstance(encoder, Placed) or isinstance(getattr(encoder, "backbone", None), Placed)
 
 
 def load_deployed(encoder: str | Path, heads: str | Path, tasks: str | Path) -> Deployed:

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from mudjack.data import batch_rows
-from mudjack.device import autocast, to_device
-from mudjack.encoders import EncoderAdapter
+from mudjack.device import Placed, autocast, to_device
+from mudjack.encoders import EncoderAdapter, ImageEncoder
 
 
 @torch.inference_mode()
@@ -36,6 +38,28 @@ def extract_features(encoder: nn.Module, adapter: EncoderAdapter, raw: np.ndarra
     features = torch.cat(chunks)
     features[torch.from_numpy(order)] = features.clone()  # back to input order
     return features
+
+
+def placed(encoder: ImageEncoder, device: torch.device) -> ImageEncoder:
+    """A frozen copy of `encoder` whose network runs on `device` and that takes and gives CPU
+    tensors (`encoder` itself stays where it is). An image encoder keeps its
+    normalisation on the CPU, so occlusion can still call `normalize` and `backbone` apart; a
+    text encoder is placed whole."""
+    network = encoder.backbone if isinstance(encoder, ImageEncoder) else encoder
+    moved = Placed(copy.deepcopy(network).eval().requires_grad_(False), device)
+    if isinstance(encoder, ImageEncoder):
+        mean, std = encoder.mean.flatten().tolist(), encoder.std.flatten().tolist()
+        return ImageEncoder(moved, mean, std).eval()
+    return moved.eval()  # type: ignore[return-value]  (the same call contract)
+
+
+def is_placed(encoder: torch.nn.Module) -> bool:
+    return isinstance(encoder, Placed) or isinstance(getattr(encoder, "backbone", None), Placed)
+
+
+def on_device(encoder: nn.Module, device: torch.device) -> nn.Module:
+    """`encoder` itself on the CPU; elsewhere a frozen copy `placed` on `device`."""
+    return encoder if device.type == "cpu" else placed(encoder, device)
 
 
 def cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

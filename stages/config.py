@@ -11,6 +11,7 @@ from mudjack.attacks import BadEncoderParams
 from mudjack.config import (
     BatchSize,
     Count,
+    Device,
     Epochs,
     Fraction,
     LearningRate,
@@ -189,6 +190,9 @@ class RetrainParams(HeadParams):
     single head's ASR moves by 0.02 from seed to seed."""
 
     heads: int = Field(1, ge=1, le=32)
+    # auto: the encoders' features are computed on CUDA when there is one (a frozen copy of each
+    # placed there, mudjack.features.on_device); the heads train on the CPU
+    device: Device = "auto"
 
     def seeds(self, seed: int) -> range:
         """The heads' seeds, from the pipeline's `seed` on."""

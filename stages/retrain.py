@@ -9,9 +9,11 @@ from pathlib import Path
 
 from mudjack.bugs import check_bugs, load_bugs
 from mudjack.data import Task, load_tasks
+from mudjack.device import select_device
 from mudjack.encoders import load_encoder, load_patch_of
 from mudjack.evaluation import predictor, retrain_heads
 from mudjack.exposure import MODELS, TaskModels, named_triggers, task_exposure
+from mudjack.features import on_device
 from mudjack.heads import save_head
 from mudjack.io import atomic_dir, ready_outputs, write_json
 from mudjack.truth import read_truth, unknown_tasks
@@ -47,8 +49,11 @@ def retrain_task(task: Task, encoders: dict[str, tuple], params: PipelineParams,
 def main() -> None:
     params = setup_stage()
     ready_outputs(HEADS, RETRAIN_SUMMARY)
-    encoders = {"backdoored": load_encoder(params.paths.encoder),
-                "patched": load_patch_of(PATCHED_ENCODER, params.paths.encoder)}
+    loaded = {"backdoored": load_encoder(params.paths.encoder),
+              "patched": load_patch_of(PATCHED_ENCODER, params.paths.encoder)}
+    device = select_device(params.retrain.device)
+    encoders = {variant: (on_device(encoder, device), adapter)
+                for variant, (encoder, adapter) in loaded.items()}
     truths, rejected = read_truth(params.paths.truth)
     say_rejected(params.paths.truth, rejected)
     results, tasks, bugs = {}, load_tasks(params.paths.tasks), load_bugs(BUGS)

@@ -1,6 +1,6 @@
-"""Intake on a GPU: the deployed encoder's network placed on a device (mudjack.device.Placed,
-mudjack.deployed.placed) while intake's own tensors stay on the CPU. On this CPU-only machine the
-placement is exercised with the CPU as its device; the CUDA test skips without a GPU."""
+"""Intake and retrain on a GPU: an encoder's network placed on a device (mudjack.device.Placed,
+mudjack.features.placed) while their own tensors stay on the CPU. On a CPU-only machine the
+placement is exercised with the CPU as its device; the CUDA tests skip without a GPU."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import torch
 from pydantic import ValidationError
 
 from mudjack.config import ParamsError
-from mudjack.deployed import Deployed, is_placed, placed
+from mudjack.deployed import Deployed
 from mudjack.device import Placed
-from mudjack.features import extract_features
+from mudjack.features import extract_features, is_placed, on_device, placed
 from mudjack.intake import Intake, IntakeParams, intake_report
 from mudjack.reports import BugReport
 from mudjack.triggers import stamp
@@ -86,9 +86,16 @@ def test_a_placed_text_encoder_gives_the_same_features(tiny_bert):
                           extract_features(encoder, adapter, sentences), atol=1e-6)
 
 
+def test_on_the_cpu_an_encoder_is_used_as_it_is(deployed):
+    assert on_device(deployed.encoder, CPU) is deployed.encoder
+
+
 def test_intake_refuses_a_device_it_does_not_have_or_know(scenario, deployed):
-    with pytest.raises(ValidationError, match="device"):
-        IntakeParams(device="tpu")
+    from stages.config import RetrainParams
+
+    for section in (IntakeParams, RetrainParams):
+        with pytest.raises(ValidationError, match="device"):
+            section(device="tpu")
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA: asking for it is not an error here")
     with pytest.raises(ParamsError, match="CUDA"):
@@ -104,3 +111,12 @@ def test_intake_on_cuda_takes_the_decision_it_takes_on_the_cpu(scenario, deploye
     reversal = [d.numbers["reversal"]["chosen"] for d in decisions.values()]
     assert reversal[0] == reversal[1]
     assert is_placed(deployed.for_inference(torch.device("cuda")).encoder)
+
+
+@run_if(gpu=True)
+def test_features_on_cuda_match_the_cpu_ones(scenario):
+    encoder, adapter, rows = scenario.backdoored, scenario.adapter, scenario.task.test.x[:64]
+    on_gpu = on_device(encoder, torch.device("cuda"))
+    assert on_gpu is not encoder and is_placed(on_gpu)
+    assert torch.allclose(extract_features(on_gpu, adapter, rows), extract_features(encoder, adapter, rows),
+                          atol=1e-3)
