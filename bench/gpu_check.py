@@ -10,7 +10,7 @@ random `hf_vision` encoder at 224x224. onnx: export encoder + head, then onnxrun
 provider against torch, with the batch-64 latency; where onnxruntime has no CUDA provider the
 row fails with the reason and holds the CPU provider's numbers instead (never a silent pass).
 intake: seconds a step of intake's soft fit (mudjack/intake/soft.py) takes with the encoder
-placed on the GPU as intake places it (`intake.device: auto`, mudjack.deployed.placed), on the same
+placed on the GPU as intake places it (`intake.device: auto`, mudjack.features.placed), on the same
 two encoders, and what one 200-step fit would cost. ddp and tests: summaries of the torchrun
 worker's run.json and of pytest's JUnit XML. Each writes DIR/gpu_<part>.json; a failed part
 does not stop the next one, and the exit status is non-zero if any failed. --dry-run: tiny
@@ -130,7 +130,7 @@ def throughput(args: argparse.Namespace) -> dict[str, Any]:
 def intake_fit(adapter: EncoderAdapter, device: torch.device, samples: int, steps: int) -> dict[str, Any]:
     """Timed steps of intake's soft fit on random images, the encoder placed on `device` as intake
     places it (on the CPU it runs as it is), after a one-step fit to warm up."""
-    from mudjack.deployed import placed
+    from mudjack.features import placed
     from mudjack.intake.soft import SoftParams, soft_trigger
 
     torch.manual_seed(0)

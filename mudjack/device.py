@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
@@ -42,7 +42,7 @@ class Placed(nn.Module):
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         return self.module(inputs.to(self.device)).to(inputs.device)
 
-    def _apply(self, fn, recurse: bool = True) -> Placed:  # noqa: ANN001 (torch's own signature)
+    def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> Placed:
         return self
 
 

@@ -40,20 +40,21 @@ def extract_features(encoder: nn.Module, adapter: EncoderAdapter, raw: np.ndarra
     return features
 
 
-def placed(encoder: ImageEncoder, device: torch.device) -> ImageEncoder:
+def placed(encoder: nn.Module, device: torch.device) -> nn.Module:
     """A frozen copy of `encoder` whose network runs on `device` and that takes and gives CPU
-    tensors (`encoder` itself stays where it is). An image encoder keeps its
-    normalisation on the CPU, so occlusion can still call `normalize` and `backbone` apart; a
-    text encoder is placed whole."""
+    tensors (`encoder` itself stays where it is). An image encoder keeps its normalisation on
+    the CPU, so occlusion can still call `normalize` and `backbone` apart; a text encoder is
+    placed whole."""
     network = encoder.backbone if isinstance(encoder, ImageEncoder) else encoder
     moved = Placed(copy.deepcopy(network).eval().requires_grad_(False), device)
     if isinstance(encoder, ImageEncoder):
         mean, std = encoder.mean.flatten().tolist(), encoder.std.flatten().tolist()
         return ImageEncoder(moved, mean, std).eval()
-    return moved.eval()  # type: ignore[return-value]  (the same call contract)
+    return moved.eval()
 
 
-def is_placed(encoder: torch.nn.Module) -> bool:
+def is_placed(encoder: nn.Module) -> bool:
+    """Whether `encoder` is already a `placed` copy."""
     return isinstance(encoder, Placed) or isinstance(getattr(encoder, "backbone", None), Placed)
 
 

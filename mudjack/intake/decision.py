@@ -45,7 +45,7 @@ class IntakeParams(Params):
 
     reverse: ReverseParams = ReverseParams()
     verify: VerifyParams = VerifyParams()
-    # auto: the encoder runs on CUDA when there is one (mudjack.deployed.placed); intake's own
+    # auto: the encoder runs on CUDA when there is one (mudjack.features.placed); intake's own
     # tensors, the heads and the decision's arithmetic stay on the CPU
     device: Device = "auto"
 
