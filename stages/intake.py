@@ -42,7 +42,7 @@ def main() -> None:
         for bug in intake.bugs.values():
             save_bug(bug, registry)
         write_jsonl(registry / INTAKE_LOG.relative_to(BUGS), [d.to_record() for d in decisions])
-    write_json(INTAKE_SUMMARY, summary(decisions))
+    write_json(INTAKE_SUMMARY, {**summary(decisions), "device": str(intake.device)})
     for d in decisions:
         print(decision_line(d.numbers["file"], d.outcome, d.numbers.get("error"), d.reasons))
 

@@ -14,6 +14,7 @@ import yaml
 from PIL import Image
 
 from mudjack.data import save_task
+from mudjack.device import select_device
 from mudjack.encoders import save_encoder
 from mudjack.heads import save_head
 from mudjack.intake import IntakeParams, intake_report
@@ -223,7 +224,7 @@ def test_a_hostile_inbox_loses_nothing_and_keeps_the_good_reports(scenario, depl
     assert read_json("bugs/good-1/record.json")["merged"] == ["good-3"]
     summary = read_json("reports/intake.json")
     assert summary == {**summary, "reports": len(files), "accepted": 2, "merged": 1,
-                       "rejected": len(expected)}
+                       "rejected": len(expected), "device": str(select_device("auto"))}
 
 
 @pytest.mark.parametrize(("name", "code"), [("badid", "bad_id"), ("nan", "nan"), ("huge", "too_large")])

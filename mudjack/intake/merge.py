@@ -31,8 +31,9 @@ class Intake:
                  truth: Truth = None,
                  validation: dict[str, Any] | None = None) -> None:
         """`validation`: the `reports` verdicts of validation.json (rejected and codes by file)."""
+        self.device = select_device(params.device)  # where the encoder runs (the summary says)
         # folded (and placed on a GPU when there is one) once per inbox; intake_report's call is then a no-op
-        deployed = deployed.for_inference(select_device(params.device))
+        deployed = deployed.for_inference(self.device)
         adapter = deployed.adapter
         self.resize = adapter.resize_raw if adapter.resizes_inputs else None
         if self.resize is not None:  # tasks, reports and reversal all in the model's input space
