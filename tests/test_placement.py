@@ -68,9 +68,9 @@ def test_intake_on_a_placed_encoder_decides_as_on_the_deployed_one(scenario, dep
 
 def test_a_placed_copy_leaves_the_deployed_encoder_alone(scenario, deployed):
     before = {name: value.clone() for name, value in deployed.encoder.state_dict().items()}
-    copy = placed(deployed.encoder, CPU)
-    assert copy.backbone.module is not deployed.encoder.backbone
-    assert not any(p.requires_grad for p in copy.parameters())
+    moved = placed(deployed.encoder, CPU)
+    assert moved.backbone.module is not deployed.encoder.backbone
+    assert not any(p.requires_grad for p in moved.parameters())
     assert all(torch.equal(before[k], v) for k, v in deployed.encoder.state_dict().items())
 
 
