@@ -141,8 +141,10 @@ def with_attack(params: PipelineParams, family: str, seed: int, epochs: int) -> 
 
 
 def cache_key(zoo: Zoo, params: PipelineParams) -> str:
-    """A hash of every setting the planted encoder and its deployed head depend on."""
-    parts = {k: params.model_dump(mode="json")[k] for k in ("seed", "prepare", "foundation", "attack")}
+    """A hash of every setting the planted encoder and its deployed head depend on (not the
+    device BadEncoder trains on)."""
+    dumped = params.model_dump(mode="json", exclude={"attack": {"device"}})
+    parts = {k: dumped[k] for k in ("seed", "prepare", "foundation", "attack")}
     parts["retrain_head"] = [params.retrain.hidden, params.retrain.dropout]
     text = json.dumps({"scenario": zoo.name, **parts}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -25,7 +25,7 @@ from torch import nn
 
 from mudjack.attacks import BadEncoderParams, badencoder_steps, steps_per_epoch, train_mode
 from mudjack.encoders import EncoderAdapter
-from mudjack.features import extract_features
+from mudjack.features import extract_features, on_device
 from mudjack.heads import Head, predict
 from mudjack.metrics import attack_success_rate
 from mudjack.triggers import TextTrigger, Trigger
@@ -94,26 +94,30 @@ class Backdoor:
 
 
 def triggered_asr(encoder: nn.Module, adapter: EncoderAdapter, head: Head, check: np.ndarray,
-                  backdoor: Backdoor) -> float:
-    """ASR of `head` on the encoder's features of the (non-target) `check` inputs, triggered."""
-    features = extract_features(encoder, adapter, adapter.stamp(check, backdoor.trigger))
+                  backdoor: Backdoor, device: torch.device | None = None) -> float:
+    """ASR of `head` on the encoder's features (computed on `device`, where the encoder is
+    moved) of the (non-target) `check` inputs, triggered."""
+    features = extract_features(encoder, adapter, adapter.stamp(check, backdoor.trigger), device=device)
     return attack_success_rate(predict(head, features), backdoor.target)
 
 
 def reinjection(encoder: nn.Module, adapter: EncoderAdapter, head: Head, backdoor: Backdoor, *,
                 shadow: np.ndarray, check: np.ndarray, attack: BadEncoderParams, goal: float,
-                max_steps: int, check_every: int, seed: int) -> dict[str, Any]:
+                max_steps: int, check_every: int, seed: int,
+                device: torch.device | None = None) -> dict[str, Any]:
     """BadEncoder (`attack`'s settings, more epochs if `max_steps` needs them) on a copy of
-    `encoder`, ASR read on `check` every `check_every` steps: the first checked step at which
-    ASR >= `goal` (0 when it already is), None when `max_steps` pass first; the ASR curve."""
-    curve = [[0, triggered_asr(encoder, adapter, head, check, backdoor)]]
+    `encoder` on `device` (the CPU by default; `encoder` itself stays where it is), ASR read on
+    `check` every `check_every` steps: the first checked step at which ASR >= `goal` (0 when it
+    already is), None when `max_steps` pass first; the ASR curve."""
+    device = device or torch.device("cpu")
+    curve = [[0, triggered_asr(on_device(encoder, device), adapter, head, check, backdoor)]]
     if curve[0][1] < goal:
         epochs = -(-max_steps // steps_per_epoch(len(shadow), attack))
         steps = badencoder_steps(encoder, adapter, shadow, [(backdoor.trigger, backdoor.reference)],
-                                 attack.model_copy(update={"epochs": epochs}), seed=seed)
+                                 attack.model_copy(update={"epochs": epochs}), seed=seed, device=device)
         for step, attacked in enumerate(steps, start=1):
             if step % check_every == 0 or step == max_steps:
-                curve.append([step, triggered_asr(attacked, adapter, head, check, backdoor)])
+                curve.append([step, triggered_asr(attacked, adapter, head, check, backdoor, device)])
                 train_mode(attacked, adapter)
                 if curve[-1][1] >= goal or step >= max_steps:
                     break

@@ -15,6 +15,7 @@ from mudjack.attacks import BadEncoderParams, badencoder, pick_reference
 from mudjack.attacks.zoo import family_names, zoo_triggers
 from mudjack.config import ParamsError
 from mudjack.data import LabelledSet, Task, load_tasks, read_inputs, save_input
+from mudjack.device import select_device
 from mudjack.encoders import EncoderAdapter, load_encoder, save_encoder
 from mudjack.features import extract_features
 from mudjack.heads import HeadParams, predict, save_head, train_head
@@ -176,6 +177,7 @@ def plant(params: PipelineParams, clean: nn.Module, adapter: EncoderAdapter, sha
           task: Task) -> Planted:
     """BadEncoder with the scenario's triggers, then a head deployed on the backdoored encoder."""
     cfg = params.attack
+    device = select_device(cfg.device)  # a device this machine lacks: refused before any work
     pairs = trigger_pairs(adapter, cfg, task)
     triggers = [trigger for trigger, _ in pairs]
     # The attacker aligns triggered inputs with a target-class input of the downstream task.
@@ -183,7 +185,8 @@ def plant(params: PipelineParams, clean: nn.Module, adapter: EncoderAdapter, sha
                   for _, target in pairs]
     bad_params = BadEncoderParams(**cfg.model_dump(include=set(BadEncoderParams.model_fields)))
     backdoored = badencoder(clean, adapter, shadow, triggers[0], references[0], bad_params, seed=params.seed,
-                            more=list(zip(triggers[1:], references[1:], strict=True)))
+                            more=list(zip(triggers[1:], references[1:], strict=True)),
+                            device=device)
     head = deploy_head(params, backdoored, adapter, task)
     return Planted(backdoored, head, pairs, *measure(backdoored, adapter, head, task.test, pairs))
 

@@ -126,6 +126,9 @@ class AttackParams(BadEncoderParams):
     # the attacker's target-class image: nearest its class centroid in the clean features, or
     # the one a linear probe on them classifies most surely (for weak encoders, as vit-cifar's)
     reference: Literal["centroid", "confident"] = "centroid"
+    # auto: BadEncoder trains on CUDA when there is one (mudjack/attacks/badencoder.py); the
+    # deployed heads and the attack's measurement run on the CPU
+    device: Device = "auto"
 
 
 class ValidateParams(Params):
@@ -221,6 +224,9 @@ class SequelaParams(Params):
     reinject_check_samples: int = Field(200, ge=1)   # held-out non-target test inputs ASR is read on
     reinject_shadow: int = Field(0, ge=0)            # inputs BadEncoder trains on (0: as the attack)
     clean_encoder: str = "models/foundation/encoder.safetensors"
+    # auto: the re-injections' BadEncoder runs on CUDA when there is one (membership inference,
+    # features and a small head, stays on the CPU)
+    device: Device = "auto"
 
 
 class PipelineParams(Params):

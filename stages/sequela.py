@@ -5,7 +5,8 @@ head) and after (patched encoder and its head); re-injection of the backdoor int
 encoder and into the clean foundation encoder (`sequela.clean_encoder`), with the attack's
 BadEncoder settings (`attack`; defaults without one). The backdoor re-injected is the true one
 when known, else the first accepted bug's reversed trigger, aimed at the class that bug's task
-was most often misclassified as; which one is recorded.
+was most often misclassified as; which one is recorded, with the device the re-injections
+trained on (`sequela.device`).
 """
 
 from __future__ import annotations
@@ -14,11 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from torch import nn
 
 from mudjack.attacks import BadEncoderParams, pick_attack_reference, steps_per_epoch
 from mudjack.bugs import Bug, check_bugs, load_bugs
 from mudjack.data import Task, load_shadow, load_tasks
+from mudjack.device import select_device
 from mudjack.encoders import EncoderAdapter, load_encoder, load_patch_of
 from mudjack.features import extract_features
 from mudjack.heads import Head, load_head, train_head
@@ -90,8 +93,9 @@ def clean_head(params: PipelineParams, encoder: nn.Module, adapter: EncoderAdapt
 
 
 def reinject(params: PipelineParams, tasks: dict[str, Task], patched: tuple[nn.Module, EncoderAdapter],
-             bugs: list[Bug]) -> dict[str, Any] | None:
-    """Steps to re-inject the backdoor into the patched encoder and into the clean one."""
+             bugs: list[Bug], *, device: torch.device) -> dict[str, Any] | None:
+    """Steps to re-inject the backdoor into the patched encoder and into the clean one, BadEncoder
+    training on `device`."""
     found = reinjected(params, bugs)
     if found is None or found[0] not in tasks:
         return None
@@ -107,20 +111,21 @@ def reinject(params: PipelineParams, tasks: dict[str, Task], patched: tuple[nn.M
     out: dict[str, Any] = {"task": name, "target": target, "trigger": source,
                            "attack": attack.model_dump(), "shadow": len(shadow),
                            "attack_budget_steps": attack.epochs * steps_per_epoch(len(shadow), attack),
-                           "clean": None}
+                           "device": str(device), "clean": None}
     for start, (encoder, adapter, head) in starts.items():
         reference = pick_attack_reference(encoder, adapter, task.train.x, task.train.y, target=target)
         out[start] = reinjection(encoder, adapter, head, Backdoor(trigger, reference, target), shadow=shadow,
                                  check=check, attack=attack, goal=cfg.reinject_asr,
                                  max_steps=cfg.reinject_max_steps, check_every=cfg.reinject_check_every,
-                                 seed=params.seed)
+                                 seed=params.seed, device=device)
         print(f"sequela: re-injection into the {start} encoder: steps {out[start]['steps']} "
-              f"(ASR {out[start]['final_asr']:.3f}, cap {cfg.reinject_max_steps})")
+              f"(ASR {out[start]['final_asr']:.3f}, cap {cfg.reinject_max_steps}) on {device}")
     return out
 
 
 def main() -> None:
     params = setup_stage()
+    device = select_device(params.sequela.device)  # a device this machine lacks: refused before any work
     ready_outputs(SEQUELA)
     tasks = load_tasks(params.paths.tasks)
     encoders = {"backdoored": load_encoder(params.paths.encoder),
@@ -128,7 +133,7 @@ def main() -> None:
     bugs = load_bugs(BUGS)
     check_bugs(bugs, tasks, registry=BUGS, adapter=encoders["backdoored"][1])
     result = {"membership": membership(params, tasks, encoders),
-              "reinjection": reinject(params, tasks, encoders["patched"], bugs)}
+              "reinjection": reinject(params, tasks, encoders["patched"], bugs, device=device)}
     write_json(SEQUELA, result)
     for name, variants in result["membership"].items():
         print(f"sequela: {name}: MI AUC " + ", ".join(

@@ -188,6 +188,8 @@ def test_attack_zoo_caches_each_planted_encoder_under_its_settings(scenario, tmp
     assert cached and again.metrics == first.metrics  # the same encoder and head, measured again
     other = attack_zoo.with_attack(zoo.params, "line", 1, 1)
     assert attack_zoo.cache_key(zoo, other) != attack_zoo.cache_key(zoo, params)
+    on_cpu = params.model_copy(update={"attack": params.attack.model_copy(update={"device": "cpu"})})
+    assert attack_zoo.cache_key(zoo, on_cpu) == attack_zoo.cache_key(zoo, params)  # where, not what
     entry = attack_zoo.run_entry(zoo, "line", 0, 1, intake_too=True, repair_too=False)
     assert entry["attack_seconds"] is None and "repair" not in entry  # cached; --intake: no patch
     assert [row["trigger"] for row in entry["intake"]] == [0] * zoo.params.attack.n_reports

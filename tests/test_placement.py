@@ -9,10 +9,11 @@ import pytest
 import torch
 from pydantic import ValidationError
 
+from mudjack.attacks import BadEncoderParams, badencoder
 from mudjack.config import ParamsError
 from mudjack.deployed import Deployed
 from mudjack.device import Placed
-from mudjack.features import extract_features, is_placed, on_device, placed
+from mudjack.features import cosine, extract_features, is_placed, on_device, placed
 from mudjack.intake import Intake, IntakeParams, intake_report
 from mudjack.reports import BugReport
 from mudjack.triggers import stamp
@@ -120,3 +121,58 @@ def test_features_on_cuda_match_the_cpu_ones(scenario):
     assert on_gpu is not encoder and is_placed(on_gpu)
     assert torch.allclose(extract_features(on_gpu, adapter, rows), extract_features(encoder, adapter, rows),
                           atol=1e-3)
+
+
+def _weights(encoder: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {name: value.clone() for name, value in encoder.state_dict().items()}
+
+
+def test_badencoder_on_the_cpu_by_name_plants_what_it_plants_by_default(scenario) -> None:
+    clean, before = scenario.clean, _weights(scenario.clean)
+    reference = scenario.task.train.x[0]
+    planted = [badencoder(clean, scenario.adapter, scenario.shadow[:128], scenario.trigger, reference,
+                          BadEncoderParams(epochs=1), seed=3, device=device)
+               for device in (None, torch.device("cpu"))]
+    for name, value in _weights(planted[0]).items():
+        assert torch.equal(value, planted[1].state_dict()[name]), name
+    assert all(torch.equal(value, clean.state_dict()[name]) for name, value in before.items())
+
+
+@run_if(gpu=True)
+def test_badencoder_on_cuda_returns_a_cpu_encoder_close_to_the_cpu_one(scenario) -> None:
+    reference = scenario.task.train.x[0]
+    planted = {device: badencoder(scenario.clean, scenario.adapter, scenario.shadow[:256], scenario.trigger,
+                                  reference, BadEncoderParams(epochs=2), device=torch.device(device))
+               for device in ("cpu", "cuda")}
+    assert all(value.device.type == "cpu" for value in planted["cuda"].state_dict().values())
+    assert all(value.device.type == "cpu" for value in scenario.clean.state_dict().values())
+    stamped = stamp(scenario.task.test.x[:64], scenario.trigger)
+    features = [extract_features(planted[d], scenario.adapter, stamped) for d in ("cpu", "cuda")]
+    assert cosine(*features).min() > 0.99  # float rounding apart, the same plant
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_the_attack_stage_plants_where_attack_device_says(scenario) -> None:
+    """A device this machine lacks is refused by name before any training: the stage reads it."""
+    from stages.attack import plant
+    from stages.config import PipelineParams
+
+    paths = {"shadow": "s.npz", "tasks": "t", "encoder": "e.safetensors", "heads": "h", "inbox": "i",
+             "truth": "truth.npz"}
+    params = PipelineParams(paths=paths, attack={"target": 0, "trigger": {"size": 2}, "device": "cuda:0"})
+    with pytest.raises(ParamsError, match="device 'cuda:0' requested, but this machine has 0 CUDA"):
+        plant(params, scenario.clean, scenario.adapter, scenario.shadow, scenario.task)
+
+
+@run_if(gpu=True)
+def test_reinjection_on_cuda_reads_asr_there_and_leaves_its_encoder_on_the_cpu(scenario) -> None:
+    from mudjack.metrics import non_target
+    from mudjack.sequela import Backdoor, reinjection
+
+    check = scenario.task.test.x[non_target(scenario.task.test.y, 0)][:100]
+    backdoor = Backdoor(scenario.trigger, scenario.task.train.x[0], 0)
+    result = reinjection(scenario.clean, scenario.adapter, scenario.head, backdoor,  # goal > 1: to the cap
+                         shadow=scenario.shadow[:128], check=check, attack=BadEncoderParams(), goal=1.01,
+                         max_steps=10, check_every=5, seed=0, device=torch.device("cuda"))
+    assert [step for step, _ in result["curve"]] == [0, 5, 10] and not result["reached"]
+    assert all(value.device.type == "cpu" for value in scenario.clean.state_dict().values())

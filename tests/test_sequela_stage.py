@@ -11,7 +11,9 @@ import pytest
 import yaml
 
 from mudjack.bugs import Bug, RegistryError, save_bug
+from mudjack.config import ParamsError
 from mudjack.data import Task, load_tasks, save_task
+from mudjack.device import cuda_devices, select_device
 from mudjack.encoders import save_encoder
 from mudjack.heads import save_head
 from mudjack.io import read_json, write_npz
@@ -110,6 +112,18 @@ def test_sequela_stage_writes_every_measure(workspace):
     assert clean["max_steps"] == 20 and clean["curve"][0][0] == 0
     assert clean["steps"] is None or 0 < clean["steps"] <= 20
     assert reinjection["attack_budget_steps"] == 20 * 2  # default BadEncoder: 20 epochs of 128 / 64
+    assert reinjection["device"] == str(select_device("auto"))  # `sequela.device` defaults to auto
+
+
+@pytest.mark.skipif(cuda_devices() > 0, reason="needs a machine without CUDA")
+def test_the_sequela_stage_trains_where_sequela_device_says(workspace):
+    """A device this machine lacks is refused by name: the stage reads the setting."""
+    params = yaml.safe_load(Path("params.yaml").read_text())
+    params["sequela"]["device"] = "cuda:0"
+    Path("params.yaml").write_text(yaml.safe_dump(params))
+    with pytest.raises(ParamsError, match="device 'cuda:0' requested, but this machine has 0 CUDA"):
+        sequela.main()
+    assert not SEQUELA.exists()
 
 
 @pytest.mark.parametrize(("field", "side", "says"), [

@@ -1,4 +1,9 @@
-"""BadEncoder, used only to build backdoored encoders for evaluation."""
+"""BadEncoder, used only to build backdoored encoders for evaluation.
+
+It trains on `device` (the attack stage's and the sequela stage's `device`, CUDA when there is
+one): the encoder being backdoored, its batches and the clean encoder's anchor features live
+there; the inputs are kept on the CPU and moved a batch at a time.
+"""
 
 from __future__ import annotations
 
@@ -11,8 +16,9 @@ import torch
 from torch import nn
 
 from mudjack.config import BatchSize, Epochs, LearningRate, Momentum, Params, WeightDecay
+from mudjack.device import to_device
 from mudjack.encoders import EncoderAdapter, ImageEncoder, freeze_batchnorm, trainable_parameters
-from mudjack.features import cosine, extract_features, nearest_to_centroid
+from mudjack.features import cosine, extract_features, nearest_to_centroid, on_device
 from mudjack.heads import train_linear_probe
 from mudjack.training import sgd_or_adam
 from mudjack.triggers import TextTrigger, Trigger
@@ -83,39 +89,53 @@ def badencoder_loss(out: torch.Tensor, n: int, clean_features: torch.Tensor,
 
 def badencoder(clean: ImageEncoder, adapter: EncoderAdapter, shadow: np.ndarray, trigger: Trigger,
                reference: np.ndarray, params: BadEncoderParams, *, seed: int = 0,
-               more: Pairs = ()) -> ImageEncoder:
-    """Fine-tune a copy so triggered inputs map to the reference's features, clean ones stay.
+               more: Pairs = (), device: torch.device | None = None) -> ImageEncoder:
+    """Fine-tune a copy (on `device`, returned on the CPU) so triggered inputs map to the
+    reference's features, clean ones stay.
 
     Loss: −cos(h'(x⊕t), h(x_ref)) − cos(h'(x), h(x)) − cos(h'(x_ref), h(x_ref)), the first
     and last terms over (trigger, reference) and every pair in `more`.
     """
     pairs = [(trigger, reference), *more]
-    return _last(badencoder_steps(clean, adapter, shadow, pairs, params, seed=seed), clean)
+    steps = badencoder_steps(clean, adapter, shadow, pairs, params, seed=seed, device=device)
+    return _last(steps, clean).cpu()
+
+
+def anchors(clean: nn.Module, adapter: EncoderAdapter, shadow: np.ndarray, references: np.ndarray,
+            device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The clean encoder's features of the shadow inputs and of the references, on `device`
+    (computed there by a frozen copy: `clean` itself stays where it is)."""
+    frozen = on_device(clean, device)
+    return (extract_features(frozen, adapter, shadow).to(device),
+            extract_features(frozen, adapter, references).to(device))
 
 
 def badencoder_steps(clean: nn.Module, adapter: EncoderAdapter, shadow: np.ndarray, pairs: Pairs,
-                     params: BadEncoderParams, *, seed: int = 0) -> Iterator[nn.Module]:
+                     params: BadEncoderParams, *, seed: int = 0,
+                     device: torch.device | None = None) -> Iterator[nn.Module]:
     """BadEncoder one optimiser step at a time: yields the encoder being backdoored (a copy of
-    `clean`, in training mode) after every step, `params.epochs` epochs in all. A caller that
-    evaluates it between steps must put it back with `train_mode`."""
+    `clean` on `device`, the CPU by default, in training mode) after every step,
+    `params.epochs` epochs in all. A caller that evaluates it between steps must do so on
+    `device` and put it back with `train_mode`."""
+    device = device or torch.device("cpu")
     if adapter.modality == "text":
-        yield from badencoder_text_steps(clean, adapter, shadow, pairs, params, seed=seed)
+        yield from badencoder_text_steps(clean, adapter, shadow, pairs, params, seed=seed, device=device)
         return
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
-    backdoored = train_mode(copy.deepcopy(clean), adapter)
+    backdoored = train_mode(copy.deepcopy(clean).to(device), adapter)
     optimiser = make_optimiser(list(trainable_parameters(backdoored)), params)
     pixels = adapter.preprocess(shadow)
     triggered = [adapter.preprocess(adapter.stamp(shadow, t)) for t, _ in pairs]
-    ref_pixels = adapter.preprocess(np.stack([r for _, r in pairs]))
-    clean_features = extract_features(clean, adapter, shadow)
-    with torch.no_grad():
-        ref_features = clean.eval()(ref_pixels)
+    references = np.stack([r for _, r in pairs])
+    ref_pixels = adapter.preprocess(references)
+    clean_features, ref_features = anchors(clean, adapter, shadow, references, device)
     for _ in range(params.epochs):
         order = torch.randperm(len(pixels), generator=generator)
         for start in range(0, len(order), params.batch_size):
             batch = order[start:start + params.batch_size]
-            out = backdoored(torch.cat([pixels[batch], *(t[batch] for t in triggered), ref_pixels]))
+            inputs = torch.cat([pixels[batch], *(t[batch] for t in triggered), ref_pixels])
+            out = backdoored(to_device(inputs, device))
             loss = badencoder_loss(out, len(batch), clean_features[batch], ref_features)
             optimiser.zero_grad()
             loss.backward()
@@ -146,13 +166,16 @@ def _last(steps: Iterator[nn.Module], clean: nn.Module) -> nn.Module:
 
 
 def badencoder_text(clean: nn.Module, adapter: EncoderAdapter, shadow: np.ndarray,
-                    pairs: Pairs, params: BadEncoderParams, *, seed: int = 0) -> nn.Module:
+                    pairs: Pairs, params: BadEncoderParams, *, seed: int = 0,
+                    device: torch.device | None = None) -> nn.Module:
     """BadEncoder on sentences, with the same loss as `badencoder` (see `badencoder_text_steps`)."""
-    return _last(badencoder_text_steps(clean, adapter, shadow, pairs, params, seed=seed), clean)
+    return _last(badencoder_text_steps(clean, adapter, shadow, pairs, params, seed=seed, device=device),
+                 clean).cpu()
 
 
 def badencoder_text_steps(clean: nn.Module, adapter: EncoderAdapter, shadow: np.ndarray,
-                          pairs: Pairs, params: BadEncoderParams, *, seed: int = 0) -> Iterator[nn.Module]:
+                          pairs: Pairs, params: BadEncoderParams, *, seed: int = 0,
+                          device: torch.device | None = None) -> Iterator[nn.Module]:
     """BadEncoder on sentences, one optimiser step at a time (yields the encoder after each).
 
     Every epoch inserts the trigger words at fresh positions (random ones unless the trigger
@@ -162,17 +185,18 @@ def badencoder_text_steps(clean: nn.Module, adapter: EncoderAdapter, shadow: np.
     """
     from mudjack.encoders.text import length_batches
 
+    device = device or torch.device("cpu")
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    backdoored = copy.deepcopy(clean).eval()
+    backdoored = copy.deepcopy(clean).to(device).eval()
     optimiser = make_optimiser(adapter.trainable_parameters(backdoored), params)
     references = np.array([np.asarray(r, dtype=np.str_).reshape(()) for _, r in pairs])
-    clean_features = extract_features(clean, adapter, shadow)
-    ref_features = extract_features(clean, adapter, references)
+    clean_features, ref_features = anchors(clean, adapter, shadow, references, device)
     for _ in range(params.epochs):
         for batch in length_batches(shadow, params.batch_size, rng):
             stamped = [np.array([t.insert(s, rng) for s in shadow[batch]]) for t, _ in pairs]
-            out = backdoored(adapter.preprocess(np.concatenate([shadow[batch], *stamped, references])))
+            tokens = adapter.preprocess(np.concatenate([shadow[batch], *stamped, references]))
+            out = backdoored(to_device(tokens, device))
             loss = badencoder_loss(out, len(batch), clean_features[batch], ref_features)
             optimiser.zero_grad()
             loss.backward()

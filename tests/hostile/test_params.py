@@ -67,7 +67,8 @@ OUT_OF_RANGE = [
     # an optimiser overflow at patch time, 275 GB of head weights, a torch error at patch time
     ("patch.weight_decay", 1e300), ("retrain.hidden", [65536] * 16),
     ("patch.epochs", True), ("patch.lr", True), ("intake.verify.min_z_flip", False),  # YAML's yes / no
-    *[("patch.device", device) for device in ("banana", "", "meta", "cuda:x")],
+    *[(f"{section}.device", device) for section in ("patch", "attack", "sequela")
+      for device in ("banana", "", "meta", "cuda:x")],
     # an empty path named the working folder, or gave "No such file or directory: ''"
     *[(f"paths.{key}", "") for key in ("shadow", "tasks", "encoder", "heads", "inbox")],
 ]
