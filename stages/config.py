@@ -224,8 +224,8 @@ class SequelaParams(Params):
     reinject_check_samples: int = Field(200, ge=1)   # held-out non-target test inputs ASR is read on
     reinject_shadow: int = Field(0, ge=0)            # inputs BadEncoder trains on (0: as the attack)
     clean_encoder: str = "models/foundation/encoder.safetensors"
-    # auto: the re-injections' BadEncoder runs on CUDA when there is one (membership inference,
-    # features and a small head, stays on the CPU)
+    # auto: the features (a frozen copy of each encoder placed there, mudjack.features.on_device)
+    # and the re-injections' BadEncoder run on CUDA when there is one; the heads stay on the CPU
     device: Device = "auto"
 
 

@@ -5,8 +5,8 @@ head) and after (patched encoder and its head); re-injection of the backdoor int
 encoder and into the clean foundation encoder (`sequela.clean_encoder`), with the attack's
 BadEncoder settings (`attack`; defaults without one). The backdoor re-injected is the true one
 when known, else the first accepted bug's reversed trigger, aimed at the class that bug's task
-was most often misclassified as; which one is recorded, with the device the re-injections
-trained on (`sequela.device`).
+was most often misclassified as; which one is recorded. Features are computed, and the
+re-injections trained, on `sequela.device` (CUDA when there is one; the heads stay on the CPU).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from mudjack.bugs import Bug, check_bugs, load_bugs
 from mudjack.data import Task, load_shadow, load_tasks
 from mudjack.device import select_device
 from mudjack.encoders import EncoderAdapter, load_encoder, load_patch_of
-from mudjack.features import extract_features
+from mudjack.features import extract_features, on_device
 from mudjack.heads import Head, load_head, train_head
 from mudjack.io import ready_outputs, write_json
 from mudjack.metrics import non_target
@@ -107,13 +107,14 @@ def reinject(params: PipelineParams, tasks: dict[str, Task], patched: tuple[nn.M
     clean_path = Path(cfg.clean_encoder)
     if clean_path.is_file():
         encoder, adapter = load_encoder(clean_path)
-        starts["clean"] = (encoder, adapter, clean_head(params, encoder, adapter, task))
+        starts["clean"] = (encoder, adapter, clean_head(params, on_device(encoder, device), adapter, task))
     out: dict[str, Any] = {"task": name, "target": target, "trigger": source,
                            "attack": attack.model_dump(), "shadow": len(shadow),
                            "attack_budget_steps": attack.epochs * steps_per_epoch(len(shadow), attack),
                            "device": str(device), "clean": None}
     for start, (encoder, adapter, head) in starts.items():
-        reference = pick_attack_reference(encoder, adapter, task.train.x, task.train.y, target=target)
+        reference = pick_attack_reference(on_device(encoder, device), adapter, task.train.x, task.train.y,
+                                          target=target)
         out[start] = reinjection(encoder, adapter, head, Backdoor(trigger, reference, target), shadow=shadow,
                                  check=check, attack=attack, goal=cfg.reinject_asr,
                                  max_steps=cfg.reinject_max_steps, check_every=cfg.reinject_check_every,
@@ -132,7 +133,9 @@ def main() -> None:
                 "patched": load_patch_of(PATCHED_ENCODER, params.paths.encoder)}
     bugs = load_bugs(BUGS)
     check_bugs(bugs, tasks, registry=BUGS, adapter=encoders["backdoored"][1])
-    result = {"membership": membership(params, tasks, encoders),
+    placed = {variant: (on_device(encoder, device), adapter) for variant, (encoder, adapter)
+              in encoders.items()}
+    result = {"membership": membership(params, tasks, placed),
               "reinjection": reinject(params, tasks, encoders["patched"], bugs, device=device)}
     write_json(SEQUELA, result)
     for name, variants in result["membership"].items():
