@@ -94,7 +94,7 @@ class Backdoor:
 
 
 def triggered_asr(encoder: nn.Module, adapter: EncoderAdapter, head: Head, check: np.ndarray,
-                  backdoor: Backdoor, device: torch.device | None = None) -> float:
+                  backdoor: Backdoor, *, device: torch.device | None = None) -> float:
     """ASR of `head` on the encoder's features (computed on `device`, where the encoder is
     moved) of the (non-target) `check` inputs, triggered."""
     features = extract_features(encoder, adapter, adapter.stamp(check, backdoor.trigger), device=device)
@@ -117,7 +117,7 @@ def reinjection(encoder: nn.Module, adapter: EncoderAdapter, head: Head, backdoo
                                  attack.model_copy(update={"epochs": epochs}), seed=seed, device=device)
         for step, attacked in enumerate(steps, start=1):
             if step % check_every == 0 or step == max_steps:
-                curve.append([step, triggered_asr(attacked, adapter, head, check, backdoor, device)])
+                curve.append([step, triggered_asr(attacked, adapter, head, check, backdoor, device=device)])
                 train_mode(attacked, adapter)
                 if curve[-1][1] >= goal or step >= max_steps:
                     break
