@@ -103,18 +103,19 @@ def reinject(params: PipelineParams, tasks: dict[str, Task], patched: tuple[nn.M
     cfg = params.sequela
     task, attack, shadow = tasks[name], attack_params(params), attacker_shadow(params)
     check = check_inputs(task, target, cfg.reinject_check_samples, params.seed)
-    starts = {"repaired": (*patched, load_head(HEADS / name / "patched.safetensors"))}
+    frozen = on_device(patched[0], device)  # each start placed once: for its head and reference
+    starts = {"repaired": (*patched, frozen, load_head(HEADS / name / "patched.safetensors"))}
     clean_path = Path(cfg.clean_encoder)
     if clean_path.is_file():
         encoder, adapter = load_encoder(clean_path)
-        starts["clean"] = (encoder, adapter, clean_head(params, on_device(encoder, device), adapter, task))
+        frozen = on_device(encoder, device)
+        starts["clean"] = (encoder, adapter, frozen, clean_head(params, frozen, adapter, task))
     out: dict[str, Any] = {"task": name, "target": target, "trigger": source,
                            "attack": attack.model_dump(), "shadow": len(shadow),
                            "attack_budget_steps": attack.epochs * steps_per_epoch(len(shadow), attack),
                            "device": str(device), "clean": None}
-    for start, (encoder, adapter, head) in starts.items():
-        reference = pick_attack_reference(on_device(encoder, device), adapter, task.train.x, task.train.y,
-                                          target=target)
+    for start, (encoder, adapter, frozen, head) in starts.items():
+        reference = pick_attack_reference(frozen, adapter, task.train.x, task.train.y, target=target)
         out[start] = reinjection(encoder, adapter, head, Backdoor(trigger, reference, target), shadow=shadow,
                                  check=check, attack=attack, goal=cfg.reinject_asr,
                                  max_steps=cfg.reinject_max_steps, check_every=cfg.reinject_check_every,

@@ -97,8 +97,7 @@ def badencoder(clean: ImageEncoder, adapter: EncoderAdapter, shadow: np.ndarray,
     and last terms over (trigger, reference) and every pair in `more`.
     """
     pairs = [(trigger, reference), *more]
-    steps = badencoder_steps(clean, adapter, shadow, pairs, params, seed=seed, device=device)
-    return _last(steps, clean).cpu()
+    return _last(badencoder_steps(clean, adapter, shadow, pairs, params, seed=seed, device=device), clean)
 
 
 def anchors(clean: nn.Module, adapter: EncoderAdapter, shadow: np.ndarray, references: np.ndarray,
@@ -158,19 +157,20 @@ def steps_per_epoch(samples: int, params: BadEncoderParams) -> int:
 
 
 def _last(steps: Iterator[nn.Module], clean: nn.Module) -> nn.Module:
-    """The encoder after the last step (a copy of `clean` when there is none), in eval mode."""
+    """The encoder after the last step (a copy of `clean` when there is none), in eval mode, on
+    the CPU (wherever it trained)."""
     last = None
     for encoder in steps:
         last = encoder
-    return (copy.deepcopy(clean) if last is None else last).eval()
+    return (copy.deepcopy(clean) if last is None else last).eval().cpu()
 
 
 def badencoder_text(clean: nn.Module, adapter: EncoderAdapter, shadow: np.ndarray,
                     pairs: Pairs, params: BadEncoderParams, *, seed: int = 0,
                     device: torch.device | None = None) -> nn.Module:
     """BadEncoder on sentences, with the same loss as `badencoder` (see `badencoder_text_steps`)."""
-    return _last(badencoder_text_steps(clean, adapter, shadow, pairs, params, seed=seed, device=device),
-                 clean).cpu()
+    steps = badencoder_text_steps(clean, adapter, shadow, pairs, params, seed=seed, device=device)
+    return _last(steps, clean)
 
 
 def badencoder_text_steps(clean: nn.Module, adapter: EncoderAdapter, shadow: np.ndarray,
