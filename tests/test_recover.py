@@ -15,7 +15,9 @@ import torch
 from pydantic import ValidationError
 
 from mudjack.attacks.zoo import zoo_triggers
+from mudjack.intake import reverse
 from mudjack.intake.grow import candidate_masks
+from mudjack.intake.occlusion import occlusion_map
 from mudjack.intake.residual import bug_residual
 from mudjack.intake.reverse import ReverseParams, reverse_engineer
 from mudjack.intake.reverse import recover as recover_trigger
@@ -90,6 +92,28 @@ def test_the_scan_candidate_finds_a_translucent_patch_the_occlusion_ranking_miss
     assert scanned["chosen"] == "scan" and scanned["candidates"]["scan"]["effect"] >= 0.9
     assert not found.soft and found.pixels <= 3 * truth.pixels and trigger_iou(found, truth) >= 0.5
 
+
+
+def test_grow_and_scan_share_one_occlusion_map_per_report(monkeypatch):
+    """Scan ranks on grow's occlusion map (its ties): computed once when both are candidates,
+    with the same candidates and numbers as when each runs alone, and kept out of the record."""
+    truth = zoo_triggers("translucent", SHAPE, 3)[0]
+    toy = toy_backdoor([truth], seed=3)
+    calls = []
+    monkeypatch.setattr(reverse, "occlusion_map", lambda *a, **k: calls.append(1) or occlusion_map(*a, **k))
+
+    def only(*names: str) -> dict:
+        select = {"candidates": list(names), "odd_windows": [], "enough": 1.01}
+        return recover(toy, ReverseParams(method="auto", select=select))[1]
+
+    both, grown, scanned = only("grow", "scan"), only("grow"), only("scan")
+    assert len(calls) == 3  # one for both, one for each alone
+    assert both["candidates"] == {**grown["candidates"], **scanned["candidates"]}
+    assert reverse.OCCLUSION_MAP not in both
+    record: dict = {}
+    reverse_engineer(toy.deployed.encoder, toy.deployed.adapter, toy.bug, toy.reference,
+                     params=ReverseParams(method="grow"), clean=toy.clean, record=record)
+    assert reverse.OCCLUSION_MAP not in record and len(calls) == 4
 
 def test_auto_recovers_a_blend_as_a_small_alpha_everywhere():
     truth = zoo_triggers("blend", SHAPE, 1)[0]

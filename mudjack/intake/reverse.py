@@ -62,6 +62,7 @@ from mudjack.triggers import TextTrigger, Trigger
 
 FlipRate = Callable[[torch.Tensor], float]
 ALTERNATE_TRIGGERS = "alternate_triggers"  # a method's record key for triggers, not numbers
+OCCLUSION_MAP = "occlusion_map"  # the record key grow, scan and occlusion keep their shared map under
 FILLED = "_filled"  # a hard candidate's solid-colour patch: its name with this suffix
 HARD = ("grow", "scan")  # the candidates that cut the bug's pixels: their colour patch is next in line
 
@@ -158,6 +159,7 @@ def recover(encoder: ImageEncoder, adapter: EncoderAdapter, bug: np.ndarray, ref
     method = REVERSAL_METHODS[params.method]
     trigger = method(encoder, adapter, bug, reference, params=params, seed=seed, clean=clean,
                      flip_rate=flip_rate, score=score, accept=accept, record=record)
+    record.pop(OCCLUSION_MAP, None)  # an array: the decision's numbers do not keep it
     return Recovery(trigger, tuple(record.pop(ALTERNATE_TRIGGERS, ())))
 
 
@@ -172,9 +174,13 @@ def reverse_engineer(encoder: ImageEncoder, adapter: EncoderAdapter, bug: np.nda
 
 
 def _occlusion_scores(encoder: ImageEncoder, adapter: EncoderAdapter, bug: np.ndarray,
-                      reference: np.ndarray, params: ReverseParams) -> np.ndarray:
-    return occlusion_map(encoder, adapter, bug, reference, window=params.window, stride=params.stride,
-                         batch_size=params.batch_size)
+                      reference: np.ndarray, params: ReverseParams, record: dict[str, Any]) -> np.ndarray:
+    """The report's occlusion map, computed once: `auto` hands all its candidates one record, so
+    scan (run after grow, on the same bug, reference, window and stride) reuses grow's map."""
+    if OCCLUSION_MAP not in record:
+        record[OCCLUSION_MAP] = occlusion_map(encoder, adapter, bug, reference, window=params.window,
+                                              stride=params.stride, batch_size=params.batch_size)
+    return record[OCCLUSION_MAP]
 
 
 def _clean_inputs(clean: np.ndarray | None, method: str) -> np.ndarray:
@@ -188,7 +194,7 @@ def _occlusion(encoder: ImageEncoder, adapter: EncoderAdapter, bug: np.ndarray, 
                *, params: ReverseParams, seed: int, clean: np.ndarray | None,
                flip_rate: FlipRate | None, score: Score | None, accept: Accept | None,
                record: dict[str, Any]) -> Trigger:
-    return occlusion_trigger(bug, _occlusion_scores(encoder, adapter, bug, reference, params), seed)
+    return occlusion_trigger(bug, _occlusion_scores(encoder, adapter, bug, reference, params, record), seed)
 
 
 @register_reversal("grow")
@@ -197,7 +203,7 @@ def _grow(encoder: ImageEncoder, adapter: EncoderAdapter, bug: np.ndarray, refer
           flip_rate: FlipRate | None, score: Score | None, accept: Accept | None,
           record: dict[str, Any]) -> Trigger:
     clean = _clean_inputs(clean, "grow")
-    scores = _occlusion_scores(encoder, adapter, bug, reference, params)
+    scores = _occlusion_scores(encoder, adapter, bug, reference, params, record)
     return grow_trigger(encoder, adapter, bug, scores, clean, params=params.grow, seed=seed,
                         flip_rate=flip_rate)
 
@@ -279,12 +285,13 @@ def _auto(encoder: ImageEncoder, adapter: EncoderAdapter, bug: np.ndarray, refer
     """Candidate methods fitted in turn on part of `clean`, scored on the rest; the best kept."""
     fit, held = split_clean(_clean_inputs(clean, "auto"), params.select.samples, seed)
     triggers: dict[str, Trigger] = {}
+    shared: dict[str, Any] = {}  # the candidates' own records, one for all: what they measure is not kept
 
     def fitted() -> Iterator[tuple[str, Trigger]]:
         for name in params.select.candidates:
             trigger = REVERSAL_METHODS[name](encoder, adapter, bug, reference, params=params, seed=seed,
                                              clean=fit, flip_rate=flip_rate, score=score, accept=None,
-                                             record={})
+                                             record=shared)
             if name == "soft" and params.select.binarise:  # the compact hard cut is tried first
                 triggers["soft_binarised"] = binarised(trigger, bug, params.soft.threshold)
                 yield "soft_binarised", triggers["soft_binarised"]
