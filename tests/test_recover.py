@@ -93,7 +93,6 @@ def test_the_scan_candidate_finds_a_translucent_patch_the_occlusion_ranking_miss
     assert not found.soft and found.pixels <= 3 * truth.pixels and trigger_iou(found, truth) >= 0.5
 
 
-
 def test_grow_and_scan_share_one_occlusion_map_per_report(monkeypatch):
     """Scan ranks on grow's occlusion map (its ties): computed once when both are candidates,
     with the same candidates and numbers as when each runs alone, and kept out of the record."""
@@ -114,6 +113,12 @@ def test_grow_and_scan_share_one_occlusion_map_per_report(monkeypatch):
     reverse_engineer(toy.deployed.encoder, toy.deployed.adapter, toy.bug, toy.reference,
                      params=ReverseParams(method="grow"), clean=toy.clean, record=record)
     assert reverse.OCCLUSION_MAP not in record and len(calls) == 4
+    shared: dict = {}  # in one record, another window or stride is another map
+    for window, stride in ((3, 1), (3, 1), (2, 1), (3, 2)):
+        reverse._occlusion_scores(toy.deployed.encoder, toy.deployed.adapter, toy.bug, toy.reference,
+                                  ReverseParams(window=window, stride=stride), shared)
+    assert len(calls) == 7 and len(shared[reverse.OCCLUSION_MAP]) == 3
+
 
 def test_auto_recovers_a_blend_as_a_small_alpha_everywhere():
     truth = zoo_triggers("blend", SHAPE, 1)[0]

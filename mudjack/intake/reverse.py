@@ -62,7 +62,7 @@ from mudjack.triggers import TextTrigger, Trigger
 
 FlipRate = Callable[[torch.Tensor], float]
 ALTERNATE_TRIGGERS = "alternate_triggers"  # a method's record key for triggers, not numbers
-OCCLUSION_MAP = "occlusion_map"  # the record key grow, scan and occlusion keep their shared map under
+OCCLUSION_MAP = "occlusion_maps"  # the record key grow, scan and occlusion keep their maps under
 FILLED = "_filled"  # a hard candidate's solid-colour patch: its name with this suffix
 HARD = ("grow", "scan")  # the candidates that cut the bug's pixels: their colour patch is next in line
 
@@ -159,7 +159,7 @@ def recover(encoder: ImageEncoder, adapter: EncoderAdapter, bug: np.ndarray, ref
     method = REVERSAL_METHODS[params.method]
     trigger = method(encoder, adapter, bug, reference, params=params, seed=seed, clean=clean,
                      flip_rate=flip_rate, score=score, accept=accept, record=record)
-    record.pop(OCCLUSION_MAP, None)  # an array: the decision's numbers do not keep it
+    record.pop(OCCLUSION_MAP, None)  # arrays: the decision's numbers do not keep them
     return Recovery(trigger, tuple(record.pop(ALTERNATE_TRIGGERS, ())))
 
 
@@ -175,12 +175,13 @@ def reverse_engineer(encoder: ImageEncoder, adapter: EncoderAdapter, bug: np.nda
 
 def _occlusion_scores(encoder: ImageEncoder, adapter: EncoderAdapter, bug: np.ndarray,
                       reference: np.ndarray, params: ReverseParams, record: dict[str, Any]) -> np.ndarray:
-    """The report's occlusion map, computed once: `auto` hands all its candidates one record, so
-    scan (run after grow, on the same bug, reference, window and stride) reuses grow's map."""
-    if OCCLUSION_MAP not in record:
-        record[OCCLUSION_MAP] = occlusion_map(encoder, adapter, bug, reference, window=params.window,
-                                              stride=params.stride, batch_size=params.batch_size)
-    return record[OCCLUSION_MAP]
+    """The report's occlusion map at this window and stride, computed once: `auto` hands all its
+    candidates one record, so scan (run after grow, on the same bug and reference) reuses grow's."""
+    maps = record.setdefault(OCCLUSION_MAP, {})
+    if (key := (params.window, params.stride)) not in maps:
+        maps[key] = occlusion_map(encoder, adapter, bug, reference, window=params.window,
+                                  stride=params.stride, batch_size=params.batch_size)
+    return maps[key]
 
 
 def _clean_inputs(clean: np.ndarray | None, method: str) -> np.ndarray:
