@@ -158,8 +158,8 @@ def _text(values: np.ndarray, name: str) -> np.ndarray:
 
 
 def _pixels(pattern: np.ndarray) -> np.ndarray:
-    """A stored pattern as uint8 pixels; ValueError for values a cast would wrap (300 -> 44) or
-    truncate (a pattern scaled to [0, 1] would become black)."""
+    """A stored pattern as uint8 pixels, fractions rounded; ValueError for values a cast would
+    wrap (300 -> 44) or a pattern scaled to [0, 1] (it would become black)."""
     numeric = pattern.dtype.kind in "biuf"
     in_range = numeric and bool(np.isfinite(pattern).all()) and (
         pattern.size == 0 or 0 <= pattern.min() <= pattern.max() <= 255)
@@ -167,8 +167,10 @@ def _pixels(pattern: np.ndarray) -> np.ndarray:
         shown = f"{pattern.min()} to {pattern.max()}" if numeric and pattern.size else str(pattern.dtype)
         raise ValueError(f"a trigger's pattern must be pixels in [0, 255], got {shown}")
     if not np.array_equal(pattern, np.rint(pattern)):
-        raise ValueError("a trigger's pattern must be whole pixel values 0-255, got fractions (a pattern "
-                         "scaled to [0, 1]? multiply it by 255)")
+        if pattern.max() <= 1:
+            raise ValueError("a trigger's pattern must be pixels in [0, 255], got fractions of at most 1 "
+                             "(a pattern scaled to [0, 1]? multiply it by 255)")
+        pattern = np.rint(pattern)  # fractions of 0-255 (an upsampled or sine pattern): stamping rounds too
     return pattern.astype(np.uint8)
 
 

@@ -429,6 +429,17 @@ def test_a_malformed_truth_file_is_rejected_with_its_reason_and_the_run_goes_on(
     assert load_truth_pairs(paths) == [] and "a FIFO, not a regular file" in capsys.readouterr().err
 
 
+def test_a_truth_pattern_of_fractional_pixels_is_rounded(tmp_path) -> None:
+    """An upsampled or sine pattern in 0-255 with fractions is read, rounded (was refused with a
+    hint to multiply by 255); a [0, 1] one is still refused (test above)."""
+    paths = truth_paths(tmp_path / "t.npz")
+    pattern = PIXELS + np.linspace(0.0, 254.6, 8 * 8 * 3).reshape(8, 8, 3)
+    np.savez(paths.truth, mask=MASK, pattern=pattern, tasks=NAMES, targets=ZERO)
+    ((trigger, targets),) = load_truth_pairs(paths)
+    assert targets == {"digits": 0} and trigger.pattern.dtype == np.uint8
+    assert np.array_equal(trigger.pattern[MASK], np.rint(pattern)[MASK].astype(np.uint8))
+
+
 # --------------------------------------------------------------------------- BadEncoder
 
 

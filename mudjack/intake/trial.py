@@ -143,8 +143,11 @@ class Trial:
                   # standard errors of a mean cosine and of a mean log-odds on the n inputs
                   "feature_shift": (effects.shifts, effects.cos_spread / float(np.sqrt(n))),
                   "log_odds": (effects.odds, effects.odds_spread / float(np.sqrt(n)))}
-        return {"verify_samples": n, "controls": len(self.exemplars), "cos_before": effects.cos_before,
-                "chance": round(chance, 4), **_statistics(levels)}
+        # a sample of one class: intake's source pass (decision.py), on the reported label's inputs
+        single = n > 0 and bool((self.labels == self.labels[0]).all())
+        one_class = {"sample_class": int(self.labels[0])} if single else {}
+        return {"verify_samples": n, **one_class, "controls": len(self.exemplars),
+                "cos_before": effects.cos_before, "chance": round(chance, 4), **_statistics(levels)}
 
 
 @dataclass(frozen=True)
@@ -230,6 +233,7 @@ def z_failures(numbers: dict[str, Any], predicted: int, margins: Margins, *,
     unless the rate clears the null at its ceiling), on the pull under `min_z_pull` (`numbers`
     from `Trial.against_controls`)."""
     n, controls = numbers["verify_samples"], numbers["controls"]
+    whose = f"class {numbers['sample_class']}" if "sample_class" in numbers else "other classes"
     shift = numbers["feature_shift"]
     levels = {"flip_rate": f"flips {numbers['flip_rate']:.3f} of them to class {predicted}",
               "feature_shift": f"raises their mean cosine to the bug's features by {shift:.3f}"}
@@ -239,7 +243,7 @@ def z_failures(numbers: dict[str, Any], predicted: int, margins: Margins, *,
         need = margins.min_z_flip if name == "flip_rate" else margins.min_z_pull
         saturated = ceiling and name == "flip_rate" and at_ceiling(numbers)
         if z < need and not (saturated and clears_at_ceiling(numbers, need)):
-            failures.append(f"stamped on {n} clean inputs of other classes, the reversed trigger {effect}: "
+            failures.append(f"stamped on {n} clean inputs of {whose}, the reversed trigger {effect}: "
                             f"{z:.1f} std above the same mask filled from {controls} clean "
                             f"class-{predicted} inputs (mean {null['mean']:.3f}, max {null['max']:.3f}; "
                             f"need z >= {need}){_odds_note(numbers, predicted) if saturated else ''}")

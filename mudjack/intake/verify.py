@@ -60,6 +60,8 @@ class VerifyParams(Params):
                                                # departs from the bug's pixels must also show
     key: bool = True                           # a mask that sends inputs to the predicted class
                                                # whatever other classes' content fills it passes
+    source: bool = True                        # images: a trigger refused on other classes' inputs
+                                               # is looked for again on the reported class's alone
 
 
 @dataclass
