@@ -205,11 +205,12 @@ def row(zoo: Zoo, family: str, seed: int, epochs: int, result: Planted, seconds:
 
 
 def trigger_fields(trigger: Trigger | TextTrigger) -> dict[str, Any]:
-    """What a result row says of a planted trigger: its size and strongest alpha, or its words
-    and place for text."""
+    """What a result row says of a planted trigger: its size and strongest alpha (and a warp's
+    largest offset in pixels), or its words and place for text."""
     if isinstance(trigger, TextTrigger):
         return {"pixels": trigger.pixels, "words": list(trigger.words), "position": trigger.position}
-    return {"pixels": trigger.pixels, "max_alpha": round(float(trigger.alpha.max()), 3)}
+    moved = {"max_offset": round(float(np.abs(trigger.flow).max()), 3)} if trigger.flow is not None else {}
+    return {"pixels": trigger.pixels, "max_alpha": round(float(trigger.alpha.max()), 3), **moved}
 
 
 TRUTH_KEYS = ("iou", "coverage", "correlation", "mask_pixels")
@@ -250,10 +251,20 @@ def intake_rows(zoo: Zoo, result: Planted) -> tuple[list, list]:
                          **candidate_scores(reversal),
                          "alternates_coverage": [_round(t.get("coverage")) for t in
                                                  numbers.get("alternates_truth", [])],
+                         **_flow_cosines(numbers),
                          "seconds": round(time.perf_counter() - start, 1),
                          "phase_seconds": numbers.get("phase_seconds")})
             bugs += [bug] if bug is not None else []
     return bugs, rows
+
+
+def _flow_cosines(numbers: dict[str, Any]) -> dict[str, Any]:
+    """A warp's truth numbers: the chosen trigger's and each alternate's flow cosine to it."""
+    if "flow_cosine" not in numbers:
+        return {}
+    alternates = numbers.get("alternates_truth", [])
+    return {"flow_cosine": _round(numbers["flow_cosine"]),
+            "alternates_flow_cosine": [_round(t.get("flow_cosine")) for t in alternates]}
 
 
 def candidate_scores(reversal: dict[str, Any]) -> dict[str, Any]:

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 MAX_RECORD_BYTES = 16 << 20  # a record is a few KiB: its numbers and the ids merged into it
 RECORD_FIELDS: dict[str, type] = {"id": str, "task": str, "label": int, "predicted": int}
 IMAGE_KEYS = ("mask", "pattern")    # an alternate's are prefixed alt<i>_
+FLOW_KEY = "flow"                    # optional beside them: a warp (triggers.Trigger.flow)
 TEXT_KEYS = ("words", "position")    # position is optional: the default (random) is not stored
 
 
@@ -175,17 +176,20 @@ def _inputs(arrays: dict[str, np.ndarray], modality: str) -> tuple[np.ndarray, n
 
 
 def _image_trigger(arrays: dict[str, np.ndarray], bug: np.ndarray, prefix: str = "") -> Trigger:
-    """The mask and pattern stored under `prefix`: of the bug's size, touching at least one pixel."""
+    """The mask and pattern (and flow, a warp) stored under `prefix`: of the bug's size,
+    touching at least one pixel or moving some."""
     if missing := [prefix + key for key in IMAGE_KEYS if prefix + key not in arrays]:
         raise ValueError(f"no {' or '.join(missing)} array")
     mask = arrays[prefix + "mask"]
     if mask.dtype.kind not in "biuf" or (mask.dtype.kind in "iu" and not np.isin(mask, (0, 1)).all()):
         raise ValueError(f"{prefix}mask must be 0/1 or alpha in [0, 1], got {mask.dtype} values")
-    trigger = cast(Trigger, trigger_from_arrays({"mask": mask, "pattern": arrays[prefix + "pattern"]}))
+    stored = {"mask": mask, "pattern": arrays[prefix + "pattern"],
+              **({FLOW_KEY: arrays[prefix + FLOW_KEY]} if prefix + FLOW_KEY in arrays else {})}
+    trigger = cast(Trigger, trigger_from_arrays(stored))
     if trigger.pattern.shape != bug.shape:
         raise ValueError(f"{prefix}pattern is {trigger.pattern.shape}, the bug {bug.shape}")
-    if not trigger.pixels:
-        raise ValueError(f"{prefix}mask is empty: the trigger touches no pixel")
+    if not trigger.pixels and not trigger.warps:
+        raise ValueError(f"{prefix}mask is empty and nothing warps: the trigger touches no pixel")
     return trigger
 
 
@@ -209,8 +213,9 @@ def _text_trigger(arrays: dict[str, np.ndarray]) -> TextTrigger:
 
 
 def _known_keys(modality: str, alternates: int) -> set[str]:
-    own = TEXT_KEYS if modality == "text" else IMAGE_KEYS
-    return {"bug", "reference", *own, *(f"alt{i}_{key}" for i in range(alternates) for key in IMAGE_KEYS)}
+    own = TEXT_KEYS if modality == "text" else (*IMAGE_KEYS, FLOW_KEY)
+    return {"bug", "reference", *own,
+            *(f"alt{i}_{key}" for i in range(alternates) for key in (*IMAGE_KEYS, FLOW_KEY))}
 
 
 # --------------------------------------------------------------------------- against the stage's

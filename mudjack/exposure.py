@@ -34,6 +34,12 @@ first head; clean accuracy and each attack metric are the mean over the heads, a
 (in a trigger's record and beside the headline) lists each head's value. On a weak encoder one
 head's ASR moves by 0.02 from seed to seed; the mean is the estimate a gate should judge.
 
+A bug accepted on inputs of its own reported class alone (a source-specific backdoor: intake's
+second search, mudjack/intake/decision.py) has its reversed trigger measured on the test
+inputs of that class only (`source_class` in its record), on the task that reported it: over
+every class, a trigger that fires for one source class moves few inputs, and the task's
+headline would not show it.
+
 A trigger that does not fit a task's inputs (a mask of another image size, a text trigger on
 images), or whose known target is not one of the task's classes, is not measured there;
 `exposure.not_measured` names it with the reason.
@@ -42,7 +48,7 @@ images), or whose known target is not one of the task's classes, is not measured
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -70,6 +76,7 @@ class NamedTrigger:
     name: str  # "truth", "truth:<i>" or "bug:<id>"
     trigger: Trigger | TextTrigger
     targets: dict[str, int] = field(default_factory=dict)  # task -> known target
+    sources: dict[str, int] = field(default_factory=dict)  # task -> the one class it fires on
 
     @property
     def true(self) -> bool:
@@ -81,7 +88,16 @@ def named_triggers(truths: Sequence[tuple[Trigger | TextTrigger, dict[str, int]]
     """The true triggers (with their per-task targets) first, then every bug's reversed one."""
     known = [NamedTrigger("truth" if i == 0 else f"truth:{i}", trigger, dict(targets))
              for i, (trigger, targets) in enumerate(truths)]
-    return known + [NamedTrigger(f"bug:{bug.id}", bug.trigger) for bug in bugs]
+    return known + [NamedTrigger(f"bug:{bug.id}", bug.trigger, sources=bug_source(bug)) for bug in bugs]
+
+
+def bug_source(bug: Bug) -> dict[str, int]:
+    """{task: class} for a bug accepted on inputs of its reported class alone (its record's
+    `source_pass` passed), else {}."""
+    second = bug.record.get("source_pass")
+    if not isinstance(second, dict) or second.get("passed") is not True:
+        return {}
+    return {bug.task: int(bug.label)}
 
 
 @dataclass(frozen=True)
@@ -178,6 +194,9 @@ def measure_trigger(task: str, models: TaskModels, named: NamedTrigger,
                     clean: dict[str, np.ndarray], *, level: float = LEVEL) -> dict[str, Any]:
     """One trigger on one task: its target with the evidence, and the attack metrics of each
     model (backdoored, patched) on that target."""
+    source = named.sources.get(task)
+    if source is not None:
+        models, clean = of_class(models, clean, source)
     labels = models.test.y
     triggered = triggered_predictions(models, named.trigger)
     before, before_triggered = first_head(clean["backdoored"]), first_head(triggered["backdoored"])
@@ -186,7 +205,7 @@ def measure_trigger(task: str, models: TaskModels, named: NamedTrigger,
               else named.targets[task])
     proof = evidence(labels, before, before_triggered, target=target,
                      inferred=inferred, n_classes=models.n_classes, level=level)
-    record: dict[str, Any] = asdict(proof)
+    record: dict[str, Any] = {**asdict(proof), **({"source_class": source} if source is not None else {})}
     scores = {model: head_scores(clean[model], labels, triggered[model], target=target)
               for model in MODELS}
     for model in MODELS:
@@ -194,6 +213,14 @@ def measure_trigger(task: str, models: TaskModels, named: NamedTrigger,
     if len(scores["backdoored"]["asr"]) > 1:
         record["per_head"] = {model: {k: scores[model][k] for k in ATTACK_METRICS} for model in MODELS}
     return record
+
+
+def of_class(models: TaskModels, clean: dict[str, np.ndarray],
+             label: int) -> tuple[TaskModels, dict[str, np.ndarray]]:
+    """The task's models and clean predictions on its test inputs of class `label` alone."""
+    index = np.flatnonzero(models.test.y == label)
+    return (replace(models, test=models.test.subset(index)),
+            {model: np.asarray(rows)[..., index] for model, rows in clean.items()})
 
 
 def _severity(record: dict[str, Any]) -> tuple[float, float]:

@@ -1,5 +1,6 @@
-"""Triggers: an alpha mask and a pattern, stamped on raw uint8 pixels before normalisation;
-for text, a few words inserted at a word position of a sentence."""
+"""Triggers: an alpha mask and a pattern, stamped on raw uint8 pixels before normalisation, with
+an optional warp (a fixed displacement field, the WaNet attack's trigger) applied first; for
+text, a few words inserted at a word position of a sentence."""
 
 from __future__ import annotations
 
@@ -24,10 +25,15 @@ class Trigger:
 
     A bool mask stays bool (it indexes arrays, and old code relies on that); any other
     dtype becomes float32 alpha.
+
+    `flow` (H, W, 2), float32 pixels, warps the image before the blend: output pixel (i, j) is
+    the input sampled bilinearly at (i + flow[i, j, 0], j + flow[i, j, 1]), the border
+    repeated beyond the edge. A pure warp has alpha 0 everywhere (`warp_trigger`).
     """
 
     mask: np.ndarray
     pattern: np.ndarray
+    flow: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.mask.ndim != 2 or self.pattern.ndim != 3 or self.mask.shape != self.pattern.shape[:2]:
@@ -38,6 +44,17 @@ class Trigger:
             if not (np.isfinite(alpha).all() and alpha.min() >= 0 and alpha.max() <= 1):
                 raise ValueError("an alpha mask must lie in [0, 1]")
             object.__setattr__(self, "mask", alpha)
+        if self.flow is not None:
+            flow = np.asarray(self.flow, dtype=np.float32)
+            if flow.shape != (*self.mask.shape, 2) or not np.isfinite(flow).all():
+                raise ValueError(f"a warp's flow must be finite pixel offsets shaped (H, W, 2) = "
+                                 f"{(*self.mask.shape, 2)}, got {flow.shape}")
+            object.__setattr__(self, "flow", flow)
+
+    @property
+    def warps(self) -> bool:
+        """Whether the trigger moves pixels (a flow with any nonzero offset)."""
+        return self.flow is not None and bool(np.any(self.flow))
 
     @property
     def soft(self) -> bool:
@@ -77,6 +94,39 @@ def patch_trigger(shape: tuple[int, int, int], size: int, row: int, col: int,
     return Trigger(mask=mask, pattern=pattern)
 
 
+def warp_trigger(flow: np.ndarray, channels: int) -> Trigger:
+    """A pure warp: the flow (H, W, 2) and nothing blended (alpha 0 everywhere)."""
+    height, width = np.shape(flow)[:2]
+    return Trigger(mask=np.zeros((height, width), dtype=np.float32),
+                   pattern=np.zeros((height, width, channels), dtype=np.uint8), flow=flow)
+
+
+def warp(images: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
+    """Float images (N, C, H, W) sampled bilinearly at each pixel plus its offset; `flow` is
+    (N, H, W, 2) or (H, W, 2) pixels (rows, columns), the border repeated beyond the edge."""
+    import torch
+    import torch.nn.functional as F
+
+    height, width = images.shape[-2:]
+    rows, cols = torch.meshgrid(torch.arange(height, dtype=images.dtype, device=images.device),
+                                torch.arange(width, dtype=images.dtype, device=images.device), indexing="ij")
+    flow = flow.to(images).expand(len(images), height, width, 2)
+    # grid_sample wants (x, y) in [-1, 1], pixel centres at the ends (align_corners)
+    x = (cols + flow[..., 1]) * (2 / max(width - 1, 1)) - 1
+    y = (rows + flow[..., 0]) * (2 / max(height - 1, 1)) - 1
+    return F.grid_sample(images, torch.stack([x, y], dim=-1), mode="bilinear", padding_mode="border",
+                         align_corners=True)
+
+
+def warped(images: np.ndarray, flow: np.ndarray) -> np.ndarray:
+    """uint8 images (N, H, W, C) or (H, W, C) warped by `flow` (see `warp`), rounded."""
+    import torch
+
+    batch = torch.from_numpy(np.array(images, dtype=np.float32)).reshape(-1, *images.shape[-3:])
+    out = warp(batch.permute(0, 3, 1, 2), torch.from_numpy(flow)).permute(0, 2, 3, 1)
+    return out.round().clamp(0, 255).to(torch.uint8).numpy().reshape(images.shape)
+
+
 def blend(clean: Pixels, pattern: Pixels, mask: Pixels) -> Pixels:
     """x ⊕ t = x·(1−m) + t·m: the one stamping formula, on float pixels (torch tensors or
     arrays) with a hard or soft mask in [0, 1] that broadcasts against them."""
@@ -84,12 +134,15 @@ def blend(clean: Pixels, pattern: Pixels, mask: Pixels) -> Pixels:
 
 
 def stamp(images: np.ndarray, trigger: Trigger) -> np.ndarray:
-    """x ⊕ t = round(x·(1−α) + t·α) on uint8 images shaped (N, H, W, C) or (H, W, C).
+    """x ⊕ t = round(x·(1−α) + t·α) on uint8 images shaped (N, H, W, C) or (H, W, C), x warped
+    first when the trigger has a flow.
 
     A bool mask copies the pattern in (the same bytes the formula gives for alpha 0/1).
     """
     if images.dtype != np.uint8:
         raise TypeError(f"stamp works on uint8 pixels, got {images.dtype}")
+    if trigger.warps:
+        images = warped(images, cast(np.ndarray, trigger.flow))
     if trigger.soft:
         alpha = trigger.mask[..., None]
         mixed = blend(images.astype(np.float32), trigger.pattern.astype(np.float32), alpha)
@@ -125,12 +178,14 @@ def trigger_arrays(trigger: Trigger | TextTrigger) -> dict[str, np.ndarray]:
         position = {} if trigger.position == "random" else {"position": np.array(trigger.position)}
         return {"words": np.array(trigger.words, dtype=np.str_), **position}
     mask = trigger.mask if trigger.soft else trigger.mask.astype(np.uint8)
-    return {"mask": mask, "pattern": trigger.pattern}
+    flow = {"flow": trigger.flow} if trigger.flow is not None else {}
+    return {"mask": mask, "pattern": trigger.pattern, **flow}
 
 
 def trigger_from_arrays(arrays: dict[str, np.ndarray]) -> Trigger | TextTrigger:
     """Inverse of `trigger_arrays`; an integer mask is a hard 0/1 one (other integers are
-    refused: alpha saved as bytes would read as a hard mask), a float mask alpha."""
+    refused: alpha saved as bytes would read as a hard mask), a float mask alpha; a `flow`
+    alone is a pure warp."""
     if "words" in arrays:
         words = _text(arrays["words"], "words")
         if words.ndim > 1:
@@ -139,13 +194,24 @@ def trigger_from_arrays(arrays: dict[str, np.ndarray]) -> Trigger | TextTrigger:
         # one string is the phrase itself: np.array("cf mn") is the words ("cf", "mn")
         phrase = str(words).split() if words.ndim == 0 else [str(w) for w in words]
         return TextTrigger(tuple(phrase), cast(TextPosition, position))
+    if "flow" in arrays and "mask" not in arrays and "pattern" not in arrays:  # a pure warp
+        return warp_trigger(_flow(arrays["flow"]), channels=1)
+    flow = {"flow": _flow(arrays["flow"])} if "flow" in arrays else {}
     mask = arrays["mask"]
     if mask.dtype.kind in "iu" and mask.size and not np.isin(mask, (0, 1)).all():
         raise ValueError(f"an integer mask must be 0 or 1 (a hard mask), got values up to {mask.max()}; "
                          "give alpha as floats in [0, 1] (alpha in bytes 0-255: divide by 255)")
     if mask.dtype.kind in "biu":
         mask = mask.astype(bool)
-    return Trigger(mask=mask, pattern=_pixels(arrays["pattern"]))
+    return Trigger(mask=mask, pattern=_pixels(arrays["pattern"]), **flow)
+
+
+def _flow(flow: np.ndarray) -> np.ndarray:
+    """A stored warp as float32 pixel offsets (H, W, 2); ValueError for anything else."""
+    if flow.dtype.kind not in "iuf" or flow.ndim != 3 or flow.shape[-1] != 2:
+        raise ValueError(f"a warp's flow must be pixel offsets shaped (H, W, 2), got {flow.dtype} "
+                         f"{flow.shape}")
+    return flow.astype(np.float32)
 
 
 def _text(values: np.ndarray, name: str) -> np.ndarray:
@@ -270,6 +336,15 @@ def trigger_correlation(found: Trigger, truth: Trigger) -> float:
     if np.ptp(a) == 0 or np.ptp(b) == 0:
         return 0.0
     return float(np.corrcoef(a, b)[0, 1])
+
+
+def flow_cosine(found: Trigger, truth: Trigger) -> float:
+    """Cosine between two triggers' flows (every pixel's offset): 1 is the same warp up to
+    scale, 0 when either does not warp."""
+    if not (found.warps and truth.warps):
+        return 0.0
+    a, b = (np.asarray(t.flow, dtype=np.float64).ravel() for t in (found, truth))
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
 
 
 def text_control_trigger(trigger: TextTrigger, exemplar: str) -> TextTrigger:

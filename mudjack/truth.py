@@ -2,8 +2,9 @@
 
 The first trigger's arrays sit under plain keys, trigger i > 0's under `trigger{i}_` keys: an
 image trigger is `mask` (H, W; bool, or alpha in [0, 1]) and `pattern` (H, W, C pixels 0-255), a
-text trigger `words` (and `position`); each has `tasks` (names) and `targets` (one class each).
-A malformed file is rejected whole, with its reason (`read_truth`).
+text trigger `words` (and `position`); a warp is `flow` (H, W, 2 pixel offsets, rows then
+columns), alone or with a mask and pattern blended after it; each has `tasks` (names) and
+`targets` (one class each). A malformed file is rejected whole, with its reason (`read_truth`).
 """
 
 from __future__ import annotations
@@ -67,10 +68,11 @@ def truth_pair(arrays: dict[str, np.ndarray], prefix: str) -> TruthPair:
     (ValueError naming what is missing or malformed)."""
     own = {key.removeprefix(prefix): value for key, value in arrays.items()
            if key.startswith(prefix) and (prefix or not key.startswith("trigger"))}
-    needed = ("tasks", "targets", *(() if "words" in own else ("mask", "pattern")))
+    alone = "words" in own or ("flow" in own and "mask" not in own and "pattern" not in own)
+    needed = ("tasks", "targets", *(() if alone else ("mask", "pattern")))
     if missing := [f"{prefix}{key}" for key in needed if key not in own]:
-        raise ValueError(f"missing {', '.join(missing)} (a trigger needs mask and pattern, or words, and "
-                         f"the tasks with their target classes)")
+        raise ValueError(f"missing {', '.join(missing)} (a trigger needs mask and pattern, a flow, or "
+                         f"words, and the tasks with their target classes)")
     tasks, targets = own["tasks"], own["targets"]
     if tasks.dtype.kind == "S":  # names saved as bytes: b"digits" is task "digits"
         tasks = np.char.decode(tasks, "utf-8")

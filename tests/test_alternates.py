@@ -16,7 +16,7 @@ from mudjack.intake.fill import colour_patches, filled_alternate
 from mudjack.intake.select import alternates, padded
 from mudjack.patching import PatchInputs, run_patch
 from mudjack.patching.mudjacking import BugViews, MudjackingParams, build_views
-from mudjack.triggers import Trigger, patch_trigger
+from mudjack.triggers import Trigger, patch_trigger, stamp
 
 SHAPE = (8, 8, 3)
 
@@ -76,6 +76,26 @@ def test_each_alternate_is_an_entry_of_the_patch_views(scenario):
     shadow = scenario.adapter.preprocess(scenario.shadow[:4])
     stacked = build_views(shadow, views, views=3, augment=None)
     assert len(stacked) == 2 * 4 + 3 * 2 * 3  # x, x⊕t, and K views of x_b, x_r, x_r⊕t per entry
+
+
+def test_a_warp_alternate_warps_the_shadow_views_as_stamping_does(scenario):
+    from mudjack.attacks.zoo import zoo_triggers
+
+    (moved,) = zoo_triggers("warp", SHAPE, 3)
+    image, reference = scenario.task.test.x[0], scenario.task.test.x[1]
+    bug = Bug("b", "digits", 3, 0, image, reference, half(scenario.trigger, 0), alternates=(moved,))
+    views = BugViews([bug], scenario.adapter, torch.device("cpu"))
+    assert views.count == 2 and views.flows is not None and not views.flows[0].any()
+    shadow = scenario.shadow[:4]
+    stacked = build_views(scenario.adapter.preprocess(shadow), views, views=1, augment=None)
+    triggered = stacked[4:8]  # x⊕t: the shadow inputs take the entries in turn
+    expected = scenario.adapter.preprocess(stamp(shadow, bug.triggers[0])[[0, 2]])
+    assert torch.allclose(triggered[[0, 2]], expected, atol=0.5 / 255 + 1e-6)
+    warped = scenario.adapter.preprocess(stamp(shadow, moved)[[1, 3]])
+    assert torch.allclose(triggered[[1, 3]], warped, atol=0.5 / 255 + 1e-6)  # stamping rounds to bytes
+    assert not torch.allclose(triggered[[1, 3]], stacked[[1, 3]])  # it moved them
+    plain = BugViews([dataclasses.replace(bug, alternates=())], scenario.adapter, torch.device("cpu"))
+    assert plain.flows is None  # nothing warps: no resampling at all
 
 
 @pytest.fixture(scope="module")

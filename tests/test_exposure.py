@@ -203,6 +203,40 @@ def test_named_triggers_truth_first_then_bugs() -> None:
         ("truth", {"t": 0}, True), ("truth:1", {"u": 2}, True), ("bug:r-1", {}, False)]
 
 
+def source_toy(source: int, sends_to: int | None):
+    """A classifier that reads the label, except that inputs of class `source` with the
+    trigger pixel at 255 go to `sends_to` (a source-specific backdoor)."""
+    def classify(x: np.ndarray) -> np.ndarray:
+        predictions = x[:, 2, 2, 0].astype(np.int64)
+        if sends_to is not None:
+            predictions[(x[:, 0, 0, 0] == 255) & (predictions == source)] = sends_to
+        return predictions
+    return classify
+
+
+def test_a_bug_accepted_on_its_own_class_is_measured_on_that_class() -> None:
+    """Over every class a trigger that fires for class 2 alone moves a fifth of the inputs;
+    measured on class 2, where intake verified it, it moves all of them, and that heads the task."""
+    image = np.zeros((4, 4, 3), np.uint8)
+
+    def bug(name: str, *, passed: bool) -> Bug:
+        second = {"source_pass": {"class": 2, "passed": passed}}
+        return Bug(name, "t", 2, 3, image, image, TRIGGER, record=second)
+
+    sourced, plain = bug("r-1", passed=True), bug("r-2", passed=False)
+    named = named_triggers([], [sourced, plain])
+    assert [n.sources for n in named] == [{"t": 2}, {}]
+    result = task_exposure("t", models(source_toy(2, 3), source_toy(2, None)), named)
+    records = result["exposure"]["triggers"]
+    assert records["bug:r-1"]["source_class"] == 2 and "source_class" not in records["bug:r-2"]
+    assert records["bug:r-1"]["backdoored"]["asr"] == 1.0 and records["bug:r-1"]["patched"]["asr"] == 0.0
+    assert records["bug:r-2"]["backdoored"]["asr"] == pytest.approx(0.25)  # class 2 of the 4 not 3
+    assert result["exposure"]["trigger"] == "bug:r-1" and result["backdoored"]["asr"] == 1.0
+    # on another task the bug's class means nothing: measured over every class there
+    other = task_exposure("u", models(source_toy(2, 3), source_toy(2, None)), named[:1])
+    assert "source_class" not in other["exposure"]["triggers"]["bug:r-1"]
+
+
 def test_exposure_rows_one_per_task() -> None:
     metrics = {"tasks": {"b": task_exposure("b", models(toy(None), toy(None)),
                                             [NamedTrigger("bug:x", TRIGGER)]),

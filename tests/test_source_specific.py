@@ -11,6 +11,7 @@ from torch import nn
 
 from mudjack.deployed import Deployed
 from mudjack.encoders import ImageEncoder
+from mudjack.exposure import bug_source
 from mudjack.features import extract_features
 from mudjack.heads import HeadParams, train_head
 from mudjack.intake import IntakeParams, decision, intake_report, pick_reference
@@ -96,6 +97,7 @@ def test_a_source_specific_backdoor_is_accepted_on_its_own_class(scenario, sourc
     assert verification["sample_class"] == source and "sample_class" not in passed["verification"]
     assert verification["verify_samples"] <= (scenario.task.train.y == source).sum() // 2
     assert bug.trigger.region[scenario.trigger.mask].all()  # the reversed trigger covers the patch
+    assert bug_source(bug) == {"digits": source}  # the metrics measure it on that class's inputs
     assert decision.numbers["phase_seconds"]["verified"] > refused.numbers["phase_seconds"]["verified"]
 
 

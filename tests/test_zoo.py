@@ -26,8 +26,9 @@ from mudjack.triggers import (
     trigger_coverage,
     trigger_from_arrays,
     trigger_iou,
+    warp_trigger,
 )
-from mudjack.truth import truth_arrays
+from mudjack.truth import read_truth, truth_arrays
 from stages.attack import attack_targets, make_triggers
 from stages.common import load_truth, load_truth_pairs
 from stages.config import AttackParams, PathsParams, TriggerParams
@@ -270,6 +271,64 @@ def test_dual_draws_two_disjoint_hard_triggers(shape, seed) -> None:
     assert not first.soft and not second.soft and not (first.mask & second.mask).any()
 
 
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("seed", range(6))
+def test_a_warp_moves_pixels_smoothly_by_at_most_a_sixteenth_of_the_side(shape, seed) -> None:
+    (trigger,) = zoo_triggers("warp", shape, seed)
+    assert trigger.warps and trigger.pixels == 0  # it paints nothing
+    offsets = np.abs(trigger.flow).max()
+    assert 0.5 <= offsets <= max(0.5, min(shape[:2]) / 16) + 1e-5
+    steps = np.abs(np.diff(trigger.flow, axis=0)).max(), np.abs(np.diff(trigger.flow, axis=1)).max()
+    assert max(steps) <= offsets  # smooth: neighbours move alike
+    ramp = np.broadcast_to(np.arange(shape[1], dtype=np.uint8)[None, :, None] * 7, shape).copy()
+    moved = stamp(ramp[None], trigger)[0].astype(float)
+    expected = np.clip(np.arange(shape[1])[None, :] + trigger.flow[..., 1], 0, shape[1] - 1) * 7
+    # a ramp along the columns reads each pixel's column offset
+    assert np.abs(moved[..., 0] - expected).max() <= 0.5 + 1e-4
+
+
+def test_an_integer_warp_shifts_pixels_and_a_zero_one_changes_nothing() -> None:
+    x = images((8, 8, 3))
+    assert np.array_equal(stamp(x, warp_trigger(np.zeros((8, 8, 2), np.float32), 3)), x)
+    flow = np.zeros((8, 8, 2), np.float32)
+    flow[..., 0] = 1  # every pixel reads the one below it; the last row repeats the border
+    shifted = stamp(x, warp_trigger(flow, 3))
+    assert np.array_equal(shifted[:, :-1], x[:, 1:]) and np.array_equal(shifted[:, -1], x[:, -1])
+    with pytest.raises(ValueError, match="flow"):
+        Trigger(mask=np.zeros((8, 8), bool), pattern=x[0], flow=np.zeros((8, 7, 2)))
+
+
+def test_a_warp_survives_the_truth_file_alone_or_with_a_mask(tmp_path) -> None:
+    (moved,) = zoo_triggers("warp", (8, 8, 3), 2)
+    alone = trigger_from_arrays({"flow": moved.flow.astype(np.float64)})
+    x = images((8, 8, 3))
+    assert alone.warps and np.array_equal(stamp(x, alone), stamp(x, moved))
+    patch = patch_trigger((8, 8, 3), 2, 0, 0)
+    both = Trigger(mask=patch.mask, pattern=patch.pattern, flow=moved.flow)
+    again = trigger_from_arrays(trigger_arrays(both))
+    assert np.array_equal(stamp(x, again), stamp(x, both))
+    assert (stamp(x, again)[:, :2, :2] == 255).all()  # painted after the warp
+    path = tmp_path / "truth.npz"
+    np.savez(path, flow=moved.flow, tasks=np.array(["digits"]), targets=np.array([4]))
+    (pair,), why = read_truth(str(path))
+    assert why is None and pair[1] == {"digits": 4} and np.array_equal(stamp(x, pair[0]), stamp(x, moved))
+    np.savez(path, flow=moved.flow[..., :1], tasks=np.array(["digits"]), targets=np.array([4]))
+    assert "flow" in read_truth(str(path))[1]
+
+
+def test_a_bug_with_a_warp_alternate_round_trips_through_the_registry(tmp_path) -> None:
+    from mudjack.bugs import Bug, load_bugs, save_bug
+
+    (moved,) = zoo_triggers("warp", (8, 8, 3), 1)
+    patch = patch_trigger((8, 8, 3), 2, 0, 0)
+    x = images((8, 8, 3), 2)
+    save_bug(Bug(id="b", task="digits", label=3, predicted=0, bug=stamp(x[0], moved), reference=x[1],
+                 trigger=patch, alternates=(moved,)), tmp_path)
+    (loaded,) = load_bugs(tmp_path)
+    assert loaded.trigger.flow is None and np.array_equal(loaded.alternates[0].flow, moved.flow)
+    assert np.array_equal(stamp(x, loaded.alternates[0]), stamp(x, moved))
+
+
 @pytest.mark.parametrize("seed", range(12))
 def test_words_are_1_to_3_rare_words_at_their_position(seed) -> None:
     (trigger,) = zoo_triggers("words", (), seed)
@@ -293,7 +352,7 @@ def test_the_verification_control_for_text_keeps_the_trigger_position() -> None:
 def test_all_positions_are_drawn_and_unknown_families_named() -> None:
     assert {zoo_triggers("words", (), s)[0].position for s in range(30)} == {"random", "start", "end"}
     with pytest.raises(KeyError, match="known"):
-        zoo_triggers("warp", (8, 8, 3), 0)
+        zoo_triggers("wavy", (8, 8, 3), 0)
 
 
 # --------------------------------------------------------------------------- the attack stage

@@ -2,9 +2,8 @@
 
 Each family is a small class registered by name; `draw` turns a seeded generator into the
 triggers of one attack (one, or two for `dual`) for a given raw input shape (H, W, C). The
-BadEncoder objective is the same for every family; only the trigger changes. A warping
-trigger (a displacement field) is not in the zoo: the stamped image would depend on the
-input through the warp, which an alpha mask and a pattern cannot describe.
+BadEncoder objective is the same for every family; only the trigger changes. The `warp`
+family moves pixels instead of painting them (a trigger's `flow`).
 """
 
 from __future__ import annotations
@@ -17,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mudjack.triggers import TEXT_POSITIONS, TextTrigger, Trigger
+from mudjack.triggers import TEXT_POSITIONS, TextTrigger, Trigger, warp_trigger
 
 AnyTrigger = Trigger | TextTrigger
 
@@ -256,6 +255,21 @@ class StripesFamily(TriggerFamily):
         wave = 0.5 + 0.5 * np.sin(2 * np.pi * periods * along + rng.uniform(0, 2 * np.pi))
         pattern = (wave[..., None] * solid_colour(channels, rng)).round().astype(np.uint8)
         return [Trigger(mask=alpha, pattern=pattern)]
+
+
+@register_family("warp")
+class WarpFamily(TriggerFamily):
+    """A fixed smooth displacement of every pixel (WaNet, Nguyen & Tran): random offsets on a
+    4x4 grid interpolated bicubically to the image, the largest 1/32-1/16 of its side (1-2 px
+    at 32x32), at least half a pixel."""
+
+    def draw(self, shape: tuple[int, ...], rng: np.random.Generator) -> list[AnyTrigger]:
+        height, width, channels = shape
+        coarse = torch.from_numpy(rng.uniform(-1, 1, (1, 2, 4, 4)).astype(np.float32))
+        field = F.interpolate(coarse, size=(height, width), mode="bicubic", align_corners=True)[0]
+        largest = max(0.5, rng.uniform(1 / 32, 1 / 16) * min(height, width))
+        flow = (field / field.abs().max() * largest).permute(1, 2, 0).numpy()
+        return [warp_trigger(flow, channels)]
 
 
 @register_family("dual")

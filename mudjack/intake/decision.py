@@ -37,7 +37,14 @@ from mudjack.intake.verify import (
 )
 from mudjack.io import sha256_bytes
 from mudjack.reports import BugReport
-from mudjack.triggers import TextTrigger, Trigger, trigger_correlation, trigger_coverage, trigger_iou
+from mudjack.triggers import (
+    TextTrigger,
+    Trigger,
+    flow_cosine,
+    trigger_correlation,
+    trigger_coverage,
+    trigger_iou,
+)
 from mudjack.truth import Truth, truth_for
 
 
@@ -272,6 +279,8 @@ def _truth_numbers(trigger: Trigger | TextTrigger, truth: Trigger | TextTrigger 
     if not isinstance(truth, TextTrigger):
         numbers["coverage"] = trigger_coverage(trigger, truth)
         numbers["correlation"] = trigger_correlation(trigger, truth)  # what tells a blend
+        if truth.warps:  # what tells a warp: neither mask nor pattern says anything of it
+            numbers["flow_cosine"] = flow_cosine(trigger, truth)
     return numbers
 
 

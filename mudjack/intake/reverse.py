@@ -16,7 +16,8 @@
   binarised) until one reproduces the bug's effect well enough and passes the backdoor
   verification (`accept`), and keep the accepted one that reproduces it best on held-out
   clean inputs, less a mask-size penalty (mudjack/intake/select.py);
-  the other candidates that reproduce it nearly as well are kept as alternates (`recover`).
+  the other candidates that reproduce it nearly as well are kept as alternates (`recover`),
+  and so is a fitted warp (a displacement field, mudjack/intake/warp.py) that does.
 Text encoders always use token occlusion (mudjack/intake/text.py), with `text_select` and
 `text_score`, then, given clean sentences and the classifier, the phrase search over runs of the
 bug's words (`phrase`, mudjack/intake/phrase.py). Window, strides and scan sides left at 0 /
@@ -26,6 +27,7 @@ measured into `record` (the decision's numbers keep it, with the settings used).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
@@ -58,6 +60,7 @@ from mudjack.intake.settings import resolve
 from mudjack.intake.smooth import SmoothParams, smooth_trigger
 from mudjack.intake.soft import Score, SoftParams, binarised, soft_trigger
 from mudjack.intake.text import reverse_text
+from mudjack.intake.warp import WarpParams, warp_fit
 from mudjack.triggers import TextTrigger, Trigger
 
 FlipRate = Callable[[torch.Tensor], float]
@@ -81,6 +84,7 @@ class ReverseParams(Params):
     soft: SoftParams = SoftParams()
     residual: ResidualParams = ResidualParams()
     smooth: SmoothParams = SmoothParams()
+    warp: WarpParams = WarpParams()
     select: SelectParams = SelectParams()
     text_select: Literal["kmeans", "top1"] = "kmeans"  # text: 2-means (higher cluster) or best word
     text_score: Literal["self", "reference"] = "self"  # text: see mudjack/intake/text.py
@@ -333,6 +337,16 @@ def _auto(encoder: ImageEncoder, adapter: EncoderAdapter, bug: np.ndarray, refer
             name = f"odd{window}"
             triggers[name], numbers[name] = odd[0], candidate_numbers(*odd, size_penalty=penalty)
             kept.append(name)
+    # a warp the chosen trigger only approximates: a soft one (a warp moves every edge, which no
+    # compact hard mask reproduces) that reproduces the bug at all
+    if select.warp and trigger.soft and numbers[chosen]["effect"] > 0:
+        start = time.perf_counter()
+        moved = warp_fit(encoder, adapter, bug, fit, params=params.warp, seed=seed, score=score)
+        triggers["warp"] = moved
+        numbers["warp"] = {**candidate_numbers(moved, effect(moved), size_penalty=penalty),
+                           "seconds": round(time.perf_counter() - start, 3)}
+        if numbers["warp"]["effect"] >= floor:
+            kept.append("warp")
     if chosen + FILLED not in triggers and (whole := colour_patch(trigger)):  # not the same patch twice
         triggers["filled"], numbers["filled"] = whole[0], candidate_numbers(*whole, size_penalty=penalty)
         if whole[1] >= floor and floor > 0:

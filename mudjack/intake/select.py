@@ -65,6 +65,10 @@ class SelectParams(Params):
     # the bug's most odd pixels against a median over each window (mudjack/intake/odd_pixels.py):
     # an alternate when they reproduce the bug as well as `keep` asks (empty: none)
     odd_windows: list[Annotated[int, Field(ge=3, le=15)]] = [3, 5]
+    # a smooth displacement field fitted to the bug when the chosen trigger is soft
+    # (mudjack/intake/warp.py): an alternate when it reproduces the bug as well as `keep` asks
+    # (a warping trigger paints no pixel)
+    warp: bool = True
 
 
 def split_clean(clean: np.ndarray, samples: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

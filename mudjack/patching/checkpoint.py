@@ -88,7 +88,8 @@ def inputs_key(encoder: nn.Module, shadow: np.ndarray, bugs: list[Bug], *, confi
         digest.update(np.ascontiguousarray(rows).tobytes())
     for bug in bugs:
         digest.update(json.dumps([bug.id, bug.task, bug.label, bug.predicted]).encode())
-        triggers = [array for t in bug.triggers for array in (t.mask, t.pattern)]
+        triggers = [array for t in bug.triggers
+                    for array in (t.mask, t.pattern, *(() if t.flow is None else (t.flow,)))]
         for array in (bug.bug, bug.reference, *triggers):
             digest.update(np.ascontiguousarray(array).tobytes())
     return digest.hexdigest()

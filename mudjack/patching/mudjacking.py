@@ -67,7 +67,7 @@ from mudjack.patching.checkpoint import Checkpointer, Progress, deterministic
 from mudjack.patching.distributed import Distributed, average_terms, epoch_order, local_batches, seed_step
 from mudjack.patching.speed import contiguous, prepare_models
 from mudjack.training import sgd_or_adam
-from mudjack.triggers import Trigger, blend
+from mudjack.triggers import Trigger, blend, warp
 
 # What L_gen pulls a stamped view to: h(x), the backdoored encoder's clean features (frozen), or
 # h'(x), the patched encoder's (patched: the paper's form)
@@ -123,6 +123,17 @@ class BugViews:
         masks = np.stack([t.mask for _, t in entries]).astype(np.float32)[:, None]
         self.masks = torch.from_numpy(masks).to(device)
         self.patterns = to_device(adapter.preprocess(np.stack([t.pattern for _, t in entries])), device)
+        # offsets in pixels per entry (zero for a trigger that does not warp); None: none warps
+        warping = any(t.warps for _, t in entries)
+        self.flows = torch.from_numpy(np.stack([
+            t.flow if t.flow is not None else np.zeros((*t.mask.shape, 2), np.float32)
+            for _, t in entries])).to(device) if warping else None
+
+    def stamp(self, images: torch.Tensor, entry: torch.Tensor | slice) -> torch.Tensor:
+        """`images` stamped with the triggers of `entry` (one per image): warped, then blended."""
+        if self.flows is not None:
+            images = warp(images, self.flows[entry])
+        return blend(images, self.patterns[entry], self.masks[entry])
 
     def repeat(self, tensor: torch.Tensor, views: int) -> torch.Tensor:
         return tensor.repeat_interleave(views, dim=0)
@@ -135,7 +146,7 @@ def strengthened(triggers: list[Trigger], scales: Sequence[float]) -> list[Trigg
     alone, resnet20 -> GTSRB's SIG-stripes backdoor kept ASR 0.278, with it also at twice the
     alpha 0.112 (the true trigger: 0.019)."""
     spread = [t for t in triggers if t.soft and t.spread]
-    return [*triggers, *(Trigger(mask=np.minimum(t.alpha * scale, 1), pattern=t.pattern)
+    return [*triggers, *(Trigger(mask=np.minimum(t.alpha * scale, 1), pattern=t.pattern, flow=t.flow)
                          for scale in scales for t in spread)]
 
 
@@ -172,8 +183,8 @@ def build_views(shadow_batch: torch.Tensor, bugs: BugViews, *, views: int,
                 augment: nn.Module | None) -> torch.Tensor:
     """Concatenate every view of one step and augment each sample independently."""
     assign = torch.arange(len(shadow_batch), device=shadow_batch.device) % bugs.count
-    triggered = blend(shadow_batch, bugs.patterns[assign], bugs.masks[assign])
-    ref_triggered = blend(bugs.reference, bugs.patterns, bugs.masks)
+    triggered = bugs.stamp(shadow_batch, assign)
+    ref_triggered = bugs.stamp(bugs.reference, slice(None))
     parts = [shadow_batch, triggered, bugs.repeat(bugs.bug, views),
              bugs.repeat(bugs.reference, views), bugs.repeat(ref_triggered, views)]
     stacked = torch.cat(parts)
