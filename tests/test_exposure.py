@@ -235,6 +235,12 @@ def test_a_bug_accepted_on_its_own_class_is_measured_on_that_class() -> None:
     # on another task the bug's class means nothing: measured over every class there
     other = task_exposure("u", models(source_toy(2, 3), source_toy(2, None)), named[:1])
     assert "source_class" not in other["exposure"]["triggers"]["bug:r-1"]
+    # a test set without the class: over every class too, not over nothing
+    test = toy_test()
+    keep = np.flatnonzero(test.y != 2)
+    absent = task_exposure("t", models(source_toy(2, 3), source_toy(2, None), test.subset(keep)), named[:1])
+    record = absent["exposure"]["triggers"]["bug:r-1"]
+    assert "source_class" not in record and record["backdoored"]["asr"] == 0.0
 
 
 def test_exposure_rows_one_per_task() -> None:
