@@ -195,10 +195,10 @@ def measure_trigger(task: str, models: TaskModels, named: NamedTrigger,
     """One trigger on one task: its target with the evidence, and the attack metrics of each
     model (backdoored, patched) on that target."""
     source = named.sources.get(task)
-    if source is not None and not (models.test.y == source).any():
-        source = None  # no test input of that class: measured over every class, as before
-    if source is not None:
+    if source is not None and (models.test.y == source).any():  # none of that class: every class
         models, clean = of_class(models, clean, source)
+    else:
+        source = None
     labels = models.test.y
     triggered = triggered_predictions(models, named.trigger)
     before, before_triggered = first_head(clean["backdoored"]), first_head(triggered["backdoored"])

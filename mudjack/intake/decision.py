@@ -203,18 +203,18 @@ def _attempt(report: BugReport, deployed: Deployed, task: Task, predicted: int, 
              params: IntakeParams, seed: int, source: int | None = None) -> _Attempt:
     """Reverse the trigger on clean inputs of the classes other than `predicted` (or, with
     `source`, of that class alone) and verify it on inputs of the same kind held out."""
-    checks = params.verify
+    checks, reference = params.verify, task.train.x[ref_index]
     if source is None:
         held_out, pool = _split_clean(task, predicted, checks, seed)
     else:
-        held_out, pool = _split_source(task, source, ref_index, checks, seed)
+        held_out, pool = _split_source(_own_inputs(task, source, ref_index), checks, seed)
     clean, score = RowView(task.train.x, pool), deployed.log_prob(task.name, predicted)
     search = _run_search(deployed, clean, score, params, seed)
-    verdict = _Verifier(report, deployed, task, predicted, reference=task.train.x[ref_index], checks=checks,
+    verdict = _Verifier(report, deployed, task, predicted, reference=reference, checks=checks,
                         held_out=held_out, seed=seed, search=search, local=source is not None)
     reversal: dict[str, Any] = {}
     start = time.perf_counter()
-    recovery = recover(deployed.encoder, deployed.adapter, report.image, task.train.x[ref_index],
+    recovery = recover(deployed.encoder, deployed.adapter, report.image, reference,
                        params=params.reverse, seed=seed, clean=clean,
                        flip_rate=deployed.flip_rate(task.name, predicted), score=score,
                        accept=verdict.passes if checks.enabled else None, record=reversal)
@@ -223,11 +223,14 @@ def _attempt(report: BugReport, deployed: Deployed, task: Task, predicted: int, 
     return _Attempt(recovery, reversal, verification, reversal_seconds, verdict.seconds, len(verdict.seen))
 
 
-def _split_source(task: Task, source: int, ref_index: int, checks: VerifyParams,
-                  seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Train indices of class `source`, the reference left out: (held out for verification,
-    the rest for reversal), at most half of them held out."""
-    own = np.setdiff1d(np.flatnonzero(task.train.y == source), [ref_index])
+def _own_inputs(task: Task, source: int, ref_index: int) -> np.ndarray:
+    """Train indices of class `source`, the reference left out."""
+    return np.setdiff1d(np.flatnonzero(task.train.y == source), [ref_index])
+
+
+def _split_source(own: np.ndarray, checks: VerifyParams, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """`own` (train indices of one class): (held out for verification, the rest for reversal),
+    at most half of them held out."""
     held_out = np.random.default_rng(seed).choice(own, min(checks.samples, len(own) // 2), replace=False)
     return np.sort(held_out), np.setdiff1d(own, held_out)
 
@@ -245,7 +248,7 @@ def _source_pass(report: BugReport, deployed: Deployed, task: Task, predicted: i
     classes' inputs its trigger moves few of them: the search again, on inputs of the reported
     label alone. The attempt the decision rests on (this one when it passes), the other's
     numbers kept in `numbers`."""
-    own = int((task.train.y == report.label).sum()) - 1
+    own = len(_own_inputs(task, report.label, ref_index))
     if own < 2 * MIN_SOURCE_SAMPLES:
         numbers["source_pass"] = {"class": report.label, "passed": False, "failures": [
             f"{own} clean train inputs of class {report.label}, fewer than {2 * MIN_SOURCE_SAMPLES}"]}
