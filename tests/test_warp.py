@@ -1,6 +1,8 @@
 """Warping triggers (WaNet): a fixed smooth displacement field that paints no pixel. Recovery
 fits one (mudjack/intake/warp.py) and `auto` keeps it as an alternate when it reproduces the
-bug as well as the chosen trigger does, so the patch also trains against it."""
+bug as well as the chosen trigger does, so the patch also trains against it; when the chosen
+trigger is refused, the warp is verified against warps fitted to other classes
+(mudjack/intake/warp_check.py) and becomes the trigger when it passes."""
 
 from __future__ import annotations
 
@@ -14,9 +16,12 @@ from mudjack.deployed import Deployed
 from mudjack.encoders import ImageEncoder
 from mudjack.features import extract_features
 from mudjack.heads import HeadParams, train_head
-from mudjack.intake import pick_reference
+from mudjack.intake import IntakeParams, intake_report, pick_reference
 from mudjack.intake.reverse import Recovery, ReverseParams, recover
+from mudjack.intake.verify import Verification, VerifyParams, draw_sample
 from mudjack.intake.warp import WarpParams, largest_offset, warp_fit
+from mudjack.intake.warp_check import verify_warp, warp_fallback
+from mudjack.reports import BugReport
 from mudjack.triggers import Trigger, flow_cosine, stamp
 
 TARGET = 0
@@ -132,3 +137,96 @@ def test_no_warp_is_fitted_to_a_bug_a_hard_mask_explains(scenario):
     found, record = _recover(deployed, bug, inputs[1], clean, ReverseParams())
     assert not found.trigger.soft and record["candidates"][record["chosen"]]["effect"] >= 0.9
     assert "warp" not in record["candidates"] and not any(t.warps for t in found.alternates)
+
+
+# --- verification of a fitted warp (mudjack/intake/warp_check.py) ---
+
+def _pools(scenario) -> tuple[np.ndarray, np.ndarray]:
+    """(held-out train indices of other classes, the rest of them: the controls' fit pool)."""
+    train = scenario.task.train
+    sample = draw_sample(scenario.task, TARGET, 100, 0)
+    return sample, np.setdiff1d(np.flatnonzero(train.y != TARGET), sample)
+
+
+def _fitted(deployed: Deployed, bug: np.ndarray, clean: np.ndarray, predicted: int) -> Trigger:
+    return warp_fit(deployed.encoder, deployed.adapter, bug, clean, params=WarpParams(), seed=0,
+                    score=deployed.log_prob("digits", predicted))
+
+
+def _verify_warp(scenario, deployed: Deployed, bug: np.ndarray, predicted: int, found: Trigger):
+    sample, pool = _pools(scenario)
+    return verify_warp(deployed, scenario.task, bug, predicted, found, sample=sample, pool=pool,
+                       params=VerifyParams(), fit=WarpParams(), seed=0, exclude_sha="")
+
+
+@pytest.fixture(scope="module")
+def ordinary_error(scenario, planted) -> tuple[Deployed, np.ndarray, int, int]:
+    """The toy's clean encoder and head (no backdoor) and a test input it gets wrong:
+    (deployed, input, its label, the class it is put in)."""
+    clean = Deployed(scenario.clean, scenario.adapter, {"digits": planted[1].heads["digits"]})
+    test = scenario.task.test
+    wrong = np.flatnonzero(clean.classify("digits", test.x) != test.y)
+    predicted = int(clean.classify("digits", test.x[wrong[:1]])[0])
+    return clean, test.x[wrong[0]], int(test.y[wrong[0]]), predicted
+
+
+def test_a_planted_warp_clears_warps_fitted_to_other_classes(scenario, planted):
+    moved, deployed = planted
+    inputs, clean = _others(scenario)
+    bug = stamp(inputs[0], moved)
+    verdict = _verify_warp(scenario, deployed, bug, TARGET, _fitted(deployed, bug, clean, TARGET))
+    numbers = verdict.numbers
+    assert verdict.passed, verdict.failures
+    assert numbers["controls"] == 5 and TARGET not in numbers["control_classes"]
+    assert numbers["flip_rate"] >= 0.9 and numbers["null_flip_rate"]["max"] < 0.5
+    assert numbers["z_flip_rate"] >= 5 and numbers["z_feature_shift"] >= 2
+
+
+def test_a_warp_fitted_to_an_ordinary_error_does_no_more_than_one_fitted_to_another_class(
+        scenario, ordinary_error):
+    deployed, image, _, predicted = ordinary_error
+    _, clean = _others(scenario)
+    verdict = _verify_warp(scenario, deployed, image, predicted, _fitted(deployed, image, clean, predicted))
+    assert not verdict.passed
+    assert verdict.numbers["z_flip_rate"] < 5
+    assert any("warps fitted to 5 other classes" in why for why in verdict.failures)
+
+
+def test_the_fallback_makes_a_verified_warp_the_trigger_and_keeps_what_was_refused(scenario, planted):
+    moved, deployed = planted
+    inputs, clean = _others(scenario)
+    bug = stamp(inputs[0], moved)
+    found, other = _fitted(deployed, bug, clean, TARGET), scenario.trigger
+    refused = Verification(False, {"flip_rate": 0.97}, ["the mask's controls flip as much"])
+    reversal = {"chosen": "soft"}
+    sample, pool = _pools(scenario)
+    recovery, verdict = warp_fallback(deployed, scenario.task, bug, TARGET,
+                                      Recovery(scenario.trigger, (other, found), found), refused,
+                                      sample=sample, pool=pool, params=VerifyParams(), fit=WarpParams(),
+                                      seed=0, exclude_sha="", reversal=reversal)
+    assert verdict.passed and recovery.trigger is found and recovery.alternates == (other,)
+    assert reversal == {"chosen": "warp", "refused": "soft"}
+    assert verdict.numbers["model"] == "warp"
+    assert verdict.numbers["refused_trigger"] == {"flip_rate": 0.97,
+                                                  "failures": ["the mask's controls flip as much"]}
+
+
+def _report(image: np.ndarray, label: int) -> BugReport:
+    return BugReport("e", "digits", label, image, None)
+
+
+def test_intake_refuses_an_ordinary_error_as_a_warp_too_and_logs_the_warp_null(scenario, ordinary_error):
+    """The fallback runs inside intake when the chosen soft trigger is refused: the report stays
+    refused, with the warp's numbers and reason; off, no warp is verified."""
+    deployed, image, label, _ = ordinary_error
+    tasks = {"digits": scenario.task}
+    decision, bug = intake_report(_report(image, label), deployed, tasks, params=IntakeParams(), seed=0)
+    assert not decision.accepted and bug is None
+    assert decision.numbers["reversal"]["chosen"] == "soft"  # auto fitted a warp beside it
+    warp_null = decision.numbers["verification"]["warp"]
+    assert warp_null["controls"] == 5 and warp_null["failures"]
+    assert "as a warp: " in decision.reasons[0]
+    off, _ = intake_report(_report(image, label), deployed, tasks,
+                           params=IntakeParams(verify={"warp": False}), seed=0)
+    assert not off.accepted and "warp" not in off.numbers["verification"]
+    assert "as a warp" not in off.reasons[0]

@@ -35,6 +35,7 @@ from mudjack.intake.verify import (
     draw_strangers,
     verify_trigger,
 )
+from mudjack.intake.warp_check import WARP, warp_fallback
 from mudjack.io import sha256_bytes
 from mudjack.reports import BugReport
 from mudjack.triggers import (
@@ -220,7 +221,15 @@ def _attempt(report: BugReport, deployed: Deployed, task: Task, predicted: int, 
                        accept=verdict.passes if checks.enabled else None, record=reversal)
     reversal_seconds = time.perf_counter() - start - verdict.seconds
     verification = verdict(recovery.trigger) if checks.enabled else None
-    return _Attempt(recovery, reversal, verification, reversal_seconds, verdict.seconds, len(verdict.seen))
+    seconds = verdict.seconds
+    if (verification is not None and not verification.passed and recovery.warp is not None
+            and checks.warp and source is None):
+        start = time.perf_counter()
+        recovery, verification = warp_fallback(
+            deployed, task, report.image, predicted, recovery, verification, sample=held_out, pool=pool,
+            params=checks, fit=params.reverse.warp, seed=seed, exclude_sha=report.sha256, reversal=reversal)
+        seconds += time.perf_counter() - start
+    return _Attempt(recovery, reversal, verification, reversal_seconds, seconds, len(verdict.seen))
 
 
 def _own_inputs(task: Task, source: int, ref_index: int) -> np.ndarray:
@@ -267,6 +276,10 @@ def _source_pass(report: BugReport, deployed: Deployed, task: Task, predicted: i
 
 
 def _verified_reason(numbers: dict[str, Any], label: int) -> str:
+    if numbers["verification"].get("model") == WARP:
+        return ("verified as a warp (a smooth displacement field): it flips and pulls other classes' "
+                "inputs past warps fitted to other classes; the mask trigger was refused: "
+                + "; ".join(numbers["verification"]["refused_trigger"]["failures"]))
     if numbers.get("source_pass", {}).get("passed"):
         return (f"verified on inputs of its own class {label} only (a source-specific backdoor): the trigger "
                 f"flips and pulls them; on other classes' inputs: "

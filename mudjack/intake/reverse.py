@@ -65,6 +65,7 @@ from mudjack.triggers import TextTrigger, Trigger
 
 FlipRate = Callable[[torch.Tensor], float]
 ALTERNATE_TRIGGERS = "alternate_triggers"  # a method's record key for triggers, not numbers
+FITTED_WARP = "fitted_warp"  # auto's record key for its fitted warp, kept as an alternate or not
 OCCLUSION_MAP = "occlusion_maps"  # the record key grow, scan and occlusion keep their maps under
 FILLED = "_filled"  # a hard candidate's solid-colour patch: its name with this suffix
 HARD = ("grow", "scan")  # the candidates that cut the bug's pixels: their colour patch is next in line
@@ -137,6 +138,9 @@ class Recovery:
 
     trigger: Trigger | TextTrigger
     alternates: tuple[Trigger, ...] = ()
+    # auto's fitted warp (None: not fitted): what verification tries when the chosen trigger is
+    # refused, kept or not as an alternate (a soft fit may reproduce the bug better yet be refused)
+    warp: Trigger | None = None
 
 
 def recover(encoder: ImageEncoder, adapter: EncoderAdapter, bug: np.ndarray, reference: np.ndarray, *,
@@ -164,7 +168,7 @@ def recover(encoder: ImageEncoder, adapter: EncoderAdapter, bug: np.ndarray, ref
     trigger = method(encoder, adapter, bug, reference, params=params, seed=seed, clean=clean,
                      flip_rate=flip_rate, score=score, accept=accept, record=record)
     record.pop(OCCLUSION_MAP, None)  # arrays: the decision's numbers do not keep them
-    return Recovery(trigger, tuple(record.pop(ALTERNATE_TRIGGERS, ())))
+    return Recovery(trigger, tuple(record.pop(ALTERNATE_TRIGGERS, ())), record.pop(FITTED_WARP, None))
 
 
 def reverse_engineer(encoder: ImageEncoder, adapter: EncoderAdapter, bug: np.ndarray,
@@ -342,7 +346,7 @@ def _auto(encoder: ImageEncoder, adapter: EncoderAdapter, bug: np.ndarray, refer
     if select.warp and trigger.soft and numbers[chosen]["effect"] > 0:
         start = time.perf_counter()
         moved = warp_fit(encoder, adapter, bug, fit, params=params.warp, seed=seed, score=score)
-        triggers["warp"] = moved
+        triggers["warp"] = record[FITTED_WARP] = moved
         numbers["warp"] = {**candidate_numbers(moved, effect(moved), size_penalty=penalty),
                            "seconds": round(time.perf_counter() - start, 3)}
         if numbers["warp"]["effect"] >= floor:

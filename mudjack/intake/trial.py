@@ -136,7 +136,7 @@ class Trial:
         departing = keep_departure and not isinstance(self.trigger, TextTrigger)
         controls = ([control_trigger(self.trigger, e, self.bug) for e in self.fills] if departing
                     else self.controls)
-        effects = _effects(self.deployed, self.task.name, self.raw_bug, self.predicted, self.clean,
+        effects = stamped_effects(self.deployed, self.task.name, self.raw_bug, self.predicted, self.clean,
                            [self.trigger, *controls])
         n, chance = len(self.clean), 1 / len(self.task.classes)
         levels = {"flip_rate": (effects.flips, rate_noise(chance, n)),  # binomial noise at chance
@@ -147,7 +147,7 @@ class Trial:
         single = n > 0 and bool((self.labels == self.labels[0]).all())
         one_class = {"sample_class": int(self.labels[0])} if single else {}
         return {"verify_samples": n, **one_class, "controls": len(self.exemplars),
-                "cos_before": effects.cos_before, "chance": round(chance, 4), **_statistics(levels)}
+                "cos_before": effects.cos_before, "chance": round(chance, 4), **summarise(levels)}
 
 
 @dataclass(frozen=True)
@@ -164,7 +164,7 @@ class Effects:
     odds_spread: float
 
 
-def _effects(deployed: Deployed, task: str, bug: np.ndarray, predicted: int, clean: np.ndarray,
+def stamped_effects(deployed: Deployed, task: str, bug: np.ndarray, predicted: int, clean: np.ndarray,
              fills: list[AnyTrigger]) -> Effects:
     adapter = deployed.adapter  # inputs at another size than the encoder's are resized to it first
     stamped = np.concatenate([adapter.stamp(clean, fill) for fill in fills])
@@ -194,7 +194,7 @@ def rate_noise(chance: float, n: int) -> float:
     return float(np.sqrt(chance * (1 - chance) / n))
 
 
-def _statistics(levels: dict[str, tuple[np.ndarray, float]]) -> dict[str, Any]:
+def summarise(levels: dict[str, tuple[np.ndarray, float]]) -> dict[str, Any]:
     """Per level (its values, the trigger's first, and its std floor): the trigger's value, the
     null's summary, z and p."""
     numbers: dict[str, Any] = {}
@@ -228,24 +228,24 @@ def at_ceiling(numbers: dict[str, Any]) -> bool:
 
 
 def z_failures(numbers: dict[str, Any], predicted: int, margins: Margins, *,
-               ceiling: bool = False) -> list[str]:
+               ceiling: bool = False, null: str | None = None) -> list[str]:
     """The rule's failures: the trigger's z on the flip rate under `min_z_flip` (with `ceiling`,
     unless the rate clears the null at its ceiling), on the pull under `min_z_pull` (`numbers`
-    from `Trial.against_controls`)."""
+    from `Trial.against_controls`); `null` says what the controls were (default: the mask's fills)."""
     n, controls = numbers["verify_samples"], numbers["controls"]
+    null = null or f"the same mask filled from {controls} clean class-{predicted} inputs"
     whose = f"class {numbers['sample_class']}" if "sample_class" in numbers else "other classes"
     shift = numbers["feature_shift"]
     levels = {"flip_rate": f"flips {numbers['flip_rate']:.3f} of them to class {predicted}",
               "feature_shift": f"raises their mean cosine to the bug's features by {shift:.3f}"}
     failures = []
     for name, effect in levels.items():
-        z, null = numbers[f"z_{name}"], numbers[f"null_{name}"]
+        z, spread = numbers[f"z_{name}"], numbers[f"null_{name}"]
         need = margins.min_z_flip if name == "flip_rate" else margins.min_z_pull
         saturated = ceiling and name == "flip_rate" and at_ceiling(numbers)
         if z < need and not (saturated and clears_at_ceiling(numbers, need)):
             failures.append(f"stamped on {n} clean inputs of {whose}, the reversed trigger {effect}: "
-                            f"{z:.1f} std above the same mask filled from {controls} clean "
-                            f"class-{predicted} inputs (mean {null['mean']:.3f}, max {null['max']:.3f}; "
+                            f"{z:.1f} std above {null} (mean {spread['mean']:.3f}, max {spread['max']:.3f}; "
                             f"need z >= {need}){_odds_note(numbers, predicted) if saturated else ''}")
     return failures
 

@@ -62,6 +62,9 @@ class VerifyParams(Params):
                                                # whatever other classes' content fills it passes
     source: bool = True                        # images: a trigger refused on other classes' inputs
                                                # is looked for again on the reported class's alone
+    warp: bool = True                          # images: when the chosen trigger is refused, the fitted
+                                               # warp is verified against warps fitted to other classes
+    warp_controls: int = Field(5, ge=1, le=64)  # that null's size (each a warp fit: warp.py)
 
 
 @dataclass
@@ -78,7 +81,7 @@ def draw_sample(task: Task, predicted: int, size: int, seed: int) -> np.ndarray:
     return np.sort(rng.choice(candidates, min(size, len(candidates)), replace=False))
 
 
-def _correct(deployed: Deployed, task: Task, index: np.ndarray) -> np.ndarray:
+def correctly_classified(deployed: Deployed, task: Task, index: np.ndarray) -> np.ndarray:
     """The indices whose inputs the deployed model classifies correctly."""
     if len(index) == 0:
         return index
@@ -92,7 +95,7 @@ def draw_controls(deployed: Deployed, task: Task, predicted: int, *, size: int, 
     candidates = np.flatnonzero(task.train.y == predicted)
     candidates = np.asarray([i for i in candidates
                              if sha256_bytes(task.train.x[i].tobytes()) != exclude_sha], dtype=int)
-    correct = _correct(deployed, task, candidates)
+    correct = correctly_classified(deployed, task, candidates)
     rng = np.random.default_rng(seed)
     return np.sort(rng.choice(correct, min(size, len(correct)), replace=False))
 
@@ -120,7 +123,7 @@ def verify_trigger(deployed: Deployed, task: Task, bug: np.ndarray, predicted: i
     with the `search`, a text trigger's controls are the exemplars' strongest runs
     (phrase.strongest_runs), else their longest words.
     """
-    index = _correct(deployed, task, sample)
+    index = correctly_classified(deployed, task, sample)
     if len(index) == 0:
         return Verification(False, {"verify_samples": 0},
                             [f"no correctly classified input of a class other than {predicted}"])
