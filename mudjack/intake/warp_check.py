@@ -5,11 +5,13 @@ trial.py) has nothing to fill. Its null is the same fit aimed elsewhere: for eac
 other classes k, a warp fitted with the same settings (warp.py) to send clean inputs to k, with a
 clean class-k input standing in for the bug. On a model whose warping backdoor sends inputs to
 the predicted class, the report's warp flips most held-out inputs while fits to other classes
-barely move them (digits' zoo warps: 0.91-1.00 against 0.00-0.01 for warps fitted to forged
-reports). On a model with no such backdoor, a warp fitted to the report does no more than one
-fitted to any other class. Both levels are measured as for masks (the flip rate to the warp's
-class and the rise of the mean cosine to its bug's features, on held-out inputs of the other
-classes) and accepted on the same z margins.
+barely move them (an independent planter's 0.5-px warp on digits: 1.00 against at most 0.01).
+On a model with no such backdoor, a warp fitted to the report does no more than one fitted to
+any other class. Two levels, on held-out inputs of the other classes, with the z margins and
+floors of the mask null: the flip rate to the warp's class, and the pull, here the share of
+the gap between the inputs' mean cosine to the bug's (or stand-in's) features and 1 that the
+warp closes: each control starts at its own cosine, so the raw rise does not compare (the
+same planter: rises of 0.02-0.48 among the controls, z 1.8 for the planted warp's 0.56).
 """
 
 from __future__ import annotations
@@ -21,12 +23,13 @@ import numpy as np
 from mudjack.data import Task
 from mudjack.deployed import Deployed
 from mudjack.intake.reverse import Recovery
-from mudjack.intake.trial import rate_noise, stamped_effects, summarise, z_failures
+from mudjack.intake.trial import Effects, rate_noise, stamped_effects, summarise, z_failures
 from mudjack.intake.verify import Verification, VerifyParams, correctly_classified, draw_controls
 from mudjack.intake.warp import WarpParams, warp_fit
 from mudjack.triggers import Trigger
 
 WARP = "warp"  # the name a verified warp is chosen under (auto's candidate's)
+PULL = "closes, of the gap between their mean cosine to the bug's features and 1, a share of"
 
 
 def verify_warp(deployed: Deployed, task: Task, bug: np.ndarray, predicted: int, trigger: Trigger, *,
@@ -43,30 +46,50 @@ def verify_warp(deployed: Deployed, task: Task, bug: np.ndarray, predicted: int,
                             [f"no correctly classified input of a class other than {predicted}, or no "
                              f"other class to fit a control warp to"])
     own = stamped_effects(deployed, task.name, bug, predicted, task.train.x[index], [trigger])
-    flips, shifts = [own.flips[0]], [own.shifts[0]]
+    measured = [(own.flips[0], _closed(own))]
     for k in classes:
-        exemplar = draw_controls(deployed, task, k, size=1, seed=seed, exclude_sha=exclude_sha)
-        if len(exemplar) == 0:
-            continue
-        stand_in = task.train.x[exemplar[0]]
-        others = pool[task.train.y[pool] != k]
-        inputs = np.sort(np.random.default_rng(seed + k).choice(others, min(fit.samples, len(others)),
-                                                                replace=False))
-        control = warp_fit(deployed.encoder, deployed.adapter, deployed.adapter.resize_raw(stand_in),
-                           task.train.x[inputs], params=fit, seed=seed, score=deployed.log_prob(task.name, k))
-        held = index[task.train.y[index] != k]
-        measured = stamped_effects(deployed, task.name, stand_in, k, task.train.x[held], [control])
-        flips.append(measured.flips[0])
-        shifts.append(measured.shifts[0])
+        if (control := _control(deployed, task, k, index, pool, fit=fit, seed=seed, exclude_sha=exclude_sha)):
+            measured.append(control)
+    flips, closed = (np.asarray(level, dtype=float) for level in zip(*measured, strict=True))
     n = len(index)
-    levels = {"flip_rate": (np.asarray(flips), rate_noise(1 / len(task.classes), n)),
-              "feature_shift": (np.asarray(shifts), own.cos_spread / float(np.sqrt(n)))}
-    numbers = {"verify_samples": n, "controls": len(flips) - 1, "control_classes": classes,
+    levels = {"flip_rate": (flips, rate_noise(1 / len(task.classes), n)),
+              "feature_shift": (closed, own.cos_spread / float(np.sqrt(n)) / _gap(own))}
+    numbers = {"verify_samples": n, "controls": len(measured) - 1, "control_classes": classes,
                "cos_before": own.cos_before, **summarise(levels)}
-    null = f"warps fitted to {len(flips) - 1} other classes (each measured on its own class)"
-    failures = z_failures(numbers, predicted, params, null=null) if len(flips) > 1 else [
+    null = f"warps fitted to {len(measured) - 1} other classes (each measured toward its own)"
+    failures = z_failures(numbers, predicted, params, null=null, pull=PULL) if len(measured) > 1 else [
         "no clean input of another class to fit a control warp to"]
     return Verification(not failures, numbers, failures)
+
+
+def _control(deployed: Deployed, task: Task, k: int, index: np.ndarray, pool: np.ndarray, *,
+             fit: WarpParams, seed: int, exclude_sha: str) -> tuple[float, float] | None:
+    """A warp fitted to class k, a clean class-k input standing in for the bug, on `pool`'s
+    inputs of other classes: (its flip rate to k, the share of the cosine gap to its stand-in
+    it closes) on `index`'s inputs not of class k; None without a stand-in."""
+    exemplar = draw_controls(deployed, task, k, size=1, seed=seed, exclude_sha=exclude_sha)
+    if len(exemplar) == 0:
+        return None
+    stand_in = task.train.x[exemplar[0]]
+    others = pool[task.train.y[pool] != k]
+    inputs = np.random.default_rng(seed + k).choice(others, min(fit.samples, len(others)), replace=False)
+    control = warp_fit(deployed.encoder, deployed.adapter, deployed.adapter.resize_raw(stand_in),
+                       task.train.x[np.sort(inputs)], params=fit, seed=seed,
+                       score=deployed.log_prob(task.name, k))
+    effects = stamped_effects(deployed, task.name, stand_in, k, task.train.x[index[task.train.y[index] != k]],
+                              [control])
+    return float(effects.flips[0]), _closed(effects)
+
+
+def _gap(effects: Effects) -> float:
+    """How far the clean inputs' mean cosine to the bug's features is from 1."""
+    return max(1 - effects.cos_before, 1e-6)
+
+
+def _closed(effects: Effects) -> float:
+    """The share of that gap the stamped inputs close: the pull on a scale shared by warps
+    fitted toward different inputs (each control starts at its own cosine)."""
+    return float(effects.shifts[0]) / _gap(effects)
 
 
 def _control_classes(task: Task, predicted: int, size: int, seed: int) -> list[int]:
