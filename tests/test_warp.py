@@ -179,7 +179,9 @@ def test_a_planted_warp_clears_warps_fitted_to_other_classes(scenario, planted):
     assert verdict.passed, verdict.failures
     assert numbers["controls"] == 5 and TARGET not in numbers["control_classes"]
     assert numbers["flip_rate"] >= 0.9 and numbers["null_flip_rate"]["max"] < 0.5
-    assert numbers["z_flip_rate"] >= 5 and numbers["z_feature_shift"] >= 2
+    assert numbers["z_flip_rate"] >= 5
+    # the pull is recorded as the share of the cosine gap closed, and does not decide
+    assert 0.5 <= numbers["gap_closed"] <= 1 and "z_gap_closed" in numbers
 
 
 def test_a_warp_fitted_to_an_ordinary_error_does_no_more_than_one_fitted_to_another_class(

@@ -228,17 +228,18 @@ def at_ceiling(numbers: dict[str, Any]) -> bool:
 
 
 def z_failures(numbers: dict[str, Any], predicted: int, margins: Margins, *,
-               ceiling: bool = False, null: str | None = None, pull: str | None = None) -> list[str]:
+               ceiling: bool = False, null: str | None = None, pull: bool = True) -> list[str]:
     """The rule's failures: the trigger's z on the flip rate under `min_z_flip` (with `ceiling`,
-    unless the rate clears the null at its ceiling), on the pull under `min_z_pull` (`numbers`
-    from `Trial.against_controls`); `null` says what the controls were (default: the mask's
-    fills), `pull` what the pull measures (default: the rise of the mean cosine)."""
+    unless the rate clears the null at its ceiling), and with `pull` on the pull under
+    `min_z_pull` (`numbers` from `Trial.against_controls`); `null` says what the controls were
+    (default: the mask's fills)."""
     n, controls = numbers["verify_samples"], numbers["controls"]
     null = null or f"the same mask filled from {controls} clean class-{predicted} inputs"
     whose = f"class {numbers['sample_class']}" if "sample_class" in numbers else "other classes"
-    pull = pull or "raises their mean cosine to the bug's features by"
-    levels = {"flip_rate": f"flips {numbers['flip_rate']:.3f} of them to class {predicted}",
-              "feature_shift": f"{pull} {numbers['feature_shift']:.3f}"}
+    levels = {"flip_rate": f"flips {numbers['flip_rate']:.3f} of them to class {predicted}"}
+    if pull:
+        shift = numbers["feature_shift"]
+        levels["feature_shift"] = f"raises their mean cosine to the bug's features by {shift:.3f}"
     failures = []
     for name, effect in levels.items():
         z, spread = numbers[f"z_{name}"], numbers[f"null_{name}"]

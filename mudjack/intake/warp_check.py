@@ -7,11 +7,11 @@ clean class-k input standing in for the bug. On a model whose warping backdoor s
 the predicted class, the report's warp flips most held-out inputs while fits to other classes
 barely move them (an independent planter's 0.5-px warp on digits: 1.00 against at most 0.01).
 On a model with no such backdoor, a warp fitted to the report does no more than one fitted to
-any other class. Two levels, on held-out inputs of the other classes, with the z margins and
-floors of the mask null: the flip rate to the warp's class, and the pull, here the share of
-the gap between the inputs' mean cosine to the bug's (or stand-in's) features and 1 that the
-warp closes: each control starts at its own cosine, so the raw rise does not compare (the
-same planter: rises of 0.02-0.48 among the controls, z 1.8 for the planted warp's 0.56).
+any other class. The flip rate to the warp's class, on held-out inputs of the other classes,
+decides, on the z margin and floor of the mask null. The pull cannot: each control is fitted
+to close the gap between the inputs' features and its stand-in's, and does (the same planter:
+controls close up to 0.81 of the gap between the mean cosine and 1 while flipping 0.01, the
+planted warp 0.91-0.96), so it is recorded (`gap_closed`, with its z) and not required.
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ from mudjack.intake.warp import WarpParams, warp_fit
 from mudjack.triggers import Trigger
 
 WARP = "warp"  # the name a verified warp is chosen under (auto's candidate's)
-PULL = "closes, of the gap between their mean cosine to the bug's features and 1, a share of"
 
 
 def verify_warp(deployed: Deployed, task: Task, bug: np.ndarray, predicted: int, trigger: Trigger, *,
@@ -53,11 +52,11 @@ def verify_warp(deployed: Deployed, task: Task, bug: np.ndarray, predicted: int,
     flips, closed = (np.asarray(level, dtype=float) for level in zip(*measured, strict=True))
     n = len(index)
     levels = {"flip_rate": (flips, rate_noise(1 / len(task.classes), n)),
-              "feature_shift": (closed, own.cos_spread / float(np.sqrt(n)) / _gap(own))}
+              "gap_closed": (closed, own.cos_spread / float(np.sqrt(n)) / _gap(own))}
     numbers = {"verify_samples": n, "controls": len(measured) - 1, "control_classes": classes,
                "cos_before": own.cos_before, **summarise(levels)}
     null = f"warps fitted to {len(measured) - 1} other classes (each measured toward its own)"
-    failures = z_failures(numbers, predicted, params, null=null, pull=PULL) if len(measured) > 1 else [
+    failures = z_failures(numbers, predicted, params, null=null, pull=False) if len(measured) > 1 else [
         "no clean input of another class to fit a control warp to"]
     return Verification(not failures, numbers, failures)
 
