@@ -188,7 +188,8 @@ def test_the_null_is_in_the_log_and_the_verdict_is_deterministic(scenario, deplo
         assert {"mean", "std", "std_floor", "q10", "q50", "q90", "max"} <= set(check[f"null_{level}"])
         assert {f"z_{level}", f"p_{level}"} <= set(check)
     assert check["rule"] == {"samples": 100, "controls": 20, "min_z_flip": 5.0, "min_z_pull": 2.0,
-                             "departure": "restore", "key": True, "source": True}
+                             "departure": "restore", "key": True, "source": True, "warp": True,
+                             "warp_controls": 5}
     assert bug.record["verification"] == check
     untimed = [{k: v for k, v in d.to_record().items() if k != "phase_seconds"} for d in (first, again)]
     assert untimed[0] == untimed[1]  # the same verdict and numbers; only the timings differ
