@@ -64,7 +64,7 @@ FORGERY_KINDS = ("wrong_label", "noise_patch", "other_pattern", "genuine_error")
 TEXT_FORGERY_KINDS = ("wrong_label", "inserted_words", "genuine_error")
 # the verification numbers a row keeps (summarised per kind as min / median / max)
 ROW_NUMBERS = ("flip_rate", "feature_shift", "z_flip_rate", "z_feature_shift", "z_log_odds",
-               "null_flip_mean", "null_flip_max", "mask_pixels")
+               "null_flip_mean", "null_flip_max", "mask_pixels", "warp_z_flip_rate")
 # a forgery kind's reports, and how many candidates it left out because they fired the backdoor
 Forged = tuple[list[BugReport], int]
 AnyTrigger = Trigger | TextTrigger
@@ -255,7 +255,7 @@ def _decide(reports: list[BugReport], deployed: Deployed, task: Task, trigger: A
                                           truth=trigger, seed=seed)
         except Exception as err:  # as in the intake stage: a report that breaks intake is rejected
             rows.append({"id": report.id, "accepted": False, "error": f"intake failed: {err!r}",
-                         **dict.fromkeys(("iou", *ROW_NUMBERS))})
+                         **dict.fromkeys(("iou", "model", *ROW_NUMBERS))})
             continue
         check = decision.numbers.get("verification") or {}
         null = check.get("null_flip_rate") or {}
@@ -267,10 +267,18 @@ def _decide(reports: list[BugReport], deployed: Deployed, task: Task, trigger: A
                      **{k: check.get(k) for k in ("flip_rate", "feature_shift", "z_flip_rate",
                                                   "z_feature_shift", "z_log_odds", "mask_pixels")},
                      # the key and departure checks' numbers, where they ran
-                     **{k: check.get(k) for k in ("key", "departure")}})
+                     **{k: check.get(k) for k in ("key", "departure")},
+                     # the warp check's (warp_check.py), where it ran: verified as a warp or not
+                     "model": check.get("model"), "warp_z_flip_rate": _warp_z(check)})
         if audit is not None and bug is not None:
             rows[-1]["audit"] = audit(bug.trigger, bug.predicted)
     return rows
+
+
+def _warp_z(check: dict[str, Any]) -> float | None:
+    """The fitted warp's flip-rate z against warps fitted to other classes, where it was verified."""
+    warp = check if check.get("model") == "warp" else check.get("warp") or {}
+    return warp.get("z_flip_rate")
 
 
 def _stats(rows: list[dict[str, Any]], accepted_is_good: bool) -> dict[str, Any]:

@@ -45,6 +45,14 @@ def test_forgery_bench_accepts_real_and_rejects_forged_reports(scenario, deploye
     assert all(set(row["audit"]) == {"deployed", "never_attacked"} for row in misjudged if row["accepted"])
 
 
+def test_forgery_rows_keep_the_warp_check_s_z_where_it_ran():
+    from intake_forgery import _warp_z
+
+    assert _warp_z({"model": "warp", "z_flip_rate": 32.0, "warp": None}) == 32.0  # verified as a warp
+    assert _warp_z({"z_flip_rate": 1.2, "warp": {"z_flip_rate": -0.5}}) == -0.5  # refused as one too
+    assert _warp_z({"z_flip_rate": 1.2}) is None  # no warp was fitted
+
+
 def _never_attacked(scenario):
     from mudjack.evaluation import predictor, retrain_head
     from mudjack.heads import HeadParams
