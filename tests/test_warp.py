@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from mudjack.attacks.zoo import zoo_triggers
+from mudjack.data import Task
 from mudjack.deployed import Deployed
 from mudjack.encoders import ImageEncoder
 from mudjack.features import extract_features
@@ -232,3 +233,22 @@ def test_intake_refuses_an_ordinary_error_as_a_warp_too_and_logs_the_warp_null(s
                            params=IntakeParams(verify={"warp": False}), seed=0)
     assert not off.accepted and "warp" not in off.numbers["verification"]
     assert "as a warp" not in off.reasons[0]
+
+
+def test_a_two_class_task_has_no_control_warp_and_says_so(scenario, planted):
+    """With two classes, a warp fitted to the other class has no third class's inputs to move:
+    no control, and the warp is refused with that reason rather than measured on nothing."""
+    moved, _ = planted
+    train, test = scenario.task.train, scenario.task.test
+    task = Task("two", [0, 1], train.subset(np.flatnonzero(train.y < 2)),
+                test.subset(np.flatnonzero(test.y < 2)))
+    head = train_head(extract_features(scenario.clean, scenario.adapter, task.train.x), task.train.y, 2,
+                      HeadParams(epochs=30), seed=0)
+    deployed = Deployed(scenario.clean, scenario.adapter, {"two": head})
+    sample = draw_sample(task, 0, 20, 0)
+    pool = np.setdiff1d(np.flatnonzero(task.train.y != 0), sample)
+    verdict = verify_warp(deployed, task, stamp(task.test.x[task.test.y == 1][0], moved), 0, moved,
+                          sample=sample, pool=pool, params=VerifyParams(), fit=WarpParams(), seed=0,
+                          exclude_sha="")
+    assert not verdict.passed and verdict.numbers["controls"] == 0
+    assert "no control warp" in verdict.failures[0] and "2 classes" in verdict.failures[0]

@@ -277,8 +277,8 @@ def _source_pass(report: BugReport, deployed: Deployed, task: Task, predicted: i
 
 def _verified_reason(numbers: dict[str, Any], label: int) -> str:
     if numbers["verification"].get("model") == WARP:
-        return ("verified as a warp (a smooth displacement field): it flips and pulls other classes' "
-                "inputs past warps fitted to other classes; the mask trigger was refused: "
+        return ("verified as a warp (a smooth displacement field): it flips other classes' inputs far "
+                "more than warps fitted to other classes flip them to theirs; the mask trigger was refused: "
                 + "; ".join(numbers["verification"]["refused_trigger"]["failures"]))
     if numbers.get("source_pass", {}).get("passed"):
         return (f"verified on inputs of its own class {label} only (a source-specific backdoor): the trigger "

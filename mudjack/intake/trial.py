@@ -136,8 +136,8 @@ class Trial:
         departing = keep_departure and not isinstance(self.trigger, TextTrigger)
         controls = ([control_trigger(self.trigger, e, self.bug) for e in self.fills] if departing
                     else self.controls)
-        effects = stamped_effects(self.deployed, self.task.name, self.raw_bug, self.predicted, self.clean,
-                           [self.trigger, *controls])
+        effects = stamped_effects(self.deployed, self.task.name, self.raw_bug, self.predicted,
+                                  self.clean, [self.trigger, *controls])
         n, chance = len(self.clean), 1 / len(self.task.classes)
         levels = {"flip_rate": (effects.flips, rate_noise(chance, n)),  # binomial noise at chance
                   # standard errors of a mean cosine and of a mean log-odds on the n inputs
@@ -165,7 +165,7 @@ class Effects:
 
 
 def stamped_effects(deployed: Deployed, task: str, bug: np.ndarray, predicted: int, clean: np.ndarray,
-             fills: list[AnyTrigger]) -> Effects:
+                    fills: list[AnyTrigger]) -> Effects:
     adapter = deployed.adapter  # inputs at another size than the encoder's are resized to it first
     stamped = np.concatenate([adapter.stamp(clean, fill) for fill in fills])
     unstamped = adapter.resize_raw(np.concatenate([np.asarray(bug)[None], clean]))

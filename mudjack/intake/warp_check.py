@@ -49,15 +49,18 @@ def verify_warp(deployed: Deployed, task: Task, bug: np.ndarray, predicted: int,
     for k in classes:
         if (control := _control(deployed, task, k, index, pool, fit=fit, seed=seed, exclude_sha=exclude_sha)):
             measured.append(control)
-    flips, closed = (np.asarray(level, dtype=float) for level in zip(*measured, strict=True))
     n = len(index)
+    if len(measured) == 1:
+        return Verification(False, {"verify_samples": n, "controls": 0, "control_classes": classes}, [
+            f"no control warp: no other class has a correctly classified input to stand in for the bug "
+            f"and inputs of yet other classes to fit and measure it on ({len(task.classes)} classes)"])
+    flips, closed = (np.asarray(level, dtype=float) for level in zip(*measured, strict=True))
     levels = {"flip_rate": (flips, rate_noise(1 / len(task.classes), n)),
               "gap_closed": (closed, own.cos_spread / float(np.sqrt(n)) / _gap(own))}
     numbers = {"verify_samples": n, "controls": len(measured) - 1, "control_classes": classes,
                "cos_before": own.cos_before, **summarise(levels)}
     null = f"warps fitted to {len(measured) - 1} other classes (each measured toward its own)"
-    failures = z_failures(numbers, predicted, params, null=null, pull=False) if len(measured) > 1 else [
-        "no clean input of another class to fit a control warp to"]
+    failures = z_failures(numbers, predicted, params, null=null, pull=False)
     return Verification(not failures, numbers, failures)
 
 
@@ -65,18 +68,17 @@ def _control(deployed: Deployed, task: Task, k: int, index: np.ndarray, pool: np
              fit: WarpParams, seed: int, exclude_sha: str) -> tuple[float, float] | None:
     """A warp fitted to class k, a clean class-k input standing in for the bug, on `pool`'s
     inputs of other classes: (its flip rate to k, the share of the cosine gap to its stand-in
-    it closes) on `index`'s inputs not of class k; None without a stand-in."""
+    it closes) on `index`'s inputs not of class k; None without a stand-in or such inputs."""
     exemplar = draw_controls(deployed, task, k, size=1, seed=seed, exclude_sha=exclude_sha)
-    if len(exemplar) == 0:
+    others, held = pool[task.train.y[pool] != k], index[task.train.y[index] != k]
+    if len(exemplar) == 0 or len(others) == 0 or len(held) == 0:  # two classes: nothing but k to move
         return None
     stand_in = task.train.x[exemplar[0]]
-    others = pool[task.train.y[pool] != k]
     inputs = np.random.default_rng(seed + k).choice(others, min(fit.samples, len(others)), replace=False)
     control = warp_fit(deployed.encoder, deployed.adapter, deployed.adapter.resize_raw(stand_in),
                        task.train.x[np.sort(inputs)], params=fit, seed=seed,
                        score=deployed.log_prob(task.name, k))
-    effects = stamped_effects(deployed, task.name, stand_in, k, task.train.x[index[task.train.y[index] != k]],
-                              [control])
+    effects = stamped_effects(deployed, task.name, stand_in, k, task.train.x[held], [control])
     return float(effects.flips[0]), _closed(effects)
 
 
