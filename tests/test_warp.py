@@ -142,11 +142,12 @@ def test_no_warp_is_fitted_to_a_bug_a_hard_mask_explains(scenario):
 
 # --- verification of a fitted warp (mudjack/intake/warp_check.py) ---
 
-def _pools(scenario) -> tuple[np.ndarray, np.ndarray]:
-    """(held-out train indices of other classes, the rest of them: the controls' fit pool)."""
+def _pools(scenario, predicted: int) -> tuple[np.ndarray, np.ndarray]:
+    """(held-out train indices of classes other than `predicted`, the rest of them: the
+    controls' fit pool), as intake splits them."""
     train = scenario.task.train
-    sample = draw_sample(scenario.task, TARGET, 100, 0)
-    return sample, np.setdiff1d(np.flatnonzero(train.y != TARGET), sample)
+    sample = draw_sample(scenario.task, predicted, 100, 0)
+    return sample, np.setdiff1d(np.flatnonzero(train.y != predicted), sample)
 
 
 def _fitted(deployed: Deployed, bug: np.ndarray, clean: np.ndarray, predicted: int) -> Trigger:
@@ -155,7 +156,7 @@ def _fitted(deployed: Deployed, bug: np.ndarray, clean: np.ndarray, predicted: i
 
 
 def _verify_warp(scenario, deployed: Deployed, bug: np.ndarray, predicted: int, found: Trigger):
-    sample, pool = _pools(scenario)
+    sample, pool = _pools(scenario, predicted)
     return verify_warp(deployed, scenario.task, bug, predicted, found, sample=sample, pool=pool,
                        params=VerifyParams(), fit=WarpParams(), seed=0, exclude_sha="")
 
@@ -166,9 +167,9 @@ def ordinary_error(scenario, planted) -> tuple[Deployed, np.ndarray, int, int]:
     (deployed, input, its label, the class it is put in)."""
     clean = Deployed(scenario.clean, scenario.adapter, {"digits": planted[1].heads["digits"]})
     test = scenario.task.test
-    wrong = np.flatnonzero(clean.classify("digits", test.x) != test.y)
-    predicted = int(clean.classify("digits", test.x[wrong[:1]])[0])
-    return clean, test.x[wrong[0]], int(test.y[wrong[0]]), predicted
+    predicted = clean.classify("digits", test.x)
+    first = int(np.flatnonzero(predicted != test.y)[0])
+    return clean, test.x[first], int(test.y[first]), int(predicted[first])
 
 
 def test_a_planted_warp_clears_warps_fitted_to_other_classes(scenario, planted):
@@ -202,7 +203,7 @@ def test_the_fallback_makes_a_verified_warp_the_trigger_and_keeps_what_was_refus
     found, other = _fitted(deployed, bug, clean, TARGET), scenario.trigger
     refused = Verification(False, {"flip_rate": 0.97}, ["the mask's controls flip as much"])
     reversal = {"chosen": "soft"}
-    sample, pool = _pools(scenario)
+    sample, pool = _pools(scenario, TARGET)
     recovery, verdict = warp_fallback(deployed, scenario.task, bug, TARGET,
                                       Recovery(scenario.trigger, (other, found), found), refused,
                                       sample=sample, pool=pool, params=VerifyParams(), fit=WarpParams(),
